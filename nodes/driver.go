@@ -1,0 +1,158 @@
+package nodes
+
+import (
+	"context"
+	"log/slog"
+	"time"
+)
+
+// Power is a machine's power state, the one word the power file shows.
+type Power string
+
+// The power states. Transitional states (starting, stopping, rebooting)
+// last while a command is in flight; the others are resting states.
+const (
+	PowerOn        Power = "on"
+	PowerOff       Power = "off"
+	PowerStarting  Power = "starting"
+	PowerStopping  Power = "stopping"
+	PowerRebooting Power = "rebooting"
+	PowerPaused    Power = "paused"
+	PowerUnknown   Power = "unknown"
+	PowerCrashed   Power = "crashed"
+)
+
+// Transitional reports whether p is a state a machine passes through on its
+// way to a resting state.
+func (p Power) Transitional() bool {
+	return p == PowerStarting || p == PowerStopping || p == PowerRebooting
+}
+
+// Status is what a driver observed about its machine. Drivers send it through
+// their Reporter whenever they learn something new; the model merges it into
+// the host's state and tells watchers.
+type Status struct {
+	// Power is the observed power state. Empty means "no news about power"
+	// (for example a report that only changes Reachable).
+	Power Power
+	// Reachable is false when the driver cannot talk to the machine or its
+	// controller; power is then shown as unknown.
+	Reachable bool
+	// Reason says in words why the state is what it is ("BMC reports on",
+	// "no answer after wake"). It shows as "reason:" in the state file.
+	Reason string
+	// Err is the last error, if the report is about a failure. Its text shows
+	// as "last-error:" in state and as an "error" event.
+	Err error
+}
+
+// Reporter is how a driver tells the model what happened. Report and Event
+// never block for long and are safe to call from any goroutine, including
+// from inside a driver call.
+type Reporter interface {
+	// Report merges an observation into the host's state.
+	Report(Status)
+	// Event publishes a free-form event for this host, e.g.
+	// Event("notify", "disk almost full") shows as "notify disk almost full".
+	Event(kind, detail string)
+}
+
+// Driver is one way of reaching a machine: a simulator, a BMC, a Wake-on-LAN
+// sender, a namespace sandbox. A driver implements Driver and any of the
+// capability interfaces (PowerController, Consoler, ...). Drivers know nothing
+// of FUSE.
+type Driver interface {
+	// Kind is the driver's name as written in the "drivers" config key.
+	Kind() string
+	// Close releases sessions, sockets and goroutines. The model calls it
+	// when the host is removed, its drivers are reconfigured, or at unmount.
+	Close() error
+}
+
+// PowerController is a driver that can run power verbs.
+type PowerController interface {
+	Driver
+	// Verbs lists the power verbs this driver handles (see Grammar).
+	Verbs() []string
+	// Power runs cmd. It returns once the driver accepted the command (the
+	// BMC answered, the packet was sent), not when the machine reached its
+	// new state: that arrives later through the Reporter. ctx carries the
+	// host's per-call timeout; a driver must return when it expires.
+	Power(ctx context.Context, cmd Command) error
+}
+
+// ConsoleCommand describes one management console command a driver offers.
+type ConsoleCommand struct {
+	Name  string // first word, e.g. "version"
+	Usage string // e.g. "sysrq LETTER"
+	Help  string // one line
+}
+
+// Consoler is a driver with a management console (mconsole style).
+type Consoler interface {
+	Driver
+	ConsoleCommands() []ConsoleCommand
+	// Console runs one command line. The returned text becomes "OK text";
+	// an error becomes "ERR reason".
+	Console(ctx context.Context, name string, args []string) (string, error)
+}
+
+// Describer is a driver that adds "key: value" lines to the host's state
+// file (e.g. "ipmi-session: open", "pid: 4711").
+type Describer interface {
+	Driver
+	Describe() [][2]string
+}
+
+// DriverEnv is what a driver gets when it is created.
+type DriverEnv struct {
+	// Path is the host's path in the tree, e.g. "hosts/lab01".
+	Path string
+	// Config is a snapshot of the host's configuration.
+	Config Config
+	// Report is where observations go.
+	Report Reporter
+	// Log is a logger already tagged with the host's path.
+	Log *slog.Logger
+}
+
+// DriverSpec registers a driver with the model: its name, the config keys it
+// understands and how to build it.
+type DriverSpec struct {
+	Name string
+	// Doc is one line shown in README and `help`.
+	Doc string
+	// Simulated marks drivers that simulate a machine; the model labels
+	// such hosts "(simulation)" wherever their driver shows.
+	Simulated bool
+	// Keys are the config keys the driver reads. Keys of a driver are
+	// usually prefixed with its name ("ipmi.address"); shared keys such as
+	// "mac" may be declared by several drivers with the same meaning.
+	Keys []KeySpec
+	// New builds a driver for one host. It must not block on the network
+	// for longer than the host's timeout; a driver that needs to connect
+	// should do so lazily or in the background and report what it finds.
+	New func(ctx context.Context, env DriverEnv) (Driver, error)
+}
+
+// KeySpec describes one config key.
+type KeySpec struct {
+	Name string
+	// Doc says what the key means, its unit and default.
+	Doc string
+	// Default is shown in documentation; the driver applies it itself.
+	Default string
+	// Secret keys read back as "<set>" and are never logged.
+	Secret bool
+	// Check validates a value; nil accepts anything. Its error text is the
+	// reason the user sees with EINVAL.
+	Check func(value string) error
+}
+
+// Config is a read-only snapshot of one host's configuration.
+type Config interface {
+	// Get returns the value of key and whether it is set.
+	Get(key string) (string, bool)
+	// Duration returns key parsed as a Go duration, or def if unset.
+	Duration(key string, def time.Duration) time.Duration
+}
