@@ -1,0 +1,241 @@
+// Command machinefs mounts machines as files.
+//
+//	machinefs [-c CONFIGDIR] [-o OPTS] [--demo] MOUNTPOINT
+//	machinefs CONFIGDIR MOUNTPOINT -o OPTS         (as mount.fuse runs it)
+//	mount.fuse.machinefs CONFIGDIR MOUNTPOINT -o OPTS   (mount -t fuse.machinefs)
+//
+// It runs in the foreground unless started as a mount helper or with
+// -o background; SIGINT and SIGTERM unmount cleanly, SIGHUP reloads the
+// config directory.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"os/user"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+
+	"github.com/machinefs/machinefs/drivers/sim"
+	mfs "github.com/machinefs/machinefs/fs"
+	"github.com/machinefs/machinefs/mountopts"
+	"github.com/machinefs/machinefs/nodes"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "0.1.0-dev"
+
+// drivers are the drivers this build knows.
+var drivers = []nodes.DriverSpec{sim.Spec}
+
+type config struct {
+	opts       mountopts.Options
+	mountpoint string
+	demoHosts  int
+	foreground bool
+}
+
+func main() {
+	cfg, err := parseArgs(filepath.Base(os.Args[0]), os.Args[1:])
+	if errors.Is(err, flag.ErrHelp) {
+		os.Exit(0)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "machinefs:", err)
+		os.Exit(2)
+	}
+	if cfg.opts.Background && os.Getenv(childEnv) == "" {
+		os.Exit(background())
+	}
+	if err := run(cfg); err != nil {
+		fmt.Fprintln(os.Stderr, "machinefs:", err)
+		notifyParent(err)
+		os.Exit(1)
+	}
+}
+
+// parseArgs accepts flags before and after the positional arguments, as
+// mount(8) helpers are called with "-o opts" last.
+func parseArgs(prog string, args []string) (config, error) {
+	var cfg config
+	fl := flag.NewFlagSet("machinefs", flag.ContinueOnError)
+	fl.Var(&cfg.opts, "o", "mount options (comma separated; see machinefs(8))")
+	configDir := fl.String("c", "", "config directory (default /etc/machinefs)")
+	demo := fl.Bool("demo", false, "mount the embedded demo: simulated machines, nothing to configure")
+	fl.IntVar(&cfg.demoHosts, "demo-hosts", 0, "with --demo: this many simulated hosts (for benchmarks)")
+	showVersion := fl.Bool("version", false, "print the version and exit")
+	fl.BoolVar(&cfg.foreground, "f", false, "stay in the foreground (mount helper)")
+	// mount(8) passes these to helpers; they mean nothing here.
+	fl.Bool("n", false, "do not update /etc/mtab (ignored)")
+	fl.Bool("s", false, "sloppy options (ignored)")
+	fl.Bool("v", false, "verbose (ignored)")
+	fl.Usage = func() {
+		fmt.Fprintf(fl.Output(), "usage: machinefs [-c CONFIGDIR] [-o OPTS] [--demo] [CONFIGDIR] MOUNTPOINT\n")
+		fl.PrintDefaults()
+	}
+	var pos []string
+	for {
+		if err := fl.Parse(args); err != nil {
+			return cfg, err
+		}
+		if fl.NArg() == 0 {
+			break
+		}
+		pos = append(pos, fl.Arg(0))
+		args = fl.Args()[1:]
+	}
+	if *showVersion {
+		fmt.Println("machinefs", version)
+		return cfg, flag.ErrHelp
+	}
+	switch len(pos) {
+	case 1:
+		cfg.mountpoint = pos[0]
+	case 2:
+		// mount.fuse convention: the "device" is the config directory.
+		if pos[0] != "machinefs" && pos[0] != "none" {
+			cfg.opts.ConfigDir = pos[0]
+		}
+		cfg.mountpoint = pos[1]
+	default:
+		fl.Usage()
+		return cfg, fmt.Errorf("want [CONFIGDIR] MOUNTPOINT, got %d arguments", len(pos))
+	}
+	if *configDir != "" {
+		cfg.opts.ConfigDir = *configDir
+	}
+	if *demo {
+		cfg.opts.Demo = true
+	}
+	if strings.HasPrefix(prog, "mount.") && !cfg.foreground {
+		cfg.opts.Background = true
+	}
+	if cfg.opts.ConfigDir == "" && !cfg.opts.Demo {
+		cfg.opts.ConfigDir = "/etc/machinefs"
+	}
+	return cfg, nil
+}
+
+func run(cfg config) error {
+	level := slog.LevelInfo
+	if cfg.opts.Debug {
+		level = slog.LevelDebug
+	}
+	var logOut io.Writer = os.Stderr
+	log := slog.New(slog.NewTextHandler(logOut, &slog.HandlerOptions{Level: level}))
+
+	owner, group, err := owners(cfg.opts.Group)
+	if err != nil {
+		return err
+	}
+	mountpoint, err := filepath.Abs(cfg.mountpoint)
+	if err != nil {
+		return err
+	}
+	if err := clearStaleMount(mountpoint, log); err != nil {
+		return err
+	}
+
+	var store *nodes.Store
+	if cfg.opts.ConfigDir != "" {
+		if err := os.MkdirAll(filepath.Join(cfg.opts.ConfigDir, "hosts"), 0o755); err != nil {
+			return fmt.Errorf("config directory: %w", err)
+		}
+		store = &nodes.Store{Dir: cfg.opts.ConfigDir}
+	}
+	tree := nodes.NewTree(nodes.Options{Store: store, Drivers: drivers, ReadOnly: cfg.opts.ReadOnly, Log: log})
+	ctx := context.Background()
+	if err := tree.Load(ctx); err != nil {
+		return err
+	}
+	if cfg.opts.Demo {
+		if err := loadDemo(ctx, tree, cfg.demoHosts); err != nil {
+			return err
+		}
+	}
+
+	fsys, err := mfs.Mount(tree, mountpoint, mfs.Options{
+		Owner:      owner,
+		Group:      group,
+		AllowOther: cfg.opts.AllowOther,
+		ReadOnly:   cfg.opts.ReadOnly,
+		Debug:      cfg.opts.Debug,
+		FsName:     fsName(cfg.opts),
+		Version:    "machinefs " + version,
+		README:     tree.README(),
+		Log:        log,
+	})
+	if err != nil {
+		tree.Close()
+		return err
+	}
+	log.Info("mounted", "mountpoint", mountpoint, "config", cfg.opts.ConfigDir, "demo", cfg.opts.Demo)
+	notifyParent(nil)
+	sdNotify("READY=1")
+
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
+	unmounted := make(chan struct{})
+	go func() { fsys.Wait(); close(unmounted) }()
+	for {
+		select {
+		case <-unmounted:
+			log.Info("unmounted from outside")
+			tree.Close()
+			return nil
+		case s := <-sigs:
+			if s == syscall.SIGHUP {
+				sdNotify("RELOADING=1")
+				if err := tree.Reload(ctx); err != nil {
+					log.Error("reload", "err", err)
+				}
+				sdNotify("READY=1")
+				continue
+			}
+			log.Info("stopping", "signal", s.String())
+			sdNotify("STOPPING=1")
+			err := fsys.Unmount()
+			tree.Close()
+			return err
+		}
+	}
+}
+
+func fsName(o mountopts.Options) string {
+	if o.FsName != "" {
+		return o.FsName
+	}
+	if o.ConfigDir != "" {
+		return o.ConfigDir
+	}
+	return "machinefs"
+}
+
+// owners returns who owns the tree's files: root (or the mounting user)
+// and the operators group.
+func owners(groupName string) (uid, gid uint32, err error) {
+	uid, gid = uint32(os.Getuid()), uint32(os.Getgid())
+	if groupName == "" {
+		return uid, gid, nil
+	}
+	if n, err := strconv.ParseUint(groupName, 10, 32); err == nil {
+		return uid, uint32(n), nil
+	}
+	g, err := user.LookupGroup(groupName)
+	if err != nil {
+		return 0, 0, fmt.Errorf("group=%s: %w", groupName, err)
+	}
+	n, err := strconv.ParseUint(g.Gid, 10, 32)
+	if err != nil {
+		return 0, 0, fmt.Errorf("group=%s: gid %q: %w", groupName, g.Gid, err)
+	}
+	return uid, uint32(n), nil
+}

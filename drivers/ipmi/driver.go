@@ -1,0 +1,565 @@
+package ipmi
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/bougou/go-ipmi/pkg/client"
+	"github.com/bougou/go-ipmi/pkg/command/chassis"
+	"github.com/bougou/go-ipmi/pkg/types"
+
+	"github.com/machinefs/machinefs/nodes"
+)
+
+// pollSem bounds concurrent polls across all hosts of the process.
+var pollSem = make(chan struct{}, MaxConcurrentPolls)
+
+// verifyInterval is how often a verification re-reads chassis status.
+const verifyInterval = 200 * time.Millisecond
+
+// cycleSettle is how long a cycle verification waits for an "off" before it
+// accepts "on" without one (BMCs that cycle faster than two reads).
+const cycleSettle = 3 * time.Second
+
+// action is what one verb sends and expects.
+type action struct {
+	verb    string
+	control chassis.ChassisControl
+	target  nodes.Power
+	transit nodes.Power
+}
+
+var actions = map[string]action{
+	"on":       {"on", chassis.ChassisControlPowerUp, nodes.PowerOn, nodes.PowerStarting},
+	"off":      {"off", chassis.ChassisControlPowerDown, nodes.PowerOff, nodes.PowerStopping},
+	"cycle":    {"cycle", chassis.ChassisControlPowerCycle, nodes.PowerOn, nodes.PowerRebooting},
+	"reset":    {"reset", chassis.ChassisControlHardReset, nodes.PowerOn, nodes.PowerRebooting},
+	"reboot":   {"reboot", chassis.ChassisControlHardReset, nodes.PowerOn, nodes.PowerRebooting},
+	"soft":     {"soft", chassis.ChassisControlSoftShutdown, nodes.PowerOff, nodes.PowerStopping},
+	"poweroff": {"poweroff", chassis.ChassisControlSoftShutdown, nodes.PowerOff, nodes.PowerStopping},
+}
+
+var verbs = []string{"on", "off", "cycle", "reset", "soft", "poweroff", "reboot"}
+
+// Driver is the ipmi driver of one host. It implements nodes.PowerController,
+// nodes.Consoler and nodes.Describer.
+type Driver struct {
+	cfg  config
+	rep  nodes.Reporter
+	log  *slog.Logger
+	path string
+
+	ctx    context.Context // cancelled by Close
+	cancel context.CancelFunc
+	wg     sync.WaitGroup // poller, verifiers, session closers
+	kick   chan struct{}  // wakes the poller early
+	once   sync.Once
+
+	// sess is a one-slot lock guarding cl and closed; acquiring it honours
+	// a context, which a sync.Mutex cannot.
+	sess   chan struct{}
+	cl     *client.Client
+	closed bool
+
+	mu          sync.Mutex // guards everything below
+	closing     bool
+	last        nodes.Status
+	haveLast    bool
+	sessState   string
+	sessOpens   int
+	lastPoll    time.Time
+	lastPollRes string
+	failures    int
+	nextPoll    time.Time
+	cmdGen      int                // bumped by every power command
+	verifyStop  context.CancelFunc // cancels the running verification
+	verifyID    int                // identifies the running verification
+	verifyNote  string
+	device      string
+}
+
+var (
+	_ nodes.PowerController = (*Driver)(nil)
+	_ nodes.Consoler        = (*Driver)(nil)
+	_ nodes.Describer       = (*Driver)(nil)
+)
+
+func start(cfg config, env nodes.DriverEnv) *Driver {
+	log := env.Log
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	d := &Driver{
+		cfg:       cfg,
+		rep:       env.Report,
+		log:       log.With("driver", "ipmi", "bmc", cfg.hostPort()),
+		path:      env.Path,
+		kick:      make(chan struct{}, 1),
+		sess:      make(chan struct{}, 1),
+		sessState: "closed (not opened yet)",
+	}
+	d.ctx, d.cancel = context.WithCancel(context.Background())
+	d.wg.Add(1)
+	go d.pollLoop()
+	return d
+}
+
+// Kind implements nodes.Driver.
+func (d *Driver) Kind() string { return "ipmi" }
+
+// Verbs implements nodes.PowerController.
+func (d *Driver) Verbs() []string { return append([]string(nil), verbs...) }
+
+// Close stops polling and verification, closes the BMC session and waits
+// for every goroutine of the driver. It is bounded by ipmi.timeout plus the
+// time running calls take to notice their contexts.
+func (d *Driver) Close() error {
+	var err error
+	d.once.Do(func() {
+		d.mu.Lock()
+		d.closing = true
+		if d.verifyStop != nil {
+			d.verifyStop()
+		}
+		d.mu.Unlock()
+		d.cancel()
+		d.sess <- struct{}{} // calls in flight are bounded by their contexts
+		d.closed = true
+		cl := d.cl
+		d.cl = nil
+		<-d.sess
+		if cl != nil {
+			ctx, cancel := context.WithTimeout(context.Background(), d.cfg.timeout)
+			if cerr := cl.Close(ctx); cerr != nil {
+				d.log.Debug("closing IPMI session", "err", d.redact(oneLine(cerr.Error())))
+			}
+			cancel()
+		}
+		d.setSession("closed (driver closed)")
+		d.wg.Wait()
+	})
+	return err
+}
+
+func (d *Driver) setSession(s string) {
+	d.mu.Lock()
+	d.sessState = s
+	d.mu.Unlock()
+}
+
+// report forwards st to the model. Unless force is set, an error-free
+// report with the same power and reachability as the previous one is
+// dropped, so steady polls stay silent and keep a verdict's reason.
+func (d *Driver) report(st nodes.Status, force bool) {
+	d.mu.Lock()
+	same := d.haveLast && d.last.Power == st.Power && d.last.Reachable == st.Reachable &&
+		d.last.Err == nil && st.Err == nil
+	if same && !force {
+		d.mu.Unlock()
+		return
+	}
+	d.last, d.haveLast = st, true
+	d.mu.Unlock()
+	if d.rep != nil {
+		d.rep.Report(st)
+	}
+}
+
+func (d *Driver) lastPower() nodes.Power {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if !d.haveLast || d.last.Power == "" {
+		return nodes.PowerUnknown
+	}
+	return d.last.Power
+}
+
+// newClient builds an unconnected go-ipmi client from the config.
+func (d *Driver) newClient() (*client.Client, error) {
+	c, err := client.NewClient(d.cfg.address, d.cfg.port, d.cfg.user, d.cfg.password)
+	if err != nil {
+		return nil, err
+	}
+	if d.cfg.iface == "lan" {
+		c.WithInterface(client.InterfaceLan)
+	} else {
+		c.WithInterface(client.InterfaceLanplus)
+		if d.cfg.cipher >= 0 {
+			c.WithCipherSuiteID(types.CipherSuiteID(d.cfg.cipher))
+		}
+	}
+	c.WithTimeout(d.cfg.timeout)
+	c.WithRetry(d.cfg.retries)
+	return c, nil
+}
+
+// dial opens a new session.
+func (d *Driver) dial(ctx context.Context) (*client.Client, error) {
+	c, err := d.newClient()
+	if err != nil {
+		return nil, err
+	}
+	if err := c.Connect(ctx); err != nil {
+		d.discard(c, false)
+		return nil, err
+	}
+	return c, nil
+}
+
+// discard closes c in the background: politely (Close Session, bounded by
+// ipmi.timeout) when the BMC is known to answer, else at once. Must be
+// called with the session lock held, so Close's wg.Wait sees the Add.
+func (d *Driver) discard(c *client.Client, polite bool) {
+	d.wg.Add(1)
+	go func() {
+		defer d.wg.Done()
+		ctx, cancel := context.WithTimeout(context.Background(), d.cfg.timeout)
+		if !polite {
+			cancel() // no Close Session round trip; just release the socket
+		}
+		defer cancel()
+		_ = c.Close(ctx)
+	}()
+}
+
+// with runs fn on the host's session, opening one if needed, and throws the
+// session away after any error. The returned error is classified.
+func (d *Driver) with(ctx context.Context, what string, fn func(context.Context, *client.Client) error) error {
+	select {
+	case d.sess <- struct{}{}:
+	case <-ctx.Done():
+		return d.classify(ctx, what, fmt.Errorf("the session is busy with another request: %w", ctx.Err()))
+	}
+	defer func() { <-d.sess }()
+	if d.closed {
+		return nodes.Errorf(syscall.ENODEV, "ipmi %s: driver closed", d.cfg.hostPort())
+	}
+	if d.cl == nil {
+		c, err := d.dial(ctx)
+		if err != nil {
+			err = d.classify(ctx, "open session", err)
+			d.setSession("closed (open failed: " + errnoName(err) + ")")
+			return err
+		}
+		d.cl = c
+		d.mu.Lock()
+		d.sessOpens++
+		d.sessState = fmt.Sprintf("open (%s, since %s, %d opened)", d.sessionKind(), time.Now().Format("15:04:05"), d.sessOpens)
+		d.mu.Unlock()
+	}
+	err := fn(ctx, d.cl)
+	if err == nil {
+		return nil
+	}
+	_, answered := types.IsResponseError(err)
+	d.discard(d.cl, answered && ctx.Err() == nil)
+	d.cl = nil
+	err = d.classify(ctx, what, err)
+	d.setSession("closed (after error: " + errnoName(err) + "; reopened on next use)")
+	return err
+}
+
+func (d *Driver) sessionKind() string {
+	if d.cfg.iface == "lan" {
+		return "lan"
+	}
+	if d.cfg.cipher < 0 {
+		return "lanplus, cipher auto"
+	}
+	return fmt.Sprintf("lanplus, cipher %d", d.cfg.cipher)
+}
+
+func errnoName(err error) string {
+	switch e := nodes.ErrnoOf(err); e {
+	case syscall.EACCES:
+		return "EACCES"
+	case syscall.ETIMEDOUT:
+		return "ETIMEDOUT"
+	case syscall.EHOSTUNREACH:
+		return "EHOSTUNREACH"
+	case syscall.EIO:
+		return "EIO"
+	case syscall.EINTR:
+		return "EINTR"
+	default:
+		return e.Error()
+	}
+}
+
+// readPower reads chassis status.
+func (d *Driver) readPower(ctx context.Context) (nodes.Power, error) {
+	var on bool
+	err := d.with(ctx, "chassis status", func(ctx context.Context, c *client.Client) error {
+		st, err := c.GetChassisStatus(ctx)
+		if err != nil {
+			return err
+		}
+		on = st.PowerIsOn
+		return nil
+	})
+	if err != nil {
+		return nodes.PowerUnknown, err
+	}
+	if on {
+		return nodes.PowerOn, nil
+	}
+	return nodes.PowerOff, nil
+}
+
+// pollLoop polls chassis status until Close.
+func (d *Driver) pollLoop() {
+	defer d.wg.Done()
+	t := time.NewTimer(0)
+	defer t.Stop()
+	for {
+		select {
+		case <-d.ctx.Done():
+			return
+		case <-t.C:
+		case <-d.kick:
+		}
+		wait := d.pollOnce()
+		if d.ctx.Err() != nil {
+			return
+		}
+		d.mu.Lock()
+		d.nextPoll = time.Now().Add(wait)
+		d.mu.Unlock()
+		t.Reset(wait)
+	}
+}
+
+// backoff is the wait after n consecutive failures.
+func (d *Driver) backoff(n int) time.Duration {
+	limit := max(maxBackoff, d.cfg.poll)
+	w := d.cfg.poll
+	for i := 1; i < n && w < limit; i++ {
+		w *= 2
+	}
+	return min(w, limit)
+}
+
+// pollOnce reads status once and reports; it returns the time to wait.
+func (d *Driver) pollOnce() time.Duration {
+	d.mu.Lock()
+	verifying := d.verifyStop != nil
+	gen := d.cmdGen
+	d.mu.Unlock()
+	if verifying {
+		return d.cfg.poll
+	}
+	select {
+	case pollSem <- struct{}{}:
+	case <-d.ctx.Done():
+		return 0
+	}
+	ctx, cancel := context.WithTimeout(d.ctx, d.cfg.budget())
+	start := time.Now()
+	p, err := d.readPower(ctx)
+	cancel()
+	<-pollSem
+	if d.ctx.Err() != nil {
+		return 0
+	}
+	d.mu.Lock()
+	d.lastPoll = start
+	stale := d.cmdGen != gen || d.verifyStop != nil
+	var wait time.Duration
+	if err != nil {
+		d.failures++
+		wait = d.backoff(d.failures)
+		d.lastPollRes = fmt.Sprintf("failed (%s) after %v", errnoName(err), time.Since(start).Round(time.Millisecond))
+	} else {
+		d.failures = 0
+		wait = d.cfg.poll
+		d.lastPollRes = fmt.Sprintf("%s (%v)", p, time.Since(start).Round(time.Microsecond))
+	}
+	d.mu.Unlock()
+	if stale {
+		return wait
+	}
+	if err != nil {
+		d.log.Debug("poll failed", "err", err, "retry-in", wait)
+		d.report(nodes.Status{Power: nodes.PowerUnknown, Reachable: false, Reason: "BMC " + unreachableWord(err), Err: err}, true)
+		return wait
+	}
+	d.report(nodes.Status{Power: p, Reachable: true, Reason: "BMC reports " + string(p)}, false)
+	return wait
+}
+
+func unreachableWord(err error) string {
+	switch nodes.ErrnoOf(err) {
+	case syscall.EACCES:
+		return "rejected the credentials"
+	case syscall.EIO:
+		return "answered with an error"
+	}
+	return "unreachable"
+}
+
+// Power implements nodes.PowerController: it returns once the BMC accepted
+// the command; the verification runs in the background and reports its
+// verdict.
+func (d *Driver) Power(ctx context.Context, cmd nodes.Command) error {
+	act, ok := actions[cmd.Verb]
+	if !ok {
+		return nodes.Errorf(syscall.EINVAL, "ipmi: verb %q not supported (%s)", cmd.Verb, strings.Join(verbs, ", "))
+	}
+	from := d.lastPower()
+	d.mu.Lock()
+	if d.closing {
+		d.mu.Unlock()
+		return nodes.Errorf(syscall.ENODEV, "ipmi %s: driver closed", d.cfg.hostPort())
+	}
+	d.cmdGen++
+	if d.verifyStop != nil {
+		d.verifyStop() // superseded
+		d.verifyStop = nil
+	}
+	d.mu.Unlock()
+
+	if err := d.send(ctx, act); err != nil {
+		d.report(nodes.Status{Reachable: reachableAfter(err), Reason: act.verb + " failed", Err: err}, true)
+		return err
+	}
+	d.log.Info("power command accepted", "verb", act.verb)
+	d.report(nodes.Status{Power: act.transit, Reachable: true,
+		Reason: fmt.Sprintf("BMC accepted %s; waiting for %s", act.verb, act.target)}, true)
+
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closing {
+		return nil
+	}
+	vctx, cancel := context.WithCancel(d.ctx)
+	d.verifyStop = cancel
+	d.verifyID++
+	d.verifyNote = fmt.Sprintf("%s: waiting for %s (since %s)", act.verb, act.target, time.Now().Format("15:04:05"))
+	d.wg.Add(1)
+	go d.verify(vctx, cancel, d.verifyID, act, from)
+	return nil
+}
+
+// send sends one chassis control.
+func (d *Driver) send(ctx context.Context, act action) error {
+	return d.with(ctx, "chassis control "+act.verb, func(ctx context.Context, c *client.Client) error {
+		_, err := c.ChassisControl(ctx, act.control)
+		return err
+	})
+}
+
+// verify re-reads status until act.target shows or verify-timeout passes.
+func (d *Driver) verify(ctx context.Context, cancel context.CancelFunc, id int, act action, from nodes.Power) {
+	defer d.wg.Done()
+	defer func() {
+		cancel()
+		d.mu.Lock()
+		if d.verifyID == id { // a newer command may own the registration
+			d.verifyStop = nil
+		}
+		d.mu.Unlock()
+		select {
+		case d.kick <- struct{}{}: // resume normal polling now
+		default:
+		}
+	}()
+	ok := d.verifyOnce(ctx, act, from)
+	if !ok && act.verb == "poweroff" && ctx.Err() == nil {
+		msg := fmt.Sprintf("poweroff: not off %v after the soft shutdown; powering off hard", d.cfg.verifyTimeout)
+		if d.rep != nil {
+			d.rep.Event("notify", msg)
+		}
+		d.log.Info(msg)
+		hard := actions["off"]
+		hard.verb = "poweroff (hard off)"
+		sctx, scancel := context.WithTimeout(ctx, d.cfg.budget())
+		err := d.send(sctx, hard)
+		scancel()
+		if err != nil {
+			if ctx.Err() == nil {
+				d.report(nodes.Status{Reachable: reachableAfter(err), Reason: "poweroff: hard off failed", Err: err}, true)
+			}
+			return
+		}
+		d.verifyOnce(ctx, hard, d.lastPower())
+	}
+}
+
+// verifyOnce runs one verification and reports the verdict; it returns
+// whether the target was reached. Nothing is reported when ctx is cancelled
+// (superseded or closing).
+func (d *Driver) verifyOnce(ctx context.Context, act action, from nodes.Power) bool {
+	start := time.Now()
+	deadline := start.Add(d.cfg.verifyTimeout)
+	seenOff := false
+	last := nodes.PowerUnknown
+	var lastErr error
+	for {
+		rctx, rcancel := context.WithDeadline(ctx, minTime(deadline, time.Now().Add(d.cfg.budget())))
+		p, err := d.readPower(rctx)
+		rcancel()
+		if ctx.Err() != nil {
+			return false
+		}
+		elapsed := time.Since(start)
+		if err == nil {
+			last, lastErr = p, nil
+			if p == nodes.PowerOff {
+				seenOff = true
+			}
+			done := p == act.target
+			if done && act.control == chassis.ChassisControlPowerCycle && !seenOff && elapsed < min(cycleSettle, d.cfg.verifyTimeout/2) {
+				done = false // wait a little for the off part of the cycle
+			}
+			if done {
+				note := ""
+				if act.control == chassis.ChassisControlPowerCycle && !seenOff {
+					note = " (no off observed)"
+				}
+				reason := fmt.Sprintf("verified: BMC reports %s %v after %s%s", p, elapsed.Round(time.Millisecond), act.verb, note)
+				d.setVerify(reason)
+				d.report(nodes.Status{Power: p, Reachable: true, Reason: reason}, true)
+				return true
+			}
+		} else {
+			lastErr = err
+		}
+		if time.Now().After(deadline) {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return false
+		case <-time.After(min(verifyInterval, time.Until(deadline)+time.Millisecond)):
+		}
+	}
+	if from == nodes.PowerUnknown || from == "" || from.Transitional() {
+		from = last
+	}
+	reason := fmt.Sprintf("BMC never transitioned from %s to %s within %v after %s (last seen: %s)", from, act.target, d.cfg.verifyTimeout, act.verb, last)
+	verr := nodes.Errorf(syscall.ETIMEDOUT, "ipmi %s: %s", d.cfg.hostPort(), reason)
+	if lastErr != nil {
+		verr = nodes.Errorf(nodes.ErrnoOf(lastErr), "ipmi %s: %s: %v", d.cfg.hostPort(), reason, lastErr)
+	}
+	d.setVerify(reason)
+	d.report(nodes.Status{Power: last, Reachable: lastErr == nil, Reason: reason, Err: verr}, true)
+	return false
+}
+
+func (d *Driver) setVerify(s string) {
+	d.mu.Lock()
+	d.verifyNote = s
+	d.mu.Unlock()
+}
+
+func minTime(a, b time.Time) time.Time {
+	if a.Before(b) {
+		return a
+	}
+	return b
+}

@@ -1,0 +1,458 @@
+package ipmi
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/machinefs/machinefs/nodes"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m)
+}
+
+func isPower(p nodes.Power) func(nodes.Status) bool {
+	return func(s nodes.Status) bool { return s.Power == p && s.Reachable && s.Err == nil }
+}
+
+func wantErrno(t *testing.T, err error, want syscall.Errno) {
+	t.Helper()
+	if err == nil {
+		t.Fatalf("want %v, got no error", want)
+	}
+	var got syscall.Errno
+	if !errors.As(err, &got) || got != want {
+		t.Fatalf("want errno %v (%d), got %v: %v", want, want, nodes.ErrnoOf(err), err)
+	}
+}
+
+func noPassword(t *testing.T, h *testHost, extra ...string) {
+	t.Helper()
+	all := h.rec.text() + h.log.String() + fmt.Sprint(h.d.Describe()) + strings.Join(extra, " ")
+	if strings.Contains(all, simPass) || strings.Contains(all, "wrong-Pa55") {
+		t.Fatalf("password leaked: %s", all)
+	}
+}
+
+func TestSpecKeys(t *testing.T) {
+	want := map[string]string{"ipmi.address": "", "ipmi.port": "623", "ipmi.user": "", "ipmi.password": "",
+		"ipmi.interface": "lanplus", "ipmi.cipher": "3", "ipmi.timeout": "2s", "ipmi.retries": "1",
+		"ipmi.poll": "5s", "ipmi.verify-timeout": "30s"}
+	if Spec.Name != "ipmi" || Spec.New == nil || Spec.Doc == "" {
+		t.Fatalf("bad Spec header: %+v", Spec)
+	}
+	seen := map[string]bool{}
+	for _, k := range Spec.Keys {
+		def, ok := want[k.Name]
+		if !ok {
+			t.Errorf("unexpected key %s", k.Name)
+			continue
+		}
+		seen[k.Name] = true
+		if k.Default != def || k.Doc == "" || k.Check == nil {
+			t.Errorf("%s: default %q doc %q check %v", k.Name, k.Default, k.Doc, k.Check != nil)
+		}
+		if k.Secret != (k.Name == "ipmi.password") {
+			t.Errorf("%s: Secret=%v", k.Name, k.Secret)
+		}
+	}
+	if len(seen) != len(want) {
+		t.Errorf("keys missing: have %v", seen)
+	}
+	check := func(key, v string, ok bool) {
+		t.Helper()
+		err := keyCheck(key)(v)
+		if (err == nil) != ok {
+			t.Errorf("Check %s(%q) = %v, want ok=%v", key, v, err, ok)
+		}
+		if err != nil && key == "ipmi.password" && strings.Contains(err.Error(), v) {
+			t.Errorf("password check repeats the value: %v", err)
+		}
+	}
+	check("ipmi.address", "10.0.0.1", true)
+	check("ipmi.address", "bmc-01.lab.example", true)
+	check("ipmi.address", "fe80::1", true)
+	check("ipmi.address", "10.0.0.1:623", false)
+	check("ipmi.address", "", false)
+	check("ipmi.address", "a b", false)
+	check("ipmi.port", "623", true)
+	check("ipmi.port", "0", false)
+	check("ipmi.port", "70000", false)
+	check("ipmi.port", "x", false)
+	check("ipmi.user", "admin", true)
+	check("ipmi.user", strings.Repeat("u", 17), false)
+	check("ipmi.password", strings.Repeat("p", 20), true)
+	check("ipmi.password", strings.Repeat("p", 21), false)
+	check("ipmi.interface", "lan", true)
+	check("ipmi.interface", "lanplus", true)
+	check("ipmi.interface", "open", false)
+	check("ipmi.cipher", "3", true)
+	check("ipmi.cipher", "17", true)
+	check("ipmi.cipher", "auto", true)
+	check("ipmi.cipher", "20", false)
+	check("ipmi.cipher", "three", false)
+	check("ipmi.timeout", "2s", true)
+	check("ipmi.timeout", "0s", false)
+	check("ipmi.timeout", "2", false)
+	check("ipmi.retries", "0", true)
+	check("ipmi.retries", "-1", false)
+	check("ipmi.poll", "5s", true)
+	check("ipmi.poll", "1ms", false)
+	check("ipmi.verify-timeout", "30s", true)
+	check("ipmi.verify-timeout", "soon", false)
+
+	// New validates too, and requires the address.
+	_, err := Spec.New(context.Background(), nodes.DriverEnv{Config: mapConfig{}})
+	wantErrno(t, err, syscall.EINVAL)
+	_, err = Spec.New(context.Background(), nodes.DriverEnv{Config: mapConfig{"ipmi.address": "h", "ipmi.port": "0"}})
+	wantErrno(t, err, syscall.EINVAL)
+	_, err = Spec.New(context.Background(), nodes.DriverEnv{Config: mapConfig{"ipmi.address": "h", "ipmi.interface": "lan", "ipmi.password": strings.Repeat("p", 18)}})
+	wantErrno(t, err, syscall.EINVAL)
+}
+
+func TestBackoffSchedule(t *testing.T) {
+	d := &Driver{cfg: config{poll: 5 * time.Second}}
+	want := []time.Duration{5 * time.Second, 10 * time.Second, 20 * time.Second, 40 * time.Second, time.Minute, time.Minute}
+	for i, w := range want {
+		if got := d.backoff(i + 1); got != w {
+			t.Errorf("backoff(%d) = %v, want %v", i+1, got, w)
+		}
+	}
+	d.cfg.poll = 5 * time.Minute
+	if got := d.backoff(3); got != 5*time.Minute {
+		t.Errorf("long poll: backoff = %v", got)
+	}
+}
+
+// TestPowerVerbs drives one simulator through every verb and checks the
+// verification verdicts and what the BMC's hook received.
+func TestPowerVerbs(t *testing.T) {
+	t.Parallel()
+	b := startBMC(t, false)
+	h := newHost(t, b.port, nil)
+	ctx := func() context.Context {
+		c, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+		t.Cleanup(cancel)
+		return c
+	}
+	h.rec.waitFor(t, 0, 3*time.Second, "initial off", isPower(nodes.PowerOff))
+
+	step := func(verb string, want nodes.Power, hook ...string) nodes.Status {
+		t.Helper()
+		n := h.rec.len()
+		before := len(b.commands())
+		if err := h.d.Power(ctx(), nodes.Command{Verb: verb}); err != nil {
+			t.Fatalf("%s: %v", verb, err)
+		}
+		spec, _ := nodes.LookupVerb(verb)
+		h.rec.waitFor(t, n, time.Second, verb+" transit", func(s nodes.Status) bool { return s.Power == spec.Transit })
+		s, _ := h.rec.waitFor(t, n, 8*time.Second, verb+" verified "+string(want), func(s nodes.Status) bool {
+			return s.Power == want && s.Reachable && s.Err == nil && strings.HasPrefix(s.Reason, "verified")
+		})
+		got := b.commands()[before:]
+		if strings.Join(got, ",") != strings.Join(hook, ",") {
+			t.Fatalf("%s: BMC hook got %q, want %q", verb, got, hook)
+		}
+		return s.Status
+	}
+
+	step("on", nodes.PowerOn, "power 1")
+	if b.power() != "1" {
+		t.Fatalf("power file %q after on", b.power())
+	}
+	// ipmitool semantics: on when on succeeds and changes nothing.
+	n := h.rec.len()
+	step("on", nodes.PowerOn, "power 1")
+	for _, s := range h.rec.all()[n:] {
+		if s.Power == nodes.PowerOff {
+			t.Fatalf("idempotent on reported off: %s", h.rec.dump())
+		}
+	}
+	step("off", nodes.PowerOff, "power 0")
+	step("on", nodes.PowerOn, "power 1")
+	s := step("cycle", nodes.PowerOn, "power 0", "power 1") // ipmi_sim powers on again ~1 s later
+	if strings.Contains(s.Reason, "no off observed") {
+		t.Errorf("cycle: the off was not observed: %q", s.Reason)
+	}
+	step("reset", nodes.PowerOn, "reset 1")
+	step("reboot", nodes.PowerOn, "reset 1")
+	step("soft", nodes.PowerOff, "shutdown 1")
+	step("on", nodes.PowerOn, "power 1")
+	b.touch("soft_delay", "1")
+	step("poweroff", nodes.PowerOff, "shutdown 1", "power-soft-off 0")
+	if v := h.describe()["ipmi-verify"]; !strings.Contains(v, "verified") {
+		t.Errorf("ipmi-verify: %q", v)
+	}
+	if err := h.d.Power(ctx(), nodes.Command{Verb: "wol"}); nodes.ErrnoOf(err) != syscall.EINVAL {
+		t.Errorf("wol: %v", err)
+	}
+	noPassword(t, h)
+}
+
+// TestVerifyFailureAndPoweroffEscalation: a reset of a machine that is off
+// never reaches on; a soft shutdown the OS ignores escalates to a hard off.
+func TestVerifyFailureAndPoweroffEscalation(t *testing.T) {
+	t.Parallel()
+	b := startBMC(t, false)
+	h := newHost(t, b.port, map[string]string{"ipmi.verify-timeout": "1s"})
+	h.rec.waitFor(t, 0, 3*time.Second, "initial off", isPower(nodes.PowerOff))
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+
+	n := h.rec.len()
+	if err := h.d.Power(ctx, nodes.Command{Verb: "reset"}); err != nil {
+		t.Fatal(err)
+	}
+	s, _ := h.rec.waitFor(t, n, 4*time.Second, "verification failure", func(s nodes.Status) bool { return s.Err != nil })
+	if nodes.ErrnoOf(s.Err) != syscall.ETIMEDOUT || !strings.Contains(s.Reason, "never transitioned from off to on") || s.Power != nodes.PowerOff {
+		t.Fatalf("verdict: %+v", s.Status)
+	}
+
+	// poweroff: soft shutdown ignored for 30 s -> hard off after verify-timeout.
+	b.setPower(true)
+	h.rec.waitFor(t, h.rec.len(), 3*time.Second, "on (set behind the back)", isPower(nodes.PowerOn))
+	b.touch("soft_delay", "30")
+	n = h.rec.len()
+	before := len(b.commands())
+	if err := h.d.Power(ctx, nodes.Command{Verb: "poweroff"}); err != nil {
+		t.Fatal(err)
+	}
+	h.rec.waitFor(t, n, 5*time.Second, "poweroff verified off", func(s nodes.Status) bool {
+		return s.Power == nodes.PowerOff && s.Err == nil && strings.HasPrefix(s.Reason, "verified")
+	})
+	if got := strings.Join(b.commands()[before:], ","); got != "shutdown 1,power 0" {
+		t.Fatalf("hook got %q", got)
+	}
+	if ev := h.rec.dump(); !strings.Contains(ev, "event notify poweroff: not off") {
+		t.Fatalf("no escalation event: %s", ev)
+	}
+}
+
+// TestBehindTheBack: a change made with ipmitool shows within a poll interval.
+func TestBehindTheBack(t *testing.T) {
+	t.Parallel()
+	b := startBMC(t, false)
+	h := newHost(t, b.port, map[string]string{"ipmi.poll": "300ms"})
+	h.rec.waitFor(t, 0, 3*time.Second, "initial off", isPower(nodes.PowerOff))
+	n := h.rec.len()
+	t0 := time.Now()
+	b.ipmitool("chassis", "power", "on")
+	s, _ := h.rec.waitFor(t, n, 2*time.Second, "on", isPower(nodes.PowerOn))
+	if d := s.at.Sub(t0); d > 300*time.Millisecond+400*time.Millisecond {
+		t.Fatalf("change seen after %v, poll is 300ms", d)
+	}
+	if d := h.describe(); !strings.HasPrefix(d["ipmi-session"], "open") || !strings.Contains(d["ipmi-last-poll"], "on") {
+		t.Fatalf("describe: %v", d)
+	}
+	// Steady polls stay silent.
+	n = h.rec.len()
+	time.Sleep(700 * time.Millisecond)
+	if h.rec.len() != n {
+		t.Fatalf("steady state was reported again: %s", h.rec.dump())
+	}
+}
+
+func TestWrongPassword(t *testing.T) {
+	t.Parallel()
+	b := startBMC(t, false)
+	for _, iface := range []string{"lanplus", "lan"} {
+		t.Run(iface, func(t *testing.T) {
+			h := newHost(t, b.port, map[string]string{"ipmi.password": "wrong-Pa55", "ipmi.interface": iface,
+				"ipmi.timeout": "200ms", "ipmi.retries": "0"})
+			ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+			defer cancel()
+			err := h.d.Power(ctx, nodes.Command{Verb: "on"})
+			wantErrno(t, err, syscall.EACCES)
+			s, _ := h.rec.waitFor(t, 0, 3*time.Second, "EACCES from poll", func(s nodes.Status) bool {
+				return s.Err != nil && s.Power == nodes.PowerUnknown
+			})
+			if s.Reachable || nodes.ErrnoOf(s.Err) != syscall.EACCES {
+				t.Fatalf("poll report: %+v", s.Status)
+			}
+			if b.power() != "0" {
+				t.Fatal("power changed with a wrong password")
+			}
+			noPassword(t, h, err.Error())
+		})
+	}
+}
+
+func TestCompletionCodeEIO(t *testing.T) {
+	t.Parallel()
+	b := startBMC(t, false)
+	h := newHost(t, b.port, nil)
+	h.rec.waitFor(t, 0, 3*time.Second, "initial off", isPower(nodes.PowerOff))
+	b.touch("fail", "")
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	err := h.d.Power(ctx, nodes.Command{Verb: "on"})
+	wantErrno(t, err, syscall.EIO)
+	if !strings.Contains(err.Error(), "BMC answered") || !strings.Contains(err.Error(), "0xff") {
+		t.Fatalf("error lacks the BMC's words: %v", err)
+	}
+	_, err = h.d.Console(ctx, "version", nil) // device id does not use the hook
+	if err != nil {
+		t.Fatalf("version after a cc error (session must reopen): %v", err)
+	}
+}
+
+// TestUnreachable: nobody listens on the port.
+func TestUnreachable(t *testing.T) {
+	t.Parallel()
+	port := freeUDPPort(t)
+	h := newHost(t, port, map[string]string{"ipmi.poll": "50ms"})
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	t0 := time.Now()
+	err := h.d.Power(ctx, nodes.Command{Verb: "on"})
+	wantErrno(t, err, syscall.EHOSTUNREACH)
+	if time.Since(t0) > time.Second {
+		t.Fatalf("refused port took %v", time.Since(t0))
+	}
+	time.Sleep(1600 * time.Millisecond)
+	var fails []stamped
+	for _, s := range h.rec.all() {
+		if s.Err != nil && s.Reason != "on failed" {
+			if s.Power != nodes.PowerUnknown || s.Reachable {
+				t.Fatalf("unreachable report: %+v", s.Status)
+			}
+			fails = append(fails, s)
+		}
+	}
+	// Without back-off a 50ms poll would fail ~32 times; with it:
+	// 50, 100, 200, 400, 800ms -> about 5.
+	if len(fails) < 3 || len(fails) > 8 {
+		t.Fatalf("%d failed polls in 1.6s: %s", len(fails), h.rec.dump())
+	}
+	for i := 2; i < len(fails); i++ {
+		if fails[i].at.Sub(fails[i-1].at) < fails[i-1].at.Sub(fails[i-2].at) {
+			t.Fatalf("poll gaps do not grow: %s", h.rec.dump())
+		}
+	}
+	if d := h.describe(); !strings.Contains(d["ipmi-poll-failures"], "in a row") {
+		t.Fatalf("describe: %v", d)
+	}
+}
+
+// TestHungBMC: a UDP socket that never answers must not hold Power beyond
+// its context, even while a poll holds the session.
+func TestHungBMC(t *testing.T) {
+	ignore := goleak.IgnoreCurrent()
+	hung, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer hung.Close()
+	port := hung.LocalAddr().(*net.UDPAddr).Port
+	h := newHost(t, port, map[string]string{"ipmi.timeout": "400ms", "ipmi.retries": "3", "ipmi.poll": "50ms"})
+	time.Sleep(100 * time.Millisecond) // let a poll grab the session
+	for _, budget := range []time.Duration{150 * time.Millisecond, 700 * time.Millisecond} {
+		ctx, cancel := context.WithTimeout(context.Background(), budget)
+		t0 := time.Now()
+		err := h.d.Power(ctx, nodes.Command{Verb: "on"})
+		took := time.Since(t0)
+		cancel()
+		wantErrno(t, err, syscall.ETIMEDOUT)
+		if took > budget+100*time.Millisecond {
+			t.Fatalf("Power took %v with a %v context", took, budget)
+		}
+	}
+	_, err = h.d.Console(ctxWithin(t, 200*time.Millisecond), "version", nil)
+	wantErrno(t, err, syscall.ETIMEDOUT)
+	t0 := time.Now()
+	h.d.Close()
+	if took := time.Since(t0); took > 1500*time.Millisecond {
+		t.Fatalf("Close took %v", took)
+	}
+	goleak.VerifyNone(t, ignore)
+}
+
+func ctxWithin(t *testing.T, d time.Duration) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// TestCloseReleasesSessions: sessions are reused while the driver lives and
+// closed by Close; no goroutine survives.
+func TestCloseReleasesSessions(t *testing.T) {
+	b := startBMC(t, true)
+	ignore := goleak.IgnoreCurrent()
+	for i := 0; i < 3; i++ {
+		h := newHost(t, b.port, map[string]string{"ipmi.poll": "50ms"})
+		h.rec.waitFor(t, 0, 3*time.Second, "on", isPower(nodes.PowerOn))
+		v, err := h.d.Console(ctxWithin(t, 2*time.Second), "version", nil)
+		if err != nil || !strings.Contains(v, "firmware 9.08") {
+			t.Fatalf("version: %q %v", v, err)
+		}
+		time.Sleep(200 * time.Millisecond) // several polls
+		if n := b.activeSessions(); n != 1 {
+			t.Fatalf("round %d: %d BMC sessions while the driver lives, want 1 (reused)", i, n)
+		}
+		d := h.describe()
+		if !strings.Contains(d["ipmi-session"], "1 opened") || !strings.Contains(d["ipmi-device"], "firmware 9.08") {
+			t.Fatalf("describe: %v", d)
+		}
+		if err := h.d.Close(); err != nil {
+			t.Fatal(err)
+		}
+		if n := b.activeSessions(); n != 0 {
+			t.Fatalf("round %d: %d BMC sessions after Close", i, n)
+		}
+		err = h.d.Power(ctxWithin(t, time.Second), nodes.Command{Verb: "on"})
+		wantErrno(t, err, syscall.ENODEV)
+		noPassword(t, h)
+	}
+	goleak.VerifyNone(t, ignore)
+}
+
+func TestConsole(t *testing.T) {
+	t.Parallel()
+	b := startBMC(t, true)
+	h := newHost(t, b.port, nil)
+	h.rec.waitFor(t, 0, 3*time.Second, "on", isPower(nodes.PowerOn))
+	names := map[string]bool{}
+	for _, c := range h.d.ConsoleCommands() {
+		names[c.Name] = true
+	}
+	for _, n := range []string{"version", "halt", "reboot", "cad"} {
+		if !names[n] {
+			t.Errorf("console command %s missing", n)
+		}
+	}
+	ctx := ctxWithin(t, 5*time.Second)
+	out, err := h.d.Console(ctx, "version", nil)
+	if err != nil || !strings.Contains(out, "device-id 0x00") || !strings.Contains(out, "ipmi 2.0") {
+		t.Fatalf("version: %q %v", out, err)
+	}
+	n := h.rec.len()
+	if _, err := h.d.Console(ctx, "halt", nil); err != nil {
+		t.Fatal(err)
+	}
+	h.rec.waitFor(t, n, 3*time.Second, "off after halt", isPower(nodes.PowerOff))
+	b.setPower(true)
+	h.rec.waitFor(t, h.rec.len(), 3*time.Second, "on", isPower(nodes.PowerOn))
+	before := len(b.commands())
+	if _, err := h.d.Console(ctx, "reboot", nil); err != nil {
+		t.Fatal(err)
+	}
+	n = h.rec.len()
+	if _, err := h.d.Console(ctx, "cad", nil); err != nil {
+		t.Fatal(err)
+	}
+	h.rec.waitFor(t, n, 3*time.Second, "off after cad", isPower(nodes.PowerOff))
+	if got := strings.Join(b.commands()[before:], ","); got != "reset 1,shutdown 1" {
+		t.Fatalf("hook got %q", got)
+	}
+	if _, err := h.d.Console(ctx, "sysrq", nil); nodes.ErrnoOf(err) != syscall.EINVAL {
+		t.Fatalf("unknown command: %v", err)
+	}
+}

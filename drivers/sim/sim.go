@@ -1,0 +1,240 @@
+// Package sim is a simulated machine: power on and off with configurable
+// delays, failures and hangs on demand. It drives the demo and the tests of
+// the model that no real part can exercise (a driver that fails, hangs or
+// never reaches its target). Everything it reports says "simulated".
+package sim
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/machinefs/machinefs/nodes"
+)
+
+// Spec registers the sim driver.
+var Spec = nodes.DriverSpec{
+	Name:      "sim",
+	Doc:       "simulated machine (demo and tests): configurable delays and failures",
+	Simulated: true,
+	Keys: []nodes.KeySpec{
+		{Name: "sim.initial", Default: "off", Doc: "power state the simulated machine starts in: on or off", Check: oneOf("on", "off")},
+		{Name: "sim.on-delay", Default: "1s", Doc: "time from an accepted on/wol/resume to power on", Check: checkDelay},
+		{Name: "sim.off-delay", Default: "1s", Doc: "time from an accepted off/poweroff/soft to power off", Check: checkDelay},
+		{Name: "sim.fail", Doc: "verbs the driver refuses with EIO (space separated, or \"all\")", Check: checkVerbs},
+		{Name: "sim.hang", Doc: "verbs the driver accepts but never answers (to exercise timeouts)", Check: checkVerbs},
+		{Name: "sim.stuck", Doc: "verbs accepted whose target state is never reached", Check: checkVerbs},
+	},
+	New: New,
+}
+
+var verbs = []string{"on", "wol", "resume", "off", "poweroff", "soft", "reboot", "cycle", "reset", "pause", "suspend", "init"}
+
+func oneOf(vals ...string) func(string) error {
+	return func(v string) error {
+		if !slices.Contains(vals, v) {
+			return fmt.Errorf("%q: want one of %s", v, strings.Join(vals, ", "))
+		}
+		return nil
+	}
+}
+
+func checkDelay(v string) error {
+	d, err := time.ParseDuration(v)
+	if err != nil || d < 0 || d > time.Hour {
+		return fmt.Errorf("%q: want a duration between 0s and 1h", v)
+	}
+	return nil
+}
+
+func checkVerbs(v string) error {
+	for _, w := range strings.Fields(v) {
+		if w != "all" && !slices.Contains(verbs, w) {
+			return fmt.Errorf("%q is not a sim verb (%s, all)", w, strings.Join(verbs, " "))
+		}
+	}
+	return nil
+}
+
+// Machine is one simulated machine.
+type Machine struct {
+	report   nodes.Reporter
+	onDelay  time.Duration
+	offDelay time.Duration
+	fail     []string
+	hang     []string
+	stuck    []string
+
+	mu     sync.Mutex
+	power  nodes.Power
+	timer  *time.Timer
+	closed bool
+}
+
+// New builds a simulated machine from the host's config.
+func New(_ context.Context, env nodes.DriverEnv) (nodes.Driver, error) {
+	get := func(k string) string { v, _ := env.Config.Get(k); return v }
+	m := &Machine{
+		report:   env.Report,
+		onDelay:  env.Config.Duration("sim.on-delay", time.Second),
+		offDelay: env.Config.Duration("sim.off-delay", time.Second),
+		fail:     strings.Fields(get("sim.fail")),
+		hang:     strings.Fields(get("sim.hang")),
+		stuck:    strings.Fields(get("sim.stuck")),
+		power:    nodes.PowerOff,
+	}
+	if get("sim.initial") == "on" {
+		m.power = nodes.PowerOn
+	}
+	m.report.Report(nodes.Status{Power: m.power, Reachable: true, Reason: "simulated machine is " + string(m.power)})
+	return m, nil
+}
+
+// Kind implements nodes.Driver.
+func (m *Machine) Kind() string { return "sim" }
+
+// Verbs implements nodes.PowerController.
+func (m *Machine) Verbs() []string { return verbs }
+
+func has(list []string, verb string) bool {
+	return slices.Contains(list, verb) || slices.Contains(list, "all")
+}
+
+// Power implements nodes.PowerController.
+func (m *Machine) Power(ctx context.Context, cmd nodes.Command) error {
+	switch {
+	case has(m.fail, cmd.Verb):
+		return nodes.Errorf(syscall.EIO, "simulated failure of %q (sim.fail)", cmd.Verb)
+	case has(m.hang, cmd.Verb):
+		<-ctx.Done()
+		return fmt.Errorf("simulated hang of %q (sim.hang): %w", cmd.Verb, ctx.Err())
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.closed {
+		return nodes.Errorf(syscall.ESHUTDOWN, "simulated machine closed")
+	}
+	if has(m.stuck, cmd.Verb) {
+		return nil
+	}
+	switch cmd.Verb {
+	case "on", "wol":
+		m.after(m.onDelay, nodes.PowerOn)
+	case "resume":
+		if m.power == nodes.PowerPaused {
+			m.after(0, nodes.PowerOn)
+		} else {
+			m.after(m.onDelay, nodes.PowerOn)
+		}
+	case "off", "poweroff", "soft":
+		m.after(m.offDelay, nodes.PowerOff)
+	case "reboot", "cycle", "reset":
+		m.after(m.offDelay+m.onDelay, nodes.PowerOn)
+	case "pause", "suspend":
+		if m.power != nodes.PowerOn {
+			return nodes.Errorf(syscall.EINVAL, "simulated machine is %s, cannot %s", m.power, cmd.Verb)
+		}
+		m.after(0, nodes.PowerPaused)
+	case "init":
+		switch cmd.InitLevel {
+		case 0:
+			m.after(m.offDelay, nodes.PowerOff)
+		case 6:
+			m.after(m.offDelay+m.onDelay, nodes.PowerOn)
+		}
+	default:
+		return nodes.Errorf(syscall.ENOTSUP, "sim does not know %q", cmd.Verb)
+	}
+	return nil
+}
+
+// after moves the machine to p once d has passed, replacing any pending
+// move. Called with m.mu held.
+func (m *Machine) after(d time.Duration, p nodes.Power) {
+	if m.timer != nil {
+		m.timer.Stop()
+	}
+	m.timer = time.AfterFunc(d, func() { m.set(p, "simulated machine is "+string(p)) })
+}
+
+func (m *Machine) set(p nodes.Power, reason string) {
+	m.mu.Lock()
+	if m.closed {
+		m.mu.Unlock()
+		return
+	}
+	m.power = p
+	m.mu.Unlock()
+	m.report.Report(nodes.Status{Power: p, Reachable: true, Reason: reason})
+}
+
+// ConsoleCommands implements nodes.Consoler.
+func (m *Machine) ConsoleCommands() []nodes.ConsoleCommand {
+	return []nodes.ConsoleCommand{
+		{Name: "version", Help: "simulator version"},
+		{Name: "halt", Help: "power off at once"},
+		{Name: "reboot", Help: "reboot"},
+		{Name: "cad", Help: "ctrl-alt-del: orderly power off"},
+		{Name: "stop", Help: "pause the machine"},
+		{Name: "go", Help: "resume a paused machine"},
+		{Name: "log", Usage: "log TEXT", Help: "write TEXT to the machine's event log"},
+		{Name: "flip", Usage: "flip on|off", Help: "change power behind machinefs's back (simulation only)"},
+	}
+}
+
+// Console implements nodes.Consoler.
+func (m *Machine) Console(ctx context.Context, name string, args []string) (string, error) {
+	run := func(verb string) (string, error) {
+		if err := m.Power(ctx, nodes.Command{Verb: verb}); err != nil {
+			return "", err
+		}
+		return verb + " accepted", nil
+	}
+	switch name {
+	case "version":
+		return "machinefs sim 1 (simulated machine)", nil
+	case "halt":
+		return run("off")
+	case "reboot":
+		return run("reboot")
+	case "cad":
+		return run("poweroff")
+	case "stop":
+		return run("pause")
+	case "go":
+		return run("resume")
+	case "log":
+		if len(args) == 0 {
+			return "", nodes.Errorf(syscall.EINVAL, "log needs TEXT")
+		}
+		m.report.Event("log", strings.Join(args, " "))
+		return "", nil
+	case "flip":
+		if len(args) != 1 || (args[0] != "on" && args[0] != "off") {
+			return "", nodes.Errorf(syscall.EINVAL, "flip on|off")
+		}
+		m.set(nodes.Power(args[0]), "simulated machine changed "+args[0]+" behind machinefs's back")
+		return "flipped " + args[0], nil
+	}
+	return "", nodes.Errorf(syscall.ENOTSUP, "not supported by sim")
+}
+
+// Describe implements nodes.Describer.
+func (m *Machine) Describe() [][2]string {
+	return [][2]string{{"sim", fmt.Sprintf("simulated machine (on-delay %s, off-delay %s)", m.onDelay, m.offDelay)}}
+}
+
+// Close stops pending transitions.
+func (m *Machine) Close() error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.closed = true
+	if m.timer != nil {
+		m.timer.Stop()
+	}
+	return nil
+}

@@ -1,0 +1,37 @@
+// Package wol is the Wake-on-LAN driver: it wakes a machine by sending it a
+// magic packet and then watches for the machine to come up.
+//
+// A magic packet is 6 bytes 0xFF followed by the target's MAC address 16
+// times, optionally followed by a 4- or 6-byte SecureOn password. A network
+// card armed for Wake-on-LAN ("ethtool -s IFACE wol g") scans every frame it
+// sees for that pattern, whatever the frame's type, so the packet can travel
+// as a raw Ethernet broadcast frame with EtherType 0x0842 (local segment,
+// like ether-wake; needs CAP_NET_RAW) or as a UDP datagram to port 9 of a
+// directed broadcast address (another segment, through routers that forward
+// directed broadcasts; no privilege needed). This follows ctys-PM's
+// "create=wol,broadcast:ADDR": without a broadcast address the packet goes
+// to the local segment through the first interface.
+//
+// The packet is built here rather than with github.com/mdlayher/wol, which
+// the module proxy reachable from this project does not serve; raw frames go
+// through github.com/mdlayher/packet (AF_PACKET) and UDP through the
+// standard library.
+//
+// Wake-on-LAN is fire-and-forget: nothing answers a magic packet, and a
+// sleeping machine is indistinguishable from a missing one. So the driver
+// never claims a power state it has no evidence for. With the probe key set
+// ("tcp:HOST:PORT", or "icmp:HOST") it probes once at start and, after each
+// wake, every wol.probe-interval up to wol.probe-tries times; the first
+// answer reports power on, exhaustion reports unknown with "no answer after
+// wake". A refused TCP connection proves something answers at that address
+// but not that the machine's service is up, so it counts as no answer yet.
+// A failed probe never reports off, since it cannot tell off from
+// unreachable. Without a probe, power stays unknown.
+//
+// Wake-on-LAN cannot power a machine off: ctys maps pause and suspend to
+// poweroff on WoL hosts, so those verbs fail with ENOTSUP and say why.
+//
+// The driver opens all its sockets in the network namespace of the thread
+// that called New, so a driver created inside a namespace keeps working
+// there when the model calls it from other goroutines.
+package wol

@@ -1,0 +1,258 @@
+package wol
+
+import (
+	"bytes"
+	"errors"
+	"net"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+
+	"github.com/machinefs/machinefs/nodes"
+)
+
+const probeAddr = "10.77.2.2:2222"
+
+// responder is a machine that sleeps until it sees its magic packet: it
+// reads datagrams on the target segment's broadcast address and opens its
+// TCP service only after a valid magic packet for mac (and password).
+type responder struct {
+	mu    sync.Mutex
+	woke  bool
+	ln    net.Listener
+	wg    sync.WaitGroup
+	udp   *net.UDPConn
+	seen  int
+	wrong int
+}
+
+func startResponder(t *testing.T, tg netns.NsHandle, mac net.HardwareAddr, pw []byte) *responder {
+	t.Helper()
+	r := &responder{udp: listenUDP(t, tg, "10.77.2.255:9")}
+	r.wg.Add(1)
+	go func() {
+		defer r.wg.Done()
+		buf := make([]byte, 2048)
+		for {
+			n, _, err := r.udp.ReadFromUDP(buf)
+			if err != nil {
+				return // closed
+			}
+			var p MagicPacket
+			r.mu.Lock()
+			r.seen++
+			ok := p.UnmarshalBinary(buf[:n]) == nil && bytes.Equal(p.Target, mac) && bytes.Equal(p.Password, pw)
+			if !ok {
+				r.wrong++
+			}
+			if ok && !r.woke {
+				r.woke = true
+				err := (netNS{h: tg}).run(func() error {
+					var err error
+					r.ln, err = net.Listen("tcp4", probeAddr)
+					return err
+				})
+				if err != nil {
+					t.Errorf("responder listen: %v", err)
+				} else {
+					r.wg.Add(1)
+					go r.serve(r.ln)
+				}
+			}
+			r.mu.Unlock()
+		}
+	}()
+	t.Cleanup(func() {
+		_ = r.udp.Close()
+		r.mu.Lock()
+		if r.ln != nil {
+			_ = r.ln.Close()
+		}
+		r.mu.Unlock()
+		r.wg.Wait()
+	})
+	return r
+}
+
+func (r *responder) serve(ln net.Listener) {
+	defer r.wg.Done()
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		_ = c.Close()
+	}
+}
+
+func (r *responder) state() (woke bool, seen, wrong int) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.woke, r.seen, r.wrong
+}
+
+func TestProbeWake(t *testing.T) {
+	needRoot(t)
+	leakCheck(t)
+	s, _, tg := routed(t)
+	pw := []byte{1, 2, 3, 4, 5, 6}
+	base := testConfig{
+		"mac":                testMAC.String(),
+		"wol.broadcast":      "10.77.2.255",
+		"probe":              "tcp:" + probeAddr,
+		"wol.probe-interval": "50ms",
+		"wol.probe-tries":    "6",
+	}
+	with := func(kv ...string) testConfig {
+		c := testConfig{}
+		for k, v := range base {
+			c[k] = v
+		}
+		for i := 0; i+1 < len(kv); i += 2 {
+			c[kv[i]] = kv[i+1]
+		}
+		return c
+	}
+
+	for _, tc := range []struct {
+		name    string
+		cfg     testConfig
+		wantMAC net.HardwareAddr
+		wantPW  []byte
+		wake    bool
+	}{
+		{"right mac", with(), testMAC, nil, true},
+		{"right password", with("wol.password", "01:02:03:04:05:06"), testMAC, pw, true},
+		{"wrong mac", with(), macA, nil, false},
+		{"wrong password", with("wol.password", "01:02:03:04:05:07"), testMAC, pw, false},
+		{"missing password", with(), testMAC, pw, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			resp := startResponder(t, tg, tc.wantMAC, tc.wantPW)
+			rec := &recorder{}
+			d := newDriverIn(t, s, tc.cfg, rec)
+
+			// The start-up probe finds the service closed: unknown, never off.
+			i := rec.waitFor(t, 0, 3*time.Second, "initial probe", func(s nodes.Status) bool { return s.Power != "" })
+			if st := rec.statuses()[i]; st.Power != nodes.PowerUnknown || st.Reachable || !strings.Contains(st.Reason, "refused") {
+				t.Errorf("initial report %+v, want unknown (refused)", st)
+			}
+
+			start := time.Now()
+			inNS(t, s, func() error { return d.Power(t.Context(), nodes.Command{Verb: "wol"}) })
+			j := rec.waitFor(t, i+1, time.Second, "starting", func(s nodes.Status) bool { return s.Power != "" })
+			if st := rec.statuses()[j]; st.Power != nodes.PowerStarting {
+				t.Fatalf("after wol: %+v, want starting", st)
+			}
+			k := rec.waitFor(t, j+1, 5*time.Second, "result", func(s nodes.Status) bool { return s.Power != "" })
+			st := rec.statuses()[k]
+			woke, seen, wrong := resp.state()
+			t.Logf("after %s: %+v (responder saw %d packets, %d wrong)", time.Since(start).Round(time.Millisecond), st, seen, wrong)
+			if tc.wake {
+				if st.Power != nodes.PowerOn || !st.Reachable || st.Reason != "probe tcp:"+probeAddr+" answered" || st.Err != nil {
+					t.Fatalf("got %+v, want on (probe answered)", st)
+				}
+				if !woke {
+					t.Fatal("driver reports on but the responder never woke")
+				}
+				if lp := d.Describe()[3][1]; !strings.HasSuffix(lp, "answered") {
+					t.Errorf("last-probe %q", lp)
+				}
+				return
+			}
+			if woke || seen == 0 {
+				t.Fatalf("responder woke=%v seen=%d: the test is wrong", woke, seen)
+			}
+			if st.Power != nodes.PowerUnknown || st.Reachable || st.Reason != "no answer after wake" || nodes.ErrnoOf(st.Err) != syscall.EHOSTDOWN {
+				t.Fatalf("got %+v, want unknown, no answer after wake, EHOSTDOWN", st)
+			}
+			if el := time.Since(start); el < 5*50*time.Millisecond {
+				t.Errorf("gave up after %s, before tries*interval", el)
+			}
+			if !strings.Contains(st.Err.Error(), "refused") {
+				t.Errorf("error does not give the last probe result: %v", st.Err)
+			}
+		})
+	}
+}
+
+func TestProbeICMP(t *testing.T) {
+	needRoot(t)
+	leakCheck(t)
+	s, _, _ := routed(t)
+	run := func(t *testing.T, host string, wantOn bool) {
+		// Make sure the intended socket kind is what the driver will get.
+		pingOK := false
+		inNS(t, s, func() error {
+			fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM, unix.IPPROTO_ICMP)
+			if err == nil {
+				pingOK = true
+				unix.Close(fd)
+			}
+			return nil
+		})
+		if wantPing := strings.HasPrefix(t.Name(), "TestProbeICMP/ping"); pingOK != wantPing {
+			t.Fatalf("ping socket available=%v, want %v", pingOK, wantPing)
+		}
+		rec := &recorder{}
+		newDriverIn(t, s, testConfig{"mac": testMAC.String(), "wol.broadcast": "10.77.2.255", "probe": "icmp:" + host, "wol.probe-interval": "300ms"}, rec)
+		i := rec.waitFor(t, 0, 3*time.Second, "initial probe", func(s nodes.Status) bool { return s.Power != "" })
+		st := rec.statuses()[i]
+		t.Logf("%+v", st)
+		if wantOn && (st.Power != nodes.PowerOn || !st.Reachable) {
+			t.Fatalf("icmp:%s: %+v, want on", host, st)
+		}
+		if !wantOn && (st.Power != nodes.PowerUnknown || st.Reachable) {
+			t.Fatalf("icmp:%s: %+v, want unknown", host, st)
+		}
+	}
+	// ping_group_range is "1 0" in a new namespace: raw ICMP socket.
+	t.Run("raw", func(t *testing.T) { run(t, "10.77.2.2", true) })
+	t.Run("raw silent", func(t *testing.T) { run(t, "10.77.2.99", false) })
+	sysctl(t, s, "net/ipv4/ping_group_range", "0 2147483647")
+	t.Run("ping socket", func(t *testing.T) { run(t, "10.77.2.2", true) })
+	t.Run("ping socket silent", func(t *testing.T) { run(t, "10.77.2.99", false) })
+}
+
+// TestCloseStopsVerification checks that Close ends a long verification
+// promptly and that nothing is reported after Close returns.
+func TestCloseStopsVerification(t *testing.T) {
+	needRoot(t)
+	leakCheck(t)
+	s, _, _ := routed(t)
+	rec := &recorder{}
+	d := newDriverIn(t, s, testConfig{"mac": testMAC.String(), "wol.broadcast": "10.77.2.255", "probe": "tcp:10.77.2.99:22",
+		"wol.probe-interval": "10s", "wol.probe-tries": "24"}, rec)
+	if err := d.Power(t.Context(), nodes.Command{Verb: "wol"}); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(100 * time.Millisecond)
+	start := time.Now()
+	if err := d.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if el := time.Since(start); el > time.Second {
+		t.Errorf("Close took %s", el)
+	}
+	n := len(rec.statuses())
+	time.Sleep(50 * time.Millisecond)
+	if len(rec.statuses()) != n {
+		t.Errorf("reports after Close: %+v", rec.statuses()[n:])
+	}
+	if err := d.Power(t.Context(), nodes.Command{Verb: "wol"}); err == nil {
+		t.Error("Power after Close succeeded")
+	}
+	for _, st := range rec.statuses() {
+		if st.Power == nodes.PowerOn || st.Power == nodes.PowerOff {
+			t.Errorf("claimed %s without evidence: %+v", st.Power, st)
+		}
+	}
+	if errors.Is(d.Close(), syscall.EIO) {
+		t.Error("second Close failed")
+	}
+}

@@ -1,0 +1,241 @@
+package fs
+
+import (
+	"context"
+	"syscall"
+
+	gofs "github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+
+	"github.com/machinefs/machinefs/nodes"
+)
+
+// File indexes within a host directory; with the host id they make stable
+// inode numbers.
+const (
+	idxDir = iota
+	idxPower
+	idxState
+	idxConsole
+	idxConfig
+	idxEvents
+	idxEventsLog
+	idxVswitch
+	idxSubhosts
+)
+
+func hostIno(h *nodes.Host, idx uint64) uint64 { return (h.ID()+1)<<4 | idx }
+
+// rootDir is the mount's root: README, version, ctl, events, events.log
+// and hosts/.
+type rootDir struct {
+	gofs.Inode
+	fsys *FS
+}
+
+var _ gofs.NodeOnAdder = (*rootDir)(nil)
+
+func (r *rootDir) OnAdd(ctx context.Context) {
+	f := r.fsys
+	add := func(name string, n gofs.InodeEmbedder, mode uint32) *gofs.Inode {
+		ch := r.NewPersistentInode(ctx, n, gofs.StableAttr{Mode: mode})
+		r.AddChild(name, ch, false)
+		return ch
+	}
+	static := func(text string) func() []byte { b := []byte(text); return func() []byte { return b } }
+	add("README", &contentFile{fsys: f, mode: 0o444, read: static(f.opts.README)}, syscall.S_IFREG)
+	add("version", &contentFile{fsys: f, mode: 0o444, read: static(f.opts.Version + "\n")}, syscall.S_IFREG)
+	add("ctl", &contentFile{fsys: f, mode: f.writable(0o220), write: func(ctx context.Context, line string) error {
+		return f.tree.Ctl(ctx, line, caller(ctx))
+	}}, syscall.S_IFREG)
+	add("events", &eventsFile{fsys: f, prefix: ""}, syscall.S_IFREG)
+	f.notify.treeLog = add("events.log", &contentFile{fsys: f, mode: 0o444, log: f.tree.Log()}, syscall.S_IFREG)
+	hosts := &listDir{fsys: f}
+	add("hosts", hosts, syscall.S_IFDIR)
+	f.mu.Lock()
+	f.listDirs[""] = hosts
+	f.mu.Unlock()
+}
+
+func (r *rootDir) Getattr(ctx context.Context, fh gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	out.Mode = syscall.S_IFDIR | 0o755
+	r.fsys.setTimes(&out.Attr)
+	return 0
+}
+
+// listDir is hosts/ or a host's subhosts/: its entries are the model's
+// hosts. mkdir adds one, rmdir removes one.
+type listDir struct {
+	gofs.Inode
+	fsys   *FS
+	parent *nodes.Host // nil for hosts/
+}
+
+var (
+	_ gofs.NodeLookuper  = (*listDir)(nil)
+	_ gofs.NodeReaddirer = (*listDir)(nil)
+	_ gofs.NodeMkdirer   = (*listDir)(nil)
+	_ gofs.NodeRmdirer   = (*listDir)(nil)
+)
+
+func (d *listDir) Getattr(ctx context.Context, fh gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	out.Mode = syscall.S_IFDIR | d.fsys.writable(0o775)
+	d.fsys.setTimes(&out.Attr)
+	return 0
+}
+
+func (d *listDir) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	h := d.fsys.tree.Child(d.parent, name)
+	if h == nil {
+		return nil, syscall.ENOENT
+	}
+	ch := d.hostInode(ctx, name, h)
+	ch.Operations().(*hostDir).fill(&out.Attr)
+	return ch, 0
+}
+
+// hostInode returns the directory inode of h, creating it on first use.
+func (d *listDir) hostInode(ctx context.Context, name string, h *nodes.Host) *gofs.Inode {
+	if ch := d.GetChild(name); ch != nil {
+		if hd, ok := ch.Operations().(*hostDir); ok && hd.host == h {
+			return ch
+		}
+		// A host of the same name was removed and re-added.
+		d.RmChild(name)
+	}
+	hd := &hostDir{fsys: d.fsys, host: h}
+	return d.NewPersistentInode(ctx, hd, gofs.StableAttr{Mode: syscall.S_IFDIR, Ino: hostIno(h, idxDir)})
+}
+
+func (d *listDir) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) {
+	hosts := d.fsys.tree.Hosts(d.parent)
+	entries := make([]fuse.DirEntry, 0, len(hosts))
+	for _, h := range hosts {
+		entries = append(entries, fuse.DirEntry{Name: h.Name(), Mode: syscall.S_IFDIR, Ino: hostIno(h, idxDir)})
+	}
+	return gofs.NewListDirStream(entries), 0
+}
+
+func (d *listDir) Mkdir(ctx context.Context, name string, mode uint32, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	h, err := d.fsys.tree.Add(ctx, d.parent, name, nil, caller(ctx))
+	if err != nil {
+		return nil, errno(err)
+	}
+	ch := d.hostInode(ctx, name, h)
+	ch.Operations().(*hostDir).fill(&out.Attr)
+	return ch, 0
+}
+
+func (d *listDir) Rmdir(ctx context.Context, name string) syscall.Errno {
+	h := d.fsys.tree.Child(d.parent, name)
+	if h == nil {
+		return syscall.ENOENT
+	}
+	if err := d.fsys.tree.Remove(ctx, h, caller(ctx)); err != nil {
+		return errno(err)
+	}
+	d.fsys.forget(h)
+	return 0
+}
+
+// hostDir is hosts/NAME (or a subhost): power, state, console, config,
+// events, events.log, vswitch/ and subhosts/.
+type hostDir struct {
+	gofs.Inode
+	fsys *FS
+	host *nodes.Host
+
+	power, state, config, log *gofs.Inode
+}
+
+var _ gofs.NodeOnAdder = (*hostDir)(nil)
+
+func (hd *hostDir) fill(a *fuse.Attr) {
+	a.Mode = syscall.S_IFDIR | 0o755
+	a.Ino = hostIno(hd.host, idxDir)
+	hd.fsys.setTimes(a)
+}
+
+func (hd *hostDir) Getattr(ctx context.Context, fh gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	hd.fill(&out.Attr)
+	return 0
+}
+
+func (hd *hostDir) OnAdd(ctx context.Context) {
+	f, h := hd.fsys, hd.host
+	add := func(name string, idx uint64, n gofs.InodeEmbedder, mode uint32) *gofs.Inode {
+		ch := hd.NewPersistentInode(ctx, n, gofs.StableAttr{Mode: mode, Ino: hostIno(h, idx)})
+		hd.AddChild(name, ch, false)
+		return ch
+	}
+	run := func(fn func(ctx context.Context, line string, who nodes.Caller) error) func(context.Context, string) error {
+		return func(ctx context.Context, line string) error { return fn(ctx, line, caller(ctx)) }
+	}
+	hd.power = add("power", idxPower, &contentFile{
+		fsys: f, mode: f.writable(0o664), ino: hostIno(h, idxPower),
+		read:  func() []byte { return []byte(h.PowerText()) },
+		check: func(line string) error { _, err := nodes.ParseCommand(line); return err },
+		write: run(h.Exec),
+	}, syscall.S_IFREG)
+	hd.state = add("state", idxState, &contentFile{
+		fsys: f, mode: f.statusMode(), ino: hostIno(h, idxState),
+		read: func() []byte { return []byte(h.StateText()) },
+	}, syscall.S_IFREG)
+	add("console", idxConsole, &consoleFile{fsys: f, host: h}, syscall.S_IFREG)
+	hd.config = add("config", idxConfig, &contentFile{
+		fsys: f, ino: hostIno(h, idxConfig),
+		modeFn: func() uint32 {
+			if h.HasSecrets() {
+				return f.writable(0o620)
+			}
+			return f.writable(0o664)
+		},
+		read:       func() []byte { return []byte(h.ConfigText()) },
+		writeBatch: func(ctx context.Context, text string) error { return h.SetConfig(ctx, text, caller(ctx)) },
+	}, syscall.S_IFREG)
+	add("events", idxEvents, &eventsFile{fsys: f, prefix: h.Path()}, syscall.S_IFREG)
+	hd.log = add("events.log", idxEventsLog, &contentFile{fsys: f, mode: 0o444, ino: hostIno(h, idxEventsLog), log: h.Log()}, syscall.S_IFREG)
+	add("vswitch", idxVswitch, &emptyDir{fsys: f}, syscall.S_IFDIR)
+	subs := &listDir{fsys: f, parent: h}
+	add("subhosts", idxSubhosts, subs, syscall.S_IFDIR)
+
+	f.mu.Lock()
+	f.hostDirs[h.Path()] = hd
+	f.listDirs[h.Path()] = subs
+	f.mu.Unlock()
+}
+
+// emptyDir is a directory a later feature fills (vswitch/).
+type emptyDir struct {
+	gofs.Inode
+	fsys *FS
+}
+
+func (e *emptyDir) Getattr(ctx context.Context, fh gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	out.Mode = syscall.S_IFDIR | 0o755
+	e.fsys.setTimes(&out.Attr)
+	return 0
+}
+
+func (e *emptyDir) Mkdir(ctx context.Context, name string, mode uint32, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	return nil, syscall.ENOTSUP
+}
+
+// forget drops the fs's references to a removed host and its subhosts.
+func (f *FS) forget(h *nodes.Host) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	prefix := h.Path()
+	for p := range f.hostDirs {
+		if p == prefix || len(p) > len(prefix) && p[:len(prefix)+1] == prefix+"/" {
+			delete(f.hostDirs, p)
+			delete(f.listDirs, p)
+		}
+	}
+}
+
+func (f *FS) setTimes(a *fuse.Attr) {
+	t := f.started
+	a.SetTimes(&t, &t, &t)
+	a.Uid, a.Gid = f.opts.Owner, f.opts.Group
+}

@@ -1,0 +1,372 @@
+package fs
+
+import (
+	"bytes"
+	"context"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+
+	gofs "github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+
+	"github.com/machinefs/machinefs/nodes"
+)
+
+// maxLine bounds a buffered command line; a writer that never sends a
+// newline cannot grow the daemon without end.
+const maxLine = 64 << 10
+
+// contentFile is a file whose content the model renders on every read
+// (power, state, config, README, events.log) and that may take line
+// commands on write (power, config, ctl).
+type contentFile struct {
+	gofs.Inode
+	fsys   *FS
+	ino    uint64
+	mode   uint32
+	modeFn func() uint32 // overrides mode when set (config: secrets)
+
+	read func() []byte
+	log  *nodes.EventLog // events.log: read from the log directly
+
+	// check validates a complete line before anything runs (EINVAL).
+	check func(line string) error
+	// write runs one line; writeBatch runs all complete lines of a write
+	// at once (config: checked and saved together).
+	write      func(ctx context.Context, line string) error
+	writeBatch func(ctx context.Context, text string) error
+}
+
+var (
+	_ gofs.NodeGetattrer = (*contentFile)(nil)
+	_ gofs.NodeSetattrer = (*contentFile)(nil)
+	_ gofs.NodeOpener    = (*contentFile)(nil)
+	_ gofs.NodeReader    = (*contentFile)(nil)
+)
+
+func (c *contentFile) content() []byte {
+	if c.log != nil {
+		return c.log.Bytes()
+	}
+	if c.read == nil {
+		return nil
+	}
+	return c.read()
+}
+
+func (c *contentFile) size() uint64 {
+	if c.log != nil {
+		return uint64(c.log.Size())
+	}
+	return uint64(len(c.content()))
+}
+
+func (c *contentFile) fill(a *fuse.Attr) {
+	mode := c.mode
+	if c.modeFn != nil {
+		mode = c.modeFn()
+	}
+	a.Mode = syscall.S_IFREG | mode
+	a.Size = c.size()
+	a.Ino = c.ino
+	c.fsys.setTimes(a)
+}
+
+func (c *contentFile) Getattr(ctx context.Context, fh gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	c.fill(&out.Attr)
+	return 0
+}
+
+// Setattr accepts the truncation `echo x > file` sends before writing:
+// commands do not replace content, so there is nothing to truncate.
+func (c *contentFile) Setattr(ctx context.Context, fh gofs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
+	if _, ok := in.GetSize(); ok && !c.writable() && !isSelf(ctx) {
+		return syscall.EACCES
+	}
+	c.fill(&out.Attr)
+	return 0
+}
+
+func (c *contentFile) writable() bool { return c.write != nil || c.writeBatch != nil }
+
+func (c *contentFile) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32, syscall.Errno) {
+	if flags&syscall.O_ACCMODE == syscall.O_RDONLY {
+		if c.read == nil && c.log == nil {
+			return nil, 0, syscall.EACCES
+		}
+		// Cached: repeated reads cost what tmpfs costs; the notifier
+		// invalidates the cache after every change.
+		return nil, fuse.FOPEN_KEEP_CACHE | fuse.FOPEN_NOFLUSH, 0
+	}
+	if isSelf(ctx) {
+		return selfWrite{}, fuse.FOPEN_DIRECT_IO, 0
+	}
+	if !c.writable() {
+		return nil, 0, syscall.EACCES
+	}
+	if c.fsys.opts.ReadOnly {
+		return nil, 0, syscall.EROFS
+	}
+	// Direct I/O for writers: written bytes must never land in the page
+	// cache, where readers would see them as content.
+	return &lineWriter{file: c}, fuse.FOPEN_DIRECT_IO, 0
+}
+
+func (c *contentFile) Read(ctx context.Context, fh gofs.FileHandle, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
+	if c.log != nil {
+		n := c.log.ReadAt(dest, off)
+		return fuse.ReadResultData(dest[:n]), 0
+	}
+	data := c.content()
+	if off >= int64(len(data)) {
+		return fuse.ReadResultData(nil), 0
+	}
+	return fuse.ReadResultData(data[off:]), 0
+}
+
+// run runs the complete lines of text: all are checked first, so a bad line
+// fails the write before anything runs.
+func (c *contentFile) run(ctx context.Context, text string) error {
+	if c.writeBatch != nil {
+		return c.writeBatch(ctx, text)
+	}
+	var lines []string
+	for _, l := range strings.Split(text, "\n") {
+		if strings.TrimSpace(l) != "" {
+			lines = append(lines, l)
+		}
+	}
+	if c.check != nil {
+		for _, l := range lines {
+			if err := c.check(l); err != nil {
+				return err
+			}
+		}
+	}
+	for _, l := range lines {
+		if err := c.write(ctx, l); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// lineWriter buffers what one open file writes until a newline, so a
+// command split over several write calls works. A last line without a
+// newline runs at close.
+type lineWriter struct {
+	file *contentFile
+	mu   sync.Mutex
+	buf  []byte
+}
+
+var (
+	_ gofs.FileWriter  = (*lineWriter)(nil)
+	_ gofs.FileFlusher = (*lineWriter)(nil)
+)
+
+func (w *lineWriter) Write(ctx context.Context, data []byte, off int64) (uint32, syscall.Errno) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.buf = append(w.buf, data...)
+	i := bytes.LastIndexByte(w.buf, '\n')
+	if i < 0 {
+		if len(w.buf) > maxLine {
+			w.buf = nil
+			return 0, syscall.EINVAL
+		}
+		return uint32(len(data)), 0
+	}
+	text := string(w.buf[:i+1])
+	w.buf = append(w.buf[:0], w.buf[i+1:]...)
+	if err := w.file.run(ctx, text); err != nil {
+		return 0, errno(err)
+	}
+	return uint32(len(data)), 0
+}
+
+// Flush runs a last line written without a newline (`printf on > power`).
+// Shell builtins ignore errors at close, so the outcome is in state and
+// events too.
+func (w *lineWriter) Flush(ctx context.Context) syscall.Errno {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if len(bytes.TrimSpace(w.buf)) == 0 {
+		w.buf = nil
+		return 0
+	}
+	text := string(w.buf)
+	w.buf = nil
+	return errno(w.file.run(ctx, text))
+}
+
+// selfWrite takes the notifier's one-byte writes and drops them.
+type selfWrite struct{}
+
+func (selfWrite) Write(ctx context.Context, data []byte, off int64) (uint32, syscall.Errno) {
+	return uint32(len(data)), 0
+}
+
+func (selfWrite) Flush(ctx context.Context) syscall.Errno { return 0 }
+
+// consoleFile is a host's management console: each open file is a
+// session whose transcript holds the lines written and the replies, at the
+// offsets a reader expects (`exec 3<>console; echo version >&3; read r <&3`).
+// A file opened only for reading shows the host's last reply.
+type consoleFile struct {
+	gofs.Inode
+	fsys *FS
+	host *nodes.Host
+}
+
+func (c *consoleFile) Getattr(ctx context.Context, fh gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	out.Mode = syscall.S_IFREG | c.fsys.writable(0o660)
+	out.Ino = hostIno(c.host, idxConsole)
+	c.fsys.setTimes(&out.Attr)
+	return 0
+}
+
+func (c *consoleFile) Setattr(ctx context.Context, fh gofs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
+	return c.Getattr(ctx, fh, out)
+}
+
+func (c *consoleFile) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32, syscall.Errno) {
+	if flags&syscall.O_ACCMODE != syscall.O_RDONLY && isSelf(ctx) {
+		return selfWrite{}, fuse.FOPEN_DIRECT_IO, 0
+	}
+	return &consoleSession{file: c}, fuse.FOPEN_DIRECT_IO, 0
+}
+
+type consoleSession struct {
+	file       *consoleFile
+	mu         sync.Mutex
+	pending    []byte
+	transcript []byte
+	wrote      bool
+}
+
+func (s *consoleSession) Write(ctx context.Context, data []byte, off int64) (uint32, syscall.Errno) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.wrote = true
+	s.transcript = append(s.transcript, data...)
+	s.pending = append(s.pending, data...)
+	for {
+		i := bytes.IndexByte(s.pending, '\n')
+		if i < 0 {
+			break
+		}
+		line := string(s.pending[:i])
+		s.pending = s.pending[i+1:]
+		s.transcript = append(s.transcript, s.file.host.Console(ctx, line, caller(ctx))...)
+	}
+	if len(s.pending) > maxLine {
+		s.pending = nil
+		return 0, syscall.EINVAL
+	}
+	return uint32(len(data)), 0
+}
+
+func (s *consoleSession) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	data := s.transcript
+	if !s.wrote {
+		data = []byte(s.file.host.LastConsoleReply())
+	}
+	if off >= int64(len(data)) {
+		return fuse.ReadResultData(nil), 0
+	}
+	n := copy(dest, data[off:])
+	return fuse.ReadResultData(dest[:n]), 0
+}
+
+// Flush runs a last command written without a newline.
+func (s *consoleSession) Flush(ctx context.Context) syscall.Errno {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(bytes.TrimSpace(s.pending)) > 0 {
+		line := string(s.pending)
+		s.pending = nil
+		s.transcript = append(s.transcript, '\n')
+		s.transcript = append(s.transcript, s.file.host.Console(ctx, line, caller(ctx))...)
+	}
+	return 0
+}
+
+// eventsFile is a blocking stream of events ("cat events" waits for more);
+// each open file is a subscription from the moment of opening.
+type eventsFile struct {
+	gofs.Inode
+	fsys   *FS
+	prefix string
+}
+
+func (e *eventsFile) Getattr(ctx context.Context, fh gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	out.Mode = syscall.S_IFREG | 0o444
+	e.fsys.setTimes(&out.Attr)
+	return 0
+}
+
+func (e *eventsFile) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32, syscall.Errno) {
+	if flags&syscall.O_ACCMODE != syscall.O_RDONLY {
+		return nil, 0, syscall.EACCES
+	}
+	sub := e.fsys.tree.Subscribe(e.prefix)
+	return &eventStream{fsys: e.fsys, sub: sub}, fuse.FOPEN_DIRECT_IO | fuse.FOPEN_STREAM | fuse.FOPEN_NONSEEKABLE, 0
+}
+
+type eventStream struct {
+	fsys    *FS
+	sub     *nodes.Subscription
+	mu      sync.Mutex
+	pending []byte
+}
+
+var (
+	_ gofs.FileReader   = (*eventStream)(nil)
+	_ gofs.FileReleaser = (*eventStream)(nil)
+)
+
+// Read blocks until there is an event. An interrupt (Ctrl-C) ends it with
+// EINTR, which releases the reader cleanly; unmount ends it with EOF.
+func (s *eventStream) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.pending) == 0 {
+		select {
+		case ev := <-s.sub.C:
+			s.add(ev)
+		case <-ctx.Done():
+			return nil, syscall.EINTR
+		case <-s.fsys.done:
+			return fuse.ReadResultData(nil), 0
+		}
+	}
+	for len(s.pending) < len(dest) {
+		select {
+		case ev := <-s.sub.C:
+			s.add(ev)
+			continue
+		default:
+		}
+		break
+	}
+	n := copy(dest, s.pending)
+	s.pending = s.pending[n:]
+	return fuse.ReadResultData(dest[:n]), 0
+}
+
+func (s *eventStream) add(ev nodes.Event) {
+	if lost := s.sub.Lost(); lost > 0 {
+		s.pending = append(s.pending, nodes.Event{Time: ev.Time, Path: s.sub.Prefix(), Kind: "lost", Detail: strconv.FormatInt(lost, 10) + " events (reader too slow)"}.Line()...)
+	}
+	s.pending = append(s.pending, ev.Line()...)
+}
+
+func (s *eventStream) Release(ctx context.Context) syscall.Errno {
+	s.sub.Close()
+	return 0
+}

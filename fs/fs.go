@@ -1,0 +1,186 @@
+// Package fs maps the machine model (package nodes) onto a FUSE filesystem
+// with go-fuse: directories for hosts, control files that take commands,
+// status files that are always fresh, event streams, and notifications that
+// wake inotify watchers. It holds no machine logic: every write becomes a
+// call into nodes, every read renders the model's current state.
+//
+// Freshness follows the /proc and sysfs model. Status files are opened with
+// FOPEN_KEEP_CACHE so repeated reads cost what tmpfs costs, and a worker
+// invalidates their cache (NotifyContent) after every change the model
+// reports. Because the kernel raises no inotify event for an invalidation,
+// the same worker also writes one byte to each changed file through the
+// mount itself; the file recognises the daemon's own thread and ignores the
+// byte, and watchers get IN_MODIFY and IN_CLOSE_WRITE as for any write.
+package fs
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"sync"
+	"syscall"
+	"time"
+
+	gofs "github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+
+	"github.com/machinefs/machinefs/nodes"
+)
+
+// Options configure a mount.
+type Options struct {
+	// Owner owns every file; Group is the operators group, whose members
+	// may write control files.
+	Owner, Group uint32
+	// AllowOther lets every user reach the mount; the kernel checks the
+	// file modes (default_permissions is always set).
+	AllowOther bool
+	// ReadOnly mounts read-only.
+	ReadOnly bool
+	// Debug logs every FUSE request.
+	Debug bool
+	// FsName is the source shown in /proc/mounts.
+	FsName string
+	// Version is the text of the version file.
+	Version string
+	// README is the text of the README file.
+	README string
+	// Log receives the layer's own log.
+	Log *slog.Logger
+}
+
+// FS is a mounted machine tree.
+type FS struct {
+	tree       *nodes.Tree
+	opts       Options
+	mountpoint string
+	server     *fuse.Server
+	started    time.Time
+	done       chan struct{} // closed at unmount: releases blocked streams
+
+	mu       sync.Mutex
+	hostDirs map[string]*hostDir // by host path, once the kernel looked them up
+	listDirs map[string]*listDir // hosts/ and each subhosts/, by parent path
+
+	notify *notifier
+}
+
+// Mount mounts tree at mountpoint and returns once the kernel serves it.
+func Mount(tree *nodes.Tree, mountpoint string, o Options) (*FS, error) {
+	if o.Log == nil {
+		o.Log = slog.New(slog.DiscardHandler)
+	}
+	f := &FS{
+		tree:       tree,
+		opts:       o,
+		mountpoint: mountpoint,
+		started:    time.Now(),
+		done:       make(chan struct{}),
+		hostDirs:   map[string]*hostDir{},
+		listDirs:   map[string]*listDir{},
+	}
+	f.notify = newNotifier(f)
+	// Cached entries and attributes are safe because every change is
+	// invalidated by the notifier; negative entries are not cached so a
+	// host added by ctl or SIGHUP appears at once.
+	entry, attr, negative := time.Second, time.Second, time.Duration(0)
+	mo := fuse.MountOptions{
+		AllowOther:   o.AllowOther,
+		DirectMount:  os.Geteuid() == 0,
+		FsName:       o.FsName,
+		Name:         "machinefs",
+		Debug:        o.Debug,
+		MaxReadAhead: 128 << 10,
+		Options:      []string{"default_permissions"},
+	}
+	if o.FsName == "" {
+		mo.FsName = "machinefs"
+	}
+	if o.ReadOnly {
+		mo.Options = append(mo.Options, "ro")
+	}
+	root := &rootDir{fsys: f}
+	server, err := gofs.Mount(mountpoint, root, &gofs.Options{
+		MountOptions:    mo,
+		EntryTimeout:    &entry,
+		AttrTimeout:     &attr,
+		NegativeTimeout: &negative,
+		UID:             o.Owner,
+		GID:             o.Group,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("mount %s: %w", mountpoint, err)
+	}
+	f.server = server
+	stop := tree.Watch(f.notify.onEvent)
+	f.notify.start(stop)
+	return f, nil
+}
+
+// Wait blocks until the filesystem is unmounted (by Unmount, fusermount -u
+// or umount).
+func (f *FS) Wait() { f.server.Wait() }
+
+// Unmount stops the notifier, releases blocked readers and unmounts.
+func (f *FS) Unmount() error {
+	f.notify.stop()
+	select {
+	case <-f.done:
+	default:
+		close(f.done)
+	}
+	var err error
+	for i := 0; i < 50; i++ {
+		if err = f.server.Unmount(); err == nil {
+			return nil
+		}
+		// EBUSY while a shell still has a file open; give it a moment.
+		time.Sleep(100 * time.Millisecond)
+	}
+	return fmt.Errorf("unmount %s: %w", f.mountpoint, err)
+}
+
+// modes for the tree's files. Status files carry no write bit for anyone
+// but the daemon itself when it runs as root (root needs no bit for its
+// notification writes); a non-root daemon needs the owner write bit.
+func (f *FS) statusMode() uint32 {
+	if f.opts.Owner == 0 {
+		return 0o444
+	}
+	return 0o644
+}
+
+func (f *FS) writable(mode uint32) uint32 {
+	if f.opts.ReadOnly {
+		return mode &^ 0o222
+	}
+	return mode
+}
+
+// caller returns who is making a request.
+func caller(ctx context.Context) nodes.Caller {
+	if c, ok := fuse.FromContext(ctx); ok {
+		return nodes.Caller{Uid: c.Uid, Gid: c.Gid, Pid: c.Pid}
+	}
+	return nodes.Caller{}
+}
+
+// isSelf reports whether the request comes from one of the daemon's own
+// threads: FUSE reports the thread id, so look in /proc/self/task.
+func isSelf(ctx context.Context) bool {
+	c, ok := fuse.FromContext(ctx)
+	if !ok || c.Pid == 0 {
+		return false
+	}
+	var st syscall.Stat_t
+	return syscall.Stat(fmt.Sprintf("/proc/self/task/%d", c.Pid), &st) == nil
+}
+
+// errno turns a model error into the errno the caller gets.
+func errno(err error) syscall.Errno {
+	if err == nil {
+		return 0
+	}
+	return nodes.ErrnoOf(err)
+}

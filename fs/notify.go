@@ -1,0 +1,203 @@
+package fs
+
+import (
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+
+	gofs "github.com/hanwen/go-fuse/v2/fs"
+
+	"github.com/machinefs/machinefs/nodes"
+)
+
+// What changed in a host directory.
+const (
+	dirtyPower = 1 << iota
+	dirtyState
+	dirtyConfig
+	dirtyLog
+	dirtyPowerQuiet // invalidate power's cache without waking watchers
+)
+
+// notifier turns model events into fresh reads and inotify events. The
+// model calls onEvent synchronously, so it only records what is dirty; a
+// single worker goroutine does the kernel calls, never from inside a FUSE
+// request (that deadlocks).
+type notifier struct {
+	fsys    *FS
+	treeLog *gofs.Inode
+
+	mu      sync.Mutex
+	dirty   map[string]int // host path ("" = tree) -> dirty bits
+	entries map[string]bool
+	wake    chan struct{}
+	quit    chan struct{}
+	done    chan struct{}
+	unwatch func()
+	once    sync.Once
+}
+
+func newNotifier(f *FS) *notifier {
+	return &notifier{
+		fsys:    f,
+		dirty:   map[string]int{},
+		entries: map[string]bool{},
+		wake:    make(chan struct{}, 1),
+		quit:    make(chan struct{}),
+		done:    make(chan struct{}),
+	}
+}
+
+func (n *notifier) start(unwatch func()) {
+	n.unwatch = unwatch
+	go n.run()
+}
+
+func (n *notifier) stop() {
+	n.once.Do(func() {
+		if n.unwatch != nil {
+			n.unwatch()
+		}
+		close(n.quit)
+		<-n.done
+	})
+}
+
+// onEvent marks the files an event changes. Every event grows events.log
+// of its host, the host's ancestors and the tree.
+func (n *notifier) onEvent(e nodes.Event) {
+	n.mu.Lock()
+	n.dirty[""] |= dirtyLog
+	if e.Path != "" {
+		bits := dirtyLog | dirtyState
+		switch e.Kind {
+		case "power":
+			bits |= dirtyPower
+		case "command":
+			// A writer's direct write may have grown the kernel's idea
+			// of power's size; refresh it without waking watchers.
+			bits |= dirtyPowerQuiet
+		case "config", "drivers":
+			bits |= dirtyConfig | dirtyPower
+		case "added", "removed":
+			n.entries[e.Path] = true
+		}
+		n.dirty[e.Path] |= bits
+		for p := parentPath(e.Path); p != ""; p = parentPath(p) {
+			n.dirty[p] |= dirtyLog
+			if e.Kind == "added" || e.Kind == "removed" {
+				n.dirty[p] |= dirtyState
+			}
+		}
+	}
+	n.mu.Unlock()
+	select {
+	case n.wake <- struct{}{}:
+	default:
+	}
+}
+
+// parentPath is the host a subhost runs on ("" for a top-level host).
+func parentPath(path string) string {
+	i := strings.LastIndex(path, "/subhosts/")
+	if i < 0 {
+		return ""
+	}
+	return path[:i]
+}
+
+func (n *notifier) run() {
+	defer close(n.done)
+	for {
+		select {
+		case <-n.quit:
+			return
+		case <-n.wake:
+		}
+		n.mu.Lock()
+		dirty, entries := n.dirty, n.entries
+		n.dirty, n.entries = map[string]int{}, map[string]bool{}
+		n.mu.Unlock()
+		for path := range entries {
+			n.refreshEntry(path)
+		}
+		for path, bits := range dirty {
+			n.refresh(path, bits)
+		}
+	}
+}
+
+// refreshEntry makes the kernel forget its dentry for a host that was added
+// or removed behind its back (ctl, SIGHUP).
+func (n *notifier) refreshEntry(path string) {
+	parent := parentPath(path)
+	name := path[strings.LastIndex(path, "/")+1:]
+	n.fsys.mu.Lock()
+	ld := n.fsys.listDirs[parent]
+	n.fsys.mu.Unlock()
+	if ld == nil {
+		return
+	}
+	if n.fsys.tree.Host(path) == nil {
+		if ch := ld.GetChild(name); ch != nil {
+			ld.RmChild(name)
+			n.fsys.forget(ch.Operations().(*hostDir).host)
+		}
+	}
+	ld.NotifyEntry(name)
+}
+
+func (n *notifier) refresh(path string, bits int) {
+	if path == "" {
+		if n.treeLog != nil {
+			n.treeLog.NotifyContent(0, 0)
+		}
+		return
+	}
+	n.fsys.mu.Lock()
+	hd := n.fsys.hostDirs[path]
+	n.fsys.mu.Unlock()
+	if hd == nil || hd.power == nil {
+		return // never looked up: nobody can hold it open or watch it
+	}
+	// Invalidate first, then poke: a watcher woken by the poke must read
+	// the new content.
+	var poke []string
+	if bits&dirtyLog != 0 {
+		hd.log.NotifyContent(0, 0)
+	}
+	if bits&(dirtyPower|dirtyPowerQuiet) != 0 {
+		hd.power.NotifyContent(0, 0)
+	}
+	if bits&dirtyPower != 0 {
+		poke = append(poke, "power")
+	}
+	if bits&dirtyState != 0 {
+		hd.state.NotifyContent(0, 0)
+		poke = append(poke, "state")
+	}
+	if bits&dirtyConfig != 0 {
+		hd.config.NotifyContent(0, 0)
+		poke = append(poke, "config")
+	}
+	if n.fsys.opts.ReadOnly {
+		return
+	}
+	for _, name := range poke {
+		n.poke(filepath.Join(n.fsys.mountpoint, path, name))
+	}
+}
+
+// poke writes one byte to a file through the mount so the kernel raises
+// IN_MODIFY and IN_CLOSE_WRITE for its watchers; the file knows the
+// daemon's own threads and drops the byte. A fresh fd each time, opened
+// with syscall.Open so the Go runtime does not poll it, closed at once.
+func (n *notifier) poke(name string) {
+	fd, err := syscall.Open(name, syscall.O_WRONLY|syscall.O_CLOEXEC, 0)
+	if err != nil {
+		return
+	}
+	syscall.Write(fd, []byte{'\n'})
+	syscall.Close(fd)
+}

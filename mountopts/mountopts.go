@@ -1,0 +1,115 @@
+// Package mountopts parses the -o option string of machinefs, so that the
+// same words work on the command line, in `mount -t fuse.machinefs` and in
+// an fstab line.
+//
+// Options are comma separated words or key=value pairs. Generic mount(8)
+// options that only concern mount(8) itself (auto, noauto, user, _netdev,
+// nofail, x-systemd.*, ...) are accepted and ignored, because mount(8) and
+// systemd pass them through to helpers.
+package mountopts
+
+import (
+	"fmt"
+	"strings"
+)
+
+// Options are the parsed -o options.
+type Options struct {
+	// AllowOther lets users other than the mounter reach the mount; the
+	// kernel then checks file modes (default_permissions is always on).
+	AllowOther bool
+	// ReadOnly mounts read-only: no commands, no config changes.
+	ReadOnly bool
+	// Debug logs every FUSE request.
+	Debug bool
+	// ConfigDir is the configuration directory (config=DIR).
+	ConfigDir string
+	// Group names the operators group (group=NAME or a numeric gid) whose
+	// members may write control files.
+	Group string
+	// FsName is the source shown in /proc/mounts (fsname=NAME).
+	FsName string
+	// Demo mounts the embedded demo tree (demo).
+	Demo bool
+	// Background detaches from the terminal once mounted (as mount(8)
+	// helpers must); set for the mount.machinefs entry point.
+	Background bool
+}
+
+// ignored are options mount(8), fstab and systemd pass that mean nothing to
+// a FUSE daemon, or that the daemon applies anyway.
+var ignored = map[string]bool{
+	"rw": true, "defaults": true, "auto": true, "noauto": true,
+	"user": true, "nouser": true, "users": true, "owner": true,
+	"_netdev": true, "nofail": true, "suid": true, "nosuid": true,
+	"dev": true, "nodev": true, "exec": true, "noexec": true,
+	"atime": true, "noatime": true, "relatime": true,
+	"default_permissions": true, // always on
+}
+
+// Parse parses one -o string into a fresh Options.
+func Parse(s string) (Options, error) {
+	var o Options
+	err := o.Set(s)
+	return o, err
+}
+
+// Set adds the options in s to o. It makes *Options a flag.Value, so -o may
+// be given several times.
+func (o *Options) Set(s string) error {
+	for _, word := range strings.Split(s, ",") {
+		word = strings.TrimSpace(word)
+		if word == "" {
+			continue
+		}
+		key, val, hasVal := strings.Cut(word, "=")
+		switch {
+		case ignored[key] && !hasVal:
+		case strings.HasPrefix(key, "x-") || key == "comment":
+			// x-systemd.automount, x-gvfs-show, comment=...: for others.
+		case key == "allow_other" && !hasVal:
+			o.AllowOther = true
+		case key == "ro" && !hasVal:
+			o.ReadOnly = true
+		case key == "debug" && !hasVal:
+			o.Debug = true
+		case key == "demo" && !hasVal:
+			o.Demo = true
+		case key == "background" && !hasVal:
+			o.Background = true
+		case key == "foreground" && !hasVal:
+			o.Background = false
+		case key == "config" && hasVal && val != "":
+			o.ConfigDir = val
+		case key == "group" && hasVal && val != "":
+			o.Group = val
+		case key == "fsname" && hasVal && val != "":
+			o.FsName = val
+		default:
+			return fmt.Errorf("mount option %q: unknown or malformed (see machinefs(8))", word)
+		}
+	}
+	return nil
+}
+
+// String renders o back as an -o string.
+func (o *Options) String() string {
+	if o == nil {
+		return ""
+	}
+	var w []string
+	add := func(on bool, s string) {
+		if on {
+			w = append(w, s)
+		}
+	}
+	add(o.AllowOther, "allow_other")
+	add(o.ReadOnly, "ro")
+	add(o.Debug, "debug")
+	add(o.Demo, "demo")
+	add(o.Background, "background")
+	add(o.ConfigDir != "", "config="+o.ConfigDir)
+	add(o.Group != "", "group="+o.Group)
+	add(o.FsName != "", "fsname="+o.FsName)
+	return strings.Join(w, ",")
+}

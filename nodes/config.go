@@ -1,0 +1,283 @@
+package nodes
+
+import (
+	"bufio"
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// ConfigFile is one host's configuration as the user wrote it: "key = value"
+// lines, # comments and blank lines. Setting a key rewrites its line in place
+// and keeps every comment, so a file edited by hand and through the tree
+// stays the user's file.
+type ConfigFile struct {
+	lines []configLine
+}
+
+type configLine struct {
+	raw     string // the line as it is written in the file
+	key     string // "" for comments and blank lines
+	value   string
+	comment string // inline comment, with its leading whitespace and '#'
+}
+
+// inlineComment is a '#' preceded by whitespace; a '#' inside a value
+// (a password, say) without a space before it stays part of the value.
+var inlineComment = regexp.MustCompile(`\s+#.*$`)
+
+// ParseConfig parses the text of a config file. Lines that are neither
+// comments nor "key = value" are an EINVAL error naming the line.
+func ParseConfig(text string) (*ConfigFile, error) {
+	cf := &ConfigFile{}
+	sc := bufio.NewScanner(strings.NewReader(text))
+	sc.Buffer(make([]byte, 64*1024), 1024*1024)
+	n := 0
+	for sc.Scan() {
+		n++
+		l, err := parseConfigLine(sc.Text())
+		if err != nil {
+			return nil, Errorf(syscall.EINVAL, "line %d: %v", n, err)
+		}
+		cf.lines = append(cf.lines, l)
+	}
+	return cf, sc.Err()
+}
+
+func parseConfigLine(raw string) (configLine, error) {
+	trimmed := strings.TrimSpace(raw)
+	if trimmed == "" || strings.HasPrefix(trimmed, "#") {
+		return configLine{raw: raw}, nil
+	}
+	comment := inlineComment.FindString(raw)
+	body := strings.TrimSuffix(raw, comment)
+	key, value, ok := strings.Cut(body, "=")
+	if !ok {
+		return configLine{}, fmt.Errorf("%q is not \"key = value\"", trimmed)
+	}
+	key = strings.TrimSpace(key)
+	if !keyRE.MatchString(key) {
+		return configLine{}, fmt.Errorf("%q is not a valid key", key)
+	}
+	return configLine{raw: raw, key: key, value: strings.TrimSpace(value), comment: comment}, nil
+}
+
+var keyRE = regexp.MustCompile(`^[a-z][a-z0-9_.-]{0,63}$`)
+
+// Get returns the value of key.
+func (cf *ConfigFile) Get(key string) (string, bool) {
+	for i := len(cf.lines) - 1; i >= 0; i-- {
+		if cf.lines[i].key == key {
+			return cf.lines[i].value, true
+		}
+	}
+	return "", false
+}
+
+// Duration returns key as a duration, or def when unset or malformed (values
+// are checked when they are set, so malformed means a hand-edited file).
+func (cf *ConfigFile) Duration(key string, def time.Duration) time.Duration {
+	v, ok := cf.Get(key)
+	if !ok {
+		return def
+	}
+	d, err := parseDuration(v)
+	if err != nil {
+		return def
+	}
+	return d
+}
+
+// Keys lists the keys set, in file order.
+func (cf *ConfigFile) Keys() []string {
+	var keys []string
+	for _, l := range cf.lines {
+		if l.key != "" {
+			keys = append(keys, l.key)
+		}
+	}
+	return keys
+}
+
+// Set sets key to value, rewriting the key's line in place (keeping its
+// inline comment) or appending a new line.
+func (cf *ConfigFile) Set(key, value string) {
+	for i := range cf.lines {
+		l := &cf.lines[i]
+		if l.key == key {
+			l.value = value
+			l.raw = key + " = " + value + l.comment
+			return
+		}
+	}
+	cf.lines = append(cf.lines, configLine{raw: key + " = " + value, key: key, value: value})
+}
+
+// Delete removes every line that sets key.
+func (cf *ConfigFile) Delete(key string) {
+	kept := cf.lines[:0]
+	for _, l := range cf.lines {
+		if l.key != key {
+			kept = append(kept, l)
+		}
+	}
+	cf.lines = kept
+}
+
+// Clone returns an independent copy.
+func (cf *ConfigFile) Clone() *ConfigFile {
+	return &ConfigFile{lines: append([]configLine(nil), cf.lines...)}
+}
+
+// Render returns the file text. mask, if not nil, says which keys are
+// secret: their values are shown as "<set>".
+func (cf *ConfigFile) Render(mask func(key string) bool) string {
+	var b strings.Builder
+	for _, l := range cf.lines {
+		if l.key != "" && mask != nil && mask(l.key) {
+			b.WriteString(l.key + " = <set>" + l.comment + "\n")
+			continue
+		}
+		b.WriteString(l.raw + "\n")
+	}
+	return b.String()
+}
+
+func parseDuration(v string) (time.Duration, error) {
+	if d, err := time.ParseDuration(v); err == nil {
+		return d, nil
+	}
+	n, err := strconv.ParseUint(v, 10, 32)
+	if err != nil {
+		return 0, fmt.Errorf("%q is not a duration (e.g. 10s, 2m)", v)
+	}
+	return time.Duration(n) * time.Second, nil
+}
+
+// Store keeps one config file per host in a directory: hosts/NAME.conf, and
+// for subhosts hosts/NAME/subhosts/SUB.conf, mirroring the tree.
+type Store struct {
+	Dir string
+}
+
+func (s *Store) file(path string) string {
+	return filepath.Join(s.Dir, filepath.FromSlash(path)+".conf")
+}
+
+// Save writes a host's file atomically: a temporary file in the same
+// directory, fsync, rename over the old file, fsync the directory. A crash
+// leaves either the old or the new file, never half of one. Files holding
+// secrets are readable by their owner only.
+func (s *Store) Save(path string, cf *ConfigFile, secret bool) error {
+	name := s.file(path)
+	dir := filepath.Dir(name)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("config: %w", err)
+	}
+	mode := os.FileMode(0o644)
+	if secret {
+		mode = 0o600
+	}
+	tmp, err := os.CreateTemp(dir, "."+filepath.Base(name)+".tmp*")
+	if err != nil {
+		return fmt.Errorf("config: %w", err)
+	}
+	defer os.Remove(tmp.Name()) // no-op once renamed
+	if err := tmp.Chmod(mode); err != nil {
+		tmp.Close()
+		return fmt.Errorf("config: %w", err)
+	}
+	if _, err := tmp.WriteString(cf.Render(nil)); err != nil {
+		tmp.Close()
+		return fmt.Errorf("config: write %s: %w", tmp.Name(), err)
+	}
+	if err := tmp.Sync(); err != nil {
+		tmp.Close()
+		return fmt.Errorf("config: fsync %s: %w", tmp.Name(), err)
+	}
+	if err := tmp.Close(); err != nil {
+		return fmt.Errorf("config: %w", err)
+	}
+	if err := os.Rename(tmp.Name(), name); err != nil {
+		return fmt.Errorf("config: %w", err)
+	}
+	return syncDir(dir)
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return fmt.Errorf("config: %w", err)
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil {
+		return fmt.Errorf("config: fsync %s: %w", dir, err)
+	}
+	return nil
+}
+
+// Remove deletes a host's file and the directory of its subhosts.
+func (s *Store) Remove(path string) error {
+	if err := os.Remove(s.file(path)); err != nil && !os.IsNotExist(err) {
+		return fmt.Errorf("config: %w", err)
+	}
+	if err := os.RemoveAll(filepath.Join(s.Dir, filepath.FromSlash(path))); err != nil {
+		return fmt.Errorf("config: %w", err)
+	}
+	return syncDir(filepath.Dir(s.file(path)))
+}
+
+// StoredHost is one file found by Load.
+type StoredHost struct {
+	Path   string // tree path, e.g. "hosts/lab01/subhosts/vm1"
+	Config *ConfigFile
+	Err    error // the file could not be parsed
+}
+
+// Load reads every host file, parents before their subhosts.
+func (s *Store) Load() ([]StoredHost, error) {
+	var out []StoredHost
+	var walk func(treeDir string) error
+	walk = func(treeDir string) error {
+		dir := filepath.Join(s.Dir, filepath.FromSlash(treeDir))
+		ents, err := os.ReadDir(dir)
+		if os.IsNotExist(err) {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("config: %w", err)
+		}
+		for _, e := range ents {
+			name, ok := strings.CutSuffix(e.Name(), ".conf")
+			if !ok || e.IsDir() || !ValidName(name) {
+				continue
+			}
+			path := treeDir + "/" + name
+			data, err := os.ReadFile(filepath.Join(dir, e.Name()))
+			sh := StoredHost{Path: path}
+			if err == nil {
+				sh.Config, sh.Err = ParseConfig(string(data))
+			} else {
+				sh.Err = err
+			}
+			out = append(out, sh)
+			if err := walk(path + "/subhosts"); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	return out, walk("hosts")
+}
+
+var nameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$`)
+
+// ValidName reports whether name can name a host, subhost, switch or group.
+func ValidName(name string) bool {
+	return nameRE.MatchString(name) && !strings.HasSuffix(name, ".conf")
+}

@@ -1,0 +1,98 @@
+package nodes
+
+import (
+	"context"
+	"fmt"
+	"strings"
+)
+
+// Console runs one management console line (mconsole style) and returns the
+// reply: "OK text" or "ERR reason", ending in a newline. Replies may span
+// several lines; the first starts with OK or ERR.
+func (h *Host) Console(ctx context.Context, line string, who Caller) string {
+	fields := strings.Fields(line)
+	if len(fields) == 0 {
+		return ""
+	}
+	name := strings.ToLower(fields[0])
+	var reply string
+	if name == "help" {
+		reply = "OK " + h.consoleHelp()
+	} else {
+		reply = h.consoleRun(ctx, name, fields[1:])
+	}
+	if !strings.HasSuffix(reply, "\n") {
+		reply += "\n"
+	}
+	status, _, _ := strings.Cut(reply, " ")
+	h.mu.Lock()
+	h.console = reply
+	h.mu.Unlock()
+	h.emit("console", fmt.Sprintf("%q %s %s", strings.TrimSpace(line), who, strings.TrimSpace(status)))
+	return reply
+}
+
+// LastConsoleReply is the reply to the last console command, for a reader
+// that opened console without writing to it.
+func (h *Host) LastConsoleReply() string {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.console
+}
+
+func (h *Host) consoleRun(ctx context.Context, name string, args []string) string {
+	if h.tree.readOnly {
+		return "ERR read-only mount"
+	}
+	h.mu.Lock()
+	var target Consoler
+	for _, d := range h.drivers {
+		if c, ok := d.(Consoler); ok {
+			for _, cc := range c.ConsoleCommands() {
+				if cc.Name == name {
+					target = c
+				}
+			}
+		}
+		if target != nil {
+			break
+		}
+	}
+	timeout := h.cfg.Duration("timeout", defaultTimeout)
+	h.mu.Unlock()
+	if target == nil {
+		return fmt.Sprintf("ERR unknown command %q (try help)", name)
+	}
+	var text string
+	err := callDriver(ctx, timeout, func(ctx context.Context) error {
+		var err error
+		text, err = target.Console(ctx, name, args)
+		return err
+	})
+	if err != nil {
+		return "ERR " + err.Error()
+	}
+	return "OK " + text
+}
+
+func (h *Host) consoleHelp() string {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	var b strings.Builder
+	b.WriteString("commands:\n")
+	fmt.Fprintf(&b, "  %-20s %s\n", "help", "this list")
+	for _, d := range h.drivers {
+		c, ok := d.(Consoler)
+		if !ok {
+			continue
+		}
+		for _, cc := range c.ConsoleCommands() {
+			usage := cc.Usage
+			if usage == "" {
+				usage = cc.Name
+			}
+			fmt.Fprintf(&b, "  %-20s %s (%s)\n", usage, cc.Help, d.Kind())
+		}
+	}
+	return b.String()
+}

@@ -1,0 +1,421 @@
+package nodes
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// Caller is who made a request: the uid, gid and pid the kernel reports.
+type Caller struct {
+	Uid, Gid, Pid uint32
+}
+
+func (c Caller) String() string {
+	return fmt.Sprintf("uid=%d gid=%d pid=%d", c.Uid, c.Gid, c.Pid)
+}
+
+// Host is one machine in the tree: a host under hosts/ or a subhost under a
+// host's subhosts/. It holds the machine's state, runs its commands through
+// its drivers and publishes every change as an event.
+type Host struct {
+	tree   *Tree
+	parent *Host
+	name   string
+	path   string
+	id     uint64
+	log    *EventLog
+
+	mu        sync.Mutex
+	cfg       *ConfigFile
+	drivers   []Driver
+	driverErr error
+	gen       uint64 // driver generation: reports from closed drivers are ignored
+	power     Power
+	since     time.Time
+	reason    string
+	reachable bool
+	lastCmd   string
+	lastErr   string
+	op        *operation
+	console   string // last console exchange, for readers that did not write
+
+	subhosts map[string]*Host // guarded by tree.mu
+}
+
+// operation is a power command in flight: accepted by a driver, not yet at
+// its target state.
+type operation struct {
+	cmd     Command
+	who     Caller
+	target  Power
+	prev    Power
+	started time.Time
+	done    chan struct{}
+	err     error
+	timer   *time.Timer
+}
+
+// Name is the host's own name, Path its place in the tree.
+func (h *Host) Name() string { return h.name }
+
+// Path is the host's path in the tree, e.g. "hosts/lab01/subhosts/vm1".
+func (h *Host) Path() string { return h.path }
+
+// ID is a number unique to this host for the life of the process.
+func (h *Host) ID() uint64 { return h.id }
+
+// Log is the host's events.log: its own events and its subhosts'.
+func (h *Host) Log() *EventLog { return h.log }
+
+// Parent is the host a subhost runs on, nil for hosts.
+func (h *Host) Parent() *Host { return h.parent }
+
+// Power is the current power state.
+func (h *Host) Power() Power {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.power
+}
+
+// PowerText is the content of the power file.
+func (h *Host) PowerText() string { return string(h.Power()) + "\n" }
+
+// emit publishes an event about this host.
+func (h *Host) emit(kind, detail string) {
+	h.tree.publish(Event{Time: time.Now(), Path: h.path, Kind: kind, Detail: detail})
+}
+
+// Exec parses and runs one line written to the power file.
+func (h *Host) Exec(ctx context.Context, line string, who Caller) error {
+	cmd, err := ParseCommand(line)
+	if err != nil {
+		return err
+	}
+	return h.Run(ctx, cmd, who)
+}
+
+// Run runs a parsed command. It returns once the driver accepted it, or
+// with cmd.Wait once the target state is reached. Errors carry the errno
+// (see ErrnoOf) and are recorded in state and events.
+func (h *Host) Run(ctx context.Context, cmd Command, who Caller) error {
+	spec, _ := LookupVerb(cmd.Verb)
+	quoted := fmt.Sprintf("%q %s", cmd.String(), who)
+	if h.tree.readOnly {
+		return Errorf(syscall.EROFS, "read-only mount")
+	}
+
+	h.mu.Lock()
+	pc := h.powerDriverLocked(cmd.Verb)
+	if pc == nil {
+		err := h.unsupportedLocked(cmd.Verb)
+		h.lastCmd = fmt.Sprintf("%s at %s: refused: %v", quoted, stamp(time.Now()), err)
+		h.lastErr = err.Error()
+		h.mu.Unlock()
+		h.emit("command", quoted+" refused: "+err.Error())
+		return err
+	}
+	if op := h.op; op != nil && !cmd.Force {
+		h.mu.Unlock()
+		err := Errorf(syscall.EBUSY, "busy: %q is in flight since %s", op.cmd.String(), stamp(op.started))
+		h.emit("command", quoted+" refused: "+err.Error())
+		return err
+	}
+	now := time.Now()
+	if spec.Target != "" && h.power == spec.Target && spec.Transit != PowerRebooting {
+		// ipmitool semantics: "on" on a machine that is on succeeds
+		// and changes nothing.
+		h.lastCmd = fmt.Sprintf("%s at %s: ok (already %s)", quoted, stamp(now), h.power)
+		h.mu.Unlock()
+		h.emit("command", quoted+" ok (already "+string(spec.Target)+")")
+		return nil
+	}
+	op := &operation{cmd: cmd, who: who, target: spec.Target, prev: h.power, started: now, done: make(chan struct{})}
+	if prev := h.op; prev != nil {
+		h.finishLocked(prev, Errorf(syscall.ECANCELED, "overridden by %q (force)", cmd.String()))
+	}
+	h.op = op
+	h.lastCmd = fmt.Sprintf("%s at %s: in flight", quoted, stamp(now))
+	changed := spec.Transit != "" && h.power != spec.Transit
+	if changed {
+		h.setPowerLocked(spec.Transit, fmt.Sprintf("command %q by uid %d", cmd.String(), who.Uid))
+	}
+	timeout := h.cfg.Duration("timeout", 10*time.Second)
+	opTimeout := h.cfg.Duration("wait-timeout", 2*time.Minute)
+	if cmd.Timeout > 0 {
+		opTimeout = cmd.Timeout
+	}
+	h.mu.Unlock()
+	if changed {
+		h.emit("power", string(spec.Transit))
+	}
+
+	err := callDriver(ctx, timeout, func(ctx context.Context) error { return pc.Power(ctx, cmd) })
+
+	h.mu.Lock()
+	if err != nil {
+		err = fmt.Errorf("%s: %w", pc.Kind(), err)
+		restored := h.op == op && h.power != op.prev
+		if h.op == op {
+			h.setPowerLocked(op.prev, fmt.Sprintf("command %q failed", cmd.String()))
+		}
+		h.finishLocked(op, err)
+		h.lastErr = err.Error()
+		h.mu.Unlock()
+		h.emit("command", quoted+" failed: "+err.Error())
+		h.emit("error", err.Error())
+		if restored {
+			h.emit("power", string(op.prev))
+		}
+		return err
+	}
+	if op.target == "" {
+		h.finishLocked(op, nil)
+	} else if h.op == op {
+		op.timer = time.AfterFunc(opTimeout, func() { h.opTimedOut(op, opTimeout) })
+	}
+	h.mu.Unlock()
+	h.emit("command", quoted+" ok")
+
+	if !cmd.Wait {
+		return nil
+	}
+	select {
+	case <-op.done:
+		return op.err
+	case <-ctx.Done():
+		return Errorf(syscall.EINTR, "interrupted while waiting for %s (the command goes on)", op.target)
+	}
+}
+
+// callDriver runs fn with a deadline and returns when fn does or the
+// deadline passes, whichever is first: a driver that ignores its context
+// cannot hang the filesystem. The driver call is detached from the caller's
+// cancellation (an interrupted shell must not leave a half-sent command).
+func callDriver(ctx context.Context, timeout time.Duration, fn func(context.Context) error) error {
+	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), timeout)
+	defer cancel()
+	res := make(chan error, 1)
+	go func() { res <- fn(cctx) }()
+	select {
+	case err := <-res:
+		if err != nil && cctx.Err() != nil && ErrnoOf(err) == syscall.EIO {
+			return Errorf(syscall.ETIMEDOUT, "no answer within %s: %v", timeout, err)
+		}
+		return err
+	case <-cctx.Done():
+		return Errorf(syscall.ETIMEDOUT, "no answer within %s", timeout)
+	}
+}
+
+func (h *Host) opTimedOut(op *operation, after time.Duration) {
+	h.mu.Lock()
+	if h.op != op {
+		h.mu.Unlock()
+		return
+	}
+	err := Errorf(syscall.ETIMEDOUT, "%q: power still %s after %s, expected %s", op.cmd.String(), h.power, after, op.target)
+	changed := h.power.Transitional()
+	if changed {
+		h.setPowerLocked(PowerUnknown, err.Error())
+	}
+	h.lastErr = err.Error()
+	h.finishLocked(op, err)
+	h.mu.Unlock()
+	if changed {
+		h.emit("power", string(PowerUnknown))
+	}
+	h.emit("error", err.Error())
+}
+
+// finishLocked ends op with err and records the verdict.
+func (h *Host) finishLocked(op *operation, err error) {
+	if op.timer != nil {
+		op.timer.Stop()
+	}
+	if h.op == op {
+		h.op = nil
+	}
+	select {
+	case <-op.done:
+		return
+	default:
+	}
+	op.err = err
+	close(op.done)
+	verdict := "ok"
+	if err != nil {
+		verdict = "failed: " + err.Error()
+	}
+	h.lastCmd = fmt.Sprintf("%q %s at %s: %s", op.cmd.String(), op.who, stamp(op.started), verdict)
+}
+
+func (h *Host) setPowerLocked(p Power, reason string) {
+	if h.power != p {
+		h.since = time.Now()
+	}
+	h.power = p
+	h.reason = reason
+}
+
+// powerDriverLocked returns the first configured driver that supports verb.
+func (h *Host) powerDriverLocked(verb string) PowerController {
+	for _, d := range h.drivers {
+		if pc, ok := d.(PowerController); ok && slices.Contains(pc.Verbs(), verb) {
+			return pc
+		}
+	}
+	return nil
+}
+
+func (h *Host) unsupportedLocked(verb string) error {
+	if h.driverErr != nil {
+		return Errorf(ErrnoOf(h.driverErr), "%s: drivers not ready: %v", verb, h.driverErr)
+	}
+	if len(h.drivers) == 0 {
+		return Errorf(syscall.ENOTSUP, "%s: no driver configured (set drivers in config)", verb)
+	}
+	return Errorf(syscall.ENOTSUP, "%s: not supported by drivers %s", verb, h.driverKindsLocked())
+}
+
+func (h *Host) driverKindsLocked() string {
+	var kinds []string
+	for _, d := range h.drivers {
+		kinds = append(kinds, d.Kind())
+	}
+	return strings.Join(kinds, ", ")
+}
+
+// reporter is the Reporter a driver gets: it tags reports with the driver
+// generation so a closed driver's late reports are dropped.
+type reporter struct {
+	h    *Host
+	gen  uint64
+	kind string
+}
+
+func (r reporter) Report(st Status) { r.h.report(r.gen, r.kind, st) }
+
+func (r reporter) Event(kind, detail string) {
+	r.h.mu.Lock()
+	live := r.h.gen == r.gen
+	r.h.mu.Unlock()
+	if live {
+		r.h.emit(kind, detail)
+	}
+}
+
+func (h *Host) report(gen uint64, kind string, st Status) {
+	var events [][2]string
+	h.mu.Lock()
+	if h.gen != gen {
+		h.mu.Unlock()
+		return
+	}
+	if st.Power != "" && st.Power != h.power {
+		h.setPowerLocked(st.Power, st.Reason)
+		events = append(events, [2]string{"power", string(st.Power)})
+	} else if st.Reason != "" {
+		h.reason = st.Reason
+	}
+	if st.Reachable != h.reachable {
+		h.reachable = st.Reachable
+		events = append(events, [2]string{"reachable", yesNo(st.Reachable)})
+	}
+	if st.Err != nil {
+		h.lastErr = kind + ": " + st.Err.Error()
+		events = append(events, [2]string{"error", h.lastErr})
+	}
+	if op := h.op; op != nil && st.Power != "" && !st.Power.Transitional() {
+		switch {
+		case st.Power == op.target:
+			h.finishLocked(op, nil)
+		case st.Power != op.prev || st.Err != nil:
+			why := st.Reason
+			if st.Err != nil {
+				why = st.Err.Error()
+			}
+			h.finishLocked(op, Errorf(syscall.EIO, "%q: reached %s, expected %s: %s", op.cmd.String(), st.Power, op.target, why))
+		}
+	}
+	h.mu.Unlock()
+	for _, e := range events {
+		h.emit(e[0], e[1])
+	}
+}
+
+func yesNo(b bool) string {
+	if b {
+		return "yes"
+	}
+	return "no"
+}
+
+func stamp(t time.Time) string { return t.UTC().Format(time.RFC3339) }
+
+// StateText is the content of the state file: "key: value" lines.
+func (h *Host) StateText() string {
+	subs := h.tree.subhostNames(h)
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	var b strings.Builder
+	line := func(k, v string) { b.WriteString(k + ": " + v + "\n") }
+	line("power", string(h.power))
+	if h.since.IsZero() {
+		line("since", "")
+	} else {
+		line("since", stamp(h.since))
+	}
+	line("reason", h.reason)
+	line("drivers", h.driversTextLocked())
+	line("reachable", yesNo(h.reachable))
+	line("last-command", h.lastCmd)
+	line("last-error", h.lastErr)
+	label, _ := h.cfg.Get("label")
+	line("label", label)
+	line("subhosts", strings.Join(subs, " "))
+	for _, d := range h.drivers {
+		if ds, ok := d.(Describer); ok {
+			for _, kv := range ds.Describe() {
+				line(kv[0], kv[1])
+			}
+		}
+	}
+	return b.String()
+}
+
+func (h *Host) driversTextLocked() string {
+	var parts []string
+	for _, d := range h.drivers {
+		s := d.Kind()
+		if spec, ok := h.tree.specs[d.Kind()]; ok && spec.Simulated {
+			s += " (simulation)"
+		}
+		parts = append(parts, s)
+	}
+	if h.driverErr != nil {
+		parts = append(parts, "(not ready: "+h.driverErr.Error()+")")
+	}
+	if len(parts) == 0 {
+		return "none"
+	}
+	return strings.Join(parts, " ")
+}
+
+// Busy says why the host cannot be removed, or "" if it can.
+func (h *Host) busy() string {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.op != nil {
+		return fmt.Sprintf("%s: command %q in flight", h.path, h.op.cmd.String())
+	}
+	switch h.power {
+	case PowerOff, PowerUnknown, PowerCrashed, "":
+		return ""
+	}
+	return fmt.Sprintf("%s is %s: power it off first", h.path, h.power)
+}

@@ -1,0 +1,218 @@
+package nodes
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// ConfigText is the content of the config file: the user's file with
+// secret values shown as "<set>".
+func (h *Host) ConfigText() string {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.cfg.Render(h.tree.isSecret)
+}
+
+// HasSecrets reports whether a secret key is set (the config file is then
+// readable by root only).
+func (h *Host) HasSecrets() bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.hasSecretsLocked()
+}
+
+func (h *Host) hasSecretsLocked() bool {
+	for _, k := range h.cfg.Keys() {
+		if h.tree.isSecret(k) {
+			return true
+		}
+	}
+	return false
+}
+
+// Config returns a snapshot of the host's configuration.
+func (h *Host) Config() *ConfigFile {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.cfg.Clone()
+}
+
+// SetConfig applies the "key = value" lines of text (one write to the
+// config file): "key = value" sets, "key =" removes, comments are ignored.
+// All lines are checked before any is applied; the file is then saved
+// atomically and the drivers rebuilt once.
+func (h *Host) SetConfig(ctx context.Context, text string, who Caller) error {
+	if h.tree.readOnly {
+		return Errorf(syscall.EROFS, "read-only mount")
+	}
+	edits, err := ParseConfig(text)
+	if err != nil {
+		return err
+	}
+	var set, removed []string
+	for _, l := range edits.lines {
+		if l.key == "" {
+			continue
+		}
+		if l.value == "" {
+			removed = append(removed, l.key)
+			continue
+		}
+		if err := h.tree.checkKey(l.key, l.value); err != nil {
+			return err
+		}
+		set = append(set, l.key)
+	}
+	if len(set)+len(removed) == 0 {
+		return nil
+	}
+	for _, k := range removed {
+		if _, ok := h.tree.keySpec(k); !ok {
+			return Errorf(syscall.EINVAL, "unknown key %q", k)
+		}
+	}
+
+	h.mu.Lock()
+	if h.op != nil {
+		h.mu.Unlock()
+		return Errorf(syscall.EBUSY, "busy: %q is in flight; change the config when it is done", h.op.cmd.String())
+	}
+	next := h.cfg.Clone()
+	for _, l := range edits.lines {
+		switch {
+		case l.key == "":
+		case l.value == "":
+			next.Delete(l.key)
+		default:
+			next.Set(l.key, l.value)
+		}
+	}
+	if err := h.tree.saveConfig(h.path, next); err != nil {
+		h.mu.Unlock()
+		return Errorf(syscall.EIO, "%v", err)
+	}
+	h.cfg = next
+	h.mu.Unlock()
+
+	detail := []string{}
+	if len(set) > 0 {
+		detail = append(detail, "set "+strings.Join(set, " "))
+	}
+	if len(removed) > 0 {
+		detail = append(detail, "removed "+strings.Join(removed, " "))
+	}
+	h.emit("config", strings.Join(detail, ", ")+" "+who.String())
+	h.rebuildDrivers(ctx)
+	return nil
+}
+
+// replaceConfig swaps in a config read from disk (SIGHUP reload).
+func (h *Host) replaceConfig(ctx context.Context, cf *ConfigFile) {
+	h.mu.Lock()
+	same := h.cfg.Render(nil) == cf.Render(nil)
+	if !same {
+		h.cfg = cf
+	}
+	h.mu.Unlock()
+	if !same {
+		h.emit("config", "reloaded")
+		h.rebuildDrivers(ctx)
+	}
+}
+
+// rebuildDrivers closes the host's drivers and builds them anew from the
+// config. A driver that cannot be built leaves the host "not ready" with the
+// reason in state; the config stays as written.
+func (h *Host) rebuildDrivers(ctx context.Context) {
+	h.mu.Lock()
+	old := h.drivers
+	h.drivers = nil
+	h.driverErr = nil
+	h.gen++
+	gen := h.gen
+	cfg := h.cfg.Clone()
+	h.mu.Unlock()
+	for _, d := range old {
+		if err := d.Close(); err != nil {
+			h.tree.log.Warn("closing driver", "host", h.path, "driver", d.Kind(), "err", err)
+		}
+	}
+
+	names := driverNames(valueOr(cfg, "drivers", valueOr(cfg, "driver", "")))
+	var built []Driver
+	var errs []error
+	for _, name := range names {
+		spec, ok := h.tree.specs[name]
+		if !ok {
+			errs = append(errs, fmt.Errorf("unknown driver %q", name))
+			continue
+		}
+		env := DriverEnv{
+			Path:   h.path,
+			Config: cfg,
+			Report: reporter{h: h, gen: gen, kind: name},
+			Log:    h.tree.log.With(slog.String("host", h.path), slog.String("driver", name)),
+		}
+		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cfg.Duration("timeout", defaultTimeout))
+		d, err := spec.New(cctx, env)
+		cancel()
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", name, err))
+			continue
+		}
+		built = append(built, d)
+	}
+
+	h.mu.Lock()
+	if h.gen != gen {
+		// A newer rebuild raced us; it owns the host now.
+		h.mu.Unlock()
+		for _, d := range built {
+			d.Close()
+		}
+		return
+	}
+	h.drivers = built
+	h.driverErr = errors.Join(errs...)
+	if len(names) == 0 {
+		h.setPowerLocked(PowerUnknown, "no driver configured")
+	}
+	if h.driverErr != nil {
+		h.lastErr = h.driverErr.Error()
+	}
+	h.mu.Unlock()
+	if len(errs) > 0 {
+		h.emit("error", errors.Join(errs...).Error())
+	}
+	h.emit("drivers", strings.Join(names, " "))
+}
+
+// defaultTimeout bounds driver calls of hosts without a timeout key.
+const defaultTimeout = 10 * time.Second
+
+func valueOr(cf *ConfigFile, key, def string) string {
+	if v, ok := cf.Get(key); ok && v != "" {
+		return v
+	}
+	return def
+}
+
+// closeDrivers closes the host's drivers for good.
+func (h *Host) closeDrivers() {
+	h.mu.Lock()
+	old := h.drivers
+	h.drivers = nil
+	h.gen++
+	if h.op != nil {
+		h.finishLocked(h.op, Errorf(syscall.ECANCELED, "host removed"))
+	}
+	h.mu.Unlock()
+	for _, d := range old {
+		d.Close()
+	}
+}

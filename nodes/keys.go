@@ -1,0 +1,51 @@
+package nodes
+
+import (
+	"fmt"
+	"strings"
+	"time"
+)
+
+// Core config keys every host understands, whatever its drivers.
+var coreKeys = []KeySpec{
+	{Name: "drivers", Doc: "drivers that reach this machine, in order of preference, space or comma separated (e.g. \"ipmi wol\"); a verb goes to the first driver that supports it"},
+	{Name: "driver", Doc: "same as drivers, for hosts with one driver; used when drivers is not set"},
+	{Name: "label", Doc: "free text shown as label: in state"},
+	{Name: "timeout", Default: "10s", Doc: "bound on every driver call (a driver that does not answer fails with ETIMEDOUT after it)", Check: checkDuration},
+	{Name: "wait-timeout", Default: "2m", Doc: "how long a command may take to reach its target state; the default for the wait modifier", Check: checkDuration},
+	{Name: "local", Default: "no", Doc: "yes on the machine machinefs itself runs on", Check: checkBool},
+	{Name: "allow-self", Default: "no", Doc: "yes lets \"poweroff self\" and \"reboot self\" act on the local host", Check: checkBool},
+}
+
+func checkDuration(v string) error {
+	d, err := parseDuration(v)
+	if err != nil {
+		return err
+	}
+	if d <= 0 || d > 24*time.Hour {
+		return fmt.Errorf("%q: want a duration between 1ms and 24h", v)
+	}
+	return nil
+}
+
+func checkBool(v string) error {
+	if _, ok := parseBool(v); !ok {
+		return fmt.Errorf("%q: want yes or no", v)
+	}
+	return nil
+}
+
+func parseBool(v string) (value, ok bool) {
+	switch strings.ToLower(v) {
+	case "yes", "true", "on", "1":
+		return true, true
+	case "no", "false", "off", "0":
+		return false, true
+	}
+	return false, false
+}
+
+// driverNames splits a drivers value.
+func driverNames(v string) []string {
+	return strings.FieldsFunc(v, func(r rune) bool { return r == ',' || r == ' ' || r == '\t' })
+}

@@ -1,0 +1,521 @@
+package nodes
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"slices"
+	"sort"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+)
+
+// Options configure a Tree.
+type Options struct {
+	// Store persists host configs; nil keeps them in memory only.
+	Store *Store
+	// Drivers are the drivers hosts may use, by name.
+	Drivers []DriverSpec
+	// ReadOnly refuses every command and config change with EROFS.
+	ReadOnly bool
+	// Log receives the daemon's log; nil discards.
+	Log *slog.Logger
+	// HostLogLimit and TreeLogLimit bound events.log sizes in bytes.
+	HostLogLimit, TreeLogLimit int
+}
+
+// Tree is the machine model: every host and subhost, the drivers they may
+// use, the config store and the event bus. It knows nothing of FUSE.
+type Tree struct {
+	specs    map[string]DriverSpec
+	store    *Store
+	readOnly bool
+	log      *slog.Logger
+	bus      *bus
+	treeLog  *EventLog
+	hostLog  int
+	nextID   atomic.Uint64
+
+	mu     sync.RWMutex
+	hosts  map[string]*Host // top-level hosts by name
+	closed bool
+}
+
+// NewTree builds an empty tree.
+func NewTree(o Options) *Tree {
+	if o.Log == nil {
+		o.Log = slog.New(slog.DiscardHandler)
+	}
+	if o.HostLogLimit == 0 {
+		o.HostLogLimit = 256 << 10
+	}
+	if o.TreeLogLimit == 0 {
+		o.TreeLogLimit = 4 << 20
+	}
+	t := &Tree{
+		specs:    map[string]DriverSpec{},
+		store:    o.Store,
+		readOnly: o.ReadOnly,
+		log:      o.Log,
+		bus:      newBus(),
+		treeLog:  newEventLog(o.TreeLogLimit),
+		hostLog:  o.HostLogLimit,
+		hosts:    map[string]*Host{},
+	}
+	for _, s := range o.Drivers {
+		t.specs[s.Name] = s
+	}
+	return t
+}
+
+// ReadOnly reports whether the tree refuses changes.
+func (t *Tree) ReadOnly() bool { return t.readOnly }
+
+// Log is the whole tree's events.log.
+func (t *Tree) Log() *EventLog { return t.treeLog }
+
+// Subscribe streams the events under prefix ("" for all) from now on.
+func (t *Tree) Subscribe(prefix string) *Subscription { return t.bus.subscribe(prefix) }
+
+// Watch calls fn for every event, synchronously: fn must not block or call
+// back into the tree. It is how the filesystem learns what to refresh.
+// The returned func stops watching.
+func (t *Tree) Watch(fn func(Event)) func() { return t.bus.watch(fn) }
+
+func (t *Tree) publish(e Event) {
+	line := e.Line()
+	t.mu.RLock()
+	for h := t.nearestLocked(e.Path); h != nil; h = h.parent {
+		h.log.append(line)
+	}
+	t.mu.RUnlock()
+	t.treeLog.append(line)
+	t.bus.publish(e)
+	t.log.Info("event", "path", e.Path, "kind", e.Kind, "detail", e.Detail)
+}
+
+// Host returns the host at path ("hosts/lab01/subhosts/vm1"), or nil.
+func (t *Tree) Host(path string) *Host {
+	t.mu.RLock()
+	defer t.mu.RUnlock()
+	return t.lookupLocked(path)
+}
+
+func (t *Tree) lookupLocked(path string) *Host {
+	parts := strings.Split(path, "/")
+	if len(parts) < 2 || parts[0] != "hosts" {
+		return nil
+	}
+	h := t.hosts[parts[1]]
+	for i := 2; h != nil && i < len(parts); i += 2 {
+		if parts[i] != "subhosts" || i+1 >= len(parts) {
+			return nil
+		}
+		h = h.subhosts[parts[i+1]]
+	}
+	return h
+}
+
+// nearestLocked is the host at path or, for a host just removed, its
+// nearest ancestor still in the tree.
+func (t *Tree) nearestLocked(path string) *Host {
+	for path != "" {
+		if h := t.lookupLocked(path); h != nil {
+			return h
+		}
+		i := strings.LastIndex(path, "/subhosts/")
+		if i < 0 {
+			return nil
+		}
+		path = path[:i]
+	}
+	return nil
+}
+
+// Hosts lists the hosts under parent (nil for hosts/), sorted by name.
+func (t *Tree) Hosts(parent *Host) []*Host {
+	t.mu.RLock()
+	defer t.mu.RUnlock()
+	m := t.hosts
+	if parent != nil {
+		m = parent.subhosts
+	}
+	out := make([]*Host, 0, len(m))
+	for _, h := range m {
+		out = append(out, h)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].name < out[j].name })
+	return out
+}
+
+// Child returns the host named name under parent (nil for hosts/).
+func (t *Tree) Child(parent *Host, name string) *Host {
+	t.mu.RLock()
+	defer t.mu.RUnlock()
+	if parent == nil {
+		return t.hosts[name]
+	}
+	return parent.subhosts[name]
+}
+
+func (t *Tree) subhostNames(h *Host) []string {
+	t.mu.RLock()
+	defer t.mu.RUnlock()
+	names := make([]string, 0, len(h.subhosts))
+	for n := range h.subhosts {
+		names = append(names, n)
+	}
+	slices.Sort(names)
+	return names
+}
+
+// Add creates a host named name under parent (nil for hosts/) with the
+// given config, saves it and starts its drivers. Keys are checked first:
+// a bad key or value is EINVAL and nothing is created.
+func (t *Tree) Add(ctx context.Context, parent *Host, name string, cf *ConfigFile, who Caller) (*Host, error) {
+	if t.readOnly {
+		return nil, Errorf(syscall.EROFS, "read-only mount")
+	}
+	if !ValidName(name) {
+		return nil, Errorf(syscall.EINVAL, "%q is not a valid name (letters, digits, '.', '_', '-'; at most 63)", name)
+	}
+	if cf == nil {
+		cf = &ConfigFile{}
+	}
+	for _, k := range cf.Keys() {
+		v, _ := cf.Get(k)
+		if err := t.checkKey(k, v); err != nil {
+			return nil, err
+		}
+	}
+	h, err := t.insert(parent, name, cf)
+	if err != nil {
+		return nil, err
+	}
+	if err := t.saveConfig(h.path, cf); err != nil {
+		t.detach(h)
+		return nil, Errorf(syscall.EIO, "%v", err)
+	}
+	h.emit("added", who.String())
+	h.rebuildDrivers(ctx)
+	return h, nil
+}
+
+func (t *Tree) insert(parent *Host, name string, cf *ConfigFile) (*Host, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.closed {
+		return nil, Errorf(syscall.ESHUTDOWN, "shutting down")
+	}
+	m := t.hosts
+	path := "hosts/" + name
+	if parent != nil {
+		if parent.subhosts == nil {
+			parent.subhosts = map[string]*Host{}
+		}
+		m = parent.subhosts
+		path = parent.path + "/subhosts/" + name
+	}
+	if _, ok := m[name]; ok {
+		return nil, Errorf(syscall.EEXIST, "%s exists", path)
+	}
+	h := &Host{
+		tree:   t,
+		parent: parent,
+		name:   name,
+		path:   path,
+		id:     t.nextID.Add(1),
+		log:    newEventLog(t.hostLog),
+		cfg:    cf,
+		power:  PowerUnknown,
+		reason: "no report from a driver yet",
+	}
+	m[name] = h
+	return h, nil
+}
+
+func (t *Tree) detach(h *Host) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if h.parent == nil {
+		delete(t.hosts, h.name)
+	} else {
+		delete(h.parent.subhosts, h.name)
+	}
+}
+
+// Remove removes a host and its subhosts: EBUSY while any of them is on or
+// has a command in flight.
+func (t *Tree) Remove(ctx context.Context, h *Host, who Caller) error {
+	if t.readOnly {
+		return Errorf(syscall.EROFS, "read-only mount")
+	}
+	if why := t.busyTree(h); why != "" {
+		return Errorf(syscall.EBUSY, "%s", why)
+	}
+	if t.store != nil {
+		if err := t.store.Remove(h.path); err != nil {
+			return Errorf(syscall.EIO, "%v", err)
+		}
+	}
+	t.detach(h)
+	t.closeTree(h)
+	h.emit("removed", who.String())
+	return nil
+}
+
+func (t *Tree) busyTree(h *Host) string {
+	for _, s := range t.Hosts(h) {
+		if why := t.busyTree(s); why != "" {
+			return why
+		}
+	}
+	return h.busy()
+}
+
+func (t *Tree) closeTree(h *Host) {
+	for _, s := range t.Hosts(h) {
+		t.closeTree(s)
+	}
+	h.closeDrivers()
+}
+
+// Ctl runs one line written to the ctl file:
+//
+//	add NAME [key=value ...]    (NAME may be PARENT/subhosts/NAME)
+//	remove NAME
+func (t *Tree) Ctl(ctx context.Context, line string, who Caller) error {
+	f := strings.Fields(line)
+	if len(f) == 0 {
+		return nil
+	}
+	if len(f) < 2 {
+		return Errorf(syscall.EINVAL, "ctl: want \"add NAME key=value ...\" or \"remove NAME\"")
+	}
+	path := "hosts/" + strings.TrimPrefix(strings.Trim(f[1], "/"), "hosts/")
+	switch strings.ToLower(f[0]) {
+	case "add":
+		parentPath, name := splitHostPath(path)
+		var parent *Host
+		if parentPath != "" {
+			if parent = t.Host(parentPath); parent == nil {
+				return Errorf(syscall.ENOENT, "ctl: no host %s", parentPath)
+			}
+		} else if path != "hosts/"+name {
+			return Errorf(syscall.EINVAL, "ctl: %q: subhosts are NAME/subhosts/SUB", f[1])
+		}
+		cf := &ConfigFile{}
+		for _, kv := range f[2:] {
+			k, v, ok := strings.Cut(kv, "=")
+			if !ok || k == "" || v == "" {
+				return Errorf(syscall.EINVAL, "ctl: %q is not key=value", kv)
+			}
+			cf.Set(k, v)
+		}
+		_, err := t.Add(ctx, parent, name, cf, who)
+		return err
+	case "remove":
+		if len(f) != 2 {
+			return Errorf(syscall.EINVAL, "ctl: remove takes one NAME")
+		}
+		h := t.Host(path)
+		if h == nil {
+			return Errorf(syscall.ENOENT, "ctl: no host %s", path)
+		}
+		return t.Remove(ctx, h, who)
+	}
+	return Errorf(syscall.EINVAL, "ctl: unknown command %q (add, remove)", f[0])
+}
+
+// splitHostPath splits "hosts/a/subhosts/b" into "hosts/a" and "b".
+func splitHostPath(path string) (parent, name string) {
+	i := strings.LastIndex(path, "/subhosts/")
+	if i < 0 {
+		return "", strings.TrimPrefix(path, "hosts/")
+	}
+	return path[:i], path[i+len("/subhosts/"):]
+}
+
+// Load reads the config store and creates every host in it. Files that do
+// not parse are reported and skipped; they are left untouched on disk.
+func (t *Tree) Load(ctx context.Context) error {
+	if t.store == nil {
+		return nil
+	}
+	stored, err := t.store.Load()
+	if err != nil {
+		return err
+	}
+	for _, sh := range stored {
+		t.loadOne(ctx, sh)
+	}
+	return nil
+}
+
+func (t *Tree) loadOne(ctx context.Context, sh StoredHost) {
+	if sh.Err != nil {
+		t.publish(Event{Time: time.Now(), Path: sh.Path, Kind: "error", Detail: "config: " + sh.Err.Error()})
+		return
+	}
+	parentPath, name := splitHostPath(sh.Path)
+	var parent *Host
+	if parentPath != "" {
+		if parent = t.Host(parentPath); parent == nil {
+			return
+		}
+	}
+	for _, k := range sh.Config.Keys() {
+		v, _ := sh.Config.Get(k)
+		if err := t.checkKey(k, v); err != nil {
+			t.publish(Event{Time: time.Now(), Path: sh.Path, Kind: "error", Detail: "config: " + err.Error()})
+		}
+	}
+	if h := t.Host(sh.Path); h != nil {
+		h.replaceConfig(ctx, sh.Config)
+		return
+	}
+	h, err := t.insert(parent, name, sh.Config)
+	if err != nil {
+		return
+	}
+	h.emit("added", "from config")
+	h.rebuildDrivers(ctx)
+}
+
+// Reload re-reads the config store (SIGHUP): new files add hosts, changed
+// files reconfigure them, hosts whose files are gone are removed unless
+// they are busy.
+func (t *Tree) Reload(ctx context.Context) error {
+	if t.store == nil {
+		return nil
+	}
+	stored, err := t.store.Load()
+	if err != nil {
+		return err
+	}
+	seen := map[string]bool{}
+	for _, sh := range stored {
+		seen[sh.Path] = true
+		t.loadOne(ctx, sh)
+	}
+	var walk func(parent *Host)
+	walk = func(parent *Host) {
+		for _, h := range t.Hosts(parent) {
+			if !seen[h.path] {
+				if why := t.busyTree(h); why != "" {
+					h.emit("error", "config file gone but host kept: "+why)
+					continue
+				}
+				t.detach(h)
+				t.closeTree(h)
+				h.emit("removed", "config file gone")
+				continue
+			}
+			walk(h)
+		}
+	}
+	walk(nil)
+	t.publish(Event{Time: time.Now(), Kind: "reload", Detail: fmt.Sprintf("%d hosts", len(stored))})
+	return nil
+}
+
+// Close closes every driver. The tree refuses new hosts afterwards.
+func (t *Tree) Close() {
+	t.mu.Lock()
+	t.closed = true
+	t.mu.Unlock()
+	var wg sync.WaitGroup
+	for _, h := range t.Hosts(nil) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			t.closeTree(h)
+		}()
+	}
+	wg.Wait()
+}
+
+func (t *Tree) saveConfig(path string, cf *ConfigFile) error {
+	if t.store == nil {
+		return nil
+	}
+	secret := false
+	for _, k := range cf.Keys() {
+		secret = secret || t.isSecret(k)
+	}
+	return t.store.Save(path, cf, secret)
+}
+
+// keySpec finds a key among the core keys and every driver's keys.
+func (t *Tree) keySpec(key string) (KeySpec, bool) {
+	for _, k := range coreKeys {
+		if k.Name == key {
+			return k, true
+		}
+	}
+	for _, name := range t.driverNames() {
+		for _, k := range t.specs[name].Keys {
+			if k.Name == key {
+				return k, true
+			}
+		}
+	}
+	return KeySpec{}, false
+}
+
+func (t *Tree) driverNames() []string {
+	names := make([]string, 0, len(t.specs))
+	for n := range t.specs {
+		names = append(names, n)
+	}
+	slices.Sort(names)
+	return names
+}
+
+func (t *Tree) isSecret(key string) bool {
+	k, ok := t.keySpec(key)
+	return ok && k.Secret
+}
+
+func (t *Tree) checkKey(key, value string) error {
+	k, ok := t.keySpec(key)
+	if !ok {
+		return Errorf(syscall.EINVAL, "unknown key %q (see README: config keys)", key)
+	}
+	if key == "drivers" || key == "driver" {
+		for _, n := range driverNames(value) {
+			if _, ok := t.specs[n]; !ok {
+				return Errorf(syscall.EINVAL, "%s: unknown driver %q (have: %s)", key, n, strings.Join(t.driverNames(), ", "))
+			}
+		}
+		return nil
+	}
+	if k.Check != nil {
+		if err := k.Check(value); err != nil {
+			return Errorf(syscall.EINVAL, "%s: %v", key, err)
+		}
+	}
+	return nil
+}
+
+// KeyDocs lists every config key for documentation: core keys, then each
+// driver's.
+func (t *Tree) KeyDocs() []KeySpec {
+	out := append([]KeySpec(nil), coreKeys...)
+	for _, n := range t.driverNames() {
+		out = append(out, t.specs[n].Keys...)
+	}
+	return out
+}
+
+// DriverSpecs lists the registered drivers.
+func (t *Tree) DriverSpecs() []DriverSpec {
+	var out []DriverSpec
+	for _, n := range t.driverNames() {
+		out = append(out, t.specs[n])
+	}
+	return out
+}
