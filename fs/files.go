@@ -157,9 +157,10 @@ func (c *contentFile) run(ctx context.Context, text string) error {
 // command split over several write calls works. A last line without a
 // newline runs at close.
 type lineWriter struct {
-	file *contentFile
-	mu   sync.Mutex
-	buf  []byte
+	file   *contentFile
+	mu     sync.Mutex
+	buf    []byte
+	writer uint32 // pid of the last write
 }
 
 var (
@@ -170,6 +171,7 @@ var (
 func (w *lineWriter) Write(ctx context.Context, data []byte, off int64) (uint32, syscall.Errno) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
+	w.writer = caller(ctx).Pid
 	w.buf = append(w.buf, data...)
 	i := bytes.LastIndexByte(w.buf, '\n')
 	if i < 0 {
@@ -187,12 +189,18 @@ func (w *lineWriter) Write(ctx context.Context, data []byte, off int64) (uint32,
 	return uint32(len(data)), 0
 }
 
-// Flush runs a last line written without a newline (`printf on > power`).
+// Flush runs a last line written without a newline (`printf on > power`)
+// when the process that wrote it closes the file. The kernel flushes on
+// every close of every copy of the fd: a child that inherited it (sleep
+// in `{ printf o; sleep 1; printf 'n\n'; } > power`) must not cut the line.
 // Shell builtins ignore errors at close, so the outcome is in state and
 // events too.
 func (w *lineWriter) Flush(ctx context.Context) syscall.Errno {
 	w.mu.Lock()
 	defer w.mu.Unlock()
+	if caller(ctx).Pid != w.writer {
+		return 0
+	}
 	if len(bytes.TrimSpace(w.buf)) == 0 {
 		w.buf = nil
 		return 0

@@ -24,7 +24,9 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/machinefs/machinefs/drivers/ipmi"
 	"github.com/machinefs/machinefs/drivers/sim"
+	"github.com/machinefs/machinefs/drivers/wol"
 	mfs "github.com/machinefs/machinefs/fs"
 	"github.com/machinefs/machinefs/mountopts"
 	"github.com/machinefs/machinefs/nodes"
@@ -34,7 +36,7 @@ import (
 var version = "0.1.0-dev"
 
 // drivers are the drivers this build knows.
-var drivers = []nodes.DriverSpec{sim.Spec}
+var drivers = []nodes.DriverSpec{sim.Spec, ipmi.Spec, wol.Spec}
 
 type config struct {
 	opts       mountopts.Options

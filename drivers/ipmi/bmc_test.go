@@ -78,7 +78,8 @@ func udpBound(port int) bool {
 
 // startBMC starts ipmi_sim on a free port of 127.0.0.1 with power initially
 // off (or on), and kills it (by PID, with its hook children) at cleanup.
-func startBMC(t *testing.T, powerOn bool) *bmc {
+// With solPort, the BMC's serial port is the TCP server on that port.
+func startBMC(t *testing.T, powerOn bool, solPort ...int) *bmc {
 	t.Helper()
 	sim, err := exec.LookPath("ipmi_sim")
 	if err != nil {
@@ -89,10 +90,14 @@ func startBMC(t *testing.T, powerOn bool) *bmc {
 	if err != nil {
 		t.Fatal(err)
 	}
+	solLine := "# no SOL"
+	if len(solPort) > 0 {
+		solLine = fmt.Sprintf("sol \"tcp:127.0.0.1:%d\" 115200", solPort[0])
+	}
 	for attempt := 0; attempt < 3; attempt++ {
 		b := &bmc{t: t, port: freeUDPPort(t), dir: t.TempDir()}
 		conf := strings.NewReplacer("@NAME@", fmt.Sprintf("bmc%d", b.port), "@PORT@", strconv.Itoa(b.port),
-			"@STATEDIR@", b.dir, "@HARNESS@", h, "@USER@", simUser, "@PASS@", simPass, "@SOL@", "# no SOL").Replace(string(tmpl))
+			"@STATEDIR@", b.dir, "@HARNESS@", h, "@USER@", simUser, "@PASS@", simPass, "@SOL@", solLine).Replace(string(tmpl))
 		if err := os.WriteFile(filepath.Join(b.dir, "lan.conf"), []byte(conf), 0o600); err != nil {
 			t.Fatal(err)
 		}
@@ -367,4 +372,39 @@ func (h *testHost) describe() map[string]string {
 		m[kv[0]] = kv[1]
 	}
 	return m
+}
+
+// startConsole serves tests/harness/ipmi/fake-console.sh on a free TCP port
+// of 127.0.0.1 with socat (one console per connection) and returns the port.
+func startConsole(t *testing.T) int {
+	t.Helper()
+	socat, err := exec.LookPath("socat")
+	if err != nil {
+		t.Fatalf("socat not found in PATH: install socat (apt-get install -y socat)")
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := l.Addr().(*net.TCPAddr).Port
+	l.Close()
+	cmd := exec.Command(socat, fmt.Sprintf("TCP-LISTEN:%d,bind=127.0.0.1,reuseaddr,fork", port),
+		"EXEC:"+filepath.Join(harnessDir(t), "fake-console.sh"))
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	pid := cmd.Process.Pid
+	t.Cleanup(func() {
+		_ = syscall.Kill(-pid, syscall.SIGKILL)
+		_ = cmd.Wait()
+	})
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		if c, err := net.Dial("tcp", l.Addr().String()); err == nil {
+			c.Close() // socat forks a console for this probe; it ends at EOF
+			return port
+		}
+	}
+	t.Fatalf("socat did not listen on %d", port)
+	return 0
 }

@@ -81,6 +81,7 @@ type Driver struct {
 	verifyID    int                // identifies the running verification
 	verifyNote  string
 	device      string
+	sols        map[*solConn]bool // open SOL streams
 }
 
 var (
@@ -119,15 +120,19 @@ func (d *Driver) Verbs() []string { return append([]string(nil), verbs...) }
 // for every goroutine of the driver. It is bounded by ipmi.timeout plus the
 // time running calls take to notice their contexts.
 func (d *Driver) Close() error {
-	var err error
 	d.once.Do(func() {
 		d.mu.Lock()
 		d.closing = true
 		if d.verifyStop != nil {
 			d.verifyStop()
 		}
+		sols := d.sols
+		d.sols = nil
 		d.mu.Unlock()
 		d.cancel()
+		for s := range sols {
+			s.shutdown()
+		}
 		d.sess <- struct{}{} // calls in flight are bounded by their contexts
 		d.closed = true
 		cl := d.cl
@@ -143,7 +148,7 @@ func (d *Driver) Close() error {
 		d.setSession("closed (driver closed)")
 		d.wg.Wait()
 	})
-	return err
+	return nil
 }
 
 func (d *Driver) setSession(s string) {
@@ -256,8 +261,12 @@ func (d *Driver) with(ctx context.Context, what string, fn func(context.Context,
 	if err == nil {
 		return nil
 	}
+	// Close Session politely when the BMC is alive (it answered with a
+	// completion code) or may well be (the call was cancelled, e.g. by
+	// Close, rather than timed out), so sessions do not pile up on the BMC.
 	_, answered := types.IsResponseError(err)
-	d.discard(d.cl, answered && ctx.Err() == nil)
+	polite := (answered && ctx.Err() == nil) || ctx.Err() == context.Canceled
+	d.discard(d.cl, polite)
 	d.cl = nil
 	err = d.classify(ctx, what, err)
 	d.setSession("closed (after error: " + errnoName(err) + "; reopened on next use)")

@@ -456,3 +456,55 @@ func TestConsole(t *testing.T) {
 		t.Fatalf("unknown command: %v", err)
 	}
 }
+
+// TestSOL streams the fake console's output and echoes input back.
+func TestSOL(t *testing.T) {
+	t.Parallel()
+	b := startBMC(t, true, startConsole(t))
+	h := newHost(t, b.port, nil)
+	s, err := h.d.SOL(ctxWithin(t, 3*time.Second))
+	if err != nil {
+		t.Fatalf("SOL: %v", err)
+	}
+	defer s.Close()
+	got := make(chan string, 1)
+	go func() {
+		var all []byte
+		buf := make([]byte, 512)
+		for {
+			n, err := s.Read(buf)
+			all = append(all, buf[:n]...)
+			if strings.Contains(string(all), "echo: hello sol") || err != nil {
+				got <- string(all)
+				return
+			}
+		}
+	}()
+	time.Sleep(1500 * time.Millisecond) // a tick or two first
+	if _, err := s.Write([]byte("hello sol\n")); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case out := <-got:
+		if !strings.Contains(out, "console tick") || !strings.Contains(out, "echo: hello sol") {
+			t.Fatalf("SOL output: %q", out)
+		}
+	case <-time.After(8 * time.Second):
+		t.Fatal("no echo over SOL within 8s")
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Write([]byte("x")); err == nil {
+		t.Fatal("write after Close succeeded")
+	}
+	// A second stream can be opened once the first is closed.
+	s2, err := h.d.SOL(ctxWithin(t, 3*time.Second))
+	if err != nil {
+		t.Fatalf("second SOL: %v", err)
+	}
+	h.d.Close() // closes the stream too
+	if _, err := s2.Read(make([]byte, 10)); err == nil {
+		t.Fatal("read after driver Close succeeded")
+	}
+}

@@ -150,6 +150,27 @@ func veth(t *testing.T, a, b end) {
 			t.Fatal(err)
 		}
 	}
+	// Until linkwatch sees the carrier (it may wait up to a second) the
+	// devices have no qdisc and drop what is sent: wait for oper up.
+	for _, e := range []struct {
+		h    *netlink.Handle
+		name string
+	}{{ha, a.name}, {hb, b.name}} {
+		deadline := time.Now().Add(5 * time.Second)
+		for {
+			l, err := e.h.LinkByName(e.name)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if l.Attrs().OperState == netlink.OperUp {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s is not oper up: %v", e.name, l.Attrs().OperState)
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
 }
 
 func defaultRoute(t *testing.T, ns netns.NsHandle, dev, gw string) {

@@ -204,7 +204,7 @@ func listenUDP(t *testing.T, ns netns.NsHandle, addr string) *net.UDPConn {
 func TestDirectedBroadcast(t *testing.T) {
 	needRoot(t)
 	leakCheck(t)
-	s, _, tg := routed(t)
+	s, r, tg := routed(t)
 	l := listenUDP(t, tg, "10.77.2.255:9")
 
 	rec := &recorder{}
@@ -233,6 +233,17 @@ func TestDirectedBroadcast(t *testing.T) {
 		t.Errorf("events %v", ev)
 	} else {
 		t.Logf("event: %s %s", ev[0][0], ev[0][1])
+	}
+
+	// Control: the datagram really crossed the router. Without
+	// bc_forwarding on the incoming interface it does not arrive.
+	sysctl(t, r, "net/ipv4/conf/mfwr1/bc_forwarding", "0")
+	if err := d.Power(t.Context(), nodes.Command{Verb: "wol"}); err != nil {
+		t.Fatal(err)
+	}
+	_ = l.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
+	if n, _, err := l.ReadFromUDP(buf); err == nil {
+		t.Fatalf("got %d bytes although the router does not forward directed broadcasts", n)
 	}
 }
 

@@ -1,0 +1,229 @@
+// Package tests holds the end-to-end tests: they build the machinefs
+// binary, mount it in a temporary directory and drive it with real shell
+// tools (sh -c, cat, inotifywait, tail), asserting what a user would see.
+package tests
+
+import (
+	"bufio"
+	"bytes"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// binary is the machinefs built once for the whole package.
+var binary string
+
+func TestMain(m *testing.M) {
+	if os.Geteuid() != 0 {
+		fmt.Println("tests: skipped, the end-to-end tests mount FUSE and need root (make test runs as root in CI)")
+		os.Exit(0)
+	}
+	dir, err := os.MkdirTemp("", "machinefs-bin")
+	if err != nil {
+		panic(err)
+	}
+	binary = filepath.Join(dir, "machinefs")
+	out, err := exec.Command("go", "build", "-race", "-o", binary, "../cmd/machinefs").CombinedOutput()
+	if err != nil {
+		fmt.Printf("building machinefs: %v\n%s", err, out)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// daemon is one running machinefs.
+type daemon struct {
+	t      *testing.T
+	mnt    string
+	config string
+	args   []string
+	cmd    *exec.Cmd
+	log    *bytes.Buffer
+	exited chan struct{}
+}
+
+// openDir makes a directory every user may enter (t.TempDir is 0700), for
+// tests that act as an unprivileged user.
+func openDir(t *testing.T) string {
+	d := t.TempDir()
+	for p := d; p != "/" && p != os.TempDir(); p = filepath.Dir(p) {
+		os.Chmod(p, 0o755)
+	}
+	return d
+}
+
+// start mounts machinefs with args (mountpoint and config dir are added)
+// and unmounts it when the test ends, even when it fails.
+func start(t *testing.T, args ...string) *daemon {
+	t.Helper()
+	base := openDir(t)
+	d := &daemon{t: t, mnt: filepath.Join(base, "mnt"), config: filepath.Join(base, "etc"), args: args}
+	if err := os.MkdirAll(d.mnt, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	d.start()
+	t.Cleanup(d.stop)
+	return d
+}
+
+func (d *daemon) start() {
+	t := d.t
+	t.Helper()
+	args := append([]string{"-c", d.config}, d.args...)
+	args = append(args, d.mnt)
+	d.cmd = exec.Command(binary, args...)
+	d.log = &bytes.Buffer{}
+	d.cmd.Stderr = d.log
+	d.cmd.Stdout = d.log
+	if err := d.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	d.exited = make(chan struct{})
+	go func() { d.cmd.Wait(); close(d.exited) }()
+	deadline := time.Now().Add(20 * time.Second)
+	for !mounted(d.mnt) {
+		select {
+		case <-d.exited:
+			t.Fatalf("machinefs exited before mounting: %s", d.log)
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("machinefs did not mount within 20s: %s", d.log)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// stop sends SIGTERM (a clean unmount) and waits; whatever is left mounted
+// is detached.
+func (d *daemon) stop() {
+	if d.cmd == nil || d.cmd.Process == nil {
+		return
+	}
+	d.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-d.exited:
+	case <-time.After(15 * time.Second):
+		d.cmd.Process.Kill()
+		<-d.exited
+		d.t.Errorf("machinefs did not stop on SIGTERM within 15s; log:\n%s", d.log)
+	}
+	if mounted(d.mnt) {
+		syscall.Unmount(d.mnt, syscall.MNT_DETACH)
+		d.t.Errorf("machinefs left %s mounted after SIGTERM", d.mnt)
+	}
+	d.cmd = nil
+}
+
+// mounted reports whether a FUSE filesystem is mounted at dir.
+func mounted(dir string) bool {
+	data, err := os.ReadFile("/proc/self/mounts")
+	if err != nil {
+		return false
+	}
+	sc := bufio.NewScanner(bytes.NewReader(data))
+	for sc.Scan() {
+		f := strings.Fields(sc.Text())
+		if len(f) > 2 && f[1] == dir && strings.HasPrefix(f[2], "fuse") {
+			return true
+		}
+	}
+	return false
+}
+
+// result is what a shell command printed and how it exited.
+type result struct {
+	out, err string
+	code     int
+}
+
+// sh runs script with bash -c in the mount directory. bash, not dash:
+// dash reports every failed write of its builtins as "I/O error", hiding
+// the errno a user of bash (or /bin/echo) sees.
+func (d *daemon) sh(script string) result {
+	d.t.Helper()
+	return runIn(d.t, d.mnt, "bash", "-c", script)
+}
+
+func runIn(t *testing.T, dir string, name string, args ...string) result {
+	t.Helper()
+	cmd := exec.Command(name, args...)
+	cmd.Dir = dir
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	code := 0
+	if ee, ok := err.(*exec.ExitError); ok {
+		code = ee.ExitCode()
+	} else if err != nil {
+		t.Fatalf("%s %v: %v", name, args, err)
+	}
+	return result{out: out.String(), err: errb.String(), code: code}
+}
+
+// ok runs script and fails the test unless it exits 0; it returns stdout.
+func (d *daemon) ok(script string) string {
+	d.t.Helper()
+	r := d.sh(script)
+	if r.code != 0 {
+		d.t.Fatalf("sh -c %q: exit %d, stderr %q", script, r.code, r.err)
+	}
+	return r.out
+}
+
+// fails runs script and fails the test unless it exits non-zero with
+// stderr containing want (the errno's text, as the shell prints it).
+func (d *daemon) fails(script, want string) result {
+	d.t.Helper()
+	r := d.sh(script)
+	if r.code == 0 || !strings.Contains(r.err, want) {
+		d.t.Fatalf("sh -c %q: exit %d stderr %q, want failure with %q", script, r.code, r.err, want)
+	}
+	return r
+}
+
+// read returns a file of the tree, as cat prints it.
+func (d *daemon) read(rel string) string {
+	d.t.Helper()
+	return d.ok("cat " + rel)
+}
+
+// stateField returns one "key: value" line of a state file.
+func stateField(state, key string) string {
+	for _, l := range strings.Split(state, "\n") {
+		if v, ok := strings.CutPrefix(l, key+": "); ok {
+			return v
+		}
+		if l == key+":" {
+			return ""
+		}
+	}
+	return "<missing " + key + ">"
+}
+
+// eventually polls cond until it holds or the deadline passes. It waits
+// for a state to be reached; it does not assert how fast.
+func eventually(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// addHost creates a host through mkdir and config, as a user would.
+func (d *daemon) addHost(name string, config string) {
+	d.t.Helper()
+	d.ok(fmt.Sprintf("mkdir hosts/%s && cat > hosts/%s/config <<'EOF'\n%s\nEOF", name, name, config))
+}
