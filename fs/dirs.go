@@ -22,6 +22,7 @@ const (
 	idxEventsLog
 	idxVswitch
 	idxSubhosts
+	idxSerial
 )
 
 func hostIno(h *nodes.Host, idx uint64) uint64 { return (h.ID()+1)<<4 | idx }
@@ -193,6 +194,7 @@ func (hd *hostDir) OnAdd(ctx context.Context) {
 		read:       func() []byte { return []byte(h.ConfigText()) },
 		writeBatch: func(ctx context.Context, text string) error { return h.SetConfig(ctx, text, caller(ctx)) },
 	}, syscall.S_IFREG)
+	add("serial", idxSerial, &serialFile{fsys: f, host: h}, syscall.S_IFREG)
 	add("events", idxEvents, &eventsFile{fsys: f, prefix: h.Path()}, syscall.S_IFREG)
 	hd.log = add("events.log", idxEventsLog, &contentFile{fsys: f, mode: 0o444, ino: hostIno(h, idxEventsLog), log: h.Log()}, syscall.S_IFREG)
 	add("vswitch", idxVswitch, &emptyDir{fsys: f}, syscall.S_IFDIR)

@@ -3,7 +3,9 @@ package nodes
 import (
 	"context"
 	"fmt"
+	"io"
 	"strings"
+	"syscall"
 )
 
 // Console runs one management console line (mconsole style) and returns the
@@ -95,4 +97,49 @@ func (h *Host) consoleHelp() string {
 		}
 	}
 	return b.String()
+}
+
+// OpenSerial opens the host's serial console stream, from the first driver
+// that has one.
+func (h *Host) OpenSerial(ctx context.Context) (io.ReadWriteCloser, error) {
+	h.mu.Lock()
+	var s Serialer
+	for _, d := range h.drivers {
+		if ss, ok := d.(Serialer); ok {
+			s = ss
+			break
+		}
+	}
+	timeout := h.cfg.Duration("timeout", defaultTimeout)
+	h.mu.Unlock()
+	if s == nil {
+		return nil, Errorf(syscall.ENOTSUP, "serial: no driver with a serial console (drivers: %s)", h.driverKinds())
+	}
+	var rwc io.ReadWriteCloser
+	err := callDriver(ctx, timeout, func(ctx context.Context) error {
+		c, err := s.Serial(ctx)
+		if err == nil && ctx.Err() != nil {
+			// Too late: the caller has gone; do not leak the stream.
+			c.Close()
+			return ctx.Err()
+		}
+		rwc = c
+		return err
+	})
+	if err != nil {
+		err = fmt.Errorf("serial: %w", err)
+		h.emit("error", err.Error())
+		return nil, err
+	}
+	h.emit("serial", "opened")
+	return rwc, nil
+}
+
+func (h *Host) driverKinds() string {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if len(h.drivers) == 0 {
+		return "none"
+	}
+	return h.driverKindsLocked()
 }

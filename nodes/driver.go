@@ -2,6 +2,7 @@ package nodes
 
 import (
 	"context"
+	"io"
 	"log/slog"
 	"time"
 )
@@ -155,4 +156,11 @@ type Config interface {
 	Get(key string) (string, bool)
 	// Duration returns key parsed as a Go duration, or def if unset.
 	Duration(key string, def time.Duration) time.Duration
+}
+
+// Serialer is a driver with a serial console stream (IPMI Serial-over-LAN):
+// reading returns the machine's serial output, writing sends input.
+type Serialer interface {
+	Driver
+	Serial(ctx context.Context) (io.ReadWriteCloser, error)
 }

@@ -146,3 +146,7 @@ func (s *solConn) shutdown() {
 		_ = s.c.Close(ctx)
 	})
 }
+
+// Serial implements nodes.Serialer: the host's serial file is its SOL
+// stream.
+func (d *Driver) Serial(ctx context.Context) (io.ReadWriteCloser, error) { return d.SOL(ctx) }

@@ -95,7 +95,7 @@ func nlHandle(t *testing.T, ns netns.NsHandle) *netlink.Handle {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(h.Delete)
+	t.Cleanup(h.Close)
 	return h
 }
 
