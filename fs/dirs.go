@@ -240,4 +240,8 @@ func (f *FS) setTimes(a *fuse.Attr) {
 	t := f.started
 	a.SetTimes(&t, &t, &t)
 	a.Uid, a.Gid = f.opts.Owner, f.opts.Group
+	a.Nlink = 1
+	if a.Mode&syscall.S_IFMT == syscall.S_IFDIR {
+		a.Nlink = 2
+	}
 }

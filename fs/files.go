@@ -82,7 +82,7 @@ func (c *contentFile) Getattr(ctx context.Context, fh gofs.FileHandle, out *fuse
 // Setattr accepts the truncation `echo x > file` sends before writing:
 // commands do not replace content, so there is nothing to truncate.
 func (c *contentFile) Setattr(ctx context.Context, fh gofs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
-	if _, ok := in.GetSize(); ok && !c.writable() && !isSelf(ctx) {
+	if _, ok := in.GetSize(); ok && !c.writable() && !c.fsys.isSelf(ctx) {
 		return syscall.EACCES
 	}
 	c.fill(&out.Attr)
@@ -100,8 +100,8 @@ func (c *contentFile) Open(ctx context.Context, flags uint32) (gofs.FileHandle, 
 		// invalidates the cache after every change.
 		return nil, fuse.FOPEN_KEEP_CACHE | fuse.FOPEN_NOFLUSH, 0
 	}
-	if isSelf(ctx) {
-		return selfWrite{}, fuse.FOPEN_DIRECT_IO, 0
+	if c.fsys.isSelf(ctx) {
+		return selfOpen()
 	}
 	if !c.writable() {
 		return nil, 0, syscall.EACCES
@@ -210,6 +210,14 @@ func (w *lineWriter) Flush(ctx context.Context) syscall.Errno {
 	return errno(w.file.run(ctx, text))
 }
 
+// selfOpen opens a file for the notifier's one-byte write. Direct I/O
+// keeps the byte out of the page cache. No FLUSH at close: a daemon killed
+// between its open and close would otherwise wait, while exiting, for its
+// own answer to that FLUSH and never finish dying.
+func selfOpen() (gofs.FileHandle, uint32, syscall.Errno) {
+	return selfWrite{}, fuse.FOPEN_DIRECT_IO | fuse.FOPEN_NOFLUSH, 0
+}
+
 // selfWrite takes the notifier's one-byte writes and drops them.
 type selfWrite struct{}
 
@@ -241,8 +249,8 @@ func (c *consoleFile) Setattr(ctx context.Context, fh gofs.FileHandle, in *fuse.
 }
 
 func (c *consoleFile) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32, syscall.Errno) {
-	if flags&syscall.O_ACCMODE != syscall.O_RDONLY && isSelf(ctx) {
-		return selfWrite{}, fuse.FOPEN_DIRECT_IO, 0
+	if flags&syscall.O_ACCMODE != syscall.O_RDONLY && c.fsys.isSelf(ctx) {
+		return selfOpen()
 	}
 	return &consoleSession{file: c}, fuse.FOPEN_DIRECT_IO, 0
 }

@@ -64,6 +64,7 @@ type FS struct {
 	listDirs map[string]*listDir // hosts/ and each subhosts/, by parent path
 
 	notify *notifier
+	poker  *poker
 }
 
 // Mount mounts tree at mountpoint and returns once the kernel serves it.
@@ -113,8 +114,14 @@ func Mount(tree *nodes.Tree, mountpoint string, o Options) (*FS, error) {
 		return nil, fmt.Errorf("mount %s: %w", mountpoint, err)
 	}
 	f.server = server
+	p, err := startPoker()
+	if err != nil {
+		server.Unmount()
+		return nil, err
+	}
+	f.poker = p
 	stop := tree.Watch(f.notify.onEvent)
-	f.notify.start(stop)
+	f.notify.start(stop, p)
 	return f, nil
 }
 
@@ -166,15 +173,14 @@ func caller(ctx context.Context) nodes.Caller {
 	return nodes.Caller{}
 }
 
-// isSelf reports whether the request comes from one of the daemon's own
-// threads: FUSE reports the thread id, so look in /proc/self/task.
-func isSelf(ctx context.Context) bool {
+// isSelf reports whether the request comes from the notifier's poker.
+// FUSE reports the caller's thread id, so look among the poker's threads.
+func (f *FS) isSelf(ctx context.Context) bool {
 	c, ok := fuse.FromContext(ctx)
-	if !ok || c.Pid == 0 {
+	if !ok || c.Pid == 0 || f.poker == nil {
 		return false
 	}
-	var st syscall.Stat_t
-	return syscall.Stat(fmt.Sprintf("/proc/self/task/%d", c.Pid), &st) == nil
+	return f.poker.owns(c.Pid)
 }
 
 // errno turns a model error into the errno the caller gets.

@@ -4,7 +4,6 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
-	"syscall"
 
 	gofs "github.com/hanwen/go-fuse/v2/fs"
 
@@ -36,6 +35,7 @@ type notifier struct {
 	done    chan struct{}
 	unwatch func()
 	once    sync.Once
+	poker   *poker
 }
 
 func newNotifier(f *FS) *notifier {
@@ -49,8 +49,9 @@ func newNotifier(f *FS) *notifier {
 	}
 }
 
-func (n *notifier) start(unwatch func()) {
+func (n *notifier) start(unwatch func(), p *poker) {
 	n.unwatch = unwatch
+	n.poker = p
 	go n.run()
 }
 
@@ -61,6 +62,9 @@ func (n *notifier) stop() {
 		}
 		close(n.quit)
 		<-n.done
+		if n.poker != nil {
+			n.poker.stop()
+		}
 	})
 }
 
@@ -189,15 +193,11 @@ func (n *notifier) refresh(path string, bits int) {
 	}
 }
 
-// poke writes one byte to a file through the mount so the kernel raises
-// IN_MODIFY and IN_CLOSE_WRITE for its watchers; the file knows the
-// daemon's own threads and drops the byte. A fresh fd each time, opened
-// with syscall.Open so the Go runtime does not poll it, closed at once.
+// poke has the poker write one byte to a file through the mount, so the
+// kernel raises IN_MODIFY and IN_CLOSE_WRITE for its watchers; the file
+// knows the poker and drops the byte.
 func (n *notifier) poke(name string) {
-	fd, err := syscall.Open(name, syscall.O_WRONLY|syscall.O_CLOEXEC, 0)
-	if err != nil {
-		return
+	if n.poker != nil {
+		n.poker.poke(name)
 	}
-	syscall.Write(fd, []byte{'\n'})
-	syscall.Close(fd)
 }

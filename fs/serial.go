@@ -33,8 +33,8 @@ func (s *serialFile) Setattr(ctx context.Context, fh gofs.FileHandle, in *fuse.S
 }
 
 func (s *serialFile) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32, syscall.Errno) {
-	if flags&syscall.O_ACCMODE != syscall.O_RDONLY && isSelf(ctx) {
-		return selfWrite{}, fuse.FOPEN_DIRECT_IO, 0
+	if flags&syscall.O_ACCMODE != syscall.O_RDONLY && s.fsys.isSelf(ctx) {
+		return selfOpen()
 	}
 	rwc, err := s.host.OpenSerial(ctx)
 	if err != nil {

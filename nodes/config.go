@@ -56,13 +56,14 @@ func parseConfigLine(raw string) (configLine, error) {
 	}
 	comment := inlineComment.FindString(raw)
 	body := strings.TrimSuffix(raw, comment)
+	// Errors never quote the line: it may hold a password.
 	key, value, ok := strings.Cut(body, "=")
 	if !ok {
-		return configLine{}, fmt.Errorf("%q is not \"key = value\"", trimmed)
+		return configLine{}, fmt.Errorf("not \"key = value\"")
 	}
 	key = strings.TrimSpace(key)
 	if !keyRE.MatchString(key) {
-		return configLine{}, fmt.Errorf("%q is not a valid key", key)
+		return configLine{}, fmt.Errorf("not a valid key (lower-case letters, digits, '.', '_', '-')")
 	}
 	return configLine{raw: raw, key: key, value: strings.TrimSpace(value), comment: comment}, nil
 }
@@ -106,16 +107,23 @@ func (cf *ConfigFile) Keys() []string {
 
 // Set sets key to value, rewriting the key's line in place (keeping its
 // inline comment) or appending a new line.
-func (cf *ConfigFile) Set(key, value string) {
+func (cf *ConfigFile) Set(key, value string) { cf.setLine(configLine{key: key, value: value}) }
+
+// setLine applies an edit line: its inline comment, if any, replaces the
+// old line's.
+func (cf *ConfigFile) setLine(e configLine) {
 	for i := range cf.lines {
 		l := &cf.lines[i]
-		if l.key == key {
-			l.value = value
-			l.raw = key + " = " + value + l.comment
+		if l.key == e.key {
+			if e.comment != "" {
+				l.comment = e.comment
+			}
+			l.value = e.value
+			l.raw = e.key + " = " + e.value + l.comment
 			return
 		}
 	}
-	cf.lines = append(cf.lines, configLine{raw: key + " = " + value, key: key, value: value})
+	cf.lines = append(cf.lines, configLine{raw: e.key + " = " + e.value + e.comment, key: e.key, value: e.value, comment: e.comment})
 }
 
 // Delete removes every line that sets key.

@@ -158,7 +158,7 @@ func (h *Host) Run(ctx context.Context, cmd Command, who Caller) error {
 
 	h.mu.Lock()
 	if err != nil {
-		err = fmt.Errorf("%s: %w", pc.Kind(), err)
+		err = prefixed(pc.Kind(), err)
 		restored := h.op == op && h.power != op.prev
 		if h.op == op {
 			h.setPowerLocked(op.prev, fmt.Sprintf("command %q failed", cmd.String()))
@@ -327,7 +327,7 @@ func (h *Host) report(gen uint64, kind string, st Status) {
 		events = append(events, [2]string{"reachable", yesNo(st.Reachable)})
 	}
 	if st.Err != nil {
-		h.lastErr = kind + ": " + st.Err.Error()
+		h.lastErr = prefixed(kind, st.Err).Error()
 		events = append(events, [2]string{"error", h.lastErr})
 	}
 	if op := h.op; op != nil && st.Power != "" && !st.Power.Transitional() {
@@ -335,11 +335,13 @@ func (h *Host) report(gen uint64, kind string, st Status) {
 		case st.Power == op.target:
 			h.finishLocked(op, nil)
 		case st.Power != op.prev || st.Err != nil:
-			why := st.Reason
+			// The driver's errno wins (a verification that ran out of
+			// time is ETIMEDOUT); a plain wrong state is EIO.
+			why, code := st.Reason, syscall.EIO
 			if st.Err != nil {
-				why = st.Err.Error()
+				why, code = st.Err.Error(), ErrnoOf(st.Err)
 			}
-			h.finishLocked(op, Errorf(syscall.EIO, "%q: reached %s, expected %s: %s", op.cmd.String(), st.Power, op.target, why))
+			h.finishLocked(op, Errorf(code, "%q: reached %s, expected %s: %s", op.cmd.String(), st.Power, op.target, why))
 		}
 	}
 	h.mu.Unlock()
@@ -418,4 +420,13 @@ func (h *Host) busy() string {
 		return ""
 	}
 	return fmt.Sprintf("%s is %s: power it off first", h.path, h.power)
+}
+
+// prefixed names the driver an error came from, unless its text already
+// does.
+func prefixed(kind string, err error) error {
+	if strings.HasPrefix(err.Error(), kind+": ") {
+		return err
+	}
+	return fmt.Errorf("%s: %w", kind, err)
 }

@@ -89,7 +89,7 @@ func (h *Host) SetConfig(ctx context.Context, text string, who Caller) error {
 		case l.value == "":
 			next.Delete(l.key)
 		default:
-			next.Set(l.key, l.value)
+			next.setLine(l)
 		}
 	}
 	if err := h.tree.saveConfig(h.path, next); err != nil {
@@ -162,7 +162,7 @@ func (h *Host) rebuildDrivers(ctx context.Context) {
 		d, err := spec.New(cctx, env)
 		cancel()
 		if err != nil {
-			errs = append(errs, fmt.Errorf("%s: %w", name, err))
+			errs = append(errs, prefixed(name, err))
 			continue
 		}
 		built = append(built, d)

@@ -71,6 +71,10 @@ func NewTree(o Options) *Tree {
 	return t
 }
 
+// SetReadOnly makes the tree refuse changes from now on (after the
+// daemon loaded its config and demo hosts).
+func (t *Tree) SetReadOnly(ro bool) { t.readOnly = ro }
+
 // ReadOnly reports whether the tree refuses changes.
 func (t *Tree) ReadOnly() bool { return t.readOnly }
 

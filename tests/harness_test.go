@@ -89,7 +89,9 @@ func (d *daemon) start() {
 	d.exited = make(chan struct{})
 	go func() { d.cmd.Wait(); close(d.exited) }()
 	deadline := time.Now().Add(20 * time.Second)
-	for !mounted(d.mnt) {
+	// Wait for a working mount, not just an entry in /proc/mounts: a dead
+	// mount left by a killed daemon is listed there too.
+	for !serving(d.mnt) {
 		select {
 		case <-d.exited:
 			t.Fatalf("machinefs exited before mounting: %s", d.log)
@@ -121,6 +123,13 @@ func (d *daemon) stop() {
 		d.t.Errorf("machinefs left %s mounted after SIGTERM", d.mnt)
 	}
 	d.cmd = nil
+}
+
+// serving reports whether a live machinefs answers at dir. statfs, unlike
+// stat, is never answered from the kernel's cache.
+func serving(dir string) bool {
+	var st syscall.Statfs_t
+	return mounted(dir) && syscall.Statfs(dir, &st) == nil
 }
 
 // mounted reports whether a FUSE filesystem is mounted at dir.

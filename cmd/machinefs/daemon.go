@@ -93,14 +93,19 @@ func sdNotify(state string) {
 }
 
 // clearStaleMount detects a mount left by a killed daemon ("Transport
-// endpoint is not connected") and detaches it, so a restart just works.
+// endpoint is not connected") and detaches it, so a restart just works. A
+// stat of the mountpoint may still answer from the kernel's cache; statfs
+// always asks the daemon, so it tells a dead mount from a live one.
 func clearStaleMount(mountpoint string, log *slog.Logger) error {
-	var st syscall.Stat_t
-	err := syscall.Stat(mountpoint, &st)
-	if err == nil {
+	if !fuseMountedAt(mountpoint) {
 		return nil
 	}
-	if !errors.Is(err, syscall.ENOTCONN) {
+	var sfs syscall.Statfs_t
+	err := syscall.Statfs(mountpoint, &sfs)
+	if err == nil {
+		return fmt.Errorf("%s: a live FUSE filesystem is mounted there already", mountpoint)
+	}
+	if !errors.Is(err, syscall.ENOTCONN) && !errors.Is(err, syscall.ECONNABORTED) {
 		return fmt.Errorf("mountpoint %s: %w", mountpoint, err)
 	}
 	log.Warn("clearing stale mount left by a dead daemon", "mountpoint", mountpoint)
@@ -115,4 +120,25 @@ func clearStaleMount(mountpoint string, log *slog.Logger) error {
 		return fmt.Errorf("clearing stale mount %s: %v: %s", mountpoint, err, out)
 	}
 	return nil
+}
+
+// fuseMountedAt reports whether /proc/self/mounts lists a FUSE mount at dir.
+func fuseMountedAt(dir string) bool {
+	data, err := os.ReadFile("/proc/self/mounts")
+	if err != nil {
+		return false
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		f := strings.Fields(line)
+		if len(f) > 2 && unescapeMount(f[1]) == dir && strings.HasPrefix(f[2], "fuse") {
+			return true
+		}
+	}
+	return false
+}
+
+// unescapeMount undoes the octal escapes of /proc/mounts (\040 for space).
+func unescapeMount(s string) string {
+	r := strings.NewReplacer(`\040`, " ", `\011`, "\t", `\012`, "\n", `\134`, `\`)
+	return r.Replace(s)
 }

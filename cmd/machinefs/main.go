@@ -46,6 +46,7 @@ type config struct {
 }
 
 func main() {
+	mfs.RunPokerIfChild()
 	cfg, err := parseArgs(filepath.Base(os.Args[0]), os.Args[1:])
 	if errors.Is(err, flag.ErrHelp) {
 		os.Exit(0)
@@ -153,7 +154,7 @@ func run(cfg config) error {
 		}
 		store = &nodes.Store{Dir: cfg.opts.ConfigDir}
 	}
-	tree := nodes.NewTree(nodes.Options{Store: store, Drivers: drivers, ReadOnly: cfg.opts.ReadOnly, Log: log})
+	tree := nodes.NewTree(nodes.Options{Store: store, Drivers: drivers, Log: log})
 	ctx := context.Background()
 	if err := tree.Load(ctx); err != nil {
 		return err
@@ -164,6 +165,7 @@ func run(cfg config) error {
 		}
 	}
 
+	tree.SetReadOnly(cfg.opts.ReadOnly)
 	fsys, err := mfs.Mount(tree, mountpoint, mfs.Options{
 		Owner:      owner,
 		Group:      group,

@@ -241,6 +241,11 @@ func (d *Driver) with(ctx context.Context, what string, fn func(context.Context,
 		return d.classify(ctx, what, fmt.Errorf("the session is busy with another request: %w", ctx.Err()))
 	}
 	defer func() { <-d.sess }()
+	if ctx.Err() != nil {
+		// Expired while waiting for the session (select picks at random):
+		// nothing was sent, the session is fine.
+		return d.classify(ctx, what, fmt.Errorf("the session is busy with another request: %w", ctx.Err()))
+	}
 	if d.closed {
 		return nodes.Errorf(syscall.ENODEV, "ipmi %s: driver closed", d.cfg.hostPort())
 	}
@@ -509,7 +514,9 @@ func (d *Driver) verifyOnce(ctx context.Context, act action, from nodes.Power) b
 	last := nodes.PowerUnknown
 	var lastErr error
 	for {
-		rctx, rcancel := context.WithDeadline(ctx, minTime(deadline, time.Now().Add(d.cfg.budget())))
+		// A read that starts before the deadline gets its full budget:
+		// cut short, it would blame an answering BMC and cost its session.
+		rctx, rcancel := context.WithTimeout(ctx, d.cfg.budget())
 		p, err := d.readPower(rctx)
 		rcancel()
 		if ctx.Err() != nil {
@@ -564,11 +571,4 @@ func (d *Driver) setVerify(s string) {
 	d.mu.Lock()
 	d.verifyNote = s
 	d.mu.Unlock()
-}
-
-func minTime(a, b time.Time) time.Time {
-	if a.Before(b) {
-		return a
-	}
-	return b
 }

@@ -13,6 +13,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/machinefs/machinefs/nodes"
+	"github.com/machinefs/machinefs/tests/harness/ipmisim"
 )
 
 func TestMain(m *testing.M) {
@@ -37,7 +38,7 @@ func wantErrno(t *testing.T, err error, want syscall.Errno) {
 func noPassword(t *testing.T, h *testHost, extra ...string) {
 	t.Helper()
 	all := h.rec.text() + h.log.String() + fmt.Sprint(h.d.Describe()) + strings.Join(extra, " ")
-	if strings.Contains(all, simPass) || strings.Contains(all, "wrong-Pa55") {
+	if strings.Contains(all, ipmisim.Password) || strings.Contains(all, "wrong-Pa55") {
 		t.Fatalf("password leaked: %s", all)
 	}
 }
@@ -136,8 +137,8 @@ func TestBackoffSchedule(t *testing.T) {
 // verification verdicts and what the BMC's hook received.
 func TestPowerVerbs(t *testing.T) {
 	t.Parallel()
-	b := startBMC(t, false)
-	h := newHost(t, b.port, nil)
+	b := ipmisim.Start(t)
+	h := newHost(t, b.Port, nil)
 	ctx := func() context.Context {
 		c, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 		t.Cleanup(cancel)
@@ -148,7 +149,7 @@ func TestPowerVerbs(t *testing.T) {
 	step := func(verb string, want nodes.Power, hook ...string) nodes.Status {
 		t.Helper()
 		n := h.rec.len()
-		before := len(b.commands())
+		before := len(b.Commands())
 		if err := h.d.Power(ctx(), nodes.Command{Verb: verb}); err != nil {
 			t.Fatalf("%s: %v", verb, err)
 		}
@@ -157,7 +158,7 @@ func TestPowerVerbs(t *testing.T) {
 		s, _ := h.rec.waitFor(t, n, 8*time.Second, verb+" verified "+string(want), func(s nodes.Status) bool {
 			return s.Power == want && s.Reachable && s.Err == nil && strings.HasPrefix(s.Reason, "verified")
 		})
-		got := b.commands()[before:]
+		got := b.Commands()[before:]
 		if strings.Join(got, ",") != strings.Join(hook, ",") {
 			t.Fatalf("%s: BMC hook got %q, want %q", verb, got, hook)
 		}
@@ -165,8 +166,8 @@ func TestPowerVerbs(t *testing.T) {
 	}
 
 	step("on", nodes.PowerOn, "power 1")
-	if b.power() != "1" {
-		t.Fatalf("power file %q after on", b.power())
+	if b.Power() != "on" {
+		t.Fatalf("power file %q after on", b.Power())
 	}
 	// ipmitool semantics: on when on succeeds and changes nothing.
 	n := h.rec.len()
@@ -186,7 +187,7 @@ func TestPowerVerbs(t *testing.T) {
 	step("reboot", nodes.PowerOn, "reset 1")
 	step("soft", nodes.PowerOff, "shutdown 1")
 	step("on", nodes.PowerOn, "power 1")
-	b.touch("soft_delay", "1")
+	b.WriteFile("soft_delay", "1")
 	step("poweroff", nodes.PowerOff, "shutdown 1", "power-soft-off 0")
 	if v := h.describe()["ipmi-verify"]; !strings.Contains(v, "verified") {
 		t.Errorf("ipmi-verify: %q", v)
@@ -201,8 +202,8 @@ func TestPowerVerbs(t *testing.T) {
 // never reaches on; a soft shutdown the OS ignores escalates to a hard off.
 func TestVerifyFailureAndPoweroffEscalation(t *testing.T) {
 	t.Parallel()
-	b := startBMC(t, false)
-	h := newHost(t, b.port, map[string]string{"ipmi.verify-timeout": "1s"})
+	b := ipmisim.Start(t)
+	h := newHost(t, b.Port, map[string]string{"ipmi.verify-timeout": "1s"})
 	h.rec.waitFor(t, 0, 3*time.Second, "initial off", isPower(nodes.PowerOff))
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 	defer cancel()
@@ -215,20 +216,30 @@ func TestVerifyFailureAndPoweroffEscalation(t *testing.T) {
 	if nodes.ErrnoOf(s.Err) != syscall.ETIMEDOUT || !strings.Contains(s.Reason, "never transitioned from off to on") || s.Power != nodes.PowerOff {
 		t.Fatalf("verdict: %+v", s.Status)
 	}
+	// The BMC answered every read: the verdict must not blame a read cut
+	// short at the deadline, nor throw the session away (it would stay
+	// open on the BMC).
+	if !s.Reachable || strings.Contains(s.Err.Error(), "no answer") {
+		t.Fatalf("verdict blames the answering BMC: %+v", s.Status)
+	}
+	time.Sleep(300 * time.Millisecond)
+	if n := b.Sessions(); n != 1 {
+		t.Fatalf("%d BMC sessions after a failed verification, want 1", n)
+	}
 
 	// poweroff: soft shutdown ignored for 30 s -> hard off after verify-timeout.
-	b.setPower(true)
+	b.WritePower(true)
 	h.rec.waitFor(t, h.rec.len(), 3*time.Second, "on (set behind the back)", isPower(nodes.PowerOn))
-	b.touch("soft_delay", "30")
+	b.WriteFile("soft_delay", "30")
 	n = h.rec.len()
-	before := len(b.commands())
+	before := len(b.Commands())
 	if err := h.d.Power(ctx, nodes.Command{Verb: "poweroff"}); err != nil {
 		t.Fatal(err)
 	}
 	h.rec.waitFor(t, n, 5*time.Second, "poweroff verified off", func(s nodes.Status) bool {
 		return s.Power == nodes.PowerOff && s.Err == nil && strings.HasPrefix(s.Reason, "verified")
 	})
-	if got := strings.Join(b.commands()[before:], ","); got != "shutdown 1,power 0" {
+	if got := strings.Join(b.Commands()[before:], ","); got != "shutdown 1,power 0" {
 		t.Fatalf("hook got %q", got)
 	}
 	if ev := h.rec.dump(); !strings.Contains(ev, "event notify poweroff: not off") {
@@ -239,12 +250,12 @@ func TestVerifyFailureAndPoweroffEscalation(t *testing.T) {
 // TestBehindTheBack: a change made with ipmitool shows within a poll interval.
 func TestBehindTheBack(t *testing.T) {
 	t.Parallel()
-	b := startBMC(t, false)
-	h := newHost(t, b.port, map[string]string{"ipmi.poll": "300ms"})
+	b := ipmisim.Start(t)
+	h := newHost(t, b.Port, map[string]string{"ipmi.poll": "300ms"})
 	h.rec.waitFor(t, 0, 3*time.Second, "initial off", isPower(nodes.PowerOff))
 	n := h.rec.len()
 	t0 := time.Now()
-	b.ipmitool("chassis", "power", "on")
+	b.Ipmitool("chassis", "power", "on")
 	s, _ := h.rec.waitFor(t, n, 2*time.Second, "on", isPower(nodes.PowerOn))
 	if d := s.at.Sub(t0); d > 300*time.Millisecond+400*time.Millisecond {
 		t.Fatalf("change seen after %v, poll is 300ms", d)
@@ -262,10 +273,10 @@ func TestBehindTheBack(t *testing.T) {
 
 func TestWrongPassword(t *testing.T) {
 	t.Parallel()
-	b := startBMC(t, false)
+	b := ipmisim.Start(t)
 	for _, iface := range []string{"lanplus", "lan"} {
 		t.Run(iface, func(t *testing.T) {
-			h := newHost(t, b.port, map[string]string{"ipmi.password": "wrong-Pa55", "ipmi.interface": iface,
+			h := newHost(t, b.Port, map[string]string{"ipmi.password": "wrong-Pa55", "ipmi.interface": iface,
 				"ipmi.timeout": "200ms", "ipmi.retries": "0"})
 			ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 			defer cancel()
@@ -277,7 +288,7 @@ func TestWrongPassword(t *testing.T) {
 			if s.Reachable || nodes.ErrnoOf(s.Err) != syscall.EACCES {
 				t.Fatalf("poll report: %+v", s.Status)
 			}
-			if b.power() != "0" {
+			if b.Power() != "off" {
 				t.Fatal("power changed with a wrong password")
 			}
 			noPassword(t, h, err.Error())
@@ -287,10 +298,10 @@ func TestWrongPassword(t *testing.T) {
 
 func TestCompletionCodeEIO(t *testing.T) {
 	t.Parallel()
-	b := startBMC(t, false)
-	h := newHost(t, b.port, nil)
+	b := ipmisim.Start(t)
+	h := newHost(t, b.Port, nil)
 	h.rec.waitFor(t, 0, 3*time.Second, "initial off", isPower(nodes.PowerOff))
-	b.touch("fail", "")
+	b.WriteFile("fail", "")
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 	defer cancel()
 	err := h.d.Power(ctx, nodes.Command{Verb: "on"})
@@ -307,7 +318,7 @@ func TestCompletionCodeEIO(t *testing.T) {
 // TestUnreachable: nobody listens on the port.
 func TestUnreachable(t *testing.T) {
 	t.Parallel()
-	port := freeUDPPort(t)
+	port := ipmisim.FreeUDPPort(t)
 	h := newHost(t, port, map[string]string{"ipmi.poll": "50ms"})
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
@@ -384,17 +395,17 @@ func ctxWithin(t *testing.T, d time.Duration) context.Context {
 // TestCloseReleasesSessions: sessions are reused while the driver lives and
 // closed by Close; no goroutine survives.
 func TestCloseReleasesSessions(t *testing.T) {
-	b := startBMC(t, true)
+	b := ipmisim.Start(t, ipmisim.PoweredOn())
 	ignore := goleak.IgnoreCurrent()
 	for i := 0; i < 3; i++ {
-		h := newHost(t, b.port, map[string]string{"ipmi.poll": "50ms"})
+		h := newHost(t, b.Port, map[string]string{"ipmi.poll": "50ms"})
 		h.rec.waitFor(t, 0, 3*time.Second, "on", isPower(nodes.PowerOn))
 		v, err := h.d.Console(ctxWithin(t, 2*time.Second), "version", nil)
 		if err != nil || !strings.Contains(v, "firmware 9.08") {
 			t.Fatalf("version: %q %v", v, err)
 		}
 		time.Sleep(200 * time.Millisecond) // several polls
-		if n := b.activeSessions(); n != 1 {
+		if n := b.Sessions(); n != 1 {
 			t.Fatalf("round %d: %d BMC sessions while the driver lives, want 1 (reused)", i, n)
 		}
 		d := h.describe()
@@ -404,7 +415,7 @@ func TestCloseReleasesSessions(t *testing.T) {
 		if err := h.d.Close(); err != nil {
 			t.Fatal(err)
 		}
-		if n := b.activeSessions(); n != 0 {
+		if n := b.Sessions(); n != 0 {
 			t.Fatalf("round %d: %d BMC sessions after Close", i, n)
 		}
 		err = h.d.Power(ctxWithin(t, time.Second), nodes.Command{Verb: "on"})
@@ -416,8 +427,8 @@ func TestCloseReleasesSessions(t *testing.T) {
 
 func TestConsole(t *testing.T) {
 	t.Parallel()
-	b := startBMC(t, true)
-	h := newHost(t, b.port, nil)
+	b := ipmisim.Start(t, ipmisim.PoweredOn())
+	h := newHost(t, b.Port, nil)
 	h.rec.waitFor(t, 0, 3*time.Second, "on", isPower(nodes.PowerOn))
 	names := map[string]bool{}
 	for _, c := range h.d.ConsoleCommands() {
@@ -438,9 +449,9 @@ func TestConsole(t *testing.T) {
 		t.Fatal(err)
 	}
 	h.rec.waitFor(t, n, 3*time.Second, "off after halt", isPower(nodes.PowerOff))
-	b.setPower(true)
+	b.WritePower(true)
 	h.rec.waitFor(t, h.rec.len(), 3*time.Second, "on", isPower(nodes.PowerOn))
-	before := len(b.commands())
+	before := len(b.Commands())
 	if _, err := h.d.Console(ctx, "reboot", nil); err != nil {
 		t.Fatal(err)
 	}
@@ -449,7 +460,7 @@ func TestConsole(t *testing.T) {
 		t.Fatal(err)
 	}
 	h.rec.waitFor(t, n, 3*time.Second, "off after cad", isPower(nodes.PowerOff))
-	if got := strings.Join(b.commands()[before:], ","); got != "reset 1,shutdown 1" {
+	if got := strings.Join(b.Commands()[before:], ","); got != "reset 1,shutdown 1" {
 		t.Fatalf("hook got %q", got)
 	}
 	if _, err := h.d.Console(ctx, "sysrq", nil); nodes.ErrnoOf(err) != syscall.EINVAL {
@@ -460,8 +471,8 @@ func TestConsole(t *testing.T) {
 // TestSOL streams the fake console's output and echoes input back.
 func TestSOL(t *testing.T) {
 	t.Parallel()
-	b := startBMC(t, true, startConsole(t))
-	h := newHost(t, b.port, nil)
+	b := ipmisim.Start(t, ipmisim.PoweredOn(), ipmisim.WithSOL(ipmisim.StartConsole(t)))
+	h := newHost(t, b.Port, nil)
 	s, err := h.d.SOL(ctxWithin(t, 3*time.Second))
 	if err != nil {
 		t.Fatalf("SOL: %v", err)

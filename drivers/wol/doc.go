@@ -26,7 +26,9 @@
 // wake". A refused TCP connection proves something answers at that address
 // but not that the machine's service is up, so it counts as no answer yet.
 // A failed probe never reports off, since it cannot tell off from
-// unreachable. Without a probe, power stays unknown.
+// unreachable. Without a probe, power stays unknown and each wake reports
+// an ENOTSUP error ("cannot be confirmed"), which ends the model's wait for
+// on at once instead of at wait-timeout.
 //
 // Wake-on-LAN cannot power a machine off: ctys maps pause and suspend to
 // poweroff on WoL hosts, so those verbs fail with ENOTSUP and say why.

@@ -60,9 +60,22 @@ func checkMAC(v string) error {
 	return err
 }
 
-func checkInterface(v string) error {
+func checkInterfaceName(v string) error {
 	if v == "" || len(v) > 15 || v == "." || v == ".." || strings.ContainsAny(v, "/: \t\n") {
 		return fmt.Errorf("wol.interface %q: not an interface name (1-15 characters, no '/', ':' or spaces)", v)
+	}
+	return nil
+}
+
+// checkInterface is the write-time check: the name must be valid and the
+// interface must exist in the network namespace of the calling thread,
+// which for the model is the daemon's, where New looks for it too.
+func checkInterface(v string) error {
+	if err := checkInterfaceName(v); err != nil {
+		return err
+	}
+	if _, err := net.InterfaceByName(v); err != nil {
+		return fmt.Errorf("wol.interface %q: no such interface (%v)", v, err)
 	}
 	return nil
 }
@@ -173,7 +186,7 @@ func parseConfig(c nodes.Config) (settings, error) {
 		}
 	}
 	if v, ok := get(KeyInterface); ok {
-		if err := checkInterface(v); err != nil {
+		if err := checkInterfaceName(v); err != nil {
 			return s, inval(err)
 		}
 		s.iface = v
@@ -315,7 +328,10 @@ func (d *driver) Power(ctx context.Context, cmd nodes.Command) error {
 	d.rep.Event("wol", what)
 
 	if d.cfg.probe == nil {
-		d.rep.Report(nodes.Status{Power: nodes.PowerUnknown, Reason: "no probe configured: WoL cannot report power"})
+		// The error ends the command: without it the model would keep
+		// waiting for "on" until wait-timeout, the host busy meanwhile.
+		d.rep.Report(nodes.Status{Power: nodes.PowerUnknown, Reason: "no probe configured: WoL cannot report power",
+			Err: nodes.Errorf(syscall.ENOTSUP, "wol: packet sent, but the wake cannot be confirmed: no probe configured (set probe = tcp:HOST:PORT or icmp:HOST)")})
 		return nil
 	}
 	d.mu.Lock()

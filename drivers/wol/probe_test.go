@@ -1,105 +1,26 @@
 package wol
 
 import (
-	"bytes"
 	"errors"
 	"net"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
-	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
 	"github.com/machinefs/machinefs/nodes"
+	"github.com/machinefs/machinefs/tests/harness/netns"
 )
 
 const probeAddr = "10.77.2.2:2222"
 
-// responder is a machine that sleeps until it sees its magic packet: it
-// reads datagrams on the target segment's broadcast address and opens its
-// TCP service only after a valid magic packet for mac (and password).
-type responder struct {
-	mu    sync.Mutex
-	woke  bool
-	ln    net.Listener
-	wg    sync.WaitGroup
-	udp   *net.UDPConn
-	seen  int
-	wrong int
-}
-
-func startResponder(t *testing.T, tg netns.NsHandle, mac net.HardwareAddr, pw []byte) *responder {
-	t.Helper()
-	r := &responder{udp: listenUDP(t, tg, "10.77.2.255:9")}
-	r.wg.Add(1)
-	go func() {
-		defer r.wg.Done()
-		buf := make([]byte, 2048)
-		for {
-			n, _, err := r.udp.ReadFromUDP(buf)
-			if err != nil {
-				return // closed
-			}
-			var p MagicPacket
-			r.mu.Lock()
-			r.seen++
-			ok := p.UnmarshalBinary(buf[:n]) == nil && bytes.Equal(p.Target, mac) && bytes.Equal(p.Password, pw)
-			if !ok {
-				r.wrong++
-			}
-			if ok && !r.woke {
-				r.woke = true
-				err := (netNS{h: tg}).run(func() error {
-					var err error
-					r.ln, err = net.Listen("tcp4", probeAddr)
-					return err
-				})
-				if err != nil {
-					t.Errorf("responder listen: %v", err)
-				} else {
-					r.wg.Add(1)
-					go r.serve(r.ln)
-				}
-			}
-			r.mu.Unlock()
-		}
-	}()
-	t.Cleanup(func() {
-		_ = r.udp.Close()
-		r.mu.Lock()
-		if r.ln != nil {
-			_ = r.ln.Close()
-		}
-		r.mu.Unlock()
-		r.wg.Wait()
-	})
-	return r
-}
-
-func (r *responder) serve(ln net.Listener) {
-	defer r.wg.Done()
-	for {
-		c, err := ln.Accept()
-		if err != nil {
-			return
-		}
-		_ = c.Close()
-	}
-}
-
-func (r *responder) state() (woke bool, seen, wrong int) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return r.woke, r.seen, r.wrong
-}
-
 func TestProbeWake(t *testing.T) {
-	needRoot(t)
+	netns.NeedRoot(t)
 	leakCheck(t)
-	s, _, tg := routed(t)
+	rt := routed(t)
+	s, tg := rt.Sender, rt.Target
 	pw := []byte{1, 2, 3, 4, 5, 6}
 	base := testConfig{
 		"mac":                testMAC.String(),
@@ -133,7 +54,7 @@ func TestProbeWake(t *testing.T) {
 		{"missing password", with(), testMAC, pw, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			resp := startResponder(t, tg, tc.wantMAC, tc.wantPW)
+			resp := tg.StartResponder(t, netns.Sleeper{MAC: tc.wantMAC, Password: tc.wantPW, Interface: rt.TargetDev, Service: probeAddr})
 			rec := &recorder{}
 			d := newDriverIn(t, s, tc.cfg, rec)
 
@@ -144,14 +65,15 @@ func TestProbeWake(t *testing.T) {
 			}
 
 			start := time.Now()
-			inNS(t, s, func() error { return d.Power(t.Context(), nodes.Command{Verb: "wol"}) })
+			s.Do(t, func() error { return d.Power(t.Context(), nodes.Command{Verb: "wol"}) })
 			j := rec.waitFor(t, i+1, time.Second, "starting", func(s nodes.Status) bool { return s.Power != "" })
 			if st := rec.statuses()[j]; st.Power != nodes.PowerStarting {
 				t.Fatalf("after wol: %+v, want starting", st)
 			}
 			k := rec.waitFor(t, j+1, 5*time.Second, "result", func(s nodes.Status) bool { return s.Power != "" })
 			st := rec.statuses()[k]
-			woke, seen, wrong := resp.state()
+			woke := resp.Woke()
+			seen, wrong := resp.Seen()
 			t.Logf("after %s: %+v (responder saw %d packets, %d wrong)", time.Since(start).Round(time.Millisecond), st, seen, wrong)
 			if tc.wake {
 				if st.Power != nodes.PowerOn || !st.Reachable || st.Reason != "probe tcp:"+probeAddr+" answered" || st.Err != nil {
@@ -182,13 +104,13 @@ func TestProbeWake(t *testing.T) {
 }
 
 func TestProbeICMP(t *testing.T) {
-	needRoot(t)
+	netns.NeedRoot(t)
 	leakCheck(t)
-	s, _, _ := routed(t)
+	s := routed(t).Sender
 	run := func(t *testing.T, host string, wantOn bool) {
 		// Make sure the intended socket kind is what the driver will get.
 		pingOK := false
-		inNS(t, s, func() error {
+		s.Do(t, func() error {
 			fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM, unix.IPPROTO_ICMP)
 			if err == nil {
 				pingOK = true
@@ -214,7 +136,7 @@ func TestProbeICMP(t *testing.T) {
 	// ping_group_range is "1 0" in a new namespace: raw ICMP socket.
 	t.Run("raw", func(t *testing.T) { run(t, "10.77.2.2", true) })
 	t.Run("raw silent", func(t *testing.T) { run(t, "10.77.2.99", false) })
-	sysctl(t, s, "net/ipv4/ping_group_range", "0 2147483647")
+	s.Sysctl(t, "net/ipv4/ping_group_range", "0 2147483647")
 	t.Run("ping socket", func(t *testing.T) { run(t, "10.77.2.2", true) })
 	t.Run("ping socket silent", func(t *testing.T) { run(t, "10.77.2.99", false) })
 }
@@ -222,9 +144,9 @@ func TestProbeICMP(t *testing.T) {
 // TestCloseStopsVerification checks that Close ends a long verification
 // promptly and that nothing is reported after Close returns.
 func TestCloseStopsVerification(t *testing.T) {
-	needRoot(t)
+	netns.NeedRoot(t)
 	leakCheck(t)
-	s, _, _ := routed(t)
+	s := routed(t).Sender
 	rec := &recorder{}
 	d := newDriverIn(t, s, testConfig{"mac": testMAC.String(), "wol.broadcast": "10.77.2.255", "probe": "tcp:10.77.2.99:22",
 		"wol.probe-interval": "10s", "wol.probe-tries": "24"}, rec)

@@ -6,15 +6,17 @@ import (
 	"errors"
 	"net"
 	"runtime"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/mdlayher/packet"
-	"github.com/vishvananda/netns"
+	vnetns "github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
 	"github.com/machinefs/machinefs/nodes"
+	"github.com/machinefs/machinefs/tests/harness/netns"
 )
 
 var (
@@ -24,27 +26,11 @@ var (
 
 // segment is two namespaces joined by a veth: the sender side A (mfwa) and
 // the peer side B (mfwb).
-func segment(t *testing.T) (a, b netns.NsHandle) {
+func segment(t *testing.T) (a, b *netns.NS) {
 	t.Helper()
-	a, b = newNS(t, "a"), newNS(t, "b")
-	veth(t, end{ns: a, name: "mfwa", mac: macA}, end{ns: b, name: "mfwb", mac: macB})
+	a, b = netns.New(t, "mfwa"), netns.New(t, "mfwb")
+	netns.Veth(t, netns.End{NS: a, Name: "mfwa", MAC: macA}, netns.End{NS: b, Name: "mfwb", MAC: macB})
 	return a, b
-}
-
-// captureWoL opens an AF_PACKET listener for EtherType 0x0842 on mfwb in b.
-func captureWoL(t *testing.T, b netns.NsHandle) *packet.Conn {
-	t.Helper()
-	var c *packet.Conn
-	inNS(t, b, func() error {
-		ifi, err := net.InterfaceByName("mfwb")
-		if err != nil {
-			return err
-		}
-		c, err = packet.Listen(ifi, packet.Raw, EtherType, nil)
-		return err
-	})
-	t.Cleanup(func() { _ = c.Close() })
-	return c
 }
 
 func readFrame(t *testing.T, c *packet.Conn) []byte {
@@ -70,16 +56,16 @@ func checkFrame(t *testing.T, f []byte, src, target net.HardwareAddr, pw []byte)
 }
 
 func TestLocalSegment(t *testing.T) {
-	needRoot(t)
+	netns.NeedRoot(t)
 	leakCheck(t)
 	a, b := segment(t)
-	capture := captureWoL(t, b)
+	capture := b.Capture(t, "mfwb", EtherType)
 
 	t.Run("interface", func(t *testing.T) {
 		rec := &recorder{}
 		d := newDriverIn(t, a, testConfig{"mac": testMAC.String(), "wol.interface": "mfwa"}, rec)
 		// Send from a goroutine locked into A, as a caller inside A would.
-		inNS(t, a, func() error { return d.Power(t.Context(), nodes.Command{Verb: "wol"}) })
+		a.Do(t, func() error { return d.Power(t.Context(), nodes.Command{Verb: "wol"}) })
 		checkFrame(t, readFrame(t, capture), macA, testMAC, nil)
 		if got := d.Describe(); got[1][1] != "raw frame on mfwa" {
 			t.Errorf("Describe: %v", got)
@@ -87,6 +73,9 @@ func TestLocalSegment(t *testing.T) {
 		st := rec.statuses()
 		if len(st) == 0 || st[len(st)-1].Power != nodes.PowerUnknown || st[len(st)-1].Reason != "no probe configured: WoL cannot report power" {
 			t.Errorf("without probe: reports %+v", st)
+		} else if last := st[len(st)-1]; nodes.ErrnoOf(last.Err) != syscall.ENOTSUP || !strings.Contains(last.Err.Error(), "cannot be confirmed") {
+			// The error is what ends the model's wait for "on".
+			t.Errorf("without probe: error %v, want ENOTSUP (cannot be confirmed)", last.Err)
 		}
 		for _, s := range st {
 			if s.Power == nodes.PowerOn {
@@ -113,7 +102,7 @@ func TestLocalSegment(t *testing.T) {
 	t.Run("first interface", func(t *testing.T) {
 		// A holds only lo and mfwa: the default must pick mfwa.
 		d := newDriverIn(t, a, testConfig{"mac": testMAC.String()}, nil)
-		inNS(t, a, func() error { return d.Power(t.Context(), nodes.Command{Verb: "wol"}) })
+		a.Do(t, func() error { return d.Power(t.Context(), nodes.Command{Verb: "wol"}) })
 		checkFrame(t, readFrame(t, capture), macA, testMAC, nil)
 		if got := d.Describe()[1][1]; got != "raw frame on first up interface (last: mfwa)" {
 			t.Errorf("wol-via %q", got)
@@ -126,7 +115,7 @@ func TestLocalSegment(t *testing.T) {
 			// This thread loses CAP_NET_RAW and is never unlocked, so the
 			// runtime throws it away when the goroutine ends.
 			runtime.LockOSThread()
-			if err := netns.Set(a); err != nil {
+			if err := vnetns.Set(a.Handle()); err != nil {
 				errc <- err
 				return
 			}
@@ -166,50 +155,27 @@ func TestLocalSegment(t *testing.T) {
 	})
 }
 
-// routed builds sender S -- router R -- target T:
+// routed builds sender S -- router R -- target T (see netns.Routed):
 //
-//	S mfws 10.77.1.2/24  <->  R mfwr1 10.77.1.1/24
-//	R mfwr2 10.77.2.1/24 <->  T mfwt  10.77.2.2/24
+//	S mfws0 10.77.1.2/24  <->  R mfwr1 10.77.1.1/24
+//	R mfwr2 10.77.2.1/24  <->  T mfwt0 10.77.2.2/24 (MAC macB)
 //
 // R forwards and forwards directed broadcasts arriving on mfwr1.
-func routed(t *testing.T) (s, r, tg netns.NsHandle) {
+func routed(t *testing.T) *netns.Routed {
 	t.Helper()
-	s, r, tg = newNS(t, "s"), newNS(t, "r"), newNS(t, "t")
-	veth(t, end{ns: s, name: "mfws", addr: "10.77.1.2/24"}, end{ns: r, name: "mfwr1", addr: "10.77.1.1/24"})
-	veth(t, end{ns: r, name: "mfwr2", addr: "10.77.2.1/24"}, end{ns: tg, name: "mfwt", mac: macB, addr: "10.77.2.2/24"})
-	defaultRoute(t, s, "mfws", "10.77.1.1")
-	defaultRoute(t, tg, "mfwt", "10.77.2.1")
-	sysctl(t, r, "net/ipv4/ip_forward", "1")
-	sysctl(t, r, "net/ipv4/conf/all/bc_forwarding", "1")
-	sysctl(t, r, "net/ipv4/conf/mfwr1/bc_forwarding", "1")
-	return s, r, tg
-}
-
-// listenUDP opens a UDP socket in ns bound to addr.
-func listenUDP(t *testing.T, ns netns.NsHandle, addr string) *net.UDPConn {
-	t.Helper()
-	var c *net.UDPConn
-	inNS(t, ns, func() error {
-		ua, err := net.ResolveUDPAddr("udp4", addr)
-		if err != nil {
-			return err
-		}
-		c, err = net.ListenUDP("udp4", ua)
-		return err
-	})
-	t.Cleanup(func() { _ = c.Close() })
-	return c
+	return netns.NewRouted(t, netns.RoutedSpec{Prefix: "mfw", Net1: "10.77.1", Net2: "10.77.2", TargetMAC: macB})
 }
 
 func TestDirectedBroadcast(t *testing.T) {
-	needRoot(t)
+	netns.NeedRoot(t)
 	leakCheck(t)
-	s, r, tg := routed(t)
-	l := listenUDP(t, tg, "10.77.2.255:9")
+	rt := routed(t)
+	s := rt.Sender
+	l := rt.Target.ListenUDP(t, "10.77.2.255:9")
 
 	rec := &recorder{}
 	d := newDriverIn(t, s, testConfig{"mac": testMAC.String(), "wol.broadcast": "10.77.2.255", "wol.password": "192.168.1.1"}, rec)
-	inNS(t, s, func() error { return d.Power(t.Context(), nodes.Command{Verb: "wol", Label: "tst100"}) })
+	s.Do(t, func() error { return d.Power(t.Context(), nodes.Command{Verb: "wol", Label: "tst100"}) })
 
 	buf := make([]byte, 2048)
 	_ = l.SetReadDeadline(time.Now().Add(3 * time.Second))
@@ -237,7 +203,7 @@ func TestDirectedBroadcast(t *testing.T) {
 
 	// Control: the datagram really crossed the router. Without
 	// bc_forwarding on the incoming interface it does not arrive.
-	sysctl(t, r, "net/ipv4/conf/mfwr1/bc_forwarding", "0")
+	rt.DirectedBroadcast(t, false)
 	if err := d.Power(t.Context(), nodes.Command{Verb: "wol"}); err != nil {
 		t.Fatal(err)
 	}
@@ -249,11 +215,11 @@ func TestDirectedBroadcast(t *testing.T) {
 
 // TestUDPPort checks wol.port with a directed broadcast on one segment.
 func TestUDPPort(t *testing.T) {
-	needRoot(t)
+	netns.NeedRoot(t)
 	leakCheck(t)
-	a, b := newNS(t, "a"), newNS(t, "b")
-	veth(t, end{ns: a, name: "mfwa", mac: macA, addr: "10.77.3.1/24"}, end{ns: b, name: "mfwb", mac: macB, addr: "10.77.3.2/24"})
-	l := listenUDP(t, b, "10.77.3.255:7")
+	a, b := netns.New(t, "mfwa"), netns.New(t, "mfwb")
+	netns.Veth(t, netns.End{NS: a, Name: "mfwa", MAC: macA, Addr: "10.77.3.1/24"}, netns.End{NS: b, Name: "mfwb", MAC: macB, Addr: "10.77.3.2/24"})
+	l := b.ListenUDP(t, "10.77.3.255:7")
 	d := newDriverIn(t, a, testConfig{"mac": testMAC.String(), "wol.broadcast": "10.77.3.255", "wol.port": "7", "wol.interface": "mfwa"}, nil)
 	if err := d.Power(t.Context(), nodes.Command{Verb: "wol"}); err != nil {
 		t.Fatal(err)

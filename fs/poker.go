@@ -1,0 +1,109 @@
+package fs
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"strconv"
+	"syscall"
+	"time"
+)
+
+// The notifier wakes inotify watchers by writing one byte to a changed file
+// through the mount (see the package comment). Those writes come from a
+// separate helper process, the poker, never from the daemon itself: a
+// daemon killed with SIGKILL while one of its own threads waited on its own
+// mount could never finish dying, and its mount would hang every caller
+// instead of failing with ENOTCONN. The poker is the daemon's own binary
+// started with pokerEnv set; it reads paths from stdin and exits at EOF or
+// when the daemon dies.
+const pokerEnv = "MACHINEFS_POKER"
+
+// RunPokerIfChild turns the process into the poker when the daemon started
+// it so. Call it first thing in main, and in TestMain of packages that
+// mount in-process.
+func RunPokerIfChild() {
+	if os.Getenv(pokerEnv) != "1" {
+		return
+	}
+	sc := bufio.NewScanner(os.Stdin)
+	for sc.Scan() {
+		// syscall.Open, not os.Open: the Go runtime must not poll the fd.
+		fd, err := syscall.Open(sc.Text(), syscall.O_WRONLY|syscall.O_CLOEXEC, 0)
+		if err != nil {
+			continue
+		}
+		syscall.Write(fd, []byte{'\n'})
+		syscall.Close(fd)
+	}
+	os.Exit(0)
+}
+
+type poker struct {
+	cmd   *exec.Cmd
+	in    io.WriteCloser
+	pid   int
+	exits chan struct{}
+}
+
+func startPoker() (*poker, error) {
+	self, err := os.Executable()
+	if err != nil {
+		return nil, fmt.Errorf("poker: %w", err)
+	}
+	// The poker must not hold /dev/fuse: go-fuse opens it without
+	// O_CLOEXEC, and a poker blocked on a dead daemon's mount while holding
+	// the connection open would keep it alive, and hung, for ever.
+	closeOnExecAll()
+	cmd := exec.Command(self)
+	cmd.Env = append(os.Environ(), pokerEnv+"=1")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	in, err := cmd.StdinPipe()
+	if err != nil {
+		return nil, fmt.Errorf("poker: %w", err)
+	}
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("poker: %w", err)
+	}
+	p := &poker{cmd: cmd, in: in, pid: cmd.Process.Pid, exits: make(chan struct{})}
+	go func() { cmd.Wait(); close(p.exits) }()
+	return p, nil
+}
+
+// poke asks the poker to write to path. It never blocks the notifier for
+// long: the pipe buffer holds many paths.
+func (p *poker) poke(path string) {
+	fmt.Fprintln(p.in, path)
+}
+
+// owns reports whether tid is a thread of the poker.
+func (p *poker) owns(tid uint32) bool {
+	var st syscall.Stat_t
+	return syscall.Stat(fmt.Sprintf("/proc/%d/task/%d", p.pid, tid), &st) == nil
+}
+
+// stop ends the poker once it has done what it was asked.
+func (p *poker) stop() {
+	p.in.Close()
+	select {
+	case <-p.exits:
+	case <-time.After(5 * time.Second):
+		p.cmd.Process.Kill()
+		<-p.exits
+	}
+}
+
+// closeOnExecAll marks every descriptor above stderr close-on-exec.
+func closeOnExecAll() {
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		return
+	}
+	for _, e := range ents {
+		if fd, err := strconv.Atoi(e.Name()); err == nil && fd > 2 {
+			syscall.CloseOnExec(fd)
+		}
+	}
+}
