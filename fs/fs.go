@@ -101,6 +101,12 @@ func Mount(tree *nodes.Tree, mountpoint string, o Options) (*FS, error) {
 	if o.ReadOnly {
 		mo.Options = append(mo.Options, "ro")
 	}
+	// The poker exists before the first request, so requests can tell it.
+	p, err := startPoker()
+	if err != nil {
+		return nil, err
+	}
+	f.poker = p
 	root := &rootDir{fsys: f}
 	server, err := gofs.Mount(mountpoint, root, &gofs.Options{
 		MountOptions:    mo,
@@ -111,17 +117,12 @@ func Mount(tree *nodes.Tree, mountpoint string, o Options) (*FS, error) {
 		GID:             o.Group,
 	})
 	if err != nil {
+		p.stop()
 		return nil, fmt.Errorf("mount %s: %w", mountpoint, err)
 	}
 	f.server = server
-	p, err := startPoker()
-	if err != nil {
-		server.Unmount()
-		return nil, err
-	}
-	f.poker = p
 	stop := tree.Watch(f.notify.onEvent)
-	f.notify.start(stop, p)
+	f.notify.start(stop, f.poker)
 	return f, nil
 }
 

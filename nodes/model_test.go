@@ -1,0 +1,154 @@
+package nodes_test
+
+import (
+	"context"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/machinefs/machinefs/drivers/sim"
+	"github.com/machinefs/machinefs/nodes"
+)
+
+// The model starts goroutines (driver calls, operation timers, simulated
+// transitions); none may outlive a closed tree.
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+func newTree(t *testing.T) *nodes.Tree {
+	t.Helper()
+	tree := nodes.NewTree(nodes.Options{Store: &nodes.Store{Dir: t.TempDir()}, Drivers: []nodes.DriverSpec{sim.Spec}})
+	t.Cleanup(tree.Close)
+	return tree
+}
+
+func addSim(t *testing.T, tree *nodes.Tree, name string, kv ...string) *nodes.Host {
+	t.Helper()
+	cf := &nodes.ConfigFile{}
+	cf.Set("drivers", "sim")
+	for i := 0; i+1 < len(kv); i += 2 {
+		cf.Set(kv[i], kv[i+1])
+	}
+	h, err := tree.Add(context.Background(), nil, name, cf, nodes.Caller{Uid: 1000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return h
+}
+
+func run(t *testing.T, h *nodes.Host, line string) error {
+	t.Helper()
+	return h.Exec(context.Background(), line, nodes.Caller{Uid: 1000, Gid: 100, Pid: 42})
+}
+
+func TestCommandLifecycle(t *testing.T) {
+	tree := newTree(t)
+	h := addSim(t, tree, "a", "sim.on-delay", "50ms")
+	sub := tree.Subscribe("hosts/a")
+	defer sub.Close()
+	if err := run(t, h, "on"); err != nil {
+		t.Fatal(err)
+	}
+	if p := h.Power(); p != nodes.PowerStarting {
+		t.Fatalf("right after on: %s", p)
+	}
+	if err := run(t, h, "off"); nodes.ErrnoOf(err) != syscall.EBUSY {
+		t.Fatalf("conflicting command: %v, want EBUSY", err)
+	}
+	if err := run(t, h, "on wait"); nodes.ErrnoOf(err) != syscall.EBUSY {
+		t.Fatalf("second on while in flight: %v, want EBUSY", err)
+	}
+	var kinds []string
+	deadline := time.After(5 * time.Second)
+	for h.Power() != nodes.PowerOn {
+		select {
+		case e := <-sub.C:
+			kinds = append(kinds, e.Kind+" "+e.Detail)
+		case <-deadline:
+			t.Fatalf("never on; events %q", kinds)
+		}
+	}
+	st := h.StateText()
+	if !strings.Contains(st, `last-command: "on" uid=1000 gid=100 pid=42`) || !strings.Contains(st, ": ok\n") {
+		t.Fatalf("state:\n%s", st)
+	}
+}
+
+func TestOperationTimeout(t *testing.T) {
+	tree := newTree(t)
+	h := addSim(t, tree, "s", "sim.stuck", "on")
+	err := run(t, h, "on wait timeout=100ms")
+	if nodes.ErrnoOf(err) != syscall.ETIMEDOUT {
+		t.Fatalf("err %v, want ETIMEDOUT", err)
+	}
+	if h.Power() != nodes.PowerUnknown {
+		t.Fatalf("power %s, want unknown", h.Power())
+	}
+	// The host is free again.
+	if err := run(t, h, "off"); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestHungDriverTimesOut(t *testing.T) {
+	tree := newTree(t)
+	h := addSim(t, tree, "h", "sim.hang", "on", "timeout", "100ms")
+	err := run(t, h, "on")
+	if nodes.ErrnoOf(err) != syscall.ETIMEDOUT || !strings.Contains(err.Error(), "no answer within 100ms") {
+		t.Fatalf("err %v", err)
+	}
+	if h.Power() != nodes.PowerOff {
+		t.Fatalf("power %s, want off restored", h.Power())
+	}
+}
+
+func TestInterruptedWaitKeepsCommand(t *testing.T) {
+	tree := newTree(t)
+	h := addSim(t, tree, "i", "sim.on-delay", "200ms")
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
+	defer cancel()
+	err := h.Exec(ctx, "on wait", nodes.Caller{})
+	if nodes.ErrnoOf(err) != syscall.EINTR {
+		t.Fatalf("err %v, want EINTR", err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for h.Power() != nodes.PowerOn && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if h.Power() != nodes.PowerOn {
+		t.Fatalf("the command did not go on after the waiter left: %s", h.Power())
+	}
+}
+
+func TestRemoveRefusesRunning(t *testing.T) {
+	tree := newTree(t)
+	h := addSim(t, tree, "r", "sim.initial", "on")
+	if err := tree.Remove(context.Background(), h, nodes.Caller{}); nodes.ErrnoOf(err) != syscall.EBUSY {
+		t.Fatalf("remove of a running host: %v", err)
+	}
+	if err := run(t, h, "off wait"); err != nil {
+		t.Fatal(err)
+	}
+	if err := tree.Remove(context.Background(), h, nodes.Caller{}); err != nil {
+		t.Fatal(err)
+	}
+	if tree.Host("hosts/r") != nil {
+		t.Fatal("still there")
+	}
+}
+
+func TestSetConfigChecksEverything(t *testing.T) {
+	tree := newTree(t)
+	h := addSim(t, tree, "c")
+	before := h.ConfigText()
+	for _, text := range []string{"colour = blue\n", "sim.on-delay = soon\n", "label = x\nbogus line\n", "drivers = nosuch\n"} {
+		if err := h.SetConfig(context.Background(), text, nodes.Caller{}); nodes.ErrnoOf(err) != syscall.EINVAL {
+			t.Errorf("%q: %v, want EINVAL", text, err)
+		}
+	}
+	if h.ConfigText() != before {
+		t.Fatalf("a refused write changed the config:\n%s", h.ConfigText())
+	}
+}

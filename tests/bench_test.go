@@ -1,0 +1,373 @@
+package tests
+
+// Benchmarks of the read paths a monitoring script uses, each reported as a
+// ratio against the same operation on tmpfs measured in the same run: the
+// machines these run on are shared and noisy, so absolute figures mean
+// little and the benchmarks assert nothing. Run them with
+//
+//	go test -run '^$' -bench . -benchtime 2s ./tests/     (make bench)
+//
+// They drive a machinefs built without the race detector (TestMain's binary
+// has it, which would inflate every figure on the daemon's side), built once
+// per run next to TestMain's binary.
+//
+// Targets (from the issue, checked by reading the output, not asserted):
+//
+//	BenchmarkPowerPread           x-tmpfs < 2
+//	BenchmarkPowerOpenReadClose   x-tmpfs < 15
+//	Benchmark10kHosts             mount-ms < 2000, rss-MB < 150, readall-ms < 1000
+
+import (
+	"bufio"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+var (
+	benchBinOnce sync.Once
+	benchBin     string
+	benchBinErr  error
+)
+
+// benchBinary builds machinefs without -race, once per run, in TestMain's
+// directory (removed when the run ends).
+func benchBinary(b *testing.B) string {
+	b.Helper()
+	benchBinOnce.Do(func() {
+		benchBin = filepath.Join(filepath.Dir(binary), "machinefs-bench")
+		out, err := exec.Command("go", "build", "-o", benchBin, "../cmd/machinefs").CombinedOutput()
+		if err != nil {
+			benchBinErr = fmt.Errorf("building machinefs without -race: %v\n%s", err, out)
+		}
+	})
+	if benchBinErr != nil {
+		b.Fatal(benchBinErr)
+	}
+	return benchBin
+}
+
+// benchDaemon is a machinefs started for a benchmark: its log goes to a
+// file (no copying goroutine in the benchmark process).
+type benchDaemon struct {
+	b       *testing.B
+	mnt     string
+	cmd     *exec.Cmd
+	logPath string
+	exited  chan struct{}
+	started time.Time
+}
+
+// startBench starts machinefs with args on a fresh mountpoint and stops it
+// (SIGTERM, detach if needed) when the benchmark function returns. It waits
+// until the mount serves and ready (a path under the mount) is readable,
+// and returns the time that took from process start.
+func startBench(b *testing.B, ready string, args ...string) (*benchDaemon, time.Duration) {
+	b.Helper()
+	base := b.TempDir()
+	d := &benchDaemon{b: b, mnt: filepath.Join(base, "mnt"), logPath: filepath.Join(base, "log")}
+	if err := os.Mkdir(d.mnt, 0o755); err != nil {
+		b.Fatal(err)
+	}
+	logf, err := os.Create(d.logPath)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer logf.Close()
+	d.cmd = exec.Command(benchBinary(b), append(args, d.mnt)...)
+	d.cmd.Stdout, d.cmd.Stderr = logf, logf
+	d.started = time.Now()
+	if err := d.cmd.Start(); err != nil {
+		b.Fatal(err)
+	}
+	d.exited = make(chan struct{})
+	go func() { d.cmd.Wait(); close(d.exited) }()
+	b.Cleanup(d.stop)
+
+	readyPath := filepath.Join(d.mnt, ready)
+	buf := make([]byte, 4096)
+	deadline := d.started.Add(60 * time.Second)
+	for {
+		if serving(d.mnt) {
+			if n, err := readFile(readyPath, buf); err == nil && n > 0 {
+				break
+			}
+		}
+		select {
+		case <-d.exited:
+			b.Fatalf("machinefs exited before mounting: %s", d.log())
+		default:
+		}
+		if time.Now().After(deadline) {
+			b.Fatalf("machinefs did not serve %s within 60s: %s", ready, d.log())
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+	return d, time.Since(d.started)
+}
+
+func (d *benchDaemon) log() string {
+	data, _ := os.ReadFile(d.logPath)
+	if len(data) > 4096 {
+		data = data[len(data)-4096:]
+	}
+	return string(data)
+}
+
+func (d *benchDaemon) stop() {
+	d.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-d.exited:
+	case <-time.After(30 * time.Second):
+		d.cmd.Process.Kill()
+		<-d.exited
+		d.b.Errorf("machinefs did not stop on SIGTERM within 30s: %s", d.log())
+	}
+	if mounted(d.mnt) {
+		syscall.Unmount(d.mnt, syscall.MNT_DETACH)
+		d.b.Errorf("machinefs left %s mounted after SIGTERM: %s", d.mnt, d.log())
+	}
+}
+
+// rssMB returns the daemon's resident set (VmRSS) and its peak (VmHWM) in
+// MB.
+func (d *benchDaemon) rssMB() (rss, hwm float64) {
+	f, err := os.Open(fmt.Sprintf("/proc/%d/status", d.cmd.Process.Pid))
+	if err != nil {
+		d.b.Fatal(err)
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		k, v, ok := strings.Cut(sc.Text(), ":")
+		if !ok || (k != "VmRSS" && k != "VmHWM") {
+			continue
+		}
+		fields := strings.Fields(v) // "123456 kB"
+		kb, err := strconv.ParseFloat(fields[0], 64)
+		if err != nil {
+			d.b.Fatal(err)
+		}
+		if k == "VmRSS" {
+			rss = kb / 1024
+		} else {
+			hwm = kb / 1024
+		}
+	}
+	return rss, hwm
+}
+
+// benchTmpfs mounts a private tmpfs for the baseline, unmounted when the
+// benchmark function returns. Where mounting is refused it falls back to a
+// directory in /dev/shm.
+func benchTmpfs(b *testing.B) string {
+	b.Helper()
+	dir := b.TempDir()
+	if err := syscall.Mount("tmpfs", dir, "tmpfs", 0, "size=256m,mode=0755"); err != nil {
+		shm, err2 := os.MkdirTemp("/dev/shm", "machinefs-bench")
+		if err2 != nil {
+			b.Fatalf("no tmpfs: mount: %v; /dev/shm: %v", err, err2)
+		}
+		b.Cleanup(func() { os.RemoveAll(shm) })
+		return shm
+	}
+	b.Cleanup(func() {
+		if err := syscall.Unmount(dir, 0); err != nil {
+			syscall.Unmount(dir, syscall.MNT_DETACH)
+		}
+	})
+	return dir
+}
+
+// readFile opens, reads and closes path with bare system calls, as cat
+// does, into buf.
+func readFile(path string, buf []byte) (int, error) {
+	fd, err := syscall.Open(path, syscall.O_RDONLY|syscall.O_CLOEXEC, 0)
+	if err != nil {
+		return 0, err
+	}
+	n, err := syscall.Read(fd, buf)
+	syscall.Close(fd)
+	return n, err
+}
+
+// pair times b.N runs of op on machinefs and on tmpfs, interleaved in
+// blocks so that both see the same machine load, and reports machinefs's
+// time as ns/op, tmpfs's as tmpfs-ns/op and their ratio as x-tmpfs.
+func pair(b *testing.B, fuseOp, tmpfsOp func()) {
+	b.Helper()
+	const block = 256
+	var fuseT, tmpfsT time.Duration
+	b.ResetTimer()
+	for done := 0; done < b.N; {
+		k := min(block, b.N-done)
+		t0 := time.Now()
+		for range k {
+			fuseOp()
+		}
+		t1 := time.Now()
+		for range k {
+			tmpfsOp()
+		}
+		t2 := time.Now()
+		fuseT += t1.Sub(t0)
+		tmpfsT += t2.Sub(t1)
+		done += k
+	}
+	b.StopTimer()
+	n := float64(b.N)
+	b.ReportMetric(float64(fuseT.Nanoseconds())/n, "ns/op")
+	b.ReportMetric(float64(tmpfsT.Nanoseconds())/n, "tmpfs-ns/op")
+	b.ReportMetric(float64(fuseT)/float64(tmpfsT), "x-tmpfs")
+}
+
+// powerPair mounts the demo and a tmpfs holding a copy of one host's power
+// file at the same relative path; it returns both paths.
+func powerPair(b *testing.B) (fusePath, tmpfsPath string) {
+	b.Helper()
+	const rel = "hosts/lab02/power"
+	d, _ := startBench(b, rel, "--demo")
+	fusePath = filepath.Join(d.mnt, rel)
+	content, err := os.ReadFile(fusePath)
+	if err != nil {
+		b.Fatal(err)
+	}
+	tmpfsPath = filepath.Join(benchTmpfs(b), rel)
+	if err := os.MkdirAll(filepath.Dir(tmpfsPath), 0o755); err != nil {
+		b.Fatal(err)
+	}
+	if err := os.WriteFile(tmpfsPath, content, 0o644); err != nil {
+		b.Fatal(err)
+	}
+	return fusePath, tmpfsPath
+}
+
+// BenchmarkPowerPread is a monitor polling power with pread(2) on an fd it
+// keeps open. Target: within 2x of tmpfs.
+func BenchmarkPowerPread(b *testing.B) {
+	fusePath, tmpfsPath := powerPair(b)
+	open := func(path string) int {
+		fd, err := syscall.Open(path, syscall.O_RDONLY|syscall.O_CLOEXEC, 0)
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(func() { syscall.Close(fd) })
+		return fd
+	}
+	fuseFd, tmpfsFd := open(fusePath), open(tmpfsPath)
+	buf := make([]byte, 4096)
+	pread := func(fd int) func() {
+		return func() {
+			if n, err := syscall.Pread(fd, buf, 0); err != nil || n == 0 {
+				b.Fatalf("pread: %d, %v", n, err)
+			}
+		}
+	}
+	// Warm both page caches: the first read of the FUSE file asks the
+	// daemon, every later one should not.
+	pread(fuseFd)()
+	pread(tmpfsFd)()
+	pair(b, pread(fuseFd), pread(tmpfsFd))
+}
+
+// BenchmarkPowerOpenReadClose is `cat hosts/NAME/power` without the fork:
+// open, read, close. Target: within 15x of tmpfs.
+func BenchmarkPowerOpenReadClose(b *testing.B) {
+	fusePath, tmpfsPath := powerPair(b)
+	buf := make([]byte, 4096)
+	orc := func(path string) func() {
+		return func() {
+			if n, err := readFile(path, buf); err != nil || n == 0 {
+				b.Fatalf("read %s: %d, %v", path, n, err)
+			}
+		}
+	}
+	orc(fusePath)()
+	orc(tmpfsPath)()
+	pair(b, orc(fusePath), orc(tmpfsPath))
+}
+
+// Benchmark10kHosts mounts 10,000 simulated hosts and reads every host's
+// power file once, sequentially, as `cat hosts/*/power` would; the baseline
+// is the same over a tmpfs tree of the same shape. One op is one read of
+// all 10,000 files after the first; the first (cold: every host directory
+// is looked up for the first time) is readall-ms. Targets: mount-ms < 2000,
+// rss-MB < 150, readall-ms < 1000.
+func Benchmark10kHosts(b *testing.B) {
+	const n = 10000
+	b.StopTimer()
+	names := make([]string, n)
+	for i := range names {
+		names[i] = fmt.Sprintf("node%05d", i+1)
+	}
+	last := "hosts/" + names[n-1] + "/power"
+
+	d, mountTime := startBench(b, last, "--demo", "--demo-hosts", strconv.Itoa(n))
+	rssMount, _ := d.rssMB()
+
+	tmp := benchTmpfs(b)
+	for _, name := range names {
+		dir := filepath.Join(tmp, "hosts", name)
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			b.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, "power"), []byte("off\n"), 0o644); err != nil {
+			b.Fatal(err)
+		}
+	}
+	paths := func(root string) []string {
+		p := make([]string, n)
+		for i, name := range names {
+			p[i] = filepath.Join(root, "hosts", name, "power")
+		}
+		return p
+	}
+	fusePaths, tmpfsPaths := paths(d.mnt), paths(tmp)
+	buf := make([]byte, 4096)
+	readAll := func(paths []string) time.Duration {
+		t0 := time.Now()
+		for _, p := range paths {
+			if k, err := readFile(p, buf); err != nil || k == 0 {
+				b.Fatalf("read %s: %d, %v", p, k, err)
+			}
+		}
+		return time.Since(t0)
+	}
+
+	// Cold: the first read of every host after the mount (the last host
+	// was read while waiting for the mount).
+	cold := readAll(fusePaths)
+	coldTmpfs := readAll(tmpfsPaths)
+	rss, hwm := d.rssMB()
+
+	// Warm: every further read-all, interleaved with tmpfs.
+	var warm, warmTmpfs time.Duration
+	b.StartTimer()
+	for range b.N {
+		warm += readAll(fusePaths)
+		b.StopTimer()
+		warmTmpfs += readAll(tmpfsPaths)
+		b.StartTimer()
+	}
+	b.StopTimer()
+	rssWarm, _ := d.rssMB()
+	rss = max(rss, rssWarm)
+
+	ms := func(t time.Duration) float64 { return float64(t.Microseconds()) / 1000 }
+	b.ReportMetric(ms(mountTime), "mount-ms")
+	b.ReportMetric(rssMount, "rss-mount-MB")
+	b.ReportMetric(rss, "rss-MB")
+	b.ReportMetric(max(hwm, rss), "hwm-MB")
+	b.ReportMetric(ms(cold), "readall-ms")
+	b.ReportMetric(ms(coldTmpfs), "tmpfs-readall-ms")
+	b.ReportMetric(float64(cold)/float64(coldTmpfs), "x-tmpfs")
+	b.ReportMetric(ms(warm)/float64(b.N), "warm-readall-ms")
+	b.ReportMetric(float64(warm)/float64(warmTmpfs), "warm-x-tmpfs")
+}
