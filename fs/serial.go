@@ -55,7 +55,6 @@ type serialStream struct {
 	once    sync.Once
 	mu      sync.Mutex
 	pending []byte
-	err     error
 }
 
 func (s *serialStream) pump() {

@@ -13,8 +13,6 @@ var coreKeys = []KeySpec{
 	{Name: "label", Doc: "free text shown as label: in state"},
 	{Name: "timeout", Default: "10s", Doc: "bound on every driver call (a driver that does not answer fails with ETIMEDOUT after it)", Check: checkDuration},
 	{Name: "wait-timeout", Default: "2m", Doc: "how long a command may take to reach its target state; the default for the wait modifier", Check: checkDuration},
-	{Name: "local", Default: "no", Doc: "yes on the machine machinefs itself runs on", Check: checkBool},
-	{Name: "allow-self", Default: "no", Doc: "yes lets \"poweroff self\" and \"reboot self\" act on the local host", Check: checkBool},
 }
 
 func checkDuration(v string) error {
@@ -26,23 +24,6 @@ func checkDuration(v string) error {
 		return fmt.Errorf("%q: want a duration between 1ms and 24h", v)
 	}
 	return nil
-}
-
-func checkBool(v string) error {
-	if _, ok := parseBool(v); !ok {
-		return fmt.Errorf("%q: want yes or no", v)
-	}
-	return nil
-}
-
-func parseBool(v string) (value, ok bool) {
-	switch strings.ToLower(v) {
-	case "yes", "true", "on", "1":
-		return true, true
-	case "no", "false", "off", "0":
-		return false, true
-	}
-	return false, false
 }
 
 // driverNames splits a drivers value.

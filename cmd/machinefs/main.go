@@ -135,6 +135,11 @@ func run(cfg config) error {
 	var logOut io.Writer = os.Stderr
 	log := slog.New(slog.NewTextHandler(logOut, &slog.HandlerOptions{Level: level}))
 
+	// Signals are caught before the mount appears: a SIGHUP sent as soon
+	// as the tree is visible must reload, not kill the daemon.
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
+
 	owner, group, err := owners(cfg.opts.Group)
 	if err != nil {
 		return err
@@ -185,8 +190,6 @@ func run(cfg config) error {
 	notifyParent(nil)
 	sdNotify("READY=1")
 
-	sigs := make(chan os.Signal, 1)
-	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
 	unmounted := make(chan struct{})
 	go func() { fsys.Wait(); close(unmounted) }()
 	for {
