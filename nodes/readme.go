@@ -9,13 +9,15 @@ import (
 // for README, the man page and the README file at the root of the mount.
 var Errnos = [][2]string{
 	{"EINVAL", "the line did not parse: unknown verb, modifier, key or bad value (reason in the message and events)"},
-	{"ENOTSUP", "no configured driver supports the verb (reason in state: last-error)"},
+	{"ENOTSUP", "no configured driver supports the verb or file (reason in state: last-error); wol wait without a probe"},
 	{"EBUSY", "a command is in flight on the host; or rmdir of a host that is on or has running subhosts"},
 	{"ETIMEDOUT", "a driver did not answer within timeout, or a wait did not reach its state within wait-timeout/timeout="},
 	{"EINTR", "the writer was interrupted while waiting (the command goes on)"},
 	{"EACCES", "not allowed: file mode (root and the operators group write control files) or bad BMC credentials"},
 	{"EIO", "the driver failed (its words in state: last-error and in events)"},
 	{"EHOSTUNREACH", "the machine's controller cannot be reached"},
+	{"EHOSTDOWN", "a woken machine never answered its probe (\"no answer after wake\")"},
+	{"ECANCELED", "a waiting command was overridden by a later command with force, or its host was removed"},
 	{"EEXIST", "mkdir or ctl add of a host that exists"},
 	{"ENOENT", "no such host"},
 	{"EROFS", "the tree is mounted read-only"},
@@ -43,6 +45,7 @@ hosts/NAME/   one directory per machine; mkdir adds a host, rmdir removes it
   config      "key = value" lines; writing "key = value" sets, "key =" removes;
               secrets read back as <set>
   events, events.log   this host's (and its subhosts') events only
+  serial      serial console stream (IPMI Serial-over-LAN): read output, write input
   vswitch/    virtual switches (not yet available)
   subhosts/   machines running on this host, same shape as a host
 
