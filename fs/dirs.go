@@ -175,7 +175,7 @@ func (hd *hostDir) OnAdd(ctx context.Context) {
 	hd.power = add("power", idxPower, &contentFile{
 		fsys: f, mode: f.writable(0o664), ino: hostIno(h, idxPower),
 		read:  func() []byte { return []byte(h.PowerText()) },
-		check: func(line string) error { _, err := nodes.ParseCommand(line); return err },
+		check: func(ctx context.Context, line string) error { return h.CheckCommand(line, caller(ctx)) },
 		write: run(h.Exec),
 	}, syscall.S_IFREG)
 	hd.state = add("state", idxState, &contentFile{

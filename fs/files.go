@@ -32,7 +32,7 @@ type contentFile struct {
 	log  *nodes.EventLog // events.log: read from the log directly
 
 	// check validates a complete line before anything runs (EINVAL).
-	check func(line string) error
+	check func(ctx context.Context, line string) error
 	// write runs one line; writeBatch runs all complete lines of a write
 	// at once (config: checked and saved together).
 	write      func(ctx context.Context, line string) error
@@ -140,7 +140,7 @@ func (c *contentFile) run(ctx context.Context, text string) error {
 	}
 	if c.check != nil {
 		for _, l := range lines {
-			if err := c.check(l); err != nil {
+			if err := c.check(ctx, l); err != nil {
 				return err
 			}
 		}

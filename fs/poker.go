@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"os/signal"
 	"strconv"
 	"syscall"
 	"time"
@@ -28,6 +29,10 @@ func RunPokerIfChild() {
 	if os.Getenv(pokerEnv) != "1" {
 		return
 	}
+	// Signals meant for the daemon's whole cgroup or terminal (systemctl
+	// kill -s HUP, Ctrl-C) must not end the poker: it leaves when the
+	// daemon closes its stdin or dies.
+	signal.Ignore(syscall.SIGHUP, syscall.SIGINT, syscall.SIGTERM, syscall.SIGPIPE)
 	sc := bufio.NewScanner(os.Stdin)
 	for sc.Scan() {
 		// syscall.Open, not os.Open: the Go runtime must not poll the fd.

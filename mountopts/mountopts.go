@@ -34,6 +34,9 @@ type Options struct {
 	// Background detaches from the terminal once mounted (as mount(8)
 	// helpers must); set for the mount.machinefs entry point.
 	Background bool
+	// Foreground keeps the daemon attached even when it runs as a mount
+	// helper (foreground); it wins over Background.
+	Foreground bool
 }
 
 // ignored are options mount(8), fstab and systemd pass that mean nothing to
@@ -76,9 +79,9 @@ func (o *Options) Set(s string) error {
 		case key == "demo" && !hasVal:
 			o.Demo = true
 		case key == "background" && !hasVal:
-			o.Background = true
+			o.Background, o.Foreground = true, false
 		case key == "foreground" && !hasVal:
-			o.Background = false
+			o.Background, o.Foreground = false, true
 		case key == "config" && hasVal && val != "":
 			o.ConfigDir = val
 		case key == "group" && hasVal && val != "":
@@ -108,6 +111,7 @@ func (o *Options) String() string {
 	add(o.Debug, "debug")
 	add(o.Demo, "demo")
 	add(o.Background, "background")
+	add(o.Foreground, "foreground")
 	add(o.ConfigDir != "", "config="+o.ConfigDir)
 	add(o.Group != "", "group="+o.Group)
 	add(o.FsName != "", "fsname="+o.FsName)

@@ -42,6 +42,7 @@ type Host struct {
 	lastCmd   string
 	lastErr   string
 	op        *operation
+	stack     *operation // a stack command (poweroff, reboot) in flight
 	console   string // last console exchange, for readers that did not write
 
 	subhosts map[string]*Host // guarded by tree.mu
@@ -99,15 +100,14 @@ func (h *Host) Exec(ctx context.Context, line string, who Caller) error {
 	return h.Run(ctx, cmd, who)
 }
 
-// Run runs a parsed command. It returns once the driver accepted it, or
-// with cmd.Wait once the target state is reached. Errors carry the errno
-// (see ErrnoOf) and are recorded in state and events.
-func (h *Host) Run(ctx context.Context, cmd Command, who Caller) error {
+// runOwn runs a command on this machine alone, through its driver. It
+// returns once the driver accepted it, or with cmd.Wait once the target
+// state is reached. Errors carry the errno (see ErrnoOf) and are recorded in
+// state and events. inStack is set for the host's own step of its stack
+// command, which must not be refused as busy by that very command.
+func (h *Host) runOwn(ctx context.Context, cmd Command, who Caller, inStack bool) error {
 	spec, _ := LookupVerb(cmd.Verb)
 	quoted := fmt.Sprintf("%q %s", cmd.String(), who)
-	if h.tree.readOnly {
-		return Errorf(syscall.EROFS, "read-only mount")
-	}
 
 	h.mu.Lock()
 	pc := h.powerDriverLocked(cmd.Verb)
@@ -119,7 +119,7 @@ func (h *Host) Run(ctx context.Context, cmd Command, who Caller) error {
 		h.emit("command", quoted+" refused: "+err.Error())
 		return err
 	}
-	if op := h.op; op != nil && !cmd.Force {
+	if op := h.busyOpLocked(inStack); op != nil && !cmd.Force {
 		h.mu.Unlock()
 		err := Errorf(syscall.EBUSY, "busy: %q is in flight since %s", op.cmd.String(), stamp(op.started))
 		h.emit("command", quoted+" refused: "+err.Error())
@@ -412,8 +412,8 @@ func (h *Host) driversTextLocked() string {
 func (h *Host) busy() string {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if h.op != nil {
-		return fmt.Sprintf("%s: command %q in flight", h.path, h.op.cmd.String())
+	if op := h.busyOpLocked(false); op != nil {
+		return fmt.Sprintf("%s: command %q in flight", h.path, op.cmd.String())
 	}
 	switch h.power {
 	case PowerOff, PowerUnknown, PowerCrashed, "":

@@ -47,6 +47,16 @@ func (h *Host) Config() *ConfigFile {
 // All lines are checked before any is applied; the file is then saved
 // atomically and the drivers rebuilt once.
 func (h *Host) SetConfig(ctx context.Context, text string, who Caller) error {
+	err := h.setConfig(ctx, text, who)
+	if err != nil {
+		// The reason is safe to publish: config errors never quote a
+		// line, and secret keys' checks never quote their value.
+		h.emit("config", fmt.Sprintf("refused %s: %v", who, err))
+	}
+	return err
+}
+
+func (h *Host) setConfig(ctx context.Context, text string, who Caller) error {
 	if h.tree.readOnly {
 		return Errorf(syscall.EROFS, "read-only mount")
 	}

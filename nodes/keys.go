@@ -12,6 +12,9 @@ var coreKeys = []KeySpec{
 	{Name: "driver", Doc: "same as drivers, for hosts with one driver; used when drivers is not set"},
 	{Name: "label", Doc: "free text shown as label: in state"},
 	{Name: "timeout", Default: "10s", Doc: "bound on every driver call (a driver that does not answer fails with ETIMEDOUT after it)", Check: checkDuration},
+	{Name: "stack-timeout", Default: "1m", Doc: "bound on stopping this machine as a step of a stack poweroff or reboot; after it the machine is forced", Check: checkDuration},
+	{Name: "local", Default: "no", Doc: "yes on the machine machinefs itself runs on: \"poweroff self\" and \"reboot self\" are then refused (EPERM) unless allow-self = yes", Check: checkBool},
+	{Name: "allow-self", Default: "no", Doc: "yes lets \"poweroff self\" and \"reboot self\" act on the local host", Check: checkBool},
 	{Name: "wait-timeout", Default: "2m", Doc: "how long a command may take to reach its target state; the default for the wait modifier", Check: checkDuration},
 }
 
@@ -24,6 +27,14 @@ func checkDuration(v string) error {
 		return fmt.Errorf("%q: want a duration between 1ms and 24h", v)
 	}
 	return nil
+}
+
+func checkBool(v string) error {
+	switch strings.ToLower(v) {
+	case "yes", "no", "true", "false", "on", "off", "1", "0":
+		return nil
+	}
+	return fmt.Errorf("%q: want yes or no", v)
 }
 
 // driverNames splits a drivers value.

@@ -52,9 +52,9 @@ func TestWaitReturnsAtTarget(t *testing.T) {
 	if got := d.read("hosts/w1/power"); got != "on\n" {
 		t.Fatalf("after 'on wait' power = %q, want on", got)
 	}
-	d.ok("echo 'poweroff wait label=nightly' > hosts/w1/power")
+	d.ok("echo 'poweroff self wait label=nightly' > hosts/w1/power")
 	if got := d.read("hosts/w1/power"); got != "off\n" {
-		t.Fatalf("after 'poweroff wait' power = %q, want off", got)
+		t.Fatalf("after 'poweroff self wait' power = %q, want off", got)
 	}
 	if ev := d.read("hosts/w1/events.log"); !strings.Contains(ev, "label=nightly") {
 		t.Fatalf("label not in events:\n%s", ev)

@@ -118,7 +118,7 @@ func parseArgs(prog string, args []string) (config, error) {
 	if *demo {
 		cfg.opts.Demo = true
 	}
-	if strings.HasPrefix(prog, "mount.") && !cfg.foreground {
+	if strings.HasPrefix(prog, "mount.") && !cfg.foreground && !cfg.opts.Foreground {
 		cfg.opts.Background = true
 	}
 	if cfg.opts.ConfigDir == "" && !cfg.opts.Demo {
@@ -150,6 +150,9 @@ func run(cfg config) error {
 	}
 	if err := clearStaleMount(mountpoint, log); err != nil {
 		return err
+	}
+	if err := os.MkdirAll(mountpoint, 0o755); err != nil {
+		return fmt.Errorf("mountpoint: %w", err)
 	}
 
 	var store *nodes.Store

@@ -1,0 +1,318 @@
+package nodes
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// Stack semantics follow ctys-PM's CANCEL: a host carries a stack of
+// machines (its subhosts, theirs, ...).
+//
+//	poweroff            subhosts off, deepest first, siblings in parallel; a
+//	                    host stays on, a subhost goes off after its stack
+//	poweroff self       the stack, then the host itself
+//	poweroff self force the host alone, at once, no stack (force needs self
+//	                    on a host, as in ctys; a subhost takes force alone)
+//	reboot              the stack goes down and comes back up; the host stays
+//	reboot self         the stack goes down, then the host reboots
+//	reboot force        immediate reset of the target alone, no stack
+//
+// Each step is bounded by the stopped machine's stack-timeout; a machine
+// that does not stop in time is forced, and the events say so. The
+// command's result is the worst result of its steps.
+
+// isStackVerb reports whether verb acts on a machine's stack.
+func isStackVerb(verb string) bool { return verb == "poweroff" || verb == "reboot" }
+
+// defaultStackTimeout bounds one stack step when stack-timeout is unset.
+const defaultStackTimeout = time.Minute
+
+// Run runs a parsed command on this machine, with stack semantics for
+// poweroff and reboot. See runOwn for the rules of a single machine.
+func (h *Host) Run(ctx context.Context, cmd Command, who Caller) error {
+	if h.tree.readOnly {
+		return Errorf(syscall.EROFS, "read-only mount")
+	}
+	if !isStackVerb(cmd.Verb) {
+		return h.runOwn(ctx, cmd, who, false)
+	}
+	top := h.parent == nil
+	if err := h.checkSelf(cmd, top); err != nil {
+		h.refuse(cmd, who, err)
+		return err
+	}
+	if cmd.Force {
+		if n := len(h.runningSubhosts()); n > 0 {
+			h.emit("warning", fmt.Sprintf("%q: %d machines on top may be left inconsistent (force: no stack)", cmd.String(), n))
+		}
+		return h.runOwn(ctx, cmd, who, false)
+	}
+	return h.runStack(ctx, cmd, who, cmd.Self || !top)
+}
+
+// checkSelf refuses what a host must not do to itself: force without self
+// (ctys), and powering off or rebooting the machine machinefs runs on unless
+// its config allows it.
+func (h *Host) checkSelf(cmd Command, top bool) error {
+	if !top {
+		return nil
+	}
+	if cmd.Force && !cmd.Self && cmd.Verb == "poweroff" {
+		return Errorf(syscall.EINVAL, "%s force needs self on a host (as in ctys): \"%s self force\"", cmd.Verb, cmd.Verb)
+	}
+	if !cmd.Self {
+		return nil
+	}
+	cf := h.Config()
+	if local, _ := cf.Get("local"); isYes(local) {
+		if allow, _ := cf.Get("allow-self"); !isYes(allow) {
+			return Errorf(syscall.EPERM, "%s self: %s is the machine machinefs runs on (local = yes); set allow-self = yes to allow it", cmd.Verb, h.path)
+		}
+	}
+	return nil
+}
+
+func isYes(v string) bool {
+	switch strings.ToLower(v) {
+	case "yes", "true", "on", "1":
+		return true
+	}
+	return false
+}
+
+func (h *Host) refuse(cmd Command, who Caller, err error) {
+	h.refuseLine(cmd.String(), who, err)
+}
+
+// CheckCommand parses a power line without running it. A line that does
+// not parse is refused with EINVAL and recorded in state and events.
+func (h *Host) CheckCommand(line string, who Caller) error {
+	_, err := ParseCommand(line)
+	if err != nil {
+		h.refuseLine(strings.TrimSpace(line), who, err)
+	}
+	return err
+}
+
+func (h *Host) refuseLine(line string, who Caller, err error) {
+	quoted := fmt.Sprintf("%q %s", line, who)
+	h.mu.Lock()
+	h.lastCmd = fmt.Sprintf("%s at %s: refused: %v", quoted, stamp(time.Now()), err)
+	h.lastErr = err.Error()
+	h.mu.Unlock()
+	h.emit("command", quoted+" refused: "+err.Error())
+}
+
+// busyOpLocked returns the command that makes the host busy: its own
+// command in flight, or a stack command (unless the caller is that stack's
+// own step).
+func (h *Host) busyOpLocked(inStack bool) *operation {
+	if h.op != nil {
+		return h.op
+	}
+	if h.stack != nil && !inStack {
+		return h.stack
+	}
+	return nil
+}
+
+// running reports whether a machine is up in any sense (a stack step has
+// something to stop).
+func running(p Power) bool {
+	switch p {
+	case PowerOn, PowerStarting, PowerRebooting, PowerPaused, PowerStopping:
+		return true
+	}
+	return false
+}
+
+func (h *Host) runningSubhosts() []*Host {
+	var out []*Host
+	for _, s := range h.tree.Hosts(h) {
+		if running(s.Power()) || len(s.runningSubhosts()) > 0 {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+// runStack runs a stack command: the machines on top first, then (with
+// self) the machine itself.
+func (h *Host) runStack(ctx context.Context, cmd Command, who Caller, self bool) error {
+	quoted := fmt.Sprintf("%q %s", cmd.String(), who)
+	h.mu.Lock()
+	if op := h.busyOpLocked(false); op != nil {
+		h.mu.Unlock()
+		err := Errorf(syscall.EBUSY, "busy: %q is in flight since %s", op.cmd.String(), stamp(op.started))
+		h.emit("command", quoted+" refused: "+err.Error())
+		return err
+	}
+	op := &operation{cmd: cmd, who: who, started: time.Now(), done: make(chan struct{})}
+	h.stack = op
+	h.lastCmd = fmt.Sprintf("%s at %s: in flight (stack)", quoted, stamp(op.started))
+	h.mu.Unlock()
+	h.emit("command", quoted+" accepted (stack)")
+
+	run := func(ctx context.Context) error {
+		s := &stackRun{cmd: cmd, who: who, root: h}
+		wasOn := s.down(ctx, h.tree.Hosts(h))
+		if self {
+			own := Command{Verb: cmd.Verb, Wait: true, Label: cmd.Label, Timeout: cmd.Timeout, Line: cmd.Line}
+			start := time.Now()
+			err := h.runOwn(ctx, own, who, true)
+			s.record(h, cmd.Verb, err, false, start)
+		}
+		if cmd.Verb == "reboot" && !self {
+			s.up(ctx, wasOn)
+		}
+		err := s.verdict()
+		h.mu.Lock()
+		h.stack = nil
+		verdict := "ok"
+		if err != nil {
+			verdict = "failed: " + err.Error()
+			h.lastErr = err.Error()
+		}
+		h.lastCmd = fmt.Sprintf("%s at %s: %s (stack: %s)", quoted, stamp(op.started), verdict, s.summary())
+		op.err = err
+		close(op.done)
+		h.mu.Unlock()
+		h.emit("stack", fmt.Sprintf("%q done: %s (%s)", cmd.String(), verdict, s.summary()))
+		return err
+	}
+	if cmd.Wait {
+		return run(ctx)
+	}
+	// Not waiting: the stack goes on after the write returned; its
+	// outcome is in state and events. It is not tied to the writer.
+	go run(context.WithoutCancel(ctx))
+	return nil
+}
+
+// stackRun collects the steps of one stack command.
+type stackRun struct {
+	cmd  Command
+	who  Caller
+	root *Host
+
+	mu     sync.Mutex
+	ok     int
+	forced int
+	failed []error
+}
+
+func (s *stackRun) record(m *Host, verb string, err error, forced bool, start time.Time) {
+	took := time.Since(start).Round(time.Millisecond)
+	label := ""
+	if s.cmd.Label != "" {
+		label = " label=" + s.cmd.Label
+	}
+	s.mu.Lock()
+	var outcome string
+	switch {
+	case err != nil:
+		s.failed = append(s.failed, fmt.Errorf("%s: %w", m.path, err))
+		outcome = "failed: " + err.Error()
+	case forced:
+		s.forced++
+		outcome = "forced"
+	default:
+		s.ok++
+		outcome = "ok"
+	}
+	s.mu.Unlock()
+	s.root.emit("stack", fmt.Sprintf("%q%s step %s %s %s (%s)", s.cmd.Verb, label, m.path, verb, outcome, took))
+}
+
+// down stops machines deepest first, siblings in parallel, and returns the
+// ones that were running, parents before children.
+func (s *stackRun) down(ctx context.Context, machines []*Host) [][]*Host {
+	var mu sync.Mutex
+	var levels [][]*Host
+	var wg sync.WaitGroup
+	var stop func(m *Host, depth int)
+	stop = func(m *Host, depth int) {
+		defer wg.Done()
+		var inner sync.WaitGroup
+		for _, c := range s.root.tree.Hosts(m) {
+			inner.Add(1)
+			wg.Add(1)
+			go func() { defer inner.Done(); stop(c, depth+1) }()
+		}
+		inner.Wait()
+		if !running(m.Power()) {
+			return
+		}
+		mu.Lock()
+		for len(levels) <= depth {
+			levels = append(levels, nil)
+		}
+		levels[depth] = append(levels[depth], m)
+		mu.Unlock()
+		s.stopOne(ctx, m)
+	}
+	for _, m := range machines {
+		wg.Add(1)
+		go stop(m, 0)
+	}
+	wg.Wait()
+	return levels
+}
+
+// stopOne powers one machine off within its stack-timeout, forcing it when
+// it does not stop.
+func (s *stackRun) stopOne(ctx context.Context, m *Host) {
+	timeout := m.Config().Duration("stack-timeout", defaultStackTimeout)
+	start := time.Now()
+	err := m.runOwn(ctx, Command{Verb: "poweroff", Wait: true, Timeout: timeout, Label: s.cmd.Label}, s.who, false)
+	if errors.Is(err, syscall.ENOTSUP) {
+		err = m.runOwn(ctx, Command{Verb: "off", Wait: true, Timeout: timeout, Label: s.cmd.Label}, s.who, false)
+	}
+	if err == nil {
+		s.record(m, "poweroff", nil, false, start)
+		return
+	}
+	s.root.emit("stack", fmt.Sprintf("%s did not stop within %s (%v): forcing", m.path, timeout, err))
+	ferr := m.runOwn(ctx, Command{Verb: "off", Force: true, Wait: true, Timeout: timeout, Label: s.cmd.Label}, s.who, false)
+	s.record(m, "off force", ferr, true, start)
+}
+
+// up starts the machines a stack reboot stopped, parents first.
+func (s *stackRun) up(ctx context.Context, levels [][]*Host) {
+	for _, level := range levels {
+		var wg sync.WaitGroup
+		for _, m := range level {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				start := time.Now()
+				timeout := m.Config().Duration("stack-timeout", defaultStackTimeout)
+				err := m.runOwn(ctx, Command{Verb: "on", Wait: true, Timeout: timeout, Label: s.cmd.Label}, s.who, false)
+				s.record(m, "on", err, false, start)
+			}()
+		}
+		wg.Wait()
+	}
+}
+
+// verdict is the worst result of the steps.
+func (s *stackRun) verdict() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.failed) == 0 {
+		return nil
+	}
+	first := s.failed[0]
+	return Errorf(ErrnoOf(first), "stack: %d of %d steps failed: %v", len(s.failed), len(s.failed)+s.ok+s.forced, first)
+}
+
+func (s *stackRun) summary() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return fmt.Sprintf("%d ok, %d forced, %d failed", s.ok, s.forced, len(s.failed))
+}
