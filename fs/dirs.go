@@ -53,6 +53,7 @@ func (r *rootDir) OnAdd(ctx context.Context) {
 	f.notify.treeLog = add("events.log", &contentFile{fsys: f, mode: 0o444, log: f.tree.Log()}, syscall.S_IFREG)
 	hosts := &listDir{fsys: f}
 	add("hosts", hosts, syscall.S_IFDIR)
+	add("groups", &groupsDir{fsys: f}, syscall.S_IFDIR)
 	f.mu.Lock()
 	f.listDirs[""] = hosts
 	f.mu.Unlock()
@@ -145,7 +146,12 @@ type hostDir struct {
 	gofs.Inode
 	fsys *FS
 	host *nodes.Host
+	liveFiles
+}
 
+// liveFiles are the files of a directory whose content changes under the
+// reader: the notifier invalidates and pokes them.
+type liveFiles struct {
 	power, state, config, log *gofs.Inode
 }
 

@@ -37,6 +37,32 @@ type contentFile struct {
 	// at once (config: checked and saved together).
 	write      func(ctx context.Context, line string) error
 	writeBatch func(ctx context.Context, text string) error
+	// writeList takes all complete lines like writeBatch and is told
+	// whether the file was truncated first (`>` replaces, `>>` adds).
+	writeList func(ctx context.Context, text string, replace bool) error
+
+	// truncatedBy records processes that truncated the file (the SETATTR
+	// of `>`, which the kernel sends without the file handle) until their
+	// first write.
+	truncMu     sync.Mutex
+	truncatedBy map[uint32]bool
+}
+
+func (c *contentFile) markTruncated(pid uint32) {
+	c.truncMu.Lock()
+	defer c.truncMu.Unlock()
+	if c.truncatedBy == nil {
+		c.truncatedBy = map[uint32]bool{}
+	}
+	c.truncatedBy[pid] = true
+}
+
+func (c *contentFile) takeTruncated(pid uint32) bool {
+	c.truncMu.Lock()
+	defer c.truncMu.Unlock()
+	t := c.truncatedBy[pid]
+	delete(c.truncatedBy, pid)
+	return t
 }
 
 var (
@@ -82,14 +108,23 @@ func (c *contentFile) Getattr(ctx context.Context, fh gofs.FileHandle, out *fuse
 // Setattr accepts the truncation `echo x > file` sends before writing:
 // commands do not replace content, so there is nothing to truncate.
 func (c *contentFile) Setattr(ctx context.Context, fh gofs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
-	if _, ok := in.GetSize(); ok && !c.writable() && !c.fsys.isSelf(ctx) {
-		return syscall.EACCES
+	if size, ok := in.GetSize(); ok {
+		if !c.writable() && !c.fsys.isSelf(ctx) {
+			return syscall.EACCES
+		}
+		if w, isWriter := fh.(*lineWriter); isWriter && size == 0 {
+			w.truncate()
+		} else if size == 0 && c.writeList != nil {
+			c.markTruncated(caller(ctx).Pid)
+		}
 	}
 	c.fill(&out.Attr)
 	return 0
 }
 
-func (c *contentFile) writable() bool { return c.write != nil || c.writeBatch != nil }
+func (c *contentFile) writable() bool {
+	return c.write != nil || c.writeBatch != nil || c.writeList != nil
+}
 
 func (c *contentFile) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32, syscall.Errno) {
 	if flags&syscall.O_ACCMODE == syscall.O_RDONLY {
@@ -111,7 +146,7 @@ func (c *contentFile) Open(ctx context.Context, flags uint32) (gofs.FileHandle, 
 	}
 	// Direct I/O for writers: written bytes must never land in the page
 	// cache, where readers would see them as content.
-	return &lineWriter{file: c}, fuse.FOPEN_DIRECT_IO, 0
+	return &lineWriter{file: c, truncated: flags&syscall.O_TRUNC != 0}, fuse.FOPEN_DIRECT_IO, 0
 }
 
 func (c *contentFile) Read(ctx context.Context, fh gofs.FileHandle, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
@@ -128,7 +163,10 @@ func (c *contentFile) Read(ctx context.Context, fh gofs.FileHandle, dest []byte,
 
 // run runs the complete lines of text: all are checked first, so a bad line
 // fails the write before anything runs.
-func (c *contentFile) run(ctx context.Context, text string) error {
+func (c *contentFile) run(ctx context.Context, text string, truncated bool) error {
+	if c.writeList != nil {
+		return c.writeList(ctx, text, truncated)
+	}
 	if c.writeBatch != nil {
 		return c.writeBatch(ctx, text)
 	}
@@ -157,10 +195,24 @@ func (c *contentFile) run(ctx context.Context, text string) error {
 // command split over several write calls works. A last line without a
 // newline runs at close.
 type lineWriter struct {
-	file   *contentFile
-	mu     sync.Mutex
-	buf    []byte
-	writer uint32 // pid of the last write
+	file      *contentFile
+	mu        sync.Mutex
+	buf       []byte
+	writer    uint32 // pid of the last write
+	truncated bool   // opened with O_TRUNC or truncated since: the next batch replaces
+}
+
+func (w *lineWriter) truncate() {
+	w.mu.Lock()
+	w.truncated = true
+	w.mu.Unlock()
+}
+
+// take returns whether the next batch replaces, and clears it.
+func (w *lineWriter) take() bool {
+	t := w.truncated || w.file.takeTruncated(w.writer)
+	w.truncated = false
+	return t
 }
 
 var (
@@ -183,7 +235,7 @@ func (w *lineWriter) Write(ctx context.Context, data []byte, off int64) (uint32,
 	}
 	text := string(w.buf[:i+1])
 	w.buf = append(w.buf[:0], w.buf[i+1:]...)
-	if err := w.file.run(ctx, text); err != nil {
+	if err := w.file.run(ctx, text, w.take()); err != nil {
 		return 0, errno(err)
 	}
 	return uint32(len(data)), 0
@@ -207,7 +259,7 @@ func (w *lineWriter) Flush(ctx context.Context) syscall.Errno {
 	}
 	text := string(w.buf)
 	w.buf = nil
-	return errno(w.file.run(ctx, text))
+	return errno(w.file.run(ctx, text, w.take()))
 }
 
 // selfOpen opens a file for the notifier's one-byte write. Direct I/O

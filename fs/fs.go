@@ -59,9 +59,10 @@ type FS struct {
 	started    time.Time
 	done       chan struct{} // closed at unmount: releases blocked streams
 
-	mu       sync.Mutex
-	hostDirs map[string]*hostDir // by host path, once the kernel looked them up
-	listDirs map[string]*listDir // hosts/ and each subhosts/, by parent path
+	mu        sync.Mutex
+	hostDirs  map[string]*hostDir  // by host path, once the kernel looked them up
+	listDirs  map[string]*listDir  // hosts/ and each subhosts/, by parent path
+	groupDirs map[string]*groupDir // by group path, once looked up
 
 	notify *notifier
 	poker  *poker
@@ -80,6 +81,7 @@ func Mount(tree *nodes.Tree, mountpoint string, o Options) (*FS, error) {
 		done:       make(chan struct{}),
 		hostDirs:   map[string]*hostDir{},
 		listDirs:   map[string]*listDir{},
+		groupDirs:  map[string]*groupDir{},
 	}
 	f.notify = newNotifier(f)
 	// Cached entries and attributes are safe because every change is

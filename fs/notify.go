@@ -30,12 +30,14 @@ type notifier struct {
 	mu      sync.Mutex
 	dirty   map[string]int // host path ("" = tree) -> dirty bits
 	entries map[string]bool
-	wake    chan struct{}
-	quit    chan struct{}
-	done    chan struct{}
-	unwatch func()
-	once    sync.Once
-	poker   *poker
+	// groupsDirty: some host's power changed; refresh every group.
+	groupsDirty bool
+	wake        chan struct{}
+	quit        chan struct{}
+	done        chan struct{}
+	unwatch     func()
+	once        sync.Once
+	poker       *poker
 }
 
 func newNotifier(f *FS) *notifier {
@@ -73,7 +75,13 @@ func (n *notifier) stop() {
 func (n *notifier) onEvent(e nodes.Event) {
 	n.mu.Lock()
 	n.dirty[""] |= dirtyLog
-	if e.Path != "" {
+	if strings.HasPrefix(e.Path, "groups/") {
+		n.dirty[e.Path] |= dirtyLog | dirtyState | dirtyPower
+	} else if e.Path != "" {
+		if e.Kind == "power" {
+			// A member's power changes its groups' power and state.
+			n.groupsDirty = true
+		}
 		bits := dirtyLog | dirtyState
 		switch e.Kind {
 		case "power":
@@ -120,9 +128,16 @@ func (n *notifier) run() {
 		case <-n.wake:
 		}
 		n.mu.Lock()
-		dirty, entries := n.dirty, n.entries
-		n.dirty, n.entries = map[string]int{}, map[string]bool{}
+		dirty, entries, groups := n.dirty, n.entries, n.groupsDirty
+		n.dirty, n.entries, n.groupsDirty = map[string]int{}, map[string]bool{}, false
 		n.mu.Unlock()
+		if groups {
+			n.fsys.mu.Lock()
+			for p := range n.fsys.groupDirs {
+				dirty[p] |= dirtyPower | dirtyState
+			}
+			n.fsys.mu.Unlock()
+		}
 		for path := range entries {
 			n.refreshEntry(path)
 		}
@@ -159,15 +174,20 @@ func (n *notifier) refresh(path string, bits int) {
 		}
 		return
 	}
+	var hd *liveFiles
 	n.fsys.mu.Lock()
-	hd := n.fsys.hostDirs[path]
+	if d := n.fsys.hostDirs[path]; d != nil {
+		hd = &d.liveFiles
+	} else if g := n.fsys.groupDirs[path]; g != nil {
+		hd = &g.liveFiles
+	}
 	n.fsys.mu.Unlock()
 	if hd == nil || hd.power == nil {
 		return // never looked up: nobody can hold it open or watch it
 	}
 	// Invalidate first, then poke: a watcher woken by the poke must read
 	// the new content.
-	var poke []string
+	var poke []*gofs.Inode
 	if bits&dirtyLog != 0 {
 		hd.log.NotifyContent(0, 0)
 	}
@@ -175,21 +195,21 @@ func (n *notifier) refresh(path string, bits int) {
 		hd.power.NotifyContent(0, 0)
 	}
 	if bits&dirtyPower != 0 {
-		poke = append(poke, "power")
+		poke = append(poke, hd.power)
 	}
 	if bits&dirtyState != 0 {
 		hd.state.NotifyContent(0, 0)
-		poke = append(poke, "state")
+		poke = append(poke, hd.state)
 	}
 	if bits&dirtyConfig != 0 {
 		hd.config.NotifyContent(0, 0)
-		poke = append(poke, "config")
+		poke = append(poke, hd.config)
 	}
 	if n.fsys.opts.ReadOnly {
 		return
 	}
-	for _, name := range poke {
-		n.poke(filepath.Join(n.fsys.mountpoint, path, name))
+	for _, ino := range poke {
+		n.poke(filepath.Join(n.fsys.mountpoint, ino.Path(nil)))
 	}
 }
 

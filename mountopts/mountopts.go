@@ -10,6 +10,7 @@ package mountopts
 
 import (
 	"fmt"
+	"strconv"
 	"strings"
 )
 
@@ -34,6 +35,9 @@ type Options struct {
 	// Background detaches from the terminal once mounted (as mount(8)
 	// helpers must); set for the mount.machinefs entry point.
 	Background bool
+	// FanOut bounds how many group members a command reaches at once
+	// (fanout=N; 0 means the default, 32).
+	FanOut int
 	// Foreground keeps the daemon attached even when it runs as a mount
 	// helper (foreground); it wins over Background.
 	Foreground bool
@@ -88,6 +92,12 @@ func (o *Options) Set(s string) error {
 			o.Group = val
 		case key == "fsname" && hasVal && val != "":
 			o.FsName = val
+		case key == "fanout" && hasVal:
+			n, err := strconv.Atoi(val)
+			if err != nil || n < 1 || n > 4096 {
+				return fmt.Errorf("mount option %q: fanout wants a number from 1 to 4096", word)
+			}
+			o.FanOut = n
 		default:
 			return fmt.Errorf("mount option %q: unknown or malformed (see machinefs(8))", word)
 		}
@@ -115,5 +125,6 @@ func (o *Options) String() string {
 	add(o.ConfigDir != "", "config="+o.ConfigDir)
 	add(o.Group != "", "group="+o.Group)
 	add(o.FsName != "", "fsname="+o.FsName)
+	add(o.FanOut != 0, "fanout="+strconv.Itoa(o.FanOut))
 	return strings.Join(w, ",")
 }

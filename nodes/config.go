@@ -182,14 +182,19 @@ func (s *Store) file(path string) string {
 // leaves either the old or the new file, never half of one. Files holding
 // secrets are readable by their owner only.
 func (s *Store) Save(path string, cf *ConfigFile, secret bool) error {
-	name := s.file(path)
-	dir := filepath.Dir(name)
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return fmt.Errorf("config: %w", err)
-	}
 	mode := os.FileMode(0o644)
 	if secret {
 		mode = 0o600
+	}
+	return writeAtomic(s.file(path), []byte(cf.Render(nil)), mode)
+}
+
+// writeAtomic replaces name with data: a temporary file in the same
+// directory, fsync, rename, fsync of the directory.
+func writeAtomic(name string, data []byte, mode os.FileMode) error {
+	dir := filepath.Dir(name)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("config: %w", err)
 	}
 	tmp, err := os.CreateTemp(dir, "."+filepath.Base(name)+".tmp*")
 	if err != nil {
@@ -200,7 +205,7 @@ func (s *Store) Save(path string, cf *ConfigFile, secret bool) error {
 		tmp.Close()
 		return fmt.Errorf("config: %w", err)
 	}
-	if _, err := tmp.WriteString(cf.Render(nil)); err != nil {
+	if _, err := tmp.Write(data); err != nil {
 		tmp.Close()
 		return fmt.Errorf("config: write %s: %w", tmp.Name(), err)
 	}

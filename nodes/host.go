@@ -43,7 +43,7 @@ type Host struct {
 	lastErr   string
 	op        *operation
 	stack     *operation // a stack command (poweroff, reboot) in flight
-	console   string // last console exchange, for readers that did not write
+	console   string     // last console exchange, for readers that did not write
 
 	subhosts map[string]*Host // guarded by tree.mu
 }

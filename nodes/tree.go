@@ -25,6 +25,9 @@ type Options struct {
 	Log *slog.Logger
 	// HostLogLimit and TreeLogLimit bound events.log sizes in bytes.
 	HostLogLimit, TreeLogLimit int
+	// FanOut bounds how many members of a group a command reaches at
+	// once (default 32).
+	FanOut int
 }
 
 // Tree is the machine model: every host and subhost, the drivers they may
@@ -37,10 +40,12 @@ type Tree struct {
 	bus      *bus
 	treeLog  *EventLog
 	hostLog  int
+	fanout   int
 	nextID   atomic.Uint64
 
 	mu     sync.RWMutex
 	hosts  map[string]*Host // top-level hosts by name
+	groups map[string]*Group
 	closed bool
 }
 
@@ -55,6 +60,9 @@ func NewTree(o Options) *Tree {
 	if o.TreeLogLimit == 0 {
 		o.TreeLogLimit = 4 << 20
 	}
+	if o.FanOut <= 0 {
+		o.FanOut = 32
+	}
 	t := &Tree{
 		specs:    map[string]DriverSpec{},
 		store:    o.Store,
@@ -64,6 +72,8 @@ func NewTree(o Options) *Tree {
 		treeLog:  newEventLog(o.TreeLogLimit),
 		hostLog:  o.HostLogLimit,
 		hosts:    map[string]*Host{},
+		groups:   map[string]*Group{},
+		fanout:   o.FanOut,
 	}
 	for _, s := range o.Drivers {
 		t.specs[s.Name] = s
@@ -94,6 +104,11 @@ func (t *Tree) publish(e Event) {
 	t.mu.RLock()
 	for h := t.nearestLocked(e.Path); h != nil; h = h.parent {
 		h.log.append(line)
+	}
+	if name, ok := strings.CutPrefix(e.Path, "groups/"); ok {
+		if g := t.groups[name]; g != nil {
+			g.log.append(line)
+		}
 	}
 	t.mu.RUnlock()
 	t.treeLog.append(line)
@@ -356,7 +371,7 @@ func (t *Tree) Load(ctx context.Context) error {
 	for _, sh := range stored {
 		t.loadOne(ctx, sh)
 	}
-	return nil
+	return t.loadGroups()
 }
 
 func (t *Tree) loadOne(ctx context.Context, sh StoredHost) {

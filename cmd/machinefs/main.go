@@ -162,7 +162,7 @@ func run(cfg config) error {
 		}
 		store = &nodes.Store{Dir: cfg.opts.ConfigDir}
 	}
-	tree := nodes.NewTree(nodes.Options{Store: store, Drivers: drivers, Log: log})
+	tree := nodes.NewTree(nodes.Options{Store: store, Drivers: drivers, Log: log, FanOut: cfg.opts.FanOut})
 	ctx := context.Background()
 	if err := tree.Load(ctx); err != nil {
 		return err

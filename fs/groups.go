@@ -1,0 +1,127 @@
+package fs
+
+import (
+	"context"
+	"syscall"
+
+	gofs "github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+
+	"github.com/machinefs/machinefs/nodes"
+)
+
+// groupsDir is groups/: one directory per group; mkdir adds one, rmdir
+// removes one.
+type groupsDir struct {
+	gofs.Inode
+	fsys *FS
+}
+
+var (
+	_ gofs.NodeLookuper  = (*groupsDir)(nil)
+	_ gofs.NodeReaddirer = (*groupsDir)(nil)
+	_ gofs.NodeMkdirer   = (*groupsDir)(nil)
+	_ gofs.NodeRmdirer   = (*groupsDir)(nil)
+)
+
+func (d *groupsDir) Getattr(ctx context.Context, fh gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	out.Mode = syscall.S_IFDIR | d.fsys.writable(0o775)
+	d.fsys.setTimes(&out.Attr)
+	return 0
+}
+
+func (d *groupsDir) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	g := d.fsys.tree.Group(name)
+	if g == nil {
+		return nil, syscall.ENOENT
+	}
+	ch := d.groupInode(ctx, name, g)
+	out.Mode = syscall.S_IFDIR | 0o755
+	d.fsys.setTimes(&out.Attr)
+	return ch, 0
+}
+
+func (d *groupsDir) groupInode(ctx context.Context, name string, g *nodes.Group) *gofs.Inode {
+	if ch := d.GetChild(name); ch != nil {
+		if gd, ok := ch.Operations().(*groupDir); ok && gd.group == g {
+			return ch
+		}
+		d.RmChild(name)
+	}
+	return d.NewPersistentInode(ctx, &groupDir{fsys: d.fsys, group: g}, gofs.StableAttr{Mode: syscall.S_IFDIR})
+}
+
+func (d *groupsDir) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) {
+	var entries []fuse.DirEntry
+	for _, g := range d.fsys.tree.Groups() {
+		entries = append(entries, fuse.DirEntry{Name: g.Name(), Mode: syscall.S_IFDIR})
+	}
+	return gofs.NewListDirStream(entries), 0
+}
+
+func (d *groupsDir) Mkdir(ctx context.Context, name string, mode uint32, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	g, err := d.fsys.tree.AddGroup(name, caller(ctx))
+	if err != nil {
+		return nil, errno(err)
+	}
+	out.Mode = syscall.S_IFDIR | 0o755
+	d.fsys.setTimes(&out.Attr)
+	return d.groupInode(ctx, name, g), 0
+}
+
+func (d *groupsDir) Rmdir(ctx context.Context, name string) syscall.Errno {
+	g := d.fsys.tree.Group(name)
+	if g == nil {
+		return syscall.ENOENT
+	}
+	if err := d.fsys.tree.RemoveGroup(g, caller(ctx)); err != nil {
+		return errno(err)
+	}
+	d.fsys.mu.Lock()
+	delete(d.fsys.groupDirs, g.Path())
+	d.fsys.mu.Unlock()
+	return 0
+}
+
+// groupDir is groups/NAME: members, power, state, events, events.log.
+type groupDir struct {
+	gofs.Inode
+	fsys      *FS
+	group     *nodes.Group
+	liveFiles // config is the members file
+}
+
+func (gd *groupDir) Getattr(ctx context.Context, fh gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	out.Mode = syscall.S_IFDIR | 0o755
+	gd.fsys.setTimes(&out.Attr)
+	return 0
+}
+
+func (gd *groupDir) OnAdd(ctx context.Context) {
+	f, g := gd.fsys, gd.group
+	add := func(name string, n gofs.InodeEmbedder) *gofs.Inode {
+		ch := gd.NewPersistentInode(ctx, n, gofs.StableAttr{Mode: syscall.S_IFREG})
+		gd.AddChild(name, ch, false)
+		return ch
+	}
+	gd.config = add("members", &contentFile{
+		fsys: f, mode: f.writable(0o664),
+		read: func() []byte { return []byte(g.MembersText()) },
+		writeList: func(ctx context.Context, text string, replace bool) error {
+			return g.SetMembers(ctx, text, replace, caller(ctx))
+		},
+	})
+	gd.power = add("power", &contentFile{
+		fsys: f, mode: f.writable(0o664),
+		read: func() []byte { return []byte(g.PowerText()) },
+		write: func(ctx context.Context, line string) error {
+			return g.Exec(ctx, line, caller(ctx))
+		},
+	})
+	gd.state = add("state", &contentFile{fsys: f, mode: f.statusMode(), read: func() []byte { return []byte(g.StateText()) }})
+	add("events", &eventsFile{fsys: f, prefix: g.Path()})
+	gd.log = add("events.log", &contentFile{fsys: f, mode: 0o444, log: g.Log()})
+	f.mu.Lock()
+	f.groupDirs[g.Path()] = gd
+	f.mu.Unlock()
+}

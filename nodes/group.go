@@ -1,0 +1,426 @@
+package nodes
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// Group is a named set of hosts (ctys GROUPS) that power commands act on
+// in parallel, with a bounded fan-out. Members are host paths, one per
+// line, with pdsh/freeipmi hostranges: node[01-40], rack[1-3,7].
+type Group struct {
+	tree *Tree
+	name string
+	path string
+	log  *EventLog
+
+	mu       sync.Mutex
+	members  []string // lines as written
+	results  map[string]string
+	lastCmd  string
+	inFlight *Command
+}
+
+// Name is the group's name, Path its place in the tree ("groups/rack3").
+func (g *Group) Name() string { return g.name }
+
+// Path is "groups/NAME".
+func (g *Group) Path() string { return g.path }
+
+// Log is the group's events.log.
+func (g *Group) Log() *EventLog { return g.log }
+
+func (g *Group) emit(kind, detail string) {
+	g.tree.publish(Event{Time: time.Now(), Path: g.path, Kind: kind, Detail: detail})
+}
+
+// MembersText is the content of the members file.
+func (g *Group) MembersText() string {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if len(g.members) == 0 {
+		return ""
+	}
+	return strings.Join(g.members, "\n") + "\n"
+}
+
+var memberRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._/\-\[\],]*$`)
+
+// SetMembers applies a write to the members file: with replace (the file
+// was truncated, `>`) the lines become the members, otherwise (`>>`) they
+// are added. Every line is checked first: a bad line or range is EINVAL.
+func (g *Group) SetMembers(ctx context.Context, text string, replace bool, who Caller) error {
+	if g.tree.readOnly {
+		return Errorf(syscall.EROFS, "read-only mount")
+	}
+	var lines []string
+	for _, l := range strings.Split(text, "\n") {
+		l = strings.TrimSpace(l)
+		if l == "" || strings.HasPrefix(l, "#") {
+			continue
+		}
+		if _, err := expandMember(l); err != nil {
+			return err
+		}
+		lines = append(lines, l)
+	}
+	g.mu.Lock()
+	next := lines
+	if !replace {
+		next = append([]string(nil), g.members...)
+		for _, l := range lines {
+			if !slices.Contains(next, l) {
+				next = append(next, l)
+			}
+		}
+	}
+	if err := g.tree.saveGroup(g.name, next); err != nil {
+		g.mu.Unlock()
+		return Errorf(syscall.EIO, "%v", err)
+	}
+	g.members = next
+	g.mu.Unlock()
+	g.emit("members", fmt.Sprintf("%d lines %s", len(next), who))
+	return nil
+}
+
+// Hosts expands the members to host paths, in order, without duplicates.
+func (g *Group) Hosts() []string {
+	g.mu.Lock()
+	lines := append([]string(nil), g.members...)
+	g.mu.Unlock()
+	var out []string
+	for _, l := range lines {
+		paths, _ := expandMember(l)
+		for _, p := range paths {
+			if !slices.Contains(out, p) {
+				out = append(out, p)
+			}
+		}
+	}
+	return out
+}
+
+// expandMember turns one members line into host paths.
+func expandMember(line string) ([]string, error) {
+	if !memberRE.MatchString(line) {
+		return nil, Errorf(syscall.EINVAL, "member %q: want a host path such as lab01, lab01/subhosts/vm1 or node[01-40]", line)
+	}
+	names, err := expandRange(strings.TrimPrefix(line, "hosts/"))
+	if err != nil {
+		return nil, Errorf(syscall.EINVAL, "member %q: %v", line, err)
+	}
+	out := make([]string, 0, len(names))
+	for _, n := range names {
+		out = append(out, "hosts/"+n)
+	}
+	return out, nil
+}
+
+// maxRange bounds how many names one hostrange may produce.
+const maxRange = 100000
+
+// expandRange expands the first [a-b,c] in s, recursively.
+func expandRange(s string) ([]string, error) {
+	open := strings.IndexByte(s, '[')
+	if open < 0 {
+		if strings.ContainsAny(s, "],") {
+			return nil, fmt.Errorf("unbalanced range")
+		}
+		return []string{s}, nil
+	}
+	end := strings.IndexByte(s[open:], ']')
+	if end < 0 {
+		return nil, fmt.Errorf("unbalanced range")
+	}
+	end += open
+	prefix, body, rest := s[:open], s[open+1:end], s[end+1:]
+	tails, err := expandRange(rest)
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, part := range strings.Split(body, ",") {
+		lo, hi, isRange := strings.Cut(part, "-")
+		if !isRange {
+			hi = lo
+		}
+		a, err1 := strconv.Atoi(lo)
+		b, err2 := strconv.Atoi(hi)
+		if err1 != nil || err2 != nil || a < 0 || b < a {
+			return nil, fmt.Errorf("range %q: want N or N-M with N <= M", part)
+		}
+		if (b-a+1)*len(tails)+len(out) > maxRange {
+			return nil, fmt.Errorf("range too large (more than %d hosts)", maxRange)
+		}
+		width := len(lo) // node[01-40] keeps its zero padding
+		for i := a; i <= b; i++ {
+			for _, t := range tails {
+				out = append(out, fmt.Sprintf("%s%0*d%s", prefix, width, i, t))
+			}
+		}
+	}
+	return out, nil
+}
+
+// Exec runs a power command on every member in parallel, at most the
+// tree's fan-out at a time. It returns once every member accepted it, or
+// with wait once every member reached its state; the result is the worst
+// member's, and state lists every member's outcome.
+func (g *Group) Exec(ctx context.Context, line string, who Caller) error {
+	cmd, err := ParseCommand(line)
+	if err != nil {
+		g.emit("command", fmt.Sprintf("%q %s refused: %v", strings.TrimSpace(line), who, err))
+		return err
+	}
+	if g.tree.readOnly {
+		return Errorf(syscall.EROFS, "read-only mount")
+	}
+	g.mu.Lock()
+	if g.inFlight != nil {
+		busy := g.inFlight.String()
+		g.mu.Unlock()
+		return Errorf(syscall.EBUSY, "busy: %q is running on the group", busy)
+	}
+	g.inFlight = &cmd
+	g.mu.Unlock()
+	defer func() {
+		g.mu.Lock()
+		g.inFlight = nil
+		g.mu.Unlock()
+	}()
+
+	paths := g.Hosts()
+	results := make(map[string]string, len(paths))
+	var mu sync.Mutex
+	var worst error
+	sem := make(chan struct{}, g.tree.fanout)
+	var wg sync.WaitGroup
+	started := time.Now()
+	for _, p := range paths {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			var err error
+			if h := g.tree.Host(p); h == nil {
+				err = Errorf(syscall.ENOENT, "no such host")
+			} else {
+				err = h.Run(ctx, cmd, who)
+			}
+			outcome := "ok"
+			if err != nil {
+				outcome = "failed: " + err.Error()
+			}
+			mu.Lock()
+			results[p] = outcome
+			if err != nil && worst == nil {
+				worst = fmt.Errorf("%s: %w", p, err)
+			}
+			mu.Unlock()
+			g.emit("member", fmt.Sprintf("%s %q %s", p, cmd.String(), outcome))
+		}()
+	}
+	wg.Wait()
+	failed := 0
+	for _, o := range results {
+		if o != "ok" {
+			failed++
+		}
+	}
+	summary := fmt.Sprintf("%d members: %d ok, %d failed (%s)", len(paths), len(paths)-failed, failed, time.Since(started).Round(time.Millisecond))
+	g.mu.Lock()
+	g.results = results
+	g.lastCmd = fmt.Sprintf("%q %s at %s: %s", cmd.String(), who, stamp(started), summary)
+	g.mu.Unlock()
+	g.emit("command", fmt.Sprintf("%q %s %s", cmd.String(), who, summary))
+	if worst != nil {
+		return Errorf(ErrnoOf(worst), "%d of %d members failed; first: %v", failed, len(paths), worst)
+	}
+	return nil
+}
+
+// PowerText is the group's power: the members' common state, "mixed" when
+// they differ, "unknown" for an empty group.
+func (g *Group) PowerText() string {
+	var common Power
+	for i, p := range g.Hosts() {
+		pw := PowerUnknown
+		if h := g.tree.Host(p); h != nil {
+			pw = h.Power()
+		}
+		if i == 0 {
+			common = pw
+		} else if pw != common {
+			return "mixed\n"
+		}
+	}
+	if common == "" {
+		common = PowerUnknown
+	}
+	return string(common) + "\n"
+}
+
+// StateText lists the group's last command and every member's power and
+// last outcome.
+func (g *Group) StateText() string {
+	paths := g.Hosts()
+	g.mu.Lock()
+	results := g.results
+	last := g.lastCmd
+	g.mu.Unlock()
+	var b strings.Builder
+	fmt.Fprintf(&b, "members: %d\n", len(paths))
+	fmt.Fprintf(&b, "power: %s", g.PowerText())
+	fmt.Fprintf(&b, "fan-out: %d\n", g.tree.fanout)
+	fmt.Fprintf(&b, "last-command: %s\n", last)
+	for _, p := range paths {
+		pw := "missing"
+		if h := g.tree.Host(p); h != nil {
+			pw = string(h.Power())
+		}
+		line := p + ": " + pw
+		if o, ok := results[p]; ok {
+			line += " (last: " + o + ")"
+		}
+		b.WriteString(line + "\n")
+	}
+	return b.String()
+}
+
+// Groups lists the groups, sorted by name.
+func (t *Tree) Groups() []*Group {
+	t.mu.RLock()
+	defer t.mu.RUnlock()
+	out := make([]*Group, 0, len(t.groups))
+	for _, g := range t.groups {
+		out = append(out, g)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].name < out[j].name })
+	return out
+}
+
+// Group returns the group named name, or nil.
+func (t *Tree) Group(name string) *Group {
+	t.mu.RLock()
+	defer t.mu.RUnlock()
+	return t.groups[name]
+}
+
+// AddGroup creates an empty group.
+func (t *Tree) AddGroup(name string, who Caller) (*Group, error) {
+	if t.readOnly {
+		return nil, Errorf(syscall.EROFS, "read-only mount")
+	}
+	if !ValidName(name) {
+		return nil, Errorf(syscall.EINVAL, "%q is not a valid name", name)
+	}
+	g, err := t.insertGroup(name, nil)
+	if err != nil {
+		return nil, err
+	}
+	if err := t.saveGroup(name, nil); err != nil {
+		t.mu.Lock()
+		delete(t.groups, name)
+		t.mu.Unlock()
+		return nil, Errorf(syscall.EIO, "%v", err)
+	}
+	g.emit("added", who.String())
+	return g, nil
+}
+
+func (t *Tree) insertGroup(name string, members []string) (*Group, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if _, ok := t.groups[name]; ok {
+		return nil, Errorf(syscall.EEXIST, "groups/%s exists", name)
+	}
+	g := &Group{tree: t, name: name, path: "groups/" + name, log: newEventLog(t.hostLog), members: members}
+	t.groups[name] = g
+	return g, nil
+}
+
+// RemoveGroup removes a group (its members stay); EBUSY while a command
+// runs on it.
+func (t *Tree) RemoveGroup(g *Group, who Caller) error {
+	if t.readOnly {
+		return Errorf(syscall.EROFS, "read-only mount")
+	}
+	g.mu.Lock()
+	busy := g.inFlight != nil
+	g.mu.Unlock()
+	if busy {
+		return Errorf(syscall.EBUSY, "a command is running on %s", g.path)
+	}
+	if t.store != nil {
+		if err := os.Remove(t.store.groupFile(g.name)); err != nil && !os.IsNotExist(err) {
+			return Errorf(syscall.EIO, "%v", err)
+		}
+	}
+	t.mu.Lock()
+	delete(t.groups, g.name)
+	t.mu.Unlock()
+	g.emit("removed", who.String())
+	return nil
+}
+
+func (t *Tree) saveGroup(name string, members []string) error {
+	if t.store == nil {
+		return nil
+	}
+	text := ""
+	if len(members) > 0 {
+		text = strings.Join(members, "\n") + "\n"
+	}
+	return writeAtomic(t.store.groupFile(name), []byte(text), 0o644)
+}
+
+func (s *Store) groupFile(name string) string {
+	return filepath.Join(s.Dir, "groups", name+".members")
+}
+
+// loadGroups reads groups/NAME.members.
+func (t *Tree) loadGroups() error {
+	if t.store == nil {
+		return nil
+	}
+	dir := filepath.Join(t.store.Dir, "groups")
+	ents, err := os.ReadDir(dir)
+	if os.IsNotExist(err) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("config: %w", err)
+	}
+	for _, e := range ents {
+		name, ok := strings.CutSuffix(e.Name(), ".members")
+		if !ok || !ValidName(name) || t.Group(name) != nil {
+			continue
+		}
+		data, err := os.ReadFile(filepath.Join(dir, e.Name()))
+		if err != nil {
+			return fmt.Errorf("config: %w", err)
+		}
+		var members []string
+		for _, l := range strings.Split(string(data), "\n") {
+			if l = strings.TrimSpace(l); l != "" && !strings.HasPrefix(l, "#") {
+				members = append(members, l)
+			}
+		}
+		if _, err := t.insertGroup(name, members); err != nil {
+			return err
+		}
+	}
+	return nil
+}

@@ -1,0 +1,107 @@
+package tests
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/machinefs/machinefs/tests/harness/ipmisim"
+)
+
+func TestGroups(t *testing.T) {
+	d := start(t)
+	for i := 1; i <= 6; i++ {
+		d.ok(fmt.Sprintf("echo 'add node%02d drivers=sim sim.on-delay=100ms sim.off-delay=100ms' > ctl", i))
+	}
+	d.ok("mkdir groups/rack3 && echo 'node[01-05]' > groups/rack3/members")
+	if m := d.read("groups/rack3/members"); m != "node[01-05]\n" {
+		t.Fatalf("members = %q", m)
+	}
+	d.ok("echo 'on wait' > groups/rack3/power")
+	for i := 1; i <= 5; i++ {
+		if p := d.read(fmt.Sprintf("hosts/node%02d/power", i)); p != "on\n" {
+			t.Fatalf("node%02d = %q after group on wait", i, p)
+		}
+	}
+	if p := d.read("hosts/node06/power"); p != "off\n" {
+		t.Fatalf("node06 is not a member but is %q", p)
+	}
+	if p := d.read("groups/rack3/power"); p != "on\n" {
+		t.Fatalf("group power = %q", p)
+	}
+	st := d.read("groups/rack3/state")
+	if !strings.Contains(st, "members: 5\n") || !strings.Contains(st, "5 members: 5 ok, 0 failed") || !strings.Contains(st, "hosts/node03: on (last: ok)") {
+		t.Fatalf("group state:\n%s", st)
+	}
+	// >> adds, > replaces.
+	d.ok("echo node06 >> groups/rack3/members")
+	if p := d.read("groups/rack3/power"); p != "mixed\n" {
+		t.Fatalf("group power with node06 off = %q, want mixed", p)
+	}
+	d.ok("echo 'node[01-02],x' > groups/rack3/members || true")
+	d.fails("echo 'node[05-01]' > groups/rack3/members", "Invalid argument")
+	d.fails("echo 'node[01-02' > groups/rack3/members", "Invalid argument")
+	d.ok("printf 'node01\\nnosuch\\n' > groups/rack3/members")
+	if m := d.read("groups/rack3/members"); m != "node01\nnosuch\n" {
+		t.Fatalf("members after > = %q", m)
+	}
+	// The worst member's result is the command's; every outcome is in state.
+	d.fails("echo 'off wait' > groups/rack3/power", "No such file or directory")
+	st = d.read("groups/rack3/state")
+	if !strings.Contains(st, "hosts/node01: off (last: ok)") || !strings.Contains(st, "hosts/nosuch: missing (last: failed: no such host)") {
+		t.Fatalf("group state after a partial failure:\n%s", st)
+	}
+	d.fails("echo bogus > groups/rack3/power", "Invalid argument")
+	// Groups persist.
+	if data, err := os.ReadFile(filepath.Join(d.config, "groups/rack3.members")); err != nil || string(data) != "node01\nnosuch\n" {
+		t.Fatalf("groups file: %q %v", data, err)
+	}
+	d.stopStart()
+	if m := d.read("groups/rack3/members"); m != "node01\nnosuch\n" {
+		t.Fatalf("members after restart = %q", m)
+	}
+	d.ok("rmdir groups/rack3")
+	if ls := d.ok("ls groups"); ls != "" {
+		t.Fatalf("groups after rmdir: %q", ls)
+	}
+}
+
+// A group of 50 real BMCs (ipmi_sim) powered on and off in parallel, with
+// every member's outcome.
+func TestGroupIPMIFleet(t *testing.T) {
+	const n = 50
+	bmcs := make([]*ipmisim.BMC, n)
+	var wg sync.WaitGroup
+	for i := range bmcs {
+		wg.Add(1)
+		go func() { defer wg.Done(); bmcs[i] = ipmisim.Start(t) }()
+	}
+	wg.Wait()
+	d := start(t, "-o", "fanout=16")
+	for i, b := range bmcs {
+		d.addHost(fmt.Sprintf("bmc%02d", i+1), ipmiConfig(b.Port, b.Password))
+	}
+	d.ok(fmt.Sprintf("mkdir groups/fleet && echo 'bmc[01-%02d]' > groups/fleet/members", n))
+	d.ok("echo 'on wait timeout=60s' > groups/fleet/power")
+	for i, b := range bmcs {
+		if b.Power() != "on" {
+			t.Fatalf("BMC %d reports %s after the group's on wait", i+1, b.Power())
+		}
+	}
+	st := d.read("groups/fleet/state")
+	if !strings.Contains(st, fmt.Sprintf("%d members: %d ok, 0 failed", n, n)) || strings.Count(st, ": on (last: ok)") != n {
+		t.Fatalf("group state:\n%s", st)
+	}
+	d.ok("echo 'off wait timeout=60s' > groups/fleet/power")
+	if p := d.read("groups/fleet/power"); p != "off\n" {
+		t.Fatalf("group power after off = %q\n%s", p, d.read("groups/fleet/state"))
+	}
+	for i, b := range bmcs {
+		if b.Power() != "off" {
+			t.Fatalf("BMC %d reports %s after the group's off wait", i+1, b.Power())
+		}
+	}
+}
