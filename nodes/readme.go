@@ -21,7 +21,7 @@ var Errnos = [][2]string{
 	{"EEXIST", "mkdir or ctl add of a host that exists"},
 	{"ENOENT", "no such host"},
 	{"EROFS", "the tree is mounted read-only"},
-	{"EPERM", "the driver lacks a privilege (e.g. CAP_NET_RAW for Wake-on-LAN frames)"},
+	{"EPERM", "the driver lacks a privilege (e.g. CAP_NET_RAW for Wake-on-LAN frames); poweroff/reboot self of the local host without allow-self"},
 }
 
 // README is the text of the README file at the root of the mount: the tree,
@@ -35,6 +35,8 @@ version       machinefs version
 ctl           write "add NAME key=value ...", "remove NAME"
 events        stream of every event: TIME PATH EVENT DETAIL (blocks; Ctrl-C ends it)
 events.log    the same events as a regular file (tail -f works)
+groups/NAME/  members (hostranges: node[01-40]), power, state, events: commands on all
+              members in parallel
 hosts/NAME/   one directory per machine; mkdir adds a host, rmdir removes it
   power       read: on off starting stopping rebooting paused unknown crashed
               write: a command (below); returns when the driver accepted it
@@ -51,6 +53,10 @@ hosts/NAME/   one directory per machine; mkdir adds a host, rmdir removes it
 
 `)
 	b.WriteString(GrammarHelp())
+	b.WriteString(`Stacks: poweroff/reboot act on the machines on top (subhosts, deepest first,
+siblings in parallel); a host stays up unless "self"; "self force" acts on the
+host alone at once; a subhost goes down after its own stack.
+`)
 	b.WriteString("\nConfig keys:\n")
 	for _, k := range t.KeyDocs() {
 		def := ""
