@@ -188,7 +188,7 @@ func (hd *hostDir) OnAdd(ctx context.Context) {
 		fsys: f, mode: f.statusMode(), ino: hostIno(h, idxState),
 		read: func() []byte { return []byte(h.StateText()) },
 	}, syscall.S_IFREG)
-	add("console", idxConsole, &consoleFile{fsys: f, host: h}, syscall.S_IFREG)
+	add("console", idxConsole, &consoleFile{sessionFile{fsys: f, host: h, idx: idxConsole}}, syscall.S_IFREG)
 	hd.config = add("config", idxConfig, &contentFile{
 		fsys: f, ino: hostIno(h, idxConfig),
 		modeFn: func() uint32 {
@@ -200,7 +200,7 @@ func (hd *hostDir) OnAdd(ctx context.Context) {
 		read:       func() []byte { return []byte(h.ConfigText()) },
 		writeBatch: func(ctx context.Context, text string) error { return h.SetConfig(ctx, text, caller(ctx)) },
 	}, syscall.S_IFREG)
-	add("serial", idxSerial, &serialFile{fsys: f, host: h}, syscall.S_IFREG)
+	add("serial", idxSerial, &serialFile{sessionFile{fsys: f, host: h, idx: idxSerial}}, syscall.S_IFREG)
 	add("events", idxEvents, &eventsFile{fsys: f, prefix: h.Path()}, syscall.S_IFREG)
 	hd.log = add("events.log", idxEventsLog, &contentFile{fsys: f, mode: 0o444, ino: hostIno(h, idxEventsLog), log: h.Log()}, syscall.S_IFREG)
 	add("vswitch", idxVswitch, &emptyDir{fsys: f}, syscall.S_IFDIR)

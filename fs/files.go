@@ -283,20 +283,26 @@ func (selfWrite) Flush(ctx context.Context) syscall.Errno { return 0 }
 // session whose transcript holds the lines written and the replies, at the
 // offsets a reader expects (`exec 3<>console; echo version >&3; read r <&3`).
 // A file opened only for reading shows the host's last reply.
-type consoleFile struct {
+type consoleFile struct{ sessionFile }
+
+// sessionFile is a host file where each open is a session of its own
+// (console, serial): mode 0660, size 0, content only through the session.
+type sessionFile struct {
 	gofs.Inode
 	fsys *FS
 	host *nodes.Host
+	idx  uint64
 }
 
-func (c *consoleFile) Getattr(ctx context.Context, fh gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+func (c *sessionFile) Getattr(ctx context.Context, fh gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
 	out.Mode = syscall.S_IFREG | c.fsys.writable(0o660)
-	out.Ino = hostIno(c.host, idxConsole)
+	out.Ino = hostIno(c.host, c.idx)
 	c.fsys.setTimes(&out.Attr)
 	return 0
 }
 
-func (c *consoleFile) Setattr(ctx context.Context, fh gofs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
+// Setattr accepts the truncation of `echo x > console`.
+func (c *sessionFile) Setattr(ctx context.Context, fh gofs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
 	return c.Getattr(ctx, fh, out)
 }
 

@@ -8,29 +8,12 @@ import (
 
 	gofs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
-
-	"github.com/machinefs/machinefs/nodes"
 )
 
 // serialFile is a host's serial console (IPMI Serial-over-LAN): each open
 // file is a stream; reads block for output, writes send input. Hosts whose
 // drivers have no serial console refuse the open with ENOTSUP.
-type serialFile struct {
-	gofs.Inode
-	fsys *FS
-	host *nodes.Host
-}
-
-func (s *serialFile) Getattr(ctx context.Context, fh gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
-	out.Mode = syscall.S_IFREG | s.fsys.writable(0o660)
-	out.Ino = hostIno(s.host, idxSerial)
-	s.fsys.setTimes(&out.Attr)
-	return 0
-}
-
-func (s *serialFile) Setattr(ctx context.Context, fh gofs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
-	return s.Getattr(ctx, fh, out)
-}
+type serialFile struct{ sessionFile }
 
 func (s *serialFile) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32, syscall.Errno) {
 	if flags&syscall.O_ACCMODE != syscall.O_RDONLY && s.fsys.isSelf(ctx) {
