@@ -45,6 +45,7 @@ type daemon struct {
 	mnt    string
 	config string
 	args   []string
+	env    []string // extra environment, e.g. NOTIFY_SOCKET
 	cmd    *exec.Cmd
 	log    *bytes.Buffer
 	exited chan struct{}
@@ -64,8 +65,14 @@ func openDir(t *testing.T) string {
 // and unmounts it when the test ends, even when it fails.
 func start(t *testing.T, args ...string) *daemon {
 	t.Helper()
+	return startEnv(t, nil, args...)
+}
+
+// startEnv is start with extra environment variables for the daemon.
+func startEnv(t *testing.T, env []string, args ...string) *daemon {
+	t.Helper()
 	base := openDir(t)
-	d := &daemon{t: t, mnt: filepath.Join(base, "mnt"), config: filepath.Join(base, "etc"), args: args}
+	d := &daemon{t: t, mnt: filepath.Join(base, "mnt"), config: filepath.Join(base, "etc"), args: args, env: env}
 	if err := os.MkdirAll(d.mnt, 0o755); err != nil {
 		t.Fatal(err)
 	}
@@ -80,6 +87,7 @@ func (d *daemon) start() {
 	args := append([]string{"-c", d.config}, d.args...)
 	args = append(args, d.mnt)
 	d.cmd = exec.Command(binary, args...)
+	d.cmd.Env = append(os.Environ(), d.env...)
 	d.log = &bytes.Buffer{}
 	d.cmd.Stderr = d.log
 	d.cmd.Stdout = d.log

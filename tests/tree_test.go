@@ -1,6 +1,7 @@
 package tests
 
 import (
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -290,4 +291,47 @@ func TestMountHelper(t *testing.T) {
 	eventually(t, "daemon exit after umount", func() bool {
 		return runIn(t, base, "pgrep", "-f", "mount.fuse.machinefs "+conf).code != 0
 	})
+}
+
+// Under systemd (Type=notify) the daemon says READY=1 once mounted,
+// RELOADING=1/READY=1 around SIGHUP and STOPPING=1 on SIGTERM.
+func TestSdNotify(t *testing.T) {
+	sock := filepath.Join(openDir(t), "notify.sock")
+	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: sock, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	msgs := make(chan string, 16)
+	go func() {
+		buf := make([]byte, 512)
+		for {
+			n, err := conn.Read(buf)
+			if err != nil {
+				close(msgs)
+				return
+			}
+			msgs <- string(buf[:n])
+		}
+	}()
+	next := func() string {
+		select {
+		case m := <-msgs:
+			return m
+		case <-time.After(10 * time.Second):
+			return "<nothing>"
+		}
+	}
+	d := startEnv(t, []string{"NOTIFY_SOCKET=" + sock}, "--demo")
+	if m := next(); m != "READY=1" {
+		t.Fatalf("first message %q, want READY=1", m)
+	}
+	d.cmd.Process.Signal(syscall.SIGHUP)
+	if a, b := next(), next(); a != "RELOADING=1" || b != "READY=1" {
+		t.Fatalf("reload: %q %q", a, b)
+	}
+	d.stop()
+	if m := next(); m != "STOPPING=1" {
+		t.Fatalf("stop: %q", m)
+	}
 }
