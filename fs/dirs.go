@@ -203,7 +203,7 @@ func (hd *hostDir) OnAdd(ctx context.Context) {
 	add("serial", idxSerial, &serialFile{sessionFile{fsys: f, host: h, idx: idxSerial}}, syscall.S_IFREG)
 	add("events", idxEvents, &eventsFile{fsys: f, prefix: h.Path()}, syscall.S_IFREG)
 	hd.log = add("events.log", idxEventsLog, &contentFile{fsys: f, mode: 0o444, ino: hostIno(h, idxEventsLog), log: h.Log()}, syscall.S_IFREG)
-	add("vswitch", idxVswitch, &emptyDir{fsys: f}, syscall.S_IFDIR)
+	add("vswitch", idxVswitch, &vswitchDir{fsys: f, host: h}, syscall.S_IFDIR)
 	subs := &listDir{fsys: f, parent: h}
 	add("subhosts", idxSubhosts, subs, syscall.S_IFDIR)
 
@@ -211,22 +211,6 @@ func (hd *hostDir) OnAdd(ctx context.Context) {
 	f.hostDirs[h.Path()] = hd
 	f.listDirs[h.Path()] = subs
 	f.mu.Unlock()
-}
-
-// emptyDir is a directory a later feature fills (vswitch/).
-type emptyDir struct {
-	gofs.Inode
-	fsys *FS
-}
-
-func (e *emptyDir) Getattr(ctx context.Context, fh gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
-	out.Mode = syscall.S_IFDIR | 0o755
-	e.fsys.setTimes(&out.Attr)
-	return 0
-}
-
-func (e *emptyDir) Mkdir(ctx context.Context, name string, mode uint32, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
-	return nil, syscall.ENOTSUP
 }
 
 // forget drops the fs's references to a removed host and its subhosts.

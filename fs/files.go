@@ -30,6 +30,9 @@ type contentFile struct {
 
 	read func() []byte
 	log  *nodes.EventLog // events.log: read from the log directly
+	// live renders content that the model asks a driver for on every read
+	// (a switch's ports); such files are direct I/O with size 0, like /proc.
+	live func(ctx context.Context) ([]byte, error)
 
 	// check validates a complete line before anything runs (EINVAL).
 	check func(ctx context.Context, line string) error
@@ -83,6 +86,9 @@ func (c *contentFile) content() []byte {
 }
 
 func (c *contentFile) size() uint64 {
+	if c.live != nil {
+		return 0
+	}
 	if c.log != nil {
 		return uint64(c.log.Size())
 	}
@@ -128,6 +134,9 @@ func (c *contentFile) writable() bool {
 
 func (c *contentFile) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32, syscall.Errno) {
 	if flags&syscall.O_ACCMODE == syscall.O_RDONLY {
+		if c.live != nil {
+			return nil, fuse.FOPEN_DIRECT_IO, 0
+		}
 		if c.read == nil && c.log == nil {
 			return nil, 0, syscall.EACCES
 		}
@@ -150,6 +159,16 @@ func (c *contentFile) Open(ctx context.Context, flags uint32) (gofs.FileHandle, 
 }
 
 func (c *contentFile) Read(ctx context.Context, fh gofs.FileHandle, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
+	if c.live != nil {
+		data, err := c.live(ctx)
+		if err != nil {
+			return nil, errno(err)
+		}
+		if off >= int64(len(data)) {
+			return fuse.ReadResultData(nil), 0
+		}
+		return fuse.ReadResultData(data[off:]), 0
+	}
 	if c.log != nil {
 		n := c.log.ReadAt(dest, off)
 		return fuse.ReadResultData(dest[:n]), 0

@@ -59,10 +59,11 @@ type FS struct {
 	started    time.Time
 	done       chan struct{} // closed at unmount: releases blocked streams
 
-	mu        sync.Mutex
-	hostDirs  map[string]*hostDir  // by host path, once the kernel looked them up
-	listDirs  map[string]*listDir  // hosts/ and each subhosts/, by parent path
-	groupDirs map[string]*groupDir // by group path, once looked up
+	mu         sync.Mutex
+	hostDirs   map[string]*hostDir   // by host path, once the kernel looked them up
+	listDirs   map[string]*listDir   // hosts/ and each subhosts/, by parent path
+	groupDirs  map[string]*groupDir  // by group path, once looked up
+	switchDirs map[string]*switchDir // by "HOSTPATH/vswitch/NAME"
 
 	notify *notifier
 	poker  *poker
@@ -82,6 +83,7 @@ func Mount(tree *nodes.Tree, mountpoint string, o Options) (*FS, error) {
 		hostDirs:   map[string]*hostDir{},
 		listDirs:   map[string]*listDir{},
 		groupDirs:  map[string]*groupDir{},
+		switchDirs: map[string]*switchDir{},
 	}
 	f.notify = newNotifier(f)
 	// Cached entries and attributes are safe because every change is

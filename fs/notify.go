@@ -27,9 +27,10 @@ type notifier struct {
 	fsys    *FS
 	treeLog *gofs.Inode
 
-	mu      sync.Mutex
-	dirty   map[string]int // host path ("" = tree) -> dirty bits
-	entries map[string]bool
+	mu       sync.Mutex
+	dirty    map[string]int // host path ("" = tree) -> dirty bits
+	entries  map[string]bool
+	switches map[string]bool // switch dirs whose ports/info changed
 	// groupsDirty: some host's power changed; refresh every group.
 	groupsDirty bool
 	wake        chan struct{}
@@ -42,12 +43,13 @@ type notifier struct {
 
 func newNotifier(f *FS) *notifier {
 	return &notifier{
-		fsys:    f,
-		dirty:   map[string]int{},
-		entries: map[string]bool{},
-		wake:    make(chan struct{}, 1),
-		quit:    make(chan struct{}),
-		done:    make(chan struct{}),
+		fsys:     f,
+		dirty:    map[string]int{},
+		entries:  map[string]bool{},
+		switches: map[string]bool{},
+		wake:     make(chan struct{}, 1),
+		quit:     make(chan struct{}),
+		done:     make(chan struct{}),
 	}
 }
 
@@ -94,6 +96,10 @@ func (n *notifier) onEvent(e nodes.Event) {
 			bits |= dirtyConfig | dirtyPower
 		case "added", "removed":
 			n.entries[e.Path] = true
+		case "vswitch":
+			// "vswitch NAME ...": the switch's live files changed.
+			name, _, _ := strings.Cut(e.Detail, " ")
+			n.switches[e.Path+"/vswitch/"+name] = true
 		}
 		n.dirty[e.Path] |= bits
 		for p := parentPath(e.Path); p != ""; p = parentPath(p) {
@@ -128,9 +134,12 @@ func (n *notifier) run() {
 		case <-n.wake:
 		}
 		n.mu.Lock()
-		dirty, entries, groups := n.dirty, n.entries, n.groupsDirty
-		n.dirty, n.entries, n.groupsDirty = map[string]int{}, map[string]bool{}, false
+		dirty, entries, groups, switches := n.dirty, n.entries, n.groupsDirty, n.switches
+		n.dirty, n.entries, n.groupsDirty, n.switches = map[string]int{}, map[string]bool{}, false, map[string]bool{}
 		n.mu.Unlock()
+		for p := range switches {
+			n.refreshSwitch(p)
+		}
 		if groups {
 			n.fsys.mu.Lock()
 			for p := range n.fsys.groupDirs {
@@ -219,5 +228,19 @@ func (n *notifier) refresh(path string, bits int) {
 func (n *notifier) poke(name string) {
 	if n.poker != nil {
 		n.poker.poke(name)
+	}
+}
+
+// refreshSwitch wakes watchers of a switch's ports and info. They are
+// direct I/O files, so there is no cache to invalidate.
+func (n *notifier) refreshSwitch(path string) {
+	n.fsys.mu.Lock()
+	sd := n.fsys.switchDirs[path]
+	n.fsys.mu.Unlock()
+	if sd == nil || n.fsys.opts.ReadOnly {
+		return
+	}
+	for _, ino := range []*gofs.Inode{sd.ports, sd.info} {
+		n.poke(filepath.Join(n.fsys.mountpoint, ino.Path(nil)))
 	}
 }

@@ -35,6 +35,9 @@ type Options struct {
 	// Background detaches from the terminal once mounted (as mount(8)
 	// helpers must); set for the mount.machinefs entry point.
 	Background bool
+	// StateDir keeps runtime state that must survive a daemon restart
+	// but not a reboot (statedir=DIR; default /run/machinefs).
+	StateDir string
 	// FanOut bounds how many group members a command reaches at once
 	// (fanout=N; 0 means the default, 32).
 	FanOut int
@@ -92,6 +95,8 @@ func (o *Options) Set(s string) error {
 			o.Group = val
 		case key == "fsname" && hasVal && val != "":
 			o.FsName = val
+		case key == "statedir" && hasVal && val != "":
+			o.StateDir = val
 		case key == "fanout" && hasVal:
 			n, err := strconv.Atoi(val)
 			if err != nil || n < 1 || n > 4096 {
@@ -125,6 +130,7 @@ func (o *Options) String() string {
 	add(o.ConfigDir != "", "config="+o.ConfigDir)
 	add(o.Group != "", "group="+o.Group)
 	add(o.FsName != "", "fsname="+o.FsName)
+	add(o.StateDir != "", "statedir="+o.StateDir)
 	add(o.FanOut != 0, "fanout="+strconv.Itoa(o.FanOut))
 	return strings.Join(w, ",")
 }

@@ -25,6 +25,8 @@ type Options struct {
 	Log *slog.Logger
 	// HostLogLimit and TreeLogLimit bound events.log sizes in bytes.
 	HostLogLimit, TreeLogLimit int
+	// Switches manages the local host's virtual switches; nil: none.
+	Switches Switches
 	// FanOut bounds how many members of a group a command reaches at
 	// once (default 32).
 	FanOut int
@@ -41,6 +43,7 @@ type Tree struct {
 	treeLog  *EventLog
 	hostLog  int
 	fanout   int
+	switches Switches
 	nextID   atomic.Uint64
 
 	mu     sync.RWMutex
@@ -74,6 +77,7 @@ func NewTree(o Options) *Tree {
 		hosts:    map[string]*Host{},
 		groups:   map[string]*Group{},
 		fanout:   o.FanOut,
+		switches: o.Switches,
 	}
 	for _, s := range o.Drivers {
 		t.specs[s.Name] = s

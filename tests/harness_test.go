@@ -14,6 +14,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/machinefs/machinefs/tests/harness/netns"
 )
 
 // binary is the machinefs built once for the whole package.
@@ -44,8 +46,10 @@ type daemon struct {
 	t      *testing.T
 	mnt    string
 	config string
+	state  string // -o statedir
 	args   []string
 	env    []string // extra environment, e.g. NOTIFY_SOCKET
+	ns     *netns.NS // network namespace the daemon runs in; nil: the test's
 	cmd    *exec.Cmd
 	log    *bytes.Buffer
 	exited chan struct{}
@@ -68,30 +72,53 @@ func start(t *testing.T, args ...string) *daemon {
 	return startEnv(t, nil, args...)
 }
 
+// startNS is start with the daemon inside network namespace ns (its
+// mount is visible outside: a network namespace is not a mount namespace).
+func startNS(t *testing.T, ns *netns.NS, args ...string) *daemon {
+	t.Helper()
+	return startWith(t, &daemon{ns: ns, args: args})
+}
+
 // startEnv is start with extra environment variables for the daemon.
 func startEnv(t *testing.T, env []string, args ...string) *daemon {
 	t.Helper()
+	return startWith(t, &daemon{env: env, args: args})
+}
+
+func startWith(t *testing.T, d *daemon) *daemon {
+	t.Helper()
 	base := openDir(t)
-	d := &daemon{t: t, mnt: filepath.Join(base, "mnt"), config: filepath.Join(base, "etc"), args: args, env: env}
+	d.t, d.mnt, d.config, d.state = t, filepath.Join(base, "mnt"), filepath.Join(base, "etc"), filepath.Join(base, "run")
 	if err := os.MkdirAll(d.mnt, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	d.start()
+	// Cleanups run last first: stop the daemon, then show its log if the
+	// test failed.
+	t.Cleanup(func() {
+		if t.Failed() && d.log != nil {
+			t.Logf("machinefs log:\n%s", d.log)
+		}
+	})
 	t.Cleanup(d.stop)
+	d.start()
 	return d
 }
 
 func (d *daemon) start() {
 	t := d.t
 	t.Helper()
-	args := append([]string{"-c", d.config}, d.args...)
+	args := append([]string{"-c", d.config, "-o", "statedir=" + d.state}, d.args...)
 	args = append(args, d.mnt)
 	d.cmd = exec.Command(binary, args...)
 	d.cmd.Env = append(os.Environ(), d.env...)
 	d.log = &bytes.Buffer{}
 	d.cmd.Stderr = d.log
 	d.cmd.Stdout = d.log
-	if err := d.cmd.Start(); err != nil {
+	start := d.cmd.Start
+	if d.ns != nil {
+		start = func() error { return d.ns.Start(d.cmd) }
+	}
+	if err := start(); err != nil {
 		t.Fatal(err)
 	}
 	d.exited = make(chan struct{})

@@ -11,12 +11,8 @@ package tests
 // and, for directed broadcasts, a router in between (netns.Routed).
 
 import (
-	"bytes"
 	"fmt"
 	"net"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -34,35 +30,7 @@ func wolMAC(n byte) net.HardwareAddr { return net.HardwareAddr{0x02, 0x6d, 0x66,
 // would not be visible to the test.
 func startIn(t *testing.T, ns *netns.NS) *daemon {
 	t.Helper()
-	base := openDir(t)
-	d := &daemon{t: t, mnt: filepath.Join(base, "mnt"), config: filepath.Join(base, "etc")}
-	if err := os.MkdirAll(d.mnt, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	d.cmd = exec.Command(binary, "-c", d.config, d.mnt)
-	d.log = &bytes.Buffer{}
-	d.cmd.Stdout, d.cmd.Stderr = d.log, d.log
-	if err := ns.Start(d.cmd); err != nil {
-		t.Fatal(err)
-	}
-	d.exited = make(chan struct{})
-	go func() { d.cmd.Wait(); close(d.exited) }()
-	// Cleanups run last first: the daemon stops, then its log is shown.
-	t.Cleanup(func() {
-		if t.Failed() {
-			t.Logf("machinefs log:\n%s", d.log)
-		}
-	})
-	t.Cleanup(d.stop)
-	eventually(t, "machinefs to mount", func() bool {
-		select {
-		case <-d.exited:
-			t.Fatalf("machinefs exited before mounting: %s", d.log)
-		default:
-		}
-		return mounted(d.mnt)
-	})
-	return d
+	return startNS(t, ns)
 }
 
 // segmentWoL builds the sender and target namespaces joined by one veth.

@@ -26,6 +26,7 @@ import (
 
 	"github.com/machinefs/machinefs/drivers/ipmi"
 	"github.com/machinefs/machinefs/drivers/sim"
+	"github.com/machinefs/machinefs/drivers/vswitch"
 	"github.com/machinefs/machinefs/drivers/wol"
 	mfs "github.com/machinefs/machinefs/fs"
 	"github.com/machinefs/machinefs/mountopts"
@@ -162,7 +163,21 @@ func run(cfg config) error {
 		}
 		store = &nodes.Store{Dir: cfg.opts.ConfigDir}
 	}
-	tree := nodes.NewTree(nodes.Options{Store: store, Drivers: drivers, Log: log, FanOut: cfg.opts.FanOut})
+	stateDir := cfg.opts.StateDir
+	if stateDir == "" {
+		stateDir = "/run/machinefs"
+	}
+	topts := nodes.Options{Store: store, Drivers: drivers, Log: log, FanOut: cfg.opts.FanOut}
+	// Virtual switches live in the daemon's network namespace; without
+	// netlink (an unusual sandbox) the tree works without them.
+	switches, err := vswitch.New(context.Background(), vswitch.Options{StateDir: filepath.Join(stateDir, "vswitch")})
+	if err != nil {
+		log.Warn("virtual switches unavailable", "err", err)
+	} else {
+		defer switches.Close()
+		topts.Switches = switches
+	}
+	tree := nodes.NewTree(topts)
 	ctx := context.Background()
 	if err := tree.Load(ctx); err != nil {
 		return err
@@ -190,6 +205,15 @@ func run(cfg config) error {
 		return err
 	}
 	log.Info("mounted", "mountpoint", mountpoint, "config", cfg.opts.ConfigDir, "demo", cfg.opts.Demo)
+	watchCtx, stopWatch := context.WithCancel(ctx)
+	watched := make(chan struct{})
+	go func() {
+		defer close(watched)
+		if err := tree.WatchSwitches(watchCtx); err != nil {
+			log.Warn("virtual switch changes are not watched", "err", err)
+		}
+	}()
+	defer func() { stopWatch(); <-watched }()
 	notifyParent(nil)
 	sdNotify("READY=1")
 

@@ -1,0 +1,90 @@
+package vswitch
+
+import (
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+
+	"github.com/machinefs/machinefs/nodes"
+)
+
+// record is what machinefs remembers about a switch it created. The TAPs
+// are not listed: the kernel knows them (group and alias).
+type record struct {
+	Name   string `json:"name"`
+	Group  uint32 `json:"group"`
+	Uplink string `json:"uplink,omitempty"`
+}
+
+func (m *Manager) statePath(name string) string {
+	return filepath.Join(m.stateDir, name+".json")
+}
+
+// loadState reads every NAME.json in the state directory, creating it if
+// needed.
+func (m *Manager) loadState() error {
+	if m.stateDir == "" {
+		return nil
+	}
+	if err := os.MkdirAll(m.stateDir, 0o700); err != nil {
+		return nodes.Errorf(errnoOf(err, syscall.EIO), "vswitch: state directory: %v", err)
+	}
+	ents, err := os.ReadDir(m.stateDir)
+	if err != nil {
+		return nodes.Errorf(errnoOf(err, syscall.EIO), "vswitch: state directory: %v", err)
+	}
+	for _, e := range ents {
+		if !strings.HasSuffix(e.Name(), ".json") || e.IsDir() {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join(m.stateDir, e.Name()))
+		if err != nil {
+			return nodes.Errorf(errnoOf(err, syscall.EIO), "vswitch: state: %v", err)
+		}
+		var r record
+		if err := json.Unmarshal(b, &r); err != nil || r.Name+".json" != e.Name() || r.Group == 0 {
+			return nodes.Errorf(syscall.EIO, "vswitch: state file %s is damaged", e.Name())
+		}
+		m.recs[r.Name] = &r
+	}
+	return nil
+}
+
+// save writes r atomically (temporary file, fsync, rename).
+func (m *Manager) save(r *record) error {
+	if m.stateDir == "" {
+		return nil
+	}
+	b, err := json.Marshal(r)
+	if err != nil {
+		return err
+	}
+	tmp, err := os.CreateTemp(m.stateDir, ".tmp-"+r.Name+"-")
+	if err != nil {
+		return nodes.Errorf(errnoOf(err, syscall.EIO), "vswitch: state: %v", err)
+	}
+	_, err = tmp.Write(append(b, '\n'))
+	if err == nil {
+		err = tmp.Sync()
+	}
+	if cerr := tmp.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp.Name(), m.statePath(r.Name))
+	}
+	if err != nil {
+		_ = os.Remove(tmp.Name())
+		return nodes.Errorf(errnoOf(err, syscall.EIO), "vswitch: state: %v", err)
+	}
+	return nil
+}
+
+// unsave forgets switch name on disk.
+func (m *Manager) unsave(name string) {
+	if m.stateDir != "" {
+		_ = os.Remove(m.statePath(name))
+	}
+}

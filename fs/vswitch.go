@@ -1,0 +1,135 @@
+package fs
+
+import (
+	"context"
+	"syscall"
+
+	gofs "github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+
+	"github.com/machinefs/machinefs/nodes"
+)
+
+// vswitchDir is hosts/NAME/vswitch/: one directory per managed switch and
+// the file all (every bridge, listall). mkdir creates a switch, rmdir
+// cancels it. Only the local host has live switches; elsewhere mkdir gets
+// ENOTSUP with the reason.
+type vswitchDir struct {
+	gofs.Inode
+	fsys *FS
+	host *nodes.Host
+}
+
+var (
+	_ gofs.NodeLookuper  = (*vswitchDir)(nil)
+	_ gofs.NodeReaddirer = (*vswitchDir)(nil)
+	_ gofs.NodeMkdirer   = (*vswitchDir)(nil)
+	_ gofs.NodeRmdirer   = (*vswitchDir)(nil)
+)
+
+func (d *vswitchDir) Getattr(ctx context.Context, fh gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	out.Mode = syscall.S_IFDIR | d.fsys.writable(0o775)
+	d.fsys.setTimes(&out.Attr)
+	return 0
+}
+
+func (d *vswitchDir) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	if !d.host.IsLocal() {
+		return nil, syscall.ENOENT
+	}
+	if name == "all" {
+		ch := d.GetChild("all")
+		if ch == nil {
+			h := d.host
+			ch = d.NewPersistentInode(ctx, &contentFile{fsys: d.fsys, mode: 0o444, live: func(ctx context.Context) ([]byte, error) {
+				s, err := h.SwitchText(ctx, "", "all")
+				return []byte(s), err
+			}}, gofs.StableAttr{Mode: syscall.S_IFREG})
+		}
+		ch.Operations().(*contentFile).fill(&out.Attr)
+		return ch, 0
+	}
+	if !d.host.HasSwitch(ctx, name) {
+		return nil, syscall.ENOENT
+	}
+	out.Mode = syscall.S_IFDIR | 0o755
+	d.fsys.setTimes(&out.Attr)
+	return d.switchInode(ctx, name), 0
+}
+
+func (d *vswitchDir) switchInode(ctx context.Context, name string) *gofs.Inode {
+	if ch := d.GetChild(name); ch != nil {
+		return ch
+	}
+	return d.NewPersistentInode(ctx, &switchDir{fsys: d.fsys, host: d.host, name: name}, gofs.StableAttr{Mode: syscall.S_IFDIR})
+}
+
+func (d *vswitchDir) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) {
+	var entries []fuse.DirEntry
+	if d.host.IsLocal() {
+		entries = append(entries, fuse.DirEntry{Name: "all", Mode: syscall.S_IFREG})
+		for _, n := range d.host.SwitchNames() {
+			entries = append(entries, fuse.DirEntry{Name: n, Mode: syscall.S_IFDIR})
+		}
+	}
+	return gofs.NewListDirStream(entries), 0
+}
+
+func (d *vswitchDir) Mkdir(ctx context.Context, name string, mode uint32, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	if err := d.host.CreateSwitch(ctx, name, caller(ctx)); err != nil {
+		return nil, errno(err)
+	}
+	out.Mode = syscall.S_IFDIR | 0o755
+	d.fsys.setTimes(&out.Attr)
+	return d.switchInode(ctx, name), 0
+}
+
+func (d *vswitchDir) Rmdir(ctx context.Context, name string) syscall.Errno {
+	if err := d.host.DeleteSwitch(ctx, name, caller(ctx)); err != nil {
+		return errno(err)
+	}
+	d.fsys.mu.Lock()
+	delete(d.fsys.switchDirs, d.host.Path()+"/vswitch/"+name)
+	d.fsys.mu.Unlock()
+	return 0
+}
+
+// switchDir is vswitch/NAME: config (uplink), ctl, ports, info.
+type switchDir struct {
+	gofs.Inode
+	fsys *FS
+	host *nodes.Host
+	name string
+
+	ports, info *gofs.Inode
+}
+
+func (sd *switchDir) Getattr(ctx context.Context, fh gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	out.Mode = syscall.S_IFDIR | 0o755
+	sd.fsys.setTimes(&out.Attr)
+	return 0
+}
+
+func (sd *switchDir) OnAdd(ctx context.Context) {
+	f, h, name := sd.fsys, sd.host, sd.name
+	add := func(file string, n *contentFile) *gofs.Inode {
+		ch := sd.NewPersistentInode(ctx, n, gofs.StableAttr{Mode: syscall.S_IFREG})
+		sd.AddChild(file, ch, false)
+		return ch
+	}
+	live := func(file string) func(ctx context.Context) ([]byte, error) {
+		return func(ctx context.Context) ([]byte, error) {
+			s, err := h.SwitchText(ctx, name, file)
+			return []byte(s), err
+		}
+	}
+	add("config", &contentFile{fsys: f, mode: f.writable(0o664), live: live("config"),
+		writeBatch: func(ctx context.Context, text string) error { return h.SwitchConfig(ctx, name, text, caller(ctx)) }})
+	add("ctl", &contentFile{fsys: f, mode: f.writable(0o220),
+		write: func(ctx context.Context, line string) error { return h.SwitchCtl(ctx, name, line, caller(ctx)) }})
+	sd.ports = add("ports", &contentFile{fsys: f, mode: 0o444, live: live("ports")})
+	sd.info = add("info", &contentFile{fsys: f, mode: 0o444, live: live("info")})
+	f.mu.Lock()
+	f.switchDirs[h.Path()+"/vswitch/"+name] = sd
+	f.mu.Unlock()
+}

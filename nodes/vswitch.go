@@ -1,0 +1,313 @@
+package nodes
+
+import (
+	"context"
+	"fmt"
+	"os/user"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// Switches manages the virtual switches (bridges and TAP devices) of the
+// machine machinefs runs on, ctys-setupVDE style. drivers/vswitch
+// implements it with netlink; the model only routes requests to it and
+// turns its link changes into events.
+type Switches interface {
+	Create(ctx context.Context, name string) (created bool, err error)
+	Delete(ctx context.Context, names ...string) error
+	SetUplink(ctx context.Context, name, iface string) error
+	// AddTap adds a persistent TAP owned by owner/group (NoOwner: unset).
+	AddTap(ctx context.Context, name string, owner, group uint32) (tap string, err error)
+	RemovePort(ctx context.Context, name, port string) error
+	Check(ctx context.Context, name string) error
+	// InfoText, PortsText and AllText render the info, ports and all files.
+	InfoText(ctx context.Context, name string) (string, error)
+	PortsText(ctx context.Context, name string) (string, error)
+	AllText(ctx context.Context) (string, error)
+	// Uplink is the switch's uplink interface, "" if none.
+	Uplink(ctx context.Context, name string) (string, error)
+	// List names the switches machinefs manages.
+	List() []string
+	// Exists reports whether a bridge of that name exists, managed or not.
+	Exists(ctx context.Context, name string) bool
+	// WatchChanges calls fn for every link change in the switches' network
+	// namespace, made by anyone, until ctx ends.
+	WatchChanges(ctx context.Context, fn func(SwitchChange)) error
+}
+
+// SwitchChange is a link change seen on a switch.
+type SwitchChange struct {
+	Switch, Link, What string
+}
+
+// NoOwner leaves a TAP's owner or group unset.
+const NoOwner = ^uint32(0)
+
+// IsLocal reports whether this host is the machine machinefs runs on
+// (config local = yes): only it has live virtual switches.
+func (h *Host) IsLocal() bool {
+	v, _ := h.Config().Get("local")
+	return h.parent == nil && isYes(v)
+}
+
+// switches returns the switch manager if this host may use it.
+func (h *Host) switches() (Switches, error) {
+	if !h.IsLocal() {
+		return nil, Errorf(syscall.ENOTSUP, "vswitch: only the host machinefs runs on (config local = yes) has virtual switches; %s is not it", h.path)
+	}
+	if h.tree.switches == nil {
+		return nil, Errorf(syscall.ENOTSUP, "vswitch: no switch manager in this daemon")
+	}
+	return h.tree.switches, nil
+}
+
+// SwitchNames lists the local host's managed switches (ls vswitch/).
+func (h *Host) SwitchNames() []string {
+	sw, err := h.switches()
+	if err != nil {
+		return nil
+	}
+	names := sw.List()
+	slices.Sort(names)
+	return names
+}
+
+// CreateSwitch creates (or reuses) a switch: mkdir vswitch/NAME.
+func (h *Host) CreateSwitch(ctx context.Context, name string, who Caller) error {
+	if h.tree.readOnly {
+		return Errorf(syscall.EROFS, "read-only mount")
+	}
+	sw, err := h.switches()
+	if err != nil {
+		return err
+	}
+	if !ValidName(name) || len(name) > 12 {
+		return Errorf(syscall.EINVAL, "vswitch %q: use 1-12 letters, digits, '.', '_' or '-' (TAP names add a suffix)", name)
+	}
+	created, err := callSwitch(ctx, func(ctx context.Context) (bool, error) { return sw.Create(ctx, name) })
+	if err != nil {
+		h.emit("vswitch", fmt.Sprintf("%s create failed %s: %v", name, who, err))
+		return err
+	}
+	what := "reused"
+	if created {
+		what = "created"
+	}
+	h.emit("vswitch", fmt.Sprintf("%s %s %s", name, what, who))
+	return nil
+}
+
+// DeleteSwitch removes what machinefs created for a switch: rmdir.
+func (h *Host) DeleteSwitch(ctx context.Context, name string, who Caller) error {
+	if h.tree.readOnly {
+		return Errorf(syscall.EROFS, "read-only mount")
+	}
+	sw, err := h.switches()
+	if err != nil {
+		return err
+	}
+	if _, err := callSwitch(ctx, func(ctx context.Context) (bool, error) { return false, sw.Delete(ctx, name) }); err != nil {
+		h.emit("vswitch", fmt.Sprintf("%s delete failed %s: %v", name, who, err))
+		return err
+	}
+	h.emit("vswitch", fmt.Sprintf("%s deleted %s", name, who))
+	return nil
+}
+
+// SwitchCtl runs one line written to vswitch/NAME/ctl:
+//
+//	add tap [owner=USER|UID] [group=GROUP|GID]
+//	remove PORT
+//	check
+func (h *Host) SwitchCtl(ctx context.Context, name, line string, who Caller) error {
+	sw, err := h.switches()
+	if err != nil {
+		return err
+	}
+	f := strings.Fields(line)
+	if len(f) == 0 {
+		return nil
+	}
+	run := func(fn func(ctx context.Context) (bool, error)) error {
+		_, err := callSwitch(ctx, fn)
+		return err
+	}
+	var detail string
+	switch {
+	case f[0] == "add" && len(f) >= 2 && f[1] == "tap":
+		owner, group := NoOwner, NoOwner
+		for _, kv := range f[2:] {
+			k, v, ok := strings.Cut(kv, "=")
+			var id uint32
+			var err error
+			switch {
+			case ok && k == "owner":
+				id, err = lookupID(v, false)
+				owner = id
+			case ok && k == "group":
+				id, err = lookupID(v, true)
+				group = id
+			default:
+				err = Errorf(syscall.EINVAL, "vswitch ctl: %q: want owner=USER or group=GROUP", kv)
+			}
+			if err != nil {
+				return err
+			}
+		}
+		var tap string
+		err = run(func(ctx context.Context) (bool, error) {
+			var err error
+			tap, err = sw.AddTap(ctx, name, owner, group)
+			return false, err
+		})
+		detail = "tap " + tap + " added"
+	case f[0] == "remove" && len(f) == 2:
+		err = run(func(ctx context.Context) (bool, error) { return false, sw.RemovePort(ctx, name, f[1]) })
+		detail = "port " + f[1] + " removed"
+	case f[0] == "check" && len(f) == 1:
+		err = run(func(ctx context.Context) (bool, error) { return false, sw.Check(ctx, name) })
+		detail = "check ok"
+	default:
+		return Errorf(syscall.EINVAL, "vswitch ctl: %q: want \"add tap [owner=U] [group=G]\", \"remove PORT\" or \"check\"", line)
+	}
+	if err != nil {
+		h.emit("vswitch", fmt.Sprintf("%s %q %s failed: %v", name, line, who, err))
+		return err
+	}
+	h.emit("vswitch", fmt.Sprintf("%s %s %s", name, detail, who))
+	return nil
+}
+
+// SwitchConfig applies "uplink = IFACE" (or "uplink =") written to
+// vswitch/NAME/config. The uplink must be named: machinefs never touches
+// an interface it was not told to.
+func (h *Host) SwitchConfig(ctx context.Context, name, text string, who Caller) error {
+	sw, err := h.switches()
+	if err != nil {
+		return err
+	}
+	cf, err := ParseConfig(text)
+	if err != nil {
+		return err
+	}
+	for _, k := range cf.Keys() {
+		if k != "uplink" {
+			return Errorf(syscall.EINVAL, "vswitch config: unknown key %q (uplink)", k)
+		}
+	}
+	v, ok := cf.Get("uplink")
+	if !ok {
+		return nil
+	}
+	if _, err := callSwitch(ctx, func(ctx context.Context) (bool, error) { return false, sw.SetUplink(ctx, name, v) }); err != nil {
+		h.emit("vswitch", fmt.Sprintf("%s uplink %q failed %s: %v", name, v, who, err))
+		return err
+	}
+	h.emit("vswitch", fmt.Sprintf("%s uplink %q %s", name, v, who))
+	return nil
+}
+
+// SwitchText renders one of a switch's status files: info, ports, config.
+func (h *Host) SwitchText(ctx context.Context, name, file string) (string, error) {
+	sw, err := h.switches()
+	if err != nil {
+		return "", err
+	}
+	var text string
+	_, err = callSwitch(ctx, func(ctx context.Context) (bool, error) {
+		var err error
+		switch file {
+		case "info":
+			text, err = sw.InfoText(ctx, name)
+		case "ports":
+			text, err = sw.PortsText(ctx, name)
+		case "config":
+			var up string
+			up, err = sw.Uplink(ctx, name)
+			text = "uplink = " + up + "\n"
+		case "all":
+			text, err = sw.AllText(ctx)
+		}
+		return false, err
+	})
+	return text, err
+}
+
+// HasSwitch reports whether vswitch/NAME exists (a bridge, managed or not).
+func (h *Host) HasSwitch(ctx context.Context, name string) bool {
+	sw, err := h.switches()
+	return err == nil && sw.Exists(ctx, name)
+}
+
+// switchTimeout bounds every switch call; netlink answers in microseconds
+// unless the kernel is busy deleting devices.
+const switchTimeout = 30 * time.Second
+
+func callSwitch(ctx context.Context, fn func(ctx context.Context) (bool, error)) (bool, error) {
+	var out bool
+	err := callDriver(ctx, switchTimeout, func(ctx context.Context) error {
+		var err error
+		out, err = fn(ctx)
+		return err
+	})
+	return out, err
+}
+
+func lookupName(name string, group bool) (uint32, error) {
+	var id string
+	if group {
+		g, err := user.LookupGroup(name)
+		if err != nil {
+			return 0, err
+		}
+		id = g.Gid
+	} else {
+		u, err := user.Lookup(name)
+		if err != nil {
+			return 0, err
+		}
+		id = u.Uid
+	}
+	n, err := strconv.ParseUint(id, 10, 32)
+	return uint32(n), err
+}
+
+// lookupID resolves a user or group name or number.
+func lookupID(v string, group bool) (uint32, error) {
+	if n, err := strconv.ParseUint(v, 10, 32); err == nil {
+		return uint32(n), nil
+	}
+	id, err := lookupName(v, group)
+	if err != nil {
+		kind := "user"
+		if group {
+			kind = "group"
+		}
+		return 0, Errorf(syscall.EINVAL, "vswitch ctl: no %s %q", kind, v)
+	}
+	return id, nil
+}
+
+// WatchSwitches turns the switch manager's link changes into events on the
+// local host, until ctx ends.
+func (t *Tree) WatchSwitches(ctx context.Context) error {
+	if t.switches == nil {
+		return nil
+	}
+	return t.switches.WatchChanges(ctx, func(c SwitchChange) {
+		var local *Host
+		for _, h := range t.Hosts(nil) {
+			if h.IsLocal() {
+				local = h
+				break
+			}
+		}
+		if local == nil {
+			return
+		}
+		local.emit("vswitch", fmt.Sprintf("%s link %s %s", c.Switch, c.Link, c.What))
+	})
+}
