@@ -18,6 +18,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"os/exec"
 	"sync"
 	"syscall"
 	"time"
@@ -134,7 +135,10 @@ func Mount(tree *nodes.Tree, mountpoint string, o Options) (*FS, error) {
 // or umount).
 func (f *FS) Wait() { f.server.Wait() }
 
-// Unmount stops the notifier, releases blocked readers and unmounts.
+// Unmount stops the notifier, releases blocked readers and unmounts. When
+// the mount stays busy (a shell's working directory is in it), it is
+// detached lazily after about two seconds: a daemon told to stop stops, and
+// the busy users get ENOTCONN once the daemon has exited.
 func (f *FS) Unmount() error {
 	f.notify.stop()
 	select {
@@ -143,14 +147,24 @@ func (f *FS) Unmount() error {
 		close(f.done)
 	}
 	var err error
-	for i := 0; i < 50; i++ {
+	for i := 0; i < 5; i++ {
+		// Each try of go-fuse's Unmount retries for ~0.3s itself.
 		if err = f.server.Unmount(); err == nil {
 			return nil
 		}
-		// EBUSY while a shell still has a file open; give it a moment.
 		time.Sleep(100 * time.Millisecond)
 	}
-	return fmt.Errorf("unmount %s: %w", f.mountpoint, err)
+	f.opts.Log.Warn("mount busy; detaching it lazily", "mountpoint", f.mountpoint, "err", err)
+	if os.Geteuid() == 0 {
+		if derr := syscall.Unmount(f.mountpoint, syscall.MNT_DETACH); derr != nil {
+			return fmt.Errorf("unmount %s: %w (lazy: %v)", f.mountpoint, err, derr)
+		}
+		return nil
+	}
+	if out, derr := exec.Command("fusermount3", "-u", "-z", f.mountpoint).CombinedOutput(); derr != nil {
+		return fmt.Errorf("unmount %s: %w (lazy: %v: %s)", f.mountpoint, err, derr, out)
+	}
+	return nil
 }
 
 // modes for the tree's files. Status files carry no write bit for anyone

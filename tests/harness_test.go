@@ -48,7 +48,7 @@ type daemon struct {
 	config string
 	state  string // -o statedir
 	args   []string
-	env    []string // extra environment, e.g. NOTIFY_SOCKET
+	env    []string  // extra environment, e.g. NOTIFY_SOCKET
 	ns     *netns.NS // network namespace the daemon runs in; nil: the test's
 	cmd    *exec.Cmd
 	log    *bytes.Buffer

@@ -205,15 +205,15 @@ func run(cfg config) error {
 		return err
 	}
 	log.Info("mounted", "mountpoint", mountpoint, "config", cfg.opts.ConfigDir, "demo", cfg.opts.Demo)
+	// The netlink subscription ends with the daemon. Its receive may stay
+	// blocked until the next message after cancel, so nobody waits for it.
 	watchCtx, stopWatch := context.WithCancel(ctx)
-	watched := make(chan struct{})
+	defer stopWatch()
 	go func() {
-		defer close(watched)
 		if err := tree.WatchSwitches(watchCtx); err != nil {
 			log.Warn("virtual switch changes are not watched", "err", err)
 		}
 	}()
-	defer func() { stopWatch(); <-watched }()
 	notifyParent(nil)
 	sdNotify("READY=1")
 
