@@ -9,8 +9,11 @@ import (
 	"testing"
 
 	"github.com/machinefs/machinefs/drivers/ipmi"
+	"github.com/machinefs/machinefs/drivers/ns"
 	"github.com/machinefs/machinefs/drivers/sim"
+	"github.com/machinefs/machinefs/drivers/uml"
 	"github.com/machinefs/machinefs/drivers/wol"
+	"github.com/machinefs/machinefs/mountopts"
 	"github.com/machinefs/machinefs/nodes"
 )
 
@@ -163,13 +166,14 @@ func TestManPageCoversTheCode(t *testing.T) {
 	}
 
 	// Core keys are not exported; a tree with every driver lists them all.
-	tree := nodes.NewTree(nodes.Options{Drivers: []nodes.DriverSpec{sim.Spec, ipmi.Spec, wol.Spec}})
+	specs := []nodes.DriverSpec{sim.Spec, ipmi.Spec, wol.Spec, ns.Spec, uml.Spec}
+	tree := nodes.NewTree(nodes.Options{Drivers: specs})
 	keys := tree.KeyDocs()
 	seen := map[string]bool{}
 	for _, k := range keys {
 		seen[k.Name] = true
 	}
-	for _, spec := range []nodes.DriverSpec{sim.Spec, ipmi.Spec, wol.Spec} {
+	for _, spec := range specs {
 		for _, k := range spec.Keys {
 			if !seen[k.Name] {
 				t.Errorf("KeyDocs lacks %s key %q", spec.Name, k.Name)
@@ -200,6 +204,51 @@ func TestManPageCoversTheCode(t *testing.T) {
 			t.Errorf("machinefs.8: no \".SS %s driver keys\" subsection", d.Name)
 		}
 	}
+	if len(tree.DriverSpecs()) != len(specs) {
+		t.Errorf("tree knows %d drivers, want %d", len(tree.DriverSpecs()), len(specs))
+	}
+
+	// Mount options: each one mountopts accepts must have an entry in
+	// OPTIONS, tagged "NAME" or "NAME=ARG".
+	for _, o := range mountOptions {
+		parsed, err := mountopts.Parse(o.sample)
+		if err != nil {
+			t.Errorf("mountopts rejects %q: %v (update mountOptions)", o.sample, err)
+			continue
+		}
+		if got := parsed.String(); got != o.sample {
+			t.Errorf("mountopts: %q renders back as %q (update mountOptions)", o.sample, got)
+		}
+		if !mp.hasOption(o.name) {
+			t.Errorf("machinefs.8, OPTIONS: no entry for mount option %q", o.name)
+		}
+	}
+}
+
+// mountOptions are the -o options the daemon acts on, with a sample that
+// mountopts.Parse accepts and renders back unchanged.
+var mountOptions = []struct{ name, sample string }{
+	{"allow_other", "allow_other"},
+	{"ro", "ro"},
+	{"debug", "debug"},
+	{"demo", "demo"},
+	{"background", "background"},
+	{"foreground", "foreground"},
+	{"config", "config=/etc/machinefs"},
+	{"group", "group=operators"},
+	{"fsname", "fsname=machinefs"},
+	{"statedir", "statedir=/run/machinefs"},
+	{"fanout", "fanout=32"},
+}
+
+// hasOption reports whether OPTIONS has an entry tagged name or name=ARG.
+func (mp manPage) hasOption(name string) bool {
+	for tag := range mp.entries["OPTIONS"] {
+		if tag == name || strings.HasPrefix(tag, name+"=") {
+			return true
+		}
+	}
+	return false
 }
 
 // TestRender pins the small roff renderer the check relies on.

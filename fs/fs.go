@@ -88,9 +88,11 @@ func Mount(tree *nodes.Tree, mountpoint string, o Options) (*FS, error) {
 	}
 	f.notify = newNotifier(f)
 	// Cached entries and attributes are safe because every change is
-	// invalidated by the notifier; negative entries are not cached so a
-	// host added by ctl or SIGHUP appears at once.
-	entry, attr, negative := time.Second, time.Second, time.Duration(0)
+	// invalidated by the notifier (NotifyContent also drops attributes,
+	// NotifyEntry names); a long timeout saves two LOOKUPs per open.
+	// Negative entries are not cached, so a host added by ctl or SIGHUP
+	// appears at once.
+	entry, attr, negative := time.Minute, time.Minute, time.Duration(0)
 	mo := fuse.MountOptions{
 		AllowOther:   o.AllowOther,
 		DirectMount:  os.Geteuid() == 0,

@@ -66,7 +66,9 @@ type Driver interface {
 	// Kind is the driver's name as written in the "drivers" config key.
 	Kind() string
 	// Close releases sessions, sockets and goroutines. The model calls it
-	// when the host is removed, its drivers are reconfigured, or at unmount.
+	// when the host is removed, its drivers are reconfigured (every config
+	// write), or at unmount. Machines keep running: a driver that holds
+	// processes (subhosts) leaves them for the next driver to adopt.
 	Close() error
 }
 
@@ -99,7 +101,9 @@ type Consoler interface {
 }
 
 // Describer is a driver that adds "key: value" lines to the host's state
-// file (e.g. "ipmi-session: open", "pid: 4711").
+// file (e.g. "ipmi-session: open", "pid: 4711"). Describe is called with the
+// host's lock held: it must not call the Reporter, and a driver must not
+// hold a lock that Describe needs while it calls the Reporter.
 type Describer interface {
 	Driver
 	Describe() [][2]string

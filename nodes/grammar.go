@@ -66,6 +66,9 @@ type VerbSpec struct {
 	// Arg is the name of a required argument ("N" for init).
 	Arg  string
 	Help string
+	// Always sends the verb to the driver even when the machine already
+	// shows Target (stop releases a hibernated subhost, which shows off).
+	Always bool
 }
 
 // Grammar is the whole power command grammar in one table. Drivers declare
@@ -84,7 +87,7 @@ var Grammar = []VerbSpec{
 	{Name: "suspend", Target: PowerPaused, Help: "suspend the machine"},
 	{Name: "init", Arg: "N", Help: "relay init level N (0-6) to the target"},
 	{Name: "hibernate", Transit: PowerStopping, Target: PowerOff, Help: "stop the machine's processes, keep its resources"},
-	{Name: "stop", Transit: PowerStopping, Target: PowerOff, Help: "stop and release everything the machine holds"},
+	{Name: "stop", Transit: PowerStopping, Target: PowerOff, Always: true, Help: "stop and release everything the machine holds"},
 }
 
 // Modifiers is the list of modifiers with their help, for README and help.

@@ -126,7 +126,7 @@ func (h *Host) runOwn(ctx context.Context, cmd Command, who Caller, inStack bool
 		return err
 	}
 	now := time.Now()
-	if spec.Target != "" && h.power == spec.Target && spec.Transit != PowerRebooting {
+	if spec.Target != "" && h.power == spec.Target && spec.Transit != PowerRebooting && !spec.Always {
 		// ipmitool semantics: "on" on a machine that is on succeeds
 		// and changes nothing.
 		h.lastCmd = fmt.Sprintf("%s at %s: ok (already %s)", quoted, stamp(now), h.power)

@@ -518,6 +518,9 @@ func (t *Tree) checkKey(key, value string) error {
 	}
 	if k.Check != nil {
 		if err := k.Check(value); err != nil {
+			if strings.HasPrefix(err.Error(), key) {
+				return Errorf(syscall.EINVAL, "%v", err)
+			}
 			return Errorf(syscall.EINVAL, "%s: %v", key, err)
 		}
 	}

@@ -25,7 +25,9 @@ import (
 	"syscall"
 
 	"github.com/machinefs/machinefs/drivers/ipmi"
+	"github.com/machinefs/machinefs/drivers/ns"
 	"github.com/machinefs/machinefs/drivers/sim"
+	"github.com/machinefs/machinefs/drivers/uml"
 	"github.com/machinefs/machinefs/drivers/vswitch"
 	"github.com/machinefs/machinefs/drivers/wol"
 	mfs "github.com/machinefs/machinefs/fs"
@@ -37,7 +39,7 @@ import (
 var version = "0.1.0-dev"
 
 // drivers are the drivers this build knows.
-var drivers = []nodes.DriverSpec{sim.Spec, ipmi.Spec, wol.Spec}
+var drivers = []nodes.DriverSpec{sim.Spec, ipmi.Spec, wol.Spec, ns.Spec, uml.Spec}
 
 type config struct {
 	opts       mountopts.Options

@@ -325,7 +325,7 @@ func TestUnreachable(t *testing.T) {
 	t0 := time.Now()
 	err := h.d.Power(ctx, nodes.Command{Verb: "on"})
 	wantErrno(t, err, syscall.EHOSTUNREACH)
-	if time.Since(t0) > time.Second {
+	if time.Since(t0) > 5*time.Second {
 		t.Fatalf("refused port took %v", time.Since(t0))
 	}
 	time.Sleep(1600 * time.Millisecond)
@@ -372,7 +372,7 @@ func TestHungBMC(t *testing.T) {
 		took := time.Since(t0)
 		cancel()
 		wantErrno(t, err, syscall.ETIMEDOUT)
-		if took > budget+100*time.Millisecond {
+		if took > budget+2*time.Second { // bounded, not timed: generous on a loaded machine
 			t.Fatalf("Power took %v with a %v context", took, budget)
 		}
 	}
@@ -380,7 +380,7 @@ func TestHungBMC(t *testing.T) {
 	wantErrno(t, err, syscall.ETIMEDOUT)
 	t0 := time.Now()
 	h.d.Close()
-	if took := time.Since(t0); took > 1500*time.Millisecond {
+	if took := time.Since(t0); took > 5*time.Second {
 		t.Fatalf("Close took %v", took)
 	}
 	goleak.VerifyNone(t, ignore)

@@ -1,0 +1,532 @@
+package ns
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/machinefs/machinefs/nodes"
+	"golang.org/x/sys/unix"
+)
+
+var verbs = []string{"on", "resume", "off", "poweroff", "soft", "reboot", "reset", "cycle", "pause", "suspend", "init", "hibernate", "stop"}
+
+// names maps subhost names held by live drivers in this process to the
+// host path holding them: the name is the netns, veth and cgroup name, so
+// two subhosts may not share it.
+var names = struct {
+	sync.Mutex
+	m map[string]string
+}{m: map[string]string{}}
+
+// Subhost is the ns driver of one subhost.
+type Subhost struct {
+	s      settings
+	report nodes.Reporter
+	log    *slog.Logger
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	repMu sync.Mutex // orders flushes of pending reports
+
+	mu      sync.Mutex
+	rec     *record // nil: the subhost holds nothing
+	p       *proc   // nil: not running
+	intent  string  // what the end of the running init means: release, hibernate, restart
+	killed  string  // why machinefs killed it, for the record
+	since   time.Time
+	closed  bool
+	lastRun string
+	notify  *os.File
+	pending []nodes.Status
+}
+
+// New builds the driver of one subhost and adopts it if a recorded run is
+// still alive.
+func New(_ context.Context, env nodes.DriverEnv) (nodes.Driver, error) {
+	s, err := parseSettings(env)
+	if err != nil {
+		return nil, err
+	}
+	names.Lock()
+	if holder, ok := names.m[s.name]; ok && holder != s.path {
+		names.Unlock()
+		return nil, fmt.Errorf("%w: subhost name %s is in use by %s", syscall.EEXIST, s.name, holder)
+	}
+	names.m[s.name] = s.path
+	names.Unlock()
+	d := &Subhost{s: s, report: env.Report, log: env.Log}
+	if d.log == nil {
+		d.log = slog.New(slog.DiscardHandler)
+	}
+	d.ctx, d.cancel = context.WithCancel(context.Background())
+	fail := func(err error) (nodes.Driver, error) {
+		d.cancel()
+		names.Lock()
+		delete(names.m, s.name)
+		names.Unlock()
+		return nil, err
+	}
+	if err := os.MkdirAll(s.stateDir, 0o755); err != nil {
+		return fail(fmt.Errorf("ns.state-dir: %w", err))
+	}
+	rec, err := loadRecord(s.stateDir, s.name)
+	if err != nil {
+		return fail(err)
+	}
+	if rec != nil && rec.Path != s.path {
+		return fail(fmt.Errorf("%w: subhost name %s is recorded for %s in %s", syscall.EEXIST, s.name, rec.Path, s.stateDir))
+	}
+	d.mu.Lock()
+	d.rec = rec
+	switch {
+	case rec == nil:
+		d.queue(nodes.Status{Power: nodes.PowerOff, Reachable: true, Reason: "subhost is off"})
+	default:
+		d.openNotifyLocked()
+		if p := adopt(rec.Pid, rec.Start); p != nil {
+			d.p = p
+			d.since, _ = time.Parse(time.RFC3339Nano, rec.Started)
+			d.watch(p)
+			power := nodes.PowerOn
+			if d.frozenLocked() {
+				power = nodes.PowerPaused
+			}
+			d.queue(nodes.Status{Power: power, Reachable: true, Reason: fmt.Sprintf("adopted running subhost (pid %d, started %s)", p.pid, rec.Started)})
+			break
+		}
+		if rec.Pid != 0 {
+			why := "ended while machinefs was not watching"
+			var ws unix.WaitStatus
+			if wpid, err := unix.Wait4(rec.Pid, &ws, unix.WNOHANG, nil); err == nil && wpid == rec.Pid {
+				why = statusText(ws) + " while machinefs was not watching"
+			}
+			rec.Pid, rec.Start, rec.Ended = 0, 0, why
+			_ = rec.save(s.stateDir)
+		}
+		d.queue(nodes.Status{Power: nodes.PowerOff, Reachable: true, Reason: "hibernated (" + rec.Ended + "); on restarts it, stop releases it"})
+	}
+	d.mu.Unlock()
+	d.flush()
+	return d, nil
+}
+
+func statusText(ws unix.WaitStatus) string {
+	switch {
+	case ws.Exited():
+		return fmt.Sprintf("exited with status %d", ws.ExitStatus())
+	case ws.Signaled():
+		return "killed by signal " + unix.SignalName(ws.Signal())
+	}
+	return fmt.Sprintf("ended (wait status %#x)", uint32(ws))
+}
+
+// queue adds a report to send once d.mu is released: the model's lock is
+// taken by Report and held while it calls Describe, so reports never go
+// out under d.mu.
+func (d *Subhost) queue(st nodes.Status) { d.pending = append(d.pending, st) }
+
+func (d *Subhost) flush() {
+	d.repMu.Lock()
+	defer d.repMu.Unlock()
+	d.mu.Lock()
+	p := d.pending
+	d.pending = nil
+	d.mu.Unlock()
+	for _, st := range p {
+		d.report.Report(st)
+	}
+}
+
+// Kind implements nodes.Driver.
+func (d *Subhost) Kind() string { return "ns" }
+
+// Verbs implements nodes.PowerController.
+func (d *Subhost) Verbs() []string { return verbs }
+
+// Power implements nodes.PowerController.
+func (d *Subhost) Power(ctx context.Context, cmd nodes.Command) error {
+	defer d.flush()
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		return nodes.Errorf(syscall.ESHUTDOWN, "driver closed")
+	}
+	verb := cmd.Verb
+	if verb == "init" {
+		switch cmd.InitLevel {
+		case 0:
+			verb = "poweroff"
+		case 6:
+			verb = "reboot"
+		default:
+			return nodes.Errorf(syscall.ENOTSUP, "init %d: not supported by ns subhosts (0 and 6 are)", cmd.InitLevel)
+		}
+	}
+	running := d.p != nil
+	switch verb {
+	case "on", "resume":
+		if running {
+			if err := d.freezeLocked(false); err != nil {
+				return err
+			}
+			d.queue(nodes.Status{Power: nodes.PowerOn, Reachable: true, Reason: "subhost runs (pid " + strconv.Itoa(d.p.pid) + ")"})
+			return nil
+		}
+		return d.startLocked()
+	case "off":
+		return d.endLocked("release", true)
+	case "poweroff", "soft":
+		return d.endLocked("release", cmd.Force)
+	case "hibernate":
+		if !running {
+			if d.rec == nil {
+				return nodes.Errorf(syscall.EINVAL, "hibernate: the subhost holds nothing (start it first)")
+			}
+			d.queue(nodes.Status{Power: nodes.PowerOff, Reachable: true, Reason: "hibernated"})
+			return nil
+		}
+		return d.endLocked("hibernate", cmd.Force)
+	case "stop":
+		return d.endLocked("release", cmd.Force)
+	case "reboot":
+		if !running {
+			return d.startLocked()
+		}
+		return d.endLocked("restart", cmd.Force)
+	case "reset", "cycle":
+		if !running {
+			return d.startLocked()
+		}
+		return d.endLocked("restart", true)
+	case "pause", "suspend":
+		if !running {
+			return nodes.Errorf(syscall.EINVAL, "%s: the subhost is not running", verb)
+		}
+		if err := d.freezeLocked(true); err != nil {
+			return err
+		}
+		d.queue(nodes.Status{Power: nodes.PowerPaused, Reachable: true, Reason: "frozen (cgroup freezer)"})
+		return nil
+	}
+	return nodes.Errorf(syscall.ENOTSUP, "%s: not supported by ns subhosts", cmd.Verb)
+}
+
+// startLocked sets up what is missing (a hibernated subhost keeps its
+// mounts and netns) and starts the init. A failed setup is undone.
+func (d *Subhost) startLocked() error {
+	fresh := d.rec == nil
+	if fresh {
+		if err := d.claimNameLocked(); err != nil {
+			return err
+		}
+		rec := &record{Path: d.s.path, Name: d.s.name}
+		if err := prepare(d.s, rec); err != nil {
+			if rerr := release(rec); rerr != nil {
+				d.log.Warn("undoing a failed start", "err", rerr)
+			}
+			return errnoErr(err)
+		}
+		d.rec = rec
+		if err := rec.save(d.s.stateDir); err != nil {
+			d.releaseLocked()
+			return err
+		}
+		d.openNotifyLocked()
+	}
+	p, err := startInit(d.s, d.rec)
+	if err != nil {
+		if fresh {
+			d.releaseLocked()
+		}
+		return errnoErr(err)
+	}
+	d.p, d.intent, d.killed, d.since = p, "", "", time.Now()
+	d.rec.Pid, d.rec.Start, d.rec.Started = p.pid, p.start, d.since.UTC().Format(time.RFC3339Nano)
+	if err := d.rec.save(d.s.stateDir); err != nil {
+		d.log.Warn("saving the subhost record", "err", err)
+	}
+	d.watch(p)
+	d.queue(nodes.Status{Power: nodes.PowerOn, Reachable: true, Reason: fmt.Sprintf("init %s runs as pid %d", d.rec.Init, p.pid)})
+	return nil
+}
+
+// claimNameLocked refuses a name whose netns or record belongs to someone
+// else before anything is created.
+func (d *Subhost) claimNameLocked() error {
+	rec, err := loadRecord(d.s.stateDir, d.s.name)
+	if err != nil {
+		return err
+	}
+	if rec != nil {
+		return fmt.Errorf("%w: subhost name %s is recorded for %s in %s", syscall.EEXIST, d.s.name, rec.Path, d.s.stateDir)
+	}
+	return nil
+}
+
+// errnoErr keeps a wrapped errno and makes everything else EIO, with the
+// reason.
+func errnoErr(err error) error {
+	var errno syscall.Errno
+	if errors.As(err, &errno) {
+		return err
+	}
+	return nodes.Errorf(syscall.EIO, "%v", err)
+}
+
+// endLocked ends the running init: through /run/initctl, then SIGKILL
+// after the poweroff timeout, or SIGKILL at once with force. What then
+// happens is intent's.
+func (d *Subhost) endLocked(intent string, force bool) error {
+	p := d.p
+	if p == nil {
+		if intent == "release" && d.rec != nil {
+			d.releaseLocked()
+			d.queue(nodes.Status{Power: nodes.PowerOff, Reachable: true, Reason: "stopped: mounts and netns released"})
+			return nil
+		}
+		d.queue(nodes.Status{Power: nodes.PowerOff, Reachable: true, Reason: "subhost is off"})
+		return nil
+	}
+	d.intent = intent
+	_ = d.freezeLocked(false) // a frozen init reads nothing and dies slowly
+	if force {
+		d.killed = "killed by machinefs (force)"
+		p.kill()
+		return nil
+	}
+	initctl := filepath.Join(d.rec.Live, initctlPath)
+	sent := tellInit(initctl)
+	timeout := d.s.poweroffAfter
+	d.wg.Add(1)
+	go func() {
+		defer d.wg.Done()
+		deadline := time.NewTimer(timeout)
+		defer deadline.Stop()
+		tick := time.NewTicker(50 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			select {
+			case <-d.ctx.Done():
+				return
+			case <-p.done:
+				return
+			case <-tick.C:
+				if !sent {
+					sent = tellInit(initctl)
+				}
+			case <-deadline.C:
+				d.mu.Lock()
+				if d.p == p {
+					d.killed = fmt.Sprintf("did not end within %s of the poweroff line: killed", timeout)
+					p.kill()
+				}
+				d.mu.Unlock()
+				return
+			}
+		}
+	}()
+	return nil
+}
+
+// tellInit writes a poweroff line to the init's FIFO; false if no one
+// reads it yet.
+func tellInit(fifo string) bool {
+	fd, err := unix.Open(fifo, unix.O_WRONLY|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return false
+	}
+	defer unix.Close(fd)
+	_, err = unix.Write(fd, []byte("poweroff\n"))
+	return err == nil
+}
+
+// watch waits for p's end in the background.
+func (d *Subhost) watch(p *proc) {
+	d.wg.Add(1)
+	go func() {
+		defer d.wg.Done()
+		defer close(p.done)
+		if p.wait() {
+			d.exited(p)
+		}
+	}()
+}
+
+// exited handles the end of an init: what the ending command wanted, or
+// for an init that ended by itself, a full release with how it ended.
+func (d *Subhost) exited(p *proc) {
+	why := p.status()
+	d.mu.Lock()
+	if d.p != p {
+		d.mu.Unlock()
+		return
+	}
+	d.p = nil
+	p.closeFds()
+	intent, killed := d.intent, d.killed
+	d.intent, d.killed = "", ""
+	if killed != "" {
+		why = killed + ", " + why
+	}
+	d.rec.Ended = fmt.Sprintf("%s at %s", why, time.Now().UTC().Format(time.RFC3339))
+	d.rec.Pid, d.rec.Start = 0, 0
+	d.lastRun = d.rec.Ended
+	if d.closed && intent == "restart" {
+		intent = "hibernate" // no new watchers once closed; the next driver starts it
+	}
+	switch intent {
+	case "hibernate":
+		_ = d.rec.save(d.s.stateDir)
+		d.queue(nodes.Status{Power: nodes.PowerOff, Reachable: true, Reason: "hibernated"})
+	case "restart":
+		if err := d.startLocked(); err != nil {
+			d.releaseLocked()
+			d.queue(nodes.Status{Power: nodes.PowerOff, Reachable: true, Reason: "restart failed: " + err.Error(), Err: err})
+		}
+	case "release":
+		ended := d.rec.Ended
+		d.releaseLocked()
+		d.queue(nodes.Status{Power: nodes.PowerOff, Reachable: true, Reason: "powered off: " + ended})
+	default:
+		ended := d.rec.Ended
+		d.releaseLocked()
+		var err error
+		if !strings.HasPrefix(why, "exited with status 0") {
+			err = nodes.Errorf(syscall.EIO, "subhost init %s", why)
+		}
+		d.queue(nodes.Status{Power: nodes.PowerOff, Reachable: true, Reason: ended, Err: err})
+	}
+	d.mu.Unlock()
+	d.flush()
+}
+
+// releaseLocked removes everything the subhost holds and its record.
+func (d *Subhost) releaseLocked() {
+	if d.notify != nil {
+		d.notify.Close()
+		d.notify = nil
+	}
+	if d.rec == nil {
+		return
+	}
+	if d.p != nil {
+		d.p.kill()
+	}
+	if err := release(d.rec); err != nil {
+		d.log.Warn("releasing subhost", "err", err)
+	}
+	_ = os.Remove(recordPath(d.s.stateDir, d.s.name))
+	d.rec = nil
+}
+
+// openNotifyLocked opens the subhost's notify FIFO for reading (O_RDWR, so
+// it never sees end of file) and turns each line into a notify event.
+func (d *Subhost) openNotifyLocked() {
+	if d.notify != nil || d.rec == nil || d.closed {
+		return
+	}
+	f, err := os.OpenFile(filepath.Join(d.rec.Live, notifyPath), os.O_RDWR, 0)
+	if err != nil {
+		d.log.Warn("notify FIFO", "err", err)
+		return
+	}
+	d.notify = f
+	d.wg.Add(1)
+	go func() {
+		defer d.wg.Done()
+		r := bufio.NewReader(f)
+		for {
+			line, err := r.ReadString('\n')
+			if line = strings.TrimSpace(line); line != "" {
+				d.report.Event("notify", line)
+			}
+			if err != nil {
+				if !errors.Is(err, os.ErrClosed) && !errors.Is(err, io.EOF) {
+					d.log.Warn("notify FIFO", "err", err)
+				}
+				return
+			}
+		}
+	}()
+}
+
+// freezeLocked sets the cgroup freezer and waits until it took effect.
+func (d *Subhost) freezeLocked(on bool) error {
+	if d.rec == nil || d.rec.Cgroup == "" {
+		if on {
+			return nodes.Errorf(syscall.ENOTSUP, "pause: no cgroup v2 freezer on this host")
+		}
+		return nil
+	}
+	v := "0"
+	if on {
+		v = "1"
+	}
+	if err := os.WriteFile(filepath.Join(d.rec.Cgroup, "cgroup.freeze"), []byte(v), 0); err != nil {
+		return nodes.Errorf(syscall.EIO, "cgroup freezer: %v", err)
+	}
+	deadline := time.Now().Add(2 * time.Second)
+	for d.frozenLocked() != on {
+		if time.Now().After(deadline) {
+			return nodes.Errorf(syscall.ETIMEDOUT, "cgroup freezer: not %s after 2s", map[bool]string{true: "frozen", false: "thawed"}[on])
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+	return nil
+}
+
+func (d *Subhost) frozenLocked() bool {
+	if d.rec == nil || d.rec.Cgroup == "" {
+		return false
+	}
+	data, _ := os.ReadFile(filepath.Join(d.rec.Cgroup, "cgroup.events"))
+	return strings.Contains(string(data), "frozen 1")
+}
+
+// Close stops watching. It leaves a running subhost running and a
+// hibernated one as it is: the record in ns.state-dir lets the next driver
+// adopt it.
+func (d *Subhost) Close() error {
+	d.mu.Lock()
+	if d.closed {
+		d.mu.Unlock()
+		return nil
+	}
+	d.closed = true
+	p := d.p
+	if d.notify != nil {
+		d.notify.Close()
+		d.notify = nil
+	}
+	d.mu.Unlock()
+	d.cancel()
+	if p != nil {
+		p.stopWatching()
+	}
+	d.wg.Wait()
+	if p != nil {
+		d.mu.Lock()
+		if d.p == p {
+			p.closeFds()
+		}
+		d.mu.Unlock()
+	}
+	names.Lock()
+	if names.m[d.s.name] == d.s.path {
+		delete(names.m, d.s.name)
+	}
+	names.Unlock()
+	return nil
+}

@@ -1,0 +1,235 @@
+package uml
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/machinefs/machinefs/nodes"
+)
+
+// consoleCommands are UML's mconsole commands (help is the tree's own),
+// plus backup.
+var consoleCommands = []nodes.ConsoleCommand{
+	{Name: "version", Help: "the UML kernel version"},
+	{Name: "halt", Help: "halt at once, no sync, no clean shutdown"},
+	{Name: "reboot", Help: "reboot at once, no sync, no clean shutdown"},
+	{Name: "config", Usage: "config DEV=CONFIG | config DEV", Help: "add a device (ubd3=/img, eth1=...) or show a device's configuration"},
+	{Name: "remove", Usage: "remove DEV", Help: "remove an idle device"},
+	{Name: "sysrq", Usage: "sysrq LETTER", Help: "a SysRq command (s sync, c crash, t tasks...)"},
+	{Name: "cad", Help: "ctrl-alt-del: what init makes of it"},
+	{Name: "stop", Help: "pause the guest (it then only answers mconsole)"},
+	{Name: "go", Help: "resume a stopped guest"},
+	{Name: "log", Usage: "log TEXT", Help: "printk TEXT in the guest's kernel log"},
+	{Name: "proc", Usage: "proc FILE", Help: "the guest's /proc/FILE"},
+	{Name: "stack", Usage: "stack PID", Help: "stack of the guest process PID (to the guest's kernel log)"},
+	{Name: "backup", Usage: "backup DEST", Help: "online backup: stop, sysrq s, copy the root tree or image to DEST (new path), go"},
+}
+
+// ConsoleCommands implements nodes.Consoler.
+func (m *Machine) ConsoleCommands() []nodes.ConsoleCommand { return consoleCommands }
+
+// Console implements nodes.Consoler: the command goes to UML as written and
+// the reply keeps UML's words. An "ERR" reply of UML is an error whose text
+// is UML's reply.
+func (m *Machine) Console(ctx context.Context, name string, args []string) (string, error) {
+	if name == "backup" {
+		return m.backup(ctx, args)
+	}
+	known := false
+	for _, c := range consoleCommands {
+		known = known || c.Name == name
+	}
+	if !known {
+		return "", nodes.Errorf(syscall.ENOTSUP, "not an mconsole command: %q", name)
+	}
+	g, err := m.running()
+	if err != nil {
+		return "", err
+	}
+	line := strings.Join(append([]string{name}, args...), " ")
+	m.mu.Lock()
+	if name == "halt" {
+		g.expect = "console halt"
+	}
+	m.mu.Unlock()
+	text, err := m.request(ctx, g, line)
+	if err != nil {
+		return "", err
+	}
+	switch name {
+	case "stop":
+		m.setPaused(g, true)
+		m.report.Report(nodes.Status{Power: nodes.PowerPaused, Reachable: true, Reason: "guest paused (console stop)"})
+	case "go":
+		m.setPaused(g, false)
+		m.report.Report(nodes.Status{Power: nodes.PowerOn, Reachable: true, Reason: "guest resumed (console go)"})
+	case "reboot":
+		m.mu.Lock()
+		g.booted, g.paused = false, false
+		m.mu.Unlock()
+		m.writeRecord(g)
+		m.report.Report(nodes.Status{Power: nodes.PowerRebooting, Reachable: true, Reason: "guest rebooting (console reboot)"})
+	}
+	return text, nil
+}
+
+// backup makes an online backup as the mconsole HOWTO describes: stop the
+// guest, sync its file systems (sysrq s), copy the root tree or image to
+// DEST, resume. The guest is resumed whatever fails; a guest that was
+// paused before stays paused.
+func (m *Machine) backup(ctx context.Context, args []string) (string, error) {
+	if len(args) != 1 {
+		return "", nodes.Errorf(syscall.EINVAL, "usage: backup DEST (a new absolute path)")
+	}
+	dest := filepath.Clean(args[0])
+	if !filepath.IsAbs(dest) {
+		return "", nodes.Errorf(syscall.EINVAL, "backup: %q is not an absolute path", args[0])
+	}
+	if _, err := os.Lstat(dest); err == nil {
+		return "", nodes.Errorf(syscall.EEXIST, "backup: %s exists; give a new path", dest)
+	}
+	if fi, err := os.Stat(filepath.Dir(dest)); err != nil || !fi.IsDir() {
+		return "", nodes.Errorf(syscall.ENOENT, "backup: directory %s does not exist", filepath.Dir(dest))
+	}
+	src := m.root.hostfs
+	if src == "" {
+		src = m.root.image
+	}
+	if rel, err := filepath.Rel(src, dest); err == nil && !strings.HasPrefix(rel, "..") {
+		return "", nodes.Errorf(syscall.EINVAL, "backup: %s is inside the guest's root %s", dest, src)
+	}
+	g, err := m.running()
+	if err != nil {
+		return "", err
+	}
+	m.mu.Lock()
+	wasPaused, booted := g.paused, g.booted
+	m.mu.Unlock()
+	if !booted {
+		return "", nodes.Errorf(syscall.EAGAIN, "backup: the guest is still booting")
+	}
+	started := time.Now()
+	if !wasPaused {
+		if _, err := m.request(ctx, g, "stop"); err != nil {
+			return "", fmt.Errorf("backup: stop: %w", err)
+		}
+		m.setPaused(g, true)
+		m.report.Report(nodes.Status{Power: nodes.PowerPaused, Reachable: true, Reason: "guest paused for a backup to " + dest})
+	}
+	resume := func() error {
+		if wasPaused {
+			return nil
+		}
+		// Resume even when the caller's time is up.
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), m.reqTimeout)
+		defer cancel()
+		if _, err := m.request(rctx, g, "go"); err != nil {
+			return err
+		}
+		m.setPaused(g, false)
+		m.report.Report(nodes.Status{Power: nodes.PowerOn, Reachable: true, Reason: "guest resumed after a backup to " + dest})
+		return nil
+	}
+	fail := func(step string, err error) (string, error) {
+		err = fmt.Errorf("backup to %s failed at %s: %w", dest, step, err)
+		if rerr := resume(); rerr != nil {
+			err = fmt.Errorf("%w; resuming the guest failed too: %v", err, rerr)
+		}
+		m.report.Event("backup", err.Error())
+		return "", err
+	}
+	if _, err := m.request(ctx, g, "sysrq s"); err != nil {
+		return fail("sysrq s", err)
+	}
+	files, size, err := copyTree(ctx, src, dest)
+	if err != nil {
+		os.RemoveAll(dest)
+		return fail("copy", err)
+	}
+	if err := resume(); err != nil {
+		return fail("go", err)
+	}
+	msg := fmt.Sprintf("backup of %s to %s: %d files, %d bytes in %s", src, dest, files, size, time.Since(started).Round(time.Millisecond))
+	m.report.Event("backup", msg)
+	return msg, nil
+}
+
+// copyTree copies a file or a directory tree (regular files, directories,
+// symlinks; modes and owners kept; device nodes, fifos and sockets
+// skipped).
+func copyTree(ctx context.Context, src, dest string) (files int, size int64, err error) {
+	err = filepath.WalkDir(src, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(src, p)
+		target := filepath.Join(dest, rel)
+		fi, err := d.Info()
+		if err != nil {
+			return err
+		}
+		st, _ := fi.Sys().(*syscall.Stat_t)
+		switch {
+		case d.IsDir():
+			if err := os.Mkdir(target, fi.Mode().Perm()|0o700); err != nil {
+				return err
+			}
+		case d.Type()&fs.ModeSymlink != 0:
+			l, err := os.Readlink(p)
+			if err != nil {
+				return err
+			}
+			if err := os.Symlink(l, target); err != nil {
+				return err
+			}
+		case d.Type().IsRegular():
+			n, err := copyFile(p, target, fi.Mode().Perm())
+			if err != nil {
+				return err
+			}
+			size += n
+		default:
+			return nil
+		}
+		files++
+		if st != nil {
+			os.Lchown(target, int(st.Uid), int(st.Gid))
+		}
+		if d.IsDir() {
+			os.Chmod(target, fi.Mode().Perm())
+		}
+		return nil
+	})
+	if errors.Is(err, context.DeadlineExceeded) {
+		err = nodes.Errorf(syscall.ETIMEDOUT, "copy took longer than the host's timeout")
+	}
+	return files, size, err
+}
+
+func copyFile(src, dest string, perm fs.FileMode) (int64, error) {
+	in, err := os.Open(src)
+	if err != nil {
+		return 0, err
+	}
+	defer in.Close()
+	out, err := os.OpenFile(dest, os.O_WRONLY|os.O_CREATE|os.O_EXCL, perm)
+	if err != nil {
+		return 0, err
+	}
+	n, err := io.Copy(out, in)
+	if cerr := out.Close(); err == nil {
+		err = cerr
+	}
+	return n, err
+}

@@ -1,0 +1,679 @@
+package uml
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/machinefs/machinefs/nodes"
+)
+
+// Machine is one UML guest: the driver of one (sub)host.
+type Machine struct {
+	report nodes.Reporter
+	log    *slog.Logger
+
+	umid            string
+	dir             string // uml_dir
+	side            string // DIR/UMID.machinefs: notify socket, console log, record
+	kernel          string
+	mem             string
+	root            rootSpec
+	rootErr         error
+	init            string
+	net             *netSpec
+	poweroffTimeout time.Duration
+	reqTimeout      time.Duration
+
+	mu     sync.Mutex
+	g      *guest
+	closed bool
+}
+
+// guest is a running linux process and what the driver knows about it.
+type guest struct {
+	pid     int
+	start   uint64
+	pidfd   int
+	notify  int // notify socket (datagram, bound to notifyPath)
+	wake    int // eventfd: Close wakes the watcher with it
+	done    chan struct{}
+	ctx     context.Context // ends when the guest exits or panics
+	cancel  context.CancelCauseFunc
+	adopted bool
+	since   time.Time
+	tap     string
+
+	// guarded by Machine.mu
+	booted   bool
+	paused   bool
+	expect   string // why an exit is expected ("off", "poweroff"...), "" if not
+	crashed  string // panic or hang text
+	timer    *time.Timer
+	detached bool // Close took the guest: it closes wake
+	fdsShut  bool // the watcher closed notify and pidfd
+}
+
+var verbs = []string{"on", "off", "poweroff", "reboot", "pause", "resume"}
+
+// New builds the driver of one host. If an earlier machinefs left a guest
+// running for this host (its record in the uml dir names a live process
+// with the same start time), the driver adopts it.
+func New(ctx context.Context, env nodes.DriverEnv) (nodes.Driver, error) {
+	get := func(k, def string) string {
+		if v, ok := env.Config.Get(k); ok && v != "" {
+			return v
+		}
+		return def
+	}
+	m := &Machine{
+		report:          env.Report,
+		log:             env.Log,
+		umid:            path.Base(env.Path),
+		dir:             filepath.Clean(get("uml.dir", DefaultDir)),
+		kernel:          get("uml.kernel", DefaultKernel),
+		mem:             get("uml.mem", DefaultMem),
+		init:            get("uml.init", ""),
+		poweroffTimeout: env.Config.Duration("uml.poweroff-timeout", DefaultPoweroffTimeout),
+		reqTimeout:      env.Config.Duration("uml.mconsole-timeout", DefaultRequestTimeout),
+	}
+	if m.log == nil {
+		m.log = slog.New(slog.DiscardHandler)
+	}
+	m.side = filepath.Join(m.dir, m.umid+".machinefs")
+	if rv, ok := env.Config.Get("uml.root"); !ok || rv == "" {
+		return nil, nodes.Errorf(syscall.EINVAL, "uml.root is required (hostfs:/DIR or ubd0=/IMAGE)")
+	} else if m.root, m.rootErr = parseRoot(rv); m.rootErr != nil {
+		return nil, nodes.Errorf(syscall.EINVAL, "uml.root: %v", m.rootErr)
+	}
+	if nv, ok := env.Config.Get("uml.net"); ok && nv != "" {
+		ns, err := parseNet(nv)
+		if err != nil {
+			return nil, nodes.Errorf(syscall.EINVAL, "uml.net: %v", err)
+		}
+		if !ifnameRE.MatchString(m.umid) {
+			return nil, nodes.Errorf(syscall.EINVAL, "uml.net: host name %q does not fit a TAP name (1-15 letters, digits, '.', '_', '-')", m.umid)
+		}
+		m.net = &ns
+	}
+	if p := m.mconsolePath(); len(p) > maxSocketPath {
+		return nil, nodes.Errorf(syscall.ENAMETOOLONG, "mconsole socket %s is longer than %d bytes: shorten uml.dir", p, maxSocketPath)
+	}
+	if p := m.notifyPath(); len(p) > maxSocketPath {
+		return nil, nodes.Errorf(syscall.ENAMETOOLONG, "notify socket %s is longer than %d bytes: shorten uml.dir", p, maxSocketPath)
+	}
+	m.adopt(ctx)
+	return m, nil
+}
+
+func (m *Machine) umidDir() string      { return filepath.Join(m.dir, m.umid) }
+func (m *Machine) mconsolePath() string { return filepath.Join(m.dir, m.umid, "mconsole") }
+func (m *Machine) notifyPath() string   { return filepath.Join(m.side, "notify") }
+func (m *Machine) recordPath() string   { return filepath.Join(m.side, "record") }
+
+// ConsoleLog is where the guest's console output goes.
+func (m *Machine) ConsoleLog() string { return filepath.Join(m.side, "console.log") }
+
+// Kind implements nodes.Driver.
+func (m *Machine) Kind() string { return "uml" }
+
+// Verbs implements nodes.PowerController.
+func (m *Machine) Verbs() []string { return verbs }
+
+// adopt takes over a guest recorded by an earlier driver of this host (an
+// earlier machinefs, or this one before a reconfiguration).
+func (m *Machine) adopt(ctx context.Context) {
+	r, err := readRecord(m.recordPath())
+	if err != nil {
+		if !errors.Is(err, os.ErrNotExist) {
+			m.log.Warn("uml: unreadable record, ignored", "err", err)
+			os.Remove(m.recordPath())
+		}
+		m.report.Report(nodes.Status{Power: nodes.PowerOff, Reachable: true, Reason: "no guest running"})
+		return
+	}
+	stale := func(why string) {
+		removeUmidDir(m.umidDir(), r.Pid)
+		m.deleteTap(r.Tap)
+		os.Remove(m.recordPath())
+		os.Remove(m.notifyPath())
+		m.report.Report(nodes.Status{Power: nodes.PowerOff, Reachable: true, Reason: why})
+	}
+	pidfd, err := unix.PidfdOpen(r.Pid, 0)
+	if err != nil {
+		stale(fmt.Sprintf("recorded guest pid %d is gone", r.Pid))
+		return
+	}
+	state, start, err := procStat(r.Pid)
+	if err != nil || start != r.Start {
+		unix.Close(pidfd)
+		stale(fmt.Sprintf("recorded guest pid %d is gone (the pid now belongs to another process)", r.Pid))
+		return
+	}
+	g, err := m.newGuest(r.Pid, start, pidfd)
+	if err != nil {
+		unix.Close(pidfd)
+		m.report.Report(nodes.Status{Power: nodes.PowerUnknown, Reachable: false, Reason: "cannot watch recorded guest", Err: err})
+		return
+	}
+	g.adopted = true
+	g.tap = r.Tap
+	g.paused = r.Paused
+	g.booted = true
+	m.mu.Lock()
+	m.g = g
+	m.mu.Unlock()
+	m.watch(g)
+	if state == 'Z' {
+		// It ended while nobody watched: the watcher reaps it and
+		// reports how.
+		return
+	}
+	p, reason := nodes.PowerOn, fmt.Sprintf("adopted running guest pid %d", r.Pid)
+	if g.paused {
+		p, reason = nodes.PowerPaused, fmt.Sprintf("adopted paused guest pid %d", r.Pid)
+	}
+	rctx, cancel := context.WithTimeout(ctx, min(m.reqTimeout, time.Second))
+	_, err = Request(rctx, m.mconsolePath(), "version")
+	cancel()
+	if err != nil {
+		m.report.Report(nodes.Status{Power: nodes.PowerUnknown, Reachable: false, Reason: reason + ", but its mconsole does not answer", Err: err})
+		return
+	}
+	m.report.Report(nodes.Status{Power: p, Reachable: true, Reason: reason})
+}
+
+// newGuest prepares the watch of a process: the notify socket (bound
+// afresh at the notify path, which is machinefs's) and the wake eventfd.
+func (m *Machine) newGuest(pid int, start uint64, pidfd int) (*guest, error) {
+	if err := os.MkdirAll(m.side, 0o700); err != nil {
+		return nil, err
+	}
+	os.Remove(m.notifyPath())
+	ns, err := unix.Socket(unix.AF_UNIX, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, 0)
+	if err != nil {
+		return nil, fmt.Errorf("notify socket: %w", err)
+	}
+	if err := unix.Bind(ns, &unix.SockaddrUnix{Name: m.notifyPath()}); err != nil {
+		unix.Close(ns)
+		return nil, fmt.Errorf("notify socket %s: %w", m.notifyPath(), err)
+	}
+	wake, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
+	if err != nil {
+		unix.Close(ns)
+		return nil, fmt.Errorf("eventfd: %w", err)
+	}
+	ctx, cancel := context.WithCancelCause(context.Background())
+	return &guest{pid: pid, start: start, pidfd: pidfd, notify: ns, wake: wake, done: make(chan struct{}), ctx: ctx, cancel: cancel, since: time.Now()}, nil
+}
+
+// watch runs the guest's watcher: one goroutine that polls the notify
+// socket, the pidfd and the wake eventfd. Notifications are always read
+// before the exit is handled, so a panic is known when the exit is.
+func (m *Machine) watch(g *guest) {
+	go func() {
+		defer func() {
+			m.mu.Lock()
+			g.fdsShut = true
+			unix.Close(g.notify)
+			unix.Close(g.pidfd)
+			if m.g == g {
+				m.g = nil
+			}
+			if !g.detached {
+				unix.Close(g.wake)
+			}
+			m.mu.Unlock()
+			close(g.done)
+		}()
+		fds := []unix.PollFd{{Fd: int32(g.notify), Events: unix.POLLIN}, {Fd: int32(g.pidfd), Events: unix.POLLIN}, {Fd: int32(g.wake), Events: unix.POLLIN}}
+		for {
+			for i := range fds {
+				fds[i].Revents = 0
+			}
+			if _, err := unix.Poll(fds, -1); err != nil {
+				if errors.Is(err, unix.EINTR) {
+					continue
+				}
+				m.log.Error("uml: poll", "err", err)
+				return
+			}
+			if fds[2].Revents != 0 {
+				return
+			}
+			m.readNotifications(g)
+			if fds[1].Revents != 0 {
+				m.exited(g)
+				return
+			}
+		}
+	}()
+}
+
+func (m *Machine) readNotifications(g *guest) {
+	buf := make([]byte, 4096)
+	for {
+		n, _, err := unix.Recvfrom(g.notify, buf, unix.MSG_DONTWAIT)
+		if err != nil {
+			return
+		}
+		nt, ok := parseNotification(buf[:n])
+		if !ok {
+			continue
+		}
+		switch nt.kind {
+		case notifySocket:
+			m.mu.Lock()
+			g.booted = true
+			m.mu.Unlock()
+			m.report.Report(nodes.Status{Power: nodes.PowerOn, Reachable: true, Reason: fmt.Sprintf("guest booted (pid %d, mconsole %s)", g.pid, nt.text)})
+		case notifyUser:
+			m.report.Event("notify", nt.text)
+		case notifyPanic, notifyHang:
+			what := "panic"
+			if nt.kind == notifyHang {
+				what = "hang"
+			}
+			m.mu.Lock()
+			g.crashed = what + ": " + nt.text
+			m.mu.Unlock()
+			g.cancel(nodes.Errorf(syscall.EHOSTDOWN, "guest crashed (%s)", g.crashed))
+			m.report.Report(nodes.Status{Power: nodes.PowerCrashed, Reachable: true, Reason: g.crashed, Err: nodes.Errorf(syscall.EIO, "guest %s", g.crashed)})
+			// A crashed UML is of no more use: end it and its helpers.
+			m.kill(g)
+		}
+	}
+}
+
+// kill ends the guest and its helper processes with SIGKILL. The pidfd is
+// still held and the process not reaped, so its pid (and process group,
+// which Setsid made equal to it) cannot have been reused.
+func (m *Machine) kill(g *guest) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if g.fdsShut || g.pid <= 1 {
+		return
+	}
+	unix.PidfdSendSignal(g.pidfd, unix.SIGKILL, nil, 0)
+	unix.Kill(-g.pid, unix.SIGKILL)
+}
+
+// exited handles the end of the guest process: how it ended, cleanup of
+// what it leaves behind, and the report.
+func (m *Machine) exited(g *guest) {
+	// Helpers may linger after SIGKILL or a panic.
+	unix.Kill(-g.pid, unix.SIGKILL)
+	how := "ended (it was adopted from an earlier machinefs, so its exit status went elsewhere)"
+	if ws, ok := reap(g.pid); ok {
+		how = howEnded(ws)
+	}
+	g.cancel(nodes.Errorf(syscall.EHOSTDOWN, "guest process %s", how))
+	removeUmidDir(m.umidDir(), g.pid)
+	m.deleteTap(g.tap)
+	os.Remove(m.recordPath())
+
+	m.mu.Lock()
+	if g.timer != nil {
+		g.timer.Stop()
+	}
+	if m.g == g {
+		m.g = nil
+	}
+	crashed, expect, booted := g.crashed, g.expect, g.booted
+	m.mu.Unlock()
+	os.Remove(m.notifyPath())
+
+	m.log.Info("uml: guest process ended", "pid", g.pid, "how", how)
+	switch {
+	case crashed != "":
+		m.report.Report(nodes.Status{Power: nodes.PowerCrashed, Reachable: true, Reason: fmt.Sprintf("%s; guest process %s", crashed, how)})
+	case expect != "":
+		m.report.Report(nodes.Status{Power: nodes.PowerOff, Reachable: true, Reason: fmt.Sprintf("guest stopped (%s): process %s", expect, how)})
+	case !booted || !strings.HasPrefix(how, "exited with status 0"):
+		reason := fmt.Sprintf("guest process %s", how)
+		if !booted {
+			reason = fmt.Sprintf("guest process %s before it booted (see %s)", how, m.ConsoleLog())
+		}
+		m.report.Report(nodes.Status{Power: nodes.PowerOff, Reachable: true, Reason: reason, Err: nodes.Errorf(syscall.EIO, "%s", reason)})
+	default:
+		m.report.Report(nodes.Status{Power: nodes.PowerOff, Reachable: true, Reason: "guest powered itself off: process " + how})
+	}
+}
+
+// running returns the guest, or an error saying it is not running.
+func (m *Machine) running() (*guest, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.closed {
+		return nil, nodes.Errorf(syscall.ESHUTDOWN, "driver closed")
+	}
+	if m.g == nil {
+		return nil, nodes.Errorf(syscall.EHOSTDOWN, "guest is off")
+	}
+	return m.g, nil
+}
+
+// request sends one mconsole command to g, bounded by ctx, the mconsole
+// timeout and the life of the guest.
+func (m *Machine) request(ctx context.Context, g *guest, command string) (string, error) {
+	ctx, cancel := context.WithTimeoutCause(ctx, m.reqTimeout, nodes.Errorf(syscall.ETIMEDOUT, "UML did not answer %q within %s", command, m.reqTimeout))
+	defer cancel()
+	stop := context.AfterFunc(g.ctx, func() { cancel() })
+	defer stop()
+	text, err := Request(ctx, m.mconsolePath(), command)
+	if err != nil && g.ctx.Err() != nil {
+		return "", context.Cause(g.ctx)
+	}
+	if err != nil && errors.Is(context.Cause(ctx), syscall.ETIMEDOUT) {
+		return "", context.Cause(ctx)
+	}
+	return text, err
+}
+
+func (m *Machine) setPaused(g *guest, paused bool) {
+	m.mu.Lock()
+	g.paused = paused
+	m.mu.Unlock()
+	m.writeRecord(g)
+}
+
+func (m *Machine) writeRecord(g *guest) {
+	m.mu.Lock()
+	r := record{Pid: g.pid, Start: g.start, Umid: m.umid, Notify: m.notifyPath(), Tap: g.tap, Paused: g.paused}
+	m.mu.Unlock()
+	if err := writeFileAtomic(m.recordPath(), r.marshal()); err != nil {
+		m.log.Warn("uml: writing record", "err", err)
+	}
+}
+
+// Power implements nodes.PowerController.
+func (m *Machine) Power(ctx context.Context, cmd nodes.Command) error {
+	switch cmd.Verb {
+	case "on":
+		return m.powerOn(ctx)
+	case "resume":
+		g, err := m.running()
+		if err != nil {
+			return m.powerOn(ctx)
+		}
+		if _, err := m.request(ctx, g, "go"); err != nil {
+			return err
+		}
+		m.setPaused(g, false)
+		m.report.Report(nodes.Status{Power: nodes.PowerOn, Reachable: true, Reason: "guest resumed (mconsole go)"})
+		return nil
+	case "pause":
+		g, err := m.running()
+		if err != nil {
+			return err
+		}
+		if _, err := m.request(ctx, g, "stop"); err != nil {
+			return err
+		}
+		m.setPaused(g, true)
+		m.report.Report(nodes.Status{Power: nodes.PowerPaused, Reachable: true, Reason: "guest paused (mconsole stop)"})
+		return nil
+	case "reboot":
+		g, err := m.running()
+		if err != nil {
+			return err
+		}
+		if _, err := m.request(ctx, g, "reboot"); err != nil {
+			return err
+		}
+		m.mu.Lock()
+		g.booted, g.paused = false, false
+		m.mu.Unlock()
+		m.writeRecord(g)
+		return nil
+	case "off":
+		return m.halt(ctx, "off")
+	case "poweroff":
+		if cmd.Force {
+			return m.halt(ctx, "poweroff force")
+		}
+		return m.poweroff(ctx)
+	}
+	return nodes.Errorf(syscall.ENOTSUP, "uml does not know %q", cmd.Verb)
+}
+
+// halt stops the guest at once (mconsole halt), and kills it if it does
+// not answer.
+func (m *Machine) halt(ctx context.Context, why string) error {
+	g, err := m.running()
+	if err != nil {
+		m.report.Report(nodes.Status{Power: nodes.PowerOff, Reachable: true, Reason: "guest is off"})
+		return nil
+	}
+	m.mu.Lock()
+	g.expect = why
+	m.mu.Unlock()
+	if _, err := m.request(ctx, g, "halt"); err != nil {
+		if g.ctx.Err() != nil {
+			return nil // it is ending anyway
+		}
+		m.log.Warn("uml: halt not answered, killing the guest", "pid", g.pid, "err", err)
+		m.mu.Lock()
+		g.expect = why + ", killed: halt not answered: " + err.Error()
+		m.mu.Unlock()
+		m.kill(g)
+	}
+	return nil
+}
+
+// poweroff asks the guest's init to shut down (ctrl-alt-del), and halts it
+// if it is still up after the poweroff timeout.
+func (m *Machine) poweroff(ctx context.Context) error {
+	g, err := m.running()
+	if err != nil {
+		m.report.Report(nodes.Status{Power: nodes.PowerOff, Reachable: true, Reason: "guest is off"})
+		return nil
+	}
+	m.mu.Lock()
+	paused := g.paused
+	m.mu.Unlock()
+	if paused {
+		if _, err := m.request(ctx, g, "go"); err != nil {
+			return err
+		}
+		m.setPaused(g, false)
+	}
+	m.mu.Lock()
+	g.expect = "poweroff"
+	m.mu.Unlock()
+	if _, err := m.request(ctx, g, "cad"); err != nil {
+		if g.ctx.Err() != nil {
+			return nil
+		}
+		return m.halt(ctx, "poweroff: ctrl-alt-del not answered ("+err.Error()+"), halted")
+	}
+	m.mu.Lock()
+	if g.timer != nil {
+		g.timer.Stop()
+	}
+	g.timer = time.AfterFunc(m.poweroffTimeout, func() {
+		m.mu.Lock()
+		live := m.g == g && !m.closed
+		m.mu.Unlock()
+		if live {
+			hctx, cancel := context.WithTimeout(context.Background(), m.reqTimeout)
+			defer cancel()
+			m.halt(hctx, fmt.Sprintf("poweroff: still up %s after ctrl-alt-del, halted", m.poweroffTimeout))
+		}
+	})
+	m.mu.Unlock()
+	return nil
+}
+
+// powerOn starts linux. It returns once the process runs; the notify
+// socket's SOCKET message reports the guest on.
+func (m *Machine) powerOn(ctx context.Context) error {
+	m.mu.Lock()
+	if m.closed {
+		m.mu.Unlock()
+		return nodes.Errorf(syscall.ESHUTDOWN, "driver closed")
+	}
+	if g := m.g; g != nil {
+		paused, crashed := g.paused, g.crashed
+		m.mu.Unlock()
+		switch {
+		case crashed != "":
+			return nodes.Errorf(syscall.EBUSY, "the crashed guest (pid %d) is still being cleaned up", g.pid)
+		case paused:
+			if _, err := m.request(ctx, g, "go"); err != nil {
+				return err
+			}
+			m.setPaused(g, false)
+			m.report.Report(nodes.Status{Power: nodes.PowerOn, Reachable: true, Reason: "guest resumed (mconsole go)"})
+		}
+		return nil
+	}
+	m.mu.Unlock()
+
+	kernel, err := exec.LookPath(m.kernel)
+	if err != nil {
+		return nodes.Errorf(syscall.ENOENT, "uml.kernel %s: %v (Debian package user-mode-linux)", m.kernel, err)
+	}
+	if m.root.hostfs != "" {
+		if fi, err := os.Stat(m.root.hostfs); err != nil || !fi.IsDir() {
+			return nodes.Errorf(syscall.ENOENT, "uml.root: hostfs directory %s does not exist", m.root.hostfs)
+		}
+	} else if _, err := os.Stat(m.root.image); err != nil && m.root.backing == "" {
+		return nodes.Errorf(syscall.ENOENT, "uml.root: image %s: %v", m.root.image, err)
+	}
+	if err := os.MkdirAll(m.side, 0o700); err != nil {
+		return err
+	}
+	// A umid dir of a dead guest is removed by UML itself; one of a live
+	// guest that is not ours makes UML refuse, and the exit says so.
+	logf, err := os.OpenFile(m.ConsoleLog(), os.O_WRONLY|os.O_CREATE|os.O_TRUNC|os.O_APPEND, 0o600)
+	if err != nil {
+		return err
+	}
+	defer logf.Close()
+	tap := ""
+	if m.net != nil {
+		if tap, err = m.createTap(); err != nil {
+			return err
+		}
+	}
+
+	args := []string{
+		"mem=" + m.mem,
+		"umid=" + m.umid,
+		"uml_dir=" + m.dir,
+	}
+	args = append(args, m.root.kernelArgs()...)
+	if m.init != "" {
+		args = append(args, "init="+m.init)
+	}
+	if m.net != nil {
+		args = append(args, fmt.Sprintf("eth0=tuntap,%s,%s", tap, m.net.mac))
+	}
+	args = append(args, "con=null", "con0=null,fd:1", "mconsole=notify:"+m.notifyPath())
+
+	pidfd := -1
+	// The notify socket must exist before linux starts: bind it with a
+	// placeholder guest, then fill in the process.
+	g, err := m.newGuest(0, 0, -1)
+	if err != nil {
+		m.deleteTap(tap)
+		return err
+	}
+	g.tap = tap
+	c := exec.Command(kernel, args...)
+	c.Dir = m.side
+	c.Stdout, c.Stderr = logf, logf
+	c.Env = []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin", "TMPDIR=/tmp"}
+	c.SysProcAttr = &syscall.SysProcAttr{Setsid: true, PidFD: &pidfd}
+	if err := c.Start(); err != nil {
+		unix.Close(g.notify)
+		unix.Close(g.wake)
+		os.Remove(m.notifyPath())
+		m.deleteTap(tap)
+		return nodes.Errorf(syscall.EIO, "starting %s: %v", kernel, err)
+	}
+	g.pid, g.pidfd = c.Process.Pid, pidfd
+	// The driver reaps the process itself (through its pidfd watcher).
+	c.Process.Release()
+	_, g.start, err = procStat(g.pid)
+	if err != nil {
+		m.log.Warn("uml: reading start time", "pid", g.pid, "err", err)
+	}
+	m.mu.Lock()
+	closed := m.closed
+	if !closed {
+		m.g = g
+	}
+	m.mu.Unlock()
+	m.writeRecord(g)
+	if closed {
+		// Closed while starting: leave the guest to the next driver
+		// (it adopts it through the record).
+		unix.Close(g.notify)
+		unix.Close(g.wake)
+		unix.Close(g.pidfd)
+		return nodes.Errorf(syscall.ESHUTDOWN, "driver closed")
+	}
+	m.log.Info("uml: guest started", "pid", g.pid, "args", strings.Join(args, " "))
+	m.watch(g)
+	m.report.Report(nodes.Status{Power: nodes.PowerStarting, Reachable: true, Reason: fmt.Sprintf("linux started (pid %d), waiting for its mconsole", g.pid)})
+	return nil
+}
+
+// Describe implements nodes.Describer.
+func (m *Machine) Describe() [][2]string {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	out := [][2]string{{"uml-umid", m.umid}, {"uml-console-log", m.ConsoleLog()}}
+	if g := m.g; g != nil {
+		pid := strconv.Itoa(g.pid)
+		if g.adopted {
+			pid += " (adopted)"
+		}
+		out = append(out, [2]string{"uml-pid", pid}, [2]string{"uml-mconsole", m.mconsolePath()})
+		if g.tap != "" {
+			out = append(out, [2]string{"uml-tap", g.tap})
+		}
+	}
+	return out
+}
+
+// Close stops the watcher and closes the sockets. It never stops the
+// guest: a guest outlives the daemon, and the next driver of the host
+// adopts it through the record.
+func (m *Machine) Close() error {
+	m.mu.Lock()
+	m.closed = true
+	g := m.g
+	m.g = nil
+	if g != nil {
+		g.detached = true
+		if g.timer != nil {
+			g.timer.Stop()
+		}
+	}
+	m.mu.Unlock()
+	if g == nil {
+		return nil
+	}
+	var one [8]byte
+	one[0] = 1
+	unix.Write(g.wake, one[:])
+	<-g.done
+	unix.Close(g.wake)
+	g.cancel(nodes.Errorf(syscall.ESHUTDOWN, "driver closed"))
+	return nil
+}

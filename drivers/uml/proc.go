@@ -1,0 +1,149 @@
+package uml
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+)
+
+// procStat returns the state letter and start time (clock ticks since boot)
+// of a process from /proc/PID/stat. The start time tells a process from a
+// later one that got the same pid.
+func procStat(pid int) (state byte, start uint64, err error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, 0, err
+	}
+	// The command name is in parentheses and may contain anything.
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return 0, 0, fmt.Errorf("/proc/%d/stat: no command name", pid)
+	}
+	f := strings.Fields(string(b[i+1:]))
+	// Fields after the name start with state (field 3); starttime is
+	// field 22.
+	if len(f) < 20 {
+		return 0, 0, fmt.Errorf("/proc/%d/stat: %d fields", pid, len(f))
+	}
+	start, err = strconv.ParseUint(f[19], 10, 64)
+	if err != nil {
+		return 0, 0, fmt.Errorf("/proc/%d/stat: start time %q", pid, f[19])
+	}
+	return f[0][0], start, nil
+}
+
+// record is what the driver writes next to the guest so that a later
+// machinefs can adopt it.
+type record struct {
+	Pid    int
+	Start  uint64
+	Umid   string
+	Notify string
+	Tap    string
+	Paused bool
+}
+
+func (r record) marshal() []byte {
+	paused := 0
+	if r.Paused {
+		paused = 1
+	}
+	return fmt.Appendf(nil, "pid=%d\nstart=%d\numid=%s\nnotify=%s\ntap=%s\npaused=%d\n", r.Pid, r.Start, r.Umid, r.Notify, r.Tap, paused)
+}
+
+func readRecord(path string) (record, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return record{}, err
+	}
+	var r record
+	for _, l := range strings.Split(string(b), "\n") {
+		k, v, ok := strings.Cut(l, "=")
+		if !ok {
+			continue
+		}
+		switch k {
+		case "pid":
+			r.Pid, err = strconv.Atoi(v)
+		case "start":
+			r.Start, err = strconv.ParseUint(v, 10, 64)
+		case "umid":
+			r.Umid = v
+		case "notify":
+			r.Notify = v
+		case "tap":
+			r.Tap = v
+		case "paused":
+			r.Paused = v == "1"
+		}
+		if err != nil {
+			return record{}, fmt.Errorf("%s: %s: %v", path, k, err)
+		}
+	}
+	if r.Pid <= 1 {
+		return record{}, fmt.Errorf("%s: no pid", path)
+	}
+	return r, nil
+}
+
+// writeFileAtomic writes data to path through a temporary file and rename.
+func writeFileAtomic(path string, data []byte) error {
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, data, 0o600); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
+}
+
+// howEnded says in words how a process ended.
+func howEnded(ws syscall.WaitStatus) string {
+	switch {
+	case ws.Exited():
+		return fmt.Sprintf("exited with status %d", ws.ExitStatus())
+	case ws.Signaled():
+		s := fmt.Sprintf("killed by signal %d (%s)", ws.Signal(), unix.SignalName(ws.Signal()))
+		if ws.CoreDump() {
+			s += ", core dumped"
+		}
+		return s
+	}
+	return fmt.Sprintf("ended (wait status %#x)", uint32(ws))
+}
+
+// reap collects the exit status of pid if it is a child of this process.
+// A guest adopted from an earlier machinefs is not: its status went to
+// whoever inherited it.
+func reap(pid int) (syscall.WaitStatus, bool) {
+	var ws syscall.WaitStatus
+	for {
+		got, err := syscall.Wait4(pid, &ws, syscall.WNOHANG|syscall.WALL, nil)
+		if errors.Is(err, syscall.EINTR) {
+			continue
+		}
+		if err != nil || got != pid {
+			return 0, false
+		}
+		return ws, true
+	}
+}
+
+// removeUmidDir removes the umid directory UML leaves behind after a crash
+// or SIGKILL, if its pid file names pid (or it has none).
+func removeUmidDir(dir string, pid int) {
+	b, err := os.ReadFile(filepath.Join(dir, "pid"))
+	if err == nil {
+		if p, _ := strconv.Atoi(strings.TrimSpace(string(b))); p != pid {
+			return
+		}
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return
+	}
+	os.RemoveAll(dir)
+}

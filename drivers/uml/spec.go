@@ -1,0 +1,189 @@
+package uml
+
+import (
+	"fmt"
+	"net"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/machinefs/machinefs/nodes"
+)
+
+// Defaults of the config keys.
+const (
+	DefaultKernel          = "/usr/bin/linux"
+	DefaultMem             = "128M"
+	DefaultDir             = "/run/machinefs/uml"
+	DefaultPoweroffTimeout = 30 * time.Second
+	DefaultRequestTimeout  = 5 * time.Second
+)
+
+// Spec registers the uml driver.
+var Spec = nodes.DriverSpec{
+	Name: "uml",
+	Doc:  "User Mode Linux guest: a linux process with its management console (mconsole) as the console file",
+	Keys: keys,
+	New:  New,
+}
+
+var keys = []nodes.KeySpec{
+	{Name: "uml.kernel", Default: DefaultKernel, Doc: "UML kernel binary to run (absolute path)", Check: checkAbsPath},
+	{Name: "uml.mem", Default: DefaultMem, Doc: "guest memory: a number with K, M or G (16M to 64G)", Check: checkMem},
+	{Name: "uml.root", Doc: "root file system (required): hostfs:/DIR (a host directory), or ubd0=/IMAGE or ubd0=/COW,/BACKING (a disk image, copy-on-write allowed)", Check: checkRoot},
+	{Name: "uml.init", Doc: "init program in the guest (absolute path in the guest; default: the kernel's choice, /sbin/init first)", Check: checkAbsPath},
+	{Name: "uml.net", Doc: "network: SWITCH:MAC, a TAP named after the host attached to the Linux bridge SWITCH, guest MAC MAC (eth0)", Check: checkNet},
+	{Name: "uml.dir", Default: DefaultDir, Doc: "uml_dir: where the guest's umid directory, mconsole and notify sockets, console log and pid record live (absolute path; sockets need it short)", Check: checkDir},
+	{Name: "uml.poweroff-timeout", Default: DefaultPoweroffTimeout.String(), Doc: "poweroff sends ctrl-alt-del, then halts the guest if it is still up after this (Go duration)", Check: durationCheck(100*time.Millisecond, time.Hour)},
+	{Name: "uml.mconsole-timeout", Default: DefaultRequestTimeout.String(), Doc: "bound on one mconsole request (Go duration); a guest that does not answer within it is killed by off", Check: durationCheck(10*time.Millisecond, 10*time.Minute)},
+}
+
+// maxSocketPath is the longest path a unix socket address takes.
+const maxSocketPath = 107
+
+var safePathRE = regexp.MustCompile(`^/[A-Za-z0-9._+/@:-]*$`)
+
+func checkAbsPath(v string) error {
+	switch {
+	case !filepath.IsAbs(v):
+		return fmt.Errorf("%q: want an absolute path", v)
+	case !safePathRE.MatchString(v):
+		return fmt.Errorf("%q: use letters, digits and . _ + - @ : / only (the path goes on the kernel command line)", v)
+	case strings.Contains(v, ","):
+		return fmt.Errorf("%q: no commas (the path goes on the kernel command line)", v)
+	}
+	return nil
+}
+
+func checkDir(v string) error {
+	if err := checkAbsPath(v); err != nil {
+		return err
+	}
+	// DIR/UMID/mconsole must fit a unix socket address.
+	if len(v) > 64 {
+		return fmt.Errorf("%q is %d bytes: keep it at most 64, the mconsole socket inside must fit 107", v, len(v))
+	}
+	return nil
+}
+
+var memRE = regexp.MustCompile(`^([0-9]+)([KkMmGg])$`)
+
+func memBytes(v string) (uint64, error) {
+	m := memRE.FindStringSubmatch(v)
+	if m == nil {
+		return 0, fmt.Errorf("%q: want a number and a unit K, M or G (e.g. 128M)", v)
+	}
+	n, err := strconv.ParseUint(m[1], 10, 40)
+	if err != nil {
+		return 0, fmt.Errorf("%q: number too large", v)
+	}
+	switch strings.ToUpper(m[2]) {
+	case "K":
+		n <<= 10
+	case "M":
+		n <<= 20
+	case "G":
+		n <<= 30
+	}
+	return n, nil
+}
+
+func checkMem(v string) error {
+	n, err := memBytes(v)
+	if err != nil {
+		return err
+	}
+	if n < 16<<20 || n > 64<<30 {
+		return fmt.Errorf("%q: want between 16M and 64G", v)
+	}
+	return nil
+}
+
+// rootSpec is a parsed uml.root.
+type rootSpec struct {
+	hostfs  string // directory, for hostfs
+	image   string // ubd0 image (the COW file when there is a backing file)
+	backing string // ubd0 backing file, for copy-on-write
+}
+
+func parseRoot(v string) (rootSpec, error) {
+	if dir, ok := strings.CutPrefix(v, "hostfs:"); ok {
+		if err := checkAbsPath(dir); err != nil {
+			return rootSpec{}, fmt.Errorf("hostfs directory %w", err)
+		}
+		return rootSpec{hostfs: filepath.Clean(dir)}, nil
+	}
+	if img, ok := strings.CutPrefix(v, "ubd0="); ok {
+		img, backing, cow := strings.Cut(img, ",")
+		if err := checkAbsPath(img); err != nil {
+			return rootSpec{}, fmt.Errorf("ubd0 image %w", err)
+		}
+		if cow {
+			if err := checkAbsPath(backing); err != nil {
+				return rootSpec{}, fmt.Errorf("ubd0 backing file %w", err)
+			}
+		}
+		return rootSpec{image: img, backing: backing}, nil
+	}
+	return rootSpec{}, fmt.Errorf("%q: want hostfs:/DIR, ubd0=/IMAGE or ubd0=/COW,/BACKING", v)
+}
+
+func checkRoot(v string) error {
+	_, err := parseRoot(v)
+	return err
+}
+
+// kernelArgs is the root part of the kernel command line.
+func (r rootSpec) kernelArgs() []string {
+	if r.hostfs != "" {
+		return []string{"root=/dev/root", "rootfstype=hostfs", "hostfs=" + r.hostfs, "rw"}
+	}
+	ubd := "ubd0=" + r.image
+	if r.backing != "" {
+		ubd += "," + r.backing
+	}
+	return []string{ubd, "root=/dev/ubda", "rw"}
+}
+
+// netSpec is a parsed uml.net.
+type netSpec struct {
+	bridge string
+	mac    net.HardwareAddr
+}
+
+var ifnameRE = regexp.MustCompile(`^[A-Za-z0-9_.-]{1,15}$`)
+
+func parseNet(v string) (netSpec, error) {
+	sw, mac, ok := strings.Cut(v, ":")
+	if !ok {
+		return netSpec{}, fmt.Errorf("%q: want SWITCH:MAC (e.g. sw0:06:a7:dd:b4:02:10)", v)
+	}
+	if !ifnameRE.MatchString(sw) {
+		return netSpec{}, fmt.Errorf("switch %q: want an interface name of 1-15 letters, digits, '.', '_' or '-'", sw)
+	}
+	hw, err := net.ParseMAC(mac)
+	if err != nil || len(hw) != 6 {
+		return netSpec{}, fmt.Errorf("MAC %q: want six hex pairs separated by colons", mac)
+	}
+	if hw[0]&1 != 0 {
+		return netSpec{}, fmt.Errorf("MAC %q is a multicast address: the first byte must be even", mac)
+	}
+	return netSpec{bridge: sw, mac: hw}, nil
+}
+
+func checkNet(v string) error {
+	_, err := parseNet(v)
+	return err
+}
+
+func durationCheck(lo, hi time.Duration) func(string) error {
+	return func(v string) error {
+		d, err := time.ParseDuration(v)
+		if err != nil || d < lo || d > hi {
+			return fmt.Errorf("%q: want a duration between %s and %s (e.g. 30s)", v, lo, hi)
+		}
+		return nil
+	}
+}

@@ -1,0 +1,276 @@
+package uml_test
+
+import (
+	"context"
+	"errors"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/machinefs/machinefs/drivers/uml"
+	"github.com/machinefs/machinefs/nodes"
+	umlh "github.com/machinefs/machinefs/tests/harness/uml"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// recorder is a Reporter that keeps what the driver said.
+type recorder struct {
+	mu       sync.Mutex
+	statuses []nodes.Status
+	events   [][2]string
+}
+
+func (r *recorder) Report(st nodes.Status) {
+	r.mu.Lock()
+	r.statuses = append(r.statuses, st)
+	r.mu.Unlock()
+}
+
+func (r *recorder) Event(kind, detail string) {
+	r.mu.Lock()
+	r.events = append(r.events, [2]string{kind, detail})
+	r.mu.Unlock()
+}
+
+// power is the last power state reported.
+func (r *recorder) last() nodes.Status {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for i := len(r.statuses) - 1; i >= 0; i-- {
+		if r.statuses[i].Power != "" {
+			return r.statuses[i]
+		}
+	}
+	return nodes.Status{}
+}
+
+func (r *recorder) hasEvent(kind, detail string) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, e := range r.events {
+		if e[0] == kind && e[1] == detail {
+			return true
+		}
+	}
+	return false
+}
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+type config map[string]string
+
+func (c config) Get(k string) (string, bool) { v, ok := c[k]; return v, ok }
+func (c config) Duration(k string, def time.Duration) time.Duration {
+	if v, ok := c[k]; ok {
+		if d, err := time.ParseDuration(v); err == nil {
+			return d
+		}
+	}
+	return def
+}
+
+func newMachine(t *testing.T, cfg config, r *recorder) *uml.Machine {
+	t.Helper()
+	d, err := uml.New(context.Background(), nodes.DriverEnv{Path: "hosts/lab01/subhosts/ut1", Config: cfg, Report: r})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d.(*uml.Machine)
+}
+
+func TestUMLKeyChecks(t *testing.T) {
+	bad := map[string]string{
+		"uml.kernel":           "linux",
+		"uml.mem":              "lots",
+		"uml.root":             "/srv/uml/web1",
+		"uml.init":             "/sbin/init with spaces",
+		"uml.net":              "sw0:zz:a7:dd:b4:02:10",
+		"uml.dir":              "relative/dir",
+		"uml.poweroff-timeout": "forever",
+		"uml.mconsole-timeout": "0s",
+	}
+	good := map[string]string{
+		"uml.kernel":           "/usr/bin/linux",
+		"uml.mem":              "128M",
+		"uml.root":             "ubd0=/srv/cow.img,/srv/base.img",
+		"uml.init":             "/sbin/init",
+		"uml.net":              "sw0:06:a7:dd:b4:02:10",
+		"uml.dir":              "/run/machinefs/uml",
+		"uml.poweroff-timeout": "30s",
+		"uml.mconsole-timeout": "2s",
+	}
+	for _, k := range uml.Spec.Keys {
+		if k.Doc == "" || k.Check == nil {
+			t.Errorf("%s: needs Doc and Check", k.Name)
+			continue
+		}
+		if err := k.Check(bad[k.Name]); err == nil {
+			t.Errorf("%s = %q accepted", k.Name, bad[k.Name])
+		} else if !strings.Contains(err.Error(), "want") && !strings.Contains(err.Error(), "use ") {
+			t.Errorf("%s: reason %q does not say what is wanted", k.Name, err)
+		}
+		if err := k.Check(good[k.Name]); err != nil {
+			t.Errorf("%s = %q refused: %v", k.Name, good[k.Name], err)
+		}
+		if k.Default != "" {
+			if err := k.Check(k.Default); err != nil {
+				t.Errorf("%s: default %q refused: %v", k.Name, k.Default, err)
+			}
+		}
+	}
+}
+
+// A socket that never answers and one that does not exist: requests end
+// with the context, with errors that say so.
+func TestUMLRequestNoAnswer(t *testing.T) {
+	dir := t.TempDir()
+	sock := filepath.Join(dir, "mute")
+	c, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: sock, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	_, err = uml.Request(ctx, sock, "version")
+	if nodes.ErrnoOf(err) != syscall.ETIMEDOUT || time.Since(start) > 5*time.Second {
+		t.Fatalf("mute socket: err %v (errno %v) after %s, want ETIMEDOUT after 200ms", err, nodes.ErrnoOf(err), time.Since(start))
+	}
+	_, err = uml.Request(context.Background(), filepath.Join(dir, "none"), "version")
+	if nodes.ErrnoOf(err) != syscall.EHOSTDOWN {
+		t.Fatalf("missing socket: %v, want EHOSTDOWN", err)
+	}
+	if _, err := uml.Request(context.Background(), sock, strings.Repeat("x", 600)); nodes.ErrnoOf(err) != syscall.EINVAL {
+		t.Fatalf("long command: %v, want EINVAL", err)
+	}
+}
+
+// The protocol against a real guest: boot (notify SOCKET and USER_NOTIFY),
+// replies short and multi-datagram, ERR replies, pause, adoption by a new
+// driver after Close (which leaves the guest running), off.
+func TestUMLGuest(t *testing.T) {
+	umlh.Skip(t)
+	root, dir := umlh.Root(t), umlh.Dir(t)
+	cfg := config{"uml.root": "hostfs:" + root, "uml.dir": dir, "uml.mem": "64M", "uml.init": "/init"}
+	r := &recorder{}
+	m := newMachine(t, cfg, r)
+	defer m.Close()
+	if p := r.last().Power; p != nodes.PowerOff {
+		t.Fatalf("new driver reports %q, want off", p)
+	}
+	ctx := context.Background()
+	if err := m.Power(ctx, nodes.Command{Verb: "on"}); err != nil {
+		t.Fatal(err)
+	}
+	if p := r.last().Power; p != nodes.PowerStarting {
+		t.Fatalf("after on: %q, want starting", p)
+	}
+	waitFor(t, "guest on", func() bool { return r.last().Power == nodes.PowerOn })
+	waitFor(t, "notify booted", func() bool { return r.hasEvent("notify", "booted") })
+	sock := filepath.Join(dir, "ut1", "mconsole")
+
+	v, err := uml.Request(ctx, sock, "version")
+	if err != nil || !strings.HasPrefix(v, "Linux") {
+		t.Fatalf("version: %q %v", v, err)
+	}
+	out, err := exec.Command("uml_mconsole", sock, "version").CombinedOutput()
+	if err == nil && !strings.Contains(string(out), v) {
+		t.Fatalf("uml_mconsole says %q, we read %q", out, v)
+	}
+	// /proc/meminfo is longer than one datagram (512 bytes).
+	mi, err := uml.Request(ctx, sock, "proc meminfo")
+	mi = strings.TrimSpace(mi) // UML's proc reply starts with a newline
+	if err != nil || len(mi) < 600 || !strings.HasPrefix(mi, "MemTotal:") || !strings.Contains(mi, "DirectMap") && !strings.Contains(mi, "Committed_AS") {
+		t.Fatalf("proc meminfo (%d bytes): %q %v", len(mi), mi, err)
+	}
+	_, err = uml.Request(ctx, sock, "remove nosuchdevice")
+	var re *uml.ReplyError
+	if !errors.As(err, &re) || re.Text == "" {
+		t.Fatalf("remove nosuchdevice: %v, want an ERR reply with UML's words", err)
+	}
+	t.Logf("UML's ERR reply: %q", re.Text)
+
+	if err := m.Power(ctx, nodes.Command{Verb: "pause"}); err != nil || r.last().Power != nodes.PowerPaused {
+		t.Fatalf("pause: %v, power %q", err, r.last().Power)
+	}
+	if err := m.Power(ctx, nodes.Command{Verb: "resume"}); err != nil || r.last().Power != nodes.PowerOn {
+		t.Fatalf("resume: %v, power %q", err, r.last().Power)
+	}
+
+	// Close leaves the guest running; a new driver adopts it.
+	m.Close()
+	pids := umlh.Guests(dir)
+	if len(pids) == 0 {
+		t.Fatal("Close stopped the guest")
+	}
+	r2 := &recorder{}
+	m2 := newMachine(t, cfg, r2)
+	defer m2.Close()
+	if st := r2.last(); st.Power != nodes.PowerOn || !strings.Contains(st.Reason, "adopted") {
+		t.Fatalf("new driver: %+v, want on, adopted", st)
+	}
+	if err := m2.Power(ctx, nodes.Command{Verb: "off"}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "guest off", func() bool { return r2.last().Power == nodes.PowerOff })
+	t.Logf("off: %s", r2.last().Reason)
+	waitFor(t, "no linux left", func() bool { return len(umlh.Guests(dir)) == 0 })
+	if _, err := os.Stat(filepath.Join(dir, "ut1")); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("umid dir left: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "ut1.machinefs", "record")); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("record left: %v", err)
+	}
+}
+
+// BenchmarkRequestVersion is one mconsole version round trip from Go.
+func BenchmarkUMLRequestVersion(b *testing.B) {
+	umlh.Skip(b)
+	root, dir := umlh.Root(b), umlh.Dir(b)
+	r := &recorder{}
+	d, err := uml.New(context.Background(), nodes.DriverEnv{Path: "hosts/bench1", Config: config{"uml.root": "hostfs:" + root, "uml.dir": dir, "uml.mem": "64M", "uml.init": "/init"}, Report: r})
+	if err != nil {
+		b.Fatal(err)
+	}
+	m := d.(*uml.Machine)
+	defer m.Close()
+	if err := m.Power(context.Background(), nodes.Command{Verb: "on"}); err != nil {
+		b.Fatal(err)
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for r.last().Power != nodes.PowerOn && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	sock := filepath.Join(dir, "bench1", "mconsole")
+	b.ResetTimer()
+	for b.Loop() {
+		if _, err := uml.Request(context.Background(), sock, "version"); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.StopTimer()
+	m.Power(context.Background(), nodes.Command{Verb: "off"})
+	deadline = time.Now().Add(10 * time.Second)
+	for r.last().Power != nodes.PowerOff && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+}

@@ -1,0 +1,314 @@
+package tests
+
+// User Mode Linux subhosts through the mounted tree (issue 7): real UML
+// guests (Debian user-mode-linux) on a busybox hostfs root built by the
+// test, driven with bash.
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	umlh "github.com/machinefs/machinefs/tests/harness/uml"
+)
+
+const umlWeb1 = "hosts/lab01/subhosts/web1"
+
+// umlDaemon mounts machinefs with a sim host lab01 and a UML subhost web1.
+func umlDaemon(t *testing.T) (d *daemon, dir string) {
+	t.Helper()
+	umlh.Skip(t)
+	root, dir := umlh.Root(t), umlh.Dir(t)
+	// Runs after the daemon stopped (cleanups run last in, first out).
+	t.Cleanup(func() {
+		if t.Failed() && d != nil && d.log != nil {
+			t.Logf("daemon log:\n%s", d.log)
+		}
+	})
+	d = start(t)
+	// Guests must not outlive the test: stop the daemon first (LIFO),
+	// then umlh.Dir's cleanup kills what is left.
+	d.addHost("lab01", "drivers = sim\nsim.initial = on")
+	d.addHost("lab01/subhosts/web1", umlh.Config(root, dir, "uml.poweroff-timeout = 5s"))
+	return d, dir
+}
+
+// console runs one console command in a session (exec 3<>console) and
+// returns the whole reply.
+func (d *daemon) umlConsole(host, line string) string {
+	d.t.Helper()
+	return d.ok(fmt.Sprintf("exec 3<>%s/console; printf '%%s\\n' %q >&3; timeout 20 cat <&3", host, line))
+}
+
+func (d *daemon) umlPower(host string) string {
+	d.t.Helper()
+	return strings.TrimSpace(d.read(host + "/power"))
+}
+
+func (d *daemon) umlWaitPower(host, want string) {
+	d.t.Helper()
+	eventually(d.t, host+" "+want, func() bool { return d.umlPower(host) == want })
+}
+
+// umlBoot powers web1 on and waits for it, checking starting first.
+func (d *daemon) umlBoot() int {
+	d.t.Helper()
+	booted := strings.Count(d.read(umlWeb1+"/events.log"), " notify booted")
+	d.ok("echo on > " + umlWeb1 + "/power")
+	if p := d.umlPower(umlWeb1); p != "starting" && p != "on" {
+		d.t.Fatalf("right after on: power %q, want starting", p)
+	}
+	d.umlWaitPower(umlWeb1, "on")
+	// Power is on once the kernel's mconsole is up; the guest's init
+	// (which handles ctrl-alt-del) says when it runs.
+	eventually(d.t, "notify booted", func() bool {
+		return strings.Count(d.read(umlWeb1+"/events.log"), " notify booted") > booted
+	})
+	pid, err := strconv.Atoi(strings.Fields(stateField(d.read(umlWeb1+"/state"), "uml-pid"))[0])
+	if err != nil {
+		d.t.Fatal(err)
+	}
+	return pid
+}
+
+func umlAlive(pid int) bool { return syscall.Kill(pid, 0) == nil && !umlZombie(pid) }
+
+func umlZombie(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return true
+	}
+	i := strings.LastIndexByte(string(b), ')')
+	return i < 0 || strings.HasPrefix(string(b[i+1:]), " Z")
+}
+
+// gone waits until no linux runs under dir and the umid dir is removed.
+func umlGone(t *testing.T, dir string) {
+	t.Helper()
+	eventually(t, "no linux left under "+dir, func() bool { return len(umlh.Guests(dir)) == 0 })
+	eventually(t, "umid dir removed", func() bool {
+		_, err := os.Stat(filepath.Join(dir, "web1"))
+		return os.IsNotExist(err)
+	})
+}
+
+func TestUMLGuest(t *testing.T) {
+	d, dir := umlDaemon(t)
+	if p := d.umlPower(umlWeb1); p != "off" {
+		t.Fatalf("new UML subhost: power %q, want off", p)
+	}
+	d.fails("echo 'uml.mem = lots' >> "+umlWeb1+"/config", "Invalid argument")
+
+	// on -> starting -> on, and the guest's notification.
+	d.umlBoot()
+	st := d.read(umlWeb1 + "/state")
+	if !strings.Contains(stateField(st, "reason"), "booted") || stateField(st, "uml-umid") != "web1" {
+		t.Fatalf("state after boot:\n%s", st)
+	}
+
+	// Every mconsole command, through the tree.
+	for _, c := range []struct{ line, want string }{
+		{"version", "OK Linux"},
+		{"proc uptime", "OK "},
+		{"log hello-from-machinefs", "OK"},
+		{"sysrq s", "OK"},
+		{"config con0", "OK"},
+		{"config ubd3=/nonexistent/image", "ERR"},
+		{"remove nosuchdevice", "ERR Bad remove option"},
+		{"stack 1", "OK"},
+		{"help", "backup DEST"},
+	} {
+		if got := d.umlConsole(umlWeb1, c.line); !strings.HasPrefix(got, c.want) && !strings.Contains(got, c.want) {
+			t.Errorf("console %q: %q, want %q", c.line, got, c.want)
+		}
+	}
+	if got := d.umlConsole(umlWeb1, "proc meminfo"); !strings.Contains(got, "MemTotal:") || !strings.Contains(got, "VmallocChunk:") {
+		t.Errorf("proc meminfo (several datagrams) incomplete: %q", got)
+	}
+	if got := d.umlConsole(umlWeb1, "stop"); !strings.HasPrefix(got, "OK") || d.umlPower(umlWeb1) != "paused" {
+		t.Fatalf("console stop: %q, power %s", got, d.umlPower(umlWeb1))
+	}
+	if got := d.umlConsole(umlWeb1, "go"); !strings.HasPrefix(got, "OK") || d.umlPower(umlWeb1) != "on" {
+		t.Fatalf("console go: %q, power %s", got, d.umlPower(umlWeb1))
+	}
+	if got := d.umlConsole(umlWeb1, "reboot"); !strings.HasPrefix(got, "OK") {
+		t.Fatalf("console reboot: %q", got)
+	}
+	d.umlWaitPower(umlWeb1, "on")
+	// Power is on once the kernel's mconsole is up; init runs later and
+	// only then handles ctrl-alt-del.
+	eventually(t, "second notify booted", func() bool { return strings.Count(d.read(umlWeb1+"/events.log"), " notify booted") == 2 })
+	if got := d.umlConsole(umlWeb1, "cad"); !strings.HasPrefix(got, "OK") {
+		t.Fatalf("console cad: %q", got)
+	}
+	d.umlWaitPower(umlWeb1, "off")
+	eventually(t, "notify poweroff-by-cad", func() bool { return strings.Contains(d.read(umlWeb1+"/events.log"), "notify poweroff-by-cad") })
+	umlGone(t, dir)
+
+	// pause and resume through power; halt through the console.
+	d.umlBoot()
+	d.ok("echo pause > " + umlWeb1 + "/power")
+	if p := d.umlPower(umlWeb1); p != "paused" {
+		t.Fatalf("after pause: %s", p)
+	}
+	d.ok("echo resume > " + umlWeb1 + "/power")
+	if p := d.umlPower(umlWeb1); p != "on" {
+		t.Fatalf("after resume: %s", p)
+	}
+
+	// Online backup of the running guest.
+	bk := filepath.Join(t.TempDir(), "web1-backup")
+	if got := d.umlConsole(umlWeb1, "backup "+bk); !strings.HasPrefix(got, "OK backup of") {
+		t.Fatalf("backup: %q", got)
+	}
+	if b, err := os.ReadFile(filepath.Join(bk, "init")); err != nil || string(b) != umlh.Init {
+		t.Fatalf("backup has no /init: %v", err)
+	}
+	if p := d.umlPower(umlWeb1); p != "on" {
+		t.Fatalf("after backup: power %s, want on", p)
+	}
+	if got := d.umlConsole(umlWeb1, "backup "+bk); !strings.HasPrefix(got, "ERR") || !strings.Contains(got, "exists") {
+		t.Fatalf("backup over an existing path: %q", got)
+	}
+	if p := d.umlPower(umlWeb1); p != "on" {
+		t.Fatalf("after a refused backup: power %s, want on", p)
+	}
+	if got := d.umlConsole(umlWeb1, "halt"); !strings.HasPrefix(got, "OK") {
+		t.Fatalf("console halt: %q", got)
+	}
+	d.umlWaitPower(umlWeb1, "off")
+	umlGone(t, dir)
+
+	// Panic: crashed with the panic text, process group killed.
+	d.umlBoot()
+	d.umlConsole(umlWeb1, "sysrq c")
+	d.umlWaitPower(umlWeb1, "crashed")
+	st = d.read(umlWeb1 + "/state")
+	if r := stateField(st, "reason"); !strings.Contains(r, "panic") || !strings.Contains(r, "sysrq") {
+		t.Fatalf("crashed reason %q, want the panic text", r)
+	}
+	umlGone(t, dir)
+	t.Logf("after sysrq c: %s", stateField(d.read(umlWeb1+"/state"), "reason"))
+
+	// SIGKILL behind machinefs's back: off, how it ended, cleanup.
+	pid := d.umlBoot()
+	syscall.Kill(pid, syscall.SIGKILL)
+	d.umlWaitPower(umlWeb1, "off")
+	if r := stateField(d.read(umlWeb1+"/state"), "reason"); !strings.Contains(r, "killed by signal 9") {
+		t.Fatalf("after SIGKILL: reason %q", r)
+	}
+	umlGone(t, dir)
+
+	// poweroff: ctrl-alt-del, the guest's init powers off.
+	d.umlBoot()
+	d.ok("echo 'poweroff wait timeout=20s' > " + umlWeb1 + "/power")
+	if r := stateField(d.read(umlWeb1+"/state"), "reason"); !strings.Contains(r, "poweroff") || !strings.Contains(r, "status 0") {
+		t.Fatalf("after poweroff: reason %q", r)
+	}
+	umlGone(t, dir)
+
+	// poweroff force: halt at once.
+	d.umlBoot()
+	d.ok("echo 'poweroff force wait timeout=10s' > " + umlWeb1 + "/power")
+	if r := stateField(d.read(umlWeb1+"/state"), "reason"); !strings.Contains(r, "poweroff force") {
+		t.Fatalf("after poweroff force: reason %q", r)
+	}
+	umlGone(t, dir)
+}
+
+// A daemon stopped with SIGTERM leaves its guests running; the next one
+// adopts them.
+func TestUMLAdoption(t *testing.T) {
+	d, dir := umlDaemon(t)
+	pid := d.umlBoot()
+	d.stop()
+	if !umlAlive(pid) {
+		t.Fatalf("guest %d did not survive the daemon's SIGTERM", pid)
+	}
+	d.start()
+	d.umlWaitPower(umlWeb1, "on")
+	st := d.read(umlWeb1 + "/state")
+	if !strings.Contains(stateField(st, "reason"), "adopted") || stateField(st, "uml-pid") != fmt.Sprintf("%d (adopted)", pid) {
+		t.Fatalf("after restart:\n%s", st)
+	}
+	if got := d.umlConsole(umlWeb1, "version"); !strings.HasPrefix(got, "OK Linux") {
+		t.Fatalf("console of the adopted guest: %q", got)
+	}
+	// The notify socket was made anew: the guest's next notification
+	// (its init says poweroff-by-cad) arrives.
+	d.ok("echo 'poweroff wait timeout=20s' > " + umlWeb1 + "/power")
+	if ev := d.read(umlWeb1 + "/events.log"); !strings.Contains(ev, "notify poweroff-by-cad") {
+		t.Fatalf("no notification from the adopted guest:\n%s", ev)
+	}
+	umlGone(t, dir)
+	if umlAlive(pid) {
+		t.Fatalf("guest %d still alive", pid)
+	}
+}
+
+// BenchmarkUMLVersion compares a console round trip through the tree (open
+// console, write version, read the reply, close) with uml_mconsole's.
+func BenchmarkUMLVersion(b *testing.B) {
+	umlh.Skip(b)
+	if _, err := exec.LookPath("uml_mconsole"); err != nil {
+		b.Skip("no uml_mconsole (apt-get install uml-utilities)")
+	}
+	root, dir := umlh.Root(b), umlh.Dir(b)
+	etc := b.TempDir()
+	os.MkdirAll(filepath.Join(etc, "hosts/lab01/subhosts"), 0o755)
+	os.WriteFile(filepath.Join(etc, "hosts/lab01.conf"), []byte("drivers = sim\nsim.initial = on\n"), 0o644)
+	os.WriteFile(filepath.Join(etc, "hosts/lab01/subhosts/web1.conf"), []byte(umlh.Config(root, dir)+"\n"), 0o644)
+	d, _ := startBench(b, umlWeb1+"/power", "-c", etc)
+	powerPath := filepath.Join(d.mnt, umlWeb1, "power")
+	if err := os.WriteFile(powerPath, []byte("on wait timeout=30s\n"), 0); err != nil {
+		b.Fatal(err)
+	}
+	defer os.WriteFile(powerPath, []byte("off wait timeout=10s\n"), 0)
+	consolePath := filepath.Join(d.mnt, umlWeb1, "console")
+	buf := make([]byte, 512)
+	tree := func() {
+		fd, err := syscall.Open(consolePath, syscall.O_RDWR|syscall.O_CLOEXEC, 0)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if _, err := syscall.Write(fd, []byte("version\n")); err != nil {
+			b.Fatal(err)
+		}
+		n, err := syscall.Read(fd, buf)
+		syscall.Close(fd)
+		if err != nil || !strings.HasPrefix(string(buf[:n]), "OK Linux") {
+			b.Fatalf("reply %q %v", buf[:n], err)
+		}
+	}
+	sock := filepath.Join(dir, "web1", "mconsole")
+	tool := func() {
+		out, err := exec.Command("uml_mconsole", sock, "version").Output()
+		if err != nil || !strings.HasPrefix(string(out), "OK Linux") {
+			b.Fatalf("uml_mconsole: %q %v", out, err)
+		}
+	}
+	const rounds = 200
+	measure := func(f func()) time.Duration {
+		start := time.Now()
+		for range rounds {
+			f()
+		}
+		return time.Since(start) / rounds
+	}
+	measure(tree)
+	base := measure(tool)
+	b.ResetTimer()
+	for b.Loop() {
+		tree()
+	}
+	b.StopTimer()
+	per := b.Elapsed() / time.Duration(b.N)
+	b.ReportMetric(float64(base.Microseconds()), "uml_mconsole-us")
+	b.ReportMetric(float64(per)/float64(base), "x-uml_mconsole")
+}
