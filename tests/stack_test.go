@@ -5,6 +5,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	umlh "github.com/machinefs/machinefs/tests/harness/uml"
 )
 
 // stackHost builds lab/{a/{a1}, b} with every machine on.
@@ -159,5 +161,42 @@ func TestStackForceAndLocal(t *testing.T) {
 	d.ok("echo 'allow-self = yes' > hosts/me/config && echo 'poweroff self wait' > hosts/me/power")
 	if p := d.read("hosts/me/power"); p != "off\n" {
 		t.Fatalf("local host with allow-self: power = %q", p)
+	}
+}
+
+// A simulated host carrying real subhosts: a namespace subhost, and a UML
+// guest with a (simulated) subhost of its own. A stack poweroff stops them
+// through their drivers, deepest first.
+func TestStackRealSubhosts(t *testing.T) {
+	umlh.Skip(t)
+	e := newNSEnv(t)
+	umlRoot, umlDir := umlh.Root(t), umlh.Dir(t)
+	d := start(t)
+	d.addHost("lab", "drivers = sim\nsim.initial = on")
+	d.addHost("lab/subhosts/box", e.config("ns.root = "+e.root("")))
+	d.addHost("lab/subhosts/web", umlh.Config(umlRoot, umlDir, "uml.poweroff-timeout = 5s"))
+	d.addHost("lab/subhosts/web/subhosts/inner", "drivers = sim\nsim.initial = on\nsim.off-delay = 300ms")
+	d.ok("echo 'on wait timeout=60s' > hosts/lab/subhosts/box/power")
+	d.ok("echo 'on wait timeout=60s' > hosts/lab/subhosts/web/power")
+	// ctrl-alt-del reaches the guest's init only once it runs.
+	eventually(t, "web booted", func() bool { return strings.Contains(d.read("hosts/lab/subhosts/web/events.log"), " notify booted") })
+
+	d.ok("echo 'poweroff wait label=real' > hosts/lab/power")
+	for _, p := range []string{"lab/subhosts/box", "lab/subhosts/web", "lab/subhosts/web/subhosts/inner"} {
+		if got := d.read("hosts/" + p + "/power"); got != "off\n" {
+			t.Fatalf("%s = %q after the stack poweroff", p, got)
+		}
+	}
+	if p := d.read("hosts/lab/power"); p != "on\n" {
+		t.Fatalf("host = %q, want on", p)
+	}
+	log := d.read("hosts/lab/events.log")
+	steps := stepTimes(t, log)
+	inner, web := steps["hosts/lab/subhosts/web/subhosts/inner"], steps["hosts/lab/subhosts/web"]
+	if inner.IsZero() || web.IsZero() || steps["hosts/lab/subhosts/box"].IsZero() || !inner.Before(web) {
+		t.Fatalf("steps (inner %s, web %s):\n%s", inner, web, log)
+	}
+	if !strings.Contains(log, "3 ok, 0 forced, 0 failed") {
+		t.Fatalf("summary:\n%s", log)
 	}
 }
