@@ -29,6 +29,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/machinefs/machinefs/tests/harness/netns"
 )
 
 var (
@@ -71,6 +73,13 @@ type benchDaemon struct {
 // and returns the time that took from process start.
 func startBench(b *testing.B, ready string, args ...string) (*benchDaemon, time.Duration) {
 	b.Helper()
+	return startBenchIn(b, nil, ready, args...)
+}
+
+// startBenchIn is startBench with the daemon in network namespace ns (nil:
+// the benchmark's own).
+func startBenchIn(b *testing.B, ns *netns.NS, ready string, args ...string) (*benchDaemon, time.Duration) {
+	b.Helper()
 	base := b.TempDir()
 	d := &benchDaemon{b: b, mnt: filepath.Join(base, "mnt"), logPath: filepath.Join(base, "log")}
 	if err := os.Mkdir(d.mnt, 0o755); err != nil {
@@ -84,7 +93,11 @@ func startBench(b *testing.B, ready string, args ...string) (*benchDaemon, time.
 	d.cmd = exec.Command(benchBinary(b), append(args, d.mnt)...)
 	d.cmd.Stdout, d.cmd.Stderr = logf, logf
 	d.started = time.Now()
-	if err := d.cmd.Start(); err != nil {
+	start := d.cmd.Start
+	if ns != nil {
+		start = func() error { return ns.Start(d.cmd) }
+	}
+	if err := start(); err != nil {
 		b.Fatal(err)
 	}
 	d.exited = make(chan struct{})

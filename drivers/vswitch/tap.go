@@ -1,13 +1,9 @@
 package vswitch
 
 import (
-	"runtime"
-	"syscall"
-
-	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
-	"github.com/machinefs/machinefs/nodes"
+	"github.com/machinefs/machinefs/drivers/internal/nsthread"
 )
 
 // makeTap creates the TAP device name. /dev/net/tun creates devices in the
@@ -48,36 +44,5 @@ func (m *Manager) makeTap(name string, owner, group uint32, master int, ifgroup 
 	})
 }
 
-// inNS runs fn on a locked thread in the Manager's namespace. If the thread
-// cannot be switched back, its goroutine exits locked and the runtime
-// discards the thread instead of reusing it in a foreign namespace.
-func (m *Manager) inNS(fn func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		cur, err := netns.Get()
-		if err != nil {
-			runtime.UnlockOSThread()
-			errc <- nodes.Errorf(syscall.EIO, "vswitch: read this thread's network namespace: %v", err)
-			return
-		}
-		defer cur.Close()
-		if cur.Equal(m.ns) {
-			err := fn()
-			runtime.UnlockOSThread()
-			errc <- err
-			return
-		}
-		if err := netns.Set(m.ns); err != nil {
-			runtime.UnlockOSThread()
-			errc <- nodes.Errorf(errnoOf(err, syscall.EPERM), "vswitch: enter network namespace: %v", err)
-			return
-		}
-		ferr := fn()
-		if err := netns.Set(cur); err == nil {
-			runtime.UnlockOSThread()
-		}
-		errc <- ferr
-	}()
-	return <-errc
-}
+// inNS runs fn on a locked thread in the Manager's namespace.
+func (m *Manager) inNS(fn func() error) error { return nsthread.Run(m.ns, fn) }

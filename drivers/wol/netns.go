@@ -1,12 +1,9 @@
 package wol
 
 import (
-	"runtime"
-	"syscall"
-
 	"github.com/vishvananda/netns"
 
-	"github.com/machinefs/machinefs/nodes"
+	"github.com/machinefs/machinefs/drivers/internal/nsthread"
 )
 
 // netNS is the network namespace a driver was created in. Sockets belong to
@@ -32,39 +29,10 @@ func (n netNS) close() {
 	}
 }
 
-// run calls fn on a fresh locked thread in namespace n and returns its
-// error. If the thread cannot be switched back, its goroutine exits locked
-// and the runtime discards the thread rather than reuse it elsewhere.
+// run calls fn on a locked thread in namespace n and returns its error.
 func (n netNS) run(fn func() error) error {
 	if !n.h.IsOpen() {
 		return fn()
 	}
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		cur, err := netns.Get()
-		if err != nil {
-			runtime.UnlockOSThread()
-			errc <- nodes.Errorf(syscall.EIO, "wol: read this thread's network namespace: %v", err)
-			return
-		}
-		defer cur.Close()
-		if cur.Equal(n.h) {
-			err := fn()
-			runtime.UnlockOSThread()
-			errc <- err
-			return
-		}
-		if err := netns.Set(n.h); err != nil {
-			runtime.UnlockOSThread()
-			errc <- nodes.Errorf(syscall.EPERM, "wol: enter the driver's network namespace: %v", err)
-			return
-		}
-		ferr := fn()
-		if err := netns.Set(cur); err == nil {
-			runtime.UnlockOSThread()
-		}
-		errc <- ferr
-	}()
-	return <-errc
+	return nsthread.Run(n.h, fn)
 }

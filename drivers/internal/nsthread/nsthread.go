@@ -1,0 +1,56 @@
+// Package nsthread runs code on an OS thread switched into a network
+// namespace. Namespaces belong to threads, not goroutines: the code runs
+// on a fresh goroutine locked to its thread, which is switched in and back
+// out. If the thread cannot be switched back, its goroutine exits still
+// locked, and the Go runtime discards the thread instead of reusing it in
+// a foreign namespace (a thread left there once pinned a namespace alive).
+package nsthread
+
+import (
+	"errors"
+	"runtime"
+	"syscall"
+
+	"github.com/vishvananda/netns"
+
+	"github.com/machinefs/machinefs/nodes"
+)
+
+// Run calls fn in namespace ns and returns fn's error. When the calling
+// thread's namespace already is ns, fn runs without switching. Failing to
+// enter ns is EPERM (or the kernel's errno) with the reason.
+func Run(ns netns.NsHandle, fn func() error) error {
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		cur, err := netns.Get()
+		if err != nil {
+			runtime.UnlockOSThread()
+			errc <- nodes.Errorf(syscall.EIO, "read this thread's network namespace: %v", err)
+			return
+		}
+		defer cur.Close()
+		if cur.Equal(ns) {
+			err := fn()
+			runtime.UnlockOSThread()
+			errc <- err
+			return
+		}
+		if err := netns.Set(ns); err != nil {
+			runtime.UnlockOSThread()
+			code := syscall.EPERM
+			var e syscall.Errno
+			if errors.As(err, &e) {
+				code = e
+			}
+			errc <- nodes.Errorf(code, "enter network namespace: %v", err)
+			return
+		}
+		ferr := fn()
+		if err := netns.Set(cur); err == nil {
+			runtime.UnlockOSThread()
+		}
+		errc <- ferr
+	}()
+	return <-errc
+}
