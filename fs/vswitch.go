@@ -10,9 +10,9 @@ import (
 	"github.com/machinefs/machinefs/nodes"
 )
 
-// vswitchDir is hosts/NAME/vswitch/: one directory per managed switch and
-// the file all (every bridge, listall). mkdir creates a switch, rmdir
-// cancels it. Only the local host has live switches; elsewhere mkdir gets
+// vswitchDir is hosts/NAME/vswitch/: one directory per managed switch, the
+// file all (every bridge, listall) and ctl ("cancel NAME..." deletes many
+// switches in one kernel request). mkdir creates a switch, rmdir cancels it. Only the local host has live switches; elsewhere mkdir gets
 // ENOTSUP with the reason.
 type vswitchDir struct {
 	gofs.Inode
@@ -36,6 +36,17 @@ func (d *vswitchDir) Getattr(ctx context.Context, fh gofs.FileHandle, out *fuse.
 func (d *vswitchDir) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
 	if !d.host.IsLocal() {
 		return nil, syscall.ENOENT
+	}
+	if name == "ctl" {
+		ch := d.GetChild("ctl")
+		if ch == nil {
+			h := d.host
+			ch = d.NewPersistentInode(ctx, &contentFile{fsys: d.fsys, mode: d.fsys.writable(0o220), write: func(ctx context.Context, line string) error {
+				return h.SwitchesCtl(ctx, line, caller(ctx))
+			}}, gofs.StableAttr{Mode: syscall.S_IFREG})
+		}
+		ch.Operations().(*contentFile).fill(&out.Attr)
+		return ch, 0
 	}
 	if name == "all" {
 		ch := d.GetChild("all")
@@ -67,7 +78,7 @@ func (d *vswitchDir) switchInode(ctx context.Context, name string) *gofs.Inode {
 func (d *vswitchDir) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) {
 	var entries []fuse.DirEntry
 	if d.host.IsLocal() {
-		entries = append(entries, fuse.DirEntry{Name: "all", Mode: syscall.S_IFREG})
+		entries = append(entries, fuse.DirEntry{Name: "all", Mode: syscall.S_IFREG}, fuse.DirEntry{Name: "ctl", Mode: syscall.S_IFREG})
 		for _, n := range d.host.SwitchNames() {
 			entries = append(entries, fuse.DirEntry{Name: n, Mode: syscall.S_IFDIR})
 		}

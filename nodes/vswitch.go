@@ -117,6 +117,39 @@ func (h *Host) DeleteSwitch(ctx context.Context, name string, who Caller) error 
 	return nil
 }
 
+// SwitchesCtl runs one line written to vswitch/ctl:
+//
+//	cancel NAME [NAME ...]
+//
+// It cancels several switches in one kernel request: deleting devices is
+// the slow part (tens of ms per request), so a batch is much faster than
+// one rmdir per switch.
+func (h *Host) SwitchesCtl(ctx context.Context, line string, who Caller) error {
+	if h.tree.readOnly {
+		return Errorf(syscall.EROFS, "read-only mount")
+	}
+	sw, err := h.switches()
+	if err != nil {
+		return err
+	}
+	f := strings.Fields(line)
+	if len(f) == 0 {
+		return nil
+	}
+	if f[0] != "cancel" || len(f) < 2 {
+		return Errorf(syscall.EINVAL, "vswitch ctl: %q: want \"cancel NAME [NAME ...]\"", line)
+	}
+	names := f[1:]
+	if _, err := callSwitch(ctx, func(ctx context.Context) (bool, error) { return false, sw.Delete(ctx, names...) }); err != nil {
+		h.emit("vswitch", fmt.Sprintf("%s cancel failed %s: %v", strings.Join(names, ","), who, err))
+		return err
+	}
+	for _, n := range names {
+		h.emit("vswitch", fmt.Sprintf("%s deleted %s", n, who))
+	}
+	return nil
+}
+
 // SwitchCtl runs one line written to vswitch/NAME/ctl:
 //
 //	add tap [owner=USER|UID] [group=GROUP|GID]

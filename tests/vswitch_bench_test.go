@@ -19,9 +19,9 @@ import (
 // overrides). Each side works in its own fresh network namespace:
 //
 //   - tree: one bash in the mount runs, for each switch, `mkdir
-//     hosts/lab01/vswitch/bNN && echo 'add tap' > .../bNN/ctl`, then
-//     `rmdir` of each (a loop in one script: bash starts once, not once per
-//     switch). The daemon is the non-race build (benchBinary) with a host
+//     hosts/lab01/vswitch/bNN && echo 'add tap' > .../bNN/ctl`, then one
+//     `echo "cancel b00 b01 ..." > vswitch/ctl`, which deletes every
+//     switch's devices in one kernel request (bash starts once). The daemon is the non-race build (benchBinary) with a host
 //     `local = yes`, started inside the namespace.
 //   - shell: one `sh -c` under `ip netns exec` runs, for each switch, `ip
 //     link add bNN type bridge; ip link set bNN up; ip tuntap add bNNt0 mode
@@ -61,9 +61,7 @@ cd hosts/lab01/vswitch
 for s in %s; do
   mkdir $s && echo 'add tap' > $s/ctl
 done
-for s in %s; do
-  rmdir $s
-done
+echo cancel %s > ctl
 `, names, names)
 	shellScript := fmt.Sprintf(`set -e
 for s in %s; do
@@ -111,8 +109,8 @@ done
 		}
 
 		b.StopTimer()
-		if ls, err := os.ReadDir(filepath.Join(d.mnt, "hosts/lab01/vswitch")); err != nil || len(ls) != 1 || ls[0].Name() != "all" {
-			b.Fatalf("hosts/lab01/vswitch after rmdir: %v %v", ls, err)
+		if ls, err := os.ReadDir(filepath.Join(d.mnt, "hosts/lab01/vswitch")); err != nil || len(ls) != 2 {
+			b.Fatalf("hosts/lab01/vswitch after cancel: %v %v (want all and ctl)", ls, err)
 		}
 		onlyLo(treeNS, "tree")
 		onlyLo(shellNS, "shell")

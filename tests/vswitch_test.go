@@ -36,7 +36,7 @@ func TestVswitchThroughTree(t *testing.T) {
 
 	// create, info, list, listall
 	d.ok("mkdir hosts/lab01/vswitch/sw0")
-	if ls := d.ok("ls hosts/lab01/vswitch"); ls != "all\nsw0\n" {
+	if ls := d.ok("ls hosts/lab01/vswitch"); ls != "all\nctl\nsw0\n" {
 		t.Fatalf("ls vswitch = %q", ls)
 	}
 	info := d.read(sw + "info")
@@ -112,7 +112,7 @@ func TestVswitchThroughTree(t *testing.T) {
 
 	// Restart: the switch is found again (reused, not recreated).
 	d.stopStart()
-	if ls := d.ok("ls hosts/lab01/vswitch"); ls != "all\nsw0\n" {
+	if ls := d.ok("ls hosts/lab01/vswitch"); ls != "all\nctl\nsw0\n" {
 		t.Fatalf("ls vswitch after restart = %q", ls)
 	}
 	// cancel: everything machinefs made goes, the uplink stays.
@@ -121,7 +121,17 @@ func TestVswitchThroughTree(t *testing.T) {
 	if strings.Contains(links, "sw0") || !strings.Contains(links, "mfvu0") || !strings.Contains(links, "foreign0") {
 		t.Fatalf("links after rmdir:\n%s", links)
 	}
-	if ls := d.ok("ls hosts/lab01/vswitch"); ls != "all\n" {
+	if ls := d.ok("ls hosts/lab01/vswitch"); ls != "all\nctl\n" {
 		t.Fatalf("ls vswitch after rmdir = %q", ls)
 	}
+	// Batch cancel: several switches in one request.
+	d.ok("cd hosts/lab01/vswitch && mkdir b1 b2 && echo 'add tap' > b1/ctl && echo 'add tap' > b2/ctl && echo 'cancel b1 b2' > ctl")
+	if ls := d.ok("ls hosts/lab01/vswitch"); ls != "all\nctl\n" {
+		t.Fatalf("ls vswitch after cancel = %q", ls)
+	}
+	if links := ip("-br", "link"); strings.Contains(links, "b1") || strings.Contains(links, "b2t0") {
+		t.Fatalf("links after cancel:\n%s", links)
+	}
+	d.fails("echo 'cancel foreign0' > hosts/lab01/vswitch/ctl", "Operation not permitted")
+	d.fails("echo 'explode' > hosts/lab01/vswitch/ctl", "Invalid argument")
 }
