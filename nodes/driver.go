@@ -84,6 +84,16 @@ type PowerController interface {
 	Power(ctx context.Context, cmd Command) error
 }
 
+// Remover is a driver whose machine holds resources that outlive Close
+// (a subhost's processes, mounts, network namespace). Remove is called once
+// when the host is removed from the tree (rmdir, ctl remove), before Close:
+// it releases everything, as "stop" does. Close alone (reconfiguration,
+// unmount) keeps the machine for the next driver to adopt.
+type Remover interface {
+	Driver
+	Remove(ctx context.Context) error
+}
+
 // ConsoleCommand describes one management console command a driver offers.
 type ConsoleCommand struct {
 	Name  string // first word, e.g. "version"

@@ -212,6 +212,24 @@ func valueOr(cf *ConfigFile, key, def string) string {
 	return def
 }
 
+// removeDrivers lets drivers release what outlives Close (Remover), then
+// closes them: the host is leaving the tree.
+func (h *Host) removeDrivers(ctx context.Context) {
+	h.mu.Lock()
+	drivers := append([]Driver(nil), h.drivers...)
+	timeout := h.cfg.Duration("timeout", defaultTimeout)
+	h.mu.Unlock()
+	for _, d := range drivers {
+		if r, ok := d.(Remover); ok {
+			if err := callDriver(ctx, timeout, r.Remove); err != nil {
+				h.tree.log.Warn("releasing a removed host's resources", "host", h.path, "driver", d.Kind(), "err", err)
+				h.emit("error", prefixed(d.Kind(), fmt.Errorf("remove: %w", err)).Error())
+			}
+		}
+	}
+	h.closeDrivers()
+}
+
 // closeDrivers closes the host's drivers for good.
 func (h *Host) closeDrivers() {
 	h.mu.Lock()

@@ -285,9 +285,18 @@ func (t *Tree) Remove(ctx context.Context, h *Host, who Caller) error {
 		}
 	}
 	t.detach(h)
-	t.closeTree(h)
+	t.removeTree(ctx, h)
 	h.emit("removed", who.String())
 	return nil
+}
+
+// removeTree releases what the drivers of h and its subhosts hold
+// (Remover), deepest first, then closes them.
+func (t *Tree) removeTree(ctx context.Context, h *Host) {
+	for _, s := range t.Hosts(h) {
+		t.removeTree(ctx, s)
+	}
+	h.removeDrivers(ctx)
 }
 
 func (t *Tree) busyTree(h *Host) string {
