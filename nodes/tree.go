@@ -442,7 +442,7 @@ func (t *Tree) Reload(ctx context.Context) error {
 					continue
 				}
 				t.detach(h)
-				t.closeTree(h)
+				t.removeTree(ctx, h)
 				h.emit("removed", "config file gone")
 				continue
 			}
