@@ -6,6 +6,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -168,6 +169,120 @@ func TestNSLifecycle(t *testing.T) {
 	if p := d.read(s + "/power"); p != "off\n" {
 		t.Fatalf("after stop power = %q", p)
 	}
+}
+
+// nsHeld lists what subhost name still holds on the host: its netns (as
+// ip netns shows it), its live root mounted, its record and state dir, its
+// cgroup.
+func (e *nsEnv) nsHeld(name string) []string {
+	e.t.Helper()
+	var left []string
+	if netnsListed(e.t, name) {
+		left = append(left, "netns")
+	}
+	live := filepath.Join(e.state, name, "live")
+	if mounts, _ := os.ReadFile("/proc/self/mounts"); strings.Contains(string(mounts), " "+live+" ") {
+		left = append(left, "mount "+live)
+	}
+	if _, err := os.Stat(filepath.Join(e.state, name+".json")); err == nil {
+		left = append(left, "record")
+	}
+	if _, err := os.Stat(filepath.Join(e.state, name)); err == nil {
+		left = append(left, "state dir")
+	}
+	for _, root := range []string{"/sys/fs/cgroup", "/sys/fs/cgroup/unified"} {
+		if _, err := os.Stat(filepath.Join(root, e.cgroup, name)); err == nil {
+			left = append(left, "cgroup "+filepath.Join(root, e.cgroup, name))
+		}
+	}
+	return left
+}
+
+// hibernate boots subhost s and hibernates it: power off, its resources
+// kept (all four of them).
+func (e *nsEnv) hibernate(d *daemon, s string) {
+	e.t.Helper()
+	name := filepath.Base(s)
+	d.ok(fmt.Sprintf("echo 'on wait timeout=10s' > %s/power && echo 'hibernate wait timeout=5s' > %s/power", s, s))
+	if p := d.read(s + "/power"); p != "off\n" {
+		e.t.Fatalf("%s hibernated: power %q", name, p)
+	}
+	if r := stateField(d.read(s+"/state"), "reason"); r != "hibernated" {
+		e.t.Fatalf("%s hibernated: reason %q", name, r)
+	}
+	if held := e.nsHeld(name); len(held) < 5 {
+		e.t.Fatalf("%s hibernated holds only %v", name, held)
+	}
+}
+
+// stop on a hibernated subhost (power off) reaches the driver and releases
+// it; it used to answer "already off" and keep the netns.
+func TestNSStopHibernated(t *testing.T) {
+	e := newNSEnv(t)
+	d := start(t)
+	s := addSub(d, "mfnef", e.config("ns.root = "+e.root("")))
+	e.hibernate(d, s)
+	d.ok(fmt.Sprintf("echo stop > %s/power", s))
+	if held := e.nsHeld("mfnef"); len(held) > 0 {
+		t.Fatalf("stop on a hibernated subhost left %v", held)
+	}
+	st := d.read(s + "/state")
+	if r := stateField(st, "reason"); r != "stopped: mounts and netns released" {
+		t.Fatalf("after stop:\n%s", st)
+	}
+	if log := d.read(s + "/events.log"); strings.Contains(log, "already off") {
+		t.Fatalf("stop answered from the model:\n%s", log)
+	}
+	if p := d.read(s + "/power"); p != "off\n" {
+		t.Fatalf("after stop power = %q", p)
+	}
+	// Once released, stop has nothing to do and says so.
+	d.ok(fmt.Sprintf("echo stop > %s/power", s))
+	if r := stateField(d.read(s+"/state"), "reason"); r != "subhost is off" {
+		t.Fatalf("second stop: reason %q", r)
+	}
+}
+
+// Removing a subhost from the tree releases what it holds (nodes.Remover):
+// rmdir, ctl remove and a reload whose file is gone. A running subhost is
+// refused with EBUSY.
+func TestNSRemoveReleases(t *testing.T) {
+	e := newNSEnv(t)
+	root := e.root("")
+	d := start(t)
+
+	s := addSub(d, "mfneg", e.config("ns.root = "+root))
+	d.ok(fmt.Sprintf("echo 'on wait timeout=10s' > %s/power", s))
+	d.fails("rmdir "+s, "Device or resource busy")
+	if held := e.nsHeld("mfneg"); len(held) < 5 {
+		t.Fatalf("a refused rmdir released: holds only %v", held)
+	}
+	e.hibernate(d, s)
+	d.ok("rmdir " + s)
+	if held := e.nsHeld("mfneg"); len(held) > 0 {
+		t.Fatalf("rmdir of a hibernated subhost left %v", held)
+	}
+	if r := d.sh("ls " + s); r.code == 0 {
+		t.Fatalf("%s still listed after rmdir", s)
+	}
+
+	// ctl remove.
+	s = addSub(d, "mfneh", e.config("ns.root = "+root))
+	e.hibernate(d, s)
+	d.ok("echo 'remove nsh/subhosts/mfneh' > ctl")
+	if held := e.nsHeld("mfneh"); len(held) > 0 {
+		t.Fatalf("ctl remove of a hibernated subhost left %v", held)
+	}
+
+	// SIGHUP with the host's file gone.
+	s = addSub(d, "mfnei", e.config("ns.root = "+root))
+	e.hibernate(d, s)
+	if err := os.Remove(filepath.Join(d.config, s+".conf")); err != nil {
+		t.Fatal(err)
+	}
+	d.cmd.Process.Signal(syscall.SIGHUP)
+	eventually(t, "reload removes mfnei", func() bool { return d.sh("ls "+s).code != 0 })
+	eventually(t, "reload releases mfnei", func() bool { return len(e.nsHeld("mfnei")) == 0 })
 }
 
 // The root file system is a disk image made by the test.

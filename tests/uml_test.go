@@ -5,6 +5,7 @@ package tests
 // test, driven with bash.
 
 import (
+	"crypto/sha256"
 	"fmt"
 	"os"
 	"os/exec"
@@ -15,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/machinefs/machinefs/tests/harness/netns"
 	umlh "github.com/machinefs/machinefs/tests/harness/uml"
 )
 
@@ -59,18 +61,25 @@ func (d *daemon) umlWaitPower(host, want string) {
 // umlBoot powers web1 on and waits for it, checking starting first.
 func (d *daemon) umlBoot() int {
 	d.t.Helper()
-	booted := strings.Count(d.read(umlWeb1+"/events.log"), " notify booted")
-	d.ok("echo on > " + umlWeb1 + "/power")
-	if p := d.umlPower(umlWeb1); p != "starting" && p != "on" {
+	return d.umlBootHost(umlWeb1)
+}
+
+// umlBootHost powers host on and waits until its init says "booted"; it
+// returns the guest's pid.
+func (d *daemon) umlBootHost(host string) int {
+	d.t.Helper()
+	booted := strings.Count(d.read(host+"/events.log"), " notify booted")
+	d.ok("echo on > " + host + "/power")
+	if p := d.umlPower(host); p != "starting" && p != "on" {
 		d.t.Fatalf("right after on: power %q, want starting", p)
 	}
-	d.umlWaitPower(umlWeb1, "on")
+	d.umlWaitPower(host, "on")
 	// Power is on once the kernel's mconsole is up; the guest's init
 	// (which handles ctrl-alt-del) says when it runs.
-	eventually(d.t, "notify booted", func() bool {
-		return strings.Count(d.read(umlWeb1+"/events.log"), " notify booted") > booted
+	eventually(d.t, host+" notify booted", func() bool {
+		return strings.Count(d.read(host+"/events.log"), " notify booted") > booted
 	})
-	pid, err := strconv.Atoi(strings.Fields(stateField(d.read(umlWeb1+"/state"), "uml-pid"))[0])
+	pid, err := strconv.Atoi(strings.Fields(stateField(d.read(host+"/state"), "uml-pid"))[0])
 	if err != nil {
 		d.t.Fatal(err)
 	}
@@ -88,14 +97,37 @@ func umlZombie(pid int) bool {
 	return i < 0 || strings.HasPrefix(string(b[i+1:]), " Z")
 }
 
-// gone waits until no linux runs under dir and the umid dir is removed.
+// umlGone waits until no linux runs under dir and web1's umid dir is
+// removed.
 func umlGone(t *testing.T, dir string) {
+	t.Helper()
+	umlGoneHost(t, dir, "web1")
+}
+
+// umlGoneHost waits until no linux runs under dir and umid's umid dir is
+// removed.
+func umlGoneHost(t *testing.T, dir, umid string) {
 	t.Helper()
 	eventually(t, "no linux left under "+dir, func() bool { return len(umlh.Guests(dir)) == 0 })
 	eventually(t, "umid dir removed", func() bool {
-		_, err := os.Stat(filepath.Join(dir, "web1"))
+		_, err := os.Stat(filepath.Join(dir, umid))
 		return os.IsNotExist(err)
 	})
+}
+
+// umlRemoved checks that rmdir left nothing of the guest umid: no linux
+// under dir, no umid dir, no record, console log or notify socket.
+func umlRemoved(t *testing.T, dir, umid string) {
+	t.Helper()
+	if g := umlh.Guests(dir); len(g) != 0 {
+		t.Fatalf("linux still running after rmdir: %v", g)
+	}
+	for _, p := range []string{umid, umid + ".machinefs"} {
+		if _, err := os.Stat(filepath.Join(dir, p)); !os.IsNotExist(err) {
+			ls, _ := exec.Command("ls", "-laR", dir).CombinedOutput()
+			t.Fatalf("%s left after rmdir (%v):\n%s", p, err, ls)
+		}
+	}
 }
 
 func TestUMLGuest(t *testing.T) {
@@ -220,6 +252,13 @@ func TestUMLGuest(t *testing.T) {
 		t.Fatalf("after poweroff force: reason %q", r)
 	}
 	umlGone(t, dir)
+
+	// rmdir of a subhost that is off: its files go too.
+	if _, err := os.Stat(filepath.Join(dir, "web1.machinefs", "console.log")); err != nil {
+		t.Fatalf("no console log before rmdir: %v", err)
+	}
+	d.ok("rmdir " + umlWeb1)
+	umlRemoved(t, dir, "web1")
 }
 
 // A daemon stopped with SIGTERM leaves its guests running; the next one
@@ -249,6 +288,159 @@ func TestUMLAdoption(t *testing.T) {
 	umlGone(t, dir)
 	if umlAlive(pid) {
 		t.Fatalf("guest %d still alive", pid)
+	}
+}
+
+// rmdir of a subhost whose guest still runs but is unknown (its mconsole
+// does not answer) or crashed: the guest, its umid dir and its record go.
+// SIGTERM of the daemon (Close) keeps guests: TestUMLAdoption.
+func TestUMLRemove(t *testing.T) {
+	d, dir := umlDaemon(t)
+	// A guest stopped (SIGSTOP) behind machinefs's back while no daemon
+	// ran: the next daemon adopts it, but its mconsole does not answer.
+	pid := d.umlBoot()
+	d.stop()
+	if err := syscall.Kill(-pid, syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	d.start()
+	d.umlWaitPower(umlWeb1, "unknown")
+	if r := stateField(d.read(umlWeb1+"/state"), "reason"); !strings.Contains(r, "does not answer") {
+		t.Fatalf("adopted stopped guest: reason %q", r)
+	}
+	started := time.Now()
+	d.ok("rmdir " + umlWeb1)
+	t.Logf("rmdir of the unknown guest took %s", time.Since(started).Round(time.Millisecond))
+	if umlAlive(pid) {
+		t.Fatalf("guest %d alive after rmdir", pid)
+	}
+	umlRemoved(t, dir, "web1")
+
+	// A crashed guest.
+	d.addHost("lab01/subhosts/web1", umlh.Config(umlh.Root(t), dir))
+	d.umlBoot()
+	d.umlConsole(umlWeb1, "sysrq c")
+	d.umlWaitPower(umlWeb1, "crashed")
+	d.ok("rmdir " + umlWeb1)
+	umlRemoved(t, dir, "web1")
+}
+
+// uml.net = SWITCH:MAC: a TAP named after the subhost on a vswitch of the
+// local host, eth0 in the guest with that MAC, and traffic both ways. The
+// daemon runs in a network namespace of the test's.
+func TestUMLNet(t *testing.T) {
+	umlh.Skip(t)
+	netns.NeedRoot(t)
+	ns := netns.New(t, "mfu")
+	root, dir := umlh.Root(t), umlh.Dir(t)
+	// The guest configures eth0 and pings the switch's address.
+	rc := "#!/bin/sh\nifconfig eth0 10.77.9.2 netmask 255.255.255.0 up\n" +
+		"if ping -c 1 -W 5 10.77.9.1 >/dev/null; then echo ping-ok > /proc/mconsole; else echo ping-failed > /proc/mconsole; fi\n"
+	if err := os.WriteFile(filepath.Join(root, "etc/rc"), []byte(rc), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	d := startNS(t, ns)
+	t.Cleanup(func() {
+		if t.Failed() {
+			b, _ := os.ReadFile(filepath.Join(dir, "web1.machinefs", "console.log"))
+			t.Logf("guest console:\n%s", b)
+		}
+	})
+	ip := func(args ...string) result {
+		t.Helper()
+		return runIn(t, "/", "ip", append([]string{"-n", ns.Name}, args...)...)
+	}
+	d.addHost("lab01", "drivers = sim\nsim.initial = on\nlocal = yes")
+	d.ok("mkdir hosts/lab01/vswitch/sw0")
+	if r := ip("addr", "add", "10.77.9.1/24", "dev", "sw0"); r.code != 0 {
+		t.Fatalf("ip addr add: %s", r.err)
+	}
+	const mac = "02:6d:66:75:00:01"
+	d.addHost("lab01/subhosts/web1", umlh.Config(root, dir, "uml.net = sw0:"+mac))
+	d.umlBoot()
+
+	if tap := stateField(d.read(umlWeb1+"/state"), "uml-tap"); tap != "web1" {
+		t.Fatalf("uml-tap %q, want web1", tap)
+	}
+	ports := d.read("hosts/lab01/vswitch/sw0/ports")
+	if !strings.Contains(ports, "web1 tap ") {
+		t.Fatalf("sw0 ports do not list the TAP web1:\n%s", ports)
+	}
+	ev := d.read(umlWeb1 + "/events.log")
+	if !strings.Contains(ev, "notify eth0 "+mac) {
+		t.Fatalf("guest did not report eth0 with %s:\n%s", mac, ev)
+	}
+	// Traffic: the guest pinged the switch at boot; the switch pings it.
+	eventually(t, "guest ping result", func() bool { return strings.Contains(d.read(umlWeb1+"/events.log"), "notify ping-") })
+	if ev := d.read(umlWeb1 + "/events.log"); !strings.Contains(ev, "notify ping-ok") {
+		t.Fatalf("guest could not ping 10.77.9.1:\n%s", ev)
+	}
+	if r := runIn(t, "/", "ip", "netns", "exec", ns.Name, "busybox", "ping", "-c", "1", "-W", "5", "10.77.9.2"); r.code != 0 {
+		t.Fatalf("ping from the switch to the guest: %s%s", r.out, r.err)
+	}
+	if neigh := ip("neigh", "show", "10.77.9.2").out; !strings.Contains(neigh, mac) {
+		t.Fatalf("neighbour 10.77.9.2 is %q, want MAC %s", neigh, mac)
+	}
+
+	// Off: the TAP goes with the guest.
+	d.ok("echo 'poweroff force wait timeout=10s' > " + umlWeb1 + "/power")
+	umlGone(t, dir)
+	if ports := d.read("hosts/lab01/vswitch/sw0/ports"); strings.Contains(ports, "web1") {
+		t.Fatalf("TAP still on sw0 after off:\n%s", ports)
+	}
+	if r := ip("link", "show", "web1"); r.code == 0 {
+		t.Fatalf("TAP web1 left after off:\n%s", r.out)
+	}
+	// Removed while on: rmdir refuses (power it off first).
+	d.umlBoot()
+	d.fails("rmdir "+umlWeb1, "Device or resource busy")
+	d.ok("echo 'off wait timeout=10s' > " + umlWeb1 + "/power")
+	d.ok("rmdir " + umlWeb1)
+	umlRemoved(t, dir, "web1")
+	if r := ip("link", "show", "web1"); r.code == 0 {
+		t.Fatalf("TAP web1 left after rmdir:\n%s", r.out)
+	}
+}
+
+// uml.root = ubd0=/IMAGE: a guest boots from an ext4 image made by the
+// test; ubd0=/COW,/BACKING writes to the COW file only.
+func TestUMLImage(t *testing.T) {
+	umlh.Skip(t)
+	root, dir := umlh.Root(t), umlh.Dir(t)
+	img := umlh.Image(t, root, "24M")
+	d := start(t)
+	d.addHost("lab01", "drivers = sim\nsim.initial = on")
+	d.addHost("lab01/subhosts/web1", umlh.ConfigRoot("ubd0="+img, dir))
+	d.umlBoot()
+	if got := d.umlConsole(umlWeb1, "config ubd0"); !strings.Contains(got, img) {
+		t.Fatalf("config ubd0: %q, want %s", got, img)
+	}
+	d.ok("echo 'poweroff wait timeout=20s' > " + umlWeb1 + "/power")
+	if r := stateField(d.read(umlWeb1+"/state"), "reason"); !strings.Contains(r, "poweroff") || !strings.Contains(r, "status 0") {
+		t.Fatalf("after poweroff: reason %q", r)
+	}
+	umlGone(t, dir)
+
+	// Copy-on-write over the same image: the backing file stays as it was.
+	sum := func(p string) string {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return fmt.Sprintf("%x", sha256.Sum256(b))
+	}
+	before := sum(img)
+	cow := filepath.Join(t.TempDir(), "web2.cow")
+	const web2 = "hosts/lab01/subhosts/web2"
+	d.addHost("lab01/subhosts/web2", umlh.ConfigRoot("ubd0="+cow+","+img, dir))
+	d.umlBootHost(web2)
+	if _, err := os.Stat(cow); err != nil {
+		t.Fatalf("no COW file: %v", err)
+	}
+	d.ok("echo 'poweroff wait timeout=20s' > " + web2 + "/power")
+	umlGoneHost(t, dir, "web2")
+	if sum(img) != before {
+		t.Fatal("the backing image changed under a COW guest")
 	}
 }
 

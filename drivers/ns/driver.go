@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -28,6 +29,11 @@ var names = struct {
 	sync.Mutex
 	m map[string]string
 }{m: map[string]string{}}
+
+var (
+	_ nodes.PowerController = (*Subhost)(nil)
+	_ nodes.Remover         = (*Subhost)(nil)
+)
 
 // Subhost is the ns driver of one subhost.
 type Subhost struct {
@@ -412,23 +418,80 @@ func (d *Subhost) exited(p *proc) {
 	d.flush()
 }
 
-// releaseLocked removes everything the subhost holds and its record.
-func (d *Subhost) releaseLocked() {
+// releaseLocked removes everything the subhost holds and its record. What
+// could not be released is logged and returned; the record goes anyway
+// (what it lists is gone or beyond repair by a retry).
+func (d *Subhost) releaseLocked() error {
 	if d.notify != nil {
 		d.notify.Close()
 		d.notify = nil
 	}
 	if d.rec == nil {
-		return
+		return nil
 	}
 	if d.p != nil {
 		d.p.kill()
 	}
-	if err := release(d.rec); err != nil {
+	err := release(d.rec)
+	if err != nil {
 		d.log.Warn("releasing subhost", "err", err)
 	}
-	_ = os.Remove(recordPath(d.s.stateDir, d.s.name))
+	if rerr := os.Remove(recordPath(d.s.stateDir, d.s.name)); rerr != nil && !errors.Is(rerr, fs.ErrNotExist) {
+		err = errors.Join(err, rerr)
+	}
 	d.rec = nil
+	return err
+}
+
+// Remove implements nodes.Remover: the host leaves the tree, so the
+// subhost goes for good, as with "stop force": a running init is killed
+// (SIGKILL, after thawing) and, once it has ended, its mounts, loop
+// devices, veths, netns, cgroup and record are released. A hibernated
+// subhost is released at once. The model refuses to remove a host that is
+// on, so a running init is the exception (a reload whose host power was
+// not known). Close follows; Close alone keeps the subhost for adoption.
+func (d *Subhost) Remove(ctx context.Context) error {
+	defer d.flush()
+	d.mu.Lock()
+	if d.closed {
+		d.mu.Unlock()
+		return nodes.Errorf(syscall.ESHUTDOWN, "driver closed")
+	}
+	p := d.p
+	if p != nil {
+		d.intent = "release"
+		d.killed = "killed by machinefs (host removed)"
+		_ = d.freezeLocked(false)
+		p.kill()
+	}
+	d.mu.Unlock()
+	if p != nil {
+		// The watcher sees the end through the pidfd and releases
+		// (intent "release"); wait for it rather than release under
+		// a live init.
+		select {
+		case <-p.done:
+		case <-ctx.Done():
+			return nodes.Errorf(syscall.ETIMEDOUT, "subhost init (pid %d) still running after SIGKILL: %v", p.pid, ctx.Err())
+		}
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if p != nil && d.p == p {
+		// The watcher was stopped (a Close after our caller gave up)
+		// before it saw the end. The kill was sent: release what is
+		// left.
+		p.closeFds()
+		d.p = nil
+	}
+	held := d.rec != nil
+	if err := d.releaseLocked(); err != nil {
+		return nodes.Errorf(syscall.EIO, "releasing subhost %s: %v", d.s.name, err)
+	}
+	if held {
+		d.queue(nodes.Status{Power: nodes.PowerOff, Reachable: true, Reason: "removed: mounts and netns released"})
+	}
+	return nil
 }
 
 // openNotifyLocked opens the subhost's notify FIFO for reading (O_RDWR, so
@@ -520,6 +583,7 @@ func (d *Subhost) Close() error {
 		d.mu.Lock()
 		if d.p == p {
 			p.closeFds()
+			d.p = nil // its fds are gone: nothing may signal through them
 		}
 		d.mu.Unlock()
 	}

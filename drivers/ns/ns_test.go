@@ -15,7 +15,15 @@ import (
 
 	"github.com/machinefs/machinefs/nodes"
 	"github.com/machinefs/machinefs/tests/harness/netns"
+	"go.uber.org/goleak"
 )
+
+// TestMain checks that no goroutine outlives the tests. Every driver is
+// closed by its test's cleanup (forceRelease), and Close waits for the
+// driver's watchers, so no ignore is needed: the threads that create a
+// netns or start an init end locked and are discarded by the runtime, but
+// their goroutines return.
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 type cfg map[string]string
 
@@ -85,6 +93,9 @@ type fixture struct {
 
 func setup(t *testing.T) *fixture {
 	netns.NeedRoot(t)
+	// Registered first, so it runs last: after every driver of the test
+	// was released and closed.
+	t.Cleanup(func() { goleak.VerifyNone(t) })
 	f := &fixture{t: t, state: t.TempDir(), cg: fmt.Sprintf("mfnu%d", os.Getpid())}
 	t.Cleanup(func() {
 		if root := cgroup2Root(); root != "" {
@@ -353,5 +364,98 @@ func TestNSDiskRoot(t *testing.T) {
 		if len(b) > 0 {
 			t.Fatalf("%s still attached to %s", l, b)
 		}
+	}
+}
+
+// mountedAt reports whether something is mounted at dir.
+func mountedAt(dir string) bool {
+	data, _ := os.ReadFile("/proc/self/mounts")
+	for _, l := range strings.Split(string(data), "\n") {
+		if f := strings.Fields(l); len(f) > 1 && f[1] == dir {
+			return true
+		}
+	}
+	return false
+}
+
+// Remove (the host leaves the tree) releases a hibernated subhost's
+// resources and kills and releases a running one; the driver then closes
+// without leaking anything.
+func TestNSRemove(t *testing.T) {
+	f := setup(t)
+	held := func(name string, rec record) []string {
+		var left []string
+		if netnsExists(name) {
+			left = append(left, "netns")
+		}
+		if mountedAt(rec.Live) {
+			left = append(left, "mount "+rec.Live)
+		}
+		if _, err := os.Stat(recordPath(f.state, name)); err == nil {
+			left = append(left, "record")
+		}
+		if _, err := os.Stat(filepath.Dir(rec.Live)); err == nil {
+			left = append(left, "state dir")
+		}
+		if rec.Cgroup != "" {
+			if _, err := os.Stat(rec.Cgroup); err == nil {
+				left = append(left, "cgroup "+rec.Cgroup)
+			}
+		}
+		return left
+	}
+
+	// Hibernated: power off, everything kept until Remove.
+	d, r := f.open("mfnu10", f.cfg("ns.root", f.root()))
+	f.power(d, "on")
+	waitPower(t, r, nodes.PowerOn)
+	f.power(d, "hibernate")
+	if st := waitPower(t, r, nodes.PowerOff); st.Reason != "hibernated" {
+		t.Fatalf("hibernate: %+v", st)
+	}
+	rec := *d.rec
+	if left := held("mfnu10", rec); len(left) < 4 {
+		t.Fatalf("hibernated subhost holds only %v", left)
+	}
+	if err := d.Remove(context.Background()); err != nil {
+		t.Fatalf("Remove of a hibernated subhost: %v", err)
+	}
+	if left := held("mfnu10", rec); len(left) > 0 {
+		t.Fatalf("Remove left %v", left)
+	}
+	if st := r.power(); st.Power != nodes.PowerOff || !strings.Contains(st.Reason, "removed") {
+		t.Fatalf("after Remove: %+v", st)
+	}
+	if err := d.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	// Running: killed, then released.
+	d, r = f.open("mfnu11", f.cfg("ns.root", f.root()))
+	f.power(d, "on")
+	waitPower(t, r, nodes.PowerOn)
+	d.mu.Lock()
+	rec, pid := *d.rec, d.p.pid
+	d.mu.Unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := d.Remove(ctx); err != nil {
+		t.Fatalf("Remove of a running subhost: %v", err)
+	}
+	if procStart(pid) != 0 {
+		t.Fatalf("init %d still runs after Remove", pid)
+	}
+	if left := held("mfnu11", rec); len(left) > 0 {
+		t.Fatalf("Remove left %v", left)
+	}
+	if st := r.power(); st.Power != nodes.PowerOff || !strings.Contains(st.Reason, "host removed") {
+		t.Fatalf("after Remove: %+v", st)
+	}
+	if err := d.Close(); err != nil {
+		t.Fatal(err)
+	}
+	// After Close, Remove is refused: a new driver may hold the subhost.
+	if err := d.Remove(ctx); !errors.Is(err, syscall.ESHUTDOWN) {
+		t.Fatalf("Remove after Close: %v", err)
 	}
 }

@@ -550,7 +550,12 @@ func (m *Machine) powerOn(ctx context.Context) error {
 		if fi, err := os.Stat(m.root.hostfs); err != nil || !fi.IsDir() {
 			return nodes.Errorf(syscall.ENOENT, "uml.root: hostfs directory %s does not exist", m.root.hostfs)
 		}
-	} else if _, err := os.Stat(m.root.image); err != nil && m.root.backing == "" {
+	} else if m.root.backing != "" {
+		// UML makes the COW file if it is missing; the backing file must be there.
+		if _, err := os.Stat(m.root.backing); err != nil {
+			return nodes.Errorf(syscall.ENOENT, "uml.root: backing file %s: %v", m.root.backing, err)
+		}
+	} else if _, err := os.Stat(m.root.image); err != nil {
 		return nodes.Errorf(syscall.ENOENT, "uml.root: image %s: %v", m.root.image, err)
 	}
 	if err := os.MkdirAll(m.side, 0o700); err != nil {

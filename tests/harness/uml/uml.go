@@ -22,19 +22,23 @@ import (
 // Kernel is the UML kernel the tests run.
 const Kernel = "/usr/bin/linux"
 
-// Init is the guest's /init: it mounts /proc, tells the host "booted"
-// through /proc/mconsole (a USER_NOTIFY), powers off on ctrl-alt-del (the
-// kernel sends init SIGINT) and otherwise waits.
+// Init is the guest's /init: it mounts /proc and /sys, runs /etc/rc if
+// the root has one, tells the host "eth0 MAC" when the guest has an eth0,
+// then "booted", through /proc/mconsole (USER_NOTIFY), powers off on
+// ctrl-alt-del (the kernel sends init SIGINT) and otherwise waits.
 const Init = `#!/bin/sh
 export PATH=/bin
 mount -t proc proc /proc
+mount -t sysfs sysfs /sys
 echo 0 > /proc/sys/kernel/ctrl-alt-del
 trap 'echo poweroff-by-cad > /proc/mconsole; sync; poweroff -f' INT
+[ -x /etc/rc ] && /etc/rc
+[ -e /sys/class/net/eth0/address ] && echo "eth0 $(cat /sys/class/net/eth0/address)" > /proc/mconsole
 echo booted > /proc/mconsole
 while :; do sleep 1 & wait $!; done
 `
 
-var applets = []string{"sh", "mount", "sleep", "echo", "cat", "sync", "poweroff", "halt", "reboot", "ls", "mkdir"}
+var applets = []string{"sh", "mount", "sleep", "echo", "cat", "sync", "poweroff", "halt", "reboot", "ls", "mkdir", "ifconfig", "ping"}
 
 // Skip skips the test unless UML and a static busybox are installed and
 // the test runs as root.
@@ -101,6 +105,20 @@ func Root(t testing.TB) string {
 	return root
 }
 
+// Image builds an ext4 disk image of size (mkfs.ext4 size, e.g. "24M")
+// holding the tree at root, and returns its path.
+func Image(t testing.TB, root, size string) string {
+	t.Helper()
+	if _, err := exec.LookPath("mkfs.ext4"); err != nil {
+		t.Skip("no mkfs.ext4 (apt-get install e2fsprogs)")
+	}
+	img := filepath.Join(t.TempDir(), "root.img")
+	if out, err := exec.Command("mkfs.ext4", "-q", "-F", "-d", root, img, size).CombinedOutput(); err != nil {
+		t.Fatalf("mkfs.ext4 -d %s: %v\n%s", root, err, out)
+	}
+	return img
+}
+
 // Dir makes a short uml_dir under /tmp and, when the test ends, kills
 // every guest still running with that uml_dir (its whole process group)
 // and removes the directory.
@@ -155,11 +173,17 @@ func KillGuests(dir string) int {
 	return len(pids)
 }
 
-// Config is the config of a UML subhost with root and dir.
+// Config is the config of a UML subhost with a hostfs root and dir.
 func Config(root, dir string, extra ...string) string {
+	return ConfigRoot("hostfs:"+root, dir, extra...)
+}
+
+// ConfigRoot is the config of a UML subhost with uml.root = rootSpec
+// (hostfs:/DIR, ubd0=/IMAGE or ubd0=/COW,/BACKING).
+func ConfigRoot(rootSpec, dir string, extra ...string) string {
 	lines := append([]string{
 		"drivers = uml",
-		"uml.root = hostfs:" + root,
+		"uml.root = " + rootSpec,
 		"uml.dir = " + dir,
 		"uml.mem = 64M",
 		"uml.init = /init",
