@@ -97,9 +97,8 @@ func (n *notifier) onEvent(e nodes.Event) {
 		case "added", "removed":
 			n.entries[e.Path] = true
 		case "vswitch":
-			// "vswitch NAME ...": the switch's live files changed.
-			name, _, _ := strings.Cut(e.Detail, " ")
-			n.switches[e.Path+"/vswitch/"+name] = true
+			// The switch's live files (ports, info) changed.
+			n.switches[e.Path+"/vswitch/"+e.Item] = true
 		}
 		n.dirty[e.Path] |= bits
 		for p := parentPath(e.Path); p != ""; p = parentPath(p) {

@@ -143,3 +143,21 @@ func (h *Host) driverKinds() string {
 	}
 	return h.driverKindsLocked()
 }
+
+// consolePowerVerbs are the mconsole commands that are power verbs under
+// another name.
+var consolePowerVerbs = map[string]string{
+	"halt":   "off",
+	"reboot": "reboot",
+	"cad":    "poweroff",
+	"stop":   "pause",
+	"go":     "resume",
+}
+
+// ConsolePowerVerb maps an mconsole command that is a power verb under
+// another name (halt, reboot, cad, stop, go) to that verb, for drivers that
+// answer these commands through their own Power.
+func ConsolePowerVerb(name string) (verb string, ok bool) {
+	verb, ok = consolePowerVerbs[name]
+	return verb, ok
+}

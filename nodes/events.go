@@ -14,6 +14,9 @@ type Event struct {
 	Path   string // "hosts/lab01", or "" for the tree itself
 	Kind   string // power, command, error, config, added, removed, notify...
 	Detail string
+	// Item names the part of the host the event is about, when there is
+	// one: the switch of a vswitch event. It is not part of the line.
+	Item string
 }
 
 // Line renders the event as one line with its newline.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"maps"
 	"slices"
 	"sort"
 	"strings"
@@ -187,12 +188,7 @@ func (t *Tree) Child(parent *Host, name string) *Host {
 func (t *Tree) subhostNames(h *Host) []string {
 	t.mu.RLock()
 	defer t.mu.RUnlock()
-	names := make([]string, 0, len(h.subhosts))
-	for n := range h.subhosts {
-		names = append(names, n)
-	}
-	slices.Sort(names)
-	return names
+	return slices.Sorted(maps.Keys(h.subhosts))
 }
 
 // Add creates a host named name under parent (nil for hosts/) with the
@@ -320,6 +316,15 @@ func (t *Tree) closeTree(h *Host) {
 //	add NAME [key=value ...]    (NAME may be PARENT/subhosts/NAME)
 //	remove NAME
 func (t *Tree) Ctl(ctx context.Context, line string, who Caller) error {
+	err := t.ctl(ctx, line, who)
+	if err != nil {
+		// The reason goes to events too: the shell only prints the errno.
+		t.publish(Event{Time: time.Now(), Kind: "ctl", Detail: fmt.Sprintf("%q %s refused: %v", strings.TrimSpace(line), who, err)})
+	}
+	return err
+}
+
+func (t *Tree) ctl(ctx context.Context, line string, who Caller) error {
 	f := strings.Fields(line)
 	if len(f) == 0 {
 		return nil
@@ -499,12 +504,7 @@ func (t *Tree) keySpec(key string) (KeySpec, bool) {
 }
 
 func (t *Tree) driverNames() []string {
-	names := make([]string, 0, len(t.specs))
-	for n := range t.specs {
-		names = append(names, n)
-	}
-	slices.Sort(names)
-	return names
+	return slices.Sorted(maps.Keys(t.specs))
 }
 
 func (t *Tree) isSecret(key string) bool {

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"os/user"
-	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -29,7 +28,7 @@ type Switches interface {
 	AllText(ctx context.Context) (string, error)
 	// Uplink is the switch's uplink interface, "" if none.
 	Uplink(ctx context.Context, name string) (string, error)
-	// List names the switches machinefs manages.
+	// List names the switches machinefs manages, sorted.
 	List() []string
 	// Exists reports whether a bridge of that name exists, managed or not.
 	Exists(ctx context.Context, name string) bool
@@ -70,51 +69,60 @@ func (h *Host) SwitchNames() []string {
 	if err != nil {
 		return nil
 	}
-	names := sw.List()
-	slices.Sort(names)
-	return names
+	return sw.List()
+}
+
+// switchOp runs one change to the local host's switches: it refuses on a
+// read-only mount and on other hosts, bounds the call, and records the
+// outcome as a vswitch event about switch (what fn returns on success,
+// "ACTION failed: reason" otherwise).
+func (h *Host) switchOp(ctx context.Context, switchName, action string, who Caller, fn func(ctx context.Context, sw Switches) (string, error)) error {
+	if h.tree.readOnly {
+		return Errorf(syscall.EROFS, "read-only mount")
+	}
+	sw, err := h.switches()
+	if err != nil {
+		return err
+	}
+	var done string
+	err = callDriver(ctx, switchTimeout, func(ctx context.Context) error {
+		var err error
+		done, err = fn(ctx, sw)
+		return err
+	})
+	if err != nil {
+		h.emitSwitch(switchName, fmt.Sprintf("%s failed %s: %v", action, who, err))
+		return err
+	}
+	h.emitSwitch(switchName, done+" "+who.String())
+	return nil
+}
+
+// emitSwitch publishes a vswitch event naming the switch it is about, so
+// the filesystem knows whose ports and info changed.
+func (h *Host) emitSwitch(switchName, detail string) {
+	h.tree.publish(Event{Time: time.Now(), Path: h.path, Kind: "vswitch", Item: switchName, Detail: switchName + " " + detail})
 }
 
 // CreateSwitch creates (or reuses) a switch: mkdir vswitch/NAME.
 func (h *Host) CreateSwitch(ctx context.Context, name string, who Caller) error {
-	if h.tree.readOnly {
-		return Errorf(syscall.EROFS, "read-only mount")
-	}
-	sw, err := h.switches()
-	if err != nil {
-		return err
-	}
 	if !ValidName(name) || len(name) > 12 {
 		return Errorf(syscall.EINVAL, "vswitch %q: use 1-12 letters, digits, '.', '_' or '-' (TAP names add a suffix)", name)
 	}
-	created, err := callSwitch(ctx, func(ctx context.Context) (bool, error) { return sw.Create(ctx, name) })
-	if err != nil {
-		h.emit("vswitch", fmt.Sprintf("%s create failed %s: %v", name, who, err))
-		return err
-	}
-	what := "reused"
-	if created {
-		what = "created"
-	}
-	h.emit("vswitch", fmt.Sprintf("%s %s %s", name, what, who))
-	return nil
+	return h.switchOp(ctx, name, "create", who, func(ctx context.Context, sw Switches) (string, error) {
+		created, err := sw.Create(ctx, name)
+		if created {
+			return "created", err
+		}
+		return "reused", err
+	})
 }
 
 // DeleteSwitch removes what machinefs created for a switch: rmdir.
 func (h *Host) DeleteSwitch(ctx context.Context, name string, who Caller) error {
-	if h.tree.readOnly {
-		return Errorf(syscall.EROFS, "read-only mount")
-	}
-	sw, err := h.switches()
-	if err != nil {
-		return err
-	}
-	if _, err := callSwitch(ctx, func(ctx context.Context) (bool, error) { return false, sw.Delete(ctx, name) }); err != nil {
-		h.emit("vswitch", fmt.Sprintf("%s delete failed %s: %v", name, who, err))
-		return err
-	}
-	h.emit("vswitch", fmt.Sprintf("%s deleted %s", name, who))
-	return nil
+	return h.switchOp(ctx, name, "delete", who, func(ctx context.Context, sw Switches) (string, error) {
+		return "deleted", sw.Delete(ctx, name)
+	})
 }
 
 // SwitchesCtl runs one line written to vswitch/ctl:
@@ -125,13 +133,6 @@ func (h *Host) DeleteSwitch(ctx context.Context, name string, who Caller) error 
 // the slow part (tens of ms per request), so a batch is much faster than
 // one rmdir per switch.
 func (h *Host) SwitchesCtl(ctx context.Context, line string, who Caller) error {
-	if h.tree.readOnly {
-		return Errorf(syscall.EROFS, "read-only mount")
-	}
-	sw, err := h.switches()
-	if err != nil {
-		return err
-	}
 	f := strings.Fields(line)
 	if len(f) == 0 {
 		return nil
@@ -140,14 +141,9 @@ func (h *Host) SwitchesCtl(ctx context.Context, line string, who Caller) error {
 		return Errorf(syscall.EINVAL, "vswitch ctl: %q: want \"cancel NAME [NAME ...]\"", line)
 	}
 	names := f[1:]
-	if _, err := callSwitch(ctx, func(ctx context.Context) (bool, error) { return false, sw.Delete(ctx, names...) }); err != nil {
-		h.emit("vswitch", fmt.Sprintf("%s cancel failed %s: %v", strings.Join(names, ","), who, err))
-		return err
-	}
-	for _, n := range names {
-		h.emit("vswitch", fmt.Sprintf("%s deleted %s", n, who))
-	}
-	return nil
+	return h.switchOp(ctx, strings.Join(names, ","), "cancel", who, func(ctx context.Context, sw Switches) (string, error) {
+		return "deleted", sw.Delete(ctx, names...)
+	})
 }
 
 // SwitchCtl runs one line written to vswitch/NAME/ctl:
@@ -156,72 +152,55 @@ func (h *Host) SwitchesCtl(ctx context.Context, line string, who Caller) error {
 //	remove PORT
 //	check
 func (h *Host) SwitchCtl(ctx context.Context, name, line string, who Caller) error {
-	sw, err := h.switches()
-	if err != nil {
-		return err
-	}
 	f := strings.Fields(line)
-	if len(f) == 0 {
-		return nil
-	}
-	run := func(fn func(ctx context.Context) (bool, error)) error {
-		_, err := callSwitch(ctx, fn)
-		return err
-	}
-	var detail string
 	switch {
+	case len(f) == 0:
+		return nil
 	case f[0] == "add" && len(f) >= 2 && f[1] == "tap":
-		owner, group := NoOwner, NoOwner
-		for _, kv := range f[2:] {
-			k, v, ok := strings.Cut(kv, "=")
-			var id uint32
-			var err error
-			switch {
-			case ok && k == "owner":
-				id, err = lookupID(v, false)
-				owner = id
-			case ok && k == "group":
-				id, err = lookupID(v, true)
-				group = id
-			default:
-				err = Errorf(syscall.EINVAL, "vswitch ctl: %q: want owner=USER or group=GROUP", kv)
-			}
-			if err != nil {
-				return err
-			}
+		owner, group, err := tapOwners(f[2:])
+		if err != nil {
+			return err
 		}
-		var tap string
-		err = run(func(ctx context.Context) (bool, error) {
-			var err error
-			tap, err = sw.AddTap(ctx, name, owner, group)
-			return false, err
+		return h.switchOp(ctx, name, "add tap", who, func(ctx context.Context, sw Switches) (string, error) {
+			tap, err := sw.AddTap(ctx, name, owner, group)
+			return "tap " + tap + " added", err
 		})
-		detail = "tap " + tap + " added"
 	case f[0] == "remove" && len(f) == 2:
-		err = run(func(ctx context.Context) (bool, error) { return false, sw.RemovePort(ctx, name, f[1]) })
-		detail = "port " + f[1] + " removed"
+		return h.switchOp(ctx, name, "remove "+f[1], who, func(ctx context.Context, sw Switches) (string, error) {
+			return "port " + f[1] + " removed", sw.RemovePort(ctx, name, f[1])
+		})
 	case f[0] == "check" && len(f) == 1:
-		err = run(func(ctx context.Context) (bool, error) { return false, sw.Check(ctx, name) })
-		detail = "check ok"
-	default:
-		return Errorf(syscall.EINVAL, "vswitch ctl: %q: want \"add tap [owner=U] [group=G]\", \"remove PORT\" or \"check\"", line)
+		return h.switchOp(ctx, name, "check", who, func(ctx context.Context, sw Switches) (string, error) {
+			return "check ok", sw.Check(ctx, name)
+		})
 	}
-	if err != nil {
-		h.emit("vswitch", fmt.Sprintf("%s %q %s failed: %v", name, line, who, err))
-		return err
+	return Errorf(syscall.EINVAL, "vswitch ctl: %q: want \"add tap [owner=U] [group=G]\", \"remove PORT\" or \"check\"", line)
+}
+
+// tapOwners parses the owner=USER and group=GROUP options of "add tap".
+func tapOwners(opts []string) (owner, group uint32, err error) {
+	owner, group = NoOwner, NoOwner
+	for _, kv := range opts {
+		k, v, ok := strings.Cut(kv, "=")
+		switch {
+		case ok && k == "owner":
+			owner, err = lookupID(v, false)
+		case ok && k == "group":
+			group, err = lookupID(v, true)
+		default:
+			err = Errorf(syscall.EINVAL, "vswitch ctl: %q: want owner=USER or group=GROUP", kv)
+		}
+		if err != nil {
+			return 0, 0, err
+		}
 	}
-	h.emit("vswitch", fmt.Sprintf("%s %s %s", name, detail, who))
-	return nil
+	return owner, group, nil
 }
 
 // SwitchConfig applies "uplink = IFACE" (or "uplink =") written to
 // vswitch/NAME/config. The uplink must be named: machinefs never touches
 // an interface it was not told to.
 func (h *Host) SwitchConfig(ctx context.Context, name, text string, who Caller) error {
-	sw, err := h.switches()
-	if err != nil {
-		return err
-	}
 	cf, err := ParseConfig(text)
 	if err != nil {
 		return err
@@ -235,12 +214,9 @@ func (h *Host) SwitchConfig(ctx context.Context, name, text string, who Caller) 
 	if !ok {
 		return nil
 	}
-	if _, err := callSwitch(ctx, func(ctx context.Context) (bool, error) { return false, sw.SetUplink(ctx, name, v) }); err != nil {
-		h.emit("vswitch", fmt.Sprintf("%s uplink %q failed %s: %v", name, v, who, err))
-		return err
-	}
-	h.emit("vswitch", fmt.Sprintf("%s uplink %q %s", name, v, who))
-	return nil
+	return h.switchOp(ctx, name, fmt.Sprintf("uplink %q", v), who, func(ctx context.Context, sw Switches) (string, error) {
+		return fmt.Sprintf("uplink %q", v), sw.SetUplink(ctx, name, v)
+	})
 }
 
 // SwitchText renders one of a switch's status files: info, ports, config.
@@ -250,7 +226,7 @@ func (h *Host) SwitchText(ctx context.Context, name, file string) (string, error
 		return "", err
 	}
 	var text string
-	_, err = callSwitch(ctx, func(ctx context.Context) (bool, error) {
+	err = callDriver(ctx, switchTimeout, func(ctx context.Context) error {
 		var err error
 		switch file {
 		case "info":
@@ -264,7 +240,7 @@ func (h *Host) SwitchText(ctx context.Context, name, file string) (string, error
 		case "all":
 			text, err = sw.AllText(ctx)
 		}
-		return false, err
+		return err
 	})
 	return text, err
 }
@@ -278,16 +254,6 @@ func (h *Host) HasSwitch(ctx context.Context, name string) bool {
 // switchTimeout bounds every switch call; netlink answers in microseconds
 // unless the kernel is busy deleting devices.
 const switchTimeout = 30 * time.Second
-
-func callSwitch(ctx context.Context, fn func(ctx context.Context) (bool, error)) (bool, error) {
-	var out bool
-	err := callDriver(ctx, switchTimeout, func(ctx context.Context) error {
-		var err error
-		out, err = fn(ctx)
-		return err
-	})
-	return out, err
-}
 
 func lookupName(name string, group bool) (uint32, error) {
 	var id string
@@ -341,6 +307,6 @@ func (t *Tree) WatchSwitches(ctx context.Context) error {
 		if local == nil {
 			return
 		}
-		local.emit("vswitch", fmt.Sprintf("%s link %s %s", c.Switch, c.Link, c.What))
+		local.emitSwitch(c.Switch, fmt.Sprintf("link %s %s", c.Link, c.What))
 	})
 }

@@ -154,6 +154,9 @@ func TestCtl(t *testing.T) {
 	d.fails("echo 'add web1' > ctl", "File exists")
 	d.fails("echo 'add web2 colour=blue' > ctl", "Invalid argument")
 	d.fails("echo 'launch web2' > ctl", "Invalid argument")
+	if ev := d.read("events.log"); !strings.Contains(ev, `/ ctl "launch web2" uid=0`) || !strings.Contains(ev, `unknown command "launch"`) {
+		t.Fatalf("the refused ctl line's reason is not in events:\n%s", ev)
+	}
 	d.fails("echo 'remove nosuch' > ctl", "No such file or directory")
 	d.ok("echo 'remove web1' > ctl")
 	if ls := d.ok("ls hosts"); ls != "" {

@@ -41,6 +41,9 @@ func (d *Subhost) Console(ctx context.Context, name string, args []string) (stri
 		}
 		return verb + " accepted", nil
 	}
+	if verb, ok := nodes.ConsolePowerVerb(name); ok {
+		return run(verb)
+	}
 	switch name {
 	case "version":
 		var u unix.Utsname
@@ -77,16 +80,6 @@ func (d *Subhost) Console(ctx context.Context, name string, args []string) (stri
 			return "", nodes.Errorf(syscall.ENOENT, "proc %s: %v", args[0], err)
 		}
 		return "\n" + strings.TrimRight(data, "\n"), nil
-	case "stop":
-		return run("pause")
-	case "go":
-		return run("resume")
-	case "halt":
-		return run("off")
-	case "reboot":
-		return run("reboot")
-	case "cad":
-		return run("poweroff")
 	case "log":
 		if len(args) == 0 {
 			return "", nodes.Errorf(syscall.EINVAL, "log needs TEXT")

@@ -194,19 +194,12 @@ func (m *Machine) Console(ctx context.Context, name string, args []string) (stri
 		}
 		return verb + " accepted", nil
 	}
+	if verb, ok := nodes.ConsolePowerVerb(name); ok {
+		return run(verb)
+	}
 	switch name {
 	case "version":
 		return "machinefs sim 1 (simulated machine)", nil
-	case "halt":
-		return run("off")
-	case "reboot":
-		return run("reboot")
-	case "cad":
-		return run("poweroff")
-	case "stop":
-		return run("pause")
-	case "go":
-		return run("resume")
 	case "log":
 		if len(args) == 0 {
 			return "", nodes.Errorf(syscall.EINVAL, "log needs TEXT")

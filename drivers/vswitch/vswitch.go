@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"slices"
 	"sort"
@@ -521,12 +522,7 @@ func (m *Manager) Ports(ctx context.Context, name string) ([]Port, error) {
 func (m *Manager) List() []string {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	names := make([]string, 0, len(m.recs))
-	for n := range m.recs {
-		names = append(names, n)
-	}
-	sort.Strings(names)
-	return names
+	return slices.Sorted(maps.Keys(m.recs))
 }
 
 // ListAll describes every bridge in the namespace, managed or not.
