@@ -329,7 +329,15 @@ func (c *consoleFile) Open(ctx context.Context, flags uint32) (gofs.FileHandle, 
 	if flags&syscall.O_ACCMODE != syscall.O_RDONLY && c.fsys.isSelf(ctx) {
 		return selfOpen()
 	}
-	return &consoleSession{file: c}, fuse.FOPEN_DIRECT_IO, 0
+	fuseFlags := uint32(fuse.FOPEN_DIRECT_IO)
+	if flags&syscall.O_ACCMODE == syscall.O_RDWR {
+		// A read-write session reads its replies, so it writes whole
+		// lines; a last line without a newline can only run blind.
+		// It runs at release, and close needs no round trip to the
+		// daemon (FLUSH): one less per `exec 3<>console` session.
+		fuseFlags |= fuse.FOPEN_NOFLUSH
+	}
+	return &consoleSession{file: c}, fuseFlags, 0
 }
 
 type consoleSession struct {
@@ -338,12 +346,14 @@ type consoleSession struct {
 	pending    []byte
 	transcript []byte
 	wrote      bool
+	writer     nodes.Caller // of the last write: RELEASE carries no caller
 }
 
 func (s *consoleSession) Write(ctx context.Context, data []byte, off int64) (uint32, syscall.Errno) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.wrote = true
+	s.writer = caller(ctx)
 	s.transcript = append(s.transcript, data...)
 	s.pending = append(s.pending, data...)
 	for {
@@ -376,17 +386,28 @@ func (s *consoleSession) Read(ctx context.Context, dest []byte, off int64) (fuse
 	return fuse.ReadResultData(dest[:n]), 0
 }
 
-// Flush runs a last command written without a newline.
+// Flush runs a last command written without a newline, before close
+// returns (`printf version > console`).
 func (s *consoleSession) Flush(ctx context.Context) syscall.Errno {
+	s.runPending(ctx)
+	return 0
+}
+
+// Release runs a last line of a read-write session, which gets no Flush.
+func (s *consoleSession) Release(ctx context.Context) syscall.Errno {
+	s.runPending(ctx)
+	return 0
+}
+
+func (s *consoleSession) runPending(ctx context.Context) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if len(bytes.TrimSpace(s.pending)) > 0 {
 		line := string(s.pending)
 		s.pending = nil
 		s.transcript = append(s.transcript, '\n')
-		s.transcript = append(s.transcript, s.file.host.Console(ctx, line, caller(ctx))...)
+		s.transcript = append(s.transcript, s.file.host.Console(ctx, line, s.writer)...)
 	}
-	return 0
 }
 
 // eventsFile is a blocking stream of events ("cat events" waits for more);

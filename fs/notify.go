@@ -86,6 +86,11 @@ func (n *notifier) onEvent(e nodes.Event) {
 		}
 		bits := dirtyLog | dirtyState
 		switch e.Kind {
+		case "console", "serial":
+			// A console session changes nothing that state shows:
+			// only the event logs grow. Anything the command did to
+			// the machine comes as an event of its own (power).
+			bits = dirtyLog
 		case "power":
 			bits |= dirtyPower
 		case "command":

@@ -18,10 +18,11 @@ func (h *Host) Console(ctx context.Context, line string, who Caller) string {
 	}
 	name := strings.ToLower(fields[0])
 	var reply string
+	query := true
 	if name == "help" {
 		reply = "OK " + h.consoleHelp()
 	} else {
-		reply = h.consoleRun(ctx, name, fields[1:])
+		reply, query = h.consoleRun(ctx, name, fields[1:])
 	}
 	if !strings.HasSuffix(reply, "\n") {
 		reply += "\n"
@@ -30,6 +31,9 @@ func (h *Host) Console(ctx context.Context, line string, who Caller) string {
 	h.mu.Lock()
 	h.console = reply
 	h.mu.Unlock()
+	if query {
+		return reply // it changed nothing: not an event
+	}
 	h.emit("console", fmt.Sprintf("%q %s %s", strings.TrimSpace(line), who, strings.TrimSpace(status)))
 	return reply
 }
@@ -42,9 +46,11 @@ func (h *Host) LastConsoleReply() string {
 	return h.console
 }
 
-func (h *Host) consoleRun(ctx context.Context, name string, args []string) string {
+// consoleRun runs a driver's console command and says whether it was a
+// query (see ConsoleCommand.Query).
+func (h *Host) consoleRun(ctx context.Context, name string, args []string) (reply string, query bool) {
 	if h.tree.readOnly {
-		return "ERR read-only mount"
+		return "ERR read-only mount", false
 	}
 	h.mu.Lock()
 	var target Consoler
@@ -53,6 +59,7 @@ func (h *Host) consoleRun(ctx context.Context, name string, args []string) strin
 			for _, cc := range c.ConsoleCommands() {
 				if cc.Name == name {
 					target = c
+					query = cc.Query != nil && cc.Query(args)
 				}
 			}
 		}
@@ -63,7 +70,7 @@ func (h *Host) consoleRun(ctx context.Context, name string, args []string) strin
 	timeout := h.cfg.Duration("timeout", defaultTimeout)
 	h.mu.Unlock()
 	if target == nil {
-		return fmt.Sprintf("ERR unknown command %q (try help)", name)
+		return fmt.Sprintf("ERR unknown command %q (try help)", name), false
 	}
 	var text string
 	err := callDriver(ctx, timeout, func(ctx context.Context) error {
@@ -72,9 +79,9 @@ func (h *Host) consoleRun(ctx context.Context, name string, args []string) strin
 		return err
 	})
 	if err != nil {
-		return "ERR " + err.Error()
+		return "ERR " + err.Error(), query
 	}
-	return "OK " + text
+	return "OK " + text, query
 }
 
 func (h *Host) consoleHelp() string {

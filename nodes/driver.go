@@ -99,7 +99,15 @@ type ConsoleCommand struct {
 	Name  string // first word, e.g. "version"
 	Usage string // e.g. "sysrq LETTER"
 	Help  string // one line
+	// Query says whether a call with these arguments only reads
+	// (version, proc FILE, config DEV). Queries are not recorded in
+	// events: a script that polls them must not flood the event log
+	// and rotate out what happened to the machine. Nil: never a query.
+	Query func(args []string) bool
 }
+
+// AlwaysQuery is ConsoleCommand.Query of a command that only reads.
+func AlwaysQuery([]string) bool { return true }
 
 // Consoler is a driver with a management console (mconsole style).
 type Consoler interface {

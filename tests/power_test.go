@@ -326,6 +326,21 @@ func TestEventsLogTail(t *testing.T) {
 	}
 }
 
+// A last line without a newline runs when the file is closed, from a
+// write-only open (before close returns) and from a read-write session
+// (which has no FLUSH, so it runs at release).
+func TestConsoleUnterminatedLine(t *testing.T) {
+	d := start(t, "--demo")
+	d.ok("printf 'log from-wronly' > hosts/lab01/console")
+	if log := d.ok("cat hosts/lab01/events.log"); !strings.Contains(log, "hosts/lab01 log from-wronly") {
+		t.Fatalf("write-only line not run by close:\n%s", log)
+	}
+	d.ok("exec 3<>hosts/lab01/console; printf 'log from-rdwr' >&3; exec 3>&-")
+	eventually(t, "read-write session's last line in events", func() bool {
+		return strings.Contains(d.ok("cat hosts/lab01/events.log"), "hosts/lab01 log from-rdwr")
+	})
+}
+
 func TestConsoleSession(t *testing.T) {
 	d := start(t, "--demo")
 	r := runIn(t, d.mnt, "bash", "-c", `exec 3<>hosts/lab01/console
@@ -339,6 +354,12 @@ printf '%s\n%s\n%s\n' "$a" "$b" "$c"`)
 	}
 	if !strings.HasPrefix(lines[0], "OK machinefs sim") || !strings.HasPrefix(lines[1], `ERR unknown command "nosuch"`) || lines[2] != "OK " && lines[2] != "OK" {
 		t.Fatalf("console replies: %q", lines)
+	}
+	// Commands are events, queries are not: a script polling version
+	// must not flood the event log.
+	log := d.ok("cat hosts/lab01/events.log")
+	if !strings.Contains(log, `console "log x"`) || !strings.Contains(log, `console "nosuch"`) || strings.Contains(log, `console "version"`) {
+		t.Fatalf("console events: want log x and nosuch, not version:\n%s", log)
 	}
 	help := d.ok("echo help > hosts/lab01/console; cat hosts/lab01/console")
 	for _, w := range []string{"OK commands:", "version", "halt", "reboot", "cad", "flip"} {

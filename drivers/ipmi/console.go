@@ -16,7 +16,7 @@ import (
 // ConsoleCommands implements nodes.Consoler. help is provided by the model.
 func (d *Driver) ConsoleCommands() []nodes.ConsoleCommand {
 	return []nodes.ConsoleCommand{
-		{Name: "version", Usage: "version", Help: "BMC device id, firmware and IPMI version (Get Device ID)"},
+		{Name: "version", Usage: "version", Help: "BMC device id, firmware and IPMI version (Get Device ID)", Query: nodes.AlwaysQuery},
 		{Name: "halt", Usage: "halt", Help: "power off at once (= power off)"},
 		{Name: "reboot", Usage: "reboot", Help: "hard reset (= power reset)"},
 		{Name: "cad", Usage: "cad", Help: "ACPI soft shutdown, like ctrl-alt-del on a console (= power soft)"},

@@ -18,8 +18,8 @@ import (
 // they apply to a namespace sandbox).
 func (d *Subhost) ConsoleCommands() []nodes.ConsoleCommand {
 	return []nodes.ConsoleCommand{
-		{Name: "version", Help: "kernel and subhost init"},
-		{Name: "proc", Usage: "proc FILE", Help: "a file of the subhost's /proc"},
+		{Name: "version", Help: "kernel and subhost init", Query: nodes.AlwaysQuery},
+		{Name: "proc", Usage: "proc FILE", Help: "a file of the subhost's /proc", Query: nodes.AlwaysQuery},
 		{Name: "stop", Help: "freeze the subhost (cgroup freezer)"},
 		{Name: "go", Help: "thaw a frozen subhost"},
 		{Name: "halt", Help: "kill the subhost at once and release it"},

@@ -175,7 +175,7 @@ func (m *Machine) set(p nodes.Power, reason string) {
 // ConsoleCommands implements nodes.Consoler.
 func (m *Machine) ConsoleCommands() []nodes.ConsoleCommand {
 	return []nodes.ConsoleCommand{
-		{Name: "version", Help: "simulator version"},
+		{Name: "version", Help: "simulator version", Query: nodes.AlwaysQuery},
 		{Name: "halt", Help: "power off at once"},
 		{Name: "reboot", Help: "reboot"},
 		{Name: "cad", Help: "ctrl-alt-del: orderly power off"},

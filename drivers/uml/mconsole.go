@@ -6,12 +6,13 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"net"
-	"os"
+
 	"strings"
-	"sync/atomic"
+
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/machinefs/machinefs/nodes"
 )
@@ -52,44 +53,72 @@ func (e *ReplyError) Error() string {
 	return e.Text
 }
 
-var clientSeq atomic.Uint64
-
 // Request sends one command to the mconsole socket at sock and returns the
 // reply text, the datagrams of a multi-part reply joined. An "ERR" reply is
 // a *ReplyError. The socket is new for every request (UML's protocol has no
-// request ids, so a fresh socket can never read a stale reply) and bound to
-// an abstract address, as UML only answers bound clients. The request ends
-// when ctx does, so a UML that does not answer never blocks the caller.
+// request ids, so a fresh socket can never read a stale reply) and
+// autobound to an abstract address, as UML only answers bound clients.
+//
+// The socket is used with plain blocking calls rather than through Go's
+// network poller: a request is a single datagram each way, and waiting in
+// recvfrom lets UML's reply wake the waiting thread directly instead of
+// going through the poller's thread first, which halves the round trip on
+// small machines. The request ends when ctx does (a receive timeout for
+// its deadline, a shutdown of the socket for its cancellation), so a UML
+// that does not answer never blocks the caller.
 func Request(ctx context.Context, sock, command string) (string, error) {
 	if len(command) > MaxRequest {
 		return "", nodes.Errorf(syscall.EINVAL, "command is %d bytes, UML takes at most %d", len(command), MaxRequest)
 	}
-	laddr := &net.UnixAddr{Net: "unixgram", Name: fmt.Sprintf("@machinefs-uml-%d-%d", os.Getpid(), clientSeq.Add(1))}
-	conn, err := net.DialUnix("unixgram", laddr, &net.UnixAddr{Net: "unixgram", Name: sock})
+	if err := ctx.Err(); err != nil {
+		return "", ctxErr(ctx, err)
+	}
+	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
-		return "", mconsoleErr(err)
+		return "", fmt.Errorf("mconsole socket: %w", err)
 	}
-	defer conn.Close()
+	cancelled := make(chan struct{})
+	stop := context.AfterFunc(ctx, func() {
+		unix.Shutdown(fd, unix.SHUT_RDWR)
+		close(cancelled)
+	})
+	defer func() {
+		if !stop() {
+			<-cancelled // the shutdown must not hit a reused fd
+		}
+		unix.Close(fd)
+	}()
+	// An empty name autobinds the socket to a unique abstract address.
+	if err := unix.Bind(fd, &unix.SockaddrUnix{}); err != nil {
+		return "", fmt.Errorf("mconsole socket: bind: %w", err)
+	}
 	if dl, ok := ctx.Deadline(); ok {
-		conn.SetDeadline(dl)
+		tv := unix.NsecToTimeval(max(time.Until(dl), time.Microsecond).Nanoseconds())
+		unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv)
+		unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_SNDTIMEO, &tv)
 	}
-	stop := context.AfterFunc(ctx, func() { conn.SetDeadline(time.Unix(1, 0)) })
-	defer stop()
 
 	req := make([]byte, 12+len(command))
 	binary.NativeEndian.PutUint32(req[0:], mconsoleMagic)
 	binary.NativeEndian.PutUint32(req[4:], mconsoleVersion)
 	binary.NativeEndian.PutUint32(req[8:], uint32(len(command)))
 	copy(req[12:], command)
-	if _, err := conn.Write(req); err != nil {
-		return "", ctxErr(ctx, mconsoleErr(err))
+	if err := retryEINTR(func() error { return unix.Sendto(fd, req, 0, &unix.SockaddrUnix{Name: sock}) }); err != nil {
+		return "", ctxErr(ctx, mconsoleErr(ctx, err))
 	}
 	var text strings.Builder
 	buf := make([]byte, maxReply)
 	for {
-		n, err := conn.Read(buf)
+		var n int
+		err := retryEINTR(func() (err error) {
+			n, _, err = unix.Recvfrom(fd, buf, 0)
+			return err
+		})
+		if err == nil && n == 0 && ctx.Err() != nil {
+			err = ctx.Err() // shut down by the AfterFunc
+		}
 		if err != nil {
-			return "", ctxErr(ctx, mconsoleErr(err))
+			return "", ctxErr(ctx, mconsoleErr(ctx, err))
 		}
 		if n < 12 {
 			return "", nodes.Errorf(syscall.EPROTO, "short mconsole reply (%d bytes)", n)
@@ -111,16 +140,26 @@ func Request(ctx context.Context, sock, command string) (string, error) {
 	}
 }
 
+// retryEINTR repeats a system call that a signal interrupted.
+func retryEINTR(f func() error) error {
+	for {
+		if err := f(); err != unix.EINTR {
+			return err
+		}
+	}
+}
+
 // mconsoleErr maps socket errors to what a user reads: a missing socket
-// means no UML listens there.
-func mconsoleErr(err error) error {
+// means no UML listens there; a receive timeout or a cancelled request
+// means it did not answer in time.
+func mconsoleErr(ctx context.Context, err error) error {
 	switch {
 	case errors.Is(err, syscall.ENOENT), errors.Is(err, syscall.ECONNREFUSED):
 		return nodes.Errorf(syscall.EHOSTDOWN, "no UML answers on its mconsole socket: %v", err)
-	case errors.Is(err, os.ErrDeadlineExceeded):
+	case errors.Is(err, syscall.EAGAIN), ctx.Err() != nil:
 		return nodes.Errorf(syscall.ETIMEDOUT, "UML did not answer on its mconsole socket")
 	}
-	return err
+	return fmt.Errorf("mconsole: %w", err)
 }
 
 // ctxErr says why a request ended when its context did.

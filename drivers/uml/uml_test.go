@@ -155,6 +155,13 @@ func TestUMLRequestNoAnswer(t *testing.T) {
 	if nodes.ErrnoOf(err) != syscall.ETIMEDOUT || time.Since(start) > 5*time.Second {
 		t.Fatalf("mute socket: err %v (errno %v) after %s, want ETIMEDOUT after 200ms", err, nodes.ErrnoOf(err), time.Since(start))
 	}
+	// Cancelled without a deadline (the guest died): the blocked
+	// receive is woken by the socket's shutdown.
+	cctx, ccancel := context.WithCancel(context.Background())
+	time.AfterFunc(100*time.Millisecond, ccancel)
+	if _, err := uml.Request(cctx, sock, "version"); err == nil {
+		t.Fatal("cancelled request to a mute socket succeeded")
+	}
 	_, err = uml.Request(context.Background(), filepath.Join(dir, "none"), "version")
 	if nodes.ErrnoOf(err) != syscall.EHOSTDOWN {
 		t.Fatalf("missing socket: %v, want EHOSTDOWN", err)

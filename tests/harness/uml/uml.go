@@ -35,7 +35,7 @@ trap 'echo poweroff-by-cad > /proc/mconsole; sync; poweroff -f' INT
 [ -x /etc/rc ] && /etc/rc
 [ -e /sys/class/net/eth0/address ] && echo "eth0 $(cat /sys/class/net/eth0/address)" > /proc/mconsole
 echo booted > /proc/mconsole
-while :; do sleep 1 & wait $!; done
+while :; do sleep 2147483647 & wait $!; done
 `
 
 var applets = []string{"sh", "mount", "sleep", "echo", "cat", "sync", "poweroff", "halt", "reboot", "ls", "mkdir", "ifconfig", "ping"}
