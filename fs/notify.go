@@ -102,7 +102,9 @@ func (n *notifier) onEvent(e nodes.Event) {
 		case "added", "removed":
 			n.entries[e.Path] = true
 		case "vswitch":
-			// The switch's live files (ports, info) changed.
+			// The switch's live files (ports, info) changed; state
+			// shows no switches.
+			bits = dirtyLog
 			n.switches[e.Path+"/vswitch/"+e.Item] = true
 		}
 		n.dirty[e.Path] |= bits

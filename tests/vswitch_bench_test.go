@@ -18,11 +18,13 @@ import (
 // `ip` commands, in one run (issue 5). N is 100 (MACHINEFS_VSWITCH_BENCH_N
 // overrides). Each side works in its own fresh network namespace:
 //
-//   - tree: one bash in the mount runs, for each switch, `mkdir
-//     hosts/lab01/vswitch/bNN && echo 'add tap' > .../bNN/ctl`, then one
-//     `echo "cancel b00 b01 ..." > vswitch/ctl`, which deletes every
-//     switch's devices in one kernel request (bash starts once). The daemon is the non-race build (benchBinary) with a host
-//     `local = yes`, started inside the namespace.
+//   - tree: one bash in the mount runs `mkdir b00 b01 ...` in
+//     hosts/lab01/vswitch (one mkdir(1) for all, as a user makes many
+//     directories), then, for each switch, `echo 'add tap' > bNN/ctl`,
+//     then one `echo "cancel b00 b01 ..." > ctl`, which deletes every
+//     switch's devices in one kernel request. The daemon is the non-race
+//     build (benchBinary) with a host `local = yes`, started inside the
+//     namespace.
 //   - shell: one `sh -c` under `ip netns exec` runs, for each switch, `ip
 //     link add bNN type bridge; ip link set bNN up; ip tuntap add bNNt0 mode
 //     tap; ip link set bNNt0 master bNN up`, then `ip link del` of each TAP
@@ -58,11 +60,12 @@ func BenchmarkVswitchTree(b *testing.B) {
 
 	treeScript := fmt.Sprintf(`set -e
 cd hosts/lab01/vswitch
+mkdir %s
 for s in %s; do
-  mkdir $s && echo 'add tap' > $s/ctl
+  echo 'add tap' > $s/ctl
 done
 echo cancel %s > ctl
-`, names, names)
+`, names, names, names)
 	shellScript := fmt.Sprintf(`set -e
 for s in %s; do
   ip link add $s type bridge

@@ -92,10 +92,17 @@ func (m *Manager) Uplink(ctx context.Context, name string) (string, error) {
 	return in.Uplink, nil
 }
 
-// Exists reports whether a bridge of that name exists, managed or not.
+// Exists reports whether a bridge of that name exists, managed or not. It
+// asks for that one device: every lookup of a name in vswitch/ (each mkdir
+// starts with one) must not cost a dump of every link.
 func (m *Manager) Exists(ctx context.Context, name string) bool {
-	_, err := m.Info(ctx, name)
-	return err == nil
+	if ctx.Err() != nil || validName(name) != nil {
+		return false
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	l, err := m.link(name)
+	return err == nil && l != nil && isBridge(l)
 }
 
 // WatchChanges reports link changes until ctx ends, then returns once its

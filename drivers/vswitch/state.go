@@ -52,7 +52,11 @@ func (m *Manager) loadState() error {
 	return nil
 }
 
-// save writes r atomically (temporary file, fsync, rename).
+// save writes r atomically (temporary file, rename). There is no fsync:
+// a record describes devices in the running kernel, which a reboot removes
+// too, and the page cache already carries it across a crash of the daemon
+// (the only crash the record has to survive). Leaving fsync out keeps a
+// journal commit out of every mkdir.
 func (m *Manager) save(r *record) error {
 	if m.stateDir == "" {
 		return nil
@@ -66,9 +70,6 @@ func (m *Manager) save(r *record) error {
 		return nodes.Errorf(errnoOf(err, syscall.EIO), "vswitch: state: %v", err)
 	}
 	_, err = tmp.Write(append(b, '\n'))
-	if err == nil {
-		err = tmp.Sync()
-	}
 	if cerr := tmp.Close(); err == nil {
 		err = cerr
 	}
