@@ -340,11 +340,18 @@ func (c *consoleFile) Open(ctx context.Context, flags uint32) (gofs.FileHandle, 
 	return &consoleSession{file: c}, fuseFlags, 0
 }
 
+// transcriptKeep bounds what a console session keeps behind its reader: a
+// session that stays open (a monitoring script) must not grow forever.
+const transcriptKeep = 64 << 10
+
 type consoleSession struct {
-	file       *consoleFile
-	mu         sync.Mutex
-	pending    []byte
+	file    *consoleFile
+	mu      sync.Mutex
+	pending []byte
+	// transcript holds the session from offset base on: the lines written
+	// and the replies.
 	transcript []byte
+	base       int64
 	wrote      bool
 	writer     nodes.Caller // of the last write: RELEASE carries no caller
 }
@@ -375,14 +382,25 @@ func (s *consoleSession) Write(ctx context.Context, data []byte, off int64) (uin
 func (s *consoleSession) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	data := s.transcript
 	if !s.wrote {
-		data = []byte(s.file.host.LastConsoleReply())
+		data := []byte(s.file.host.LastConsoleReply())
+		if off >= int64(len(data)) {
+			return fuse.ReadResultData(nil), 0
+		}
+		n := copy(dest, data[off:])
+		return fuse.ReadResultData(dest[:n]), 0
 	}
-	if off >= int64(len(data)) {
+	rel := max(off-s.base, 0) // before base: dropped, read on from what is left
+	if rel >= int64(len(s.transcript)) {
 		return fuse.ReadResultData(nil), 0
 	}
-	n := copy(dest, data[off:])
+	n := copy(dest, s.transcript[rel:])
+	// Readers do not go back before their latest read (bash seeks back
+	// only within the block it read), so what lies before it can go.
+	if rel > transcriptKeep {
+		s.transcript = append([]byte(nil), s.transcript[rel:]...)
+		s.base += rel
+	}
 	return fuse.ReadResultData(dest[:n]), 0
 }
 

@@ -54,12 +54,16 @@ func (h *Host) consoleRun(ctx context.Context, name string, args []string) (repl
 	}
 	h.mu.Lock()
 	var target Consoler
+	call := callDriver
 	for _, d := range h.drivers {
 		if c, ok := d.(Consoler); ok {
 			for _, cc := range c.ConsoleCommands() {
 				if cc.Name == name {
 					target = c
 					query = cc.Query != nil && cc.Query(args)
+					if cc.Bounded {
+						call = callBounded
+					}
 				}
 			}
 		}
@@ -73,7 +77,7 @@ func (h *Host) consoleRun(ctx context.Context, name string, args []string) (repl
 		return fmt.Sprintf("ERR unknown command %q (try help)", name), false
 	}
 	var text string
-	err := callDriver(ctx, timeout, func(ctx context.Context) error {
+	err := call(ctx, timeout, func(ctx context.Context) error {
 		var err error
 		text, err = target.Console(ctx, name, args)
 		return err

@@ -104,6 +104,10 @@ type ConsoleCommand struct {
 	// events: a script that polls them must not flood the event log
 	// and rotate out what happened to the machine. Nil: never a query.
 	Query func(args []string) bool
+	// Bounded says the command ends by its context's deadline on its own
+	// (one request with that deadline, no unbounded copying): the model
+	// then runs it on the caller's goroutine instead of detaching it.
+	Bounded bool
 }
 
 // AlwaysQuery is ConsoleCommand.Query of a command that only reads.

@@ -203,13 +203,29 @@ func callDriver(ctx context.Context, timeout time.Duration, fn func(context.Cont
 	go func() { res <- fn(cctx) }()
 	select {
 	case err := <-res:
-		if err != nil && cctx.Err() != nil && ErrnoOf(err) == syscall.EIO {
-			return Errorf(syscall.ETIMEDOUT, "no answer within %s: %v", timeout, err)
-		}
-		return err
+		return timedOut(cctx, timeout, err)
 	case <-cctx.Done():
 		return Errorf(syscall.ETIMEDOUT, "no answer within %s", timeout)
 	}
+}
+
+// callBounded is callDriver for a call that ends by its context's deadline
+// by itself (ConsoleCommand.Bounded): it runs on the caller's goroutine.
+// Handing a call to a goroutine of its own costs a trip through the
+// scheduler, tens of microseconds on a small VM: a large part of a console
+// round trip.
+func callBounded(ctx context.Context, timeout time.Duration, fn func(context.Context) error) error {
+	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), timeout)
+	defer cancel()
+	return timedOut(cctx, timeout, fn(cctx))
+}
+
+// timedOut says ETIMEDOUT for a driver error that came from its deadline.
+func timedOut(cctx context.Context, timeout time.Duration, err error) error {
+	if err != nil && cctx.Err() != nil && ErrnoOf(err) == syscall.EIO {
+		return Errorf(syscall.ETIMEDOUT, "no answer within %s: %v", timeout, err)
+	}
+	return err
 }
 
 func (h *Host) opTimedOut(op *operation, after time.Duration) {

@@ -341,6 +341,23 @@ func TestConsoleUnterminatedLine(t *testing.T) {
 	})
 }
 
+// A session that stays open keeps answering at the offsets its reader
+// expects after the daemon has dropped the transcript's old part (it keeps
+// 64 KiB behind the reader).
+func TestConsoleLongSession(t *testing.T) {
+	d := start(t, "--demo")
+	r := runIn(t, d.mnt, "bash", "-c", `exec 3<>hosts/lab01/console
+pad=$(printf 'x%.0s' $(seq 1000))
+for i in $(seq 200); do
+  echo "log $pad" >&3; read -r r <&3
+  case "$r" in OK*) ;; *) echo "reply $i: $r"; exit 1;; esac
+done
+echo version >&3; read -r v <&3; echo "$v"`)
+	if r.code != 0 || !strings.HasPrefix(r.out, "OK machinefs sim") {
+		t.Fatalf("long session: %+v", r)
+	}
+}
+
 func TestConsoleSession(t *testing.T) {
 	d := start(t, "--demo")
 	r := runIn(t, d.mnt, "bash", "-c", `exec 3<>hosts/lab01/console

@@ -175,14 +175,14 @@ func (m *Machine) set(p nodes.Power, reason string) {
 // ConsoleCommands implements nodes.Consoler.
 func (m *Machine) ConsoleCommands() []nodes.ConsoleCommand {
 	return []nodes.ConsoleCommand{
-		{Name: "version", Help: "simulator version", Query: nodes.AlwaysQuery},
-		{Name: "halt", Help: "power off at once"},
-		{Name: "reboot", Help: "reboot"},
-		{Name: "cad", Help: "ctrl-alt-del: orderly power off"},
-		{Name: "stop", Help: "pause the machine"},
-		{Name: "go", Help: "resume a paused machine"},
-		{Name: "log", Usage: "log TEXT", Help: "write TEXT to the machine's event log"},
-		{Name: "flip", Usage: "flip on|off", Help: "change power behind machinefs's back (simulation only)"},
+		{Name: "version", Help: "simulator version", Query: nodes.AlwaysQuery, Bounded: true},
+		{Name: "halt", Help: "power off at once", Bounded: true},
+		{Name: "reboot", Help: "reboot", Bounded: true},
+		{Name: "cad", Help: "ctrl-alt-del: orderly power off", Bounded: true},
+		{Name: "stop", Help: "pause the machine", Bounded: true},
+		{Name: "go", Help: "resume a paused machine", Bounded: true},
+		{Name: "log", Usage: "log TEXT", Help: "write TEXT to the machine's event log", Bounded: true},
+		{Name: "flip", Usage: "flip on|off", Help: "change power behind machinefs's back (simulation only)", Bounded: true},
 	}
 }
 
