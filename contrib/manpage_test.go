@@ -4,6 +4,7 @@ package contrib
 
 import (
 	"os"
+	"reflect"
 	"regexp"
 	"strings"
 	"testing"
@@ -209,7 +210,11 @@ func TestManPageCoversTheCode(t *testing.T) {
 	}
 
 	// Mount options: each one mountopts accepts must have an entry in
-	// OPTIONS, tagged "NAME" or "NAME=ARG".
+	// OPTIONS, tagged "NAME" or "NAME=ARG". One field of
+	// mountopts.Options per option: a new field needs a line here.
+	if n := reflect.TypeOf(mountopts.Options{}).NumField(); n != len(mountOptions) {
+		t.Errorf("mountopts.Options has %d fields, mountOptions lists %d options", n, len(mountOptions))
+	}
 	for _, o := range mountOptions {
 		parsed, err := mountopts.Parse(o.sample)
 		if err != nil {
@@ -238,6 +243,7 @@ var mountOptions = []struct{ name, sample string }{
 	{"group", "group=operators"},
 	{"fsname", "fsname=machinefs"},
 	{"statedir", "statedir=/run/machinefs"},
+	{"log", "log=/var/log/machinefs.log"},
 	{"fanout", "fanout=32"},
 }
 

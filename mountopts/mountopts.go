@@ -10,6 +10,7 @@ package mountopts
 
 import (
 	"fmt"
+	"path/filepath"
 	"strconv"
 	"strings"
 )
@@ -44,6 +45,11 @@ type Options struct {
 	// Foreground keeps the daemon attached even when it runs as a mount
 	// helper (foreground); it wins over Background.
 	Foreground bool
+	// Log says where the daemon logs (log=WHERE): "stderr", "syslog", or
+	// an absolute file path, reopened on SIGHUP for logrotate. Empty:
+	// stderr, except for a daemon the mount helper detached, whose stderr
+	// goes nowhere: syslog if there is one, else STATEDIR/machinefs.log.
+	Log string
 }
 
 // ignored are options mount(8), fstab and systemd pass that mean nothing to
@@ -97,6 +103,11 @@ func (o *Options) Set(s string) error {
 			o.FsName = val
 		case key == "statedir" && hasVal && val != "":
 			o.StateDir = val
+		case key == "log" && hasVal:
+			if val != "syslog" && val != "stderr" && !filepath.IsAbs(val) {
+				return fmt.Errorf("mount option %q: log wants syslog, stderr or an absolute file path", word)
+			}
+			o.Log = filepath.Clean(val)
 		case key == "fanout" && hasVal:
 			n, err := strconv.Atoi(val)
 			if err != nil || n < 1 || n > 4096 {
@@ -132,5 +143,6 @@ func (o *Options) String() string {
 	add(o.FsName != "", "fsname="+o.FsName)
 	add(o.StateDir != "", "statedir="+o.StateDir)
 	add(o.FanOut != 0, "fanout="+strconv.Itoa(o.FanOut))
+	add(o.Log != "", "log="+o.Log)
 	return strings.Join(w, ",")
 }

@@ -33,8 +33,17 @@ func TestSetAccumulates(t *testing.T) {
 	}
 }
 
+func TestParseLog(t *testing.T) {
+	for in, want := range map[string]string{"log=syslog": "syslog", "log=stderr": "stderr", "log=/var/log//machinefs.log": "/var/log/machinefs.log"} {
+		o, err := Parse(in)
+		if err != nil || o.Log != want {
+			t.Errorf("Parse(%q) = %q, %v; want %q", in, o.Log, err, want)
+		}
+	}
+}
+
 func TestParseRejects(t *testing.T) {
-	for _, s := range []string{"bogus", "config=", "allow_other=1", "group", "ro=yes"} {
+	for _, s := range []string{"bogus", "config=", "allow_other=1", "group", "ro=yes", "log=", "log=relative/file", "log=journal"} {
 		if _, err := Parse(s); err == nil || !strings.Contains(err.Error(), "mount option") {
 			t.Errorf("Parse(%q) err = %v, want a mount option error", s, err)
 		}

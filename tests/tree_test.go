@@ -5,10 +5,13 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 func TestRootFiles(t *testing.T) {
@@ -292,8 +295,53 @@ func TestMountHelper(t *testing.T) {
 		t.Fatalf("umount: %+v", r)
 	}
 	eventually(t, "daemon exit after umount", func() bool {
-		return runIn(t, base, "pgrep", "-f", "mount.fuse.machinefs "+conf).code != 0
+		return runIn(t, base, "pgrep", "-f", " "+conf+" "+mnt+" ").code != 0
 	})
+}
+
+// -o log=FILE: a daemon the mount helper detached logs to the file, and
+// SIGHUP reopens it, so logrotate can move it away.
+func TestMountHelperLogFile(t *testing.T) {
+	base := openDir(t)
+	helper := filepath.Join(base, "mount.fuse.machinefs")
+	if err := os.Symlink(binary, helper); err != nil {
+		t.Fatal(err)
+	}
+	mnt, conf, logPath := filepath.Join(base, "mnt"), filepath.Join(base, "etc"), filepath.Join(base, "log", "machinefs.log")
+	os.MkdirAll(mnt, 0o755)
+	os.MkdirAll(filepath.Join(conf, "hosts"), 0o755)
+	if r := runIn(t, base, helper, conf, mnt, "-o", "log="+logPath+",statedir="+filepath.Join(base, "state")); r.code != 0 {
+		t.Fatalf("mount helper: %+v", r)
+	}
+	t.Cleanup(func() {
+		if mounted(mnt) {
+			runIn(t, base, "umount", mnt)
+		}
+	})
+	logged := func(what string) bool {
+		b, _ := os.ReadFile(logPath)
+		return strings.Contains(string(b), what)
+	}
+	eventually(t, "mounted in the log file", func() bool { return logged("msg=mounted") })
+	if fi, err := os.Stat(logPath); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("log file mode: %v %v, want 0600", fi, err)
+	}
+	if err := os.Rename(logPath, logPath+".1"); err != nil {
+		t.Fatal(err)
+	}
+	pid := strings.Fields(runIn(t, base, "pgrep", "-f", " "+conf+" "+mnt+" ").out)
+	if len(pid) != 1 {
+		t.Fatalf("daemon pid: %q", pid)
+	}
+	if r := runIn(t, base, "kill", "-HUP", pid[0]); r.code != 0 {
+		t.Fatalf("kill -HUP: %+v", r)
+	}
+	d := &daemon{t: t, mnt: mnt}
+	d.ok("mkdir hosts/rot1")
+	eventually(t, "events after SIGHUP in the new log file", func() bool { return logged("hosts/rot1") })
+	if r := runIn(t, base, "umount", mnt); r.code != 0 {
+		t.Fatalf("umount: %+v", r)
+	}
 }
 
 // Under systemd (Type=notify) the daemon says READY=1 once mounted,
@@ -330,7 +378,12 @@ func TestSdNotify(t *testing.T) {
 		t.Fatalf("first message %q, want READY=1", m)
 	}
 	d.cmd.Process.Signal(syscall.SIGHUP)
-	if a, b := next(), next(); a != "RELOADING=1" || b != "READY=1" {
+	// MONOTONIC_USEC (CLOCK_MONOTONIC) is what Type=notify-reload needs.
+	a, b := next(), next()
+	usec, ok := strings.CutPrefix(a, "RELOADING=1\nMONOTONIC_USEC=")
+	var now unix.Timespec
+	unix.ClockGettime(unix.CLOCK_MONOTONIC, &now)
+	if n, err := strconv.ParseInt(usec, 10, 64); !ok || err != nil || n <= 0 || n > now.Nano()/1000 || b != "READY=1" {
 		t.Fatalf("reload: %q %q", a, b)
 	}
 	d.stop()

@@ -14,7 +14,6 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"io"
 	"log/slog"
 	"os"
 	"os/signal"
@@ -135,7 +134,14 @@ func run(cfg config) error {
 	if cfg.opts.Debug {
 		level = slog.LevelDebug
 	}
-	var logOut io.Writer = os.Stderr
+	stateDir := cfg.opts.StateDir
+	if stateDir == "" {
+		stateDir = "/run/machinefs"
+	}
+	logOut, reopenLog, err := openLog(cfg.opts.Log, os.Getenv(childEnv) != "", stateDir)
+	if err != nil {
+		return err
+	}
 	log := slog.New(slog.NewTextHandler(logOut, &slog.HandlerOptions{Level: level}))
 
 	// Signals are caught before the mount appears: a SIGHUP sent as soon
@@ -164,10 +170,6 @@ func run(cfg config) error {
 			return fmt.Errorf("config directory: %w", err)
 		}
 		store = &nodes.Store{Dir: cfg.opts.ConfigDir}
-	}
-	stateDir := cfg.opts.StateDir
-	if stateDir == "" {
-		stateDir = "/run/machinefs"
 	}
 	topts := nodes.Options{Store: store, Drivers: drivers, Log: log, FanOut: cfg.opts.FanOut}
 	// Virtual switches live in the daemon's network namespace; without
@@ -229,7 +231,10 @@ func run(cfg config) error {
 			return nil
 		case s := <-sigs:
 			if s == syscall.SIGHUP {
-				sdNotify("RELOADING=1")
+				sdNotify(fmt.Sprintf("RELOADING=1\nMONOTONIC_USEC=%d", monotonicUsec()))
+				if err := reopenLog(); err != nil {
+					log.Error("reopen log", "err", err)
+				}
 				if err := tree.Reload(ctx); err != nil {
 					log.Error("reload", "err", err)
 				}
