@@ -103,7 +103,15 @@ func Request(ctx context.Context, sock, command string) (string, error) {
 	binary.NativeEndian.PutUint32(req[4:], mconsoleVersion)
 	binary.NativeEndian.PutUint32(req[8:], uint32(len(command)))
 	copy(req[12:], command)
-	if err := retryEINTR(func() error { return unix.Sendto(fd, req, 0, &unix.SockaddrUnix{Name: sock}) }); err != nil {
+	// Connected, not sendto: a long reply (stack, proc) comes as many
+	// datagrams, and the kernel queues at most net.unix.max_dgram_qlen
+	// (10) of them for an unconnected receiver; UML drops the rest, the
+	// final one included. Datagrams from the socket's own peer are not
+	// held to that limit.
+	if err := unix.Connect(fd, &unix.SockaddrUnix{Name: sock}); err != nil {
+		return "", ctxErr(ctx, mconsoleErr(ctx, err))
+	}
+	if err := retryEINTR(func() error { _, err := unix.Write(fd, req); return err }); err != nil {
 		return "", ctxErr(ctx, mconsoleErr(ctx, err))
 	}
 	var text strings.Builder
