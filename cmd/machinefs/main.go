@@ -22,6 +22,7 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/machinefs/machinefs/drivers/ipmi"
 	"github.com/machinefs/machinefs/drivers/ns"
@@ -209,11 +210,21 @@ func run(cfg config) error {
 		return err
 	}
 	log.Info("mounted", "mountpoint", mountpoint, "config", cfg.opts.ConfigDir, "demo", cfg.opts.Demo)
-	// The netlink subscription ends with the daemon. Its receive may stay
-	// blocked until the next message after cancel, so nobody waits for it.
+	// The netlink subscription ends with the daemon: closing its socket
+	// wakes the receive (netlink's socket is in Go's poller), and the
+	// daemon waits for it before it exits.
 	watchCtx, stopWatch := context.WithCancel(ctx)
-	defer stopWatch()
+	watchDone := make(chan struct{})
+	defer func() {
+		stopWatch()
+		select {
+		case <-watchDone:
+		case <-time.After(5 * time.Second):
+			log.Warn("virtual switch watch did not stop")
+		}
+	}()
 	go func() {
+		defer close(watchDone)
 		if err := tree.WatchSwitches(watchCtx); err != nil {
 			log.Warn("virtual switch changes are not watched", "err", err)
 		}
