@@ -6,23 +6,28 @@ import (
 	"io"
 	"strings"
 	"syscall"
+	"unicode"
 )
 
 // Console runs one management console line (mconsole style) and returns the
 // reply: "OK text" or "ERR reason", ending in a newline. Replies may span
 // several lines; the first starts with OK or ERR.
 func (h *Host) Console(ctx context.Context, line string, who Caller) string {
-	fields := strings.Fields(line)
-	if len(fields) == 0 {
+	line = strings.TrimSpace(line)
+	if line == "" {
 		return ""
 	}
-	name := strings.ToLower(fields[0])
+	first, rest := line, ""
+	if i := strings.IndexFunc(line, unicode.IsSpace); i >= 0 {
+		first, rest = line[:i], strings.TrimLeftFunc(line[i:], unicode.IsSpace)
+	}
+	name := strings.ToLower(first)
 	var reply string
 	query := true
 	if name == "help" {
 		reply = "OK " + h.consoleHelp()
 	} else {
-		reply, query = h.consoleRun(ctx, name, fields[1:])
+		reply, query = h.consoleRun(ctx, name, rest)
 	}
 	if !strings.HasSuffix(reply, "\n") {
 		reply += "\n"
@@ -48,18 +53,23 @@ func (h *Host) LastConsoleReply() string {
 
 // consoleRun runs a driver's console command and says whether it was a
 // query (see ConsoleCommand.Query).
-func (h *Host) consoleRun(ctx context.Context, name string, args []string) (reply string, query bool) {
+func (h *Host) consoleRun(ctx context.Context, name, rest string) (reply string, query bool) {
 	if h.tree.readOnly {
 		return "ERR read-only mount", false
 	}
 	h.mu.Lock()
 	var target Consoler
+	var args []string
 	call := callDriver
 	for _, d := range h.drivers {
 		if c, ok := d.(Consoler); ok {
 			for _, cc := range c.ConsoleCommands() {
 				if cc.Name == name {
 					target = c
+					args = strings.Fields(rest)
+					if cc.Raw && rest != "" {
+						args = []string{rest}
+					}
 					query = cc.Query != nil && cc.Query(args)
 					if cc.Bounded {
 						call = callBounded

@@ -108,6 +108,10 @@ type ConsoleCommand struct {
 	// (one request with that deadline, no unbounded copying): the model
 	// then runs it on the caller's goroutine instead of detaching it.
 	Bounded bool
+	// Raw passes the rest of the line as written, as one argument, instead
+	// of splitting it at whitespace: `log TEXT` keeps its spaces, and a
+	// driver that hands lines on (UML's mconsole) sends what was typed.
+	Raw bool
 }
 
 // AlwaysQuery is ConsoleCommand.Query of a command that only reads.

@@ -358,6 +358,15 @@ echo version >&3; read -r v <&3; echo "$v"`)
 	}
 }
 
+// `log TEXT` gets the text as typed: runs of spaces stay.
+func TestConsoleKeepsSpaces(t *testing.T) {
+	d := start(t, "--demo")
+	d.ok("echo '  log  two  spaces  and a	tab' > hosts/lab01/console")
+	if log := d.ok("cat hosts/lab01/events.log"); !strings.Contains(log, "hosts/lab01 log two  spaces  and a\ttab\n") {
+		t.Fatalf("log text changed on the way:\n%s", log)
+	}
+}
+
 func TestConsoleSession(t *testing.T) {
 	d := start(t, "--demo")
 	r := runIn(t, d.mnt, "bash", "-c", `exec 3<>hosts/lab01/console

@@ -25,7 +25,7 @@ func (d *Subhost) ConsoleCommands() []nodes.ConsoleCommand {
 		{Name: "halt", Help: "kill the subhost at once and release it"},
 		{Name: "reboot", Help: "orderly reboot through /run/initctl"},
 		{Name: "cad", Help: "orderly power off through /run/initctl"},
-		{Name: "log", Usage: "log TEXT", Help: "append TEXT to the subhost's /var/log/machinefs.log and the events"},
+		{Name: "log", Usage: "log TEXT", Help: "append TEXT to the subhost's /var/log/machinefs.log and the events", Raw: true},
 		{Name: "sysrq", Usage: "sysrq LETTER", Help: "not supported by ns subhosts"},
 		{Name: "config", Help: "not supported by ns subhosts"},
 		{Name: "remove", Help: "not supported by ns subhosts"},

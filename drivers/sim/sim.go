@@ -181,7 +181,7 @@ func (m *Machine) ConsoleCommands() []nodes.ConsoleCommand {
 		{Name: "cad", Help: "ctrl-alt-del: orderly power off", Bounded: true},
 		{Name: "stop", Help: "pause the machine", Bounded: true},
 		{Name: "go", Help: "resume a paused machine", Bounded: true},
-		{Name: "log", Usage: "log TEXT", Help: "write TEXT to the machine's event log", Bounded: true},
+		{Name: "log", Usage: "log TEXT", Help: "write TEXT to the machine's event log", Bounded: true, Raw: true},
 		{Name: "flip", Usage: "flip on|off", Help: "change power behind machinefs's back (simulation only)", Bounded: true},
 	}
 }

@@ -17,21 +17,22 @@ import (
 
 // consoleCommands are UML's mconsole commands (help is the tree's own),
 // plus backup. Each mconsole command is one request bounded by its
-// context (Bounded); backup copies without bound.
+// context (Bounded); backup copies without bound. UML parses its own
+// lines, so each gets the rest of the line as written (Raw).
 var consoleCommands = []nodes.ConsoleCommand{
-	{Name: "version", Help: "the UML kernel version", Query: nodes.AlwaysQuery, Bounded: true},
-	{Name: "halt", Help: "halt at once, no sync, no clean shutdown", Bounded: true},
-	{Name: "reboot", Help: "reboot at once, no sync, no clean shutdown", Bounded: true},
-	{Name: "config", Usage: "config DEV=CONFIG | config DEV", Help: "add a device (ubd3=/img, eth1=...) or show a device's configuration", Query: configQuery, Bounded: true},
-	{Name: "remove", Usage: "remove DEV", Help: "remove an idle device", Bounded: true},
-	{Name: "sysrq", Usage: "sysrq LETTER", Help: "a SysRq command (s sync, c crash, t tasks...)", Bounded: true},
-	{Name: "cad", Help: "ctrl-alt-del: what init makes of it", Bounded: true},
-	{Name: "stop", Help: "pause the guest (it then only answers mconsole)", Bounded: true},
-	{Name: "go", Help: "resume a stopped guest", Bounded: true},
-	{Name: "log", Usage: "log TEXT", Help: "printk TEXT in the guest's kernel log", Bounded: true},
-	{Name: "proc", Usage: "proc FILE", Help: "the guest's /proc/FILE", Query: nodes.AlwaysQuery, Bounded: true},
-	{Name: "stack", Usage: "stack PID", Help: "stack of the guest process PID (to the guest's kernel log)", Bounded: true},
-	{Name: "backup", Usage: "backup DEST", Help: "online backup: stop, sysrq s, copy the root tree or image to DEST (new path), go"},
+	{Name: "version", Help: "the UML kernel version", Query: nodes.AlwaysQuery, Bounded: true, Raw: true},
+	{Name: "halt", Help: "halt at once, no sync, no clean shutdown", Bounded: true, Raw: true},
+	{Name: "reboot", Help: "reboot at once, no sync, no clean shutdown", Bounded: true, Raw: true},
+	{Name: "config", Usage: "config DEV=CONFIG | config DEV", Help: "add a device (ubd3=/img, eth1=...) or show a device's configuration", Query: configQuery, Bounded: true, Raw: true},
+	{Name: "remove", Usage: "remove DEV", Help: "remove an idle device", Bounded: true, Raw: true},
+	{Name: "sysrq", Usage: "sysrq LETTER", Help: "a SysRq command (s sync, c crash, t tasks...)", Bounded: true, Raw: true},
+	{Name: "cad", Help: "ctrl-alt-del: what init makes of it", Bounded: true, Raw: true},
+	{Name: "stop", Help: "pause the guest (it then only answers mconsole)", Bounded: true, Raw: true},
+	{Name: "go", Help: "resume a stopped guest", Bounded: true, Raw: true},
+	{Name: "log", Usage: "log TEXT", Help: "printk TEXT in the guest's kernel log", Bounded: true, Raw: true},
+	{Name: "proc", Usage: "proc FILE", Help: "the guest's /proc/FILE", Query: nodes.AlwaysQuery, Bounded: true, Raw: true},
+	{Name: "stack", Usage: "stack PID", Help: "stack of the guest process PID (to the guest's kernel log)", Bounded: true, Raw: true},
+	{Name: "backup", Usage: "backup DEST", Help: "online backup: stop, sysrq s, copy the root tree or image to DEST (new path), go", Raw: true},
 }
 
 // configQuery: "config DEV" shows a device, "config DEV=..." adds one.
