@@ -25,6 +25,7 @@ type Machine struct {
 	report nodes.Reporter
 	log    *slog.Logger
 
+	path            string // the host's path in the tree
 	umid            string
 	dir             string // uml_dir
 	side            string // DIR/UMID.machinefs: notify socket, console log, record
@@ -81,6 +82,7 @@ func New(ctx context.Context, env nodes.DriverEnv) (nodes.Driver, error) {
 	m := &Machine{
 		report:          env.Report,
 		log:             env.Log,
+		path:            env.Path,
 		umid:            path.Base(env.Path),
 		dir:             filepath.Clean(get("uml.dir", DefaultDir)),
 		kernel:          get("uml.kernel", DefaultKernel),
@@ -144,6 +146,11 @@ func (m *Machine) adopt(ctx context.Context) {
 		m.report.Report(nodes.Status{Power: nodes.PowerOff, Reachable: true, Reason: "no guest running"})
 		return
 	}
+	if err := m.foreign(r); err != nil {
+		// Another host's guest: neither adopt it nor clean it up.
+		m.report.Report(nodes.Status{Power: nodes.PowerOff, Reachable: true, Reason: err.Error(), Err: err})
+		return
+	}
 	stale := func(why string) {
 		removeUmidDir(m.umidDir(), r.Pid)
 		m.deleteTap(r.Tap)
@@ -193,6 +200,15 @@ func (m *Machine) adopt(ctx context.Context) {
 		return
 	}
 	m.report.Report(nodes.Status{Power: p, Reachable: true, Reason: reason})
+}
+
+// foreign says why record r is not this host's: another host of the same
+// name shares uml.dir, hence the umid. nil if r is this host's.
+func (m *Machine) foreign(r record) error {
+	if r.Path == "" || r.Path == m.path {
+		return nil
+	}
+	return nodes.Errorf(syscall.EBUSY, "uml.dir %s: umid %s belongs to %s (pid %d); give this host a uml.dir of its own", m.dir, m.umid, r.Path, r.Pid)
 }
 
 // newGuest prepares the watch of a process: the notify socket (bound
@@ -391,7 +407,7 @@ func (m *Machine) setPaused(g *guest, paused bool) {
 
 func (m *Machine) writeRecord(g *guest) {
 	m.mu.Lock()
-	r := record{Pid: g.pid, Start: g.start, Umid: m.umid, Notify: m.notifyPath(), Tap: g.tap, Paused: g.paused}
+	r := record{Path: m.path, Pid: g.pid, Start: g.start, Umid: m.umid, Notify: m.notifyPath(), Tap: g.tap, Paused: g.paused}
 	m.mu.Unlock()
 	if err := writeFileAtomic(m.recordPath(), r.marshal()); err != nil {
 		m.log.Warn("uml: writing record", "err", err)
@@ -541,6 +557,13 @@ func (m *Machine) powerOn(ctx context.Context) error {
 		return nil
 	}
 	m.mu.Unlock()
+	// Checked now, not only at adoption: the other host may have started
+	// its guest since.
+	if r, err := readRecord(m.recordPath()); err == nil {
+		if err := m.foreign(r); err != nil {
+			return err
+		}
+	}
 
 	kernel, err := exec.LookPath(m.kernel)
 	if err != nil {

@@ -42,6 +42,11 @@ func procStat(pid int) (state byte, start uint64, err error) {
 // record is what the driver writes next to the guest so that a later
 // machinefs can adopt it.
 type record struct {
+	// Path is the host the guest belongs to. Hosts of the same name
+	// under different parents share a umid, and with it this record,
+	// when they share uml.dir; the path tells whose it is. (Empty in
+	// records of earlier versions: taken as this host's.)
+	Path   string
 	Pid    int
 	Start  uint64
 	Umid   string
@@ -55,7 +60,7 @@ func (r record) marshal() []byte {
 	if r.Paused {
 		paused = 1
 	}
-	return fmt.Appendf(nil, "pid=%d\nstart=%d\numid=%s\nnotify=%s\ntap=%s\npaused=%d\n", r.Pid, r.Start, r.Umid, r.Notify, r.Tap, paused)
+	return fmt.Appendf(nil, "path=%s\npid=%d\nstart=%d\numid=%s\nnotify=%s\ntap=%s\npaused=%d\n", r.Path, r.Pid, r.Start, r.Umid, r.Notify, r.Tap, paused)
 }
 
 func readRecord(path string) (record, error) {
@@ -70,6 +75,8 @@ func readRecord(path string) (record, error) {
 			continue
 		}
 		switch k {
+		case "path":
+			r.Path = v
 		case "pid":
 			r.Pid, err = strconv.Atoi(v)
 		case "start":

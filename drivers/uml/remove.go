@@ -36,6 +36,14 @@ func (m *Machine) Remove(ctx context.Context) error {
 	}
 	m.mu.Unlock()
 
+	// A host whose umid another host's guest holds (same name, shared
+	// uml.dir) has nothing there to remove.
+	if r, err := readRecord(m.recordPath()); err == nil && g == nil {
+		if err := m.foreign(r); err != nil {
+			m.log.Info("uml: host removed; the guest under its umid is another host's, left alone", "err", err)
+			return nil
+		}
+	}
 	var errs []error
 	if g != nil {
 		m.log.Info("uml: host removed, stopping its guest", "pid", g.pid)

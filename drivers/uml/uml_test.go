@@ -89,11 +89,55 @@ func (c config) Duration(k string, def time.Duration) time.Duration {
 
 func newMachine(t *testing.T, cfg config, r *recorder) *uml.Machine {
 	t.Helper()
-	d, err := uml.New(context.Background(), nodes.DriverEnv{Path: "hosts/lab01/subhosts/ut1", Config: cfg, Report: r})
+	return newMachineAt(t, "hosts/lab01/subhosts/ut1", cfg, r)
+}
+
+func newMachineAt(t *testing.T, hostPath string, cfg config, r *recorder) *uml.Machine {
+	t.Helper()
+	d, err := uml.New(context.Background(), nodes.DriverEnv{Path: hostPath, Config: cfg, Report: r})
 	if err != nil {
 		t.Fatal(err)
 	}
 	return d.(*uml.Machine)
+}
+
+// Two hosts of the same name under different parents that share uml.dir
+// share the umid. The second must neither adopt nor start nor, when it is
+// removed, kill the first one's guest: EBUSY, with the reason.
+func TestUMLSameNameTwoParents(t *testing.T) {
+	umlh.Skip(t)
+	root, dir := umlh.Root(t), umlh.Dir(t)
+	cfg := config{"uml.root": "hostfs:" + root, "uml.dir": dir, "uml.mem": "64M", "uml.init": "/init"}
+	ctx := context.Background()
+	ra := &recorder{}
+	a := newMachineAt(t, "hosts/a/subhosts/ut1", cfg, ra)
+	defer a.Close()
+	if err := a.Power(ctx, nodes.Command{Verb: "on"}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "a's guest on", func() bool { return ra.last().Power == nodes.PowerOn })
+	sock := filepath.Join(dir, "ut1", "mconsole")
+
+	rb := &recorder{}
+	b := newMachineAt(t, "hosts/b/subhosts/ut1", cfg, rb)
+	defer b.Close()
+	if st := rb.last(); st.Power != nodes.PowerOff || !strings.Contains(st.Reason, "hosts/a/subhosts/ut1") {
+		t.Fatalf("b at start: %+v, want off and whose guest it is", st)
+	}
+	if err := b.Power(ctx, nodes.Command{Verb: "on"}); nodes.ErrnoOf(err) != syscall.EBUSY || !strings.Contains(err.Error(), "uml.dir") {
+		t.Fatalf("b on: %v, want EBUSY naming uml.dir", err)
+	}
+	if err := b.Remove(ctx); err != nil {
+		t.Fatalf("b removed: %v", err)
+	}
+	if v, err := uml.Request(ctx, sock, "version"); err != nil || !strings.HasPrefix(v, "Linux") || ra.last().Power != nodes.PowerOn {
+		t.Fatalf("a's guest after b's removal: %q %v, power %s", v, err, ra.last().Power)
+	}
+	if err := a.Power(ctx, nodes.Command{Verb: "off"}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "a's guest off", func() bool { return ra.last().Power == nodes.PowerOff })
+	waitFor(t, "no linux left", func() bool { return len(umlh.Guests(dir)) == 0 })
 }
 
 func TestUMLKeyChecks(t *testing.T) {
