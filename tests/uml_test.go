@@ -408,6 +408,21 @@ func TestUMLNet(t *testing.T) {
 	if r := ip("link", "show", "web1"); r.code == 0 {
 		t.Fatalf("TAP web1 left after rmdir:\n%s", r.out)
 	}
+
+	// A TAP of the host's name that machinefs did not make is neither
+	// taken nor deleted.
+	if r := ip("tuntap", "add", "web2", "mode", "tap"); r.code != 0 {
+		t.Fatalf("ip tuntap add: %s", r.err)
+	}
+	d.addHost("lab01/subhosts/web2", umlh.Config(root, dir, "uml.net = sw0:02:6d:66:75:00:02"))
+	d.fails("echo on > hosts/lab01/subhosts/web2/power", "File exists")
+	if st := d.read("hosts/lab01/subhosts/web2/state"); !strings.Contains(stateField(st, "last-error"), "did not make it") {
+		t.Fatalf("state after on:\n%s", st)
+	}
+	d.ok("rmdir hosts/lab01/subhosts/web2")
+	if r := ip("link", "show", "web2"); r.code != 0 {
+		t.Fatalf("rmdir deleted a TAP machinefs did not make: %s", r.err)
+	}
 }
 
 // uml.root = ubd0=/IMAGE: a guest boots from an ext4 image made by the

@@ -10,9 +10,15 @@ import (
 	"github.com/machinefs/machinefs/nodes"
 )
 
+// tapAliasPrefix marks the TAPs this driver makes, followed by the host's
+// path: a TAP of the same name made by anyone else (or for another host) is
+// never reused or deleted.
+const tapAliasPrefix = "machinefs uml "
+
 // createTap creates the guest's TAP (named after the host) and attaches it
 // to the bridge named in uml.net. The bridge must exist: the vswitch owns
-// it. A TAP left by an earlier run of this host is reused.
+// it. A TAP left by an earlier run of this host is reused; one that is not
+// this host's is EEXIST.
 func (m *Machine) createTap() (string, error) {
 	name := m.umid
 	br, err := netlink.LinkByName(m.net.bridge)
@@ -34,8 +40,14 @@ func (m *Machine) createTap() (string, error) {
 		if tap, err = netlink.LinkByName(name); err != nil {
 			return "", nodes.Errorf(syscall.EIO, "uml.net: TAP %s: %v", name, err)
 		}
+		if err := netlink.LinkSetAlias(tap, m.tapAlias()); err != nil {
+			m.deleteTap(name)
+			return "", nodes.Errorf(syscall.EIO, "uml.net: marking TAP %s: %v", name, err)
+		}
 	} else if _, ok := tap.(*netlink.Tuntap); !ok {
 		return "", nodes.Errorf(syscall.EEXIST, "uml.net: %s exists and is a %s, not a TAP", name, tap.Type())
+	} else if tap.Attrs().Alias != m.tapAlias() {
+		return "", nodes.Errorf(syscall.EEXIST, "uml.net: a TAP named %s exists and machinefs did not make it for %s (alias %q)", name, m.path, tap.Attrs().Alias)
 	}
 	if err := netlink.LinkSetMaster(tap, br); err != nil {
 		m.deleteTap(name)
@@ -48,7 +60,10 @@ func (m *Machine) createTap() (string, error) {
 	return name, nil
 }
 
-// deleteTap removes a TAP this driver created ("" does nothing).
+func (m *Machine) tapAlias() string { return tapAliasPrefix + m.path }
+
+// deleteTap removes a TAP this driver created for this host ("" does
+// nothing; a TAP of that name that is not this host's stays).
 func (m *Machine) deleteTap(name string) {
 	if name == "" {
 		return
@@ -57,7 +72,7 @@ func (m *Machine) deleteTap(name string) {
 	if err != nil {
 		return
 	}
-	if _, ok := l.(*netlink.Tuntap); !ok {
+	if _, ok := l.(*netlink.Tuntap); !ok || l.Attrs().Alias != m.tapAlias() {
 		return
 	}
 	if err := netlink.LinkDel(l); err != nil && !errors.Is(err, syscall.ENODEV) {
