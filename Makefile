@@ -4,9 +4,10 @@ STATICCHECK   := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 # Debian packages the tests drive: inotifywait, fusermount3, ipmi_sim and
 # ipmitool and socat (IPMI driver and its serial console), ip (network
 # namespaces), setpriv (access tests); linux and uml_mconsole (UML
-# subhosts), busybox-static and mkfs.ext4 (guest roots and disk images).
+# subhosts), busybox-static and mkfs.ext4 (guest roots and disk images),
+# sfdisk (partitioned disk images).
 DEB_PACKAGES  := inotify-tools fuse3 openipmi ipmitool socat iproute2 util-linux procps \
-                 user-mode-linux uml-utilities busybox-static e2fsprogs file
+                 user-mode-linux uml-utilities busybox-static e2fsprogs file fdisk
 VERSION       ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS       := -X main.version=$(VERSION)
 

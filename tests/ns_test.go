@@ -312,6 +312,58 @@ func TestNSDiskImage(t *testing.T) {
 	d.fails(fmt.Sprintf("echo 'ns.bridges = sw0:06:a7:dd:b4' >> %s/config", s2), "Invalid argument")
 }
 
+// The root is partition 2 of a partitioned disk image (GPT), as the
+// pretend-boot scripts' DISKS=( vda:2:/disks/disk.raw ) would have it.
+func TestNSPartitionedDisk(t *testing.T) {
+	e := newNSEnv(t)
+	for _, tool := range []string{"mkfs.ext4", "sfdisk"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Skipf("needs %s", tool)
+		}
+	}
+	dir := t.TempDir()
+	fsImg, disk := filepath.Join(dir, "root.ext4"), filepath.Join(dir, "disk.raw")
+	if out, err := exec.Command("mkfs.ext4", "-q", "-F", "-d", e.root(""), fsImg, "24M").CombinedOutput(); err != nil {
+		t.Fatalf("mkfs.ext4: %v %s", err, out)
+	}
+	if err := os.WriteFile(disk, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(disk, 40<<20); err != nil {
+		t.Fatal(err)
+	}
+	// Partition 1: 8 MiB at 1 MiB (empty); partition 2: 24 MiB at 10 MiB.
+	sf := exec.Command("sfdisk", "--quiet", disk)
+	sf.Stdin = strings.NewReader("label: gpt\nstart=2048, size=16384\nstart=20480, size=49152\n")
+	if out, err := sf.CombinedOutput(); err != nil {
+		t.Fatalf("sfdisk: %v %s", err, out)
+	}
+	data, err := os.ReadFile(fsImg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.OpenFile(disk, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = f.WriteAt(data, 10<<20)
+	f.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := start(t)
+	s := addSub(d, "mfnep", e.config("ns.disks = vda:2:"+disk))
+	d.ok(fmt.Sprintf("echo 'on wait timeout=10s' > %s/power", s))
+	eventually(t, "notify booted", func() bool { return strings.Contains(d.read(s+"/events.log"), "notify booted") })
+	d.ok(fmt.Sprintf("echo 'stop wait timeout=5s' > %s/power", s))
+	// Partition 1 holds no file system; partition 3 does not exist.
+	d.ok(fmt.Sprintf("echo 'ns.disks = vda:3:%s' >> %s/config", disk, s))
+	d.fails(fmt.Sprintf("echo on > %s/power", s), "No such file or directory")
+	if st := d.read(s + "/state"); !strings.Contains(stateField(st, "last-error"), "has no partition 3") {
+		t.Fatalf("partition 3:\n%s", st)
+	}
+}
+
 // BenchmarkNSStartStop starts and stops N subhosts through the tree and the
 // same work done by a shell script (ip netns, ip link, unshare, chroot),
 // reporting the ratio. N is 20 (MACHINEFS_NS_BENCH_N overrides; the issue

@@ -122,9 +122,11 @@ func prepare(s settings, rec *record) error {
 		return err
 	}
 	rootDir := s.root
+	extents := make([]extent, len(s.disks))
 	if len(s.disks) > 0 {
-		// Every image is checked before anything is attached.
-		for _, d := range s.disks {
+		// Every image and partition is checked before anything is
+		// attached.
+		for i, d := range s.disks {
 			st, err := os.Stat(d.Image)
 			if err != nil {
 				return fmt.Errorf("%w: disk %s: image %s not found", syscall.ENOENT, d.Dev, d.Image)
@@ -132,8 +134,13 @@ func prepare(s settings, rec *record) error {
 			if !st.Mode().IsRegular() {
 				return fmt.Errorf("%w: disk %s: image %s is not a regular file", syscall.EINVAL, d.Dev, d.Image)
 			}
+			if d.Part == 0 {
+				extents[i] = extent{0, st.Size()}
+			} else if extents[i], err = findPartition(d.Image, d.Part); err != nil {
+				return fmt.Errorf("disk %s: %w", d.Dev, err)
+			}
 		}
-		loop, err := attachLoop(s.disks[0].Image)
+		loop, err := attachLoop(s.disks[0].Image, extents[0])
 		if err != nil {
 			return fmt.Errorf("disk %s: %w", s.disks[0].Dev, err)
 		}
@@ -199,8 +206,11 @@ func prepare(s settings, rec *record) error {
 	if rec.Init == "" {
 		return fmt.Errorf("%w: the root has neither /init nor /sbin/init", syscall.ENOENT)
 	}
-	for _, d := range s.disks[min(1, len(s.disks)):] {
-		loop, err := attachLoop(d.Image)
+	for i, d := range s.disks {
+		if i == 0 {
+			continue // the root, mounted above
+		}
+		loop, err := attachLoop(d.Image, extents[i])
 		if err != nil {
 			return fmt.Errorf("disk %s: %w", d.Dev, err)
 		}
@@ -417,8 +427,9 @@ func removeCgroup(cg string) error {
 	}
 }
 
-// attachLoop attaches image to a free loop device, read-write.
-func attachLoop(image string) (string, error) {
+// attachLoop attaches the part of image that ext covers (a partition, or
+// the whole image) to a free loop device, read-write.
+func attachLoop(image string, ext extent) (string, error) {
 	ctl, err := os.OpenFile("/dev/loop-control", os.O_RDWR, 0)
 	if err != nil {
 		return "", fmt.Errorf("loop-control: %w", err)
@@ -443,6 +454,7 @@ func attachLoop(image string) (string, error) {
 			return "", err
 		}
 		cfg := unix.LoopConfig{Fd: uint32(img.Fd())}
+		cfg.Info.Offset, cfg.Info.Sizelimit = uint64(ext.Offset), uint64(ext.Size)
 		copy(cfg.Info.File_name[:], image)
 		err = unix.IoctlLoopConfigure(int(lf.Fd()), &cfg)
 		lf.Close()

@@ -34,7 +34,7 @@ var Spec = nodes.DriverSpec{
 	Keys: []nodes.KeySpec{
 		{Name: "ns.root", Doc: "the subhost's root tree (a directory, bind-mounted); with ns.base the overlay's upper layer", Check: checkAbs},
 		{Name: "ns.base", Doc: "optional read-only lower layer: the root becomes an overlay of ns.root (upper, work dir ROOT.work beside it) over it", Check: checkAbs},
-		{Name: "ns.disks", Doc: "disks as DEV:PART:IMAGE, space separated (\"vda:1:/disks/root.raw vdb:1:/disks/data.raw\"); the first is the root file system, loop-mounted; PART 0 or 1 = the whole image", Check: checkDisks},
+		{Name: "ns.disks", Doc: "disks as DEV:PART:IMAGE, space separated (\"vda:1:/disks/root.raw vdb:1:/disks/data.raw\"); the first is the root file system, loop-mounted; PART N = partition N of an MBR or GPT disk image (1 = the whole image when it has no partition table), 0 = the whole image", Check: checkDisks},
 		{Name: "ns.bridges", Doc: "network cables as BRIDGE:MAC, space separated (\"sw0:06:a7:dd:b4:02:f2\"): eth0, eth1... inside, NAME0, NAME1... on the host bridge", Check: checkBridges},
 		{Name: "ns.hostname", Doc: "the subhost's host name (default: its name)", Check: checkHostname},
 		{Name: "ns.state-dir", Default: "/run/machinefs/ns", Doc: "where running subhosts are recorded and mounted (NAME.json, NAME/live)", Check: checkAbs},
@@ -99,8 +99,8 @@ func parseDisks(v string) ([]disk, error) {
 			return nil, fmt.Errorf("%w: disk %q: device name %q: want lower case letters and digits", syscall.EINVAL, f, parts[0])
 		}
 		n, err := strconv.Atoi(parts[1])
-		if err != nil || n < 0 || n > 1 {
-			return nil, fmt.Errorf("%w: disk %q: partition %q: only whole images (0 or 1) are supported", syscall.EINVAL, f, parts[1])
+		if err != nil || n < 0 || n > 128 {
+			return nil, fmt.Errorf("%w: disk %q: partition %q: want 0 (the whole image) or a partition number 1-128", syscall.EINVAL, f, parts[1])
 		}
 		if !strings.HasPrefix(parts[2], "/") {
 			return nil, fmt.Errorf("%w: disk %q: image %q is not an absolute path", syscall.EINVAL, f, parts[2])
