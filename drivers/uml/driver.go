@@ -177,6 +177,11 @@ func (m *Machine) adopt(ctx context.Context) {
 	}
 	g.adopted = true
 	g.tap = r.Tap
+	if r.Path == "" {
+		// Recorded by a version that did not mark its TAPs: the TAP
+		// in the record is this host's.
+		m.claimTap(r.Tap)
+	}
 	g.paused = r.Paused
 	g.booted = true
 	m.mu.Lock()

@@ -62,6 +62,18 @@ func (m *Machine) createTap() (string, error) {
 
 func (m *Machine) tapAlias() string { return tapAliasPrefix + m.path }
 
+// claimTap marks an unmarked TAP as this host's (see adopt).
+func (m *Machine) claimTap(name string) {
+	if name == "" {
+		return
+	}
+	if l, err := netlink.LinkByName(name); err == nil && l.Attrs().Alias == "" {
+		if _, ok := l.(*netlink.Tuntap); ok {
+			_ = netlink.LinkSetAlias(l, m.tapAlias())
+		}
+	}
+}
+
 // deleteTap removes a TAP this driver created for this host ("" does
 // nothing; a TAP of that name that is not this host's stays).
 func (m *Machine) deleteTap(name string) {
