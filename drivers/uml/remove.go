@@ -1,6 +1,7 @@
 package uml
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -45,11 +46,13 @@ func (m *Machine) Remove(ctx context.Context) error {
 		}
 	}
 	var errs []error
+	var groups []int // process groups killed: their helpers must be gone too
 	if g != nil {
 		m.log.Info("uml: host removed, stopping its guest", "pid", g.pid)
 		if err := m.stopGuest(ctx, g); err != nil {
 			errs = append(errs, err)
 		}
+		groups = append(groups, g.pid)
 	}
 	// A guest recorded but not watched (adoption failed), or leftovers of
 	// one whose watcher did not clean up.
@@ -59,6 +62,12 @@ func (m *Machine) Remove(ctx context.Context) error {
 		} else {
 			removeUmidDir(m.umidDir(), r.Pid)
 			m.deleteTap(r.Tap)
+		}
+		groups = append(groups, r.Pid)
+	}
+	for _, pgid := range groups {
+		if err := waitGroupGone(ctx, pgid); err != nil {
+			errs = append(errs, err)
 		}
 	}
 	removeDeadUmidDir(m.umidDir())
@@ -99,6 +108,52 @@ func (m *Machine) stopGuest(ctx context.Context, g *guest) error {
 	case <-ctx.Done():
 		return nodes.Errorf(syscall.ETIMEDOUT, "guest pid %d did not end after SIGKILL", g.pid)
 	}
+}
+
+// waitGroupGone waits until no live process is left in process group pgid
+// (the guest's helpers, killed with it, end a moment after the guest), for
+// at most two seconds or until ctx ends. Zombies do not count: they are
+// gone, only not yet reaped by whoever inherited them.
+func waitGroupGone(ctx context.Context, pgid int) error {
+	deadline := time.Now().Add(2 * time.Second)
+	for {
+		left := groupMembers(pgid)
+		if len(left) == 0 {
+			return nil
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			return nodes.Errorf(syscall.ETIMEDOUT, "guest helpers %v did not end after SIGKILL", left)
+		}
+		unix.Kill(-pgid, unix.SIGKILL)
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// groupMembers lists the live (not zombie) processes of process group pgid.
+func groupMembers(pgid int) []int {
+	var pids []int
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "stat"))
+		if err != nil {
+			continue
+		}
+		// pid (comm) state ppid pgrp ...: comm may hold spaces.
+		i := bytes.LastIndexByte(b, ')')
+		if i < 0 {
+			continue
+		}
+		f := strings.Fields(string(b[i+1:]))
+		if len(f) < 3 || f[0] == "Z" || f[2] != strconv.Itoa(pgid) {
+			continue
+		}
+		pids = append(pids, pid)
+	}
+	return pids
 }
 
 // killRecorded kills the process group of a recorded guest that still
