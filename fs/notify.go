@@ -4,6 +4,8 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
+	"time"
 
 	gofs "github.com/hanwen/go-fuse/v2/fs"
 
@@ -39,7 +41,22 @@ type notifier struct {
 	unwatch     func()
 	once        sync.Once
 	poker       *poker
+	// retries are invalidations the kernel refused with ENOENT, to send
+	// again (see inval); retryTimer wakes the worker for them.
+	retries    []retry
+	retryTimer *time.Timer
 }
+
+// retry is an invalidation to send again.
+type retry struct {
+	ino     *gofs.Inode
+	attempt int
+	due     time.Time
+}
+
+// retryDelays are the waits before the invalidations an ENOENT refused
+// are sent again.
+var retryDelays = []time.Duration{20 * time.Millisecond, 500 * time.Millisecond}
 
 func newNotifier(f *FS) *notifier {
 	return &notifier{
@@ -66,6 +83,11 @@ func (n *notifier) stop() {
 		}
 		close(n.quit)
 		<-n.done
+		n.mu.Lock()
+		if n.retryTimer != nil {
+			n.retryTimer.Stop()
+		}
+		n.mu.Unlock()
 		if n.poker != nil {
 			n.poker.stop()
 		}
@@ -142,7 +164,22 @@ func (n *notifier) run() {
 		n.mu.Lock()
 		dirty, entries, groups, switches := n.dirty, n.entries, n.groupsDirty, n.switches
 		n.dirty, n.entries, n.groupsDirty, n.switches = map[string]int{}, map[string]bool{}, false, map[string]bool{}
+		var due []retry
+		now := time.Now()
+		kept := n.retries[:0]
+		for _, r := range n.retries {
+			if now.Before(r.due) {
+				kept = append(kept, r)
+			} else {
+				due = append(due, r)
+			}
+		}
+		n.retries = kept
+		n.armLocked()
 		n.mu.Unlock()
+		for _, r := range due {
+			n.invalAttempt(r.ino, r.attempt)
+		}
 		for p := range switches {
 			n.refreshSwitch(p)
 		}
@@ -159,6 +196,52 @@ func (n *notifier) run() {
 		for path, bits := range dirty {
 			n.refresh(path, bits)
 		}
+	}
+}
+
+// inval drops the kernel's cached content and attributes of ino. The
+// kernel answers ENOENT for an inode it does not know, and that includes
+// one whose first LOOKUP reply is still on its way, computed before the
+// change: that reply would then keep the old size for the attribute
+// timeout, and reads stop there. So an ENOENT is tried again a little
+// later (retryDelays); for an inode the kernel really does not know, that
+// costs two more writes to /dev/fuse.
+func (n *notifier) inval(ino *gofs.Inode) { n.invalAttempt(ino, 0) }
+
+func (n *notifier) invalAttempt(ino *gofs.Inode, attempt int) {
+	if ino.NotifyContent(0, 0) != syscall.ENOENT || attempt >= len(retryDelays) {
+		return
+	}
+	n.mu.Lock()
+	n.retries = append(n.retries, retry{ino: ino, attempt: attempt + 1, due: time.Now().Add(retryDelays[attempt])})
+	n.armLocked()
+	n.mu.Unlock()
+}
+
+// armLocked sets the retry timer to the earliest retry due.
+func (n *notifier) armLocked() {
+	if len(n.retries) == 0 {
+		return
+	}
+	first := n.retries[0].due
+	for _, r := range n.retries[1:] {
+		if r.due.Before(first) {
+			first = r.due
+		}
+	}
+	d := max(time.Until(first), time.Millisecond)
+	if n.retryTimer == nil {
+		n.retryTimer = time.AfterFunc(d, n.kick)
+	} else {
+		n.retryTimer.Reset(d)
+	}
+}
+
+// kick wakes the worker.
+func (n *notifier) kick() {
+	select {
+	case n.wake <- struct{}{}:
+	default:
 	}
 }
 
@@ -185,7 +268,7 @@ func (n *notifier) refreshEntry(path string) {
 func (n *notifier) refresh(path string, bits int) {
 	if path == "" {
 		if n.treeLog != nil {
-			n.treeLog.NotifyContent(0, 0)
+			n.inval(n.treeLog)
 		}
 		return
 	}
@@ -204,20 +287,20 @@ func (n *notifier) refresh(path string, bits int) {
 	// the new content.
 	var poke []*gofs.Inode
 	if bits&dirtyLog != 0 {
-		hd.log.NotifyContent(0, 0)
+		n.inval(hd.log)
 	}
 	if bits&(dirtyPower|dirtyPowerQuiet) != 0 {
-		hd.power.NotifyContent(0, 0)
+		n.inval(hd.power)
 	}
 	if bits&dirtyPower != 0 {
 		poke = append(poke, hd.power)
 	}
 	if bits&dirtyState != 0 {
-		hd.state.NotifyContent(0, 0)
+		n.inval(hd.state)
 		poke = append(poke, hd.state)
 	}
 	if bits&dirtyConfig != 0 {
-		hd.config.NotifyContent(0, 0)
+		n.inval(hd.config)
 		poke = append(poke, hd.config)
 	}
 	if n.fsys.opts.ReadOnly {
