@@ -6,6 +6,7 @@ import (
 	"log/syslog"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 )
 
@@ -34,13 +35,44 @@ func openLog(where string, detached bool, stateDir string) (w io.Writer, reopen 
 		if err != nil {
 			return nil, nil, fmt.Errorf("log=syslog: %w", err)
 		}
-		return s, noop, nil
+		return syslogWriter{s}, noop, nil
 	}
 	f := &logFile{path: where}
 	if err := f.reopen(); err != nil {
 		return nil, nil, err
 	}
 	return f, f.reopen, nil
+}
+
+// syslogWriter sends each line of the text handler at the syslog priority
+// of its slog level, so `journalctl -p warning` finds warnings.
+type syslogWriter struct{ w *syslog.Writer }
+
+func (s syslogWriter) Write(p []byte) (int, error) {
+	line := strings.TrimSuffix(string(p), "\n")
+	var err error
+	switch slogLevel(line) {
+	case "ERROR":
+		err = s.w.Err(line)
+	case "WARN":
+		err = s.w.Warning(line)
+	case "DEBUG":
+		err = s.w.Debug(line)
+	default:
+		err = s.w.Info(line)
+	}
+	return len(p), err
+}
+
+// slogLevel is the level of a line of slog's text handler
+// ("time=... level=WARN msg=...").
+func slogLevel(line string) string {
+	_, rest, ok := strings.Cut(line, " level=")
+	if !ok {
+		return ""
+	}
+	level, _, _ := strings.Cut(rest, " ")
+	return level
 }
 
 // logFile is a log file that can be reopened under its name while the
