@@ -138,10 +138,7 @@ func (n *notifier) onEvent(e nodes.Event) {
 		}
 	}
 	n.mu.Unlock()
-	select {
-	case n.wake <- struct{}{}:
-	default:
-	}
+	n.kick()
 }
 
 // parentPath is the host a subhost runs on ("" for a top-level host).

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/machinefs/machinefs/drivers/ns"
+	"github.com/machinefs/machinefs/tests/harness/disk"
 	"github.com/machinefs/machinefs/tests/harness/netns"
 )
 
@@ -293,16 +294,7 @@ func TestNSRemoveReleases(t *testing.T) {
 // The root file system is a disk image made by the test.
 func TestNSDiskImage(t *testing.T) {
 	e := newNSEnv(t)
-	if _, err := exec.LookPath("mkfs.ext4"); err != nil {
-		t.Skip("needs e2fsprogs")
-	}
-	img := filepath.Join(t.TempDir(), "root.raw")
-	if out, err := exec.Command("truncate", "-s", "32M", img).CombinedOutput(); err != nil {
-		t.Fatalf("%v %s", err, out)
-	}
-	if out, err := exec.Command("mkfs.ext4", "-q", "-F", "-d", e.root(""), img).CombinedOutput(); err != nil {
-		t.Fatalf("mkfs.ext4: %v %s", err, out)
-	}
+	img := disk.Ext4(t, e.root(""), "32M")
 	d := start(t)
 	s := addSub(d, "mfned", e.config("ns.disks = vda:1:"+img))
 	d.ok(fmt.Sprintf("echo 'on wait timeout=10s' > %s/power", s))
@@ -321,48 +313,16 @@ func TestNSDiskImage(t *testing.T) {
 // pretend-boot scripts' DISKS=( vda:2:/disks/disk.raw ) would have it.
 func TestNSPartitionedDisk(t *testing.T) {
 	e := newNSEnv(t)
-	for _, tool := range []string{"mkfs.ext4", "sfdisk"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("needs %s", tool)
-		}
-	}
-	dir := t.TempDir()
-	fsImg, disk := filepath.Join(dir, "root.ext4"), filepath.Join(dir, "disk.raw")
-	if out, err := exec.Command("mkfs.ext4", "-q", "-F", "-d", e.root(""), fsImg, "24M").CombinedOutput(); err != nil {
-		t.Fatalf("mkfs.ext4: %v %s", err, out)
-	}
-	if err := os.WriteFile(disk, nil, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Truncate(disk, 40<<20); err != nil {
-		t.Fatal(err)
-	}
 	// Partition 1: 8 MiB at 1 MiB (empty); partition 2: 24 MiB at 10 MiB.
-	sf := exec.Command("sfdisk", "--quiet", disk)
-	sf.Stdin = strings.NewReader("label: gpt\nstart=2048, size=16384\nstart=20480, size=49152\n")
-	if out, err := sf.CombinedOutput(); err != nil {
-		t.Fatalf("sfdisk: %v %s", err, out)
-	}
-	data, err := os.ReadFile(fsImg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	f, err := os.OpenFile(disk, os.O_WRONLY, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, err = f.WriteAt(data, 10<<20)
-	f.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
+	img := disk.Partitioned(t, "gpt", 40<<20, "start=2048, size=16384", "start=20480, size=49152")
+	disk.Put(t, img, disk.Ext4(t, e.root(""), "24M"), 10<<20)
 	d := start(t)
-	s := addSub(d, "mfnep", e.config("ns.disks = vda:2:"+disk))
+	s := addSub(d, "mfnep", e.config("ns.disks = vda:2:"+img))
 	d.ok(fmt.Sprintf("echo 'on wait timeout=10s' > %s/power", s))
 	eventually(t, "notify booted", func() bool { return strings.Contains(d.read(s+"/events.log"), "notify booted") })
 	d.ok(fmt.Sprintf("echo 'stop wait timeout=5s' > %s/power", s))
 	// Partition 1 holds no file system; partition 3 does not exist.
-	d.ok(fmt.Sprintf("echo 'ns.disks = vda:3:%s' >> %s/config", disk, s))
+	d.ok(fmt.Sprintf("echo 'ns.disks = vda:3:%s' >> %s/config", img, s))
 	d.fails(fmt.Sprintf("echo on > %s/power", s), "No such file or directory")
 	if st := d.read(s + "/state"); !strings.Contains(stateField(st, "last-error"), "has no partition 3") {
 		t.Fatalf("partition 3:\n%s", st)

@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/machinefs/machinefs/tests/harness/disk"
 	"github.com/machinefs/machinefs/tests/harness/netns"
 	umlh "github.com/machinefs/machinefs/tests/harness/uml"
 )
@@ -430,7 +431,7 @@ func TestUMLNet(t *testing.T) {
 func TestUMLImage(t *testing.T) {
 	umlh.Skip(t)
 	root, dir := umlh.Root(t), umlh.Dir(t)
-	img := umlh.Image(t, root, "24M")
+	img := disk.Ext4(t, root, "24M")
 	d := start(t)
 	d.addHost("lab01", "drivers = sim\nsim.initial = on")
 	d.addHost("lab01/subhosts/web1", umlh.ConfigRoot("ubd0="+img, dir))

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/machinefs/machinefs/nodes"
+	diskimg "github.com/machinefs/machinefs/tests/harness/disk"
 	"github.com/machinefs/machinefs/tests/harness/netns"
 	"go.uber.org/goleak"
 )
@@ -335,19 +336,13 @@ func TestNSErrors(t *testing.T) {
 
 func TestNSDiskRoot(t *testing.T) {
 	f := setup(t)
-	if _, err := exec.LookPath("mkfs.ext4"); err != nil {
-		t.Skip("needs e2fsprogs")
-	}
-	root := f.root()
-	img := filepath.Join(t.TempDir(), "root.raw")
+	img := diskimg.Ext4(t, f.root(), "32M")
 	data := filepath.Join(t.TempDir(), "data.raw")
-	for _, p := range []string{img, data} {
-		if out, err := exec.Command("truncate", "-s", "32M", p).CombinedOutput(); err != nil {
-			t.Fatalf("%v: %s", err, out)
-		}
+	if err := os.WriteFile(data, nil, 0o600); err != nil {
+		t.Fatal(err)
 	}
-	if out, err := exec.Command("mkfs.ext4", "-q", "-F", "-d", root, img).CombinedOutput(); err != nil {
-		t.Fatalf("mkfs.ext4: %v: %s", err, out)
+	if err := os.Truncate(data, 32<<20); err != nil {
+		t.Fatal(err)
 	}
 	d, r := f.open("mfnu9", f.cfg("ns.disks", "vda:1:"+img+" vdb:0:"+data))
 	f.power(d, "on")

@@ -3,38 +3,17 @@ package ns
 import (
 	"errors"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
-)
 
-// partitionedImage makes a 40 MiB disk image with sfdisk: label is "dos"
-// or "gpt", with partitions of 8 MiB at 1 MiB and 16 MiB at 10 MiB.
-func partitionedImage(t *testing.T, label string) string {
-	t.Helper()
-	if _, err := exec.LookPath("sfdisk"); err != nil {
-		t.Skip("needs sfdisk (util-linux)")
-	}
-	img := filepath.Join(t.TempDir(), label+".raw")
-	if err := os.WriteFile(img, nil, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Truncate(img, 40<<20); err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command("sfdisk", "--quiet", img)
-	cmd.Stdin = strings.NewReader("label: " + label + "\nstart=2048, size=16384\nstart=20480, size=32768\n")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("sfdisk: %v %s", err, out)
-	}
-	return img
-}
+	diskimg "github.com/machinefs/machinefs/tests/harness/disk"
+)
 
 func TestFindPartition(t *testing.T) {
 	for _, label := range []string{"dos", "gpt"} {
-		img := partitionedImage(t, label)
+		img := diskimg.Partitioned(t, label, 40<<20, "start=2048, size=16384", "start=20480, size=32768")
 		for n, want := range map[int]extent{1: {1 << 20, 8 << 20}, 2: {10 << 20, 16 << 20}} {
 			got, err := findPartition(img, n)
 			if err != nil || got != want {

@@ -73,11 +73,9 @@ func (m *Machine) Console(ctx context.Context, name string, args []string) (stri
 	}
 	switch name {
 	case "stop":
-		m.setPaused(g, true)
-		m.report.Report(nodes.Status{Power: nodes.PowerPaused, Reachable: true, Reason: "guest paused (console stop)"})
+		m.setPaused(g, true, "guest paused (console stop)")
 	case "go":
-		m.setPaused(g, false)
-		m.report.Report(nodes.Status{Power: nodes.PowerOn, Reachable: true, Reason: "guest resumed (console go)"})
+		m.setPaused(g, false, "guest resumed (console go)")
 	case "reboot":
 		m.mu.Lock()
 		g.booted, g.paused = false, false
@@ -128,8 +126,7 @@ func (m *Machine) backup(ctx context.Context, args []string) (string, error) {
 		if _, err := m.request(ctx, g, "stop"); err != nil {
 			return "", fmt.Errorf("backup: stop: %w", err)
 		}
-		m.setPaused(g, true)
-		m.report.Report(nodes.Status{Power: nodes.PowerPaused, Reachable: true, Reason: "guest paused for a backup to " + dest})
+		m.setPaused(g, true, "guest paused for a backup to "+dest)
 	}
 	resume := func() error {
 		if wasPaused {
@@ -141,8 +138,7 @@ func (m *Machine) backup(ctx context.Context, args []string) (string, error) {
 		if _, err := m.request(rctx, g, "go"); err != nil {
 			return err
 		}
-		m.setPaused(g, false)
-		m.report.Report(nodes.Status{Power: nodes.PowerOn, Reachable: true, Reason: "guest resumed after a backup to " + dest})
+		m.setPaused(g, false, "guest resumed after a backup to "+dest)
 		return nil
 	}
 	fail := func(step string, err error) (string, error) {

@@ -403,11 +403,21 @@ func (m *Machine) request(ctx context.Context, g *guest, command string) (string
 	return text, err
 }
 
-func (m *Machine) setPaused(g *guest, paused bool) {
+// setPaused records that g was stopped or resumed (mconsole stop or go)
+// and, with a reason, reports the guest paused or on.
+func (m *Machine) setPaused(g *guest, paused bool, why string) {
 	m.mu.Lock()
 	g.paused = paused
 	m.mu.Unlock()
 	m.writeRecord(g)
+	if why == "" {
+		return
+	}
+	p := nodes.PowerOn
+	if paused {
+		p = nodes.PowerPaused
+	}
+	m.report.Report(nodes.Status{Power: p, Reachable: true, Reason: why})
 }
 
 func (m *Machine) writeRecord(g *guest) {
@@ -432,8 +442,7 @@ func (m *Machine) Power(ctx context.Context, cmd nodes.Command) error {
 		if _, err := m.request(ctx, g, "go"); err != nil {
 			return err
 		}
-		m.setPaused(g, false)
-		m.report.Report(nodes.Status{Power: nodes.PowerOn, Reachable: true, Reason: "guest resumed (mconsole go)"})
+		m.setPaused(g, false, "guest resumed (mconsole go)")
 		return nil
 	case "pause":
 		g, err := m.running()
@@ -443,8 +452,7 @@ func (m *Machine) Power(ctx context.Context, cmd nodes.Command) error {
 		if _, err := m.request(ctx, g, "stop"); err != nil {
 			return err
 		}
-		m.setPaused(g, true)
-		m.report.Report(nodes.Status{Power: nodes.PowerPaused, Reachable: true, Reason: "guest paused (mconsole stop)"})
+		m.setPaused(g, true, "guest paused (mconsole stop)")
 		return nil
 	case "reboot":
 		g, err := m.running()
@@ -509,7 +517,7 @@ func (m *Machine) poweroff(ctx context.Context) error {
 		if _, err := m.request(ctx, g, "go"); err != nil {
 			return err
 		}
-		m.setPaused(g, false)
+		m.setPaused(g, false, "") // no report: the poweroff that follows reports
 	}
 	m.mu.Lock()
 	g.expect = "poweroff"
@@ -556,8 +564,7 @@ func (m *Machine) powerOn(ctx context.Context) error {
 			if _, err := m.request(ctx, g, "go"); err != nil {
 				return err
 			}
-			m.setPaused(g, false)
-			m.report.Report(nodes.Status{Power: nodes.PowerOn, Reachable: true, Reason: "guest resumed (mconsole go)"})
+			m.setPaused(g, false, "guest resumed (mconsole go)")
 		}
 		return nil
 	}

@@ -17,18 +17,11 @@ import (
 // of a process from /proc/PID/stat. The start time tells a process from a
 // later one that got the same pid.
 func procStat(pid int) (state byte, start uint64, err error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	f, err := statFields(pid)
 	if err != nil {
 		return 0, 0, err
 	}
-	// The command name is in parentheses and may contain anything.
-	i := bytes.LastIndexByte(b, ')')
-	if i < 0 {
-		return 0, 0, fmt.Errorf("/proc/%d/stat: no command name", pid)
-	}
-	f := strings.Fields(string(b[i+1:]))
-	// Fields after the name start with state (field 3); starttime is
-	// field 22.
+	// starttime is field 22 of stat, f[19].
 	if len(f) < 20 {
 		return 0, 0, fmt.Errorf("/proc/%d/stat: %d fields", pid, len(f))
 	}
@@ -37,6 +30,25 @@ func procStat(pid int) (state byte, start uint64, err error) {
 		return 0, 0, fmt.Errorf("/proc/%d/stat: start time %q", pid, f[19])
 	}
 	return f[0][0], start, nil
+}
+
+// statFields returns the fields of /proc/PID/stat after the command name:
+// f[0] is the state (field 3), f[2] the process group (field 5).
+func statFields(pid int) ([]string, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return nil, err
+	}
+	// The command name is in parentheses and may contain anything.
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return nil, fmt.Errorf("/proc/%d/stat: no command name", pid)
+	}
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 3 {
+		return nil, fmt.Errorf("/proc/%d/stat: %d fields", pid, len(f))
+	}
+	return f, nil
 }
 
 // record is what the driver writes next to the guest so that a later

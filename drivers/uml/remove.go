@@ -1,7 +1,6 @@
 package uml
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -138,17 +137,8 @@ func groupMembers(pgid int) []int {
 		if err != nil {
 			continue
 		}
-		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "stat"))
-		if err != nil {
-			continue
-		}
-		// pid (comm) state ppid pgrp ...: comm may hold spaces.
-		i := bytes.LastIndexByte(b, ')')
-		if i < 0 {
-			continue
-		}
-		f := strings.Fields(string(b[i+1:]))
-		if len(f) < 3 || f[0] == "Z" || f[2] != strconv.Itoa(pgid) {
+		f, err := statFields(pid)
+		if err != nil || f[0] == "Z" || f[2] != strconv.Itoa(pgid) {
 			continue
 		}
 		pids = append(pids, pid)

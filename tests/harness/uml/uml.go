@@ -105,20 +105,6 @@ func Root(t testing.TB) string {
 	return root
 }
 
-// Image builds an ext4 disk image of size (mkfs.ext4 size, e.g. "24M")
-// holding the tree at root, and returns its path.
-func Image(t testing.TB, root, size string) string {
-	t.Helper()
-	if _, err := exec.LookPath("mkfs.ext4"); err != nil {
-		t.Skip("no mkfs.ext4 (apt-get install e2fsprogs)")
-	}
-	img := filepath.Join(t.TempDir(), "root.img")
-	if out, err := exec.Command("mkfs.ext4", "-q", "-F", "-d", root, img, size).CombinedOutput(); err != nil {
-		t.Fatalf("mkfs.ext4 -d %s: %v\n%s", root, err, out)
-	}
-	return img
-}
-
 // Dir makes a short uml_dir under /tmp and, when the test ends, kills
 // every guest still running with that uml_dir (its whole process group)
 // and removes the directory.
