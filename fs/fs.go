@@ -94,13 +94,14 @@ func Mount(tree *nodes.Tree, mountpoint string, o Options) (*FS, error) {
 	// appears at once.
 	entry, attr, negative := time.Minute, time.Minute, time.Duration(0)
 	mo := fuse.MountOptions{
-		AllowOther:   o.AllowOther,
-		DirectMount:  os.Geteuid() == 0,
-		FsName:       o.FsName,
-		Name:         "machinefs",
-		Debug:        o.Debug,
-		MaxReadAhead: 128 << 10,
-		Options:      []string{"default_permissions"},
+		AllowOther:    o.AllowOther,
+		DirectMount:   os.Geteuid() == 0,
+		FsName:        o.FsName,
+		Name:          "machinefs",
+		Debug:         o.Debug,
+		MaxReadAhead:  128 << 10,
+		DisableSplice: true,
+		Options:       []string{"default_permissions"},
 	}
 	if o.FsName == "" {
 		mo.FsName = "machinefs"

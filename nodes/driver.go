@@ -106,7 +106,10 @@ type ConsoleCommand struct {
 	Query func(args []string) bool
 	// Bounded says the command ends by its context's deadline on its own
 	// (one request with that deadline, no unbounded copying): the model
-	// then runs it on the caller's goroutine instead of detaching it.
+	// then runs it on the caller's goroutine instead of detaching it, and
+	// arms no timer for the deadline. The driver must enforce
+	// ctx.Deadline() itself (a socket timeout): ctx.Done does not close
+	// when the deadline passes.
 	Bounded bool
 	// Raw passes the rest of the line as written, as one argument, instead
 	// of splitting it at whitespace: `log TEXT` keeps its spaces, and a

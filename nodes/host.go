@@ -203,26 +203,39 @@ func callDriver(ctx context.Context, timeout time.Duration, fn func(context.Cont
 	go func() { res <- fn(cctx) }()
 	select {
 	case err := <-res:
-		return timedOut(cctx, timeout, err)
+		return timedOut(cctx.Err() != nil, timeout, err)
 	case <-cctx.Done():
 		return Errorf(syscall.ETIMEDOUT, "no answer within %s", timeout)
 	}
 }
 
 // callBounded is callDriver for a call that ends by its context's deadline
-// by itself (ConsoleCommand.Bounded): it runs on the caller's goroutine.
+// by itself (ConsoleCommand.Bounded): it runs on the caller's goroutine,
+// and its context carries the deadline without arming a timer for it.
 // Handing a call to a goroutine of its own costs a trip through the
-// scheduler, tens of microseconds on a small VM: a large part of a console
-// round trip.
+// scheduler, and a new timer that is the runtime's next one wakes its
+// network poller thread; each costs tens of microseconds on a small VM, a
+// large part of a console round trip.
 func callBounded(ctx context.Context, timeout time.Duration, fn func(context.Context) error) error {
-	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), timeout)
-	defer cancel()
-	return timedOut(cctx, timeout, fn(cctx))
+	deadline := time.Now().Add(timeout)
+	err := fn(deadlineContext{Context: context.WithoutCancel(ctx), deadline: deadline})
+	return timedOut(!time.Now().Before(deadline), timeout, err)
 }
 
-// timedOut says ETIMEDOUT for a driver error that came from its deadline.
-func timedOut(cctx context.Context, timeout time.Duration, err error) error {
-	if err != nil && cctx.Err() != nil && ErrnoOf(err) == syscall.EIO {
+// deadlineContext is a context with a deadline that its callee enforces
+// itself (a socket timeout, say): Deadline reports it, but Done does not
+// close when it passes. Only Bounded driver calls get one.
+type deadlineContext struct {
+	context.Context
+	deadline time.Time
+}
+
+func (c deadlineContext) Deadline() (time.Time, bool) { return c.deadline, true }
+
+// timedOut says ETIMEDOUT for a driver error that came from its deadline
+// (expired: the deadline has passed).
+func timedOut(expired bool, timeout time.Duration, err error) error {
+	if err != nil && expired && ErrnoOf(err) == syscall.EIO {
 		return Errorf(syscall.ETIMEDOUT, "no answer within %s: %v", timeout, err)
 	}
 	return err

@@ -77,6 +77,7 @@ func (m *Machine) Console(ctx context.Context, name string, args []string) (stri
 	case "go":
 		m.setPaused(g, false, "guest resumed (console go)")
 	case "reboot":
+		g.mc.reset() // UML re-executes itself: a new socket
 		m.mu.Lock()
 		g.booted, g.paused = false, false
 		m.mu.Unlock()

@@ -53,6 +53,7 @@ type guest struct {
 	done    chan struct{}
 	ctx     context.Context // ends when the guest exits or panics
 	cancel  context.CancelCauseFunc
+	mc      *client // its mconsole
 	adopted bool
 	since   time.Time
 	tap     string
@@ -237,7 +238,9 @@ func (m *Machine) newGuest(pid int, start uint64, pidfd int) (*guest, error) {
 		return nil, fmt.Errorf("eventfd: %w", err)
 	}
 	ctx, cancel := context.WithCancelCause(context.Background())
-	return &guest{pid: pid, start: start, pidfd: pidfd, notify: ns, wake: wake, done: make(chan struct{}), ctx: ctx, cancel: cancel, since: time.Now()}, nil
+	g := &guest{pid: pid, start: start, pidfd: pidfd, notify: ns, wake: wake, done: make(chan struct{}), ctx: ctx, cancel: cancel, since: time.Now()}
+	g.mc = newClient(m.mconsolePath(), ctx, m.reqTimeout)
+	return g, nil
 }
 
 // watch runs the guest's watcher: one goroutine that polls the notify
@@ -299,6 +302,7 @@ func (m *Machine) readNotifications(g *guest) {
 			m.mu.Lock()
 			g.booted = true
 			m.mu.Unlock()
+			g.mc.reset() // after a reboot, the socket is a new one
 			m.report.Report(nodes.Status{Power: nodes.PowerOn, Reachable: true, Reason: fmt.Sprintf("guest booted (pid %d, mconsole %s)", g.pid, nt.text)})
 		case notifyUser:
 			m.report.Event("notify", nt.text)
@@ -341,6 +345,7 @@ func (m *Machine) exited(g *guest) {
 		how = howEnded(ws)
 	}
 	g.cancel(nodes.Errorf(syscall.EHOSTDOWN, "guest process %s", how))
+	g.mc.close()
 	removeUmidDir(m.umidDir(), g.pid)
 	m.deleteTap(g.tap)
 	os.Remove(m.recordPath())
@@ -389,18 +394,7 @@ func (m *Machine) running() (*guest, error) {
 // request sends one mconsole command to g, bounded by ctx, the mconsole
 // timeout and the life of the guest.
 func (m *Machine) request(ctx context.Context, g *guest, command string) (string, error) {
-	ctx, cancel := context.WithTimeoutCause(ctx, m.reqTimeout, nodes.Errorf(syscall.ETIMEDOUT, "UML did not answer %q within %s", command, m.reqTimeout))
-	defer cancel()
-	stop := context.AfterFunc(g.ctx, func() { cancel() })
-	defer stop()
-	text, err := Request(ctx, m.mconsolePath(), command)
-	if err != nil && g.ctx.Err() != nil {
-		return "", context.Cause(g.ctx)
-	}
-	if err != nil && errors.Is(context.Cause(ctx), syscall.ETIMEDOUT) {
-		return "", context.Cause(ctx)
-	}
-	return text, err
+	return g.mc.request(ctx, command)
 }
 
 // setPaused records that g was stopped or resumed (mconsole stop or go)
@@ -462,6 +456,7 @@ func (m *Machine) Power(ctx context.Context, cmd nodes.Command) error {
 		if _, err := m.request(ctx, g, "reboot"); err != nil {
 			return err
 		}
+		g.mc.reset() // UML re-executes itself: a new socket
 		m.mu.Lock()
 		g.booted, g.paused = false, false
 		m.mu.Unlock()
@@ -715,5 +710,6 @@ func (m *Machine) Close() error {
 	<-g.done
 	unix.Close(g.wake)
 	g.cancel(nodes.Errorf(syscall.ESHUTDOWN, "driver closed"))
+	g.mc.close()
 	return nil
 }

@@ -6,9 +6,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-
 	"strings"
-
 	"syscall"
 	"time"
 
@@ -55,64 +53,111 @@ func (e *ReplyError) Error() string {
 
 // Request sends one command to the mconsole socket at sock and returns the
 // reply text, the datagrams of a multi-part reply joined. An "ERR" reply is
-// a *ReplyError. The socket is new for every request (UML's protocol has no
-// request ids, so a fresh socket can never read a stale reply) and
-// autobound to an abstract address, as UML only answers bound clients.
+// a *ReplyError. The socket is new for this request (UML's protocol has no
+// request ids, so a fresh socket can never read a stale reply); a guest's
+// own requests go through its kept client instead.
+//
+// The request ends when ctx does: a receive timeout for its deadline, a
+// shutdown of the socket for its cancellation. A UML that does not answer
+// never blocks the caller.
+func Request(ctx context.Context, sock, command string) (string, error) {
+	if err := ctx.Err(); err != nil {
+		return "", ctxErr(ctx, err)
+	}
+	fd, err := dial(sock)
+	if err != nil {
+		return "", ctxErr(ctx, mconsoleErr(ctx, err))
+	}
+	defer unix.Close(fd)
+	if dl, ok := ctx.Deadline(); ok {
+		if err := setTimeout(fd, time.Until(dl)); err != nil {
+			return "", err
+		}
+	}
+	text, err := exchange(ctx, nil, fd, command)
+	return text, ctxErr(ctx, err)
+}
+
+// dial makes a datagram socket connected to UML's mconsole at sock.
+//
+// It is autobound to an abstract address (an empty name), as UML only
+// answers bound clients. It is connected, not used with sendto: a long
+// reply (stack, proc) comes as many datagrams, and the kernel queues at
+// most net.unix.max_dgram_qlen (10) of them for an unconnected receiver;
+// UML drops the rest, the final one included. Datagrams from the socket's
+// own peer are not held to that limit.
 //
 // The socket is used with plain blocking calls rather than through Go's
 // network poller: a request is a single datagram each way, and waiting in
 // recvfrom lets UML's reply wake the waiting thread directly instead of
 // going through the poller's thread first, which halves the round trip on
-// small machines. The request ends when ctx does (a receive timeout for
-// its deadline, a shutdown of the socket for its cancellation), so a UML
-// that does not answer never blocks the caller.
-func Request(ctx context.Context, sock, command string) (string, error) {
+// small machines.
+func dial(sock string) (int, error) {
+	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return -1, fmt.Errorf("mconsole socket: %w", err)
+	}
+	if err := unix.Bind(fd, &unix.SockaddrUnix{}); err != nil {
+		unix.Close(fd)
+		return -1, fmt.Errorf("mconsole socket: bind: %w", err)
+	}
+	if err := unix.Connect(fd, &unix.SockaddrUnix{Name: sock}); err != nil {
+		unix.Close(fd)
+		return -1, err
+	}
+	return fd, nil
+}
+
+// setTimeout bounds each send and receive on fd by d.
+func setTimeout(fd int, d time.Duration) error {
+	tv := unix.NsecToTimeval(max(d, time.Microsecond).Nanoseconds())
+	if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); err != nil {
+		return fmt.Errorf("mconsole socket: receive timeout: %w", err)
+	}
+	if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_SNDTIMEO, &tv); err != nil {
+		return fmt.Errorf("mconsole socket: send timeout: %w", err)
+	}
+	return nil
+}
+
+// errPeerGone marks a send that failed because nobody has the socket open
+// at the other end: UML never saw the request.
+var errPeerGone = errors.New("request not sent")
+
+// exchange sends command on fd and reads the reply. The socket's timeouts
+// bound each call; ctx and life (either may be nil) end the exchange
+// early by shutting the socket down, after which fd is of no more use.
+func exchange(ctx, life context.Context, fd int, command string) (string, error) {
 	if len(command) > MaxRequest {
 		return "", nodes.Errorf(syscall.EINVAL, "command is %d bytes, UML takes at most %d", len(command), MaxRequest)
 	}
-	if err := ctx.Err(); err != nil {
-		return "", ctxErr(ctx, err)
-	}
-	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		return "", fmt.Errorf("mconsole socket: %w", err)
-	}
-	cancelled := make(chan struct{})
-	stop := context.AfterFunc(ctx, func() {
-		unix.Shutdown(fd, unix.SHUT_RDWR)
-		close(cancelled)
-	})
-	defer func() {
-		if !stop() {
-			<-cancelled // the shutdown must not hit a reused fd
+	var stops []func() bool
+	cancelled := make(chan struct{}, 2)
+	for _, c := range []context.Context{ctx, life} {
+		if c != nil && c.Done() != nil {
+			stops = append(stops, context.AfterFunc(c, func() {
+				unix.Shutdown(fd, unix.SHUT_RDWR)
+				cancelled <- struct{}{}
+			}))
 		}
-		unix.Close(fd)
+	}
+	defer func() {
+		for _, stop := range stops {
+			if !stop() {
+				<-cancelled // the shutdown must not hit a reused fd
+			}
+		}
 	}()
-	// An empty name autobinds the socket to a unique abstract address.
-	if err := unix.Bind(fd, &unix.SockaddrUnix{}); err != nil {
-		return "", fmt.Errorf("mconsole socket: bind: %w", err)
-	}
-	if dl, ok := ctx.Deadline(); ok {
-		tv := unix.NsecToTimeval(max(time.Until(dl), time.Microsecond).Nanoseconds())
-		unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv)
-		unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_SNDTIMEO, &tv)
-	}
-
 	req := make([]byte, 12+len(command))
 	binary.NativeEndian.PutUint32(req[0:], mconsoleMagic)
 	binary.NativeEndian.PutUint32(req[4:], mconsoleVersion)
 	binary.NativeEndian.PutUint32(req[8:], uint32(len(command)))
 	copy(req[12:], command)
-	// Connected, not sendto: a long reply (stack, proc) comes as many
-	// datagrams, and the kernel queues at most net.unix.max_dgram_qlen
-	// (10) of them for an unconnected receiver; UML drops the rest, the
-	// final one included. Datagrams from the socket's own peer are not
-	// held to that limit.
-	if err := unix.Connect(fd, &unix.SockaddrUnix{Name: sock}); err != nil {
-		return "", ctxErr(ctx, mconsoleErr(ctx, err))
-	}
 	if err := retryEINTR(func() error { _, err := unix.Write(fd, req); return err }); err != nil {
-		return "", ctxErr(ctx, mconsoleErr(ctx, err))
+		if errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ENOTCONN) {
+			return "", fmt.Errorf("%w: %w", errPeerGone, mconsoleErr(ctx, err))
+		}
+		return "", mconsoleErr(ctx, err)
 	}
 	var text strings.Builder
 	buf := make([]byte, maxReply)
@@ -122,11 +167,11 @@ func Request(ctx context.Context, sock, command string) (string, error) {
 			n, _, err = unix.Recvfrom(fd, buf, 0)
 			return err
 		})
-		if err == nil && n == 0 && ctx.Err() != nil {
-			err = ctx.Err() // shut down by the AfterFunc
+		if err == nil && n == 0 {
+			err = syscall.ESHUTDOWN // shut down by an AfterFunc
 		}
 		if err != nil {
-			return "", ctxErr(ctx, mconsoleErr(ctx, err))
+			return "", mconsoleErr(ctx, err)
 		}
 		if n < 12 {
 			return "", nodes.Errorf(syscall.EPROTO, "short mconsole reply (%d bytes)", n)
@@ -164,7 +209,7 @@ func mconsoleErr(ctx context.Context, err error) error {
 	switch {
 	case errors.Is(err, syscall.ENOENT), errors.Is(err, syscall.ECONNREFUSED):
 		return nodes.Errorf(syscall.EHOSTDOWN, "no UML answers on its mconsole socket: %v", err)
-	case errors.Is(err, syscall.EAGAIN), ctx.Err() != nil:
+	case errors.Is(err, syscall.EAGAIN), ctx != nil && ctx.Err() != nil:
 		return nodes.Errorf(syscall.ETIMEDOUT, "UML did not answer on its mconsole socket")
 	}
 	return fmt.Errorf("mconsole: %w", err)

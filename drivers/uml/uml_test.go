@@ -3,6 +3,7 @@ package uml_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"os"
 	"os/exec"
@@ -299,6 +300,88 @@ func TestUMLGuest(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(dir, "ut1.machinefs", "record")); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("record left: %v", err)
+	}
+}
+
+// A guest's console requests share one kept socket (the client), so three
+// things must hold: a reply that comes after its request timed out is
+// never read by the next request; requests at the same time each get
+// their own reply; and after a reboot, when UML has made its socket anew,
+// the first request is answered.
+func TestUMLConsoleKeptSocket(t *testing.T) {
+	umlh.Skip(t)
+	root, dir := umlh.Root(t), umlh.Dir(t)
+	cfg := config{"uml.root": "hostfs:" + root, "uml.dir": dir, "uml.mem": "64M", "uml.init": "/init", "uml.mconsole-timeout": "1s"}
+	r := &recorder{}
+	m := newMachine(t, cfg, r)
+	defer m.Close()
+	ctx := context.Background()
+	if err := m.Power(ctx, nodes.Command{Verb: "on"}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "guest on", func() bool { return r.last().Power == nodes.PowerOn })
+	isVersion := func(s string) bool { return strings.HasPrefix(s, "Linux") }
+	isUptime := func(s string) bool {
+		f := strings.Fields(s)
+		return len(f) == 2 && strings.Contains(f[0], ".") && !isVersion(s)
+	}
+
+	// A late reply: the guest is stopped, so "version" times out; once
+	// it runs again UML answers it, to a socket that must be gone.
+	pids := umlh.Guests(dir)
+	if len(pids) == 0 {
+		t.Fatal("no guest process")
+	}
+	pgid, err := syscall.Getpgid(pids[0])
+	if err != nil || pgid <= 1 {
+		t.Fatalf("guest process group: %d %v", pgid, err)
+	}
+	syscall.Kill(-pgid, syscall.SIGSTOP)
+	_, err = m.Console(ctx, "version", nil)
+	syscall.Kill(-pgid, syscall.SIGCONT)
+	if nodes.ErrnoOf(err) != syscall.ETIMEDOUT || !strings.Contains(err.Error(), `"version"`) {
+		t.Fatalf("version to a stopped guest: %v (errno %v), want ETIMEDOUT naming the command", err, nodes.ErrnoOf(err))
+	}
+	for i := range 20 {
+		up, err := m.Console(ctx, "proc", []string{"uptime"})
+		if err != nil || !isUptime(strings.TrimSpace(up)) {
+			t.Fatalf("proc uptime after a timed-out version (try %d): %q %v", i, up, err)
+		}
+	}
+
+	// Requests at the same time: each gets the reply to its own command.
+	var wg sync.WaitGroup
+	errs := make(chan string, 8*20)
+	for i := range 8 {
+		wg.Go(func() {
+			for j := range 20 {
+				cmd, args, ok := "version", []string(nil), isVersion
+				if (i+j)%2 == 1 {
+					cmd, args, ok = "proc", []string{"uptime"}, isUptime
+				}
+				text, err := m.Console(ctx, cmd, args)
+				if err != nil || !ok(strings.TrimSpace(text)) {
+					errs <- fmt.Sprintf("%s %v: %q %v", cmd, args, text, err)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for e := range errs {
+		t.Error(e)
+	}
+
+	// A reboot makes UML's socket anew; the kept one has no peer then.
+	if _, err := m.Console(ctx, "reboot", nil); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "guest on after reboot", func() bool {
+		st := r.last()
+		return st.Power == nodes.PowerOn && strings.Contains(st.Reason, "booted")
+	})
+	if v, err := m.Console(ctx, "version", nil); err != nil || !isVersion(v) {
+		t.Fatalf("version after reboot: %q %v", v, err)
 	}
 }
 
