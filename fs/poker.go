@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
+	"runtime"
 	"strconv"
 	"syscall"
 	"time"
@@ -21,6 +22,16 @@ import (
 // started with pokerEnv set; it reads paths from stdin and exits at EOF or
 // when the daemon dies.
 const pokerEnv = "MACHINEFS_POKER"
+
+// The poker's requests are told from others by their thread id alone, so
+// that the daemon need not look in /proc on every open for writing: the
+// poker does all its I/O on its main thread, whose id is its pid. Locking
+// the thread in an init function is what makes main run on it.
+func init() {
+	if os.Getenv(pokerEnv) == "1" {
+		runtime.LockOSThread()
+	}
+}
 
 // RunPokerIfChild turns the process into the poker when the daemon started
 // it so. Call it first thing in main, and in TestMain of packages that
@@ -83,10 +94,11 @@ func (p *poker) poke(path string) {
 	fmt.Fprintln(p.in, path)
 }
 
-// owns reports whether tid is a thread of the poker.
+// owns reports whether a request from thread tid is the poker's: FUSE
+// requests carry the caller's thread id, and the poker's I/O all comes
+// from its main thread (see init).
 func (p *poker) owns(tid uint32) bool {
-	var st syscall.Stat_t
-	return syscall.Stat(fmt.Sprintf("/proc/%d/task/%d", p.pid, tid), &st) == nil
+	return int(tid) == p.pid
 }
 
 // stop ends the poker once it has done what it was asked.
