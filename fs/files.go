@@ -354,11 +354,25 @@ type consoleSession struct {
 	base       int64
 	wrote      bool
 	writer     nodes.Caller // of the last write: RELEASE carries no caller
+	// reply reads the reply to the last line written, nil when it is in
+	// the transcript already. A query is sent when its line is written
+	// and its reply read at the next request of the session (the read,
+	// usually), so the machine answers while that request is on its way.
+	reply func() string
+}
+
+// settle puts the reply to the last line into the transcript.
+func (s *consoleSession) settle() {
+	if s.reply != nil {
+		s.transcript = append(s.transcript, s.reply()...)
+		s.reply = nil
+	}
 }
 
 func (s *consoleSession) Write(ctx context.Context, data []byte, off int64) (uint32, syscall.Errno) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.settle()
 	s.wrote = true
 	s.writer = caller(ctx)
 	s.transcript = append(s.transcript, data...)
@@ -370,7 +384,8 @@ func (s *consoleSession) Write(ctx context.Context, data []byte, off int64) (uin
 		}
 		line := string(s.pending[:i])
 		s.pending = s.pending[i+1:]
-		s.transcript = append(s.transcript, s.file.host.Console(ctx, line, caller(ctx))...)
+		s.settle()
+		s.reply = s.file.host.StartConsole(ctx, line, caller(ctx))
 	}
 	if len(s.pending) > maxLine {
 		s.pending = nil
@@ -382,6 +397,7 @@ func (s *consoleSession) Write(ctx context.Context, data []byte, off int64) (uin
 func (s *consoleSession) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.settle()
 	if !s.wrote {
 		data := []byte(s.file.host.LastConsoleReply())
 		if off >= int64(len(data)) {
@@ -420,6 +436,7 @@ func (s *consoleSession) Release(ctx context.Context) syscall.Errno {
 func (s *consoleSession) runPending(ctx context.Context) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.settle()
 	if len(bytes.TrimSpace(s.pending)) > 0 {
 		line := string(s.pending)
 		s.pending = nil

@@ -6,6 +6,7 @@ import (
 	"io"
 	"strings"
 	"syscall"
+	"time"
 	"unicode"
 )
 
@@ -13,33 +14,48 @@ import (
 // reply: "OK text" or "ERR reason", ending in a newline. Replies may span
 // several lines; the first starts with OK or ERR.
 func (h *Host) Console(ctx context.Context, line string, who Caller) string {
+	return h.StartConsole(ctx, line, who)()
+}
+
+// StartConsole starts a console line and returns what returns its reply
+// (as Console's), which the caller must call once. A query that the driver
+// can start (QueryStarter) is sent now and its reply read by that call;
+// any other line runs now.
+func (h *Host) StartConsole(ctx context.Context, line string, who Caller) func() string {
 	line = strings.TrimSpace(line)
 	if line == "" {
-		return ""
+		return func() string { return "" }
 	}
 	first, rest := line, ""
 	if i := strings.IndexFunc(line, unicode.IsSpace); i >= 0 {
 		first, rest = line[:i], strings.TrimLeftFunc(line[i:], unicode.IsSpace)
 	}
 	name := strings.ToLower(first)
-	var reply string
-	query := true
 	if name == "help" {
-		reply = "OK " + h.consoleHelp()
-	} else {
-		reply, query = h.consoleRun(ctx, name, rest)
+		reply := h.consoleReply("OK "+h.consoleHelp(), true, line, who)
+		return func() string { return reply }
 	}
+	if collect, ok := h.startQuery(ctx, name, rest); ok {
+		return func() string { return h.consoleReply(collect(), true, line, who) }
+	}
+	reply, query := h.consoleRun(ctx, name, rest)
+	reply = h.consoleReply(reply, query, line, who)
+	return func() string { return reply }
+}
+
+// consoleReply records reply as the last one and, unless the line was a
+// query, as an event; it returns reply ending in a newline.
+func (h *Host) consoleReply(reply string, query bool, line string, who Caller) string {
 	if !strings.HasSuffix(reply, "\n") {
 		reply += "\n"
 	}
-	status, _, _ := strings.Cut(reply, " ")
 	h.mu.Lock()
 	h.console = reply
 	h.mu.Unlock()
-	if query {
-		return reply // it changed nothing: not an event
+	if !query {
+		status, _, _ := strings.Cut(reply, " ")
+		h.emit("console", fmt.Sprintf("%q %s %s", line, who, strings.TrimSpace(status)))
 	}
-	h.emit("console", fmt.Sprintf("%q %s %s", strings.TrimSpace(line), who, strings.TrimSpace(status)))
 	return reply
 }
 
@@ -51,40 +67,43 @@ func (h *Host) LastConsoleReply() string {
 	return h.console
 }
 
+// consoleTarget finds the driver that offers command name and what the
+// call needs: its arguments, whether it is a query, and the bound.
+func (h *Host) consoleTarget(name, rest string) (target Consoler, cc ConsoleCommand, args []string, timeout time.Duration) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for _, d := range h.drivers {
+		c, ok := d.(Consoler)
+		if !ok {
+			continue
+		}
+		for _, cmd := range c.ConsoleCommands() {
+			if cmd.Name == name {
+				args = strings.Fields(rest)
+				if cmd.Raw && rest != "" {
+					args = []string{rest}
+				}
+				return c, cmd, args, h.cfg.Duration("timeout", defaultTimeout)
+			}
+		}
+	}
+	return nil, ConsoleCommand{}, nil, 0
+}
+
 // consoleRun runs a driver's console command and says whether it was a
 // query (see ConsoleCommand.Query).
 func (h *Host) consoleRun(ctx context.Context, name, rest string) (reply string, query bool) {
 	if h.tree.readOnly {
 		return "ERR read-only mount", false
 	}
-	h.mu.Lock()
-	var target Consoler
-	var args []string
-	call := callDriver
-	for _, d := range h.drivers {
-		if c, ok := d.(Consoler); ok {
-			for _, cc := range c.ConsoleCommands() {
-				if cc.Name == name {
-					target = c
-					args = strings.Fields(rest)
-					if cc.Raw && rest != "" {
-						args = []string{rest}
-					}
-					query = cc.Query != nil && cc.Query(args)
-					if cc.Bounded {
-						call = callBounded
-					}
-				}
-			}
-		}
-		if target != nil {
-			break
-		}
-	}
-	timeout := h.cfg.Duration("timeout", defaultTimeout)
-	h.mu.Unlock()
+	target, cc, args, timeout := h.consoleTarget(name, rest)
 	if target == nil {
 		return fmt.Sprintf("ERR unknown command %q (try help)", name), false
+	}
+	query = cc.Query != nil && cc.Query(args)
+	call := callDriver
+	if cc.Bounded {
+		call = callBounded
 	}
 	var text string
 	err := call(ctx, timeout, func(ctx context.Context) error {
@@ -92,10 +111,38 @@ func (h *Host) consoleRun(ctx context.Context, name, rest string) (reply string,
 		text, err = target.Console(ctx, name, args)
 		return err
 	})
-	if err != nil {
-		return "ERR " + err.Error(), query
+	return consoleText(text, err), query
+}
+
+// startQuery starts a Bounded query of a QueryStarter; ok is false for
+// any other line, which then runs as usual.
+func (h *Host) startQuery(ctx context.Context, name, rest string) (collect func() string, ok bool) {
+	if h.tree.readOnly {
+		return nil, false
 	}
-	return "OK " + text, query
+	target, cc, args, timeout := h.consoleTarget(name, rest)
+	qs, isQS := target.(QueryStarter)
+	if !isQS || !cc.Bounded || cc.Query == nil || !cc.Query(args) {
+		return nil, false
+	}
+	deadline := time.Now().Add(timeout)
+	read, err := qs.StartQuery(deadlineContext{Context: context.WithoutCancel(ctx), deadline: deadline}, name, args)
+	if err != nil {
+		reply := consoleText("", timedOut(!time.Now().Before(deadline), timeout, err))
+		return func() string { return reply }, true
+	}
+	return func() string {
+		text, err := read()
+		return consoleText(text, timedOut(!time.Now().Before(deadline), timeout, err))
+	}, true
+}
+
+// consoleText is the reply to a driver's console call.
+func consoleText(text string, err error) string {
+	if err != nil {
+		return "ERR " + err.Error()
+	}
+	return "OK " + text
 }
 
 func (h *Host) consoleHelp() string {

@@ -129,6 +129,18 @@ type Consoler interface {
 	Console(ctx context.Context, name string, args []string) (string, error)
 }
 
+// QueryStarter is a Consoler that can send a Bounded query (version, proc
+// FILE) and read its reply later. A console session that writes a line and
+// then reads the reply makes two requests to the filesystem; the machine
+// answers the query while the second one is on its way, instead of before
+// the first returns.
+type QueryStarter interface {
+	Consoler
+	// StartQuery sends the query and returns what reads the reply, which
+	// the caller must call once. ctx is as for a Bounded Console call.
+	StartQuery(ctx context.Context, name string, args []string) (collect func() (string, error), err error)
+}
+
 // Describer is a driver that adds "key: value" lines to the host's state
 // file (e.g. "ipmi-session: open", "pid: 4711"). Describe is called with the
 // host's lock held: it must not call the Reporter, and a driver must not

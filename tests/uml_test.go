@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -161,6 +162,27 @@ func TestUMLGuest(t *testing.T) {
 		if got := d.umlConsole(umlWeb1, c.line); !strings.HasPrefix(got, c.want) && !strings.Contains(got, c.want) {
 			t.Errorf("console %q: %q, want %q", c.line, got, c.want)
 		}
+	}
+	// A query's reply is read when the session next asks (read, write,
+	// close): queries and other lines written together read back in
+	// order, as do lines written and read in turn; a write-only
+	// session's reply is there for `cat console` once echo has returned.
+	// (One write: the transcript holds each write's lines, then their
+	// replies, so the replies to one write start at the offset where
+	// the writer's file position is; dash's printf writes line by line.)
+	script := filepath.Join(t.TempDir(), "lines")
+	os.WriteFile(script, []byte("version\nproc uptime\nlog pipelined\nconfig con0\nversion\n"), 0o644)
+	out := d.ok(fmt.Sprintf("exec 3<>%s/console; cat %s >&3; timeout 20 cat <&3", umlWeb1, script))
+	if !strings.HasPrefix(out, "OK Linux") || strings.Count(out, "OK Linux") != 2 || !strings.HasSuffix(strings.TrimSpace(out), "x86_64") ||
+		!regexp.MustCompile(`(?s)^OK Linux[^\n]*\nOK \s*[0-9.]+ [0-9.]+\nOK\s*\nOK [^\n]*\nOK Linux`).MatchString(out) {
+		t.Errorf("five lines written together, replies not in order:\n%s", out)
+	}
+	out = d.ok(fmt.Sprintf("exec 3<>%s/console; for c in version 'config con0' version; do echo \"$c\" >&3; read -r r <&3; echo \"$r\"; done", umlWeb1))
+	if got := strings.Split(strings.TrimSpace(out), "\n"); len(got) != 3 || !strings.HasPrefix(got[0], "OK Linux") || !strings.HasPrefix(got[1], "OK") || strings.Contains(got[1], "Linux") || !strings.HasPrefix(got[2], "OK Linux") {
+		t.Errorf("lines written and read in turn:\n%s", out)
+	}
+	if got := d.ok(fmt.Sprintf("echo 'proc uptime' > %s/console && cat %s/console", umlWeb1, umlWeb1)); !strings.HasPrefix(got, "OK ") || strings.Contains(got, "Linux") {
+		t.Errorf("cat console after echo 'proc uptime' > console: %q", got)
 	}
 	if got := d.umlConsole(umlWeb1, "proc meminfo"); !strings.Contains(got, "MemTotal:") || !strings.Contains(got, "VmallocChunk:") {
 		t.Errorf("proc meminfo (several datagrams) incomplete: %q", got)
@@ -491,7 +513,9 @@ func BenchmarkUMLVersion(b *testing.B) {
 	powerPath := filepath.Join(d.mnt, umlWeb1, "power")
 	bootStart := time.Now()
 	if err := os.WriteFile(powerPath, []byte("on wait timeout=30s\n"), 0); err != nil {
-		b.Fatal(err)
+		state, _ := os.ReadFile(filepath.Join(d.mnt, umlWeb1, "state"))
+		events, _ := os.ReadFile(filepath.Join(d.mnt, umlWeb1, "events.log"))
+		b.Fatalf("%v\nstate:\n%s\nevents:\n%s", err, state, events)
 	}
 	boot := time.Since(bootStart)
 	defer os.WriteFile(powerPath, []byte("off wait timeout=10s\n"), 0)

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"sync"
-	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -25,19 +24,18 @@ import (
 // reply (a timeout, a cancellation, a short reply): a late reply can then
 // only reach a closed socket. A request that finds the socket busy with
 // another takes a socket of its own, so nobody waits on someone else's
-// slow request.
+// slow request (or on a console session that has not read its reply yet).
 type client struct {
 	sock    string
 	life    context.Context // the guest's: its end wakes a blocked request
 	timeout time.Duration   // the driver's mconsole timeout
 
-	// stale says the kept socket talks to a socket UML no longer reads:
-	// the next request closes it and connects anew.
-	stale atomic.Bool
-
-	mu  sync.Mutex
-	fd  int           // -1: not connected
-	cur time.Duration // the timeout set on fd
+	mu     sync.Mutex // guards what follows; never held during a request
+	fd     int        // the kept socket, -1: not connected
+	cur    time.Duration
+	busy   bool // a request has the kept socket
+	stale  bool // the next request must connect anew (reset)
+	closed bool
 }
 
 func newClient(sock string, life context.Context, timeout time.Duration) *client {
@@ -50,63 +48,104 @@ func newClient(sock string, life context.Context, timeout time.Duration) *client
 // no timer of its own (nodes.ConsoleCommand.Bounded). It ends early when
 // ctx is cancelled or the guest ends.
 func (c *client) request(ctx context.Context, command string) (string, error) {
+	collect, err := c.start(ctx, command)
+	if err != nil {
+		return "", err
+	}
+	return collect()
+}
+
+// start sends command and returns what reads the reply, which the caller
+// must call: until then the socket is the request's. The bound runs from
+// the send, as for request.
+func (c *client) start(ctx context.Context, command string) (collect func() (string, error), err error) {
 	d := c.timeout
 	if dl, ok := ctx.Deadline(); ok {
 		d = min(d, time.Until(dl))
 	}
 	if d <= 0 {
-		return "", c.timedOut(command, d)
-	}
-	if !c.mu.TryLock() {
-		return c.once(ctx, command, d)
-	}
-	defer c.mu.Unlock()
-	if c.stale.Swap(false) {
-		c.closeLocked()
+		return nil, c.timedOut(command, d)
 	}
 	for try := 0; ; try++ {
-		if c.fd < 0 {
-			fd, err := dial(c.sock)
-			if err != nil {
-				return "", mconsoleErr(ctx, err)
+		fd, kept, err := c.acquire(d)
+		if err != nil {
+			return nil, mconsoleErr(ctx, err)
+		}
+		x, err := send(ctx, c.life, fd, command)
+		if err != nil {
+			c.release(fd, kept, false)
+			// The kept socket's peer is gone (UML made its socket
+			// anew) and the request was not sent: once more, anew.
+			if try == 0 && kept && errors.Is(err, errPeerGone) && ctx.Err() == nil && c.life.Err() == nil {
+				continue
 			}
-			c.fd, c.cur = fd, 0
+			return nil, c.explain(command, d, err)
 		}
-		if c.cur != d {
-			if err := setTimeout(c.fd, d); err != nil {
-				c.closeLocked()
-				return "", err
-			}
-			c.cur = d
-		}
-		text, err := exchange(ctx, c.life, c.fd, command)
-		var reply *ReplyError
-		if err == nil || errors.As(err, &reply) {
-			return text, err
-		}
-		c.closeLocked()
-		// The kept socket's peer is gone (UML made its socket anew) and
-		// the request was not sent: once more, on a new socket.
-		if try == 0 && errors.Is(err, errPeerGone) && ctx.Err() == nil && c.life.Err() == nil {
-			continue
-		}
-		return "", c.explain(command, d, err)
+		return func() (string, error) {
+			text, err := x.receive()
+			var reply *ReplyError
+			c.release(fd, kept, err == nil || errors.As(err, &reply))
+			return text, c.explain(command, d, err)
+		}, nil
 	}
 }
 
-// once sends command on a socket of its own, for a request that finds the
-// kept socket busy.
-func (c *client) once(ctx context.Context, command string, d time.Duration) (string, error) {
-	fd, err := dial(c.sock)
-	if err != nil {
-		return "", mconsoleErr(ctx, err)
+// acquire returns the kept socket, connected and with timeout d, or, when
+// another request has it, a socket of its own (kept false).
+func (c *client) acquire(d time.Duration) (fd int, kept bool, err error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return -1, false, context.Cause(c.life)
 	}
-	defer unix.Close(fd)
-	if err := setTimeout(fd, d); err != nil {
-		return "", err
+	if c.busy {
+		fd, err := dial(c.sock)
+		if err == nil {
+			err = setTimeout(fd, d)
+			if err != nil {
+				unix.Close(fd)
+			}
+		}
+		return fd, false, err
 	}
-	text, err := exchange(ctx, c.life, fd, command)
-	return text, c.explain(command, d, err)
+	if c.stale && c.fd >= 0 {
+		unix.Close(c.fd)
+		c.fd = -1
+	}
+	c.stale = false
+	if c.fd < 0 {
+		if c.fd, err = dial(c.sock); err != nil {
+			c.fd = -1
+			return -1, false, err
+		}
+		c.cur = 0
+	}
+	if c.cur != d {
+		if err := setTimeout(c.fd, d); err != nil {
+			unix.Close(c.fd)
+			c.fd = -1
+			return -1, false, err
+		}
+		c.cur = d
+	}
+	c.busy = true
+	return c.fd, true, nil
+}
+
+// release gives back a socket from acquire; one whose exchange failed (ok
+// false) is closed.
+func (c *client) release(fd int, kept, ok bool) {
+	if !kept {
+		unix.Close(fd)
+		return
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.busy = false
+	if !ok || c.closed {
+		unix.Close(c.fd)
+		c.fd = -1
+	}
 }
 
 // explain says why an exchange failed: the guest's end, or a timeout that
@@ -131,20 +170,21 @@ func (c *client) timedOut(command string, d time.Duration) error {
 // reset drops the kept socket before the next request. UML re-executes
 // itself to reboot and binds a new socket at the same path, while the old
 // one stays open (UML does not mark it close-on-exec) and unread: a
-// request on it would go unanswered until it timed out. Reset does not
-// wait for a request in flight.
-func (c *client) reset() { c.stale.Store(true) }
+// request on it would go unanswered until it timed out.
+func (c *client) reset() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.stale = true
+}
 
-// close closes the kept socket; the guest has ended, so a request still
-// on it has been woken.
+// close closes the kept socket once the guest has ended; a request that
+// still has it (its blocked receive was woken by the guest's end) closes
+// it when it is done.
 func (c *client) close() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.closeLocked()
-}
-
-func (c *client) closeLocked() {
-	if c.fd >= 0 {
+	c.closed = true
+	if !c.busy && c.fd >= 0 {
 		unix.Close(c.fd)
 		c.fd = -1
 	}

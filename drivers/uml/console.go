@@ -87,6 +87,19 @@ func (m *Machine) Console(ctx context.Context, name string, args []string) (stri
 	return text, nil
 }
 
+var _ nodes.QueryStarter = (*Machine)(nil)
+
+// StartQuery implements nodes.QueryStarter for the mconsole queries
+// (version, proc FILE, config DEV): it sends the request and leaves the
+// reply to be read.
+func (m *Machine) StartQuery(ctx context.Context, name string, args []string) (func() (string, error), error) {
+	g, err := m.running()
+	if err != nil {
+		return nil, err
+	}
+	return g.mc.start(ctx, strings.Join(append([]string{name}, args...), " "))
+}
+
 // backup makes an online backup as the mconsole HOWTO describes: stop the
 // guest, sync its file systems (sysrq s), copy the root tree or image to
 // DEST, resume. The guest is resumed whatever fails; a guest that was

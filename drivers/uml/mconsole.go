@@ -124,54 +124,83 @@ func setTimeout(fd int, d time.Duration) error {
 // at the other end: UML never saw the request.
 var errPeerGone = errors.New("request not sent")
 
-// exchange sends command on fd and reads the reply. The socket's timeouts
-// bound each call; ctx and life (either may be nil) end the exchange
-// early by shutting the socket down, after which fd is of no more use.
+// exchange sends command on fd and reads the reply (see send).
 func exchange(ctx, life context.Context, fd int, command string) (string, error) {
-	if len(command) > MaxRequest {
-		return "", nodes.Errorf(syscall.EINVAL, "command is %d bytes, UML takes at most %d", len(command), MaxRequest)
+	x, err := send(ctx, life, fd, command)
+	if err != nil {
+		return "", err
 	}
-	var stops []func() bool
-	cancelled := make(chan struct{}, 2)
+	return x.receive()
+}
+
+// inFlight is a request sent and its reply not yet read.
+type inFlight struct {
+	fd        int
+	ctx       context.Context
+	command   string
+	stops     []func() bool
+	cancelled chan struct{}
+}
+
+// send sends command on fd. The socket's timeouts bound each call; ctx and
+// life (either may be nil) end the exchange early by shutting the socket
+// down, after which fd is of no more use. The caller must receive the
+// reply, which also ends the watch of ctx and life.
+func send(ctx, life context.Context, fd int, command string) (*inFlight, error) {
+	if len(command) > MaxRequest {
+		return nil, nodes.Errorf(syscall.EINVAL, "command is %d bytes, UML takes at most %d", len(command), MaxRequest)
+	}
+	x := &inFlight{fd: fd, ctx: ctx, command: command, cancelled: make(chan struct{}, 2)}
 	for _, c := range []context.Context{ctx, life} {
 		if c != nil && c.Done() != nil {
-			stops = append(stops, context.AfterFunc(c, func() {
+			x.stops = append(x.stops, context.AfterFunc(c, func() {
 				unix.Shutdown(fd, unix.SHUT_RDWR)
-				cancelled <- struct{}{}
+				x.cancelled <- struct{}{}
 			}))
 		}
 	}
-	defer func() {
-		for _, stop := range stops {
-			if !stop() {
-				<-cancelled // the shutdown must not hit a reused fd
-			}
-		}
-	}()
 	req := make([]byte, 12+len(command))
 	binary.NativeEndian.PutUint32(req[0:], mconsoleMagic)
 	binary.NativeEndian.PutUint32(req[4:], mconsoleVersion)
 	binary.NativeEndian.PutUint32(req[8:], uint32(len(command)))
 	copy(req[12:], command)
 	if err := retryEINTR(func() error { _, err := unix.Write(fd, req); return err }); err != nil {
+		x.unwatch()
 		if errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ENOTCONN) {
-			return "", fmt.Errorf("%w: %w", errPeerGone, mconsoleErr(ctx, err))
+			return nil, fmt.Errorf("%w: %w", errPeerGone, mconsoleErr(ctx, err))
 		}
-		return "", mconsoleErr(ctx, err)
+		return nil, mconsoleErr(ctx, err)
 	}
+	return x, nil
+}
+
+// unwatch ends the watch of the contexts; once it returns, no shutdown
+// can hit the descriptor, even if it is closed and reused.
+func (x *inFlight) unwatch() {
+	for _, stop := range x.stops {
+		if !stop() {
+			<-x.cancelled
+		}
+	}
+	x.stops = nil
+}
+
+// receive reads the reply, the datagrams of a multi-part reply joined.
+func (x *inFlight) receive() (string, error) {
+	defer x.unwatch()
 	var text strings.Builder
 	buf := make([]byte, maxReply)
 	for {
 		var n int
 		err := retryEINTR(func() (err error) {
-			n, _, err = unix.Recvfrom(fd, buf, 0)
+			n, _, err = unix.Recvfrom(x.fd, buf, 0)
 			return err
 		})
 		if err == nil && n == 0 {
 			err = syscall.ESHUTDOWN // shut down by an AfterFunc
 		}
 		if err != nil {
-			return "", mconsoleErr(ctx, err)
+			return "", mconsoleErr(x.ctx, err)
 		}
 		if n < 12 {
 			return "", nodes.Errorf(syscall.EPROTO, "short mconsole reply (%d bytes)", n)
@@ -186,7 +215,7 @@ func exchange(ctx, life context.Context, fd int, command string) (string, error)
 		text.Write(data)
 		if more == 0 {
 			if errFlag != 0 {
-				return "", &ReplyError{Command: command, Text: strings.TrimSpace(text.String())}
+				return "", &ReplyError{Command: x.command, Text: strings.TrimSpace(text.String())}
 			}
 			return strings.TrimRight(text.String(), "\n"), nil
 		}
