@@ -99,13 +99,7 @@ func (c *client) acquire(d time.Duration) (fd int, kept bool, err error) {
 		return -1, false, context.Cause(c.life)
 	}
 	if c.busy {
-		fd, err := dial(c.sock)
-		if err == nil {
-			err = setTimeout(fd, d)
-			if err != nil {
-				unix.Close(fd)
-			}
-		}
+		fd, err := dialTimeout(c.sock, d)
 		return fd, false, err
 	}
 	if c.stale && c.fd >= 0 {

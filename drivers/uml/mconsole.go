@@ -64,16 +64,15 @@ func Request(ctx context.Context, sock, command string) (string, error) {
 	if err := ctx.Err(); err != nil {
 		return "", ctxErr(ctx, err)
 	}
-	fd, err := dial(sock)
+	var d time.Duration // no deadline: no timeout
+	if dl, ok := ctx.Deadline(); ok {
+		d = max(time.Until(dl), time.Microsecond)
+	}
+	fd, err := dialTimeout(sock, d)
 	if err != nil {
 		return "", ctxErr(ctx, mconsoleErr(ctx, err))
 	}
 	defer unix.Close(fd)
-	if dl, ok := ctx.Deadline(); ok {
-		if err := setTimeout(fd, time.Until(dl)); err != nil {
-			return "", err
-		}
-	}
 	text, err := exchange(ctx, nil, fd, command)
 	return text, ctxErr(ctx, err)
 }
@@ -102,6 +101,20 @@ func dial(sock string) (int, error) {
 		return -1, fmt.Errorf("mconsole socket: bind: %w", err)
 	}
 	if err := unix.Connect(fd, &unix.SockaddrUnix{Name: sock}); err != nil {
+		unix.Close(fd)
+		return -1, err
+	}
+	return fd, nil
+}
+
+// dialTimeout is dial with each send and receive bounded by d (0: not
+// bounded).
+func dialTimeout(sock string, d time.Duration) (int, error) {
+	fd, err := dial(sock)
+	if err != nil || d == 0 {
+		return fd, err
+	}
+	if err := setTimeout(fd, d); err != nil {
 		unix.Close(fd)
 		return -1, err
 	}
