@@ -3,6 +3,7 @@ package fs
 import (
 	"bytes"
 	"context"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -375,7 +376,15 @@ func (s *consoleSession) Write(ctx context.Context, data []byte, off int64) (uin
 	s.settle()
 	s.wrote = true
 	s.writer = caller(ctx)
-	s.transcript = append(s.transcript, data...)
+	// The lines go in at the writer's position, ahead of replies it has
+	// not read yet: a session that writes twice before it reads (dash's
+	// printf writes line by line), or reads the first line of a longer
+	// reply and writes again, then reads on where it is.
+	if rel := off - s.base; rel >= 0 && rel < int64(len(s.transcript)) {
+		s.transcript = slices.Insert(s.transcript, int(rel), data...)
+	} else {
+		s.transcript = append(s.transcript, data...)
+	}
 	s.pending = append(s.pending, data...)
 	for {
 		i := bytes.IndexByte(s.pending, '\n')
