@@ -3,7 +3,9 @@ package nodes
 import (
 	"context"
 	"fmt"
+	"os"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -120,6 +122,15 @@ func (h *Host) runOwn(ctx context.Context, cmd Command, who Caller, inStack bool
 		return err
 	}
 	if op := h.busyOpLocked(inStack); op != nil && !cmd.Force {
+		if op == h.op && cmd.Wait && op.cmd.String() == cmd.String() && sameProcess(op.who, who) {
+			// The same process writes the same command again while it
+			// is in flight: a program that retries a write a signal
+			// interrupted (Go's os.File, Python) after the wait ended
+			// with EINTR. It waits on for the one in flight.
+			h.mu.Unlock()
+			h.emit("command", quoted+" waits again for the one in flight since "+stamp(op.started))
+			return awaitOp(ctx, op)
+		}
 		h.mu.Unlock()
 		err := Errorf(syscall.EBUSY, "busy: %q is in flight since %s", op.cmd.String(), stamp(op.started))
 		h.emit("command", quoted+" refused: "+err.Error())
@@ -184,6 +195,41 @@ func (h *Host) runOwn(ctx context.Context, cmd Command, who Caller, inStack bool
 	if !cmd.Wait {
 		return nil
 	}
+	return awaitOp(ctx, op)
+}
+
+// sameProcess reports whether two callers are threads of one process.
+// FUSE requests carry the calling thread's id, and a program may retry a
+// write from another thread (Go moves goroutines between threads).
+func sameProcess(a, b Caller) bool {
+	if a == b {
+		return true
+	}
+	if a.Uid != b.Uid || a.Gid != b.Gid {
+		return false
+	}
+	ta, tb := tgid(a.Pid), tgid(b.Pid)
+	return ta > 0 && ta == tb
+}
+
+// tgid is the process of thread tid, 0 if unknown.
+func tgid(tid uint32) int {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", tid))
+	if err != nil {
+		return 0
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, "Tgid:"); ok {
+			n, _ := strconv.Atoi(strings.TrimSpace(v))
+			return n
+		}
+	}
+	return 0
+}
+
+// awaitOp waits until op reaches its target or fails, or until the caller
+// is interrupted (the command goes on).
+func awaitOp(ctx context.Context, op *operation) error {
 	select {
 	case <-op.done:
 		return op.err

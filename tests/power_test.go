@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"syscall"
 	"testing"
@@ -119,6 +120,78 @@ func TestBusyWhileInFlight(t *testing.T) {
 	}
 	// force overrides the command in flight.
 	d.ok("echo 'off force' > hosts/slow/power")
+}
+
+// A program that retries a write a signal interrupted (Go's os.File,
+// Python) writes "on wait" again while the first is in flight; it waits on
+// for that one instead of getting EBUSY, from the same thread or another
+// of the same process (Go may run the retry on another thread).
+func TestWaitRetriedAfterSignal(t *testing.T) {
+	d := start(t)
+	d.addHost("slow", "drivers = sim\nsim.on-delay = 2s\nsim.off-delay = 100ms")
+	power := filepath.Join(d.mnt, "hosts/slow/power")
+	// Reads are in-process: a fork and exec of cat would close the
+	// child's copy of the writer's descriptor, and that close (FUSE
+	// FLUSH) waits for the write in flight.
+	waitPower := func(want string) {
+		eventually(t, "power "+want, func() bool { b, _ := os.ReadFile(power); return string(b) == want+"\n" })
+	}
+	// onThread writes "on wait" on a thread of its own, with retry (as
+	// os.File does) or once (syscall.Write), and reports the thread.
+	onThread := func(retry bool) (tid int, done chan error) {
+		tids, done := make(chan int, 1), make(chan error, 1)
+		go func() {
+			runtime.LockOSThread() // a signal to tid reaches this write
+			defer runtime.UnlockOSThread()
+			f, err := os.OpenFile(power, os.O_WRONLY, 0)
+			if err != nil {
+				tids <- 0
+				done <- err
+				return
+			}
+			defer f.Close()
+			tids <- syscall.Gettid()
+			if retry {
+				_, err = f.Write([]byte("on wait\n"))
+			} else {
+				_, err = syscall.Write(int(f.Fd()), []byte("on wait\n"))
+			}
+			done <- err
+		}()
+		return <-tids, done
+	}
+	interrupt := func(tid int) {
+		waitPower("starting")
+		if tid == 0 {
+			t.Fatal("no writer thread")
+		}
+		syscall.Tgkill(os.Getpid(), tid, syscall.SIGWINCH)
+	}
+
+	// os.File retries on the same thread.
+	tid, done := onThread(true)
+	interrupt(tid)
+	if err := <-done; err != nil {
+		t.Fatalf("on wait, interrupted and written again: %v", err)
+	}
+	waitPower("on")
+
+	// The retry from another thread of the process.
+	os.WriteFile(power, []byte("off\n"), 0)
+	waitPower("off")
+	tid, done = onThread(false)
+	interrupt(tid)
+	if err := <-done; err != syscall.EINTR {
+		t.Fatalf("interrupted on wait: %v, want EINTR", err)
+	}
+	_, again := onThread(false)
+	if err := <-again; err != nil {
+		t.Fatalf("on wait written again from another thread: %v", err)
+	}
+	waitPower("on")
+	if ev := d.read("hosts/slow/events.log"); strings.Count(ev, "waits again for the one in flight") != 2 {
+		t.Fatalf("the second writes did not both join the first:\n%s", ev)
+	}
 }
 
 func TestUnsupportedVerb(t *testing.T) {

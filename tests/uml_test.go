@@ -492,28 +492,6 @@ func TestUMLImage(t *testing.T) {
 	}
 }
 
-// powerWait writes a "VERB wait" command to power and returns when it is
-// done. A signal to the benchmark process (SIGCHLD, say) interrupts the
-// wait with EINTR while the command goes on; os.WriteFile would then
-// write the command again and get EBUSY. Here, as a user would, the
-// benchmark then watches power until it shows want.
-func powerWait(power, command, want string) error {
-	fd, err := syscall.Open(power, syscall.O_WRONLY|syscall.O_CLOEXEC, 0)
-	if err != nil {
-		return err
-	}
-	defer syscall.Close(fd)
-	if _, err := syscall.Write(fd, []byte(command)); err != syscall.EINTR {
-		return err
-	}
-	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
-		if b, _ := os.ReadFile(power); strings.TrimSpace(string(b)) == want {
-			return nil
-		}
-	}
-	return fmt.Errorf("%q interrupted, and power is not %s after 30s", strings.TrimSpace(command), want)
-}
-
 // BenchmarkUMLVersion compares a console round trip through the tree with
 // uml_mconsole's, two ways: "tree" opens the console, writes version,
 // reads the reply and closes, every time; "session" writes and reads on a
@@ -536,7 +514,7 @@ func BenchmarkUMLVersion(b *testing.B) {
 	d, _ := startBench(b, umlWeb1+"/power", "-c", etc)
 	powerPath := filepath.Join(d.mnt, umlWeb1, "power")
 	bootStart := time.Now()
-	if err := powerWait(powerPath, "on wait timeout=30s\n", "on"); err != nil {
+	if err := os.WriteFile(powerPath, []byte("on wait timeout=30s\n"), 0); err != nil {
 		state, _ := os.ReadFile(filepath.Join(d.mnt, umlWeb1, "state"))
 		events, _ := os.ReadFile(filepath.Join(d.mnt, umlWeb1, "events.log"))
 		b.Fatalf("%v\nstate:\n%s\nevents:\n%s", err, state, events)
