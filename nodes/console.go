@@ -67,8 +67,8 @@ func (h *Host) LastConsoleReply() string {
 	return h.console
 }
 
-// consoleTarget finds the driver that offers command name and what the
-// call needs: its arguments, whether it is a query, and the bound.
+// consoleTarget finds the driver that offers command name, and what the
+// call needs: the command (Query, Bounded), its arguments and the bound.
 func (h *Host) consoleTarget(name, rest string) (target Consoler, cc ConsoleCommand, args []string, timeout time.Duration) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
