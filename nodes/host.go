@@ -234,6 +234,9 @@ func awaitOp(ctx context.Context, op *operation) error {
 	case <-op.done:
 		return op.err
 	case <-ctx.Done():
+		if op.target == "" {
+			return Errorf(syscall.EINTR, "interrupted while waiting for %q (the command goes on)", op.cmd.String())
+		}
 		return Errorf(syscall.EINTR, "interrupted while waiting for %s (the command goes on)", op.target)
 	}
 }

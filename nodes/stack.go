@@ -147,6 +147,12 @@ func (h *Host) runStack(ctx context.Context, cmd Command, who Caller, self bool)
 	quoted := fmt.Sprintf("%q %s", cmd.String(), who)
 	h.mu.Lock()
 	if op := h.busyOpLocked(false); op != nil {
+		if op == h.stack && cmd.Wait && op.cmd.String() == cmd.String() && sameProcess(op.who, who) {
+			// A retried interrupted write, as in runOwn.
+			h.mu.Unlock()
+			h.emit("command", quoted+" waits again for the one in flight since "+stamp(op.started))
+			return awaitOp(ctx, op)
+		}
 		h.mu.Unlock()
 		err := Errorf(syscall.EBUSY, "busy: %q is in flight since %s", op.cmd.String(), stamp(op.started))
 		h.emit("command", quoted+" refused: "+err.Error())
@@ -158,7 +164,7 @@ func (h *Host) runStack(ctx context.Context, cmd Command, who Caller, self bool)
 	h.mu.Unlock()
 	h.emit("command", quoted+" accepted (stack)")
 
-	run := func(ctx context.Context) error {
+	run := func(ctx context.Context) {
 		s := &stackRun{cmd: cmd, who: who, root: h}
 		wasOn := s.down(ctx, h.tree.Hosts(h))
 		if self {
@@ -183,15 +189,16 @@ func (h *Host) runStack(ctx context.Context, cmd Command, who Caller, self bool)
 		close(op.done)
 		h.mu.Unlock()
 		h.emit("stack", fmt.Sprintf("%q done: %s (%s)", cmd.String(), verdict, s.summary()))
-		return err
 	}
-	if cmd.Wait {
-		return run(ctx)
-	}
-	// Not waiting: the stack goes on after the write returned; its
-	// outcome is in state and events. It is not tied to the writer.
+	// The stack is not tied to the writer: an interrupted wait (Ctrl-C)
+	// must not cut a step's wait short, or the step would be forced off
+	// and the machine below powered off under machines still stopping.
+	// Its outcome is in state and events.
 	go run(context.WithoutCancel(ctx))
-	return nil
+	if !cmd.Wait {
+		return nil
+	}
+	return awaitOp(ctx, op)
 }
 
 // stackRun collects the steps of one stack command.

@@ -2,7 +2,9 @@ package tests
 
 import (
 	"fmt"
+	"os/exec"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -198,5 +200,33 @@ func TestStackRealSubhosts(t *testing.T) {
 	}
 	if !strings.Contains(log, "3 ok, 0 forced, 0 failed") {
 		t.Fatalf("summary:\n%s", log)
+	}
+}
+
+// Ctrl-C on a stack `wait` ends the wait with EINTR; the stack goes on as
+// if nobody had waited. The subhost still stopping is not forced off, and
+// the host goes off only after it.
+func TestStackWaitInterrupted(t *testing.T) {
+	d := start(t)
+	d.addHost("lab", "drivers = sim\nsim.initial = on\nsim.off-delay = 100ms")
+	d.addHost("lab/subhosts/a", "drivers = sim\nsim.initial = on\nsim.off-delay = 1500ms")
+	cmd := exec.Command("sh", "-c", "echo 'poweroff self wait' > hosts/lab/power")
+	cmd.Dir = d.mnt
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "a stopping", func() bool { return d.read("hosts/lab/subhosts/a/power") == "stopping\n" })
+	cmd.Process.Signal(syscall.SIGINT)
+	if err := cmd.Wait(); err == nil {
+		t.Fatal("sh was not interrupted: the stack had finished already")
+	}
+	eventually(t, "lab off", func() bool { return d.read("hosts/lab/power") == "off\n" })
+	log := d.read("hosts/lab/events.log")
+	if strings.Contains(log, "forcing") || !strings.Contains(log, "2 ok, 0 forced, 0 failed") {
+		t.Fatalf("an interrupted wait changed the stack:\n%s", log)
+	}
+	steps := stepTimes(t, log)
+	if a, lab := steps["hosts/lab/subhosts/a"], steps["hosts/lab"]; a.IsZero() || lab.IsZero() || !a.Before(lab) {
+		t.Fatalf("host step before its subhost's (a %s, lab %s):\n%s", a, lab, log)
 	}
 }
