@@ -194,12 +194,28 @@ func (g *Group) Exec(ctx context.Context, line string, who Caller) error {
 	}
 	g.inFlight = &cmd
 	g.mu.Unlock()
-	defer func() {
+
+	// The members' commands are not tied to the writer: an interrupted
+	// wait (Ctrl-C) must not release the fan-out early and start every
+	// remaining member at once. The caller waits for the outcome.
+	done := make(chan error, 1)
+	go func() {
+		err := g.run(context.WithoutCancel(ctx), cmd, who)
 		g.mu.Lock()
 		g.inFlight = nil
 		g.mu.Unlock()
+		done <- err
 	}()
+	select {
+	case err := <-done:
+		return err
+	case <-ctx.Done():
+		return Errorf(syscall.EINTR, "interrupted while waiting for %q on the group (the command goes on)", cmd.String())
+	}
+}
 
+// run runs cmd on every member, at most the tree's fan-out at a time.
+func (g *Group) run(ctx context.Context, cmd Command, who Caller) error {
 	paths := g.Hosts()
 	results := make(map[string]string, len(paths))
 	var mu sync.Mutex

@@ -3,9 +3,11 @@ package tests
 import (
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 
 	"github.com/machinefs/machinefs/tests/harness/ipmisim"
@@ -103,5 +105,44 @@ func TestGroupIPMIFleet(t *testing.T) {
 		if b.Power() != "off" {
 			t.Fatalf("BMC %d reports %s after the group's off wait", i+1, b.Power())
 		}
+	}
+}
+
+// Ctrl-C on a group `wait` ends the wait only: the fan-out still paces
+// the members (fanout=1: one starting at a time), and every member gets
+// the command.
+func TestGroupWaitInterrupted(t *testing.T) {
+	d := start(t, "-o", "fanout=1")
+	for i := 1; i <= 4; i++ {
+		d.ok(fmt.Sprintf("echo 'add g%d drivers=sim sim.on-delay=700ms' > ctl", i))
+	}
+	d.ok("mkdir groups/row && echo 'g[1-4]' > groups/row/members")
+	cmd := exec.Command("sh", "-c", "echo 'on wait' > groups/row/power")
+	cmd.Dir = d.mnt
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	starting := func() (n int) {
+		for i := 1; i <= 4; i++ {
+			b, _ := os.ReadFile(filepath.Join(d.mnt, fmt.Sprintf("hosts/g%d/power", i)))
+			if string(b) == "starting\n" {
+				n++
+			}
+		}
+		return n
+	}
+	eventually(t, "a member starting", func() bool { return starting() > 0 })
+	cmd.Process.Signal(syscall.SIGINT)
+	if err := cmd.Wait(); err == nil {
+		t.Fatal("sh was not interrupted: the group had finished already")
+	}
+	eventually(t, "every member on", func() bool {
+		if n := starting(); n > 1 {
+			t.Fatalf("%d members starting at once after the interrupt, fanout is 1", n)
+		}
+		return d.read("groups/row/power") == "on\n"
+	})
+	if st := d.read("groups/row/state"); !strings.Contains(st, "4 members: 4 ok, 0 failed") {
+		t.Fatalf("group state:\n%s", st)
 	}
 }
