@@ -122,14 +122,9 @@ func (h *Host) runOwn(ctx context.Context, cmd Command, who Caller, inStack bool
 		return err
 	}
 	if op := h.busyOpLocked(inStack); op != nil && !cmd.Force {
-		if op == h.op && cmd.Wait && op.cmd.String() == cmd.String() && sameProcess(op.who, who) {
-			// The same process writes the same command again while it
-			// is in flight: a program that retries a write a signal
-			// interrupted (Go's os.File, Python) after the wait ended
-			// with EINTR. It waits on for the one in flight.
+		if op == h.op && isRetry(op, cmd, who) {
 			h.mu.Unlock()
-			h.emit("command", quoted+" waits again for the one in flight since "+stamp(op.started))
-			return awaitOp(ctx, op)
+			return h.rejoin(ctx, op, quoted)
 		}
 		h.mu.Unlock()
 		err := Errorf(syscall.EBUSY, "busy: %q is in flight since %s", op.cmd.String(), stamp(op.started))
@@ -195,6 +190,20 @@ func (h *Host) runOwn(ctx context.Context, cmd Command, who Caller, inStack bool
 	if !cmd.Wait {
 		return nil
 	}
+	return awaitOp(ctx, op)
+}
+
+// isRetry says whether cmd from who is the command op runs, written again
+// by the same process while it is in flight: a program that retries a
+// write a signal interrupted (Go's os.File, Python) after the wait ended
+// with EINTR.
+func isRetry(op *operation, cmd Command, who Caller) bool {
+	return cmd.Wait && op.cmd.String() == cmd.String() && sameProcess(op.who, who)
+}
+
+// rejoin waits on for op, in flight, instead of refusing its retry as busy.
+func (h *Host) rejoin(ctx context.Context, op *operation, quoted string) error {
+	h.emit("command", quoted+" waits again for the one in flight since "+stamp(op.started))
 	return awaitOp(ctx, op)
 }
 

@@ -147,11 +147,9 @@ func (h *Host) runStack(ctx context.Context, cmd Command, who Caller, self bool)
 	quoted := fmt.Sprintf("%q %s", cmd.String(), who)
 	h.mu.Lock()
 	if op := h.busyOpLocked(false); op != nil {
-		if op == h.stack && cmd.Wait && op.cmd.String() == cmd.String() && sameProcess(op.who, who) {
-			// A retried interrupted write, as in runOwn.
+		if op == h.stack && isRetry(op, cmd, who) {
 			h.mu.Unlock()
-			h.emit("command", quoted+" waits again for the one in flight since "+stamp(op.started))
-			return awaitOp(ctx, op)
+			return h.rejoin(ctx, op, quoted)
 		}
 		h.mu.Unlock()
 		err := Errorf(syscall.EBUSY, "busy: %q is in flight since %s", op.cmd.String(), stamp(op.started))
