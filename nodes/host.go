@@ -3,23 +3,12 @@ package nodes
 import (
 	"context"
 	"fmt"
-	"os"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"syscall"
 	"time"
 )
-
-// Caller is who made a request: the uid, gid and pid the kernel reports.
-type Caller struct {
-	Uid, Gid, Pid uint32
-}
-
-func (c Caller) String() string {
-	return fmt.Sprintf("uid=%d gid=%d pid=%d", c.Uid, c.Gid, c.Pid)
-}
 
 // Host is one machine in the tree: a host under hosts/ or a subhost under a
 // host's subhosts/. It holds the machine's state, runs its commands through
@@ -205,35 +194,6 @@ func isRetry(op *operation, cmd Command, who Caller) bool {
 func (h *Host) rejoin(ctx context.Context, op *operation, quoted string) error {
 	h.emit("command", quoted+" waits again for the one in flight since "+stamp(op.started))
 	return awaitOp(ctx, op)
-}
-
-// sameProcess reports whether two callers are threads of one process.
-// FUSE requests carry the calling thread's id, and a program may retry a
-// write from another thread (Go moves goroutines between threads).
-func sameProcess(a, b Caller) bool {
-	if a == b {
-		return true
-	}
-	if a.Uid != b.Uid || a.Gid != b.Gid {
-		return false
-	}
-	ta, tb := tgid(a.Pid), tgid(b.Pid)
-	return ta > 0 && ta == tb
-}
-
-// tgid is the process of thread tid, 0 if unknown.
-func tgid(tid uint32) int {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", tid))
-	if err != nil {
-		return 0
-	}
-	for _, l := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(l, "Tgid:"); ok {
-			n, _ := strconv.Atoi(strings.TrimSpace(v))
-			return n
-		}
-	}
-	return 0
 }
 
 // awaitOp waits until op reaches its target or fails, or until the caller

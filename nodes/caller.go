@@ -1,0 +1,47 @@
+package nodes
+
+import (
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+)
+
+// Caller is who made a request: the uid and gid, and the id of the calling
+// thread as FUSE reports it (a thread id, not the process's pid).
+type Caller struct {
+	Uid, Gid, Pid uint32
+}
+
+func (c Caller) String() string {
+	return fmt.Sprintf("uid=%d gid=%d pid=%d", c.Uid, c.Gid, c.Pid)
+}
+
+// sameProcess reports whether two callers are threads of one process.
+// FUSE requests carry the calling thread's id, and a program may retry a
+// write from another thread (Go moves goroutines between threads).
+func sameProcess(a, b Caller) bool {
+	if a == b {
+		return true
+	}
+	if a.Uid != b.Uid || a.Gid != b.Gid {
+		return false
+	}
+	ta, tb := tgid(a.Pid), tgid(b.Pid)
+	return ta > 0 && ta == tb
+}
+
+// tgid is the process of thread tid, 0 if unknown.
+func tgid(tid uint32) int {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", tid))
+	if err != nil {
+		return 0
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, "Tgid:"); ok {
+			n, _ := strconv.Atoi(strings.TrimSpace(v))
+			return n
+		}
+	}
+	return 0
+}
