@@ -193,6 +193,9 @@ func TestManPageCoversTheCode(t *testing.T) {
 		if k.Secret && !strings.Contains(body, "secret") {
 			t.Errorf("machinefs.8, CONFIGURATION: key %q is secret; its entry should say so", k.Name)
 		}
+		if k.Privileged && !strings.Contains(body, "Privileged") {
+			t.Errorf("machinefs.8, CONFIGURATION: key %q is privileged; its entry should say \"Privileged\"", k.Name)
+		}
 	}
 
 	// Drivers: each must be named in a section heading of CONFIGURATION.
@@ -241,6 +244,7 @@ var mountOptions = []struct{ name, sample string }{
 	{"foreground", "foreground"},
 	{"config", "config=/etc/machinefs"},
 	{"group", "group=operators"},
+	{"admingroup", "admingroup=wheel"},
 	{"fsname", "fsname=machinefs"},
 	{"statedir", "statedir=/run/machinefs"},
 	{"log", "log=/var/log/machinefs.log"},

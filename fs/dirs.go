@@ -46,8 +46,8 @@ func (r *rootDir) OnAdd(ctx context.Context) {
 	static := func(text string) func() []byte { b := []byte(text); return func() []byte { return b } }
 	add("README", &contentFile{fsys: f, mode: 0o444, read: static(f.opts.README)}, syscall.S_IFREG)
 	add("version", &contentFile{fsys: f, mode: 0o444, read: static(f.opts.Version + "\n")}, syscall.S_IFREG)
-	add("ctl", &contentFile{fsys: f, mode: f.writable(0o220), write: func(ctx context.Context, line string) error {
-		return f.tree.Ctl(ctx, line, caller(ctx))
+	add("ctl", &contentFile{fsys: f, mode: f.writable(0o220), writeBatch: func(ctx context.Context, text string) error {
+		return f.tree.Ctl(ctx, text, caller(ctx))
 	}}, syscall.S_IFREG)
 	add("events", &eventsFile{fsys: f, prefix: ""}, syscall.S_IFREG)
 	f.notify.treeLog = add("events.log", &contentFile{fsys: f, mode: 0o444, log: f.tree.Log()}, syscall.S_IFREG)

@@ -190,6 +190,15 @@ type KeySpec struct {
 	Default string
 	// Secret keys read back as "<set>" and are never logged.
 	Secret bool
+	// Destination, for a secret, lists the keys that say where it is sent
+	// (address, port, interface, authentication type). An operator who
+	// changes one of them without writing the secret again clears it, so
+	// a stored password never follows an edit to another machine.
+	Destination []string
+	// Privileged keys choose a program, a root file system, a host path,
+	// a device or a directory the daemon writes in: only root or the
+	// admin group may change them (EACCES for operators).
+	Privileged bool
 	// Check validates a value; nil accepts anything. Its error text is the
 	// reason the user sees with EINVAL.
 	Check func(value string) error

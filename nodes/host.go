@@ -412,7 +412,8 @@ func (h *Host) StateText() string {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	var b strings.Builder
-	line := func(k, v string) { b.WriteString(k + ": " + v + "\n") }
+	// Values come from drivers, guests and BMCs: escaped, one line each.
+	line := func(k, v string) { b.WriteString(k + ": " + Escape(v) + "\n") }
 	line("power", string(h.power))
 	if h.since.IsZero() {
 		line("since", "")

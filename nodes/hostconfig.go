@@ -60,11 +60,15 @@ func (h *Host) setConfig(ctx context.Context, text string, who Caller) error {
 	if h.tree.readOnly {
 		return Errorf(syscall.EROFS, "read-only mount")
 	}
+	if err := checkPrintable("config", text); err != nil {
+		return err
+	}
 	edits, err := ParseConfig(text)
 	if err != nil {
 		return err
 	}
 	var set, removed []string
+	written := map[string]bool{}
 	for _, l := range edits.lines {
 		if l.key == "" {
 			continue
@@ -77,6 +81,7 @@ func (h *Host) setConfig(ctx context.Context, text string, who Caller) error {
 			return err
 		}
 		set = append(set, l.key)
+		written[l.key] = true
 	}
 	if len(set)+len(removed) == 0 {
 		return nil
@@ -102,6 +107,11 @@ func (h *Host) setConfig(ctx context.Context, text string, who Caller) error {
 			next.setLine(l)
 		}
 	}
+	if err := h.tree.checkPrivileged(who, h.cfg, next); err != nil {
+		h.mu.Unlock()
+		return err
+	}
+	cleared, because := h.tree.unbindSecrets(who, h.cfg, next, written)
 	if err := h.tree.saveConfig(h.path, next); err != nil {
 		h.mu.Unlock()
 		return Errorf(syscall.EIO, "%v", err)
@@ -117,6 +127,10 @@ func (h *Host) setConfig(ctx context.Context, text string, who Caller) error {
 		detail = append(detail, "removed "+strings.Join(removed, " "))
 	}
 	h.emit("config", strings.Join(detail, ", ")+" "+who.String())
+	if len(cleared) > 0 {
+		h.emit("config", fmt.Sprintf("cleared %s: an operator changed where it is sent (%s) %s; only root or the admin group keeps a secret across such a change",
+			strings.Join(cleared, " "), strings.Join(because, " "), who))
+	}
 	h.rebuildDrivers(ctx)
 	return nil
 }

@@ -13,8 +13,8 @@ var coreKeys = []KeySpec{
 	{Name: "label", Doc: "free text shown as label: in state"},
 	{Name: "timeout", Default: "10s", Doc: "bound on every driver call (a driver that does not answer fails with ETIMEDOUT after it)", Check: checkDuration},
 	{Name: "stack-timeout", Default: "1m", Doc: "bound on stopping this machine as a step of a stack poweroff or reboot; after it the machine is forced", Check: checkDuration},
-	{Name: "local", Default: "no", Doc: "yes on the machine machinefs itself runs on: \"poweroff self\" and \"reboot self\" are then refused (EPERM) unless allow-self = yes", Check: checkBool},
-	{Name: "allow-self", Default: "no", Doc: "yes lets \"poweroff self\" and \"reboot self\" act on the local host", Check: checkBool},
+	{Name: "local", Default: "no", Doc: "yes on the machine machinefs itself runs on: \"poweroff self\" and \"reboot self\" are then refused (EPERM) unless allow-self = yes", Check: checkBool, Privileged: true},
+	{Name: "allow-self", Default: "no", Doc: "yes lets \"poweroff self\" and \"reboot self\" act on the local host", Check: checkBool, Privileged: true},
 	{Name: "wait-timeout", Default: "2m", Doc: "how long a command may take to reach its target state; the default for the wait modifier", Check: checkDuration},
 }
 

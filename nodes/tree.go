@@ -31,6 +31,10 @@ type Options struct {
 	// FanOut bounds how many members of a group a command reaches at
 	// once (default 32).
 	FanOut int
+	// AdminGid is the admin group (-o admingroup=), whose members may set
+	// privileged keys as root may; it counts only with HasAdminGroup.
+	AdminGid      uint32
+	HasAdminGroup bool
 }
 
 // Tree is the machine model: every host and subhost, the drivers they may
@@ -45,6 +49,7 @@ type Tree struct {
 	hostLog  int
 	fanout   int
 	switches Switches
+	adminGid uint32 // adminGroupUnset without -o admingroup=
 	nextID   atomic.Uint64
 
 	mu     sync.RWMutex
@@ -79,6 +84,10 @@ func NewTree(o Options) *Tree {
 		groups:   map[string]*Group{},
 		fanout:   o.FanOut,
 		switches: o.Switches,
+		adminGid: adminGroupUnset,
+	}
+	if o.HasAdminGroup {
+		t.adminGid = o.AdminGid
 	}
 	for _, s := range o.Drivers {
 		t.specs[s.Name] = s
@@ -206,9 +215,15 @@ func (t *Tree) Add(ctx context.Context, parent *Host, name string, cf *ConfigFil
 	}
 	for _, k := range cf.Keys() {
 		v, _ := cf.Get(k)
+		if err := checkPrintable(k, v); err != nil {
+			return nil, err
+		}
 		if err := t.checkKey(k, v); err != nil {
 			return nil, err
 		}
+	}
+	if err := t.checkPrivileged(who, nil, cf); err != nil {
+		return nil, err
 	}
 	h, err := t.insert(parent, name, cf)
 	if err != nil {
@@ -311,60 +326,131 @@ func (t *Tree) closeTree(h *Host) {
 	h.closeDrivers()
 }
 
-// Ctl runs one line written to the ctl file:
+// Ctl runs the lines of one write to the ctl file:
 //
 //	add NAME [key=value ...]    (NAME may be PARENT/subhosts/NAME)
 //	remove NAME
-func (t *Tree) Ctl(ctx context.Context, line string, who Caller) error {
-	err := t.ctl(ctx, line, who)
+//
+// Every line is checked before any runs (syntax, names, keys, privileges,
+// whether the host exists or is busy), so a write with a bad line changes
+// nothing. A line that passes its check can still fail when it runs (a host
+// powered on in between); the lines before it then stay done, as a
+// sequence of writes would.
+func (t *Tree) Ctl(ctx context.Context, text string, who Caller) error {
+	err := t.ctl(ctx, text, who)
 	if err != nil {
 		// The reason goes to events too: the shell only prints the errno.
-		t.publish(Event{Time: time.Now(), Kind: "ctl", Detail: fmt.Sprintf("%q %s refused: %v", strings.TrimSpace(line), who, err)})
+		t.publish(Event{Time: time.Now(), Kind: "ctl", Detail: fmt.Sprintf("%q %s refused: %v", strings.TrimSpace(text), who, err)})
 	}
 	return err
 }
 
-func (t *Tree) ctl(ctx context.Context, line string, who Caller) error {
+// ctlOp is one checked line of a ctl write.
+type ctlOp struct {
+	add    bool
+	parent *Host
+	name   string
+	path   string
+	cf     *ConfigFile
+	host   *Host // remove
+}
+
+func (t *Tree) ctl(ctx context.Context, text string, who Caller) error {
+	if err := checkPrintable("ctl", text); err != nil {
+		return err
+	}
+	var ops []ctlOp
+	adding := map[string]bool{}
+	for _, line := range strings.Split(text, "\n") {
+		op, err := t.parseCtl(line, who)
+		if err != nil {
+			return err
+		}
+		if op == nil {
+			continue
+		}
+		if adding[op.path] {
+			return Errorf(syscall.EINVAL, "ctl: %s appears twice in one write", op.path)
+		}
+		adding[op.path] = true
+		ops = append(ops, *op)
+	}
+	for _, op := range ops {
+		var err error
+		if op.add {
+			_, err = t.Add(ctx, op.parent, op.name, op.cf, who)
+		} else {
+			err = t.Remove(ctx, op.host, who)
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// parseCtl checks one ctl line; nil for a blank line.
+func (t *Tree) parseCtl(line string, who Caller) (*ctlOp, error) {
 	f := strings.Fields(line)
 	if len(f) == 0 {
-		return nil
+		return nil, nil
 	}
 	if len(f) < 2 {
-		return Errorf(syscall.EINVAL, "ctl: want \"add NAME key=value ...\" or \"remove NAME\"")
+		return nil, Errorf(syscall.EINVAL, "ctl: want \"add NAME key=value ...\" or \"remove NAME\"")
 	}
 	path := "hosts/" + strings.TrimPrefix(strings.Trim(f[1], "/"), "hosts/")
 	switch strings.ToLower(f[0]) {
 	case "add":
+		if t.readOnly {
+			return nil, Errorf(syscall.EROFS, "read-only mount")
+		}
 		parentPath, name := splitHostPath(path)
 		var parent *Host
 		if parentPath != "" {
 			if parent = t.Host(parentPath); parent == nil {
-				return Errorf(syscall.ENOENT, "ctl: no host %s", parentPath)
+				return nil, Errorf(syscall.ENOENT, "ctl: no host %s", parentPath)
 			}
 		} else if path != "hosts/"+name {
-			return Errorf(syscall.EINVAL, "ctl: %q: subhosts are NAME/subhosts/SUB", f[1])
+			return nil, Errorf(syscall.EINVAL, "ctl: %q: subhosts are NAME/subhosts/SUB", f[1])
+		}
+		if !ValidName(name) {
+			return nil, Errorf(syscall.EINVAL, "%q is not a valid name (letters, digits, '.', '_', '-'; at most 63)", name)
+		}
+		if t.Host(path) != nil {
+			return nil, Errorf(syscall.EEXIST, "%s exists", path)
 		}
 		cf := &ConfigFile{}
 		for _, kv := range f[2:] {
 			k, v, ok := strings.Cut(kv, "=")
 			if !ok || k == "" || v == "" {
-				return Errorf(syscall.EINVAL, "ctl: %q is not key=value", kv)
+				return nil, Errorf(syscall.EINVAL, "ctl: %q is not key=value", kv)
+			}
+			if err := t.checkKey(k, v); err != nil {
+				return nil, err
 			}
 			cf.Set(k, v)
 		}
-		_, err := t.Add(ctx, parent, name, cf, who)
-		return err
+		if err := t.checkPrivileged(who, nil, cf); err != nil {
+			return nil, err
+		}
+		return &ctlOp{add: true, parent: parent, name: name, path: path, cf: cf}, nil
 	case "remove":
 		if len(f) != 2 {
-			return Errorf(syscall.EINVAL, "ctl: remove takes one NAME")
+			return nil, Errorf(syscall.EINVAL, "ctl: remove takes one NAME")
+		}
+		if t.readOnly {
+			return nil, Errorf(syscall.EROFS, "read-only mount")
 		}
 		h := t.Host(path)
 		if h == nil {
-			return Errorf(syscall.ENOENT, "ctl: no host %s", path)
+			return nil, Errorf(syscall.ENOENT, "ctl: no host %s", path)
 		}
-		return t.Remove(ctx, h, who)
+		if why := t.busyTree(h); why != "" {
+			return nil, Errorf(syscall.EBUSY, "%s", why)
+		}
+		return &ctlOp{host: h, path: path}, nil
 	}
-	return Errorf(syscall.EINVAL, "ctl: unknown command %q (add, remove)", f[0])
+	return nil, Errorf(syscall.EINVAL, "ctl: unknown command %q (add, remove)", f[0])
 }
 
 // splitHostPath splits "hosts/a/subhosts/b" into "hosts/a" and "b".
@@ -382,6 +468,7 @@ func (t *Tree) Load(ctx context.Context) error {
 	if t.store == nil {
 		return nil
 	}
+	t.store.Clean(t.log)
 	stored, err := t.store.Load()
 	if err != nil {
 		return err

@@ -214,6 +214,14 @@ func (h *Host) SwitchConfig(ctx context.Context, name, text string, who Caller) 
 	if !ok {
 		return nil
 	}
+	if err := checkPrintable("vswitch config", text); err != nil {
+		return err
+	}
+	if !h.tree.isAdmin(who) {
+		// An uplink takes a host interface into the bridge (eth0 would
+		// take the machine off its network): a device, so an admin's call.
+		return Errorf(syscall.EACCES, "vswitch uplink: privileged (it takes a host interface into the bridge): only root or the admin group may set it (uid %d is an operator)", who.Uid)
+	}
 	return h.switchOp(ctx, name, fmt.Sprintf("uplink %q", v), who, func(ctx context.Context, sw Switches) (string, error) {
 		return fmt.Sprintf("uplink %q", v), sw.SetUplink(ctx, name, v)
 	})

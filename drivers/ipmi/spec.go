@@ -47,7 +47,7 @@ var keys = []nodes.KeySpec{
 	{Name: "ipmi.address", Doc: "BMC host name or IP address (required; the port goes in ipmi.port)", Check: checkAddress},
 	{Name: "ipmi.port", Doc: "BMC UDP port", Default: strconv.Itoa(DefaultPort), Check: checkPort},
 	{Name: "ipmi.user", Doc: "BMC user name (at most 16 bytes; empty = anonymous/null user)", Default: "", Check: checkUser},
-	{Name: "ipmi.password", Doc: "BMC password (at most 20 bytes, 16 for lan); never shown", Default: "", Secret: true, Check: checkPassword},
+	{Name: "ipmi.password", Doc: "BMC password (at most 20 bytes, 16 for lan); never shown", Default: "", Secret: true, Check: checkPassword, Destination: []string{"ipmi.address", "ipmi.port", "ipmi.interface", "ipmi.cipher"}},
 	{Name: "ipmi.interface", Doc: "lanplus (IPMI 2.0, RMCP+) or lan (IPMI 1.5)", Default: DefaultInterface, Check: checkInterface},
 	{Name: "ipmi.cipher", Doc: "RMCP+ cipher suite 0-19, or auto (automatic selection costs seconds per session); lanplus only", Default: strconv.Itoa(DefaultCipher), Check: checkCipher},
 	{Name: "ipmi.timeout", Doc: "time to wait for one BMC answer before retrying (Go duration)", Default: DefaultTimeout.String(), Check: durationCheck(10*time.Millisecond, time.Minute)},

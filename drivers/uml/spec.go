@@ -30,12 +30,12 @@ var Spec = nodes.DriverSpec{
 }
 
 var keys = []nodes.KeySpec{
-	{Name: "uml.kernel", Default: DefaultKernel, Doc: "UML kernel binary to run (absolute path)", Check: checkAbsPath},
+	{Name: "uml.kernel", Default: DefaultKernel, Doc: "UML kernel binary to run (absolute path)", Check: checkAbsPath, Privileged: true},
 	{Name: "uml.mem", Default: DefaultMem, Doc: "guest memory: a number with K, M or G (16M to 64G)", Check: checkMem},
-	{Name: "uml.root", Doc: "root file system (required): hostfs:/DIR (a host directory), or ubd0=/IMAGE or ubd0=/COW,/BACKING (a disk image, copy-on-write allowed)", Check: checkRoot},
+	{Name: "uml.root", Doc: "root file system (required): hostfs:/DIR (a host directory), or ubd0=/IMAGE or ubd0=/COW,/BACKING (a disk image, copy-on-write allowed)", Check: checkRoot, Privileged: true},
 	{Name: "uml.init", Doc: "init program in the guest (absolute path in the guest; default: the kernel's choice, /sbin/init first)", Check: checkAbsPath},
-	{Name: "uml.net", Doc: "network: SWITCH:MAC, a TAP named after the host attached to the Linux bridge SWITCH, guest MAC MAC (eth0)", Check: checkNet},
-	{Name: "uml.dir", Default: DefaultDir, Doc: "uml_dir: where the guest's umid directory, mconsole and notify sockets, console log and pid record live (absolute path; sockets need it short)", Check: checkDir},
+	{Name: "uml.net", Doc: "network: SWITCH:MAC, a TAP named after the host attached to the Linux bridge SWITCH, guest MAC MAC (eth0)", Check: checkNet, Privileged: true},
+	{Name: "uml.dir", Default: DefaultDir, Doc: "uml_dir: where the guest's umid directory, mconsole and notify sockets, console log and pid record live (absolute path; sockets need it short)", Check: checkDir, Privileged: true},
 	{Name: "uml.poweroff-timeout", Default: DefaultPoweroffTimeout.String(), Doc: "poweroff sends ctrl-alt-del, then halts the guest if it is still up after this (Go duration)", Check: durationCheck(100*time.Millisecond, time.Hour)},
 	{Name: "uml.mconsole-timeout", Default: DefaultRequestTimeout.String(), Doc: "bound on one mconsole request (Go duration); a guest that does not answer within it is killed by off", Check: durationCheck(10*time.Millisecond, 10*time.Minute)},
 }

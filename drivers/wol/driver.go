@@ -41,10 +41,10 @@ var Spec = nodes.DriverSpec{
 	Doc:  "wake a machine with a Wake-on-LAN magic packet (raw frame or directed broadcast) and verify with a probe",
 	Keys: []KeySpec{
 		{Name: KeyMAC, Doc: "target MAC address (EUI-48, e.g. 00:11:22:33:44:55); required", Check: checkMAC},
-		{Name: KeyInterface, Doc: "send a raw Ethernet frame (EtherType 0x0842, needs CAP_NET_RAW) on this interface; must exist. Default: the first up, non-loopback, broadcast interface", Check: checkInterface},
+		{Name: KeyInterface, Doc: "send a raw Ethernet frame (EtherType 0x0842, needs CAP_NET_RAW) on this interface; must exist. Default: the first up, non-loopback, broadcast interface", Check: checkInterface, Privileged: true},
 		{Name: KeyBroadcast, Doc: "IPv4 directed broadcast address (e.g. 192.168.3.255); if set, send a UDP datagram there instead of a raw frame (routers must forward directed broadcasts)", Check: checkBroadcast},
 		{Name: KeyPort, Doc: "UDP port for wol.broadcast", Default: strconv.Itoa(DefaultPort), Check: checkPort},
-		{Name: KeyPassword, Doc: "SecureOn password: 4 or 6 hex pairs (01:02:03:04:05:06) or 4 bytes dotted (192.168.1.1)", Secret: true, Check: checkPassword},
+		{Name: KeyPassword, Doc: "SecureOn password: 4 or 6 hex pairs (01:02:03:04:05:06) or 4 bytes dotted (192.168.1.1)", Secret: true, Check: checkPassword, Destination: []string{KeyMAC, KeyInterface, KeyBroadcast, KeyPort}},
 		{Name: KeyProbe, Doc: "how to tell the machine is up: tcp:HOST:PORT or icmp:HOST (IPv4; ping socket or CAP_NET_RAW). Without it power stays unknown", Check: checkProbe},
 		{Name: KeyProbeInterval, Doc: "time between probes after a wake (Go duration or seconds)", Default: DefaultProbeInterval.String(), Check: checkInterval},
 		{Name: KeyProbeTries, Doc: "probes after a wake before giving up with \"no answer after wake\"", Default: strconv.Itoa(DefaultProbeTries), Check: checkTries},
