@@ -217,7 +217,7 @@ func TestEventLineEscaped(t *testing.T) {
 		t.Fatalf("not one line: %q", line)
 	}
 	for _, r := range strings.TrimSuffix(line, "\n") {
-		if unicode.IsControl(r) {
+		if unicode.IsControl(r) && r != '\t' {
 			t.Fatalf("control character %U in %q", r, line)
 		}
 	}
@@ -237,14 +237,14 @@ func FuzzEscape(f *testing.F) {
 	f.Fuzz(func(t *testing.T, s string) {
 		out := nodes.Escape(s)
 		for _, r := range out {
-			if unicode.IsControl(r) || r == '\u2028' || r == '\u2029' {
+			if (unicode.IsControl(r) && r != '\t') || r == '\u2028' || r == '\u2029' {
 				t.Fatalf("Escape(%q) = %q keeps %U", s, out, r)
 			}
 		}
 		if len(out) > 4096+64 {
 			t.Fatalf("Escape of %d bytes gave %d", len(s), len(out))
 		}
-		if !strings.ContainsFunc(s, func(r rune) bool { return r < 0x20 || r >= 0x7f }) && len(s) <= 4096 && out != s {
+		if !strings.ContainsFunc(s, func(r rune) bool { return (r < 0x20 && r != '\t') || r >= 0x7f }) && len(s) <= 4096 && out != s {
 			t.Fatalf("printable %q changed to %q", s, out)
 		}
 	})

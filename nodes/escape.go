@@ -14,9 +14,9 @@ const maxDetail = 4096
 
 // Escape makes text from anywhere (guests, BMCs, drivers, operators) safe
 // for one line of events.log or state: a newline becomes a space (errors
-// joined over lines stay readable), other control characters (ESC, CR, NUL,
-// BEL, tab, the C1 range, U+2028/U+2029) and invalid UTF-8 become \t, \xHH
-// or \u{HHHH}, so one event is always one line and no escape sequence
+// joined over lines stay readable), a tab stays, other control characters
+// (ESC, CR, NUL, BEL, the C1 range, U+2028/U+2029) and invalid UTF-8 become
+// \xHH or \u{HHHH}, so one event is always one line and no escape sequence
 // reaches a terminal. A backslash stays as it is: details quote command
 // lines with %q, whose escapes must not double, and a literal "\x1b" is
 // only text. Text over maxDetail bytes is cut, and the cut is said.
@@ -37,7 +37,7 @@ func Escape(s string) string {
 		case r == '\n':
 			b.WriteByte(' ')
 		case r == '\t':
-			b.WriteString(`\t`)
+			b.WriteByte('\t')
 		case r < 0x80 && unicode.IsControl(r):
 			fmt.Fprintf(&b, `\x%02x`, r)
 		case unicode.IsControl(r) || r == '\u2028' || r == '\u2029':
@@ -58,7 +58,7 @@ func safe(s string) bool {
 	}
 	for i := 0; i < len(s); i++ {
 		c := s[i]
-		if c < 0x20 || c == 0x7f || c >= 0x80 {
+		if (c < 0x20 && c != '\t') || c == 0x7f || c >= 0x80 {
 			if c >= 0x80 {
 				return safeUnicode(s[i:])
 			}
@@ -70,7 +70,7 @@ func safe(s string) bool {
 
 func safeUnicode(s string) bool {
 	for _, r := range s {
-		if r == utf8.RuneError || unicode.IsControl(r) || r == '\u2028' || r == '\u2029' {
+		if r == utf8.RuneError || (unicode.IsControl(r) && r != '\t') || r == '\u2028' || r == '\u2029' {
 			return false
 		}
 	}
