@@ -15,11 +15,13 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/machinefs/machinefs/tests/harness/ipmisim"
+	"github.com/machinefs/machinefs/tests/harness/netns"
 )
 
 // ipmiPoll is the poll interval of every test host: short, so a change
@@ -574,4 +576,162 @@ func TestIPMIPasswordTypoOnDisk(t *testing.T) {
 	if strings.Contains(d.log.String(), b.Password) {
 		t.Errorf("the daemon's log quotes the password")
 	}
+}
+
+// frameCapture collects every frame an AF_PACKET socket on one device of a
+// network namespace sees, in and out, until the test ends.
+type frameCapture struct {
+	mu     sync.Mutex
+	frames [][]byte
+}
+
+// captureFrames captures on device dev of ns (ETH_P_ALL).
+func captureFrames(t *testing.T, ns *netns.NS, dev string) *frameCapture {
+	t.Helper()
+	c := ns.Capture(t, dev, 0x0003)
+	fc := &frameCapture{}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		buf := make([]byte, 1<<16)
+		for {
+			n, _, err := c.ReadFrom(buf)
+			if err != nil {
+				return // closed at cleanup
+			}
+			fc.mu.Lock()
+			fc.frames = append(fc.frames, append([]byte(nil), buf[:n]...))
+			fc.mu.Unlock()
+		}
+	}()
+	t.Cleanup(func() { _ = c.Close(); <-done })
+	return fc
+}
+
+// udpPorts returns the UDP ports of an IPv4 frame as seen on lo (an
+// Ethernet header of zeros), ok false for anything else.
+func udpPorts(f []byte) (src, dst int, ok bool) {
+	if len(f) < 14+20+8 || f[12] != 0x08 || f[13] != 0x00 || f[14]>>4 != 4 || f[14+9] != 17 {
+		return 0, 0, false
+	}
+	u := 14 + int(f[14]&0x0f)*4
+	if len(f) < u+8 {
+		return 0, 0, false
+	}
+	return int(f[u])<<8 | int(f[u+1]), int(f[u+2])<<8 | int(f[u+3]), true
+}
+
+// stats counts the UDP frames to or from port, and among them those that
+// contain secret.
+func (fc *frameCapture) stats(port int, secret string) (frames, leaks int) {
+	fc.mu.Lock()
+	defer fc.mu.Unlock()
+	for _, f := range fc.frames {
+		if s, d, ok := udpPorts(f); ok && (s == port || d == port) {
+			frames++
+			if bytes.Contains(f, []byte(secret)) {
+				leaks++
+			}
+		}
+	}
+	return frames, leaks
+}
+
+// sync sends a marker datagram on 127.0.0.1 of ns and waits until the
+// capture has it, so every frame sent before is in fc.frames (a packet
+// socket gets a device's frames in order).
+func (fc *frameCapture) sync(t *testing.T, ns *netns.NS) {
+	t.Helper()
+	marker := fmt.Sprintf("capture-sync-%d", time.Now().UnixNano())
+	ns.Do(t, func() error {
+		c, err := net.Dial("udp", "127.0.0.1:9") // discard: nobody listens, the frame is seen anyway
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		_, err = c.Write([]byte(marker))
+		return err
+	})
+	eventually(t, "the capture's sync marker", func() bool { return fc.leaksAnywhere(marker) > 0 })
+}
+
+// leaksAnywhere counts the captured frames, of any kind, that contain secret.
+func (fc *frameCapture) leaksAnywhere(secret string) int {
+	fc.mu.Lock()
+	defer fc.mu.Unlock()
+	n := 0
+	for _, f := range fc.frames {
+		if bytes.Contains(f, []byte(secret)) {
+			n++
+		}
+	}
+	return n
+}
+
+// TestIPMINoClearPassword: a BMC that offers IPMI 1.5 ("ipmi.interface =
+// lan") only with "straight password" authentication would receive the
+// password in clear. The user's power command gets EACCES with the reason,
+// state and events.log say why, the BMC does nothing, and a capture of
+// every packet in the test's network namespace holds no packet with the
+// password. Controls: the capture does see the password when ipmitool
+// sends it in clear to the same BMC, and a BMC offering MD5 is used as
+// usual (its packets are captured, without the password).
+func TestIPMINoClearPassword(t *testing.T) {
+	netns.NeedRoot(t)
+	ns := netns.New(t, "mfip")
+	capture := captureFrames(t, ns, "lo")
+	rogue := ipmisim.Start(t, ipmisim.InNetNS(ns.Run), ipmisim.Auths("straight"))
+	md5 := ipmisim.Start(t, ipmisim.InNetNS(ns.Run), ipmisim.Auths("md5"))
+	secret := rogue.Password
+
+	// Control: a client that sends the password in clear is caught.
+	if out, err := rogue.IpmitoolRaw(append(rogue.IpmitoolLanArgs("PASSWORD"), "chassis", "power", "status")...); err != nil || !strings.Contains(out, "Chassis Power is off") {
+		t.Fatalf("ipmitool -A PASSWORD against the straight-password BMC: %v: %s", err, out)
+	}
+	capture.sync(t, ns)
+	if frames, leaks := capture.stats(rogue.Port, secret); frames == 0 || leaks == 0 {
+		t.Fatalf("the capture saw %d frames of ipmitool's clear-password session, %d with the password: it cannot catch a leak", frames, leaks)
+	}
+	before := capture.leaksAnywhere(secret)
+
+	d := startNS(t, ns)
+	d.addHost("rogue", ipmiConfig(rogue.Port, secret, "ipmi.interface = lan"))
+	d.addHost("good", ipmiConfig(md5.Port, md5.Password, "ipmi.interface = lan"))
+
+	d.fails("echo on > hosts/rogue/power", "Permission denied")
+	st := d.read("hosts/rogue/state")
+	if e := stateField(st, "last-error"); !strings.Contains(e, "offers only straight password authentication") || !strings.Contains(e, "never in clear") {
+		t.Fatalf("last-error %q does not say why\n%s", e, st)
+	}
+	eventually(t, "poll verdict", func() bool {
+		return stateField(d.read("hosts/rogue/state"), "reason") == "BMC offers no authentication that keeps the password secret"
+	})
+	if ev := d.read("hosts/rogue/events.log"); !strings.Contains(ev, "offers only straight password authentication") {
+		t.Fatalf("events.log does not say why:\n%s", ev)
+	}
+	if p := d.read("hosts/rogue/power"); p != "unknown\n" {
+		t.Fatalf("power %q", p)
+	}
+	if rogue.Power() != "off" || len(rogue.Commands()) != 0 {
+		t.Fatalf("the rogue BMC acted: power %s, hook %q", rogue.Power(), rogue.Commands())
+	}
+
+	// The MD5 BMC works, over the same kind of session.
+	d.ok("echo 'on wait' > hosts/good/power")
+	if md5.Power() != "on" {
+		t.Fatalf("MD5 BMC power %s after on wait", md5.Power())
+	}
+
+	// The wire: machinefs talked to both BMCs, never with the password.
+	capture.sync(t, ns)
+	rogueFrames, _ := capture.stats(rogue.Port, secret)
+	goodFrames, goodLeaks := capture.stats(md5.Port, secret)
+	t.Logf("captured %d frames with the rogue BMC (incl. ipmitool's), %d with the MD5 BMC", rogueFrames, goodFrames)
+	if goodFrames == 0 || goodLeaks != 0 {
+		t.Fatalf("MD5 BMC: %d frames captured, %d with the password", goodFrames, goodLeaks)
+	}
+	if n := capture.leaksAnywhere(secret); n != before {
+		t.Fatalf("%d captured frames carry the password after machinefs started (ipmitool's control: %d)", n-before, before)
+	}
+	d.noSecretInTree(secret)
 }

@@ -76,6 +76,27 @@
 // when the password is wrong; a timeout at exactly that step is reported as
 // EACCES. Passwords never appear in errors, logs, reports or Describe.
 //
+// # The password never goes on the wire in clear
+//
+// Over IPMI 1.5 ("lan") the client picks one of the authentication types
+// the BMC offers, and two of them give the password away: "straight
+// password" sends it in clear in every packet, "none" logs in without it
+// (neither side proves anything).
+// With ipmi.password set, the driver uses only MD5 (preferred) or MD2,
+// which send a keyed digest; a BMC that offers neither gets no session:
+// EACCES, "the BMC offers only straight password authentication for IPMI
+// 1.5 ...", reason "BMC offers no authentication that keeps the password
+// secret". Every datagram go-ipmi sends passes a check on the socket
+// (auth.go), so the rule also holds when a BMC answers differently the
+// second time or names straight password in its Activate Session answer.
+// With an empty password nothing is secret and any type is used.
+//
+// RMCP+ ("lanplus") never sends the password, with any cipher suite: it
+// keys an HMAC. Cipher suite 0 (no authentication, integrity or
+// confidentiality) does not use the password at all and authenticates
+// neither side; it is never chosen by ipmi.cipher auto and only used when
+// set explicitly, for BMCs that offer nothing else.
+//
 // # Serial over LAN
 //
 // Driver.SOL activates the SOL payload on a dedicated session (lanplus only)

@@ -200,6 +200,9 @@ func (d *Driver) newClient() (*client.Client, error) {
 	}
 	c.WithTimeout(d.cfg.timeout)
 	c.WithRetry(d.cfg.retries)
+	// Every datagram is checked before it leaves: no password in clear
+	// (see auth.go).
+	c.WithUDPProxy(guardDialer{secret: d.cfg.password != ""})
 	return c, nil
 }
 
@@ -409,6 +412,9 @@ func (d *Driver) pollOnce() time.Duration {
 func unreachableWord(err error) string {
 	switch nodes.ErrnoOf(err) {
 	case syscall.EACCES:
+		if isRefusedAuth(err) {
+			return "offers no authentication that keeps the password secret"
+		}
 		return "rejected the credentials"
 	case syscall.EIO:
 		return "answered with an error"

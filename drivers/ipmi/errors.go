@@ -37,8 +37,11 @@ func (d *Driver) classify(ctx context.Context, what string, err error) error {
 	if errors.As(err, &ne) {
 		return err
 	}
-	detail := d.redact(oneLine(err.Error()))
 	where := fmt.Sprintf("ipmi %s: %s", d.cfg.hostPort(), what)
+	if r, ok := d.classifyRefusal(where, err); ok {
+		return r
+	}
+	detail := d.redact(oneLine(err.Error()))
 	tries := fmt.Sprintf("%d tries of %v", d.cfg.retries+1, d.cfg.timeout)
 	switch {
 	case ctx.Err() == context.Canceled || (ctx.Err() == nil && errors.Is(err, context.Canceled)):

@@ -233,7 +233,11 @@ func TestVerifyFailureAndPoweroffEscalation(t *testing.T) {
 	b.WriteFile("soft_delay", "30")
 	n = h.rec.len()
 	before := len(b.Commands())
-	if err := h.d.Power(ctx, nodes.Command{Verb: "poweroff"}); err != nil {
+	// A context of its own: the first one may have run out while the
+	// test waited (under load the waits above take seconds).
+	ctx2, cancel2 := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel2()
+	if err := h.d.Power(ctx2, nodes.Command{Verb: "poweroff"}); err != nil {
 		t.Fatal(err)
 	}
 	h.rec.waitFor(t, n, 5*time.Second, "poweroff verified off", func(s nodes.Status) bool {
@@ -254,8 +258,10 @@ func TestBehindTheBack(t *testing.T) {
 	h := newHost(t, b.Port, map[string]string{"ipmi.poll": "300ms"})
 	h.rec.waitFor(t, 0, 3*time.Second, "initial off", isPower(nodes.PowerOff))
 	n := h.rec.len()
-	t0 := time.Now()
 	b.Ipmitool("chassis", "power", "on")
+	// From ipmitool's return, not its start: under load ipmitool alone
+	// takes longer than a poll interval.
+	t0 := time.Now()
 	s, _ := h.rec.waitFor(t, n, 2*time.Second, "on", isPower(nodes.PowerOn))
 	if d := s.at.Sub(t0); d > 300*time.Millisecond+400*time.Millisecond {
 		t.Fatalf("change seen after %v, poll is 300ms", d)

@@ -10,6 +10,7 @@
 package ipmisim
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"net"
@@ -45,12 +46,15 @@ type BMC struct {
 
 	t    testing.TB
 	cmd  *exec.Cmd
+	run  func(func() error) error // starts processes (see InNetNS)
 	once sync.Once
 }
 
 type options struct {
 	powerOn bool
 	solPort int
+	auths   []string
+	run     func(func() error) error
 }
 
 // Option configures Start.
@@ -62,6 +66,34 @@ func PoweredOn() Option { return func(o *options) { o.powerOn = true } }
 // WithSOL makes the BMC's serial port the TCP server on 127.0.0.1:port
 // (see StartConsole); ipmi_sim connects to it when it starts.
 func WithSOL(port int) Option { return func(o *options) { o.solPort = port } }
+
+// Auths sets the IPMI 1.5 ("-I lan") authentication types the BMC offers
+// and accepts, for every privilege level and for the admin user, out of
+// none, md2, md5 and straight (plaintext password). The default is the
+// template's: md2 md5 straight. RMCP+ ("lanplus") sessions are not
+// affected.
+func Auths(types ...string) Option {
+	return func(o *options) { o.auths = append([]string(nil), types...) }
+}
+
+// InNetNS starts ipmi_sim, and the ipmitool runs of the BMC, through run,
+// which must call its argument on a thread inside a network namespace
+// (netns.NS.Run): the BMC then listens on that namespace's 127.0.0.1.
+// StartConsole serves in the caller's namespace, so WithSOL does not
+// combine with InNetNS.
+func InNetNS(run func(func() error) error) Option { return func(o *options) { o.run = run } }
+
+var (
+	allowedAuthsRE = regexp.MustCompile(`(?m)^(\s*allowed_auths_\w+)\s.*$`)
+	userAuthsRE    = regexp.MustCompile(`(?m)^(\s*user\s+\d+\s+\S+\s+"[^"]*"\s+"[^"]*"\s+\S+\s+\d+)\b.*$`)
+)
+
+// setAuths replaces the authentication type lists of a rendered lan.conf.
+func setAuths(conf string, auths []string) string {
+	list := strings.Join(auths, " ")
+	conf = allowedAuthsRE.ReplaceAllString(conf, "${1} "+list)
+	return userAuthsRE.ReplaceAllString(conf, "${1} "+list)
+}
 
 // HarnessDir is tests/harness/ipmi, located from this file's path.
 func HarnessDir(t testing.TB) string {
@@ -89,9 +121,10 @@ func FreeUDPPort(t testing.TB) int {
 	return port
 }
 
-// udpBound reports whether 127.0.0.1:port is bound (from /proc/net/udp).
-func udpBound(port int) bool {
-	b, err := os.ReadFile("/proc/net/udp")
+// udpBound reports whether 127.0.0.1:port is bound in the network
+// namespace of process pid (from /proc/<pid>/net/udp).
+func udpBound(pid, port int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/net/udp", pid))
 	if err != nil {
 		return false
 	}
@@ -111,7 +144,7 @@ func udpBound(port int) bool {
 // when the test ends.
 func Start(t testing.TB, opts ...Option) *BMC {
 	t.Helper()
-	var o options
+	o := options{run: func(f func() error) error { return f() }}
 	for _, f := range opts {
 		f(&o)
 	}
@@ -129,9 +162,16 @@ func Start(t testing.TB, opts ...Option) *BMC {
 		solLine = fmt.Sprintf("sol \"tcp:127.0.0.1:%d\" 115200", o.solPort)
 	}
 	for attempt := 0; attempt < 3; attempt++ {
-		b := &BMC{Addr: "127.0.0.1", Port: FreeUDPPort(t), User: User, Password: Password, Dir: t.TempDir(), t: t}
+		var port int
+		if err := o.run(func() error { port = FreeUDPPort(t); return nil }); err != nil {
+			t.Fatal(err)
+		}
+		b := &BMC{Addr: "127.0.0.1", Port: port, User: User, Password: Password, Dir: t.TempDir(), t: t, run: o.run}
 		conf := strings.NewReplacer("@NAME@", fmt.Sprintf("bmc%d", b.Port), "@PORT@", strconv.Itoa(b.Port),
 			"@STATEDIR@", b.Dir, "@HARNESS@", h, "@USER@", b.User, "@PASS@", b.Password, "@SOL@", solLine).Replace(string(tmpl))
+		if o.auths != nil {
+			conf = setAuths(conf, o.auths)
+		}
 		if err := os.WriteFile(filepath.Join(b.Dir, "lan.conf"), []byte(conf), 0o600); err != nil {
 			t.Fatal(err)
 		}
@@ -144,7 +184,7 @@ func Start(t testing.TB, opts ...Option) *BMC {
 		b.cmd.Dir = b.Dir
 		b.cmd.Stdout, b.cmd.Stderr = logf, logf
 		b.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true} // hook children share its group
-		if err := b.cmd.Start(); err != nil {
+		if err := o.run(b.cmd.Start); err != nil {
 			logf.Close()
 			t.Fatalf("start ipmi_sim: %v", err)
 		}
@@ -152,10 +192,10 @@ func Start(t testing.TB, opts ...Option) *BMC {
 		t.Cleanup(b.Stop)
 		pid := b.cmd.Process.Pid
 		deadline := time.Now().Add(5 * time.Second)
-		for !udpBound(b.Port) && time.Now().Before(deadline) && alive(pid) {
+		for !udpBound(pid, b.Port) && time.Now().Before(deadline) && alive(pid) {
 			time.Sleep(10 * time.Millisecond)
 		}
-		if udpBound(b.Port) && alive(pid) {
+		if udpBound(pid, b.Port) && alive(pid) {
 			return b
 		}
 		b.Stop()
@@ -247,9 +287,28 @@ func (b *BMC) IpmitoolArgs() []string {
 	return []string{"-I", "lanplus", "-C", "3", "-H", b.Addr, "-p", strconv.Itoa(b.Port), "-U", b.User, "-P", b.Password}
 }
 
+// IpmitoolLanArgs are the arguments that make ipmitool talk IPMI 1.5
+// ("-I lan") to this BMC with authentication type auth (NONE, MD2, MD5,
+// PASSWORD), without the command.
+func (b *BMC) IpmitoolLanArgs(auth string) []string {
+	return []string{"-I", "lan", "-A", auth, "-H", b.Addr, "-p", strconv.Itoa(b.Port), "-U", b.User, "-P", b.Password}
+}
+
 // Ipmitool runs ipmitool against the simulator and returns its output; a
 // failure fails the test.
 func (b *BMC) Ipmitool(args ...string) string {
+	b.t.Helper()
+	out, err := b.IpmitoolRaw(append(b.IpmitoolArgs(), args...)...)
+	if err != nil {
+		b.t.Fatalf("ipmitool %v: %v: %s", args, err, out)
+	}
+	return out
+}
+
+// IpmitoolRaw runs ipmitool with exactly args (in the BMC's network
+// namespace, see InNetNS), bounded to 10 seconds, and returns its combined
+// output and error.
+func (b *BMC) IpmitoolRaw(args ...string) (string, error) {
 	b.t.Helper()
 	tool, err := exec.LookPath("ipmitool")
 	if err != nil {
@@ -257,11 +316,18 @@ func (b *BMC) Ipmitool(args ...string) string {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	out, err := exec.CommandContext(ctx, tool, append(b.IpmitoolArgs(), args...)...).CombinedOutput()
-	if err != nil {
-		b.t.Fatalf("ipmitool %v: %v: %s", args, err, out)
+	var out bytes.Buffer
+	cmd := exec.CommandContext(ctx, tool, args...)
+	cmd.Stdout, cmd.Stderr = &out, &out
+	run := b.run
+	if run == nil {
+		run = func(f func() error) error { return f() }
 	}
-	return string(out)
+	if err := run(cmd.Start); err != nil {
+		return "", err
+	}
+	err = cmd.Wait()
+	return out.String(), err
 }
 
 var activeRE = regexp.MustCompile(`active sessions\s*:\s*(\d+)`)
