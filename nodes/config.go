@@ -2,7 +2,10 @@ package nodes
 
 import (
 	"bufio"
+	"errors"
 	"fmt"
+	"io/fs"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -234,15 +237,189 @@ func syncDir(dir string) error {
 	return nil
 }
 
-// Remove deletes a host's file and the directory of its subhosts.
+// Remove deletes a host's file and the directory of its subhosts, as one
+// atomic step: a crash at any point leaves either the whole host (file and
+// subhosts) or nothing of it. Deleting file by file could leave a
+// subhost's file without its host's, and a new host of the same name would
+// take that old subhost back at the next start.
+//
+// Both move into a trash directory, ".removing-*" next to the host's file;
+// renaming the trash to ".removed-*" is the commit. Clean, at start, puts a
+// ".removing-*" trash back (the removal never happened) and deletes a
+// ".removed-*" one (it did).
 func (s *Store) Remove(path string) error {
-	if err := os.Remove(s.file(path)); err != nil && !os.IsNotExist(err) {
+	conf := s.file(path)
+	dir := filepath.Join(s.Dir, filepath.FromSlash(path))
+	parent, name := filepath.Dir(conf), filepath.Base(dir)
+	if !exists(conf) && !exists(dir) {
+		return nil
+	}
+	trash, err := os.MkdirTemp(parent, removingPrefix+"*")
+	if err != nil {
+		return fmt.Errorf("config: remove %s: %w", path, err)
+	}
+	moved := func() error {
+		if err := renameIfExists(dir, filepath.Join(trash, name)); err != nil {
+			return err
+		}
+		if err := renameIfExists(conf, filepath.Join(trash, name+".conf")); err != nil {
+			return err
+		}
+		// The moves are on disk before the commit is.
+		if err := syncDir(trash); err != nil {
+			return err
+		}
+		return syncDir(parent)
+	}
+	if err := moved(); err != nil {
+		if rerr := restoreTrash(parent, trash); rerr != nil {
+			return fmt.Errorf("config: remove %s: %w (and putting it back: %v)", path, err, rerr)
+		}
+		return fmt.Errorf("config: remove %s: %w", path, err)
+	}
+	done := filepath.Join(parent, removedPrefix+strings.TrimPrefix(filepath.Base(trash), removingPrefix))
+	if err := os.Rename(trash, done); err != nil {
+		if rerr := restoreTrash(parent, trash); rerr != nil {
+			return fmt.Errorf("config: remove %s: %w (and putting it back: %v)", path, err, rerr)
+		}
+		return fmt.Errorf("config: remove %s: %w", path, err)
+	}
+	if err := syncDir(parent); err != nil {
+		return err
+	}
+	// The host is gone; what is left of the trash is hidden from Load and
+	// deleted at the next start.
+	if err := os.RemoveAll(done); err != nil {
+		slog.Warn("config: deleting a removed host's files; they go at the next start", "path", path, "err", err)
+	}
+	return nil
+}
+
+// Trash directories of Remove: a removal in progress, one committed.
+const (
+	removingPrefix = ".removing-"
+	removedPrefix  = ".removed-"
+)
+
+func exists(name string) bool {
+	_, err := os.Lstat(name)
+	return err == nil
+}
+
+func renameIfExists(from, to string) error {
+	if err := os.Rename(from, to); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return fmt.Errorf("config: %w", err)
 	}
-	if err := os.RemoveAll(filepath.Join(s.Dir, filepath.FromSlash(path))); err != nil {
+	return nil
+}
+
+// restoreTrash undoes an uncommitted removal: every entry of trash goes back
+// to parent, unless parent has one of that name already (then the trash's
+// copy is stale), and the trash goes.
+func restoreTrash(parent, trash string) error {
+	ents, err := os.ReadDir(trash)
+	if err != nil {
 		return fmt.Errorf("config: %w", err)
 	}
-	return syncDir(filepath.Dir(s.file(path)))
+	for _, e := range ents {
+		from, to := filepath.Join(trash, e.Name()), filepath.Join(parent, e.Name())
+		if exists(to) {
+			if err := os.RemoveAll(from); err != nil {
+				return fmt.Errorf("config: %w", err)
+			}
+			continue
+		}
+		if err := os.Rename(from, to); err != nil {
+			return fmt.Errorf("config: %w", err)
+		}
+	}
+	if err := syncDir(parent); err != nil {
+		return err
+	}
+	if err := os.Remove(trash); err != nil {
+		return fmt.Errorf("config: %w", err)
+	}
+	return syncDir(parent)
+}
+
+// tempRE matches writeAtomic's temporary files (".NAME.conf.tmp123").
+var tempRE = regexp.MustCompile(`^\..+\.tmp[0-9]*$`)
+
+// Clean repairs what a crash can leave in the store; Tree.Load calls it at
+// start, before anything else reads or writes the store. It deletes
+// writeAtomic's temporary files, finishes or undoes Remove's removals
+// (see Remove), and deletes a host's subhosts directory that has no host
+// file beside it (left by a removal of an older machinefs that crashed):
+// no host owns it, and a new host of that name must not inherit it.
+// Problems are logged: what is left is hidden from Load either way.
+func (s *Store) Clean(log *slog.Logger) {
+	if log == nil {
+		log = slog.Default()
+	}
+	var clean func(dir string, hostDir bool)
+	clean = func(dir string, hostDir bool) {
+		ents, err := os.ReadDir(dir)
+		if err != nil {
+			if !errors.Is(err, fs.ErrNotExist) {
+				log.Warn("config: cleaning the store", "dir", dir, "err", err)
+			}
+			return
+		}
+		changed := false
+		// A deletion is made durable before a new host can be saved
+		// beside it (syncDir); what is not is simply redone next start.
+		defer func() {
+			if changed {
+				if err := syncDir(dir); err != nil {
+					log.Warn("config: cleaning the store", "err", err)
+				}
+			}
+		}()
+		for _, e := range ents {
+			name, full := e.Name(), filepath.Join(dir, e.Name())
+			var err error
+			switch {
+			case e.IsDir() && strings.HasPrefix(name, removingPrefix):
+				log.Info("config: undoing a removal a crash interrupted", "dir", full)
+				err = restoreTrash(dir, full)
+			case e.IsDir() && strings.HasPrefix(name, removedPrefix):
+				log.Info("config: finishing a removal a crash interrupted", "dir", full)
+				err = os.RemoveAll(full)
+			case !e.IsDir() && tempRE.MatchString(name):
+				log.Info("config: deleting a temporary file a crash left", "file", full)
+				err = os.Remove(full)
+			default:
+				continue
+			}
+			changed = true
+			if err != nil {
+				log.Warn("config: cleaning the store", "path", full, "err", err)
+			}
+		}
+		if !hostDir {
+			return
+		}
+		// Entries may have come back from a trash: read again.
+		ents, _ = os.ReadDir(dir)
+		for _, e := range ents {
+			name := e.Name()
+			if !e.IsDir() || !ValidName(name) {
+				continue
+			}
+			full := filepath.Join(dir, name)
+			if !exists(full + ".conf") {
+				log.Warn("config: deleting subhosts whose host has no file", "dir", full)
+				changed = true
+				if err := os.RemoveAll(full); err != nil {
+					log.Warn("config: cleaning the store", "path", full, "err", err)
+				}
+				continue
+			}
+			clean(filepath.Join(full, "subhosts"), true)
+		}
+	}
+	clean(filepath.Join(s.Dir, "hosts"), true)
+	clean(filepath.Join(s.Dir, "groups"), false)
 }
 
 // StoredHost is one file found by Load.

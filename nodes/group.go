@@ -5,10 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"regexp"
-	"slices"
 	"sort"
-	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -26,6 +23,7 @@ type Group struct {
 
 	mu       sync.Mutex
 	members  []string // lines as written
+	hosts    []string // members expanded, in order, without duplicates
 	results  map[string]string
 	lastCmd  string
 	inFlight *Command
@@ -54,11 +52,11 @@ func (g *Group) MembersText() string {
 	return strings.Join(g.members, "\n") + "\n"
 }
 
-var memberRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._/\-\[\],]*$`)
-
 // SetMembers applies a write to the members file: with replace (the file
 // was truncated, `>`) the lines become the members, otherwise (`>>`) they
-// are added. Every line is checked first: a bad line or range is EINVAL.
+// are added. Every line is checked first: a bad line or range, or a file
+// that would name more than MaxGroupHosts hosts, is EINVAL and nothing
+// changes.
 func (g *Group) SetMembers(ctx context.Context, text string, replace bool, who Caller) error {
 	if g.tree.readOnly {
 		return Errorf(syscall.EROFS, "read-only mount")
@@ -69,7 +67,10 @@ func (g *Group) SetMembers(ctx context.Context, text string, replace bool, who C
 		if l == "" || strings.HasPrefix(l, "#") {
 			continue
 		}
-		if _, err := expandMember(l); err != nil {
+		// Each line on its own first: a bad line is refused before the
+		// whole file is expanded.
+		if _, err := parseMember(l); err != nil {
+			g.emit("members", fmt.Sprintf("%s refused: %v", who, err))
 			return err
 		}
 		lines = append(lines, l)
@@ -78,10 +79,30 @@ func (g *Group) SetMembers(ctx context.Context, text string, replace bool, who C
 	next := lines
 	if !replace {
 		next = append([]string(nil), g.members...)
+		have := make(map[string]struct{}, len(next)+len(lines))
+		for _, l := range next {
+			have[l] = struct{}{}
+		}
 		for _, l := range lines {
-			if !slices.Contains(next, l) {
+			if _, dup := have[l]; !dup {
+				have[l] = struct{}{}
 				next = append(next, l)
 			}
+		}
+	}
+	// The whole file is counted: the cap holds across lines and appends.
+	// Lines already there that a hand edit made invalid (reported at load)
+	// are not the writer's fault; a new line that fails is.
+	hosts, _, bad := groupHosts(next)
+	fresh := make(map[string]struct{}, len(lines))
+	for _, l := range lines {
+		fresh[l] = struct{}{}
+	}
+	for _, b := range bad {
+		if _, ok := fresh[b.line]; ok {
+			g.mu.Unlock()
+			g.emit("members", fmt.Sprintf("%s refused: %v", who, b.err))
+			return b.err
 		}
 	}
 	if err := g.tree.saveGroup(g.name, next); err != nil {
@@ -89,88 +110,19 @@ func (g *Group) SetMembers(ctx context.Context, text string, replace bool, who C
 		return Errorf(syscall.EIO, "%v", err)
 	}
 	g.members = next
+	g.hosts = hosts
 	g.mu.Unlock()
-	g.emit("members", fmt.Sprintf("%d lines %s", len(next), who))
+	g.emit("members", fmt.Sprintf("%d lines, %d hosts %s", len(next), len(hosts), who))
 	return nil
 }
 
-// Hosts expands the members to host paths, in order, without duplicates.
+// Hosts is the members expanded to host paths, in order, without
+// duplicates. It is computed when the members change, not on every read
+// (power and state read it on every cat); callers must not modify it.
 func (g *Group) Hosts() []string {
 	g.mu.Lock()
-	lines := append([]string(nil), g.members...)
-	g.mu.Unlock()
-	var out []string
-	for _, l := range lines {
-		paths, _ := expandMember(l)
-		for _, p := range paths {
-			if !slices.Contains(out, p) {
-				out = append(out, p)
-			}
-		}
-	}
-	return out
-}
-
-// expandMember turns one members line into host paths.
-func expandMember(line string) ([]string, error) {
-	if !memberRE.MatchString(line) {
-		return nil, Errorf(syscall.EINVAL, "member %q: want a host path such as lab01, lab01/subhosts/vm1 or node[01-40]", line)
-	}
-	names, err := expandRange(strings.TrimPrefix(line, "hosts/"))
-	if err != nil {
-		return nil, Errorf(syscall.EINVAL, "member %q: %v", line, err)
-	}
-	out := make([]string, 0, len(names))
-	for _, n := range names {
-		out = append(out, "hosts/"+n)
-	}
-	return out, nil
-}
-
-// maxRange bounds how many names one hostrange may produce.
-const maxRange = 100000
-
-// expandRange expands the first [a-b,c] in s, recursively.
-func expandRange(s string) ([]string, error) {
-	open := strings.IndexByte(s, '[')
-	if open < 0 {
-		if strings.ContainsAny(s, "],") {
-			return nil, fmt.Errorf("unbalanced range")
-		}
-		return []string{s}, nil
-	}
-	end := strings.IndexByte(s[open:], ']')
-	if end < 0 {
-		return nil, fmt.Errorf("unbalanced range")
-	}
-	end += open
-	prefix, body, rest := s[:open], s[open+1:end], s[end+1:]
-	tails, err := expandRange(rest)
-	if err != nil {
-		return nil, err
-	}
-	var out []string
-	for _, part := range strings.Split(body, ",") {
-		lo, hi, isRange := strings.Cut(part, "-")
-		if !isRange {
-			hi = lo
-		}
-		a, err1 := strconv.Atoi(lo)
-		b, err2 := strconv.Atoi(hi)
-		if err1 != nil || err2 != nil || a < 0 || b < a {
-			return nil, fmt.Errorf("range %q: want N or N-M with N <= M", part)
-		}
-		if (b-a+1)*len(tails)+len(out) > maxRange {
-			return nil, fmt.Errorf("range too large (more than %d hosts)", maxRange)
-		}
-		width := len(lo) // node[01-40] keeps its zero padding
-		for i := a; i <= b; i++ {
-			for _, t := range tails {
-				out = append(out, fmt.Sprintf("%s%0*d%s", prefix, width, i, t))
-			}
-		}
-	}
-	return out, nil
+	defer g.mu.Unlock()
+	return g.hosts
 }
 
 // Exec runs a power command on every member in parallel, at most the
@@ -342,7 +294,7 @@ func (t *Tree) AddGroup(name string, who Caller) (*Group, error) {
 	if !ValidName(name) {
 		return nil, Errorf(syscall.EINVAL, "%q is not a valid name", name)
 	}
-	g, err := t.insertGroup(name, nil)
+	g, err := t.insertGroup(name, nil, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -356,13 +308,13 @@ func (t *Tree) AddGroup(name string, who Caller) (*Group, error) {
 	return g, nil
 }
 
-func (t *Tree) insertGroup(name string, members []string) (*Group, error) {
+func (t *Tree) insertGroup(name string, members, hosts []string) (*Group, error) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if _, ok := t.groups[name]; ok {
 		return nil, Errorf(syscall.EEXIST, "groups/%s exists", name)
 	}
-	g := &Group{tree: t, name: name, path: "groups/" + name, log: newEventLog(t.hostLog), members: members}
+	g := &Group{tree: t, name: name, path: "groups/" + name, log: newEventLog(t.hostLog), members: members, hosts: hosts}
 	t.groups[name] = g
 	return g, nil
 }
@@ -434,8 +386,15 @@ func (t *Tree) loadGroups() error {
 				members = append(members, l)
 			}
 		}
-		if _, err := t.insertGroup(name, members); err != nil {
+		// A hand-edited file is taken as written, but only its valid lines,
+		// within the cap, name hosts; the others are reported.
+		hosts, _, bad := groupHosts(members)
+		g, err := t.insertGroup(name, members, hosts)
+		if err != nil {
 			return err
+		}
+		for _, b := range bad {
+			g.emit("error", "members: "+b.err.Error()+" (line ignored)")
 		}
 	}
 	return nil
