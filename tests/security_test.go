@@ -174,9 +174,15 @@ func TestSecurityHostileInput(t *testing.T) {
 	}
 	// Hostranges: overflow and oversize are EINVAL, and the daemon lives.
 	d.asUser(r.operator, "mkdir groups/g")
-	op(`echo 'n[9223372036854775807]' > groups/g/members`, "Invalid argument")
+	op(`echo 'n[0-9223372036854775807]' > groups/g/members`, "Invalid argument")
+	op(`echo 'n[18446744073709551616]' > groups/g/members`, "Invalid argument")
 	op(`echo 'n[0-18446744073709551615]' > groups/g/members`, "Invalid argument")
+	op(`echo 'n[1-1000]x[1-1000]' > groups/g/members`, "Invalid argument")
 	op(`echo 'n[1-100001]' > groups/g/members`, "Invalid argument")
+	// The largest int64 is one valid host name; it used to wrap the loop.
+	if res := d.asUser(r.operator, `echo 'n[9223372036854775807]' > groups/g/members && cat groups/g/members`); res.code != 0 || res.out != "n[9223372036854775807]\n" {
+		t.Fatalf("n[9223372036854775807]: %+v", res)
+	}
 	if p := d.read("hosts/lab01/power"); p == "" {
 		t.Fatal("daemon gone")
 	}
