@@ -417,3 +417,88 @@ done
 	b.ReportMetric(float64(shell.Milliseconds())/float64(b.N), "shell-ms")
 	b.ReportMetric(float64(tree)/float64(shell), "x-shell")
 }
+
+// notifyFloodInit is an /init that writes to its notify FIFO one line of
+// 100 MiB, then 5,000 lines at once, then, once a second has refilled the
+// rate limit, "flood-done"; it then waits for /run/initctl.
+const notifyFloodInit = `#!/bin/sh
+mount -t proc proc /proc
+echo booted > /run/machinefs/notify
+{ yes | head -c 104857600 | tr -d '\n'; echo; } > /run/machinefs/notify
+i=0
+while [ $i -lt 5000 ]; do echo "flood $i"; i=$((i+1)); done > /run/machinefs/notify
+sleep 1
+echo flood-done > /run/machinefs/notify
+read line < /run/initctl
+exit 0
+`
+
+// procStatusKiB returns a "Vm...:" field of /proc/PID/status in KiB.
+func procStatusKiB(t *testing.T, pid int, field string) int {
+	t.Helper()
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range strings.Split(string(data), "\n") {
+		if v, ok := strings.CutPrefix(l, field+":"); ok {
+			var kb int
+			fmt.Sscanf(strings.TrimSpace(v), "%d", &kb)
+			return kb
+		}
+	}
+	t.Fatalf("no %s in /proc/%d/status", field, pid)
+	return 0
+}
+
+// A subhost's notify channel cannot take the daemon's memory: a line of
+// 100 MiB is cut at 4 KiB (and the cut is said), a flood of lines is
+// rate-limited with a notify-dropped event, and the daemon's peak RSS
+// grows by far less than the line.
+func TestNSNotifyBounded(t *testing.T) {
+	e := newNSEnv(t)
+	d := start(t)
+	root := e.root("")
+	if err := os.WriteFile(filepath.Join(root, "init"), []byte(notifyFloodInit), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	s := addSub(d, "mfnfl", e.config("ns.root = "+root))
+	pid := d.cmd.Process.Pid
+	before := procStatusKiB(t, pid, "VmRSS")
+	d.ok("echo 'on wait timeout=10s' > " + s + "/power")
+	log := func() string { return d.read(s + "/events.log") }
+	// The flood's count: the lines passed and the dropped ones said.
+	var cut, lines, dropped int
+	count := func() int {
+		cut, lines, dropped = 0, 0, 0
+		for _, l := range strings.Split(log(), "\n") {
+			switch {
+			case strings.Contains(l, " notify yyyy"):
+				cut++
+				if len(l) > 4096+200 || !strings.Contains(l, "[cut: longer than 4096 bytes]") {
+					t.Fatalf("the long line in events.log: %d bytes, ends %q", len(l), l[max(0, len(l)-60):])
+				}
+			case strings.Contains(l, " notify flood "):
+				lines++
+			case strings.Contains(l, " notify-dropped "):
+				var n int
+				if _, err := fmt.Sscanf(l[strings.Index(l, " notify-dropped ")+len(" notify-dropped "):], "%d", &n); err != nil || n <= 0 {
+					t.Fatalf("drop event %q", l)
+				}
+				dropped += n
+			}
+		}
+		return lines + dropped
+	}
+	eventually(t, "notify flood-done", func() bool { return strings.Contains(log(), "notify flood-done") })
+	eventually(t, "5000 flood lines passed or said dropped", func() bool { return count() >= 5000 })
+	if cut != 1 || lines == 0 || dropped == 0 || lines+dropped != 5000 {
+		t.Fatalf("events.log: %d cut lines, %d flood lines passed, %d dropped (want 1, >0, >0, 5000 in all)", cut, lines, dropped)
+	}
+	peak := procStatusKiB(t, pid, "VmHWM")
+	t.Logf("daemon RSS before %d KiB, peak after %d KiB; %d flood lines passed, %d dropped", before, peak, lines, dropped)
+	if peak-before > 64<<10 {
+		t.Fatalf("daemon peak RSS grew by %d KiB reading a 100 MiB notify line and a flood", peak-before)
+	}
+	d.ok("echo 'poweroff wait timeout=5s' > " + s + "/power")
+}

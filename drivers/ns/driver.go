@@ -1,7 +1,6 @@
 package ns
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -16,6 +15,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/machinefs/machinefs/drivers/internal/notifyline"
 	"github.com/machinefs/machinefs/nodes"
 	"golang.org/x/sys/unix"
 )
@@ -495,7 +495,9 @@ func (d *Subhost) Remove(ctx context.Context) error {
 }
 
 // openNotifyLocked opens the subhost's notify FIFO for reading (O_RDWR, so
-// it never sees end of file) and turns each line into a notify event.
+// it never sees end of file) and turns each line into a notify event. The
+// guest is not trusted: lines are bounded and a flood is rate-limited
+// (notifyline), so the daemon's memory stays bounded whatever it writes.
 func (d *Subhost) openNotifyLocked() {
 	if d.notify != nil || d.rec == nil || d.closed {
 		return
@@ -509,11 +511,13 @@ func (d *Subhost) openNotifyLocked() {
 	d.wg.Add(1)
 	go func() {
 		defer d.wg.Done()
-		r := bufio.NewReader(f)
+		lim := notifyline.NewLimiter(d.report.Event)
+		defer lim.Close()
+		r := notifyline.NewReader(f)
 		for {
-			line, err := r.ReadString('\n')
-			if line = strings.TrimSpace(line); line != "" {
-				d.report.Event("notify", line)
+			line, err := r.Next()
+			if line != "" {
+				lim.Line(line)
 			}
 			if err != nil {
 				if !errors.Is(err, os.ErrClosed) && !errors.Is(err, io.EOF) {

@@ -32,7 +32,7 @@ var consoleCommands = []nodes.ConsoleCommand{
 	{Name: "log", Usage: "log TEXT", Help: "printk TEXT in the guest's kernel log", Bounded: true, Raw: true},
 	{Name: "proc", Usage: "proc FILE", Help: "the guest's /proc/FILE", Query: nodes.AlwaysQuery, Bounded: true, Raw: true},
 	{Name: "stack", Usage: "stack PID", Help: "stack of the guest process PID (to the guest's kernel log)", Bounded: true, Raw: true},
-	{Name: "backup", Usage: "backup DEST", Help: "online backup: stop, sysrq s, copy the root tree or image to DEST (new path), go", Raw: true},
+	{Name: "backup", Usage: "backup DEST", Help: "online backup: sync (sysrq s) until done, stop, copy the root tree or image to DEST (new path), go", Raw: true},
 }
 
 // configQuery: "config DEV" shows a device, "config DEV=..." adds one.
@@ -100,10 +100,12 @@ func (m *Machine) StartQuery(ctx context.Context, name string, args []string) (f
 	return g.mc.start(ctx, strings.Join(append([]string{name}, args...), " "))
 }
 
-// backup makes an online backup as the mconsole HOWTO describes: stop the
-// guest, sync its file systems (sysrq s), copy the root tree or image to
-// DEST, resume. The guest is resumed whatever fails; a guest that was
-// paused before stays paused.
+// backup makes an online backup: sync the guest's file systems and wait
+// until the sync is done and the root disk quiet (syncAndStop), stop the
+// guest, copy the root tree or image to DEST, resume. The copy holds every
+// write that completed before the command. The guest is resumed whatever
+// fails; a guest that was paused before runs for the sync and is paused
+// again.
 func (m *Machine) backup(ctx context.Context, args []string) (string, error) {
 	if len(args) != 1 {
 		return "", nodes.Errorf(syscall.EINVAL, "usage: backup DEST (a new absolute path)")
@@ -136,12 +138,30 @@ func (m *Machine) backup(ctx context.Context, args []string) (string, error) {
 		return "", nodes.Errorf(syscall.EAGAIN, "backup: the guest is still booting")
 	}
 	started := time.Now()
-	if !wasPaused {
-		if _, err := m.request(ctx, g, "stop"); err != nil {
-			return "", fmt.Errorf("backup: stop: %w", err)
+	// A paused guest runs for the sync (a stopped kernel runs nothing
+	// but mconsole) and is paused again for the copy.
+	if wasPaused {
+		if _, err := m.request(ctx, g, "go"); err != nil {
+			return "", fmt.Errorf("backup: go (to sync the paused guest): %w", err)
 		}
-		m.setPaused(g, true, "guest paused for a backup to "+dest)
+		m.setPaused(g, false, "guest resumed to sync for a backup to "+dest)
 	}
+	syncs, err := m.syncAndStop(ctx, g)
+	if err != nil {
+		err = fmt.Errorf("backup to %s failed at sync: %w", dest, err)
+		if wasPaused {
+			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), m.reqTimeout)
+			if _, perr := m.request(rctx, g, "stop"); perr != nil {
+				err = fmt.Errorf("%w; pausing the guest again failed too: %v", err, perr)
+			} else {
+				m.setPaused(g, true, "guest paused again after a failed backup")
+			}
+			cancel()
+		}
+		m.report.Event("backup", err.Error())
+		return "", err
+	}
+	m.setPaused(g, true, "guest synced and paused for a backup to "+dest)
 	resume := func() error {
 		if wasPaused {
 			return nil
@@ -163,9 +183,6 @@ func (m *Machine) backup(ctx context.Context, args []string) (string, error) {
 		m.report.Event("backup", err.Error())
 		return "", err
 	}
-	if _, err := m.request(ctx, g, "sysrq s"); err != nil {
-		return fail("sysrq s", err)
-	}
 	files, size, err := copyTree(ctx, src, dest)
 	if err != nil {
 		os.RemoveAll(dest)
@@ -174,7 +191,7 @@ func (m *Machine) backup(ctx context.Context, args []string) (string, error) {
 	if err := resume(); err != nil {
 		return fail("go", err)
 	}
-	msg := fmt.Sprintf("backup of %s to %s: %d files, %d bytes in %s", src, dest, files, size, time.Since(started).Round(time.Millisecond))
+	msg := fmt.Sprintf("backup of %s to %s: %d files, %d bytes in %s (after %d syncs)", src, dest, files, size, time.Since(started).Round(time.Millisecond), syncs)
 	m.report.Event("backup", msg)
 	return msg, nil
 }

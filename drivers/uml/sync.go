@@ -1,0 +1,234 @@
+package uml
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/machinefs/machinefs/nodes"
+)
+
+// How a backup makes the guest's writes reach its root before the copy.
+//
+// mconsole offers no synchronous sync: "sysrq s" only queues the kernel's
+// emergency sync on a workqueue, which runs while the guest runs (a
+// stopped guest runs nothing but mconsole, so a sync sent after "stop"
+// ran only after "go", after the copy). The sync's one report of its end
+// is the kernel message "Emergency Sync complete", printed to the
+// guest's console, which UML writes to the console log. So:
+//
+//  1. The console log level is raised (sysrq 0-9) if the guest's
+//     /proc/sys/kernel/printk would hide that message (a Debian guest sets
+//     "4 4 1 7": messages of level 4 are not shown), and restored after.
+//  2. "sysrq s" is sent to the running guest and its "Emergency Sync
+//     complete" is awaited in the console log, after the log's length at
+//     the send.
+//  3. The emergency sync writes every dirty page and waits for the data,
+//     but it only starts a journalling file system's commit (ext4's
+//     sync_fs runs with wait=0) and the writeback of metadata. For an
+//     image root the sync is therefore repeated until one whole sync
+//     wrote nothing: the root disk's completed writes and flushes
+//     (/proc/diskstats, ubda) are the same as after the sync before and
+//     none is in flight. A commit still running would have completed a
+//     write in between.
+//  4. The guest is stopped, and the check is made once more while it is
+//     stopped (nothing in flight, nothing written since): UML's I/O
+//     thread finishes requests on its own, so a request in flight at the
+//     stop could still change the image during the copy.
+//
+// Every write that completed before the backup was asked for is then in
+// the image; so are writes made since, up to the stop. A guest can hide
+// the sync report (then the backup fails on its timeout and says why) or
+// forge it (then only its own backup is worse off).
+const (
+	syncDone      = "Emergency Sync complete"
+	syncTimeout   = 30 * time.Second // one sync, from "sysrq s" to its report
+	maxSyncRounds = 20               // syncs that wrote something before one that did not
+)
+
+// syncAndStop syncs the running guest's root and stops it (see above).
+// On success the guest is stopped and syncs says how many syncs it took;
+// on failure the guest is running.
+func (m *Machine) syncAndStop(ctx context.Context, g *guest) (syncs int, err error) {
+	restore, err := m.showSyncReport(ctx, g)
+	if err != nil {
+		return 0, err
+	}
+	defer restore()
+	image := m.root.hostfs == ""
+	// The first sync is checked by a second one at least: a commit it
+	// started may not have begun writing when it reports its end.
+	var prev diskStats
+	for round := 1; ; round++ {
+		if round > maxSyncRounds {
+			return round - 1, nodes.Errorf(syscall.EBUSY, "the guest kept writing to its root through %d syncs; no consistent copy can be made while it does", maxSyncRounds)
+		}
+		if err := m.syncOnce(ctx, g); err != nil {
+			return round, err
+		}
+		if !image {
+			// hostfs writes reach the host's files at once; the
+			// sync wrote what mmap left dirty, and waited for it.
+			_, err := m.request(ctx, g, "stop")
+			return round, err
+		}
+		cur, err := m.rootDiskStats(ctx, g)
+		if err != nil {
+			return round, err
+		}
+		if !cur.quiet(prev) {
+			prev = cur
+			continue
+		}
+		if _, err := m.request(ctx, g, "stop"); err != nil {
+			return round, err
+		}
+		stopped, err := m.rootDiskStats(ctx, g)
+		if err == nil && stopped.quiet(cur) {
+			return round, nil
+		}
+		// Written between the check and the stop: run again.
+		if _, gerr := m.request(ctx, g, "go"); gerr != nil {
+			return round, fmt.Errorf("resuming after a stop with writes in flight: %w", gerr)
+		}
+		if err != nil {
+			return round, err
+		}
+		prev = stopped
+	}
+}
+
+// syncOnce sends "sysrq s" and waits for the guest's report that the
+// emergency sync ended.
+func (m *Machine) syncOnce(ctx context.Context, g *guest) error {
+	f, err := os.Open(m.ConsoleLog())
+	if err != nil {
+		return fmt.Errorf("console log: %w", err)
+	}
+	defer f.Close()
+	if _, err := f.Seek(0, io.SeekEnd); err != nil {
+		return fmt.Errorf("console log: %w", err)
+	}
+	if _, err := m.request(ctx, g, "sysrq s"); err != nil {
+		return err
+	}
+	deadline := time.Now().Add(syncTimeout)
+	if dl, ok := ctx.Deadline(); ok && dl.Before(deadline) {
+		deadline = dl
+	}
+	// The log is read from its length at the send, a chunk at a time,
+	// keeping only enough of the last chunk to find the message across
+	// two reads: whatever the guest prints, memory stays bounded.
+	buf := make([]byte, 64<<10)
+	var carry []byte
+	for {
+		n, err := f.Read(buf[len(carry):])
+		if n > 0 {
+			chunk := buf[:len(carry)+n]
+			if bytes.Contains(chunk, []byte(syncDone)) {
+				return nil
+			}
+			keep := min(len(chunk), len(syncDone)-1)
+			carry = append(buf[:0], chunk[len(chunk)-keep:]...)
+			continue
+		}
+		if err != nil && err != io.EOF {
+			return fmt.Errorf("console log: %w", err)
+		}
+		if time.Now().After(deadline) {
+			return nodes.Errorf(syscall.ETIMEDOUT, "the guest did not report its sync done (no %q in %s within %s)", syncDone, m.ConsoleLog(), syncTimeout)
+		}
+		select {
+		case <-ctx.Done():
+			return ctxErr(ctx, ctx.Err())
+		case <-g.ctx.Done():
+			return ctxErr(g.ctx, g.ctx.Err())
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+}
+
+// showSyncReport makes the console show the sync's report: the kernel
+// prints it at the default message level, shown only when the console
+// level is above it. It returns what restores the guest's level.
+func (m *Machine) showSyncReport(ctx context.Context, g *guest) (restore func(), err error) {
+	noop := func() {}
+	text, err := m.request(ctx, g, "proc sys/kernel/printk")
+	if err != nil {
+		return noop, fmt.Errorf("reading the guest's printk levels: %w", err)
+	}
+	f := strings.Fields(text)
+	if len(f) < 2 {
+		return noop, fmt.Errorf("the guest's printk levels: %q", text)
+	}
+	console, err1 := strconv.Atoi(f[0])
+	msg, err2 := strconv.Atoi(f[1])
+	if err1 != nil || err2 != nil {
+		return noop, fmt.Errorf("the guest's printk levels: %q", text)
+	}
+	if console > msg {
+		return noop, nil
+	}
+	if msg+1 > 9 {
+		return noop, nodes.Errorf(syscall.EOPNOTSUPP, "the guest's default message level %d hides the sync report from its console at any level sysrq can set", msg)
+	}
+	if _, err := m.request(ctx, g, fmt.Sprintf("sysrq %d", msg+1)); err != nil {
+		return noop, fmt.Errorf("raising the guest's console log level: %w", err)
+	}
+	return func() {
+		if console < 0 || console > 9 {
+			return
+		}
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), m.reqTimeout)
+		defer cancel()
+		if _, err := m.request(rctx, g, fmt.Sprintf("sysrq %d", console)); err != nil {
+			m.log.Warn("uml: restoring the guest's console log level", "level", console, "err", err)
+		}
+	}, nil
+}
+
+// diskStats is the root disk's line of the guest's /proc/diskstats.
+type diskStats struct {
+	ok       bool
+	writes   uint64 // writes completed
+	flushes  uint64 // flushes completed (kernels since 5.5)
+	inFlight uint64
+}
+
+// quiet says that nothing is in flight and nothing was written or
+// flushed since prev.
+func (s diskStats) quiet(prev diskStats) bool {
+	return s.ok && prev.ok && s.inFlight == 0 && s.writes == prev.writes && s.flushes == prev.flushes
+}
+
+// rootDiskStats reads the root disk's (ubda's) I/O counters.
+func (m *Machine) rootDiskStats(ctx context.Context, g *guest) (diskStats, error) {
+	text, err := m.request(ctx, g, "proc diskstats")
+	if err != nil {
+		return diskStats{}, fmt.Errorf("reading the guest's disk statistics: %w", err)
+	}
+	for l := range strings.SplitSeq(text, "\n") {
+		f := strings.Fields(l)
+		if len(f) < 14 || f[2] != "ubda" {
+			continue
+		}
+		num := func(i int) uint64 {
+			if i >= len(f) {
+				return 0
+			}
+			n, _ := strconv.ParseUint(f[i], 10, 64)
+			return n
+		}
+		// major minor name, then reads completed, merged, sectors,
+		// ms; writes completed (7), merged, sectors, ms; in flight
+		// (11); ...; flushes completed (18).
+		return diskStats{ok: true, writes: num(7), inFlight: num(11), flushes: num(18)}, nil
+	}
+	return diskStats{}, fmt.Errorf("no ubda in the guest's /proc/diskstats")
+}
