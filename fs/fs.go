@@ -115,8 +115,7 @@ func Mount(tree *nodes.Tree, mountpoint string, o Options) (*FS, error) {
 		return nil, err
 	}
 	f.poker = p
-	root := &rootDir{fsys: f}
-	server, err := gofs.Mount(mountpoint, root, &gofs.Options{
+	server, err := f.mountChannel(&gofs.Options{
 		MountOptions:    mo,
 		EntryTimeout:    &entry,
 		AttrTimeout:     &attr,
@@ -132,6 +131,43 @@ func Mount(tree *nodes.Tree, mountpoint string, o Options) (*FS, error) {
 	stop := tree.Watch(f.notify.onEvent)
 	f.notify.start(stop, f.poker)
 	return f, nil
+}
+
+// mountChannel mounts the tree and makes sure that no process the daemon
+// starts later (subhost init, UML guest, poker, fusermount) inherits the
+// FUSE channel. Whoever holds /dev/fuse can read and answer the tree's
+// requests in the daemon's place, and keeps the connection alive: after a
+// kill -9 of the daemon, the mount would hang every caller (and the next
+// daemon's stale-mount check) instead of failing with ENOTCONN.
+//
+// go-fuse's direct mount (root) opens /dev/fuse without O_CLOEXEC, and its
+// poll hack opens a file of the mount the same way. So the direct mount
+// runs under syscall.ForkLock's read side, which every fork of the process
+// (os/exec, syscall.ForkExec) takes for writing: no child can be forked
+// while those descriptors are inheritable, and every descriptor above
+// stderr is marked close-on-exec before the lock is released. It is
+// strict (no fusermount fallback inside go-fuse): that fallback forks and
+// would deadlock on the lock. The fallback is done here instead, outside
+// the lock: the fusermount path receives the descriptor with
+// MSG_CMSG_CLOEXEC, so it is never inheritable.
+func (f *FS) mountChannel(opts *gofs.Options) (*fuse.Server, error) {
+	if opts.DirectMount {
+		direct := *opts
+		direct.DirectMountStrict = true
+		syscall.ForkLock.RLock()
+		server, err := gofs.Mount(f.mountpoint, &rootDir{fsys: f}, &direct)
+		closeOnExecAll()
+		syscall.ForkLock.RUnlock()
+		if err == nil {
+			return server, nil
+		}
+		f.opts.Log.Warn("direct mount failed; trying fusermount3", "mountpoint", f.mountpoint, "err", err)
+		opts.DirectMount = false
+	}
+	// A fresh root: the failed try may have initialised the first one.
+	server, err := gofs.Mount(f.mountpoint, &rootDir{fsys: f}, opts)
+	closeOnExecAll()
+	return server, err
 }
 
 // Wait blocks until the filesystem is unmounted (by Unmount, fusermount -u

@@ -69,9 +69,13 @@ func startPoker() (*poker, error) {
 	if err != nil {
 		return nil, fmt.Errorf("poker: %w", err)
 	}
-	// The poker must not hold /dev/fuse: go-fuse opens it without
-	// O_CLOEXEC, and a poker blocked on a dead daemon's mount while holding
-	// the connection open would keep it alive, and hung, for ever.
+	// The poker starts before the mount, so it cannot inherit the FUSE
+	// channel (mountChannel keeps it from every later child). A poker
+	// blocked on a dead daemon's mount while holding the connection open
+	// would keep it alive, and hung, for ever. What it could inherit is
+	// what the daemon itself inherited (the mount helper's pipe, a
+	// caller's stray descriptors): those are marked close-on-exec here,
+	// once for every child to come.
 	closeOnExecAll()
 	cmd := exec.Command(self)
 	cmd.Env = append(os.Environ(), pokerEnv+"=1")
@@ -80,11 +84,29 @@ func startPoker() (*poker, error) {
 	if err != nil {
 		return nil, fmt.Errorf("poker: %w", err)
 	}
-	if err := cmd.Start(); err != nil {
+	// Pdeathsig fires when the thread that forked the child ends, not the
+	// process. Go ends a thread whenever a goroutine exits locked to it,
+	// as the ns driver's namespace-switching goroutines do; had such a
+	// goroutine run on the thread that forked the poker, the poker would
+	// be killed with the daemon alive and inotify watchers would hear
+	// nothing more. So the poker is forked and waited for on a thread of
+	// its own that nothing else runs on and that lives as long as it does.
+	p := &poker{cmd: cmd, in: in, exits: make(chan struct{})}
+	started := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread() // never unlocked: the thread ends with the poker
+		defer close(p.exits)
+		if err := cmd.Start(); err != nil {
+			started <- err
+			return
+		}
+		started <- nil
+		cmd.Wait()
+	}()
+	if err := <-started; err != nil {
 		return nil, fmt.Errorf("poker: %w", err)
 	}
-	p := &poker{cmd: cmd, in: in, pid: cmd.Process.Pid, exits: make(chan struct{})}
-	go func() { cmd.Wait(); close(p.exits) }()
+	p.pid = cmd.Process.Pid
 	return p, nil
 }
 
@@ -112,7 +134,11 @@ func (p *poker) stop() {
 	}
 }
 
-// closeOnExecAll marks every descriptor above stderr close-on-exec.
+// closeOnExecAll marks every descriptor above stderr close-on-exec: no
+// child of the daemon needs one it has not been given explicitly
+// (exec.Cmd's ExtraFiles and ForkExec's Files are dup'ed into the child
+// without the flag), and the Go runtime and standard library open all of
+// theirs close-on-exec already.
 func closeOnExecAll() {
 	ents, err := os.ReadDir("/proc/self/fd")
 	if err != nil {

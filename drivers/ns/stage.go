@@ -53,5 +53,21 @@ func stage(root, init string) error {
 			env = append(env, e)
 		}
 	}
+	// The init gets stdin, stdout and stderr and nothing else, whatever
+	// the daemon may have leaked into this process: a descriptor of the
+	// daemon's (above all its /dev/fuse) would let the subhost answer the
+	// host tree's requests and keep a dead daemon's mount hanging. The
+	// runtime's own descriptors must stay open until the exec, so they
+	// are marked close-on-exec rather than closed.
+	if err := unix.CloseRange(3, ^uint(0), unix.CLOSE_RANGE_CLOEXEC); err != nil {
+		// Before Linux 5.11: one descriptor at a time.
+		var lim unix.Rlimit
+		if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &lim); err != nil {
+			return fmt.Errorf("close-on-exec: %w", err)
+		}
+		for fd := 3; uint64(fd) < lim.Cur; fd++ {
+			_, _ = unix.FcntlInt(uintptr(fd), unix.F_SETFD, unix.FD_CLOEXEC)
+		}
+	}
 	return syscall.Exec(init, []string{init}, env)
 }

@@ -628,6 +628,11 @@ func (m *Machine) powerOn(ctx context.Context) error {
 		return err
 	}
 	g.tap = tap
+	// linux gets stdin (/dev/null), stdout and stderr (its console log)
+	// and no other descriptor: keep ExtraFiles empty. Every descriptor of
+	// the daemon is close-on-exec (its FUSE channel too, see
+	// fs.mountChannel), so a guest can neither answer the tree's requests
+	// nor keep a dead daemon's mount alive.
 	c := exec.Command(kernel, args...)
 	c.Dir = m.side
 	c.Stdout, c.Stderr = logf, logf
