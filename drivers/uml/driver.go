@@ -17,6 +17,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/machinefs/machinefs/drivers/internal/notifyline"
 	"github.com/machinefs/machinefs/nodes"
 )
 
@@ -53,7 +54,8 @@ type guest struct {
 	done    chan struct{}
 	ctx     context.Context // ends when the guest exits or panics
 	cancel  context.CancelCauseFunc
-	mc      *client // its mconsole
+	mc      *client             // its mconsole
+	lim     *notifyline.Limiter // of its USER_NOTIFY lines
 	adopted bool
 	since   time.Time
 	tap     string
@@ -238,7 +240,7 @@ func (m *Machine) newGuest(pid int, start uint64, pidfd int) (*guest, error) {
 		return nil, fmt.Errorf("eventfd: %w", err)
 	}
 	ctx, cancel := context.WithCancelCause(context.Background())
-	g := &guest{pid: pid, start: start, pidfd: pidfd, notify: ns, wake: wake, done: make(chan struct{}), ctx: ctx, cancel: cancel, since: time.Now()}
+	g := &guest{pid: pid, start: start, pidfd: pidfd, notify: ns, wake: wake, done: make(chan struct{}), ctx: ctx, cancel: cancel, since: time.Now(), lim: notifyline.NewLimiter(m.report.Event)}
 	g.mc = newClient(m.mconsolePath(), ctx, m.reqTimeout)
 	return g, nil
 }
@@ -249,6 +251,7 @@ func (m *Machine) newGuest(pid int, start uint64, pidfd int) (*guest, error) {
 func (m *Machine) watch(g *guest) {
 	go func() {
 		defer func() {
+			g.lim.Close()
 			m.mu.Lock()
 			g.fdsShut = true
 			unix.Close(g.notify)
@@ -288,7 +291,9 @@ func (m *Machine) watch(g *guest) {
 
 func (m *Machine) readNotifications(g *guest) {
 	buf := make([]byte, 4096)
-	for {
+	// At most a batch per poll round: a guest that floods the socket
+	// must not keep the watcher from its exit and wake descriptors.
+	for range 256 {
 		n, _, err := unix.Recvfrom(g.notify, buf, unix.MSG_DONTWAIT)
 		if err != nil {
 			return
@@ -305,7 +310,12 @@ func (m *Machine) readNotifications(g *guest) {
 			g.mc.reset() // after a reboot, the socket is a new one
 			m.report.Report(nodes.Status{Power: nodes.PowerOn, Reachable: true, Reason: fmt.Sprintf("guest booted (pid %d, mconsole %s)", g.pid, nt.text)})
 		case notifyUser:
-			m.report.Event("notify", nt.text)
+			// UML cuts one write to /proc/mconsole to a datagram of
+			// 512 bytes; it may hold several lines. A flood is
+			// rate-limited.
+			for _, l := range notifyline.Lines(nt.text) {
+				g.lim.Line(l)
+			}
 		case notifyPanic, notifyHang:
 			what := "panic"
 			if nt.kind == notifyHang {
