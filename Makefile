@@ -49,6 +49,7 @@ bench: build
 
 install: build
 	install -D -m 0755 bin/machinefs $(DESTDIR)/usr/local/bin/machinefs
+	mkdir -p $(DESTDIR)/sbin
 	ln -sf /usr/local/bin/machinefs $(DESTDIR)/sbin/mount.fuse.machinefs
 	install -D -m 0644 contrib/machinefs.service $(DESTDIR)/etc/systemd/system/machinefs.service
 	install -D -m 0644 contrib/machinefs.8 $(DESTDIR)/usr/local/share/man/man8/machinefs.8

@@ -13,7 +13,7 @@ var Errnos = [][2]string{
 	{"EBUSY", "a command is in flight on the host; or rmdir of a host that is on or has running subhosts"},
 	{"ETIMEDOUT", "a driver did not answer within timeout, or a wait did not reach its state within wait-timeout/timeout="},
 	{"EINTR", "the writer was interrupted while waiting (the command goes on)"},
-	{"EACCES", "not allowed: file mode (root and the operators group write control files) or bad BMC credentials"},
+	{"EACCES", "not allowed: file mode (root and the operators group write control files), an operator changing a privileged key, bad BMC credentials, or a BMC offering only authentication that would expose the password"},
 	{"EIO", "the driver failed (its words in state: last-error and in events)"},
 	{"EHOSTUNREACH", "the machine's controller cannot be reached"},
 	{"EHOSTDOWN", "a woken machine never answered its probe (\"no answer after wake\")"},
@@ -21,6 +21,7 @@ var Errnos = [][2]string{
 	{"EEXIST", "mkdir or ctl add of a host that exists"},
 	{"ENOENT", "no such host"},
 	{"EROFS", "the tree is mounted read-only"},
+	{"EXFULL", "a switch has no free port (the kernel's limit of ports on a bridge)"},
 	{"EPERM", "the driver lacks a privilege (e.g. CAP_NET_RAW for Wake-on-LAN frames); poweroff/reboot self of the local host without allow-self"},
 }
 
@@ -48,7 +49,9 @@ hosts/NAME/   one directory per machine; mkdir adds a host, rmdir removes it
               secrets read back as <set>
   events, events.log   this host's (and its subhosts') events only
   serial      serial console stream (IPMI Serial-over-LAN): read output, write input
-  vswitch/    virtual switches (not yet available)
+  vswitch/    virtual switches of the host machinefs runs on (local = yes): mkdir
+              NAME makes a bridge; ctl ("cancel NAME ..."), all; in each switch
+              ctl ("add tap", "remove PORT", "check"), config (uplink), info, ports
   subhosts/   machines running on this host, same shape as a host
 
 `)
@@ -66,6 +69,9 @@ host alone at once; a subhost goes down after its own stack.
 		sec := ""
 		if k.Secret {
 			sec = " [secret]"
+		}
+		if k.Privileged {
+			sec += " [privileged: root or the admin group]"
 		}
 		fmt.Fprintf(&b, "  %-18s %s%s%s\n", k.Name, k.Doc, def, sec)
 	}

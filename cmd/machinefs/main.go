@@ -87,9 +87,18 @@ func parseArgs(prog string, args []string) (config, error) {
 		fmt.Fprintf(fl.Output(), "usage: machinefs [-c CONFIGDIR] [-o OPTS] [--demo] [CONFIGDIR] MOUNTPOINT\n")
 		fl.PrintDefaults()
 	}
+	// Usage goes to stdout when asked for (--help) and to stderr with an
+	// error, as GNU tools do.
+	var usage strings.Builder
+	fl.SetOutput(&usage)
 	var pos []string
 	for {
 		if err := fl.Parse(args); err != nil {
+			if errors.Is(err, flag.ErrHelp) {
+				fmt.Print(usage.String())
+			} else {
+				fmt.Fprint(os.Stderr, usage.String())
+			}
 			return cfg, err
 		}
 		if fl.NArg() == 0 {
@@ -113,6 +122,7 @@ func parseArgs(prog string, args []string) (config, error) {
 		cfg.mountpoint = pos[1]
 	default:
 		fl.Usage()
+		fmt.Fprint(os.Stderr, usage.String())
 		return cfg, fmt.Errorf("want [CONFIGDIR] MOUNTPOINT, got %d arguments", len(pos))
 	}
 	if *configDir != "" {
@@ -150,9 +160,20 @@ func run(cfg config) error {
 	sigs := make(chan os.Signal, 4)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
 
-	owner, group, err := owners(cfg.opts.Group)
+	operators := cfg.opts.Group
+	if operators == "" {
+		// Admins write through the same file modes as operators.
+		operators = cfg.opts.AdminGroup
+	}
+	owner, group, err := owners(operators)
 	if err != nil {
 		return err
+	}
+	var adminGid uint32
+	if cfg.opts.AdminGroup != "" {
+		if _, adminGid, err = owners(cfg.opts.AdminGroup); err != nil {
+			return fmt.Errorf("admingroup: %w", err)
+		}
 	}
 	mountpoint, err := filepath.Abs(cfg.mountpoint)
 	if err != nil {
@@ -172,7 +193,8 @@ func run(cfg config) error {
 		}
 		store = &nodes.Store{Dir: cfg.opts.ConfigDir}
 	}
-	topts := nodes.Options{Store: store, Drivers: drivers, Log: log, FanOut: cfg.opts.FanOut}
+	topts := nodes.Options{Store: store, Drivers: drivers, Log: log, FanOut: cfg.opts.FanOut,
+		AdminGid: adminGid, HasAdminGroup: cfg.opts.AdminGroup != ""}
 	// Virtual switches live in the daemon's network namespace; without
 	// netlink (an unusual sandbox) the tree works without them.
 	switches, err := vswitch.New(context.Background(), vswitch.Options{StateDir: filepath.Join(stateDir, "vswitch")})
@@ -204,6 +226,7 @@ func run(cfg config) error {
 		Version:    "machinefs " + version,
 		README:     tree.README(),
 		Log:        log,
+		MaxReaders: cfg.opts.MaxReaders,
 	})
 	if err != nil {
 		tree.Close()
