@@ -7,7 +7,9 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
+	"time"
 
 	gofs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
@@ -15,9 +17,39 @@ import (
 	"github.com/machinefs/machinefs/nodes"
 )
 
-// maxLine bounds a buffered command line; a writer that never sends a
-// newline cannot grow the daemon without end.
-const maxLine = 64 << 10
+// Bounds on what writers can make the daemon hold. Every write is at most
+// the kernel's max_write (128 KiB), so what is kept is bounded by these.
+const (
+	// maxLine bounds a command line (power, ctl, config, members,
+	// console): a writer that never sends a newline cannot grow the daemon
+	// without end. A longer line fails with EINVAL, and so does every
+	// write up to and including the one that ends it, so no tail of it
+	// ever runs as a command of its own.
+	maxLine = 64 << 10
+	// maxText bounds what one open file of a file that takes a whole text
+	// (config, members, a switch's config, ctl) takes: past it, writes
+	// fail with EFBIG ("File too large"), as past a file size limit. It
+	// stops `yes KEY=VALUE > config` from saving the config forever.
+	maxText = 1 << 20
+	// maxHeld bounds what a mount keeps for all its writers together
+	// (console transcripts, partial lines): each open file is bounded,
+	// but a user may open many. Past it, writes that would keep more
+	// fail with ENOBUFS until readers read or files are closed.
+	maxHeld = 32 << 20
+)
+
+// heldBytes counts the bytes a mount keeps for its writers, against maxHeld.
+// Each holder adds the change of its own size (account).
+type heldBytes struct{ n atomic.Int64 }
+
+// room reports whether writers may keep more.
+func (h *heldBytes) room() bool { return h.n.Load() < maxHeld }
+
+// account records that a holder that had *had bytes now has now.
+func (h *heldBytes) account(had *int, now int) {
+	h.n.Add(int64(now - *had))
+	*had = now
+}
 
 // contentFile is a file whose content the model renders on every read
 // (power, state, config, README, events.log) and that may take line
@@ -49,22 +81,33 @@ type contentFile struct {
 	// of `>`, which the kernel sends without the file handle) until their
 	// first write.
 	truncMu     sync.Mutex
-	truncatedBy map[uint32]bool
+	truncatedBy map[uint32]time.Time
 }
 
 func (c *contentFile) markTruncated(pid uint32) {
 	c.truncMu.Lock()
 	defer c.truncMu.Unlock()
 	if c.truncatedBy == nil {
-		c.truncatedBy = map[uint32]bool{}
+		c.truncatedBy = map[uint32]time.Time{}
 	}
-	c.truncatedBy[pid] = true
+	now := time.Now()
+	// A process that truncates and never writes (`truncate -s 0` in a
+	// loop) would leave its entry forever; the write of a `>` follows
+	// its truncation at once, so old entries can go.
+	if len(c.truncatedBy) >= 64 {
+		for p, at := range c.truncatedBy {
+			if now.Sub(at) > 10*time.Second {
+				delete(c.truncatedBy, p)
+			}
+		}
+	}
+	c.truncatedBy[pid] = now
 }
 
 func (c *contentFile) takeTruncated(pid uint32) bool {
 	c.truncMu.Lock()
 	defer c.truncMu.Unlock()
-	t := c.truncatedBy[pid]
+	_, t := c.truncatedBy[pid]
 	delete(c.truncatedBy, pid)
 	return t
 }
@@ -168,7 +211,7 @@ func (c *contentFile) Read(ctx context.Context, fh gofs.FileHandle, dest []byte,
 		if off >= int64(len(data)) {
 			return fuse.ReadResultData(nil), 0
 		}
-		return fuse.ReadResultData(data[off:]), 0
+		return fuse.ReadResultData(window(data, dest, off)), 0
 	}
 	if c.log != nil {
 		n := c.log.ReadAt(dest, off)
@@ -178,7 +221,14 @@ func (c *contentFile) Read(ctx context.Context, fh gofs.FileHandle, dest []byte,
 	if off >= int64(len(data)) {
 		return fuse.ReadResultData(nil), 0
 	}
-	return fuse.ReadResultData(data[off:]), 0
+	return fuse.ReadResultData(window(data, dest, off)), 0
+}
+
+// window is the part of data a read at off asks for: a reply longer than
+// the request fails in the kernel (EINVAL, and the reader gets EIO), as
+// the state of a group of some thousands of members did.
+func window(data, dest []byte, off int64) []byte {
+	return data[off:min(int64(len(data)), off+int64(len(dest)))]
 }
 
 // run runs the complete lines of text: all are checked first, so a bad line
@@ -220,6 +270,9 @@ type lineWriter struct {
 	buf       []byte
 	writer    uint32 // pid of the last write
 	truncated bool   // opened with O_TRUNC or truncated since: the next batch replaces
+	skipping  bool   // within a line longer than maxLine: drop up to its newline
+	total     int    // bytes taken, for maxText
+	held      int    // len(buf) as counted in the mount's heldBytes
 }
 
 func (w *lineWriter) truncate() {
@@ -236,21 +289,40 @@ func (w *lineWriter) take() bool {
 }
 
 var (
-	_ gofs.FileWriter  = (*lineWriter)(nil)
-	_ gofs.FileFlusher = (*lineWriter)(nil)
+	_ gofs.FileWriter   = (*lineWriter)(nil)
+	_ gofs.FileFlusher  = (*lineWriter)(nil)
+	_ gofs.FileReleaser = (*lineWriter)(nil)
 )
 
 func (w *lineWriter) Write(ctx context.Context, data []byte, off int64) (uint32, syscall.Errno) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
+	defer func() { w.file.fsys.held.account(&w.held, len(w.buf)) }()
 	w.writer = caller(ctx).Pid
+	if skip(&w.skipping, data) {
+		return 0, syscall.EINVAL
+	}
+	if w.file.writeBatch != nil || w.file.writeList != nil {
+		if w.total+len(data) > maxText {
+			// The start of a line in buf would end in this write: it
+			// must not run at close as a line of its own.
+			w.buf = nil
+			return 0, syscall.EFBIG
+		}
+		w.total += len(data)
+	}
+	if tooLong(w.buf, data) {
+		// Nothing of this write runs: its lines before the long one are
+		// dropped with it, so a failed write has done nothing.
+		w.buf, w.skipping = nil, true
+		return 0, syscall.EINVAL
+	}
+	if lineTail(w.buf, data) > 0 && !w.file.fsys.held.room() {
+		return 0, syscall.ENOBUFS
+	}
 	w.buf = append(w.buf, data...)
 	i := bytes.LastIndexByte(w.buf, '\n')
 	if i < 0 {
-		if len(w.buf) > maxLine {
-			w.buf = nil
-			return 0, syscall.EINVAL
-		}
 		return uint32(len(data)), 0
 	}
 	text := string(w.buf[:i+1])
@@ -273,6 +345,8 @@ func (w *lineWriter) Flush(ctx context.Context) syscall.Errno {
 	if caller(ctx).Pid != w.writer {
 		return 0
 	}
+	defer w.file.fsys.held.account(&w.held, 0)
+	w.skipping = false // a long last line ends at close; its writes failed
 	if len(bytes.TrimSpace(w.buf)) == 0 {
 		w.buf = nil
 		return 0
@@ -280,6 +354,52 @@ func (w *lineWriter) Flush(ctx context.Context) syscall.Errno {
 	text := string(w.buf)
 	w.buf = nil
 	return errno(w.file.run(ctx, text, w.take()))
+}
+
+// Release gives back what a line left without its writer's flush holds.
+func (w *lineWriter) Release(ctx context.Context) syscall.Errno {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.buf = nil
+	w.file.fsys.held.account(&w.held, 0)
+	return 0
+}
+
+// lineTail is the length of the unfinished line that buf and data leave.
+func lineTail(buf, data []byte) int {
+	if i := bytes.LastIndexByte(data, '\n'); i >= 0 {
+		return len(data) - i - 1
+	}
+	return len(buf) + len(data)
+}
+
+// tooLong reports whether buffered text (the start of a line) and data
+// hold a line longer than maxLine, complete or not.
+func tooLong(buf, data []byte) bool {
+	n := len(buf)
+	for {
+		i := bytes.IndexByte(data, '\n')
+		if i < 0 {
+			return n+len(data) > maxLine
+		}
+		if n+i > maxLine {
+			return true
+		}
+		n, data = 0, data[i+1:]
+	}
+}
+
+// skip drops data that continues a line longer than maxLine and reports
+// whether it did. The write that ends the line is dropped whole too and
+// fails like the others; the next write starts a new line.
+func skip(skipping *bool, data []byte) bool {
+	if !*skipping {
+		return false
+	}
+	if bytes.IndexByte(data, '\n') >= 0 {
+		*skipping = false
+	}
+	return true
 }
 
 // selfOpen opens a file for the notifier's one-byte write. Direct I/O
@@ -338,21 +458,37 @@ func (c *consoleFile) Open(ctx context.Context, flags uint32) (gofs.FileHandle, 
 		// daemon (FLUSH): one less per `exec 3<>console` session.
 		fuseFlags |= fuse.FOPEN_NOFLUSH
 	}
-	return &consoleSession{file: c}, fuseFlags, 0
+	// Only a session that can read has a transcript: what a write-only
+	// session writes and the replies it gets could never be read, so it
+	// keeps nothing (`yes version > console` runs in constant memory).
+	return &consoleSession{file: c, keep: flags&syscall.O_ACCMODE == syscall.O_RDWR}, fuseFlags, 0
 }
 
-// transcriptKeep bounds what a console session keeps behind its reader: a
-// session that stays open (a monitoring script) must not grow forever.
-const transcriptKeep = 64 << 10
+const (
+	// transcriptKeep bounds what a console session keeps behind its
+	// reader: a session that stays open (a monitoring script) must not
+	// grow forever.
+	transcriptKeep = 64 << 10
+	// transcriptMax bounds a session's transcript: a read-write session
+	// that writes without reading its replies gets ENOBUFS ("No buffer
+	// space available") once its transcript holds this much, and can
+	// write again once it has read. Nothing is dropped unread: the
+	// transcript's offsets are the reader's file positions.
+	transcriptMax = 1 << 20
+)
 
 type consoleSession struct {
 	file    *consoleFile
 	mu      sync.Mutex
 	pending []byte
+	keep    bool // read-write: the session has a transcript
+	// skipping: within a line longer than maxLine, dropped up to its end.
+	skipping bool
 	// transcript holds the session from offset base on: the lines written
 	// and the replies.
 	transcript []byte
 	base       int64
+	held       int // len(transcript)+len(pending) as counted in the mount's heldBytes
 	wrote      bool
 	writer     nodes.Caller // of the last write: RELEASE carries no caller
 	// reply reads the reply to the last line written, nil when it is in
@@ -365,47 +501,94 @@ type consoleSession struct {
 // settle puts the reply to the last line into the transcript.
 func (s *consoleSession) settle() {
 	if s.reply != nil {
-		s.transcript = append(s.transcript, s.reply()...)
+		reply := s.reply()
+		if s.keep {
+			s.transcript = append(s.transcript, reply...)
+		}
 		s.reply = nil
 	}
 }
 
-func (s *consoleSession) Write(ctx context.Context, data []byte, off int64) (uint32, syscall.Errno) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.settle()
-	s.wrote = true
-	s.writer = caller(ctx)
-	// The lines go in at the writer's position, ahead of replies it has
-	// not read yet: a session that writes twice before it reads (dash's
-	// printf writes line by line), or reads the first line of a longer
-	// reply and writes again, then reads on where it is.
+// record puts written bytes into the transcript at the writer's position,
+// ahead of replies it has not read yet: a session that writes twice before
+// it reads (dash's printf writes line by line), or reads the first line of
+// a longer reply and writes again, then reads on where it is.
+func (s *consoleSession) record(off int64, data []byte) {
+	if !s.keep || len(data) == 0 {
+		return
+	}
 	if rel := off - s.base; rel >= 0 && rel < int64(len(s.transcript)) {
 		s.transcript = slices.Insert(s.transcript, int(rel), data...)
 	} else {
 		s.transcript = append(s.transcript, data...)
 	}
-	s.pending = append(s.pending, data...)
+}
+
+// full reports whether the transcript has no room for another line.
+func (s *consoleSession) full() bool {
+	return s.keep && (len(s.transcript) >= transcriptMax || !s.file.fsys.held.room())
+}
+
+// account counts what the session keeps in the mount's heldBytes.
+func (s *consoleSession) account() {
+	s.file.fsys.held.account(&s.held, len(s.transcript)+len(s.pending))
+}
+
+func (s *consoleSession) Write(ctx context.Context, data []byte, off int64) (uint32, syscall.Errno) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	defer s.account()
+	s.settle()
+	s.wrote = true
+	s.writer = caller(ctx)
+	if skip(&s.skipping, data) {
+		return 0, syscall.EINVAL
+	}
+	if tooLong(s.pending, data) {
+		// What the transcript has of the long line stays, at the
+		// offsets the writer was told it took; the next line the
+		// writer sends goes on from there.
+		s.pending, s.skipping = nil, true
+		return 0, syscall.EINVAL
+	}
+	if s.full() {
+		return 0, syscall.ENOBUFS
+	}
+	done := 0
 	for {
-		i := bytes.IndexByte(s.pending, '\n')
+		i := bytes.IndexByte(data[done:], '\n')
 		if i < 0 {
 			break
 		}
-		line := string(s.pending[:i])
-		s.pending = s.pending[i+1:]
+		// Line by line, so a write that fills the transcript takes the
+		// lines before and says so with a short count; the writer's
+		// next write gets ENOBUFS.
 		s.settle()
-		s.reply = s.file.host.StartConsole(ctx, line, caller(ctx))
+		if done > 0 && s.full() {
+			return uint32(done), 0
+		}
+		end := done + i + 1
+		s.record(off+int64(done), data[done:end])
+		line := string(s.pending) + string(data[done:end-1])
+		s.pending = s.pending[:0]
+		s.reply = s.file.host.StartConsole(ctx, line, s.writer)
+		done = end
 	}
-	if len(s.pending) > maxLine {
-		s.pending = nil
-		return 0, syscall.EINVAL
+	if done < len(data) && !s.file.fsys.held.room() {
+		if done > 0 {
+			return uint32(done), 0
+		}
+		return 0, syscall.ENOBUFS
 	}
+	s.record(off+int64(done), data[done:])
+	s.pending = append(s.pending, data[done:]...)
 	return uint32(len(data)), 0
 }
 
 func (s *consoleSession) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	defer s.account()
 	s.settle()
 	if !s.wrote {
 		data := []byte(s.file.host.LastConsoleReply())
@@ -436,21 +619,31 @@ func (s *consoleSession) Flush(ctx context.Context) syscall.Errno {
 	return 0
 }
 
-// Release runs a last line of a read-write session, which gets no Flush.
+// Release runs a last line of a read-write session, which gets no Flush,
+// and gives back what the session kept.
 func (s *consoleSession) Release(ctx context.Context) syscall.Errno {
 	s.runPending(ctx)
+	s.mu.Lock()
+	s.transcript, s.pending = nil, nil
+	s.account()
+	s.mu.Unlock()
 	return 0
 }
 
 func (s *consoleSession) runPending(ctx context.Context) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	defer s.account()
 	s.settle()
+	s.skipping = false
 	if len(bytes.TrimSpace(s.pending)) > 0 {
 		line := string(s.pending)
 		s.pending = nil
-		s.transcript = append(s.transcript, '\n')
-		s.transcript = append(s.transcript, s.file.host.Console(ctx, line, s.writer)...)
+		reply := s.file.host.Console(ctx, line, s.writer)
+		if s.keep {
+			s.transcript = append(s.transcript, '\n')
+			s.transcript = append(s.transcript, reply...)
+		}
 	}
 }
 
@@ -472,15 +665,65 @@ func (e *eventsFile) Open(ctx context.Context, flags uint32) (gofs.FileHandle, u
 	if flags&syscall.O_ACCMODE != syscall.O_RDONLY {
 		return nil, 0, syscall.EACCES
 	}
+	if !e.fsys.readers.take(e.fsys.maxReaders()) {
+		e.fsys.readers.refused(e.fsys, e.prefix, caller(ctx))
+		return nil, 0, syscall.EBUSY
+	}
 	sub := e.fsys.tree.Subscribe(e.prefix)
 	return &eventStream{fsys: e.fsys, sub: sub}, fuse.FOPEN_DIRECT_IO | fuse.FOPEN_STREAM | fuse.FOPEN_NONSEEKABLE, 0
 }
 
+// DefaultMaxReaders is how many `events` streams (of all the mount's events
+// files together) may be open at once when Options.MaxReaders is 0.
+const DefaultMaxReaders = 64
+
+func (f *FS) maxReaders() int64 {
+	if f.opts.MaxReaders > 0 {
+		return int64(f.opts.MaxReaders)
+	}
+	return DefaultMaxReaders
+}
+
+// readerSlots counts a mount's open events streams against its cap. Each
+// holds a subscription (a bounded queue of events), so the cap bounds what
+// idle readers can make the daemon keep. Atomics, not FS.mu: the event bus
+// calls the notifier, which takes FS.mu, with the bus's lock held.
+type readerSlots struct {
+	open     atomic.Int64
+	lastWarn atomic.Int64 // unix nanoseconds of the last refusal logged
+}
+
+func (r *readerSlots) take(limit int64) bool {
+	for {
+		n := r.open.Load()
+		if n >= limit {
+			return false
+		}
+		if r.open.CompareAndSwap(n, n+1) {
+			return true
+		}
+	}
+}
+
+func (r *readerSlots) put() { r.open.Add(-1) }
+
+// refused logs a refused open, at most every ten seconds: a script that
+// retries in a loop must not flood the log.
+func (r *readerSlots) refused(f *FS, prefix string, who nodes.Caller) {
+	now := time.Now().UnixNano()
+	last := r.lastWarn.Load()
+	if now-last < int64(10*time.Second) || !r.lastWarn.CompareAndSwap(last, now) {
+		return
+	}
+	f.opts.Log.Warn("events: too many readers; open refused with EBUSY", "path", prefix, "max-readers", f.maxReaders(), "caller", who.String())
+}
+
 type eventStream struct {
-	fsys    *FS
-	sub     *nodes.Subscription
-	mu      sync.Mutex
-	pending []byte
+	fsys     *FS
+	sub      *nodes.Subscription
+	mu       sync.Mutex
+	pending  []byte
+	released sync.Once
 }
 
 var (
@@ -496,6 +739,7 @@ func (s *eventStream) Read(ctx context.Context, dest []byte, off int64) (fuse.Re
 	if len(s.pending) == 0 {
 		select {
 		case ev := <-s.sub.C:
+			s.sub.Received(ev)
 			s.add(ev)
 		case <-ctx.Done():
 			return nil, syscall.EINTR
@@ -506,6 +750,7 @@ func (s *eventStream) Read(ctx context.Context, dest []byte, off int64) (fuse.Re
 	for len(s.pending) < len(dest) {
 		select {
 		case ev := <-s.sub.C:
+			s.sub.Received(ev)
 			s.add(ev)
 			continue
 		default:
@@ -525,6 +770,9 @@ func (s *eventStream) add(ev nodes.Event) {
 }
 
 func (s *eventStream) Release(ctx context.Context) syscall.Errno {
-	s.sub.Close()
+	s.released.Do(func() {
+		s.sub.Close()
+		s.fsys.readers.put()
+	})
 	return 0
 }

@@ -49,6 +49,9 @@ type Options struct {
 	README string
 	// Log receives the layer's own log.
 	Log *slog.Logger
+	// MaxReaders caps the events streams open at once, all events files
+	// together; more opens fail with EBUSY. 0: DefaultMaxReaders.
+	MaxReaders int
 }
 
 // FS is a mounted machine tree.
@@ -66,8 +69,10 @@ type FS struct {
 	groupDirs  map[string]*groupDir  // by group path, once looked up
 	switchDirs map[string]*switchDir // by "HOSTPATH/vswitch/NAME"
 
-	notify *notifier
-	poker  *poker
+	notify  *notifier
+	poker   *poker
+	readers readerSlots // open events streams (files.go)
+	held    heldBytes   // bytes kept for writers (files.go)
 }
 
 // Mount mounts tree at mountpoint and returns once the kernel serves it.

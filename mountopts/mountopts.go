@@ -29,6 +29,11 @@ type Options struct {
 	// Group names the operators group (group=NAME or a numeric gid) whose
 	// members may write control files.
 	Group string
+	// AdminGroup names the admin group (admingroup=NAME or a numeric
+	// gid) whose members may, like root, set privileged config keys.
+	// Members need write access too: they must also be operators
+	// (group=), and without group= the admin group is the operators group.
+	AdminGroup string
 	// FsName is the source shown in /proc/mounts (fsname=NAME).
 	FsName string
 	// Demo mounts the embedded demo tree (demo).
@@ -42,6 +47,10 @@ type Options struct {
 	// FanOut bounds how many group members a command reaches at once
 	// (fanout=N; 0 means the default, 32).
 	FanOut int
+	// MaxReaders caps the events streams open at once on the mount, all
+	// events files together (max-readers=N; 0 means the default, 64);
+	// an open beyond it fails with EBUSY.
+	MaxReaders int
 	// Foreground keeps the daemon attached even when it runs as a mount
 	// helper (foreground); it wins over Background.
 	Foreground bool
@@ -99,6 +108,8 @@ func (o *Options) Set(s string) error {
 			o.ConfigDir = val
 		case key == "group" && hasVal && val != "":
 			o.Group = val
+		case key == "admingroup" && hasVal && val != "":
+			o.AdminGroup = val
 		case key == "fsname" && hasVal && val != "":
 			o.FsName = val
 		case key == "statedir" && hasVal && val != "":
@@ -114,6 +125,12 @@ func (o *Options) Set(s string) error {
 				return fmt.Errorf("mount option %q: fanout wants a number from 1 to 4096", word)
 			}
 			o.FanOut = n
+		case key == "max-readers" && hasVal:
+			n, err := strconv.Atoi(val)
+			if err != nil || n < 1 || n > 65536 {
+				return fmt.Errorf("mount option %q: max-readers wants a number from 1 to 65536", word)
+			}
+			o.MaxReaders = n
 		default:
 			return fmt.Errorf("mount option %q: unknown or malformed (see machinefs(8))", word)
 		}
@@ -140,9 +157,11 @@ func (o *Options) String() string {
 	add(o.Foreground, "foreground")
 	add(o.ConfigDir != "", "config="+o.ConfigDir)
 	add(o.Group != "", "group="+o.Group)
+	add(o.AdminGroup != "", "admingroup="+o.AdminGroup)
 	add(o.FsName != "", "fsname="+o.FsName)
 	add(o.StateDir != "", "statedir="+o.StateDir)
 	add(o.FanOut != 0, "fanout="+strconv.Itoa(o.FanOut))
+	add(o.MaxReaders != 0, "max-readers="+strconv.Itoa(o.MaxReaders))
 	add(o.Log != "", "log="+o.Log)
 	return strings.Join(w, ",")
 }

@@ -42,8 +42,22 @@ func TestParseLog(t *testing.T) {
 	}
 }
 
+func TestParseMaxReaders(t *testing.T) {
+	o, err := Parse("allow_other,max-readers=8")
+	if err != nil || o.MaxReaders != 8 {
+		t.Fatalf("Parse max-readers=8: %+v, %v", o, err)
+	}
+	if got := o.String(); got != "allow_other,max-readers=8" {
+		t.Fatalf("String() = %q", got)
+	}
+	if o, err := Parse("allow_other"); err != nil || o.MaxReaders != 0 {
+		t.Fatalf("without max-readers: %+v, %v; want 0 (the default)", o, err)
+	}
+}
+
 func TestParseRejects(t *testing.T) {
-	for _, s := range []string{"bogus", "config=", "allow_other=1", "group", "ro=yes", "log=", "log=relative/file", "log=journal"} {
+	for _, s := range []string{"bogus", "config=", "allow_other=1", "group", "ro=yes", "log=", "log=relative/file", "log=journal",
+		"max-readers", "max-readers=", "max-readers=0", "max-readers=-1", "max-readers=x", "max-readers=65537"} {
 		if _, err := Parse(s); err == nil || !strings.Contains(err.Error(), "mount option") {
 			t.Errorf("Parse(%q) err = %v, want a mount option error", s, err)
 		}

@@ -89,8 +89,27 @@ type Subscription struct {
 	C      chan Event
 	prefix string
 	lost   atomic.Int64
+	queued atomic.Int64 // bytes of the events in C, see subscriptionBytes
 	bus    *bus
 }
+
+// A subscription holds at most subscriptionEvents events and
+// subscriptionBytes bytes of them for a reader that does not read: details
+// can be long (a console line of up to 64 KiB, quoted), so a count alone
+// would let idle readers hold tens of megabytes each.
+const (
+	subscriptionEvents = 512
+	subscriptionBytes  = 1 << 20
+)
+
+// size is what an event costs a subscription's queue.
+func (e Event) size() int64 {
+	return int64(len(e.Path) + len(e.Kind) + len(e.Detail) + len(e.Item) + 64)
+}
+
+// Received tells the subscription that its reader took ev from C, which
+// frees ev's room in the queue.
+func (s *Subscription) Received(ev Event) { s.queued.Add(-ev.size()) }
 
 // Lost returns and resets the number of events dropped because the reader
 // was slow.
@@ -118,7 +137,7 @@ func newBus() *bus {
 }
 
 func (b *bus) subscribe(prefix string) *Subscription {
-	s := &Subscription{C: make(chan Event, 512), prefix: prefix, bus: b}
+	s := &Subscription{C: make(chan Event, subscriptionEvents), prefix: prefix, bus: b}
 	b.mu.Lock()
 	b.subs[s] = struct{}{}
 	b.mu.Unlock()
@@ -144,12 +163,20 @@ func (b *bus) publish(e Event) {
 	for _, fn := range b.watchers {
 		fn(e)
 	}
+	size := e.size()
 	for s := range b.subs {
 		if !e.Under(s.prefix) {
 			continue
 		}
+		// Only publish adds to queued, under b.mu, so the room checked
+		// here cannot be taken before the send.
+		if s.queued.Load()+size > subscriptionBytes {
+			s.lost.Add(1)
+			continue
+		}
 		select {
 		case s.C <- e:
+			s.queued.Add(size)
 		default:
 			s.lost.Add(1)
 		}
