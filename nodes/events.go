@@ -25,7 +25,7 @@ func (e Event) Line() string {
 	if path == "" {
 		path = "/"
 	}
-	detail := strings.ReplaceAll(e.Detail, "\n", " ")
+	detail := Escape(e.Detail)
 	return e.Time.UTC().Format("2006-01-02T15:04:05.000000Z") + " " + path + " " + e.Kind + " " + detail + "\n"
 }
 
