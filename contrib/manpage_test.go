@@ -245,6 +245,7 @@ var mountOptions = []struct{ name, sample string }{
 	{"config", "config=/etc/machinefs"},
 	{"group", "group=operators"},
 	{"admingroup", "admingroup=wheel"},
+	{"max-readers", "max-readers=64"},
 	{"fsname", "fsname=machinefs"},
 	{"statedir", "statedir=/run/machinefs"},
 	{"log", "log=/var/log/machinefs.log"},

@@ -21,6 +21,8 @@ var Errnos = [][2]string{
 	{"EEXIST", "mkdir or ctl add of a host that exists"},
 	{"ENOENT", "no such host"},
 	{"EROFS", "the tree is mounted read-only"},
+	{"ENOBUFS", "a console session's unread transcript is full (1 MiB, or 32 MiB for the mount): read it, or open a write-only session"},
+	{"EFBIG", "more than 1 MiB written through one open file of config, members or ctl"},
 	{"EXFULL", "a switch has no free port (the kernel's limit of ports on a bridge)"},
 	{"EPERM", "the driver lacks a privilege (e.g. CAP_NET_RAW for Wake-on-LAN frames); poweroff/reboot self of the local host without allow-self"},
 }
