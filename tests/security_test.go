@@ -62,9 +62,10 @@ func primaryGroup(t *testing.T, user string) string {
 	return strings.TrimSpace(string(out))
 }
 
-func startRoles(t *testing.T) (*daemon, roles) {
+func startRoles(t *testing.T, opts ...string) (*daemon, roles) {
 	r := makeRoles(t)
-	d := start(t, "--demo", "-o", "allow_other,group="+r.operators+",admingroup="+r.admins)
+	o := strings.Join(append([]string{"allow_other", "group=" + r.operators, "admingroup=" + r.admins}, opts...), ",")
+	d := start(t, "--demo", "-o", o)
 	return d, r
 }
 
@@ -180,7 +181,7 @@ func TestSecurityHostileInput(t *testing.T) {
 	op(`echo 'n[1-1000]x[1-1000]' > groups/g/members`, "Invalid argument")
 	op(`echo 'n[1-100001]' > groups/g/members`, "Invalid argument")
 	// The largest int64 is one valid host name; it used to wrap the loop.
-	if res := d.asUser(r.operator, `echo 'n[9223372036854775807]' > groups/g/members && cat groups/g/members`); res.code != 0 || res.out != "n[9223372036854775807]\n" {
+	if res := d.asUser(r.operator, `mkdir hosts/n9223372036854775807 && echo 'n[9223372036854775807]' > groups/g/members && cat groups/g/members`); res.code != 0 || res.out != "n[9223372036854775807]\n" {
 		t.Fatalf("n[9223372036854775807]: %+v", res)
 	}
 	if p := d.read("hosts/lab01/power"); p == "" {
@@ -199,5 +200,42 @@ func TestSecurityHostileInput(t *testing.T) {
 	}
 	if !strings.Contains(ev, `hi\x1b]0;owned\x07\x0d2026-01-01T00:00:00Z hosts/lab03 power on`) {
 		t.Fatalf("the log line is not there, escaped:\n%s", ev)
+	}
+}
+
+// An operator cannot take the daemon's memory: floods through the console,
+// endless lines and idle event readers stay bounded (the limits are in
+// README, Security model).
+func TestSecurityOperatorFloods(t *testing.T) {
+	d, r := startRoles(t, "max-readers=3")
+	// 64 MiB of console commands from a write-only session: every line
+	// runs, nothing is kept. Lines are long so that 64 MiB is a thousand
+	// commands, not millions.
+	res := d.asUser(r.operator, `yes "version$(printf '%60000s')" | head -c 64M > hosts/lab01/console`)
+	if res.code != 0 {
+		t.Fatalf("write-only console flood: %+v", res)
+	}
+	d.checkRSS("a 64 MiB write-only console session", rssLimit)
+	// A read-write session that never reads is refused, not grown.
+	res = d.asUser(r.operator, `exec 3<>hosts/lab01/console; yes "version$(printf '%60000s')" | head -c 64M >&3`)
+	if res.code == 0 || !strings.Contains(res.err, "No buffer space available") {
+		t.Fatalf("read-write console flood: %+v", res)
+	}
+	d.checkRSS("a read-write session that never reads", rssLimit)
+	// An endless line is refused and none of it runs.
+	// (One writer, cat: a line ends when its writer closes the file, so
+	// a second process's "on" would be a line of its own.)
+	res = d.asUser(r.operator, `{ head -c 100M /dev/zero | tr '\0' ' '; echo on; } | cat > hosts/lab01/power`)
+	if res.code == 0 || !strings.Contains(res.err, "Invalid argument") {
+		t.Fatalf("100 MB line: %+v", res)
+	}
+	if p := d.read("hosts/lab01/power"); p != "off\n" {
+		t.Fatalf("the tail of a refused line ran: power %q", p)
+	}
+	d.checkRSS("a 100 MB line to power", rssLimit)
+	// Event readers: at most max-readers, EBUSY beyond.
+	res = d.asUser(r.operator, `for i in 1 2 3; do cat events > /dev/null & done; sleep 0.5; cat events; e=$?; kill $(jobs -p); exit $e`)
+	if res.code == 0 || !strings.Contains(res.err, "Device or resource busy") {
+		t.Fatalf("a 4th events reader with max-readers=3: %+v", res)
 	}
 }
