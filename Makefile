@@ -7,7 +7,7 @@ STATICCHECK   := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 # subhosts), busybox-static and mkfs.ext4 (guest roots and disk images),
 # sfdisk (partitioned disk images).
 DEB_PACKAGES  := inotify-tools fuse3 openipmi ipmitool socat iproute2 util-linux procps \
-                 user-mode-linux uml-utilities busybox-static e2fsprogs file fdisk
+                 user-mode-linux uml-utilities busybox-static e2fsprogs file fdisk rsync
 VERSION       ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS       := -X main.version=$(VERSION)
 

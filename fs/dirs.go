@@ -46,11 +46,11 @@ func (r *rootDir) OnAdd(ctx context.Context) {
 	static := func(text string) func() []byte { b := []byte(text); return func() []byte { return b } }
 	add("README", &contentFile{fsys: f, mode: 0o444, read: static(f.opts.README)}, syscall.S_IFREG)
 	add("version", &contentFile{fsys: f, mode: 0o444, read: static(f.opts.Version + "\n")}, syscall.S_IFREG)
-	add("ctl", &contentFile{fsys: f, mode: f.writable(0o220), writeBatch: func(ctx context.Context, text string) error {
+	add("ctl", &contentFile{fsys: f, mode: f.writable(0o664), read: static(ctlUsage), writeBatch: func(ctx context.Context, text string) error {
 		return f.tree.Ctl(ctx, text, caller(ctx))
 	}}, syscall.S_IFREG)
 	add("events", &eventsFile{fsys: f, prefix: ""}, syscall.S_IFREG)
-	f.notify.treeLog = add("events.log", &contentFile{fsys: f, mode: 0o444, log: f.tree.Log()}, syscall.S_IFREG)
+	f.notify.treeLog = f.addLogs(ctx, &r.Inode, f.tree.Log(), "")
 	hosts := &listDir{fsys: f}
 	add("hosts", hosts, syscall.S_IFDIR)
 	add("groups", &groupsDir{fsys: f}, syscall.S_IFDIR)
@@ -62,6 +62,7 @@ func (r *rootDir) OnAdd(ctx context.Context) {
 func (r *rootDir) Getattr(ctx context.Context, fh gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
 	out.Mode = syscall.S_IFDIR | 0o755
 	r.fsys.setTimes(&out.Attr)
+	out.Ino = rootIno
 	return 0
 }
 
@@ -111,7 +112,7 @@ func (d *listDir) hostInode(ctx context.Context, name string, h *nodes.Host) *go
 
 func (d *listDir) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) {
 	hosts := d.fsys.tree.Hosts(d.parent)
-	entries := make([]fuse.DirEntry, 0, len(hosts))
+	entries := append(make([]fuse.DirEntry, 0, len(hosts)+2), dots(&d.Inode)...)
 	for _, h := range hosts {
 		entries = append(entries, fuse.DirEntry{Name: h.Name(), Mode: syscall.S_IFDIR, Ino: hostIno(h, idxDir)})
 	}
@@ -152,7 +153,8 @@ type hostDir struct {
 // liveFiles are the files of a directory whose content changes under the
 // reader: the notifier invalidates and pokes them.
 type liveFiles struct {
-	power, state, config, log *gofs.Inode
+	power, state, config *gofs.Inode
+	log                  *logFiles
 }
 
 var _ gofs.NodeOnAdder = (*hostDir)(nil)
@@ -179,18 +181,18 @@ func (hd *hostDir) OnAdd(ctx context.Context) {
 		return func(ctx context.Context, line string) error { return fn(ctx, line, caller(ctx)) }
 	}
 	hd.power = add("power", idxPower, &contentFile{
-		fsys: f, mode: f.writable(0o664), ino: hostIno(h, idxPower),
+		fsys: f, mode: f.writable(0o664), ino: hostIno(h, idxPower), mtime: f.mtimeOf(h.Path(), powerTime),
 		read:  func() []byte { return []byte(h.PowerText()) },
 		check: func(ctx context.Context, line string) error { return h.CheckCommand(line, caller(ctx)) },
 		write: run(h.Exec),
 	}, syscall.S_IFREG)
 	hd.state = add("state", idxState, &contentFile{
-		fsys: f, mode: f.statusMode(), ino: hostIno(h, idxState),
+		fsys: f, mode: f.statusMode(), ino: hostIno(h, idxState), mtime: f.mtimeOf(h.Path(), stateTime),
 		read: func() []byte { return []byte(h.StateText()) },
 	}, syscall.S_IFREG)
 	add("console", idxConsole, &consoleFile{sessionFile{fsys: f, host: h, idx: idxConsole}}, syscall.S_IFREG)
 	hd.config = add("config", idxConfig, &contentFile{
-		fsys: f, ino: hostIno(h, idxConfig),
+		fsys: f, ino: hostIno(h, idxConfig), mtime: f.mtimeOf(h.Path(), configTime),
 		modeFn: func() uint32 {
 			if h.HasSecrets() {
 				return f.writable(0o620)
@@ -202,7 +204,7 @@ func (hd *hostDir) OnAdd(ctx context.Context) {
 	}, syscall.S_IFREG)
 	add("serial", idxSerial, &serialFile{sessionFile{fsys: f, host: h, idx: idxSerial}}, syscall.S_IFREG)
 	add("events", idxEvents, &eventsFile{fsys: f, prefix: h.Path()}, syscall.S_IFREG)
-	hd.log = add("events.log", idxEventsLog, &contentFile{fsys: f, mode: 0o444, ino: hostIno(h, idxEventsLog), log: h.Log()}, syscall.S_IFREG)
+	hd.log = f.addLogs(ctx, &hd.Inode, h.Log(), h.Path())
 	add("vswitch", idxVswitch, &vswitchDir{fsys: f, host: h}, syscall.S_IFDIR)
 	subs := &listDir{fsys: f, parent: h}
 	add("subhosts", idxSubhosts, subs, syscall.S_IFDIR)

@@ -59,7 +59,8 @@ type contentFile struct {
 	fsys   *FS
 	ino    uint64
 	mode   uint32
-	modeFn func() uint32 // overrides mode when set (config: secrets)
+	modeFn func() uint32    // overrides mode when set (config: secrets)
+	mtime  func() time.Time // last change, for mtime and ctime (times.go)
 
 	read func() []byte
 	log  *nodes.EventLog // events.log: read from the log directly
@@ -148,6 +149,9 @@ func (c *contentFile) fill(a *fuse.Attr) {
 	a.Size = c.size()
 	a.Ino = c.ino
 	c.fsys.setTimes(a)
+	if c.mtime != nil {
+		setChanged(a, c.mtime())
+	}
 }
 
 func (c *contentFile) Getattr(ctx context.Context, fh gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {

@@ -125,6 +125,7 @@ func Mount(tree *nodes.Tree, mountpoint string, o Options) (*FS, error) {
 		EntryTimeout:    &entry,
 		AttrTimeout:     &attr,
 		NegativeTimeout: &negative,
+		RootStableAttr:  &gofs.StableAttr{Mode: syscall.S_IFDIR, Ino: rootIno},
 		UID:             o.Owner,
 		GID:             o.Group,
 	})

@@ -52,7 +52,7 @@ func (d *groupsDir) groupInode(ctx context.Context, name string, g *nodes.Group)
 }
 
 func (d *groupsDir) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) {
-	var entries []fuse.DirEntry
+	entries := dots(&d.Inode)
 	for _, g := range d.fsys.tree.Groups() {
 		entries = append(entries, fuse.DirEntry{Name: g.Name(), Mode: syscall.S_IFDIR})
 	}
@@ -105,22 +105,22 @@ func (gd *groupDir) OnAdd(ctx context.Context) {
 		return ch
 	}
 	gd.config = add("members", &contentFile{
-		fsys: f, mode: f.writable(0o664),
+		fsys: f, mode: f.writable(0o664), mtime: f.mtimeOf(g.Path(), configTime),
 		read: func() []byte { return []byte(g.MembersText()) },
 		writeList: func(ctx context.Context, text string, replace bool) error {
 			return g.SetMembers(ctx, text, replace, caller(ctx))
 		},
 	})
 	gd.power = add("power", &contentFile{
-		fsys: f, mode: f.writable(0o664),
+		fsys: f, mode: f.writable(0o664), mtime: f.mtimeOf(g.Path(), powerTime),
 		read: func() []byte { return []byte(g.PowerText()) },
 		write: func(ctx context.Context, line string) error {
 			return g.Exec(ctx, line, caller(ctx))
 		},
 	})
-	gd.state = add("state", &contentFile{fsys: f, mode: f.statusMode(), read: func() []byte { return []byte(g.StateText()) }})
+	gd.state = add("state", &contentFile{fsys: f, mode: f.statusMode(), mtime: f.mtimeOf(g.Path(), stateTime), read: func() []byte { return []byte(g.StateText()) }})
 	add("events", &eventsFile{fsys: f, prefix: g.Path()})
-	gd.log = add("events.log", &contentFile{fsys: f, mode: 0o444, log: g.Log()})
+	gd.log = f.addLogs(ctx, &gd.Inode, g.Log(), g.Path())
 	f.mu.Lock()
 	f.groupDirs[g.Path()] = gd
 	f.mu.Unlock()

@@ -27,7 +27,7 @@ const (
 // request (that deadlocks).
 type notifier struct {
 	fsys    *FS
-	treeLog *gofs.Inode
+	treeLog *logFiles
 
 	mu       sync.Mutex
 	dirty    map[string]int // host path ("" = tree) -> dirty bits
@@ -45,6 +45,11 @@ type notifier struct {
 	// again (see inval); retryTimer wakes the worker for them.
 	retries    []retry
 	retryTimer *time.Timer
+	// times are the change times of live files by directory path
+	// (times.go); powered are hosts whose power changed, for the
+	// change times of their groups.
+	times   map[string]*stamps
+	powered map[string]time.Time
 }
 
 // retry is an invalidation to send again.
@@ -100,7 +105,15 @@ func (n *notifier) onEvent(e nodes.Event) {
 	n.mu.Lock()
 	n.dirty[""] |= dirtyLog
 	if strings.HasPrefix(e.Path, "groups/") {
-		n.dirty[e.Path] |= dirtyLog | dirtyState | dirtyPower
+		bits := dirtyLog | dirtyState | dirtyPower
+		if e.Kind == "members" && !strings.Contains(e.Detail, " refused: ") {
+			bits |= dirtyConfig
+		}
+		n.dirty[e.Path] |= bits
+		n.stampLocked(e.Path, bits, e.Time)
+		if e.Kind == "removed" {
+			n.forgetLocked(e.Path)
+		}
 	} else if e.Path != "" {
 		if e.Kind == "power" {
 			// A member's power changes its groups' power and state.
@@ -130,10 +143,21 @@ func (n *notifier) onEvent(e nodes.Event) {
 			n.switches[e.Path+"/vswitch/"+e.Item] = true
 		}
 		n.dirty[e.Path] |= bits
+		n.stampLocked(e.Path, bits, e.Time)
+		if e.Kind == "power" {
+			if n.powered == nil {
+				n.powered = map[string]time.Time{}
+			}
+			n.powered[e.Path] = e.Time
+		}
+		if e.Kind == "removed" {
+			n.forgetLocked(e.Path)
+		}
 		for p := parentPath(e.Path); p != ""; p = parentPath(p) {
 			n.dirty[p] |= dirtyLog
 			if e.Kind == "added" || e.Kind == "removed" {
 				n.dirty[p] |= dirtyState
+				n.stampLocked(p, dirtyState, e.Time)
 			}
 		}
 	}
@@ -186,6 +210,7 @@ func (n *notifier) run() {
 				dirty[p] |= dirtyPower | dirtyState
 			}
 			n.fsys.mu.Unlock()
+			n.stampGroups()
 		}
 		for path := range entries {
 			n.refreshEntry(path)
@@ -265,7 +290,7 @@ func (n *notifier) refreshEntry(path string) {
 func (n *notifier) refresh(path string, bits int) {
 	if path == "" {
 		if n.treeLog != nil {
-			n.inval(n.treeLog)
+			n.treeLog.sync()
 		}
 		return
 	}
@@ -283,8 +308,8 @@ func (n *notifier) refresh(path string, bits int) {
 	// Invalidate first, then poke: a watcher woken by the poke must read
 	// the new content.
 	var poke []*gofs.Inode
-	if bits&dirtyLog != 0 {
-		n.inval(hd.log)
+	if bits&dirtyLog != 0 && hd.log != nil {
+		hd.log.sync()
 	}
 	if bits&(dirtyPower|dirtyPowerQuiet) != 0 {
 		n.inval(hd.power)

@@ -41,7 +41,7 @@ func (d *vswitchDir) Lookup(ctx context.Context, name string, out *fuse.EntryOut
 		ch := d.GetChild("ctl")
 		if ch == nil {
 			h := d.host
-			ch = d.NewPersistentInode(ctx, &contentFile{fsys: d.fsys, mode: d.fsys.writable(0o220), write: func(ctx context.Context, line string) error {
+			ch = d.NewPersistentInode(ctx, &contentFile{fsys: d.fsys, mode: d.fsys.writable(0o664), read: usage(vswitchCtlUsage), write: func(ctx context.Context, line string) error {
 				return h.SwitchesCtl(ctx, line, caller(ctx))
 			}}, gofs.StableAttr{Mode: syscall.S_IFREG})
 		}
@@ -76,7 +76,7 @@ func (d *vswitchDir) switchInode(ctx context.Context, name string) *gofs.Inode {
 }
 
 func (d *vswitchDir) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) {
-	var entries []fuse.DirEntry
+	entries := dots(&d.Inode)
 	if d.host.IsLocal() {
 		entries = append(entries, fuse.DirEntry{Name: "all", Mode: syscall.S_IFREG}, fuse.DirEntry{Name: "ctl", Mode: syscall.S_IFREG})
 		for _, n := range d.host.SwitchNames() {
@@ -136,7 +136,7 @@ func (sd *switchDir) OnAdd(ctx context.Context) {
 	}
 	add("config", &contentFile{fsys: f, mode: f.writable(0o664), live: live("config"),
 		writeBatch: func(ctx context.Context, text string) error { return h.SwitchConfig(ctx, name, text, caller(ctx)) }})
-	add("ctl", &contentFile{fsys: f, mode: f.writable(0o220),
+	add("ctl", &contentFile{fsys: f, mode: f.writable(0o664), read: usage(switchCtlUsage),
 		write: func(ctx context.Context, line string) error { return h.SwitchCtl(ctx, name, line, caller(ctx)) }})
 	sd.ports = add("ports", &contentFile{fsys: f, mode: 0o444, live: live("ports")})
 	sd.info = add("info", &contentFile{fsys: f, mode: 0o444, live: live("info")})

@@ -1,10 +1,12 @@
 package nodes
 
 import (
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
+	"weak"
 )
 
 // Event is one line of the events stream: "TIME PATH KIND DETAIL", libvirt
@@ -35,51 +37,161 @@ func (e Event) Under(path string) bool {
 }
 
 // EventLog is the text of events.log: every event line, with a real size so
-// `tail -f` works. When it outgrows its limit the oldest half is dropped, as
-// logrotate's copytruncate would (tail -f notices and carries on).
+// `tail -f` works. It rotates as logrotate does with a rename, never in
+// place: when the current generation (events.log) would outgrow half the
+// limit, it becomes the previous one (events.log.1) and a new, empty
+// generation (a new file, a new inode) takes its place. So a follower
+// never reads a line twice or a cut line, and the two generations together
+// hold at most the limit.
+//
+// A generation that left events.log.1 lives on while a reader still holds
+// it (a deleted but open file, as on a disk), and at every later rotation
+// it gets a `lost N events` line: a follower that still reads it will miss
+// the N events of the generation that just went to events.log.1 when it
+// opens events.log again (tail -F), or for good (tail -f). No line is lost
+// without that line saying so.
 type EventLog struct {
 	mu    sync.Mutex
-	buf   []byte
 	limit int
+	owner string // path of the log's directory, for the lost lines
+	cur   *LogGen
+	prev  *LogGen // events.log.1; nil before the first rotation
+	// gone are generations rotated out of events.log.1 that a reader
+	// may still hold: they get the lost lines. Weak: the log must not
+	// keep them alive.
+	gone []weak.Pointer[LogGen]
 }
 
-func newEventLog(limit int) *EventLog { return &EventLog{limit: limit} }
+// LogGen is one generation of an event log: the content of one events.log
+// file from its creation to its rotation.
+type LogGen struct {
+	log    *EventLog
+	seq    uint64
+	buf    []byte
+	events int64
+	mtime  time.Time
+}
+
+func newEventLog(limit int) *EventLog {
+	l := &EventLog{limit: limit}
+	l.cur = &LogGen{log: l, mtime: time.Now()}
+	return l
+}
+
+// SetOwner names the log's directory ("" for the tree, "hosts/lab01"), the
+// path of the lost lines it writes.
+func (l *EventLog) SetOwner(path string) {
+	l.mu.Lock()
+	l.owner = path
+	l.mu.Unlock()
+}
 
 func (l *EventLog) append(line string) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if len(l.buf)+len(line) > l.limit {
-		cut := len(l.buf) / 2
-		if i := strings.IndexByte(string(l.buf[cut:]), '\n'); i >= 0 {
-			cut += i + 1
-		}
-		l.buf = append(l.buf[:0], l.buf[cut:]...)
+	now := time.Now()
+	if len(l.cur.buf) > 0 && len(l.cur.buf)+len(line) > l.limit/2 {
+		l.rotateLocked(now)
 	}
-	l.buf = append(l.buf, line...)
+	l.cur.buf = append(l.cur.buf, line...)
+	l.cur.events++
+	l.cur.mtime = now
 }
 
-// Bytes returns a copy of the log text.
-func (l *EventLog) Bytes() []byte {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return append([]byte(nil), l.buf...)
+// rotateLocked moves the current generation to events.log.1 and starts a
+// new one. Every older generation a reader may still hold is told what
+// its reader will not see: the events of the generation just rotated.
+func (l *EventLog) rotateLocked(now time.Time) {
+	marker := Event{Time: now, Path: l.owner, Kind: "lost", Detail: strconv.FormatInt(l.cur.events, 10) + " events (events.log rotated before this reader reached them; see events.log.1)"}.Line()
+	kept := l.gone[:0]
+	for _, w := range l.gone {
+		if g := w.Value(); g != nil {
+			g.buf = append(g.buf, marker...)
+			g.mtime = now
+			kept = append(kept, w)
+		}
+	}
+	l.gone = kept
+	if l.prev != nil {
+		l.prev.buf = append(l.prev.buf, marker...)
+		l.prev.mtime = now
+		l.gone = append(l.gone, weak.Make(l.prev))
+	}
+	l.prev = l.cur
+	l.cur = &LogGen{log: l, seq: l.prev.seq + 1, mtime: now}
 }
 
-// Size is the log's length in bytes.
-func (l *EventLog) Size() int {
+// Current is the generation that events.log shows now.
+func (l *EventLog) Current() *LogGen {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	return len(l.buf)
+	return l.cur
 }
 
-// ReadAt copies log bytes from off into dest.
-func (l *EventLog) ReadAt(dest []byte, off int64) int {
+// Previous is the generation that events.log.1 shows, nil before the first
+// rotation.
+func (l *EventLog) Previous() *LogGen {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if off >= int64(len(l.buf)) {
+	return l.prev
+}
+
+// Gone is the generations rotated out of events.log.1 that are still held
+// by a reader; they change when the log rotates (lost lines).
+func (l *EventLog) Gone() []*LogGen {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var out []*LogGen
+	for _, w := range l.gone {
+		if g := w.Value(); g != nil {
+			out = append(out, g)
+		}
+	}
+	return out
+}
+
+// Bytes returns a copy of the current generation's text.
+func (l *EventLog) Bytes() []byte { return l.Current().Bytes() }
+
+// Size is the current generation's length in bytes.
+func (l *EventLog) Size() int { return l.Current().Size() }
+
+// ReadAt copies bytes of the current generation from off into dest.
+func (l *EventLog) ReadAt(dest []byte, off int64) int { return l.Current().ReadAt(dest, off) }
+
+// Seq numbers the generations of a log, from 0.
+func (g *LogGen) Seq() uint64 { return g.seq }
+
+// Bytes returns a copy of the generation's text.
+func (g *LogGen) Bytes() []byte {
+	g.log.mu.Lock()
+	defer g.log.mu.Unlock()
+	return append([]byte(nil), g.buf...)
+}
+
+// Size is the generation's length in bytes.
+func (g *LogGen) Size() int {
+	g.log.mu.Lock()
+	defer g.log.mu.Unlock()
+	return len(g.buf)
+}
+
+// Stat returns the generation's size and the time of its last change
+// together.
+func (g *LogGen) Stat() (int, time.Time) {
+	g.log.mu.Lock()
+	defer g.log.mu.Unlock()
+	return len(g.buf), g.mtime
+}
+
+// ReadAt copies bytes from off into dest and returns how many.
+func (g *LogGen) ReadAt(dest []byte, off int64) int {
+	g.log.mu.Lock()
+	defer g.log.mu.Unlock()
+	if off >= int64(len(g.buf)) {
 		return 0
 	}
-	return copy(dest, l.buf[off:])
+	return copy(dest, g.buf[off:])
 }
 
 // Subscription delivers events to one reader of an events stream. A reader

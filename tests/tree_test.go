@@ -244,7 +244,7 @@ func TestAccess(t *testing.T) {
 		t.Fatalf("last-command does not record the operator's uid/gid:\n%s", st)
 	}
 	ls := d.ok("ls -ln hosts/lab01/power hosts/lab01/state hosts/lab01/console ctl")
-	for _, w := range []string{"-rw-rw-r-- 1 0 4242", "-r--r--r-- 1 0 4242", "-rw-rw---- 1 0 4242", "--w--w---- 1 0 4242"} {
+	for _, w := range []string{"-rw-rw-r-- 1 0 4242", "-r--r--r-- 1 0 4242", "-rw-rw---- 1 0 4242"} {
 		if !strings.Contains(ls, w) {
 			t.Fatalf("modes: want %q in\n%s", w, ls)
 		}

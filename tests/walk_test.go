@@ -1,0 +1,230 @@
+package tests
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// runTool runs a tool in the mount. The deadline only stops a hung tool so
+// the test can report it (a walk that blocks on a stream never ends).
+func runTool(t *testing.T, dir, script string) result {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "bash", "-c", script)
+	cmd.Dir = dir
+	var out, errb strings.Builder
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	if ctx.Err() != nil {
+		t.Fatalf("%q did not finish (hung on the tree)", script)
+	}
+	code := 0
+	if ee, ok := err.(*exec.ExitError); ok {
+		code = ee.ExitCode()
+	} else if err != nil {
+		t.Fatalf("%s: %v", script, err)
+	}
+	return result{out: out.String(), err: errb.String(), code: code}
+}
+
+// Recursive walks over the mount finish with exit status 0, and the
+// streams they must not open still work by name.
+func TestWalkFinishes(t *testing.T) {
+	d := start(t)
+	d.addHost("w1", "drivers = sim\nsim.initial = on")
+	d.addHost("w2", "drivers = sim")
+	d.ok("mkdir groups/wg && printf 'w1\\nw2\\n' > groups/wg/members")
+	dst := t.TempDir()
+	for _, script := range []string{
+		"grep -r -l power .",
+		"cp -r . " + dst + "/cp",
+		"tar cf " + dst + "/t.tar .",
+		"rsync -a . " + dst + "/rsync/",
+		"find . -type f -exec cat {} + > /dev/null",
+		"md5sum hosts/*/*",
+		"du -s .",
+	} {
+		r := runTool(t, d.mnt, script)
+		if r.code != 0 {
+			t.Errorf("%s: exit %d, stderr %q", script, r.code, r.err)
+		}
+	}
+	// What the walks copied is the tree's content.
+	for _, f := range []string{"cp/hosts/w1/power", "rsync/hosts/w1/power"} {
+		b, err := os.ReadFile(filepath.Join(dst, f))
+		if err != nil || string(b) != "on\n" {
+			t.Errorf("%s: %q %v, want on", f, b, err)
+		}
+	}
+	list := runTool(t, d.mnt, "tar tf "+dst+"/t.tar").out
+	if !strings.Contains(list, "./hosts/w2/state") || !strings.Contains(list, "./groups/wg/members") || strings.Contains(list, "events\n") {
+		t.Errorf("tar lists:\n%s", list)
+	}
+	// A host lists what it has: no serial (the sim driver has no serial
+	// console), no vswitch/ (not the local host), no streams.
+	if got := d.ok("ls hosts/w1"); got != "config\nconsole\nevents.log\npower\nstate\n" {
+		t.Errorf("ls hosts/w1:\n%s", got)
+	}
+	// The streams are there by name: ls, stat and cat find them, and cat
+	// blocks for the next event.
+	d.ok("ls -l events hosts/w1/events groups/wg/events")
+	cat := exec.Command("cat", "hosts/w2/events")
+	cat.Dir = d.mnt
+	var out syncBuf
+	cat.Stdout = &out
+	if err := cat.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cat.Process.Kill(); cat.Wait() })
+	// The stream starts at open: poke until the reader has an event.
+	eventually(t, "cat events to show an event", func() bool {
+		d.ok("echo 'log walk-check' > hosts/w2/console")
+		return strings.Contains(out.String(), "log walk-check")
+	})
+	if cat.ProcessState != nil {
+		t.Fatalf("cat events ended")
+	}
+}
+
+// events.log rotates like a logrotate'd log: GNU tail -F, following it by
+// name through a burst much larger than its limit, never sees a line twice,
+// never a cut line, and every line it misses is counted in a lost line.
+func TestEventsLogRotationFollowedByTailF(t *testing.T) {
+	d := start(t)
+	d.addHost("r1", "drivers = sim")
+	tail := exec.Command("tail", "-n", "+1", "-F", "hosts/r1/events.log")
+	tail.Dir = d.mnt
+	var out, errb syncBuf
+	tail.Stdout, tail.Stderr = &out, &errb
+	if err := tail.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { tail.Process.Kill(); tail.Wait() })
+	eventually(t, "tail to print the log", func() bool { return strings.Contains(out.String(), " added") })
+	// 1.5 MiB of events through a host log of 256 KiB (128 KiB a
+	// generation), as fast as the console takes them.
+	pad := strings.Repeat("x", 20<<10)
+	const n = 75
+	d.ok(fmt.Sprintf(`exec 3>hosts/r1/console; for i in $(seq 1 %d); do printf 'log seq=%%05d %s\n' $i >&3; done; echo 'log seq=end' >&3`, n, pad))
+	deadline := time.Now().Add(90 * time.Second)
+	for !strings.Contains(out.String(), "log seq=end") {
+		if time.Now().After(deadline) {
+			t.Fatalf("tail -F never showed the last event; stderr %q", errb.String())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	lineRE := regexp.MustCompile(`^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z hosts/r1 (log seq=(\d{5}) (x+)|log seq=end|lost (\d+) events .*|\S+ .*)$`)
+	seen := map[int]bool{}
+	last, lost, missing := 0, 0, 0
+	for _, l := range strings.Split(strings.TrimSuffix(out.String(), "\n"), "\n") {
+		m := lineRE.FindStringSubmatch(l)
+		if m == nil {
+			t.Fatalf("tail -F printed a line that is no event line (cut?): %.200q", l)
+		}
+		if m[2] != "" {
+			seq, _ := strconv.Atoi(m[2])
+			if len(m[3]) != len(pad) {
+				t.Fatalf("seq %d: cut line (%d bytes of padding)", seq, len(m[3]))
+			}
+			if seen[seq] || seq < last {
+				t.Fatalf("seq %d replayed (after %d); tail stderr %q", seq, last, errb.String())
+			}
+			seen[seq] = true
+			missing += seq - last - 1
+			last = seq
+		}
+		if m[4] != "" {
+			k, _ := strconv.Atoi(m[4])
+			lost += k
+		}
+	}
+	missing += n - last
+	if missing > lost {
+		t.Fatalf("tail -F missed %d events but lost lines count %d:\n%s", missing, lost, errb.String())
+	}
+	if strings.Contains(errb.String(), "truncated") {
+		t.Fatalf("tail saw a truncation: %q", errb.String())
+	}
+	// What rotated out is in events.log.1, whole lines only.
+	prev := d.read("hosts/r1/events.log.1")
+	if !strings.HasSuffix(prev, "\n") || !strings.Contains(prev, "log seq=") {
+		t.Fatalf("events.log.1: %.200q", prev)
+	}
+}
+
+// mtime and ctime follow changes; statfs, the root inode and the dot
+// entries are what tools expect of a filesystem.
+func TestTimesAndStatfs(t *testing.T) {
+	d := start(t)
+	d.addHost("t1", "drivers = sim\nsim.on-delay = 0s")
+	d.ok("mkdir groups/tg && echo t1 > groups/tg/members")
+	if got := d.ok("stat -c %i ."); got != "1\n" {
+		t.Errorf("root inode %q, want 1", got)
+	}
+	if got := d.ok("ls -a hosts/t1 | head -2"); got != ".\n..\n" {
+		t.Errorf("ls -a hosts/t1 starts with %q", got)
+	}
+	if got := d.ok("df -P | awk '{print $6}'"); !strings.Contains(got, d.mnt+"\n") {
+		t.Errorf("df does not list the mount:\n%s", got)
+	}
+	if got := d.ok("df -P . | awk 'NR==2 {print $2}'"); got == "0\n" {
+		t.Errorf("df: 0 blocks")
+	}
+	ref := filepath.Join(t.TempDir(), "ref")
+	if err := os.WriteFile(ref, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	// Nothing has changed since ref.
+	if got := d.ok("find hosts/t1 groups/tg -newer " + ref + " -type f | sort"); got != "" {
+		t.Errorf("changed before any change: %q", got)
+	}
+	d.ok("echo 'on wait' > hosts/t1/power")
+	eventually(t, "group power on", func() bool { return d.read("groups/tg/power") == "on\n" })
+	got := d.ok("find hosts/t1 groups/tg -newer " + ref + " -type f | sort")
+	want := "groups/tg/power\ngroups/tg/state\nhosts/t1/events.log\nhosts/t1/power\nhosts/t1/state\n"
+	if got != want {
+		t.Errorf("find -newer after power on:\n%s\nwant\n%s", got, want)
+	}
+	if err := os.WriteFile(ref, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	d.ok("echo 'label = lt' >> hosts/t1/config && echo 't1' >> groups/tg/members")
+	eventually(t, "config and members newer", func() bool {
+		got := d.ok("find hosts/t1/config groups/tg/members -newer " + ref)
+		return got == "hosts/t1/config\ngroups/tg/members\n"
+	})
+	if got := d.ok("ls -t hosts/t1 | head -1"); got != "events.log\n" && got != "config\n" {
+		t.Errorf("ls -t: newest %q", got)
+	}
+	if a, b := d.ok("stat -c %Y hosts/t1/config"), d.ok("stat -c %Z hosts/t1/config"); a != b {
+		t.Errorf("config mtime %s ctime %s", a, b)
+	}
+}
+
+// syncBuf is an io.Writer a test may read while a process writes it.
+type syncBuf struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *syncBuf) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuf) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
