@@ -66,8 +66,9 @@ type Driver interface {
 	// Kind is the driver's name as written in the "drivers" config key.
 	Kind() string
 	// Close releases sessions, sockets and goroutines. The model calls it
-	// when the host is removed, its drivers are reconfigured (every config
-	// write), or at unmount. Machines keep running: a driver that holds
+	// when the host is removed, its drivers are reconfigured (a config
+	// write that changes drivers or a key a driver declares), or at
+	// unmount. Machines keep running: a driver that holds
 	// processes (subhosts) leaves them for the next driver to adopt.
 	Close() error
 }
@@ -82,6 +83,19 @@ type PowerController interface {
 	// new state: that arrives later through the Reporter. ctx carries the
 	// host's per-call timeout; a driver must return when it expires.
 	Power(ctx context.Context, cmd Command) error
+}
+
+// StatusReader is a driver that can ask its machine for its state now (one
+// Get Chassis Status on the kept IPMI session, a look at a process it
+// holds). The model asks before it answers a command from what it last
+// heard: when a command's target equals the state it shows, a machine
+// changed behind its back (ipmitool, a guest's own shutdown) must not be
+// answered "already". Status is bounded by ctx; an error, or a state the
+// driver cannot tell (unknown), sends the command to the driver. Status
+// must not call the Reporter: the model merges what it returns.
+type StatusReader interface {
+	Driver
+	Status(ctx context.Context) (Status, error)
 }
 
 // Remover is a driver whose machine holds resources that outlive Close
@@ -160,6 +174,12 @@ type DriverEnv struct {
 	Report Reporter
 	// Log is a logger already tagged with the host's path.
 	Log *slog.Logger
+	// Observed is the power state the model shows for the host when the
+	// driver is built: unknown for a host new to the tree, the machine's
+	// last observed state when a config change rebuilds its drivers. A
+	// driver that cannot ask a machine (the simulator) starts from it,
+	// as a real machine outlives its driver; others ignore it.
+	Observed Power
 }
 
 // DriverSpec registers a driver with the model: its name, the config keys it

@@ -54,9 +54,10 @@ func (g *Group) MembersText() string {
 
 // SetMembers applies a write to the members file: with replace (the file
 // was truncated, `>`) the lines become the members, otherwise (`>>`) they
-// are added. Every line is checked first: a bad line or range, or a file
-// that would name more than MaxGroupHosts hosts, is EINVAL and nothing
-// changes.
+// are added. Every line is checked first: a bad line or range, a line that
+// names no host in the tree, or a file that would name more than
+// MaxGroupHosts hosts, is EINVAL and nothing changes. An empty write with
+// replace (`: > members`) empties the group.
 func (g *Group) SetMembers(ctx context.Context, text string, replace bool, who Caller) error {
 	if g.tree.readOnly {
 		return Errorf(syscall.EROFS, "read-only mount")
@@ -105,6 +106,14 @@ func (g *Group) SetMembers(ctx context.Context, text string, replace bool, who C
 			return b.err
 		}
 	}
+	// After the cap: a line is expanded again only within it.
+	for _, l := range lines {
+		if err := g.tree.namesAHost(l); err != nil {
+			g.mu.Unlock()
+			g.emit("members", fmt.Sprintf("%s refused: %v", who, err))
+			return err
+		}
+	}
 	if err := g.tree.saveGroup(g.name, next); err != nil {
 		g.mu.Unlock()
 		return Errorf(syscall.EIO, "%v", err)
@@ -114,6 +123,27 @@ func (g *Group) SetMembers(ctx context.Context, text string, replace bool, who C
 	g.mu.Unlock()
 	g.emit("members", fmt.Sprintf("%d lines, %d hosts %s", len(next), len(hosts), who))
 	return nil
+}
+
+// namesAHost refuses a members line that names no host in the tree (a
+// typo, a host not added yet): a group command would only fail on it
+// later, and the writer would not learn it. A range is accepted when one
+// of its hosts exists; the others show as "missing" in state. A line that
+// does not parse is left to the caller's checks.
+func (t *Tree) namesAHost(line string) error {
+	paths, err := expandMember(line)
+	if err != nil || len(paths) == 0 {
+		return nil
+	}
+	for _, p := range paths {
+		if t.Host(p) != nil {
+			return nil
+		}
+	}
+	if len(paths) == 1 {
+		return Errorf(syscall.EINVAL, "member %q: no such host %s", line, paths[0])
+	}
+	return Errorf(syscall.EINVAL, "member %q: names no host (none of %s ... %s exists)", line, paths[0], paths[len(paths)-1])
 }
 
 // Hosts is the members expanded to host paths, in order, without

@@ -100,6 +100,10 @@ func (h *Host) runOwn(ctx context.Context, cmd Command, who Caller, inStack bool
 	spec, _ := LookupVerb(cmd.Verb)
 	quoted := fmt.Sprintf("%q %s", cmd.String(), who)
 
+	// asked: the driver asked for the machine's state (at most once);
+	// unsure: it could not tell, so the command goes to the driver.
+	asked, unsure := "", false
+again:
 	h.mu.Lock()
 	pc := h.powerDriverLocked(cmd.Verb)
 	if pc == nil {
@@ -121,12 +125,26 @@ func (h *Host) runOwn(ctx context.Context, cmd Command, who Caller, inStack bool
 		return err
 	}
 	now := time.Now()
-	if spec.Target != "" && h.power == spec.Target && spec.Transit != PowerRebooting && !spec.Always {
+	if spec.Target != "" && h.power == spec.Target && spec.Transit != PowerRebooting && !spec.Always && !cmd.Force && !unsure {
+		// What the tree shows may be stale (ipmitool, a guest's own
+		// shutdown, a BMC that has not been polled since): the machine
+		// decides, not the cache. force always goes to the driver.
+		if sr := h.statusReaderLocked(pc); sr != nil && asked == "" {
+			gen, timeout := h.gen, h.cfg.Duration("timeout", defaultTimeout)
+			h.mu.Unlock()
+			asked = sr.Kind()
+			unsure = !h.refresh(ctx, sr, gen, timeout, spec.Target)
+			goto again
+		}
 		// ipmitool semantics: "on" on a machine that is on succeeds
 		// and changes nothing.
-		h.lastCmd = fmt.Sprintf("%s at %s: ok (already %s)", quoted, stamp(now), h.power)
+		how := "already " + string(h.power)
+		if asked != "" {
+			how += ", " + asked + " confirms"
+		}
+		h.lastCmd = fmt.Sprintf("%s at %s: ok (%s)", quoted, stamp(now), how)
 		h.mu.Unlock()
-		h.emit("command", quoted+" ok (already "+string(spec.Target)+")")
+		h.emit("command", quoted+" ok ("+how+")")
 		return nil
 	}
 	op := &operation{cmd: cmd, who: who, target: spec.Target, prev: h.power, started: now, done: make(chan struct{})}
@@ -154,17 +172,25 @@ func (h *Host) runOwn(ctx context.Context, cmd Command, who Caller, inStack bool
 	h.mu.Lock()
 	if err != nil {
 		err = prefixed(pc.Kind(), err)
-		restored := h.op == op && h.power != op.prev
+		// A refused command changed nothing: the previous state stands.
+		// A call that timed out may still reach the machine (a BMC that
+		// answers late runs it): nothing is known until the driver
+		// reports again.
+		after, why := op.prev, fmt.Sprintf("command %q failed", cmd.String())
+		if ErrnoOf(err) == syscall.ETIMEDOUT {
+			after, why = PowerUnknown, fmt.Sprintf("command %q timed out: the machine may still run it; unknown until the driver reports", cmd.String())
+		}
+		changed := h.op == op && h.power != after
 		if h.op == op {
-			h.setPowerLocked(op.prev, fmt.Sprintf("command %q failed", cmd.String()))
+			h.setPowerLocked(after, why)
 		}
 		h.finishLocked(op, err)
 		h.lastErr = err.Error()
 		h.mu.Unlock()
 		h.emit("command", quoted+" failed: "+err.Error())
 		h.emit("error", err.Error())
-		if restored {
-			h.emit("power", string(op.prev))
+		if changed {
+			h.emit("power", string(after))
 		}
 		return err
 	}
@@ -180,6 +206,63 @@ func (h *Host) runOwn(ctx context.Context, cmd Command, who Caller, inStack bool
 		return nil
 	}
 	return awaitOp(ctx, op)
+}
+
+// statusReaderLocked returns the driver to ask for the machine's state
+// before a command is answered from the cache: the driver that would run
+// the command if it can tell, else the first driver that can.
+func (h *Host) statusReaderLocked(pc PowerController) StatusReader {
+	if sr, ok := pc.(StatusReader); ok {
+		return sr
+	}
+	for _, d := range h.drivers {
+		if sr, ok := d.(StatusReader); ok {
+			return sr
+		}
+	}
+	return nil
+}
+
+// refresh asks sr for the machine's state, merges what it tells into the
+// host (a change shows as a power event, as a report would) and says
+// whether the machine is at target. A driver that cannot tell (an error,
+// unknown, a transition) answers false: the command then goes to it.
+func (h *Host) refresh(ctx context.Context, sr StatusReader, gen uint64, timeout time.Duration, target Power) bool {
+	res := make(chan Status, 1)
+	err := callDriver(ctx, timeout, func(ctx context.Context) error {
+		st, err := sr.Status(ctx)
+		res <- st
+		return err
+	})
+	if err != nil {
+		h.tree.log.Debug("status before a command", "host", h.path, "driver", sr.Kind(), "err", err)
+		return false
+	}
+	st := <-res
+	if st.Power == "" || st.Power == PowerUnknown || st.Power.Transitional() {
+		return false
+	}
+	h.mu.Lock()
+	// A command that started meanwhile, or new drivers, own the state.
+	if h.gen != gen || h.op != nil {
+		h.mu.Unlock()
+		return false
+	}
+	changed, reach := st.Power != h.power, !h.reachable
+	reason := st.Reason
+	if reason == "" {
+		reason = sr.Kind() + " reports " + string(st.Power)
+	}
+	h.setPowerLocked(st.Power, reason)
+	h.reachable = true
+	h.mu.Unlock()
+	if changed {
+		h.emit("power", string(st.Power))
+	}
+	if reach {
+		h.emit("reachable", "yes")
+	}
+	return st.Power == target
 }
 
 // isRetry says whether cmd from who is the command op runs, written again

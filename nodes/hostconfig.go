@@ -116,6 +116,7 @@ func (h *Host) setConfig(ctx context.Context, text string, who Caller) error {
 		h.mu.Unlock()
 		return Errorf(syscall.EIO, "%v", err)
 	}
+	rebuild := h.tree.driverKeysChanged(h.cfg, next)
 	h.cfg = next
 	h.mu.Unlock()
 
@@ -131,7 +132,9 @@ func (h *Host) setConfig(ctx context.Context, text string, who Caller) error {
 		h.emit("config", fmt.Sprintf("cleared %s: an operator changed where it is sent (%s) %s; only root or the admin group keeps a secret across such a change",
 			strings.Join(cleared, " "), strings.Join(because, " "), who))
 	}
-	h.rebuildDrivers(ctx)
+	if rebuild {
+		h.rebuildDrivers(ctx)
+	}
 	return nil
 }
 
@@ -139,18 +142,48 @@ func (h *Host) setConfig(ctx context.Context, text string, who Caller) error {
 func (h *Host) replaceConfig(ctx context.Context, cf *ConfigFile) {
 	h.mu.Lock()
 	same := h.cfg.Render(nil) == cf.Render(nil)
+	rebuild := h.tree.driverKeysChanged(h.cfg, cf)
 	if !same {
 		h.cfg = cf
 	}
 	h.mu.Unlock()
 	if !same {
 		h.emit("config", "reloaded")
+	}
+	if rebuild {
 		h.rebuildDrivers(ctx)
 	}
 }
 
+// driverKeysChanged says whether going from old to next changes what the
+// host's drivers read: drivers or driver, or a key that one of the drivers
+// named in either declares (DriverSpec.Keys). Only then are the drivers
+// rebuilt: a label, a timeout or any other key the model alone reads must
+// not close a BMC session, restart a simulated machine or touch a guest.
+func (t *Tree) driverKeysChanged(old, next *ConfigFile) bool {
+	val := func(cf *ConfigFile, k string) string { v, _ := cf.Get(k); return v }
+	for _, k := range []string{"drivers", "driver"} {
+		if val(old, k) != val(next, k) {
+			return true
+		}
+	}
+	names := driverNames(valueOr(old, "drivers", valueOr(old, "driver", "")))
+	for _, name := range names {
+		spec, ok := t.specs[name]
+		if !ok {
+			continue
+		}
+		for _, ks := range spec.Keys {
+			if val(old, ks.Name) != val(next, ks.Name) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
 // rebuildDrivers closes the host's drivers and builds them anew from the
-// config. A driver that cannot be built leaves the host "not ready" with the
+// config (when a key they read changed, see driverKeysChanged). A driver that cannot be built leaves the host "not ready" with the
 // reason in state; the config stays as written.
 func (h *Host) rebuildDrivers(ctx context.Context) {
 	h.mu.Lock()
@@ -160,6 +193,7 @@ func (h *Host) rebuildDrivers(ctx context.Context) {
 	h.gen++
 	gen := h.gen
 	cfg := h.cfg.Clone()
+	observed := h.power
 	h.mu.Unlock()
 	for _, d := range old {
 		if err := d.Close(); err != nil {
@@ -181,6 +215,9 @@ func (h *Host) rebuildDrivers(ctx context.Context) {
 			Config: cfg,
 			Report: reporter{h: h, gen: gen, kind: name},
 			Log:    h.tree.log.With(slog.String("host", h.path), slog.String("driver", name)),
+			// The machine outlives its driver: a rebuilt driver that
+			// cannot ask it starts from what was observed.
+			Observed: observed,
 		}
 		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cfg.Duration("timeout", defaultTimeout))
 		d, err := spec.New(cctx, env)

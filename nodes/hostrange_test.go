@@ -135,6 +135,12 @@ func TestGroupMembersCap(t *testing.T) {
 		t.Fatal(err)
 	}
 	ctx := context.Background()
+	// A member must name a host: one of each range exists.
+	for _, name := range []string{"n1", "m1"} {
+		if _, err := tree.Add(ctx, nil, name, &ConfigFile{}, Caller{}); err != nil {
+			t.Fatal(err)
+		}
+	}
 	if err := g.SetMembers(ctx, "n[1-60000]\n", true, Caller{}); err != nil {
 		t.Fatal(err)
 	}

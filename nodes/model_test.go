@@ -99,8 +99,9 @@ func TestHungDriverTimesOut(t *testing.T) {
 	if nodes.ErrnoOf(err) != syscall.ETIMEDOUT || !strings.Contains(err.Error(), "no answer within 100ms") {
 		t.Fatalf("err %v", err)
 	}
-	if h.Power() != nodes.PowerOff {
-		t.Fatalf("power %s, want off restored", h.Power())
+	// The driver may still run it: nothing is known until it reports.
+	if h.Power() != nodes.PowerUnknown {
+		t.Fatalf("power %s, want unknown", h.Power())
 	}
 }
 

@@ -164,7 +164,15 @@ func (h *Host) runStack(ctx context.Context, cmd Command, who Caller, self bool)
 
 	run := func(ctx context.Context) {
 		s := &stackRun{cmd: cmd, who: who, root: h}
-		wasOn := s.down(ctx, h.tree.Hosts(h))
+		subs := h.tree.Hosts(h)
+		wasOn := s.down(ctx, subs)
+		// ctys: poweroff and reboot without self act on the machines on
+		// top alone. With none running the command changes nothing,
+		// which readers of ipmitool and virsh would not guess: say so.
+		empty := ""
+		if !self && s.steps() == 0 {
+			empty = h.emptyStack(cmd.Verb, len(subs))
+		}
 		if self {
 			own := Command{Verb: cmd.Verb, Wait: true, Label: cmd.Label, Timeout: cmd.Timeout, Line: cmd.Line}
 			start := time.Now()
@@ -175,6 +183,10 @@ func (h *Host) runStack(ctx context.Context, cmd Command, who Caller, self bool)
 			s.up(ctx, wasOn)
 		}
 		err := s.verdict()
+		summary := s.summary()
+		if empty != "" {
+			summary = empty
+		}
 		h.mu.Lock()
 		h.stack = nil
 		verdict := "ok"
@@ -182,11 +194,11 @@ func (h *Host) runStack(ctx context.Context, cmd Command, who Caller, self bool)
 			verdict = "failed: " + err.Error()
 			h.lastErr = err.Error()
 		}
-		h.lastCmd = fmt.Sprintf("%s at %s: %s (stack: %s)", quoted, stamp(op.started), verdict, s.summary())
+		h.lastCmd = fmt.Sprintf("%s at %s: %s (%s)", quoted, stamp(op.started), verdict, summary)
 		op.err = err
 		close(op.done)
 		h.mu.Unlock()
-		h.emit("stack", fmt.Sprintf("%q done: %s (%s)", cmd.String(), verdict, s.summary()))
+		h.emit("stack", fmt.Sprintf("%q done: %s (%s)", cmd.String(), verdict, summary))
 	}
 	// The stack is not tied to the writer: an interrupted wait (Ctrl-C)
 	// must not cut a step's wait short, or the step would be forced off
@@ -319,5 +331,26 @@ func (s *stackRun) verdict() error {
 func (s *stackRun) summary() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return fmt.Sprintf("%d ok, %d forced, %d failed", s.ok, s.forced, len(s.failed))
+	return fmt.Sprintf("stack: %d ok, %d forced, %d failed", s.ok, s.forced, len(s.failed))
+}
+
+// steps is the number of machines the stack acted on so far.
+func (s *stackRun) steps() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.ok + s.forced + len(s.failed)
+}
+
+// emptyStack says what a stack command without self that found nothing to
+// stop did: nothing. subs is the number of subhosts the host has.
+func (h *Host) emptyStack(verb string, subs int) string {
+	what := "stack empty"
+	if subs > 0 {
+		what = "stack: no subhost running"
+	}
+	left := "host left " + string(h.Power())
+	if verb == "reboot" {
+		left = "nothing rebooted, " + left
+	}
+	return fmt.Sprintf("%s: %s (use %s self)", what, left, verb)
 }

@@ -47,10 +47,15 @@ func TestGroups(t *testing.T) {
 	d.ok("echo 'node[01-02],x' > groups/rack3/members || true")
 	d.fails("echo 'node[05-01]' > groups/rack3/members", "Invalid argument")
 	d.fails("echo 'node[01-02' > groups/rack3/members", "Invalid argument")
+	// A member must name a host when written; one removed later shows
+	// as missing.
+	d.fails("echo nosuch > groups/rack3/members", "Invalid argument")
+	d.ok("echo 'add nosuch' > ctl")
 	d.ok("printf 'node01\\nnosuch\\n' > groups/rack3/members")
 	if m := d.read("groups/rack3/members"); m != "node01\nnosuch\n" {
 		t.Fatalf("members after > = %q", m)
 	}
+	d.ok("echo 'remove nosuch' > ctl")
 	// The worst member's result is the command's; every outcome is in state.
 	d.fails("echo 'off wait' > groups/rack3/power", "No such file or directory")
 	st = d.read("groups/rack3/state")
@@ -157,13 +162,16 @@ func TestGroupWaitInterrupted(t *testing.T) {
 func TestGroupHostrangeBounds(t *testing.T) {
 	d := start(t)
 	d.ok("mkdir groups/G")
-	d.ok("echo 'n[9223372036854775807]' > groups/G/members")
+	// A member must name a host when written; one removed later shows
+	// as missing.
+	d.ok("mkdir hosts/n9223372036854775807 && echo 'n[9223372036854775807]' > groups/G/members && rmdir hosts/n9223372036854775807")
 	if st := d.read("groups/G/state"); stateField(st, "members") != "1" || stateField(st, "hosts/n9223372036854775807") != "missing" {
 		t.Fatalf("state:\n%s", st)
 	}
 	for _, bad := range []string{"n[0-9223372036854775807]", "n[18446744073709551616]", "n[1-1000]x[1-1000]", "n[0-18446744073709551615]"} {
 		d.fails("echo '"+bad+"' > groups/G/members", "Invalid argument")
 	}
+	d.ok("mkdir hosts/n1") // a range names at least one host
 	d.ok("echo 'n[1-60000]' > groups/G/members")
 	d.fails("echo 'm[1-60000]' >> groups/G/members", "Invalid argument")
 	// Two lines in one write (dd: bash's printf writes line by line).

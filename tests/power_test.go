@@ -104,8 +104,9 @@ func TestHungDriverDoesNotBlock(t *testing.T) {
 	if !strings.Contains(stateField(st, "last-error"), "no answer within 1s") {
 		t.Fatalf("state does not say why:\n%s", st)
 	}
-	if p := stateField(st, "power"); p != "off" {
-		t.Fatalf("power after a failed command = %q, want the previous state off", p)
+	// The driver may still run it (a BMC that answers late): unknown.
+	if p := stateField(st, "power"); p != "unknown" {
+		t.Fatalf("power after a timed out command = %q, want unknown", p)
 	}
 }
 

@@ -88,6 +88,7 @@ var (
 	_ nodes.PowerController = (*Driver)(nil)
 	_ nodes.Consoler        = (*Driver)(nil)
 	_ nodes.Describer       = (*Driver)(nil)
+	_ nodes.StatusReader    = (*Driver)(nil)
 )
 
 func start(cfg config, env nodes.DriverEnv) *Driver {
@@ -326,6 +327,32 @@ func (d *Driver) readPower(ctx context.Context) (nodes.Power, error) {
 		return nodes.PowerOn, nil
 	}
 	return nodes.PowerOff, nil
+}
+
+// Status implements nodes.StatusReader: one Get Chassis Status on the
+// kept session, so a command is not answered "already on" from a poll
+// that predates an ipmitool command. The answer also becomes what the next
+// poll compares with, so the model does not hear it twice.
+func (d *Driver) Status(ctx context.Context) (nodes.Status, error) {
+	d.mu.Lock()
+	closing := d.closing
+	d.mu.Unlock()
+	if closing {
+		return nodes.Status{}, nodes.Errorf(syscall.ENODEV, "ipmi %s: driver closed", d.cfg.hostPort())
+	}
+	ctx, cancel := context.WithTimeout(ctx, d.cfg.budget())
+	defer cancel()
+	p, err := d.readPower(ctx)
+	if err != nil {
+		return nodes.Status{}, err
+	}
+	st := nodes.Status{Power: p, Reachable: true, Reason: "BMC reports " + string(p)}
+	d.mu.Lock()
+	if d.verifyStop == nil { // a verification reports its own verdict
+		d.last, d.haveLast = st, true
+	}
+	d.mu.Unlock()
+	return st, nil
 }
 
 // pollLoop polls chassis status until Close.

@@ -525,3 +525,27 @@ func TestSOL(t *testing.T) {
 		t.Fatal("read after driver Close succeeded")
 	}
 }
+
+// TestStatusAsksTheBMC: Status reads chassis status now, not what the last
+// poll saw (the poll is an hour here), and the poll that follows does not
+// report the same state again.
+func TestStatusAsksTheBMC(t *testing.T) {
+	t.Parallel()
+	b := ipmisim.Start(t)
+	h := newHost(t, b.Port, map[string]string{"ipmi.poll": "1h"})
+	h.rec.waitFor(t, 0, 3*time.Second, "initial off", isPower(nodes.PowerOff))
+	b.Ipmitool("chassis", "power", "on")
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	st, err := h.d.Status(ctx)
+	if err != nil || st.Power != nodes.PowerOn || !st.Reachable {
+		t.Fatalf("Status after ipmitool power on: %+v %v", st, err)
+	}
+	if p := h.d.lastPower(); p != nodes.PowerOn {
+		t.Fatalf("the driver's last state is %s: the next poll would report on again", p)
+	}
+	h.d.Close()
+	if _, err := h.d.Status(ctx); nodes.ErrnoOf(err) != syscall.ENODEV {
+		t.Fatalf("Status after Close: %v, want ENODEV", err)
+	}
+}

@@ -33,6 +33,7 @@ var names = struct {
 var (
 	_ nodes.PowerController = (*Subhost)(nil)
 	_ nodes.Remover         = (*Subhost)(nil)
+	_ nodes.StatusReader    = (*Subhost)(nil)
 )
 
 // Subhost is the ns driver of one subhost.
@@ -153,6 +154,22 @@ func (d *Subhost) flush() {
 	for _, st := range p {
 		d.report.Report(st)
 	}
+}
+
+// Status implements nodes.StatusReader: the subhost's init is watched
+// through its process, so the driver knows without asking anyone.
+func (d *Subhost) Status(context.Context) (nodes.Status, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	switch {
+	case d.closed:
+		return nodes.Status{}, nodes.Errorf(syscall.ESHUTDOWN, "driver closed")
+	case d.p == nil:
+		return nodes.Status{Power: nodes.PowerOff, Reachable: true, Reason: "subhost is off"}, nil
+	case d.frozenLocked():
+		return nodes.Status{Power: nodes.PowerPaused, Reachable: true, Reason: "frozen (cgroup freezer)"}, nil
+	}
+	return nodes.Status{Power: nodes.PowerOn, Reachable: true, Reason: "subhost runs (pid " + strconv.Itoa(d.p.pid) + ")"}, nil
 }
 
 // Kind implements nodes.Driver.

@@ -22,7 +22,7 @@ var Spec = nodes.DriverSpec{
 	Doc:       "simulated machine (demo and tests): configurable delays and failures",
 	Simulated: true,
 	Keys: []nodes.KeySpec{
-		{Name: "sim.initial", Default: "off", Doc: "power state the simulated machine starts in: on or off", Check: oneOf("on", "off")},
+		{Name: "sim.initial", Default: "off", Doc: "power state the simulated machine starts in when the host is created or loaded: on or off (a config change keeps the state the machine is in)", Check: oneOf("on", "off")},
 		{Name: "sim.on-delay", Default: "1s", Doc: "time from an accepted on/wol/resume to power on", Check: checkDelay},
 		{Name: "sim.off-delay", Default: "1s", Doc: "time from an accepted off/poweroff/soft to power off", Check: checkDelay},
 		{Name: "sim.fail", Doc: "verbs the driver refuses with EIO (space separated, or \"all\")", Check: checkVerbs},
@@ -75,7 +75,11 @@ type Machine struct {
 	closed bool
 }
 
-// New builds a simulated machine from the host's config.
+var _ nodes.StatusReader = (*Machine)(nil)
+
+// New builds a simulated machine from the host's config. It starts in
+// sim.initial when the host is new to the tree, and in the state the host
+// showed when a config change rebuilds it (DriverEnv.Observed).
 func New(_ context.Context, env nodes.DriverEnv) (nodes.Driver, error) {
 	get := func(k string) string { v, _ := env.Config.Get(k); return v }
 	m := &Machine{
@@ -87,11 +91,31 @@ func New(_ context.Context, env nodes.DriverEnv) (nodes.Driver, error) {
 		stuck:    strings.Fields(get("sim.stuck")),
 		power:    nodes.PowerOff,
 	}
-	if get("sim.initial") == "on" {
-		m.power = nodes.PowerOn
+	reason := "simulated machine is "
+	switch env.Observed {
+	case nodes.PowerOn, nodes.PowerOff, nodes.PowerPaused:
+		// A config change rebuilt the driver: the simulated machine
+		// stays as it was, as a real machine outlives its driver.
+		m.power = env.Observed
+		reason = "simulated machine kept across a config change: "
+	default:
+		if get("sim.initial") == "on" {
+			m.power = nodes.PowerOn
+		}
 	}
-	m.report.Report(nodes.Status{Power: m.power, Reachable: true, Reason: "simulated machine is " + string(m.power)})
+	m.report.Report(nodes.Status{Power: m.power, Reachable: true, Reason: reason + string(m.power)})
 	return m, nil
+}
+
+// Status implements nodes.StatusReader: the simulated machine's state now,
+// including a change made with "flip STATE quiet" that was not reported.
+func (m *Machine) Status(context.Context) (nodes.Status, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.closed {
+		return nodes.Status{}, nodes.Errorf(syscall.ESHUTDOWN, "simulated machine closed")
+	}
+	return nodes.Status{Power: m.power, Reachable: true, Reason: "simulated machine is " + string(m.power)}, nil
 }
 
 // Kind implements nodes.Driver.
@@ -182,7 +206,7 @@ func (m *Machine) ConsoleCommands() []nodes.ConsoleCommand {
 		{Name: "stop", Help: "pause the machine", Bounded: true},
 		{Name: "go", Help: "resume a paused machine", Bounded: true},
 		{Name: "log", Usage: "log TEXT", Help: "write TEXT to the machine's event log", Bounded: true, Raw: true},
-		{Name: "flip", Usage: "flip on|off", Help: "change power behind machinefs's back (simulation only)", Bounded: true},
+		{Name: "flip", Usage: "flip on|off [quiet]", Help: "change power behind machinefs's back (simulation only); quiet: without telling it, as ipmitool on the BMC would", Bounded: true},
 	}
 }
 
@@ -207,8 +231,16 @@ func (m *Machine) Console(ctx context.Context, name string, args []string) (stri
 		m.report.Event("log", strings.Join(args, " "))
 		return "", nil
 	case "flip":
-		if len(args) != 1 || (args[0] != "on" && args[0] != "off") {
-			return "", nodes.Errorf(syscall.EINVAL, "flip on|off")
+		if len(args) < 1 || len(args) > 2 || (args[0] != "on" && args[0] != "off") || (len(args) == 2 && args[1] != "quiet") {
+			return "", nodes.Errorf(syscall.EINVAL, "flip on|off [quiet]")
+		}
+		if len(args) == 2 {
+			// The tree learns it when it next asks (Status), as it learns
+			// of an ipmitool command at its next poll.
+			m.mu.Lock()
+			m.power = nodes.Power(args[0])
+			m.mu.Unlock()
+			return "flipped " + args[0] + " quietly", nil
 		}
 		m.set(nodes.Power(args[0]), "simulated machine changed "+args[0]+" behind machinefs's back")
 		return "flipped " + args[0], nil
