@@ -203,7 +203,10 @@ func (c *contentFile) Open(ctx context.Context, flags uint32) (gofs.FileHandle, 
 	}
 	// Direct I/O for writers: written bytes must never land in the page
 	// cache, where readers would see them as content.
-	return &lineWriter{file: c, truncated: flags&syscall.O_TRUNC != 0}, fuse.FOPEN_DIRECT_IO, 0
+	// The opener is the writer until a write says otherwise: `: > members`
+	// truncates and closes without writing, and its release must find
+	// the truncation (takeTruncated).
+	return &lineWriter{file: c, truncated: flags&syscall.O_TRUNC != 0, writer: caller(ctx).Pid}, fuse.FOPEN_DIRECT_IO, 0
 }
 
 func (c *contentFile) Read(ctx context.Context, fh gofs.FileHandle, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
@@ -274,6 +277,7 @@ type lineWriter struct {
 	buf       []byte
 	writer    uint32 // pid of the last write
 	truncated bool   // opened with O_TRUNC or truncated since: the next batch replaces
+	wrote     bool   // a write came, taken or refused: release empties nothing
 	skipping  bool   // within a line longer than maxLine: drop up to its newline
 	total     int    // bytes taken, for maxText
 	held      int    // len(buf) as counted in the mount's heldBytes
@@ -303,6 +307,7 @@ func (w *lineWriter) Write(ctx context.Context, data []byte, off int64) (uint32,
 	defer w.mu.Unlock()
 	defer func() { w.file.fsys.held.account(&w.held, len(w.buf)) }()
 	w.writer = caller(ctx).Pid
+	w.wrote = true
 	if skip(&w.skipping, data) {
 		return 0, syscall.EINVAL
 	}
@@ -364,8 +369,15 @@ func (w *lineWriter) Flush(ctx context.Context) syscall.Errno {
 func (w *lineWriter) Release(ctx context.Context) syscall.Errno {
 	w.mu.Lock()
 	defer w.mu.Unlock()
+	left := len(bytes.TrimSpace(w.buf)) > 0
 	w.buf = nil
 	w.file.fsys.held.account(&w.held, 0)
+	// A list truncated and never written (`: > members`) is empty, as a
+	// regular file would be. At the last close, not at a flush: dd and
+	// shells close the fd they opened once it is dup'ed, before writing.
+	if w.file.writeList != nil && !w.wrote && !left && w.take() {
+		return errno(w.file.run(ctx, "", true))
+	}
 	return 0
 }
 
