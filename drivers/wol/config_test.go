@@ -170,3 +170,35 @@ func TestNoProbeReport(t *testing.T) {
 		t.Errorf("Verbs %v", got)
 	}
 }
+
+// Status probes once: on while the probed service answers, unknown (never
+// off) when it does not; without a probe, unknown.
+func TestStatusProbes(t *testing.T) {
+	leakCheck(t)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := New(t.Context(), nodes.DriverEnv{Config: testConfig{"mac": testMAC.String(), "wol.broadcast": "192.0.2.255",
+		"probe": "tcp:" + ln.Addr().String(), "wol.probe-interval": "500ms"}, Report: &recorder{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	sr := d.(nodes.StatusReader)
+	if st, err := sr.Status(t.Context()); err != nil || st.Power != nodes.PowerOn || !st.Reachable {
+		t.Fatalf("probe answers: %+v %v", st, err)
+	}
+	ln.Close()
+	if st, err := sr.Status(t.Context()); err != nil || st.Power != nodes.PowerUnknown || st.Reachable {
+		t.Fatalf("probe closed: %+v %v, want unknown", st, err)
+	}
+	np, err := New(t.Context(), nodes.DriverEnv{Config: testConfig{"mac": testMAC.String(), "wol.broadcast": "192.0.2.255"}, Report: &recorder{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer np.Close()
+	if st, err := np.(nodes.StatusReader).Status(t.Context()); err != nil || st.Power != nodes.PowerUnknown {
+		t.Fatalf("no probe: %+v %v", st, err)
+	}
+}

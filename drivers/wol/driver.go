@@ -245,6 +245,7 @@ type driver struct {
 var (
 	_ nodes.PowerController = (*driver)(nil)
 	_ nodes.Describer       = (*driver)(nil)
+	_ nodes.StatusReader    = (*driver)(nil)
 )
 
 // New builds a Wake-on-LAN driver. The driver sends and probes from the
@@ -348,6 +349,27 @@ func (d *driver) Power(ctx context.Context, cmd nodes.Command) error {
 	d.wg.Add(1)
 	go d.verify(vctx)
 	return nil
+}
+
+// Status implements nodes.StatusReader: one probe attempt, so "on" is not
+// answered "already on" for a machine that went to sleep since the last
+// probe. A probe that does not answer cannot tell off from asleep or
+// unreachable: unknown, and the model then sends the packet.
+func (d *driver) Status(ctx context.Context) (nodes.Status, error) {
+	d.mu.Lock()
+	closed := d.closed
+	d.mu.Unlock()
+	if closed {
+		return nodes.Status{}, nodes.Errorf(syscall.EIO, "wol: driver is closed")
+	}
+	if d.cfg.probe == nil {
+		return nodes.Status{Power: nodes.PowerUnknown, Reason: "no probe configured: WoL cannot report power"}, nil
+	}
+	p := d.cfg.probe.String()
+	if err := d.probeOnce(ctx); err != nil {
+		return nodes.Status{Power: nodes.PowerUnknown, Reason: "probe " + p + " did not answer (off, asleep or unreachable): " + err.Error()}, nil
+	}
+	return nodes.Status{Power: nodes.PowerOn, Reachable: true, Reason: "probe " + p + " answered"}, nil
 }
 
 // send puts the magic packet on the wire and says how.
