@@ -388,6 +388,33 @@ func (m *Machine) exited(g *guest) {
 	}
 }
 
+var _ nodes.StatusReader = (*Machine)(nil)
+
+// Status implements nodes.StatusReader from what the driver watches (the
+// guest's pidfd and its mconsole notifications): no request to the guest.
+// A guest that has not booted yet or is going down is transitional, which
+// sends a command on to Power.
+func (m *Machine) Status(context.Context) (nodes.Status, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	g := m.g
+	switch {
+	case m.closed:
+		return nodes.Status{}, nodes.Errorf(syscall.ESHUTDOWN, "driver closed")
+	case g == nil:
+		return nodes.Status{Power: nodes.PowerOff, Reachable: true, Reason: "no guest running"}, nil
+	case g.crashed != "":
+		return nodes.Status{Power: nodes.PowerCrashed, Reachable: true, Reason: g.crashed}, nil
+	case g.expect != "":
+		return nodes.Status{Power: nodes.PowerStopping, Reachable: true, Reason: "guest going down (" + g.expect + ")"}, nil
+	case !g.booted:
+		return nodes.Status{Power: nodes.PowerStarting, Reachable: true, Reason: "guest booting"}, nil
+	case g.paused:
+		return nodes.Status{Power: nodes.PowerPaused, Reachable: true, Reason: "guest paused"}, nil
+	}
+	return nodes.Status{Power: nodes.PowerOn, Reachable: true, Reason: fmt.Sprintf("guest runs (pid %d)", g.pid)}, nil
+}
+
 // running returns the guest, or an error saying it is not running.
 func (m *Machine) running() (*guest, error) {
 	m.mu.Lock()

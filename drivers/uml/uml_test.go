@@ -238,6 +238,9 @@ func TestUMLGuest(t *testing.T) {
 	}
 	waitFor(t, "guest on", func() bool { return r.last().Power == nodes.PowerOn })
 	waitFor(t, "notify booted", func() bool { return r.hasEvent("notify", "booted") })
+	if st, err := m.Status(ctx); err != nil || st.Power != nodes.PowerOn {
+		t.Fatalf("Status of a booted guest: %+v %v", st, err)
+	}
 	sock := filepath.Join(dir, "ut1", "mconsole")
 
 	v, err := uml.Request(ctx, sock, "version")
@@ -273,6 +276,9 @@ func TestUMLGuest(t *testing.T) {
 	if err := m.Power(ctx, nodes.Command{Verb: "pause"}); err != nil || r.last().Power != nodes.PowerPaused {
 		t.Fatalf("pause: %v, power %q", err, r.last().Power)
 	}
+	if st, err := m.Status(ctx); err != nil || st.Power != nodes.PowerPaused {
+		t.Fatalf("Status of a paused guest: %+v %v", st, err)
+	}
 	if err := m.Power(ctx, nodes.Command{Verb: "resume"}); err != nil || r.last().Power != nodes.PowerOn {
 		t.Fatalf("resume: %v, power %q", err, r.last().Power)
 	}
@@ -294,6 +300,9 @@ func TestUMLGuest(t *testing.T) {
 	}
 	waitFor(t, "guest off", func() bool { return r2.last().Power == nodes.PowerOff })
 	t.Logf("off: %s", r2.last().Reason)
+	if st, err := m2.Status(ctx); err != nil || st.Power != nodes.PowerOff {
+		t.Fatalf("Status after off: %+v %v", st, err)
+	}
 	waitFor(t, "no linux left", func() bool { return len(umlh.Guests(dir)) == 0 })
 	if _, err := os.Stat(filepath.Join(dir, "ut1")); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("umid dir left: %v", err)
