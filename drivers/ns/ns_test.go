@@ -214,9 +214,15 @@ func TestNSBootNotifyPoweroff(t *testing.T) {
 		t.Fatalf("sysrq: %v", err)
 	}
 	// pause and resume through the freezer.
+	if st, err := d.Status(context.Background()); err != nil || st.Power != nodes.PowerOn {
+		t.Fatalf("Status of a running subhost: %+v %v", st, err)
+	}
 	f.power(d, "pause")
 	if r.power().Power != nodes.PowerPaused {
 		t.Fatalf("after pause: %+v", r.power())
+	}
+	if st, err := d.Status(context.Background()); err != nil || st.Power != nodes.PowerPaused {
+		t.Fatalf("Status of a frozen subhost: %+v %v", st, err)
 	}
 	f.power(d, "resume")
 	if r.power().Power != nodes.PowerOn {
@@ -227,6 +233,9 @@ func TestNSBootNotifyPoweroff(t *testing.T) {
 	st := waitPower(t, r, nodes.PowerOff)
 	if !strings.Contains(st.Reason, "exited with status 0") || time.Since(start) > 8*time.Second {
 		t.Fatalf("clean poweroff: %+v after %s", st, time.Since(start))
+	}
+	if st, err := d.Status(context.Background()); err != nil || st.Power != nodes.PowerOff {
+		t.Fatalf("Status after poweroff: %+v %v", st, err)
 	}
 	if netnsExists("mfnu1") {
 		t.Fatal("netns left after poweroff")
