@@ -89,6 +89,9 @@ func (d *listDir) Getattr(ctx context.Context, fh gofs.FileHandle, out *fuse.Att
 
 func (d *listDir) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
 	h := d.fsys.tree.Child(d.parent, name)
+	if ino, e, ok := selfLookup(ctx, d.fsys, &d.Inode, d.childPath(name), h != nil, out); ok {
+		return ino, e // the poker raising IN_CREATE or IN_DELETE (entries.go)
+	}
 	if h == nil {
 		return nil, syscall.ENOENT
 	}
@@ -120,7 +123,12 @@ func (d *listDir) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) {
 }
 
 func (d *listDir) Mkdir(ctx context.Context, name string, mode uint32, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	if d.fsys.isSelf(ctx) {
+		return d.selfMkdir(ctx, name, out)
+	}
+	done := d.fsys.notify.throughKernel(d.childPath(name))
 	h, err := d.fsys.tree.Add(ctx, d.parent, name, nil, caller(ctx))
+	done()
 	if err != nil {
 		return nil, errno(err)
 	}
@@ -130,11 +138,17 @@ func (d *listDir) Mkdir(ctx context.Context, name string, mode uint32, out *fuse
 }
 
 func (d *listDir) Rmdir(ctx context.Context, name string) syscall.Errno {
+	if d.fsys.isSelf(ctx) {
+		return 0 // the poker raising IN_DELETE for a host that went (entries.go)
+	}
 	h := d.fsys.tree.Child(d.parent, name)
 	if h == nil {
 		return syscall.ENOENT
 	}
-	if err := d.fsys.tree.Remove(ctx, h, caller(ctx)); err != nil {
+	done := d.fsys.notify.throughKernel(h.Path())
+	err := d.fsys.tree.Remove(ctx, h, caller(ctx))
+	done()
+	if err != nil {
 		return errno(err)
 	}
 	d.fsys.forget(h)

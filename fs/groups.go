@@ -32,6 +32,9 @@ func (d *groupsDir) Getattr(ctx context.Context, fh gofs.FileHandle, out *fuse.A
 
 func (d *groupsDir) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
 	g := d.fsys.tree.Group(name)
+	if ino, e, ok := selfLookup(ctx, d.fsys, &d.Inode, "groups/"+name, g != nil, out); ok {
+		return ino, e // the poker raising IN_CREATE or IN_DELETE (entries.go)
+	}
 	if g == nil {
 		return nil, syscall.ENOENT
 	}
@@ -60,7 +63,18 @@ func (d *groupsDir) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno)
 }
 
 func (d *groupsDir) Mkdir(ctx context.Context, name string, mode uint32, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	if d.fsys.isSelf(ctx) {
+		d.fsys.notify.takeCreating("groups/" + name)
+		if g := d.fsys.tree.Group(name); g != nil {
+			out.Mode = syscall.S_IFDIR | 0o755
+			d.fsys.setTimes(&out.Attr)
+			return d.groupInode(ctx, name, g), 0
+		}
+		return nil, syscall.ENOENT
+	}
+	done := d.fsys.notify.throughKernel("groups/" + name)
 	g, err := d.fsys.tree.AddGroup(name, caller(ctx))
+	done()
 	if err != nil {
 		return nil, errno(err)
 	}
@@ -70,11 +84,17 @@ func (d *groupsDir) Mkdir(ctx context.Context, name string, mode uint32, out *fu
 }
 
 func (d *groupsDir) Rmdir(ctx context.Context, name string) syscall.Errno {
+	if d.fsys.isSelf(ctx) {
+		return 0 // the poker raising IN_DELETE for a group that went (entries.go)
+	}
 	g := d.fsys.tree.Group(name)
 	if g == nil {
 		return syscall.ENOENT
 	}
-	if err := d.fsys.tree.RemoveGroup(g, caller(ctx)); err != nil {
+	done := d.fsys.notify.throughKernel(g.Path())
+	err := d.fsys.tree.RemoveGroup(g, caller(ctx))
+	done()
+	if err != nil {
 		return errno(err)
 	}
 	d.fsys.mu.Lock()

@@ -50,6 +50,17 @@ type notifier struct {
 	// change times of their groups.
 	times   map[string]*stamps
 	powered map[string]time.Time
+	// Directory entries that appear or go (entries.go): kernelOps are
+	// paths a mkdir or rmdir through the mount is changing, entryOps
+	// the changes for the poker to raise, creating the names its next
+	// LOOKUP must not find; switchLists are local hosts whose switches
+	// may have changed, switchNames their switches as last seen.
+	kernelOps   map[string]int
+	entryOps    []entryOp
+	creating    map[string]time.Time
+	switchLists map[string]bool
+	switchNames map[string][]string
+	kernelDone  map[string]bool // switches whose mkdir or rmdir came through the mount
 }
 
 // retry is an invalidation to send again.
@@ -114,6 +125,9 @@ func (n *notifier) onEvent(e nodes.Event) {
 		if e.Kind == "removed" {
 			n.forgetLocked(e.Path)
 		}
+		if e.Kind == "added" || e.Kind == "removed" {
+			n.entryLocked(e.Path, e.Kind == "added")
+		}
 	} else if e.Path != "" {
 		if e.Kind == "power" {
 			// A member's power changes its groups' power and state.
@@ -136,11 +150,13 @@ func (n *notifier) onEvent(e nodes.Event) {
 			bits |= dirtyConfig | dirtyPower
 		case "added", "removed":
 			n.entries[e.Path] = true
+			n.entryLocked(e.Path, e.Kind == "added")
 		case "vswitch":
 			// The switch's live files (ports, info) changed; state
 			// shows no switches.
 			bits = dirtyLog
 			n.switches[e.Path+"/vswitch/"+e.Item] = true
+			n.noteSwitchesLocked(e.Path, e.Item)
 		}
 		n.dirty[e.Path] |= bits
 		n.stampLocked(e.Path, bits, e.Time)
@@ -185,6 +201,8 @@ func (n *notifier) run() {
 		n.mu.Lock()
 		dirty, entries, groups, switches := n.dirty, n.entries, n.groupsDirty, n.switches
 		n.dirty, n.entries, n.groupsDirty, n.switches = map[string]int{}, map[string]bool{}, false, map[string]bool{}
+		ops, lists := n.entryOps, n.switchLists
+		n.entryOps, n.switchLists = nil, nil
 		var due []retry
 		now := time.Now()
 		kept := n.retries[:0]
@@ -215,6 +233,8 @@ func (n *notifier) run() {
 		for path := range entries {
 			n.refreshEntry(path)
 		}
+		n.raiseEntries(ops)
+		n.raiseEntries(n.switchOps(lists))
 		for path, bits := range dirty {
 			n.refresh(path, bits)
 		}

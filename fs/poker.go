@@ -9,6 +9,7 @@ import (
 	"os/signal"
 	"runtime"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 )
@@ -46,6 +47,15 @@ func RunPokerIfChild() {
 	signal.Ignore(syscall.SIGHUP, syscall.SIGINT, syscall.SIGTERM, syscall.SIGPIPE)
 	sc := bufio.NewScanner(os.Stdin)
 	for sc.Scan() {
+		// "+PATH" and "-PATH": a directory appeared or went (entries.go);
+		// the daemon's directories answer these without changing anything.
+		if line := sc.Text(); strings.HasPrefix(line, "+/") {
+			syscall.Mkdir(line[1:], 0o755)
+			continue
+		} else if strings.HasPrefix(line, "-/") {
+			syscall.Rmdir(line[1:])
+			continue
+		}
 		// syscall.Open, not os.Open: the Go runtime must not poll the fd.
 		fd, err := syscall.Open(sc.Text(), syscall.O_WRONLY|syscall.O_CLOEXEC, 0)
 		if err != nil {
@@ -114,6 +124,12 @@ func startPoker() (*poker, error) {
 // long: the pipe buffer holds many paths.
 func (p *poker) poke(path string) {
 	fmt.Fprintln(p.in, path)
+}
+
+// dirOp asks the poker to mkdir ('+') or rmdir ('-') path, an absolute
+// path in the mount.
+func (p *poker) dirOp(op byte, path string) {
+	fmt.Fprintf(p.in, "%c%s\n", op, path)
 }
 
 // owns reports whether a request from thread tid is the poker's: FUSE

@@ -28,6 +28,7 @@ var (
 )
 
 func (d *vswitchDir) Getattr(ctx context.Context, fh gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	d.knowSwitches()
 	out.Mode = syscall.S_IFDIR | d.fsys.writable(0o775)
 	d.fsys.setTimes(&out.Attr)
 	return 0
@@ -60,7 +61,11 @@ func (d *vswitchDir) Lookup(ctx context.Context, name string, out *fuse.EntryOut
 		ch.Operations().(*contentFile).fill(&out.Attr)
 		return ch, 0
 	}
-	if !d.host.HasSwitch(ctx, name) {
+	has := d.host.HasSwitch(ctx, name)
+	if ino, e, ok := selfLookup(ctx, d.fsys, &d.Inode, d.host.Path()+"/vswitch/"+name, has, out); ok {
+		return ino, e // the poker raising IN_CREATE or IN_DELETE (entries.go)
+	}
+	if !has {
 		return nil, syscall.ENOENT
 	}
 	out.Mode = syscall.S_IFDIR | 0o755
@@ -79,7 +84,9 @@ func (d *vswitchDir) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno
 	entries := dots(&d.Inode)
 	if d.host.IsLocal() {
 		entries = append(entries, fuse.DirEntry{Name: "all", Mode: syscall.S_IFREG}, fuse.DirEntry{Name: "ctl", Mode: syscall.S_IFREG})
-		for _, n := range d.host.SwitchNames() {
+		names := d.host.SwitchNames()
+		d.fsys.notify.knowSwitches(d.host.Path(), names)
+		for _, n := range names {
 			entries = append(entries, fuse.DirEntry{Name: n, Mode: syscall.S_IFDIR})
 		}
 	}
@@ -87,7 +94,13 @@ func (d *vswitchDir) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno
 }
 
 func (d *vswitchDir) Mkdir(ctx context.Context, name string, mode uint32, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
-	if err := d.host.CreateSwitch(ctx, name, caller(ctx)); err != nil {
+	if d.fsys.isSelf(ctx) {
+		return d.selfMkdir(ctx, name, out)
+	}
+	done := d.fsys.notify.throughKernel(d.host.Path() + "/vswitch/" + name)
+	err := d.host.CreateSwitch(ctx, name, caller(ctx))
+	done()
+	if err != nil {
 		return nil, errno(err)
 	}
 	out.Mode = syscall.S_IFDIR | 0o755
@@ -96,7 +109,13 @@ func (d *vswitchDir) Mkdir(ctx context.Context, name string, mode uint32, out *f
 }
 
 func (d *vswitchDir) Rmdir(ctx context.Context, name string) syscall.Errno {
-	if err := d.host.DeleteSwitch(ctx, name, caller(ctx)); err != nil {
+	if d.fsys.isSelf(ctx) {
+		return 0 // the poker raising IN_DELETE for a switch that went (entries.go)
+	}
+	done := d.fsys.notify.throughKernel(d.host.Path() + "/vswitch/" + name)
+	err := d.host.DeleteSwitch(ctx, name, caller(ctx))
+	done()
+	if err != nil {
 		return errno(err)
 	}
 	d.fsys.mu.Lock()

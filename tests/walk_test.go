@@ -228,3 +228,45 @@ func (s *syncBuf) String() string {
 	defer s.mu.Unlock()
 	return s.b.String()
 }
+
+// Every way a host, subhost or group appears or goes raises IN_CREATE or
+// IN_DELETE on its parent directory, once: mkdir and rmdir, ctl add and
+// remove, and a SIGHUP reload.
+func TestEntriesRaiseInotify(t *testing.T) {
+	d := start(t)
+	d.addHost("e1", "drivers = sim")
+	w := exec.Command("inotifywait", "-m", "-e", "create,delete", "--format", "%w%f %e", "hosts", "groups", "hosts/e1/subhosts")
+	w.Dir = d.mnt
+	var out, errb syncBuf
+	w.Stdout, w.Stderr = &out, &errb
+	if err := w.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { w.Process.Kill(); w.Wait() })
+	eventually(t, "inotifywait to watch", func() bool { return strings.Contains(errb.String(), "Watches established") })
+	conf := filepath.Join(d.config, "hosts", "r1.conf")
+	steps := []struct {
+		script, want string
+	}{
+		{"echo 'add c1 drivers=sim' > ctl", "hosts/c1 CREATE,ISDIR"},
+		{"echo 'remove c1' > ctl", "hosts/c1 DELETE,ISDIR"},
+		{"mkdir hosts/m1", "hosts/m1 CREATE,ISDIR"},
+		{"rmdir hosts/m1", "hosts/m1 DELETE,ISDIR"},
+		{"echo 'add e1/subhosts/s1 drivers=sim' > ctl", "hosts/e1/subhosts/s1 CREATE,ISDIR"},
+		{"echo 'remove e1/subhosts/s1' > ctl", "hosts/e1/subhosts/s1 DELETE,ISDIR"},
+		{"mkdir groups/g1", "groups/g1 CREATE,ISDIR"},
+		{"rmdir groups/g1", "groups/g1 DELETE,ISDIR"},
+		{"echo 'drivers = sim' > " + conf + " && kill -HUP " + strconv.Itoa(d.cmd.Process.Pid), "hosts/r1 CREATE,ISDIR"},
+		{"rm " + conf + " && kill -HUP " + strconv.Itoa(d.cmd.Process.Pid), "hosts/r1 DELETE,ISDIR"},
+	}
+	var want []string
+	for _, s := range steps {
+		d.ok(s.script)
+		want = append(want, s.want)
+		eventually(t, s.want, func() bool { return strings.Count(out.String(), s.want+"\n") >= 1 })
+	}
+	// Nothing twice, nothing else.
+	if got := strings.TrimSuffix(out.String(), "\n"); got != strings.Join(want, "\n") {
+		t.Fatalf("inotifywait saw:\n%s\nwant:\n%s", got, strings.Join(want, "\n"))
+	}
+}
