@@ -5,9 +5,10 @@ STATICCHECK   := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 # ipmitool and socat (IPMI driver and its serial console), ip (network
 # namespaces), setpriv (access tests); linux and uml_mconsole (UML
 # subhosts), busybox-static and mkfs.ext4 (guest roots and disk images),
-# sfdisk (partitioned disk images).
+# sfdisk (partitioned disk images); vim, perl and ansible-core (tools_test.go).
 DEB_PACKAGES  := inotify-tools fuse3 openipmi ipmitool socat iproute2 util-linux procps \
-                 user-mode-linux uml-utilities busybox-static e2fsprogs file fdisk rsync
+                 user-mode-linux uml-utilities busybox-static e2fsprogs file fdisk rsync \
+                 vim perl ansible-core
 VERSION       ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS       := -X main.version=$(VERSION)
 

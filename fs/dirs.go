@@ -145,6 +145,9 @@ func (d *listDir) Rmdir(ctx context.Context, name string) syscall.Errno {
 	if h == nil {
 		return syscall.ENOENT
 	}
+	if e := d.fsys.recursiveBusy(ctx, d.Path(nil)); e != 0 {
+		return e // inside `rm -rf` of a busy host (tempfile.go)
+	}
 	done := d.fsys.notify.throughKernel(h.Path())
 	err := d.fsys.tree.Remove(ctx, h, caller(ctx))
 	done()
@@ -174,7 +177,7 @@ type liveFiles struct {
 var _ gofs.NodeOnAdder = (*hostDir)(nil)
 
 func (hd *hostDir) fill(a *fuse.Attr) {
-	a.Mode = syscall.S_IFDIR | 0o755
+	a.Mode = syscall.S_IFDIR | hd.fsys.writable(0o775) // operators create temporary files (tempfile.go)
 	a.Ino = hostIno(hd.host, idxDir)
 	hd.fsys.setTimes(a)
 }

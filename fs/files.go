@@ -83,6 +83,8 @@ type contentFile struct {
 	// first write.
 	truncMu     sync.Mutex
 	truncatedBy map[uint32]time.Time
+
+	rc readCache // the one snapshot the kernel may hold (snapshot.go)
 }
 
 func (c *contentFile) markTruncated(pid uint32) {
@@ -137,7 +139,7 @@ func (c *contentFile) size() uint64 {
 	if c.log != nil {
 		return uint64(c.log.Size())
 	}
-	return uint64(len(c.content()))
+	return c.cachedSize()
 }
 
 func (c *contentFile) fill(a *fuse.Attr) {
@@ -162,6 +164,7 @@ func (c *contentFile) Getattr(ctx context.Context, fh gofs.FileHandle, out *fuse
 // Setattr accepts the truncation `echo x > file` sends before writing:
 // commands do not replace content, so there is nothing to truncate.
 func (c *contentFile) Setattr(ctx context.Context, fh gofs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
+	c.rc.setattr() // its reply sets the kernel's size unconditionally (snapshot.go)
 	if size, ok := in.GetSize(); ok {
 		if !c.writable() && !c.fsys.isSelf(ctx) {
 			return syscall.EACCES
@@ -182,15 +185,7 @@ func (c *contentFile) writable() bool {
 
 func (c *contentFile) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32, syscall.Errno) {
 	if flags&syscall.O_ACCMODE == syscall.O_RDONLY {
-		if c.live != nil {
-			return nil, fuse.FOPEN_DIRECT_IO, 0
-		}
-		if c.read == nil && c.log == nil {
-			return nil, 0, syscall.EACCES
-		}
-		// Cached: repeated reads cost what tmpfs costs; the notifier
-		// invalidates the cache after every change.
-		return nil, fuse.FOPEN_KEEP_CACHE | fuse.FOPEN_NOFLUSH, 0
+		return c.openRead(ctx)
 	}
 	if c.fsys.isSelf(ctx) {
 		return selfOpen()
@@ -210,25 +205,11 @@ func (c *contentFile) Open(ctx context.Context, flags uint32) (gofs.FileHandle, 
 }
 
 func (c *contentFile) Read(ctx context.Context, fh gofs.FileHandle, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
-	if c.live != nil {
-		data, err := c.live(ctx)
-		if err != nil {
-			return nil, errno(err)
-		}
-		if off >= int64(len(data)) {
-			return fuse.ReadResultData(nil), 0
-		}
-		return fuse.ReadResultData(window(data, dest, off)), 0
-	}
 	if c.log != nil {
 		n := c.log.ReadAt(dest, off)
 		return fuse.ReadResultData(dest[:n]), 0
 	}
-	data := c.content()
-	if off >= int64(len(data)) {
-		return fuse.ReadResultData(nil), 0
-	}
-	return fuse.ReadResultData(window(data, dest, off)), 0
+	return c.readExact(ctx, fh, dest, off)
 }
 
 // window is the part of data a read at off asks for: a reply longer than

@@ -39,7 +39,7 @@ func (d *groupsDir) Lookup(ctx context.Context, name string, out *fuse.EntryOut)
 		return nil, syscall.ENOENT
 	}
 	ch := d.groupInode(ctx, name, g)
-	out.Mode = syscall.S_IFDIR | 0o755
+	out.Mode = syscall.S_IFDIR | d.fsys.writable(0o775)
 	d.fsys.setTimes(&out.Attr)
 	return ch, 0
 }
@@ -66,7 +66,7 @@ func (d *groupsDir) Mkdir(ctx context.Context, name string, mode uint32, out *fu
 	if d.fsys.isSelf(ctx) {
 		d.fsys.notify.takeCreating("groups/" + name)
 		if g := d.fsys.tree.Group(name); g != nil {
-			out.Mode = syscall.S_IFDIR | 0o755
+			out.Mode = syscall.S_IFDIR | d.fsys.writable(0o775)
 			d.fsys.setTimes(&out.Attr)
 			return d.groupInode(ctx, name, g), 0
 		}
@@ -78,7 +78,7 @@ func (d *groupsDir) Mkdir(ctx context.Context, name string, mode uint32, out *fu
 	if err != nil {
 		return nil, errno(err)
 	}
-	out.Mode = syscall.S_IFDIR | 0o755
+	out.Mode = syscall.S_IFDIR | d.fsys.writable(0o775)
 	d.fsys.setTimes(&out.Attr)
 	return d.groupInode(ctx, name, g), 0
 }
@@ -112,7 +112,7 @@ type groupDir struct {
 }
 
 func (gd *groupDir) Getattr(ctx context.Context, fh gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
-	out.Mode = syscall.S_IFDIR | 0o755
+	out.Mode = syscall.S_IFDIR | gd.fsys.writable(0o775) // temporary files (tempfile.go)
 	gd.fsys.setTimes(&out.Attr)
 	return 0
 }

@@ -68,7 +68,7 @@ func (d *vswitchDir) Lookup(ctx context.Context, name string, out *fuse.EntryOut
 	if !has {
 		return nil, syscall.ENOENT
 	}
-	out.Mode = syscall.S_IFDIR | 0o755
+	out.Mode = syscall.S_IFDIR | d.fsys.writable(0o775)
 	d.fsys.setTimes(&out.Attr)
 	return d.switchInode(ctx, name), 0
 }
@@ -103,7 +103,7 @@ func (d *vswitchDir) Mkdir(ctx context.Context, name string, mode uint32, out *f
 	if err != nil {
 		return nil, errno(err)
 	}
-	out.Mode = syscall.S_IFDIR | 0o755
+	out.Mode = syscall.S_IFDIR | d.fsys.writable(0o775)
 	d.fsys.setTimes(&out.Attr)
 	return d.switchInode(ctx, name), 0
 }
@@ -135,7 +135,7 @@ type switchDir struct {
 }
 
 func (sd *switchDir) Getattr(ctx context.Context, fh gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
-	out.Mode = syscall.S_IFDIR | 0o755
+	out.Mode = syscall.S_IFDIR | sd.fsys.writable(0o775) // temporary files (tempfile.go)
 	sd.fsys.setTimes(&out.Attr)
 	return 0
 }

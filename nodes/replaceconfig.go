@@ -1,0 +1,130 @@
+package nodes
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"syscall"
+)
+
+// secretShown is what config reads show for a secret's value. A tool that
+// reads config, edits a line and writes the whole file back (an editor's
+// temporary file renamed over config) sends it back for every secret.
+const secretShown = "<set>"
+
+// ReplaceConfig makes text the host's whole config in one validated step:
+// the rename of an editor's or a config-management tool's temporary file
+// over config. Unlike SetConfig (a write, which merges), a key that text
+// does not set is removed. Every line is checked first: one bad line is
+// EINVAL and nothing changes. A secret key written as "<set>" (what config
+// reads show) keeps its current value; "key =" with no value is a key not
+// set. The checks of a write apply: operators cannot change privileged
+// keys, and a secret whose destination an operator changes is cleared
+// unless text sets it too.
+func (h *Host) ReplaceConfig(ctx context.Context, text string, who Caller) error {
+	err := h.replaceWhole(ctx, text, who)
+	if err != nil {
+		// Safe to publish, as in SetConfig: errors never quote a line.
+		h.emit("config", fmt.Sprintf("refused replace %s: %v", who, err))
+	}
+	return err
+}
+
+func (h *Host) replaceWhole(ctx context.Context, text string, who Caller) error {
+	if h.tree.readOnly {
+		return Errorf(syscall.EROFS, "read-only mount")
+	}
+	if err := checkPrintable("config", text); err != nil {
+		return err
+	}
+	parsed, err := ParseConfig(text)
+	if err != nil {
+		return err
+	}
+	cur := h.Config()
+	next := &ConfigFile{}
+	written := map[string]bool{}
+	for _, l := range parsed.lines {
+		switch {
+		case l.key == "":
+			next.lines = append(next.lines, l)
+			continue
+		case l.value == "":
+			continue // "key =": not set, so not in the new file
+		}
+		if l.value == secretShown && h.tree.isSecret(l.key) {
+			v, ok := cur.Get(l.key)
+			if !ok {
+				return Errorf(syscall.EINVAL, "%s: %s stands for the stored secret, and none is stored", l.key, secretShown)
+			}
+			l.value = v
+			l.raw = l.key + " = " + v + l.comment
+			next.lines = append(next.lines, l)
+			continue
+		}
+		if err := h.tree.checkKey(l.key, l.value); err != nil {
+			return err
+		}
+		written[l.key] = true
+		next.lines = append(next.lines, l)
+	}
+
+	h.mu.Lock()
+	if h.op != nil {
+		h.mu.Unlock()
+		return Errorf(syscall.EBUSY, "busy: %q is in flight; change the config when it is done", h.op.cmd.String())
+	}
+	old := h.cfg
+	if old.Render(nil) == next.Render(nil) {
+		h.mu.Unlock()
+		return nil
+	}
+	if err := h.tree.checkPrivileged(who, old, next); err != nil {
+		h.mu.Unlock()
+		return err
+	}
+	cleared, because := h.tree.unbindSecrets(who, old, next, written)
+	if err := h.tree.saveConfig(h.path, next); err != nil {
+		h.mu.Unlock()
+		return Errorf(syscall.EIO, "%v", err)
+	}
+	rebuild := h.tree.driverKeysChanged(old, next)
+	h.cfg = next
+	h.mu.Unlock()
+
+	var set, removed []string
+	for _, k := range h.tree.changedKeys(old, next) {
+		if _, ok := next.Get(k); ok {
+			set = append(set, k)
+		} else {
+			removed = append(removed, k)
+		}
+	}
+	detail := []string{"replaced"}
+	if len(set) > 0 {
+		detail = append(detail, "set "+strings.Join(set, " "))
+	}
+	if len(removed) > 0 {
+		detail = append(detail, "removed "+strings.Join(removed, " "))
+	}
+	h.emit("config", strings.Join(detail, ", ")+" "+who.String())
+	if len(cleared) > 0 {
+		h.emit("config", fmt.Sprintf("cleared %s: an operator changed where it is sent (%s) %s; only root or the admin group keeps a secret across such a change",
+			strings.Join(cleared, " "), strings.Join(because, " "), who))
+	}
+	if rebuild {
+		h.rebuildDrivers(ctx)
+	}
+	return nil
+}
+
+// RemoveBusy says why Remove would refuse h right now (EBUSY: h or one of
+// its subhosts runs or has a command in flight), or nil. A recursive
+// removal (rm -r) asks it before it accepts the unlink of a host's own
+// files, so that it removes nothing while the host is busy.
+func (t *Tree) RemoveBusy(h *Host) error {
+	if why := t.busyTree(h); why != "" {
+		return Errorf(syscall.EBUSY, "%s", why)
+	}
+	return nil
+}
