@@ -96,68 +96,106 @@ func TestWalkFinishes(t *testing.T) {
 	}
 }
 
-// events.log rotates like a logrotate'd log: GNU tail -F, following it by
+// events.log rotates like a logrotate'd log. GNU tail -F, following it by
 // name through a burst much larger than its limit, never sees a line twice,
-// never a cut line, and every line it misses is counted in a lost line.
+// never a cut line, and every line it misses is counted in a lost line;
+// once the burst is over it follows each rotation without missing a line.
+// tail -f, following the open file, never sees a line twice or a cut line.
 func TestEventsLogRotationFollowedByTailF(t *testing.T) {
 	d := start(t)
 	d.addHost("r1", "drivers = sim")
-	tail := exec.Command("tail", "-n", "+1", "-F", "hosts/r1/events.log")
-	tail.Dir = d.mnt
-	var out, errb syncBuf
-	tail.Stdout, tail.Stderr = &out, &errb
-	if err := tail.Start(); err != nil {
-		t.Fatal(err)
+	follow := func(mode string) (*syncBuf, *syncBuf) {
+		tail := exec.Command("tail", "-n", "+1", mode, "hosts/r1/events.log")
+		tail.Dir = d.mnt
+		var out, errb syncBuf
+		tail.Stdout, tail.Stderr = &out, &errb
+		if err := tail.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { tail.Process.Kill(); tail.Wait() })
+		eventually(t, "tail to print the log", func() bool { return strings.Contains(out.String(), " added") })
+		return &out, &errb
 	}
-	t.Cleanup(func() { tail.Process.Kill(); tail.Wait() })
-	eventually(t, "tail to print the log", func() bool { return strings.Contains(out.String(), " added") })
-	// 1.5 MiB of events through a host log of 256 KiB (128 KiB a
-	// generation), as fast as the console takes them.
-	pad := strings.Repeat("x", 20<<10)
-	const n = 75
-	d.ok(fmt.Sprintf(`exec 3>hosts/r1/console; for i in $(seq 1 %d); do printf 'log seq=%%05d %s\n' $i >&3; done; echo 'log seq=end' >&3`, n, pad))
-	deadline := time.Now().Add(90 * time.Second)
-	for !strings.Contains(out.String(), "log seq=end") {
+	byName, byNameErr := follow("-F")
+	byFd, _ := follow("-f")
+	// Each console line is two events (log, console) of about 2 KiB
+	// (an event's detail is cut at 4 KiB). A burst of 1.6 MiB through a
+	// host log of 256 KiB (128 KiB a generation), as fast as the console
+	// takes them.
+	pad := strings.Repeat("x", 2000)
+	const burst, calm, batch = 400, 100, 10
+	d.ok(fmt.Sprintf(`exec 3>hosts/r1/console; for i in $(seq 1 %d); do printf 'log seq=%%05d %s\n' $i >&3; done`, burst, pad))
+	// Once tail -F follows the current generation again (it shows a
+	// line written now)...
+	deadline := time.Now().Add(60 * time.Second)
+	for !strings.Contains(byName.String(), "log caught-up") {
 		if time.Now().After(deadline) {
-			t.Fatalf("tail -F never showed the last event; stderr %q", errb.String())
+			t.Fatalf("tail -F never caught up; stderr %q", byNameErr.String())
 		}
-		time.Sleep(100 * time.Millisecond)
+		d.ok("echo 'log caught-up' > hosts/r1/console")
+		time.Sleep(200 * time.Millisecond)
 	}
-	lineRE := regexp.MustCompile(`^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z hosts/r1 (log seq=(\d{5}) (x+)|log seq=end|lost (\d+) events .*|\S+ .*)$`)
-	seen := map[int]bool{}
-	last, lost, missing := 0, 0, 0
-	for _, l := range strings.Split(strings.TrimSuffix(out.String(), "\n"), "\n") {
-		m := lineRE.FindStringSubmatch(l)
-		if m == nil {
-			t.Fatalf("tail -F printed a line that is no event line (cut?): %.200q", l)
-		}
-		if m[2] != "" {
-			seq, _ := strconv.Atoi(m[2])
-			if len(m[3]) != len(pad) {
-				t.Fatalf("seq %d: cut line (%d bytes of padding)", seq, len(m[3]))
+	// ...batches of 40 KiB, each once tail -F has shown the batch
+	// before: three more rotations, which tail -F must follow without a
+	// loss.
+	for i := burst + batch; i <= burst+calm; i += batch {
+		d.ok(fmt.Sprintf(`exec 3>hosts/r1/console; for i in $(seq %d %d); do printf 'log seq=%%05d %s\n' $i >&3; done`, i-batch+1, i, pad))
+		want := fmt.Sprintf("log seq=%05d ", i)
+		deadline := time.Now().Add(60 * time.Second)
+		for !strings.Contains(byName.String(), want) {
+			if time.Now().After(deadline) {
+				t.Fatalf("tail -F never showed seq %d; stderr %q", i, byNameErr.String())
 			}
-			if seen[seq] || seq < last {
-				t.Fatalf("seq %d replayed (after %d); tail stderr %q", seq, last, errb.String())
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	lineRE := regexp.MustCompile(`^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z hosts/r1 (log seq=(\d{5}) (x+)|lost (\d+) events .*|\S+ .*)$`)
+	// check returns the seqs a follower missed and the events its lost
+	// lines count; it fails on a cut or replayed line.
+	check := func(who, out string) (missed []int, lost int) {
+		last := 0
+		for _, l := range strings.Split(strings.TrimSuffix(out, "\n"), "\n") {
+			m := lineRE.FindStringSubmatch(l)
+			if m == nil {
+				t.Fatalf("%s printed a line that is no event line (cut?): %.200q", who, l)
 			}
-			seen[seq] = true
-			missing += seq - last - 1
-			last = seq
+			if m[2] != "" {
+				seq, _ := strconv.Atoi(m[2])
+				if len(m[3]) != len(pad) {
+					t.Fatalf("%s: seq %d is cut (%d bytes of padding)", who, seq, len(m[3]))
+				}
+				if seq <= last {
+					t.Fatalf("%s: seq %d replayed after %d", who, seq, last)
+				}
+				for s := last + 1; s < seq; s++ {
+					missed = append(missed, s)
+				}
+				last = seq
+			}
+			if m[4] != "" {
+				k, _ := strconv.Atoi(m[4])
+				lost += k
+			}
 		}
-		if m[4] != "" {
-			k, _ := strconv.Atoi(m[4])
-			lost += k
+		return missed, lost
+	}
+	missed, lost := check("tail -F", byName.String())
+	t.Logf("tail -F: missed %d of %d events, lost lines count %d", len(missed), burst+calm, lost)
+	if len(missed) > lost {
+		t.Fatalf("tail -F missed %d events but lost lines count %d", len(missed), lost)
+	}
+	for _, s := range missed {
+		if s > burst {
+			t.Fatalf("tail -F missed seq %d, after the burst", s)
 		}
 	}
-	missing += n - last
-	if missing > lost {
-		t.Fatalf("tail -F missed %d events but lost lines count %d:\n%s", missing, lost, errb.String())
+	if strings.Contains(byNameErr.String(), "truncated") {
+		t.Fatalf("tail -F saw a truncation: %q", byNameErr.String())
 	}
-	if strings.Contains(errb.String(), "truncated") {
-		t.Fatalf("tail saw a truncation: %q", errb.String())
-	}
+	check("tail -f", byFd.String())
 	// What rotated out is in events.log.1, whole lines only.
 	prev := d.read("hosts/r1/events.log.1")
-	if !strings.HasSuffix(prev, "\n") || !strings.Contains(prev, "log seq=") {
+	if !strings.HasSuffix(prev, "\n") || !strings.Contains(prev, "log seq=") || strings.Contains(prev, " lost ") {
 		t.Fatalf("events.log.1: %.200q", prev)
 	}
 }
