@@ -4,6 +4,7 @@ import (
 	"context"
 	"path/filepath"
 	"slices"
+	"strings"
 	"syscall"
 	"time"
 
@@ -188,7 +189,6 @@ func (n *notifier) switchOps(lists map[string]bool) []entryOp {
 			if n.kernelOps[path] == 0 && !n.kernelDone[path] {
 				ops = append(ops, entryOp{path: path, added: added})
 			}
-			delete(n.kernelDone, path)
 		}
 		for _, s := range was {
 			if !slices.Contains(now, s) {
@@ -198,6 +198,14 @@ func (n *notifier) switchOps(lists map[string]bool) []entryOp {
 		for _, s := range now {
 			if known && !slices.Contains(was, s) {
 				add(hp+"/vswitch/"+s, true)
+			}
+		}
+		// The marks are used: a later event of the same mkdir (the
+		// bridge's netlink news) finds no difference, and must not
+		// leave a mark behind that hides a later cancel.
+		for p := range n.kernelDone {
+			if strings.HasPrefix(p, hp+"/vswitch/") {
+				delete(n.kernelDone, p)
 			}
 		}
 		n.mu.Unlock()

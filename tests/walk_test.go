@@ -12,6 +12,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/machinefs/machinefs/tests/harness/netns"
 )
 
 // runTool runs a tool in the mount. The deadline only stops a hung tool so
@@ -304,6 +306,38 @@ func TestEntriesRaiseInotify(t *testing.T) {
 		eventually(t, s.want, func() bool { return strings.Count(out.String(), s.want+"\n") >= 1 })
 	}
 	// Nothing twice, nothing else.
+	if got := strings.TrimSuffix(out.String(), "\n"); got != strings.Join(want, "\n") {
+		t.Fatalf("inotifywait saw:\n%s\nwant:\n%s", got, strings.Join(want, "\n"))
+	}
+}
+
+// A switch cancelled through vswitch/ctl raises IN_DELETE on vswitch/, as
+// rmdir does; mkdir raises one IN_CREATE, not two.
+func TestSwitchEntriesRaiseInotify(t *testing.T) {
+	netns.NeedRoot(t)
+	ns := netns.New(t, "mfi")
+	d := startNS(t, ns)
+	d.addHost("loc", "drivers = sim\nlocal = yes")
+	w := exec.Command("inotifywait", "-m", "-e", "create,delete", "--format", "%w%f %e", "hosts/loc/vswitch")
+	w.Dir = d.mnt
+	var out, errb syncBuf
+	w.Stdout, w.Stderr = &out, &errb
+	if err := w.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { w.Process.Kill(); w.Wait() })
+	eventually(t, "inotifywait to watch", func() bool { return strings.Contains(errb.String(), "Watches established") })
+	var want []string
+	for _, s := range []struct{ script, want string }{
+		{"mkdir hosts/loc/vswitch/mfis0", "hosts/loc/vswitch/mfis0 CREATE,ISDIR"},
+		{"echo 'cancel mfis0' > hosts/loc/vswitch/ctl", "hosts/loc/vswitch/mfis0 DELETE,ISDIR"},
+		{"mkdir hosts/loc/vswitch/mfis1", "hosts/loc/vswitch/mfis1 CREATE,ISDIR"},
+		{"rmdir hosts/loc/vswitch/mfis1", "hosts/loc/vswitch/mfis1 DELETE,ISDIR"},
+	} {
+		d.ok(s.script)
+		want = append(want, s.want)
+		eventually(t, s.want, func() bool { return strings.Contains(out.String(), s.want+"\n") })
+	}
 	if got := strings.TrimSuffix(out.String(), "\n"); got != strings.Join(want, "\n") {
 		t.Fatalf("inotifywait saw:\n%s\nwant:\n%s", got, strings.Join(want, "\n"))
 	}
