@@ -35,9 +35,11 @@ func (t *Tree) README() string {
 
 README        this text
 version       machinefs version
-ctl           write "add NAME key=value ...", "remove NAME"
-events        stream of every event: TIME PATH EVENT DETAIL (blocks; Ctrl-C ends it)
-events.log    the same events as a regular file (tail -f works)
+ctl           write "add NAME key=value ...", "remove NAME"; read: this usage
+events        stream of every event: TIME PATH EVENT DETAIL (blocks; Ctrl-C ends
+              it; not listed: open it by name)
+events.log    the same events as a regular file (tail -F works; rotated to
+              events.log.1)
 groups/NAME/  members (hostranges: node[01-40]), power, state, events: commands on all
               members in parallel
 hosts/NAME/   one directory per machine; mkdir adds a host, rmdir removes it
@@ -50,7 +52,8 @@ hosts/NAME/   one directory per machine; mkdir adds a host, rmdir removes it
   config      "key = value" lines; writing "key = value" sets, "key =" removes;
               secrets read back as <set>
   events, events.log   this host's (and its subhosts') events only
-  serial      serial console stream (IPMI Serial-over-LAN): read output, write input
+  serial      serial console stream (IPMI Serial-over-LAN): read output, write
+              input (not listed: open it by name)
   vswitch/    virtual switches of the host machinefs runs on (local = yes): mkdir
               NAME makes a bridge; ctl ("cancel NAME ..."), all; in each switch
               ctl ("add tap", "remove PORT", "check"), config (uplink), info, ports
