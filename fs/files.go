@@ -85,6 +85,8 @@ type contentFile struct {
 	truncatedBy map[uint32]time.Time
 
 	rc readCache // the one snapshot the kernel may hold (snapshot.go)
+
+	gate writeGate // writers of the file while a write blocks (gate.go)
 }
 
 func (c *contentFile) markTruncated(pid uint32) {
@@ -188,7 +190,12 @@ func (c *contentFile) Open(ctx context.Context, flags uint32) (gofs.FileHandle, 
 		return c.openRead(ctx)
 	}
 	if c.fsys.isSelf(ctx) {
-		return selfOpen()
+		// The notifier's write needs the inode lock like any other.
+		s := &gatedSelf{gate: &c.gate}
+		if e := c.gate.enter(ctx, s, c.fsys.stopping.Done()); e != 0 {
+			return nil, 0, e
+		}
+		return s, fuse.FOPEN_DIRECT_IO | fuse.FOPEN_NOFLUSH, 0
 	}
 	if !c.writable() {
 		return nil, 0, syscall.EACCES
@@ -201,7 +208,13 @@ func (c *contentFile) Open(ctx context.Context, flags uint32) (gofs.FileHandle, 
 	// The opener is the writer until a write says otherwise: `: > members`
 	// truncates and closes without writing, and its release must find
 	// the truncation (takeTruncated).
-	return &lineWriter{file: c, truncated: flags&syscall.O_TRUNC != 0, writer: caller(ctx).Pid}, fuse.FOPEN_DIRECT_IO, 0
+	w := &lineWriter{file: c, truncated: flags&syscall.O_TRUNC != 0, writer: caller(ctx).Pid}
+	// While a write blocks on the file, openers wait for their turn
+	// here, where they can be interrupted (gate.go).
+	if e := c.gate.enter(ctx, w, c.fsys.stopping.Done()); e != 0 {
+		return nil, 0, e
+	}
+	return w, fuse.FOPEN_DIRECT_IO, 0
 }
 
 func (c *contentFile) Read(ctx context.Context, fh gofs.FileHandle, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
@@ -262,6 +275,9 @@ type lineWriter struct {
 	skipping  bool   // within a line longer than maxLine: drop up to its newline
 	total     int    // bytes taken, for maxText
 	held      int    // len(buf) as counted in the mount's heldBytes
+	// pending is a run this writer's last write stepped aside from
+	// (gate.go): the rest of that write picks it up.
+	pending *pendingRun
 }
 
 func (w *lineWriter) truncate() {
@@ -286,6 +302,19 @@ var (
 func (w *lineWriter) Write(ctx context.Context, data []byte, off int64) (uint32, syscall.Errno) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
+	w.file.gate.back(w)
+	if p := w.pending; p != nil {
+		w.pending = nil
+		if string(data) == p.rest() {
+			return w.await(ctx, p, len(data))
+		}
+		// Not the rest: the program gave that write up. Its wait ends;
+		// the command goes on.
+		p.cancel()
+		if p.gated {
+			w.file.gate.end()
+		}
+	}
 	defer func() { w.file.fsys.held.account(&w.held, len(w.buf)) }()
 	w.writer = caller(ctx).Pid
 	w.wrote = true
@@ -317,10 +346,97 @@ func (w *lineWriter) Write(ctx context.Context, data []byte, off int64) (uint32,
 	}
 	text := string(w.buf[:i+1])
 	w.buf = append(w.buf[:0], w.buf[i+1:]...)
-	if err := w.file.run(ctx, text, w.take()); err != nil {
-		return 0, errno(err)
+	replace := w.take()
+	p := w.file.fsys.startRun(ctx, text, func(ctx context.Context) error { return w.file.run(ctx, text, replace) })
+	if text != string(data) {
+		// Lines begun by an earlier write, or a line left open after
+		// them: the byte counts of a step aside would not match the
+		// program's, so this write never steps aside.
+		p.accepted = -1
 	}
-	return uint32(len(data)), 0
+	return w.await(ctx, p, len(data))
+}
+
+// await waits for p, the run of a write of n bytes, and answers the write:
+// n when it succeeded, its errno when it failed. While it waits it holds the
+// file's inode lock in the kernel, so it steps aside for other writers
+// (gate.go): it answers 1 byte taken, and the program sends the rest of the
+// write at once. It fails with EINTR when the writer is interrupted (the
+// command goes on) and ESHUTDOWN when the daemon stops.
+func (w *lineWriter) await(ctx context.Context, p *pendingRun, n int) (uint32, syscall.Errno) {
+	answer := func(err error) (uint32, syscall.Errno) {
+		if err != nil {
+			return 0, errno(err)
+		}
+		return uint32(n), 0
+	}
+	select {
+	case err := <-p.res:
+		return answer(err) // most runs end at once: no gate
+	default:
+	}
+	g := &w.file.gate
+	if !p.gated {
+		p.gated = true
+		g.begin()
+	}
+	g.hold()
+	tick := time.NewTicker(gateTick)
+	defer tick.Stop()
+	for {
+		select {
+		case err := <-p.res:
+			g.unhold(nil)
+			g.end()
+			return answer(err)
+		case <-ctx.Done():
+			// Interrupted (Ctrl-C): the wait ends, never the command.
+			p.cancel()
+			err := <-p.res
+			g.unhold(nil)
+			g.end()
+			return answer(err)
+		case <-w.file.fsys.stopping.Done():
+			g.unhold(nil)
+			g.end()
+			w.file.fsys.opts.Log.Info("machinefs stops: a wait in flight ends with ESHUTDOWN (the command goes on)",
+				"file", w.file.Path(nil), "command", strings.TrimSpace(p.text), "pid", w.writer)
+			return 0, syscall.ESHUTDOWN
+		case <-tick.C:
+			if p.accepted < 0 || !g.stepAside() {
+				continue
+			}
+			// 1 byte while more than the last is left, then 0.
+			step := 0
+			if p.accepted < len(p.text)-1 {
+				step = 1
+			}
+			p.accepted += step
+			w.pending = p
+			g.unhold(w)
+			return uint32(step), 0
+		}
+	}
+}
+
+// dropPending ends the wait of a run stepped aside from whose rest never
+// came (the writer closed or died): the command goes on.
+func (w *lineWriter) dropPending() {
+	if p := w.pending; p != nil {
+		p.cancel()
+		if p.gated {
+			w.file.gate.end()
+		}
+		w.pending = nil
+	}
+}
+
+// releasePending is dropPending at the last close, which also ends the
+// writer's way to the lock (gate.go). A flush does not: shells close the
+// descriptor they opened once it is dup'ed, before they write.
+func (w *lineWriter) releasePending() {
+	w.dropPending()
+	w.file.gate.back(w)
 }
 
 // Flush runs a last line written without a newline (`printf on > power`)
@@ -335,6 +451,7 @@ func (w *lineWriter) Flush(ctx context.Context) syscall.Errno {
 	if caller(ctx).Pid != w.writer {
 		return 0
 	}
+	w.dropPending()
 	defer w.file.fsys.held.account(&w.held, 0)
 	w.skipping = false // a long last line ends at close; its writes failed
 	if len(bytes.TrimSpace(w.buf)) == 0 {
@@ -350,6 +467,7 @@ func (w *lineWriter) Flush(ctx context.Context) syscall.Errno {
 func (w *lineWriter) Release(ctx context.Context) syscall.Errno {
 	w.mu.Lock()
 	defer w.mu.Unlock()
+	w.releasePending()
 	left := len(bytes.TrimSpace(w.buf)) > 0
 	w.buf = nil
 	w.file.fsys.held.account(&w.held, 0)

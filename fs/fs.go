@@ -62,6 +62,10 @@ type FS struct {
 	server     *fuse.Server
 	started    time.Time
 	done       chan struct{} // closed at unmount: releases blocked streams
+	// stopping ends at unmount, first thing: writes that wait in the
+	// daemon fail with ESHUTDOWN and openers held by a write gate go.
+	stopping context.Context
+	stop     context.CancelFunc
 
 	mu         sync.Mutex
 	hostDirs   map[string]*hostDir   // by host path, once the kernel looked them up
@@ -91,6 +95,7 @@ func Mount(tree *nodes.Tree, mountpoint string, o Options) (*FS, error) {
 		groupDirs:  map[string]*groupDir{},
 		switchDirs: map[string]*switchDir{},
 	}
+	f.stopping, f.stop = context.WithCancel(context.Background())
 	f.notify = newNotifier(f)
 	// Cached entries and attributes are safe because every change is
 	// invalidated by the notifier (NotifyContent also drops attributes,
@@ -117,6 +122,7 @@ func Mount(tree *nodes.Tree, mountpoint string, o Options) (*FS, error) {
 	// The poker exists before the first request, so requests can tell it.
 	p, err := startPoker()
 	if err != nil {
+		f.stop()
 		return nil, err
 	}
 	f.poker = p
@@ -131,6 +137,7 @@ func Mount(tree *nodes.Tree, mountpoint string, o Options) (*FS, error) {
 	})
 	if err != nil {
 		p.stop()
+		f.stop()
 		return nil, fmt.Errorf("mount %s: %w", mountpoint, err)
 	}
 	f.server = server
@@ -180,11 +187,16 @@ func (f *FS) mountChannel(opts *gofs.Options) (*fuse.Server, error) {
 // or umount).
 func (f *FS) Wait() { f.server.Wait() }
 
-// Unmount stops the notifier, releases blocked readers and unmounts. When
+// Unmount ends the waits in flight (ESHUTDOWN), stops the notifier,
+// releases blocked readers and unmounts. When
 // the mount stays busy (a shell's working directory is in it), it is
 // detached lazily after about two seconds: a daemon told to stop stops, and
 // the busy users get ENOTCONN once the daemon has exited.
 func (f *FS) Unmount() error {
+	// Waits in flight end first: each holds its file's inode lock in the
+	// kernel, so the notifier's write to that file, and the unmount
+	// itself, would wait for the whole of the wait.
+	f.stop()
 	f.notify.stop()
 	select {
 	case <-f.done:
