@@ -166,7 +166,7 @@ func (c *contentFile) Getattr(ctx context.Context, fh gofs.FileHandle, out *fuse
 // Setattr accepts the truncation `echo x > file` sends before writing:
 // commands do not replace content, so there is nothing to truncate.
 func (c *contentFile) Setattr(ctx context.Context, fh gofs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
-	c.rc.setattr() // its reply sets the kernel's size unconditionally (snapshot.go)
+	defer c.rc.setattrBegin()() // its reply sets the kernel's size unconditionally (snapshot.go)
 	if size, ok := in.GetSize(); ok {
 		if !c.writable() && !c.fsys.isSelf(ctx) {
 			return syscall.EACCES

@@ -16,48 +16,72 @@ import (
 // snapshot of a file, never NUL padding and never a reply longer than it
 // asked for.
 //
-// The kernel caches a status file's size (i_size) and its pages apart, and
-// go-fuse runs it with explicit invalidation: a GETATTR that reports a new
-// size does not drop the cached pages. Size and pages that the kernel got
-// at different moments are how a reader saw a new, longer size over the
-// old page, whose tail is zeros. So the kernel is only ever given one
-// snapshot per file, readCache.snap: GETATTR reports its size and every
-// READ through the page cache is served from it. The snapshot changes
-// only when the kernel holds nothing of the old one (switchSnapshot): the
-// daemon invalidates the file and takes the new snapshot only if no
-// GETATTR or READ was answered from the old one during the invalidation.
+// The kernel caches a status file's size (i_size) and its pages apart.
+// Size and pages rendered at different moments are how a reader saw a
+// size over content that was shorter by then: the kernel fills the rest
+// of the page with zeros. So every answer the kernel caches comes from one
+// snapshot per file, readCache.snap: a GETATTR (or LOOKUP) renews it and
+// reports its size, and every READ through the page cache is served from
+// it, never from a newer rendering. A reply that changes the size makes
+// the kernel drop the file's pages (go-fuse runs it with auto_inval_data),
+// and the notifier's invalidation after every change makes it ask again.
 //
-// An open is always fresh: when the content differs from the snapshot, or
-// is larger than one page (a long config, the state of a large group,
-// which a reader may read in pieces while it changes), the open gets a
-// snapshot of its own and direct I/O, so its reads ignore the page cache
-// and read exactly that snapshot to its end. The page cache serves the
-// common case: a small file that has not changed since the kernel last
-// read it, as cheap to re-read as tmpfs.
+// An open takes a snapshot of its own, read with direct I/O (so neither
+// the kernel's size nor its pages play a part) unless the file is small
+// (one page: the kernel reads it whole in one READ), equal to the kernel's
+// snapshot and settled (left alone for a while: no reply to the kernel is
+// still on its way). So a file read while it changes (a long config, the
+// state of a large group, a status file under a loop of writes) is read
+// exactly, from one snapshot to its end, and the page cache serves the
+// common case, a file that has not changed, as cheaply as tmpfs.
 type readCache struct {
-	mu      sync.Mutex
-	snap    []byte
-	valid   bool // snap holds a rendering
-	touched bool // the kernel was answered from snap during a switch
-	queued  bool // a switch is running
-	// setattrAt is when a SETATTR was last answered. The kernel takes a
-	// SETATTR reply's size even when it arrives after an invalidation
-	// (unlike GETATTR and LOOKUP replies, which it then drops), so no
-	// switch invalidates within setattrSettle of one.
-	setattrAt time.Time
+	mu    sync.Mutex
+	snap  []byte
+	valid bool // snap holds a rendering
+	// changedAt is when the snapshot last changed.
+	changedAt time.Time
+	// SETATTR replies (the truncation of `>`) set the kernel's size
+	// too: setattrs are in progress, setattrEnd is when the last ended.
+	setattrs   int
+	setattrEnd time.Time
 }
 
-// setattrSettle is how long a SETATTR reply may take to reach the kernel.
-const setattrSettle = 20 * time.Millisecond
+// settle is how long a file must have been left alone before an open may
+// read it through the page cache: replies the kernel may still take, or
+// drop in a race with another (attr_version), are gone by then.
+const settle = 50 * time.Millisecond
 
-func (rc *readCache) setattr() {
+// settledLocked reports whether the kernel's view of the file is settled.
+func (rc *readCache) settledLocked() bool {
+	return rc.setattrs == 0 && time.Since(rc.setattrEnd) >= settle && time.Since(rc.changedAt) >= settle
+}
+
+// setattrBegin marks a SETATTR in progress; the returned func ends it.
+func (rc *readCache) setattrBegin() func() {
 	rc.mu.Lock()
-	rc.setattrAt = time.Now()
+	rc.setattrs++
 	rc.mu.Unlock()
+	return func() {
+		rc.mu.Lock()
+		rc.setattrs--
+		rc.setattrEnd = time.Now()
+		rc.mu.Unlock()
+	}
+}
+
+// renewLocked makes fresh the kernel's snapshot. The first one is no
+// change: the kernel had nothing of the file before.
+func (rc *readCache) renewLocked(fresh []byte) {
+	switch {
+	case !rc.valid:
+		rc.snap, rc.valid = fresh, true
+	case !bytes.Equal(fresh, rc.snap):
+		rc.snap, rc.changedAt = fresh, time.Now()
+	}
 }
 
 // pageSize bounds what a cached open may read: a file within one page is
-// read by the kernel in a single READ, so no reader can get pages of two
+// read by the kernel in a single READ, so no reader gets pages of two
 // snapshots.
 var pageSize = os.Getpagesize()
 
@@ -68,28 +92,21 @@ func (c *contentFile) cached() bool {
 	return c.live == nil && c.log == nil && c.read != nil
 }
 
-// cachedSize is the size the kernel gets: that of the kernel's snapshot.
-// A content that differs starts a switch, so the next stat sees it.
+// cachedSize is the size the kernel gets: that of a fresh snapshot, which
+// READs through the page cache are served from from now on.
 func (c *contentFile) cachedSize() uint64 {
 	if c.read == nil {
 		return 0 // write-only (ctl)
 	}
 	fresh := c.read()
 	c.rc.mu.Lock()
-	if !c.rc.valid {
-		c.rc.snap, c.rc.valid = fresh, true
-	}
-	c.rc.touched = true
-	n := len(c.rc.snap)
-	changed := !bytes.Equal(fresh, c.rc.snap)
+	c.rc.renewLocked(fresh)
 	c.rc.mu.Unlock()
-	if changed {
-		c.requestSwitch()
-	}
-	return uint64(n)
+	return uint64(len(fresh))
 }
 
-// snapHandle is an open with a snapshot of its own, read with direct I/O.
+// snapHandle is an open with a snapshot of its own, read with direct I/O;
+// each read pass from offset 0 takes a new one.
 type snapHandle struct {
 	mu     sync.Mutex
 	data   []byte
@@ -99,8 +116,8 @@ type snapHandle struct {
 // openRead opens c for reading (see readCache).
 func (c *contentFile) openRead(ctx context.Context) (gofs.FileHandle, uint32, syscall.Errno) {
 	if c.live != nil {
-		// Loaded at the first read: the driver is asked once per open,
-		// and small reads (dd bs=16) of one open are of one answer.
+		// Loaded at the first read: the driver is asked once per pass,
+		// and small reads (dd bs=16) of one pass are of one answer.
 		return &snapHandle{}, fuse.FOPEN_DIRECT_IO, 0
 	}
 	if c.read == nil && c.log == nil {
@@ -111,17 +128,10 @@ func (c *contentFile) openRead(ctx context.Context) (gofs.FileHandle, uint32, sy
 	}
 	fresh := c.read()
 	c.rc.mu.Lock()
-	if !c.rc.valid {
-		c.rc.snap, c.rc.valid = fresh, true
-	}
-	same := bytes.Equal(fresh, c.rc.snap)
+	cached := c.rc.valid && bytes.Equal(fresh, c.rc.snap) && c.rc.settledLocked() && len(fresh) <= pageSize
 	c.rc.mu.Unlock()
-	if same && len(fresh) <= pageSize {
-		// Cached: repeated reads cost what tmpfs costs.
+	if cached {
 		return nil, fuse.FOPEN_KEEP_CACHE | fuse.FOPEN_NOFLUSH, 0
-	}
-	if !same {
-		c.requestSwitch()
 	}
 	return &snapHandle{data: fresh, loaded: true}, fuse.FOPEN_DIRECT_IO | fuse.FOPEN_NOFLUSH, 0
 }
@@ -134,7 +144,9 @@ func (c *contentFile) readExact(ctx context.Context, fh gofs.FileHandle, dest []
 	switch h := fh.(type) {
 	case *snapHandle:
 		h.mu.Lock()
-		if !h.loaded {
+		// A read from offset 0 starts a new pass, as in seq_file: a
+		// monitor that keeps the file open and preads it sees changes.
+		if !h.loaded || off == 0 {
 			if c.live != nil {
 				b, err := c.live(ctx)
 				if err != nil {
@@ -155,9 +167,8 @@ func (c *contentFile) readExact(ctx context.Context, fh gofs.FileHandle, dest []
 		}
 		c.rc.mu.Lock()
 		if !c.rc.valid {
-			c.rc.snap, c.rc.valid = c.read(), true
+			c.rc.renewLocked(c.read())
 		}
-		c.rc.touched = true
 		data = c.rc.snap
 		c.rc.mu.Unlock()
 	default:
@@ -176,74 +187,4 @@ func (c *contentFile) readExact(ctx context.Context, fh gofs.FileHandle, dest []
 		return fuse.ReadResultData(nil), 0
 	}
 	return fuse.ReadResultData(window(data, dest, off)), 0
-}
-
-// requestSwitch starts a switch of the kernel's snapshot unless one runs.
-func (c *contentFile) requestSwitch() {
-	c.rc.mu.Lock()
-	if c.rc.queued {
-		c.rc.mu.Unlock()
-		return
-	}
-	c.rc.queued = true
-	c.rc.mu.Unlock()
-	// Never from inside the FUSE request: an invalidation waits for
-	// the pages that requests hold.
-	go c.switchSnapshot()
-}
-
-// switchSnapshot gives the kernel a new snapshot: it invalidates the
-// file's pages and attributes, and the new snapshot is taken only if the
-// kernel was answered nothing from the old one in the meantime (else the
-// answer might be cached still, and it tries again). Readers meanwhile
-// read exact snapshots of their own (openRead).
-func (c *contentFile) switchSnapshot() {
-	defer func() {
-		c.rc.mu.Lock()
-		c.rc.queued = false
-		c.rc.mu.Unlock()
-	}()
-	ino := c.EmbeddedInode()
-	for round := 0; round < 10; round++ {
-		fresh := c.read()
-		c.rc.mu.Lock()
-		if bytes.Equal(fresh, c.rc.snap) {
-			c.rc.mu.Unlock()
-			return
-		}
-		settling := time.Since(c.rc.setattrAt) < setattrSettle
-		c.rc.touched = false
-		c.rc.mu.Unlock()
-		if settling {
-			select {
-			case <-c.fsys.done:
-				return
-			case <-time.After(setattrSettle):
-			}
-			continue
-		}
-		// Replies computed from the old snapshot before this point are
-		// harmless once the kernel has taken the invalidation: it drops
-		// a GETATTR or LOOKUP reply older than an invalidation
-		// (attr_version), and the invalidation waits for pages being
-		// read. An inode the kernel does not know (ENOENT) may have its
-		// first LOOKUP reply, with the old size, still on the way, for
-		// as long as the kernel takes to evict the inode it had: only
-		// an invalidation the kernel took lets the snapshot change.
-		st := ino.NotifyContent(0, 0)
-		c.rc.mu.Lock()
-		if !c.rc.touched && st == 0 {
-			c.rc.snap = fresh
-			c.rc.mu.Unlock()
-			return
-		}
-		c.rc.mu.Unlock()
-		select {
-		case <-c.fsys.done:
-			return
-		case <-time.After(time.Millisecond << round):
-		}
-	}
-	// Busy readers kept the old snapshot in use: opens stay direct and
-	// exact; the next open or stat that sees the change tries again.
 }
