@@ -23,8 +23,11 @@ var Errnos = [][2]string{
 	{"EROFS", "the tree is mounted read-only"},
 	{"ENOBUFS", "a console session's unread transcript is full (1 MiB, or 32 MiB for the mount): read it, or open a write-only session"},
 	{"EFBIG", "more than 1 MiB written through one open file of config, members or ctl"},
+	{"ENOSPC", "a 17th temporary file in one directory"},
+	{"EXDEV", "rename of a temporary file into another directory (mv then copies)"},
+	{"EOPNOTSUPP", "setxattr on a temporary file"},
 	{"EXFULL", "a switch has no free port (the kernel's limit of ports on a bridge)"},
-	{"EPERM", "the driver lacks a privilege (e.g. CAP_NET_RAW for Wake-on-LAN frames); poweroff/reboot self of the local host without allow-self"},
+	{"EPERM", "the driver lacks a privilege (e.g. CAP_NET_RAW for Wake-on-LAN frames); poweroff/reboot self of the local host without allow-self; unlink or rename of a tree file"},
 }
 
 // README is the text of the README file at the root of the mount: the tree,
