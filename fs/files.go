@@ -278,6 +278,10 @@ type lineWriter struct {
 	// pending is a run this writer's last write stepped aside from
 	// (gate.go): the rest of that write picks it up.
 	pending *pendingRun
+	// stepped is what steps aside took of a write that then failed
+	// (EINTR): a program that retries sends only the rest, which these
+	// bytes begin. A flush drops them: they ran already.
+	stepped []byte
 }
 
 func (w *lineWriter) truncate() {
@@ -318,6 +322,11 @@ func (w *lineWriter) Write(ctx context.Context, data []byte, off int64) (uint32,
 	defer func() { w.file.fsys.held.account(&w.held, len(w.buf)) }()
 	w.writer = caller(ctx).Pid
 	w.wrote = true
+	prefix := w.stepped
+	if prefix != nil {
+		w.buf = append(prefix, w.buf...)
+		w.stepped = nil
+	}
 	if skip(&w.skipping, data) {
 		return 0, syscall.EINVAL
 	}
@@ -348,7 +357,8 @@ func (w *lineWriter) Write(ctx context.Context, data []byte, off int64) (uint32,
 	w.buf = append(w.buf[:0], w.buf[i+1:]...)
 	replace := w.take()
 	p := w.file.fsys.startRun(ctx, text, func(ctx context.Context) error { return w.file.run(ctx, text, replace) })
-	if text != string(data) {
+	p.accepted = len(prefix) // what the program sends is the rest
+	if text != string(prefix)+string(data) {
 		// Lines begun by an earlier write, or a line left open after
 		// them: the byte counts of a step aside would not match the
 		// program's, so this write never steps aside.
@@ -395,6 +405,9 @@ func (w *lineWriter) await(ctx context.Context, p *pendingRun, n int) (uint32, s
 			err := <-p.res
 			g.unhold(nil)
 			g.end()
+			if err != nil && p.accepted > 0 {
+				w.stepped = []byte(p.text[:p.accepted])
+			}
 			return answer(err)
 		case <-w.file.fsys.stopping.Done():
 			g.unhold(nil)
@@ -403,7 +416,7 @@ func (w *lineWriter) await(ctx context.Context, p *pendingRun, n int) (uint32, s
 				"file", w.file.Path(nil), "command", strings.TrimSpace(p.text), "pid", w.writer)
 			return 0, syscall.ESHUTDOWN
 		case <-tick.C:
-			if p.accepted < 0 || !g.stepAside() {
+			if p.accepted < 0 || !g.stepAside(len(p.text)-1-p.accepted) {
 				continue
 			}
 			// 1 byte while more than the last is left, then 0.
@@ -452,6 +465,7 @@ func (w *lineWriter) Flush(ctx context.Context) syscall.Errno {
 		return 0
 	}
 	w.dropPending()
+	w.stepped = nil
 	defer w.file.fsys.held.account(&w.held, 0)
 	w.skipping = false // a long last line ends at close; its writes failed
 	if len(bytes.TrimSpace(w.buf)) == 0 {
@@ -460,7 +474,21 @@ func (w *lineWriter) Flush(ctx context.Context) syscall.Errno {
 	}
 	text := string(w.buf)
 	w.buf = nil
-	return errno(w.file.run(ctx, text, w.take()))
+	replace := w.take()
+	// A FLUSH holds no inode lock, so it need not step aside; it still
+	// ends with EINTR when interrupted and ESHUTDOWN when the daemon stops.
+	p := w.file.fsys.startRun(ctx, text, func(ctx context.Context) error { return w.file.run(ctx, text, replace) })
+	select {
+	case err := <-p.res:
+		return errno(err)
+	case <-ctx.Done():
+		p.cancel()
+		return errno(<-p.res)
+	case <-w.file.fsys.stopping.Done():
+		w.file.fsys.opts.Log.Info("machinefs stops: a wait in flight ends with ESHUTDOWN (the command goes on)",
+			"file", w.file.Path(nil), "command", strings.TrimSpace(text), "pid", w.writer)
+		return syscall.ESHUTDOWN
+	}
 }
 
 // Release gives back what a line left without its writer's flush holds.

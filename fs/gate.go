@@ -50,12 +50,13 @@ type transiter struct {
 	first time.Time // let through
 	since time.Time // let through, or last stepped aside for
 	steps int       // times a holder stepped aside for it
+	self  bool      // the notifier's write
 }
 
 const (
 	// gateSettle is how long a writer let through is given to reach the
 	// kernel's lock before the holder steps aside for it.
-	gateSettle = 15 * time.Millisecond
+	gateSettle = 30 * time.Millisecond
 	// gateFirst and gateMaxSpacing bound the intervals between batches.
 	gateFirst      = 20 * time.Millisecond
 	gateMaxSpacing = 250 * time.Millisecond
@@ -125,7 +126,8 @@ func (g *writeGate) addTransitLocked(key any, now time.Time) {
 	if g.transit == nil {
 		g.transit = map[any]*transiter{}
 	}
-	g.transit[key] = &transiter{first: now, since: now}
+	_, self := key.(*gatedSelf)
+	g.transit[key] = &transiter{first: now, since: now, self: self}
 }
 
 // begin and end bracket a run that blocks a write (from its first wait
@@ -178,11 +180,14 @@ func (g *writeGate) unhold(stepped any) {
 	}
 }
 
-// stepAside is asked by a blocked write every gateTick. It lets a batch of
-// held openers go when their time has come, and says whether the write
-// should step aside now: some writer let through has had time to reach the
-// lock and has not come back yet.
-func (g *writeGate) stepAside() bool {
+// stepAside is asked by a blocked write every gateTick; left is how many
+// more times it can step aside with 1 byte. It lets a batch of held openers
+// go when their time has come, and says whether the write should step
+// aside now: some writer let through has had time to reach the lock and
+// has not come back yet. The notifier's writes are not worth a step with
+// 0 bytes (which Go and Rust programs take for an error): when few bytes
+// are left, they wait for the end of the wait, as all writers did before.
+func (g *writeGate) stepAside(left int) bool {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	now := time.Now()
@@ -202,7 +207,7 @@ func (g *writeGate) stepAside() bool {
 			delete(g.transit, k)
 			continue
 		}
-		if now.Sub(t.since) >= gateSettle<<min(t.steps, 5) {
+		if now.Sub(t.since) >= gateSettle<<min(t.steps, 5) && (!t.self || left > 2) {
 			due = true
 		}
 	}
