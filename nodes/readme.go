@@ -23,6 +23,7 @@ var Errnos = [][2]string{
 	{"EROFS", "the tree is mounted read-only"},
 	{"ENOBUFS", "a console session's unread transcript is full (1 MiB, or 32 MiB for the mount): read it, or open a write-only session"},
 	{"EFBIG", "more than 1 MiB written through one open file of config, members or ctl"},
+	{"ESHUTDOWN", "machinefs stopped (SIGTERM or unmount) while the write waited; the command goes on"},
 	{"ENOSPC", "a 17th temporary file in one directory"},
 	{"EXDEV", "rename of a temporary file into another directory (mv then copies)"},
 	{"EOPNOTSUPP", "setxattr on a temporary file"},
