@@ -260,7 +260,6 @@ func (f *FS) startRun(ctx context.Context, text string, run func(context.Context
 // gatedSelf is the notifier's write to a file with a gate: it comes back to
 // the gate with its write or its close.
 type gatedSelf struct {
-	selfWrite
 	gate *writeGate
 }
 
