@@ -320,7 +320,9 @@ func TestUMLGuest(t *testing.T) {
 func TestUMLConsoleKeptSocket(t *testing.T) {
 	umlh.Skip(t)
 	root, dir := umlh.Root(t), umlh.Dir(t)
-	cfg := config{"uml.root": "hostfs:" + root, "uml.dir": dir, "uml.mem": "64M", "uml.init": "/init", "uml.mconsole-timeout": "1s"}
+	// 3s: short enough for the stopped guest's timeout below, long enough
+	// for eight requests at once on a loaded two-vCPU machine.
+	cfg := config{"uml.root": "hostfs:" + root, "uml.dir": dir, "uml.mem": "64M", "uml.init": "/init", "uml.mconsole-timeout": "3s"}
 	r := &recorder{}
 	m := newMachine(t, cfg, r)
 	defer m.Close()
