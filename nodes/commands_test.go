@@ -125,7 +125,9 @@ func TestConfigWriteKeepsMachine(t *testing.T) {
 			if e.Kind == "drivers" {
 				rebuilt++
 			}
-			if e.Kind == "power" {
+			// A report that says "on" again (the end of "on wait", the
+			// rebuilt simulator reporting what it runs) changes nothing.
+			if f := strings.Fields(e.Detail); e.Kind == "power" && (len(f) == 0 || f[0] != "on") {
 				t.Errorf("config writes changed power: %s", e.Detail)
 			}
 			continue
