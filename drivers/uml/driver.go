@@ -373,6 +373,11 @@ func (m *Machine) exited(g *guest) {
 
 	m.log.Info("uml: guest process ended", "pid", g.pid, "how", how)
 	switch {
+	case crashed != "" && expect != "":
+		// Asked to go down (off force after a panic, or a poweroff the
+		// guest crashed in): it is down now. The crash was reported
+		// when it came; staying "crashed" here would fail every off.
+		m.report.Report(nodes.Status{Power: nodes.PowerOff, Reachable: true, Reason: fmt.Sprintf("guest stopped (%s) after %s; process %s", expect, crashed, how)})
 	case crashed != "":
 		m.report.Report(nodes.Status{Power: nodes.PowerCrashed, Reachable: true, Reason: fmt.Sprintf("%s; guest process %s", crashed, how)})
 	case expect != "":
