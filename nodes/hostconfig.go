@@ -92,42 +92,67 @@ func (h *Host) setConfig(ctx context.Context, text string, who Caller) error {
 		}
 	}
 
-	h.mu.Lock()
-	if h.op != nil {
-		h.mu.Unlock()
-		return Errorf(syscall.EBUSY, "busy: %q is in flight; change the config when it is done", h.op.cmd.String())
-	}
-	next := h.cfg.Clone()
-	for _, l := range edits.lines {
-		switch {
-		case l.key == "":
-		case l.value == "":
-			next.Delete(l.key)
-		default:
-			next.setLine(l)
+	return h.commitConfig(ctx, who, written, func(cur *ConfigFile) *ConfigFile {
+		next := cur.Clone()
+		for _, l := range edits.lines {
+			switch {
+			case l.key == "":
+			case l.value == "":
+				next.Delete(l.key)
+			default:
+				next.setLine(l)
+			}
 		}
-	}
-	if err := h.tree.checkPrivileged(who, h.cfg, next); err != nil {
-		h.mu.Unlock()
-		return err
-	}
-	cleared, because := h.tree.unbindSecrets(who, h.cfg, next, written)
-	if err := h.tree.saveConfig(h.path, next); err != nil {
-		h.mu.Unlock()
-		return Errorf(syscall.EIO, "%v", err)
-	}
-	rebuild := h.tree.driverKeysChanged(h.cfg, next)
-	h.cfg = next
-	h.mu.Unlock()
+		return next
+	}, func(_, _ *ConfigFile) []string { return keysDetail(nil, set, removed) })
+}
 
-	detail := []string{}
+// keysDetail is the config event's detail: "set K ..., removed K ...".
+func keysDetail(detail, set, removed []string) []string {
 	if len(set) > 0 {
 		detail = append(detail, "set "+strings.Join(set, " "))
 	}
 	if len(removed) > 0 {
 		detail = append(detail, "removed "+strings.Join(removed, " "))
 	}
-	h.emit("config", strings.Join(detail, ", ")+" "+who.String())
+	return detail
+}
+
+// commitConfig makes a new config the host's under the rules every change
+// through the tree obeys, a write (SetConfig) and a replacement
+// (ReplaceConfig) alike: never while a command is in flight (EBUSY),
+// privileged keys for admins only (EACCES), a secret cleared when an
+// operator moves its destination, saved before it counts (EIO), and the
+// drivers rebuilt only when a key they read changed. build makes the new
+// config from the current one, nil for no change; written names the keys
+// the caller wrote; describe says what changed, for the config event.
+func (h *Host) commitConfig(ctx context.Context, who Caller, written map[string]bool,
+	build func(cur *ConfigFile) *ConfigFile, describe func(old, next *ConfigFile) []string) error {
+	h.mu.Lock()
+	if h.op != nil {
+		h.mu.Unlock()
+		return Errorf(syscall.EBUSY, "busy: %q is in flight; change the config when it is done", h.op.cmd.String())
+	}
+	old := h.cfg
+	next := build(old)
+	if next == nil {
+		h.mu.Unlock()
+		return nil
+	}
+	if err := h.tree.checkPrivileged(who, old, next); err != nil {
+		h.mu.Unlock()
+		return err
+	}
+	cleared, because := h.tree.unbindSecrets(who, old, next, written)
+	if err := h.tree.saveConfig(h.path, next); err != nil {
+		h.mu.Unlock()
+		return Errorf(syscall.EIO, "%v", err)
+	}
+	rebuild := h.tree.driverKeysChanged(old, next)
+	h.cfg = next
+	h.mu.Unlock()
+
+	h.emit("config", strings.Join(describe(old, next), ", ")+" "+who.String())
 	if len(cleared) > 0 {
 		h.emit("config", fmt.Sprintf("cleared %s: an operator changed where it is sent (%s) %s; only root or the admin group keeps a secret across such a change",
 			strings.Join(cleared, " "), strings.Join(because, " "), who))

@@ -3,7 +3,6 @@ package nodes
 import (
 	"context"
 	"fmt"
-	"strings"
 	"syscall"
 )
 
@@ -69,53 +68,22 @@ func (h *Host) replaceWhole(ctx context.Context, text string, who Caller) error 
 		next.lines = append(next.lines, l)
 	}
 
-	h.mu.Lock()
-	if h.op != nil {
-		h.mu.Unlock()
-		return Errorf(syscall.EBUSY, "busy: %q is in flight; change the config when it is done", h.op.cmd.String())
-	}
-	old := h.cfg
-	if old.Render(nil) == next.Render(nil) {
-		h.mu.Unlock()
-		return nil
-	}
-	if err := h.tree.checkPrivileged(who, old, next); err != nil {
-		h.mu.Unlock()
-		return err
-	}
-	cleared, because := h.tree.unbindSecrets(who, old, next, written)
-	if err := h.tree.saveConfig(h.path, next); err != nil {
-		h.mu.Unlock()
-		return Errorf(syscall.EIO, "%v", err)
-	}
-	rebuild := h.tree.driverKeysChanged(old, next)
-	h.cfg = next
-	h.mu.Unlock()
-
-	var set, removed []string
-	for _, k := range h.tree.changedKeys(old, next) {
-		if _, ok := next.Get(k); ok {
-			set = append(set, k)
-		} else {
-			removed = append(removed, k)
+	return h.commitConfig(ctx, who, written, func(cur *ConfigFile) *ConfigFile {
+		if cur.Render(nil) == next.Render(nil) {
+			return nil
 		}
-	}
-	detail := []string{"replaced"}
-	if len(set) > 0 {
-		detail = append(detail, "set "+strings.Join(set, " "))
-	}
-	if len(removed) > 0 {
-		detail = append(detail, "removed "+strings.Join(removed, " "))
-	}
-	h.emit("config", strings.Join(detail, ", ")+" "+who.String())
-	if len(cleared) > 0 {
-		h.emit("config", fmt.Sprintf("cleared %s: an operator changed where it is sent (%s) %s; only root or the admin group keeps a secret across such a change",
-			strings.Join(cleared, " "), strings.Join(because, " "), who))
-	}
-	if rebuild {
-		h.rebuildDrivers(ctx)
-	}
-	return nil
+		return next
+	}, func(old, next *ConfigFile) []string {
+		var set, removed []string
+		for _, k := range h.tree.changedKeys(old, next) {
+			if _, ok := next.Get(k); ok {
+				set = append(set, k)
+			} else {
+				removed = append(removed, k)
+			}
+		}
+		return keysDetail([]string{"replaced"}, set, removed)
+	})
 }
 
 // RemoveBusy says why Remove would refuse h right now (EBUSY: h or one of
