@@ -14,8 +14,9 @@ import (
 	"github.com/machinefs/machinefs/drivers/sim"
 	"github.com/machinefs/machinefs/drivers/uml"
 	"github.com/machinefs/machinefs/drivers/wol"
+	"github.com/machinefs/machinefs/machine"
+	"github.com/machinefs/machinefs/model"
 	"github.com/machinefs/machinefs/mountopts"
-	"github.com/machinefs/machinefs/nodes"
 )
 
 // manPage is the parsed man page: for each .SH section, the tags of its
@@ -146,7 +147,7 @@ func TestManPageCoversTheCode(t *testing.T) {
 		}
 	}
 
-	for _, v := range nodes.Grammar {
+	for _, v := range machine.Grammar {
 		tag := v.Name
 		if v.Arg != "" {
 			tag += " " + v.Arg
@@ -155,20 +156,20 @@ func TestManPageCoversTheCode(t *testing.T) {
 			t.Errorf("machinefs.8, COMMAND GRAMMAR: no entry for verb %q", tag)
 		}
 	}
-	for _, m := range nodes.Modifiers {
+	for _, m := range machine.Modifiers {
 		if _, ok := mp.entry("COMMAND GRAMMAR", m[0], false); !ok {
 			t.Errorf("machinefs.8, COMMAND GRAMMAR: no entry for modifier %q", m[0])
 		}
 	}
-	for _, e := range nodes.Errnos {
+	for _, e := range machine.Errnos {
 		if _, ok := mp.entry("ERRORS", e[0], false); !ok {
 			t.Errorf("machinefs.8, ERRORS: no entry for errno %s", e[0])
 		}
 	}
 
 	// Core keys are not exported; a tree with every driver lists them all.
-	specs := []nodes.DriverSpec{sim.Spec, ipmi.Spec, wol.Spec, ns.Spec, uml.Spec}
-	tree := nodes.NewTree(nodes.Options{Drivers: specs})
+	specs := []machine.DriverSpec{sim.Spec, ipmi.Spec, wol.Spec, ns.Spec, uml.Spec}
+	tree := model.NewTree(model.Options{Drivers: specs})
 	keys := tree.KeyDocs()
 	seen := map[string]bool{}
 	for _, k := range keys {

@@ -7,7 +7,7 @@ import (
 	gofs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
 
-	"github.com/machinefs/machinefs/nodes"
+	"github.com/machinefs/machinefs/model"
 )
 
 // File indexes within a host directory; with the host id they make stable
@@ -25,7 +25,7 @@ const (
 	idxSerial
 )
 
-func hostIno(h *nodes.Host, idx uint64) uint64 { return (h.ID()+1)<<4 | idx }
+func hostIno(h *model.Host, idx uint64) uint64 { return (h.ID()+1)<<4 | idx }
 
 // rootDir is the mount's root: README, version, ctl, events, events.log
 // and hosts/.
@@ -71,7 +71,7 @@ func (r *rootDir) Getattr(ctx context.Context, fh gofs.FileHandle, out *fuse.Att
 type listDir struct {
 	gofs.Inode
 	fsys   *FS
-	parent *nodes.Host // nil for hosts/
+	parent *model.Host // nil for hosts/
 }
 
 var (
@@ -101,7 +101,7 @@ func (d *listDir) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (
 }
 
 // hostInode returns the directory inode of h, creating it on first use.
-func (d *listDir) hostInode(ctx context.Context, name string, h *nodes.Host) *gofs.Inode {
+func (d *listDir) hostInode(ctx context.Context, name string, h *model.Host) *gofs.Inode {
 	if ch := d.GetChild(name); ch != nil {
 		if hd, ok := ch.Operations().(*hostDir); ok && hd.host == h {
 			return ch
@@ -163,7 +163,7 @@ func (d *listDir) Rmdir(ctx context.Context, name string) syscall.Errno {
 type hostDir struct {
 	gofs.Inode
 	fsys *FS
-	host *nodes.Host
+	host *model.Host
 	liveFiles
 }
 
@@ -194,7 +194,7 @@ func (hd *hostDir) OnAdd(ctx context.Context) {
 		hd.AddChild(name, ch, false)
 		return ch
 	}
-	run := func(fn func(ctx context.Context, line string, who nodes.Caller) error) func(context.Context, string) error {
+	run := func(fn func(ctx context.Context, line string, who model.Caller) error) func(context.Context, string) error {
 		return func(ctx context.Context, line string) error { return fn(ctx, line, caller(ctx)) }
 	}
 	hd.power = add("power", idxPower, &contentFile{
@@ -233,7 +233,7 @@ func (hd *hostDir) OnAdd(ctx context.Context) {
 }
 
 // forget drops the fs's references to a removed host and its subhosts.
-func (f *FS) forget(h *nodes.Host) {
+func (f *FS) forget(h *model.Host) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	prefix := h.Path()

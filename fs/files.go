@@ -14,7 +14,7 @@ import (
 	gofs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
 
-	"github.com/machinefs/machinefs/nodes"
+	"github.com/machinefs/machinefs/model"
 )
 
 // Bounds on what writers can make the daemon hold. Every write is at most
@@ -63,7 +63,7 @@ type contentFile struct {
 	mtime  func() time.Time // last change, for mtime and ctime (times.go)
 
 	read func() []byte
-	log  *nodes.EventLog // events.log: read from the log directly
+	log  *model.EventLog // events.log: read from the log directly
 	// live renders content that the model asks a driver for on every read
 	// (a switch's ports); such files are direct I/O with size 0, like /proc.
 	live func(ctx context.Context) ([]byte, error)
@@ -573,7 +573,7 @@ type consoleFile struct{ sessionFile }
 type sessionFile struct {
 	gofs.Inode
 	fsys *FS
-	host *nodes.Host
+	host *model.Host
 	idx  uint64
 }
 
@@ -633,7 +633,7 @@ type consoleSession struct {
 	base       int64
 	held       int // len(transcript)+len(pending) as counted in the mount's heldBytes
 	wrote      bool
-	writer     nodes.Caller // of the last write: RELEASE carries no caller
+	writer     model.Caller // of the last write: RELEASE carries no caller
 	// reply reads the reply to the last line written, nil when it is in
 	// the transcript already. A query is sent when its line is written
 	// and its reply read at the next request of the session (the read,
@@ -852,7 +852,7 @@ func (r *readerSlots) put() { r.open.Add(-1) }
 
 // refused logs a refused open, at most every ten seconds: a script that
 // retries in a loop must not flood the log.
-func (r *readerSlots) refused(f *FS, prefix string, who nodes.Caller) {
+func (r *readerSlots) refused(f *FS, prefix string, who model.Caller) {
 	now := time.Now().UnixNano()
 	last := r.lastWarn.Load()
 	if now-last < int64(10*time.Second) || !r.lastWarn.CompareAndSwap(last, now) {
@@ -863,7 +863,7 @@ func (r *readerSlots) refused(f *FS, prefix string, who nodes.Caller) {
 
 type eventStream struct {
 	fsys     *FS
-	sub      *nodes.Subscription
+	sub      *model.Subscription
 	mu       sync.Mutex
 	pending  []byte
 	released sync.Once
@@ -905,9 +905,9 @@ func (s *eventStream) Read(ctx context.Context, dest []byte, off int64) (fuse.Re
 	return fuse.ReadResultData(dest[:n]), 0
 }
 
-func (s *eventStream) add(ev nodes.Event) {
+func (s *eventStream) add(ev model.Event) {
 	if lost := s.sub.Lost(); lost > 0 {
-		s.pending = append(s.pending, nodes.Event{Time: ev.Time, Path: s.sub.Prefix(), Kind: "lost", Detail: strconv.FormatInt(lost, 10) + " events (reader too slow)"}.Line()...)
+		s.pending = append(s.pending, model.Event{Time: ev.Time, Path: s.sub.Prefix(), Kind: "lost", Detail: strconv.FormatInt(lost, 10) + " events (reader too slow)"}.Line()...)
 	}
 	s.pending = append(s.pending, ev.Line()...)
 }

@@ -26,7 +26,8 @@ import (
 	gofs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
 
-	"github.com/machinefs/machinefs/nodes"
+	"github.com/machinefs/machinefs/machine"
+	"github.com/machinefs/machinefs/model"
 )
 
 // Options configure a mount.
@@ -56,7 +57,7 @@ type Options struct {
 
 // FS is a mounted machine tree.
 type FS struct {
-	tree       *nodes.Tree
+	tree       *model.Tree
 	opts       Options
 	mountpoint string
 	server     *fuse.Server
@@ -80,7 +81,7 @@ type FS struct {
 }
 
 // Mount mounts tree at mountpoint and returns once the kernel serves it.
-func Mount(tree *nodes.Tree, mountpoint string, o Options) (*FS, error) {
+func Mount(tree *model.Tree, mountpoint string, o Options) (*FS, error) {
 	if o.Log == nil {
 		o.Log = slog.New(slog.DiscardHandler)
 	}
@@ -242,11 +243,11 @@ func (f *FS) writable(mode uint32) uint32 {
 }
 
 // caller returns who is making a request.
-func caller(ctx context.Context) nodes.Caller {
+func caller(ctx context.Context) model.Caller {
 	if c, ok := fuse.FromContext(ctx); ok {
-		return nodes.Caller{Uid: c.Uid, Gid: c.Gid, Pid: c.Pid}
+		return model.Caller{Uid: c.Uid, Gid: c.Gid, Pid: c.Pid}
 	}
-	return nodes.Caller{}
+	return model.Caller{}
 }
 
 // isSelf reports whether the request comes from the notifier's poker.
@@ -264,5 +265,5 @@ func errno(err error) syscall.Errno {
 	if err == nil {
 		return 0
 	}
-	return nodes.ErrnoOf(err)
+	return machine.ErrnoOf(err)
 }

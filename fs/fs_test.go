@@ -13,7 +13,8 @@ import (
 
 	"github.com/machinefs/machinefs/drivers/sim"
 	mfs "github.com/machinefs/machinefs/fs"
-	"github.com/machinefs/machinefs/nodes"
+	"github.com/machinefs/machinefs/machine"
+	"github.com/machinefs/machinefs/model"
 )
 
 func TestMain(m *testing.M) {
@@ -29,11 +30,11 @@ func TestMountInProcess(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("mounting FUSE needs root here (make test runs as root)")
 	}
-	tree := nodes.NewTree(nodes.Options{Drivers: []nodes.DriverSpec{sim.Spec}})
-	cf := &nodes.ConfigFile{}
+	tree := model.NewTree(model.Options{Drivers: []machine.DriverSpec{sim.Spec}})
+	cf := &model.ConfigFile{}
 	cf.Set("drivers", "sim")
 	cf.Set("sim.on-delay", "100ms")
-	if _, err := tree.Add(context.Background(), nil, "a", cf, nodes.Caller{}); err != nil {
+	if _, err := tree.Add(context.Background(), nil, "a", cf, model.Caller{}); err != nil {
 		t.Fatal(err)
 	}
 	mnt := t.TempDir()

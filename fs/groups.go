@@ -7,7 +7,7 @@ import (
 	gofs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
 
-	"github.com/machinefs/machinefs/nodes"
+	"github.com/machinefs/machinefs/model"
 )
 
 // groupsDir is groups/: one directory per group; mkdir adds one, rmdir
@@ -44,7 +44,7 @@ func (d *groupsDir) Lookup(ctx context.Context, name string, out *fuse.EntryOut)
 	return ch, 0
 }
 
-func (d *groupsDir) groupInode(ctx context.Context, name string, g *nodes.Group) *gofs.Inode {
+func (d *groupsDir) groupInode(ctx context.Context, name string, g *model.Group) *gofs.Inode {
 	if ch := d.GetChild(name); ch != nil {
 		if gd, ok := ch.Operations().(*groupDir); ok && gd.group == g {
 			return ch
@@ -107,7 +107,7 @@ func (d *groupsDir) Rmdir(ctx context.Context, name string) syscall.Errno {
 type groupDir struct {
 	gofs.Inode
 	fsys      *FS
-	group     *nodes.Group
+	group     *model.Group
 	liveFiles // config is the members file
 }
 

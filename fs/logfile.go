@@ -9,19 +9,19 @@ import (
 	gofs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
 
-	"github.com/machinefs/machinefs/nodes"
+	"github.com/machinefs/machinefs/model"
 )
 
 // logFile is one generation of an event log: events.log while it is the
 // current one, then events.log.1, then no name at all while a reader still
-// holds it open (see nodes.EventLog). Each generation is an inode of its
+// holds it open (see model.EventLog). Each generation is an inode of its
 // own, so a rotation looks to tail -F, less +F and log shippers like
 // logrotate's rename: the name gets a new inode that starts empty, and the
 // open file of the old one ends where it ended.
 type logFile struct {
 	gofs.Inode
 	fsys *FS
-	gen  *nodes.LogGen
+	gen  *model.LogGen
 }
 
 var (
@@ -69,11 +69,11 @@ func (l *logFile) Read(ctx context.Context, fh gofs.FileHandle, dest []byte, off
 }
 
 // logFiles are a directory's events.log and events.log.1: it follows the
-// rotations of its nodes.EventLog.
+// rotations of its model.EventLog.
 type logFiles struct {
 	fsys *FS
 	dir  *gofs.Inode
-	log  *nodes.EventLog
+	log  *model.EventLog
 
 	mu        sync.Mutex
 	cur, prev *logFile
@@ -82,7 +82,7 @@ type logFiles struct {
 }
 
 // addLogs puts the log's files into dir (in its OnAdd).
-func (f *FS) addLogs(ctx context.Context, dir *gofs.Inode, log *nodes.EventLog, owner string) *logFiles {
+func (f *FS) addLogs(ctx context.Context, dir *gofs.Inode, log *model.EventLog, owner string) *logFiles {
 	log.SetOwner(owner)
 	lf := &logFiles{fsys: f, dir: dir, log: log, ctx: context.Background()}
 	lf.cur = lf.newFile(log.Current())
@@ -97,7 +97,7 @@ func (f *FS) addLogs(ctx context.Context, dir *gofs.Inode, log *nodes.EventLog, 
 // newFile makes the inode of a generation. It is persistent while it has a
 // name (the kernel may forget it and look it up again); once it has none,
 // it lives as long as the kernel holds it (an open file).
-func (lf *logFiles) newFile(g *nodes.LogGen) *logFile {
+func (lf *logFiles) newFile(g *model.LogGen) *logFile {
 	l := &logFile{fsys: lf.fsys, gen: g}
 	lf.dir.NewPersistentInode(lf.ctx, l, gofs.StableAttr{Mode: syscall.S_IFREG})
 	return l

@@ -9,7 +9,7 @@ import (
 
 	gofs "github.com/hanwen/go-fuse/v2/fs"
 
-	"github.com/machinefs/machinefs/nodes"
+	"github.com/machinefs/machinefs/model"
 )
 
 // What changed in a host directory.
@@ -112,7 +112,7 @@ func (n *notifier) stop() {
 
 // onEvent marks the files an event changes. Every event grows events.log
 // of its host, the host's ancestors and the tree.
-func (n *notifier) onEvent(e nodes.Event) {
+func (n *notifier) onEvent(e model.Event) {
 	n.mu.Lock()
 	n.dirty[""] |= dirtyLog
 	if strings.HasPrefix(e.Path, "groups/") {

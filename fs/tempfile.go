@@ -13,7 +13,7 @@ import (
 	gofs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
 
-	"github.com/machinefs/machinefs/nodes"
+	"github.com/machinefs/machinefs/model"
 )
 
 // Editing the way tools edit. Editors and config-management tools (sed -i,
@@ -439,7 +439,7 @@ func unlinkTemp(dir *gofs.Inode, name string) bool {
 // or any directory above it is enough (a group's or a switch's files).
 func (f *FS) removalGate(ctx context.Context, dir string, needHost bool) syscall.Errno {
 	held := f.heldDirs(ctx)
-	var top *nodes.Host
+	var top *model.Host
 	inside := false
 	for _, p := range held {
 		if p != dir && !strings.HasPrefix(dir, p+"/") {

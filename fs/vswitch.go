@@ -7,7 +7,7 @@ import (
 	gofs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
 
-	"github.com/machinefs/machinefs/nodes"
+	"github.com/machinefs/machinefs/model"
 )
 
 // vswitchDir is hosts/NAME/vswitch/: one directory per managed switch, the
@@ -17,7 +17,7 @@ import (
 type vswitchDir struct {
 	gofs.Inode
 	fsys *FS
-	host *nodes.Host
+	host *model.Host
 }
 
 var (
@@ -128,7 +128,7 @@ func (d *vswitchDir) Rmdir(ctx context.Context, name string) syscall.Errno {
 type switchDir struct {
 	gofs.Inode
 	fsys *FS
-	host *nodes.Host
+	host *model.Host
 	name string
 
 	ports, info *gofs.Inode

@@ -7,7 +7,7 @@ import (
 	gofs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
 
-	"github.com/machinefs/machinefs/nodes"
+	"github.com/machinefs/machinefs/model"
 )
 
 // Walking the tree finishes. A recursive walker (grep -r, cp -r, tar,
@@ -93,8 +93,8 @@ func (f *FS) statfs(out *fuse.StatfsOut) syscall.Errno {
 	const bsize = 4096
 	used := int64(0)
 	files := uint64(5 + 2) // README, version, ctl, events, events.log(.1); hosts/, groups/
-	var walk func(parent *nodes.Host)
-	walk = func(parent *nodes.Host) {
+	var walk func(parent *model.Host)
+	walk = func(parent *model.Host) {
 		for _, h := range f.tree.Hosts(parent) {
 			used += int64(h.Log().Size())
 			if p := h.Log().Previous(); p != nil {

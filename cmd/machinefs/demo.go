@@ -4,19 +4,19 @@ import (
 	"context"
 	"fmt"
 
-	"github.com/machinefs/machinefs/nodes"
+	"github.com/machinefs/machinefs/model"
 )
 
 // loadDemo fills the tree with simulated machines. With n > 0 it makes n
 // plain hosts (benchmarks); otherwise a small lab: a few hosts, one with
 // subhosts, one that fails on demand.
-func loadDemo(ctx context.Context, tree *nodes.Tree, n int) error {
-	who := nodes.Caller{}
-	add := func(parent *nodes.Host, name string, kv ...string) (*nodes.Host, error) {
+func loadDemo(ctx context.Context, tree *model.Tree, n int) error {
+	who := model.Caller{}
+	add := func(parent *model.Host, name string, kv ...string) (*model.Host, error) {
 		if h := tree.Child(parent, name); h != nil {
 			return h, nil // kept from an earlier demo in the same config dir
 		}
-		cf := &nodes.ConfigFile{}
+		cf := &model.ConfigFile{}
 		cf.Set("drivers", "sim")
 		for i := 0; i+1 < len(kv); i += 2 {
 			cf.Set(kv[i], kv[i+1])

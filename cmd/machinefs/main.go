@@ -31,15 +31,16 @@ import (
 	"github.com/machinefs/machinefs/drivers/vswitch"
 	"github.com/machinefs/machinefs/drivers/wol"
 	mfs "github.com/machinefs/machinefs/fs"
+	"github.com/machinefs/machinefs/machine"
+	"github.com/machinefs/machinefs/model"
 	"github.com/machinefs/machinefs/mountopts"
-	"github.com/machinefs/machinefs/nodes"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
 var version = "0.1.0-dev"
 
 // drivers are the drivers this build knows.
-var drivers = []nodes.DriverSpec{sim.Spec, ipmi.Spec, wol.Spec, ns.Spec, uml.Spec}
+var drivers = []machine.DriverSpec{sim.Spec, ipmi.Spec, wol.Spec, ns.Spec, uml.Spec}
 
 type config struct {
 	opts       mountopts.Options
@@ -186,14 +187,14 @@ func run(cfg config) error {
 		return fmt.Errorf("mountpoint: %w", err)
 	}
 
-	var store *nodes.Store
+	var store *model.Store
 	if cfg.opts.ConfigDir != "" {
 		if err := os.MkdirAll(filepath.Join(cfg.opts.ConfigDir, "hosts"), 0o755); err != nil {
 			return fmt.Errorf("config directory: %w", err)
 		}
-		store = &nodes.Store{Dir: cfg.opts.ConfigDir}
+		store = &model.Store{Dir: cfg.opts.ConfigDir}
 	}
-	topts := nodes.Options{Store: store, Drivers: drivers, Log: log, FanOut: cfg.opts.FanOut,
+	topts := model.Options{Store: store, Drivers: drivers, Log: log, FanOut: cfg.opts.FanOut,
 		AdminGid: adminGid, HasAdminGroup: cfg.opts.AdminGroup != ""}
 	// Virtual switches live in the daemon's network namespace; without
 	// netlink (an unusual sandbox) the tree works without them.
@@ -204,7 +205,7 @@ func run(cfg config) error {
 		defer switches.Close()
 		topts.Switches = switches
 	}
-	tree := nodes.NewTree(topts)
+	tree := model.NewTree(topts)
 	ctx := context.Background()
 	if err := tree.Load(ctx); err != nil {
 		return err

@@ -8,7 +8,7 @@ import (
 	"sync/atomic"
 	"syscall"
 
-	"github.com/machinefs/machinefs/nodes"
+	"github.com/machinefs/machinefs/machine"
 )
 
 // The password never goes on the wire in clear.
@@ -123,9 +123,9 @@ func (e *unsafeAuthError) Error() string {
 		"never in clear, and never logs in without it (enable MD5 for this user on the BMC, or use ipmi.interface lanplus)", offered)
 }
 
-// refusedAuth is the classified refusal. It unwraps to the *nodes.Error
+// refusedAuth is the classified refusal. It unwraps to the *machine.Error
 // the model sees, and lets the poller name the cause.
-type refusedAuth struct{ err *nodes.Error }
+type refusedAuth struct{ err *machine.Error }
 
 func (r refusedAuth) Error() string { return r.err.Error() }
 func (r refusedAuth) Unwrap() error { return r.err }
@@ -234,5 +234,5 @@ func (d *Driver) classifyRefusal(where string, err error) (error, bool) {
 	if !errors.As(err, &ue) {
 		return nil, false
 	}
-	return refusedAuth{nodes.Errorf(syscall.EACCES, "%s: %v", where, ue).(*nodes.Error)}, true
+	return refusedAuth{machine.Errorf(syscall.EACCES, "%s: %v", where, ue).(*machine.Error)}, true
 }

@@ -7,7 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/machinefs/machinefs/nodes"
+	"github.com/machinefs/machinefs/machine"
 	"github.com/machinefs/machinefs/tests/harness/ipmisim"
 )
 
@@ -35,12 +35,12 @@ func TestLanAuthTypes(t *testing.T) {
 			h := newHost(t, b.Port, map[string]string{"ipmi.interface": "lan"})
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			defer cancel()
-			err := h.d.Power(ctx, nodes.Command{Verb: "on"})
+			err := h.d.Power(ctx, machine.Command{Verb: "on"})
 			if c.ok {
 				if err != nil {
 					t.Fatalf("on: %v", err)
 				}
-				h.rec.waitFor(t, 0, 10*time.Second, "verified on", isPower(nodes.PowerOn))
+				h.rec.waitFor(t, 0, 10*time.Second, "verified on", isPower(machine.PowerOn))
 				if b.Power() != "on" {
 					t.Fatalf("simulator power %s", b.Power())
 				}
@@ -50,10 +50,10 @@ func TestLanAuthTypes(t *testing.T) {
 			if !strings.Contains(err.Error(), c.want) || !strings.Contains(err.Error(), "never in clear") {
 				t.Fatalf("refusal does not say why: %v", err)
 			}
-			s, _ := h.rec.waitFor(t, 0, 5*time.Second, "refusal from poll", func(s nodes.Status) bool {
-				return s.Err != nil && s.Power == nodes.PowerUnknown
+			s, _ := h.rec.waitFor(t, 0, 5*time.Second, "refusal from poll", func(s machine.Status) bool {
+				return s.Err != nil && s.Power == machine.PowerUnknown
 			})
-			if nodes.ErrnoOf(s.Err) != syscall.EACCES || s.Reason != "BMC offers no authentication that keeps the password secret" {
+			if machine.ErrnoOf(s.Err) != syscall.EACCES || s.Reason != "BMC offers no authentication that keeps the password secret" {
 				t.Fatalf("poll report: %+v", s.Status)
 			}
 			if b.Power() != "off" || len(b.Commands()) != 0 {
@@ -76,7 +76,7 @@ func TestLanNoPasswordAnyAuth(t *testing.T) {
 		"ipmi.timeout": "200ms", "ipmi.retries": "0"})
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	err := h.d.Power(ctx, nodes.Command{Verb: "on"})
+	err := h.d.Power(ctx, machine.Command{Verb: "on"})
 	wantErrno(t, err, syscall.EACCES)
 	if strings.Contains(err.Error(), "never in clear") || isRefusedAuth(err) {
 		t.Fatalf("refused although no password is set: %v", err)

@@ -14,11 +14,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/machinefs/machinefs/nodes"
+	"github.com/machinefs/machinefs/machine"
 	"github.com/machinefs/machinefs/tests/harness/ipmisim"
 )
 
-// mapConfig is a nodes.Config.
+// mapConfig is a machine.Config.
 type mapConfig map[string]string
 
 func (m mapConfig) Get(k string) (string, bool) { v, ok := m[k]; return v, ok }
@@ -35,7 +35,7 @@ func (m mapConfig) Duration(k string, def time.Duration) time.Duration {
 	return d
 }
 
-// recorder is a nodes.Reporter that keeps everything.
+// recorder is a machine.Reporter that keeps everything.
 type recorder struct {
 	mu      sync.Mutex
 	changed chan struct{}
@@ -45,12 +45,12 @@ type recorder struct {
 
 type stamped struct {
 	at time.Time
-	nodes.Status
+	machine.Status
 }
 
 func newRecorder() *recorder { return &recorder{changed: make(chan struct{})} }
 
-func (r *recorder) Report(s nodes.Status) {
+func (r *recorder) Report(s machine.Status) {
 	r.mu.Lock()
 	r.reports = append(r.reports, stamped{time.Now(), s})
 	close(r.changed)
@@ -72,7 +72,7 @@ func (r *recorder) all() []stamped {
 
 // waitFor waits until a report from index from on satisfies ok and returns
 // it with its index.
-func (r *recorder) waitFor(t *testing.T, from int, timeout time.Duration, what string, ok func(nodes.Status) bool) (stamped, int) {
+func (r *recorder) waitFor(t *testing.T, from int, timeout time.Duration, what string, ok func(machine.Status) bool) (stamped, int) {
 	t.Helper()
 	deadline := time.After(timeout)
 	for {
@@ -162,7 +162,7 @@ func newHost(t *testing.T, port int, extra map[string]string) *testHost {
 		cfg[k] = v
 	}
 	h := &testHost{rec: newRecorder(), log: &syncBuffer{}}
-	drv, err := Spec.New(context.Background(), nodes.DriverEnv{
+	drv, err := Spec.New(context.Background(), machine.DriverEnv{
 		Path:   "hosts/" + t.Name(),
 		Config: cfg,
 		Report: h.rec,

@@ -9,24 +9,23 @@ import (
 
 	"github.com/bougou/go-ipmi/pkg/client"
 	"github.com/bougou/go-ipmi/pkg/command/app"
-
-	"github.com/machinefs/machinefs/nodes"
+	"github.com/machinefs/machinefs/machine"
 )
 
-// ConsoleCommands implements nodes.Consoler. help is provided by the model.
-func (d *Driver) ConsoleCommands() []nodes.ConsoleCommand {
-	return []nodes.ConsoleCommand{
-		{Name: "version", Usage: "version", Help: "BMC device id, firmware and IPMI version (Get Device ID)", Query: nodes.AlwaysQuery},
+// ConsoleCommands implements machine.Consoler. help is provided by the model.
+func (d *Driver) ConsoleCommands() []machine.ConsoleCommand {
+	return []machine.ConsoleCommand{
+		{Name: "version", Usage: "version", Help: "BMC device id, firmware and IPMI version (Get Device ID)", Query: machine.AlwaysQuery},
 		{Name: "halt", Usage: "halt", Help: "power off at once (= power off)"},
 		{Name: "reboot", Usage: "reboot", Help: "hard reset (= power reset)"},
 		{Name: "cad", Usage: "cad", Help: "ACPI soft shutdown, like ctrl-alt-del on a console (= power soft)"},
 	}
 }
 
-// Console implements nodes.Consoler.
+// Console implements machine.Consoler.
 func (d *Driver) Console(ctx context.Context, name string, args []string) (string, error) {
 	if len(args) > 0 {
-		return "", nodes.Errorf(syscall.EINVAL, "%s takes no arguments", name)
+		return "", machine.Errorf(syscall.EINVAL, "%s takes no arguments", name)
 	}
 	verb := ""
 	switch name {
@@ -39,9 +38,9 @@ func (d *Driver) Console(ctx context.Context, name string, args []string) (strin
 	case "cad":
 		verb = "soft"
 	default:
-		return "", nodes.Errorf(syscall.EINVAL, "unknown command %q (version, halt, reboot, cad)", name)
+		return "", machine.Errorf(syscall.EINVAL, "unknown command %q (version, halt, reboot, cad)", name)
 	}
-	if err := d.Power(ctx, nodes.Command{Verb: verb, Line: name}); err != nil {
+	if err := d.Power(ctx, machine.Command{Verb: verb, Line: name}); err != nil {
 		return "", err
 	}
 	return fmt.Sprintf("BMC accepted %s (%s); verifying", name, verb), nil
@@ -77,7 +76,7 @@ func formatDeviceID(id *app.GetDeviceIDResponse) string {
 	return s
 }
 
-// Describe implements nodes.Describer. It never touches the network and
+// Describe implements machine.Describer. It never touches the network and
 // never shows the password.
 func (d *Driver) Describe() [][2]string {
 	d.mu.Lock()

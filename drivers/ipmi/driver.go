@@ -12,8 +12,7 @@ import (
 	"github.com/bougou/go-ipmi/pkg/client"
 	"github.com/bougou/go-ipmi/pkg/command/chassis"
 	"github.com/bougou/go-ipmi/pkg/types"
-
-	"github.com/machinefs/machinefs/nodes"
+	"github.com/machinefs/machinefs/machine"
 )
 
 // pollSem bounds concurrent polls across all hosts of the process.
@@ -30,27 +29,27 @@ const cycleSettle = 3 * time.Second
 type action struct {
 	verb    string
 	control chassis.ChassisControl
-	target  nodes.Power
-	transit nodes.Power
+	target  machine.Power
+	transit machine.Power
 }
 
 var actions = map[string]action{
-	"on":       {"on", chassis.ChassisControlPowerUp, nodes.PowerOn, nodes.PowerStarting},
-	"off":      {"off", chassis.ChassisControlPowerDown, nodes.PowerOff, nodes.PowerStopping},
-	"cycle":    {"cycle", chassis.ChassisControlPowerCycle, nodes.PowerOn, nodes.PowerRebooting},
-	"reset":    {"reset", chassis.ChassisControlHardReset, nodes.PowerOn, nodes.PowerRebooting},
-	"reboot":   {"reboot", chassis.ChassisControlHardReset, nodes.PowerOn, nodes.PowerRebooting},
-	"soft":     {"soft", chassis.ChassisControlSoftShutdown, nodes.PowerOff, nodes.PowerStopping},
-	"poweroff": {"poweroff", chassis.ChassisControlSoftShutdown, nodes.PowerOff, nodes.PowerStopping},
+	"on":       {"on", chassis.ChassisControlPowerUp, machine.PowerOn, machine.PowerStarting},
+	"off":      {"off", chassis.ChassisControlPowerDown, machine.PowerOff, machine.PowerStopping},
+	"cycle":    {"cycle", chassis.ChassisControlPowerCycle, machine.PowerOn, machine.PowerRebooting},
+	"reset":    {"reset", chassis.ChassisControlHardReset, machine.PowerOn, machine.PowerRebooting},
+	"reboot":   {"reboot", chassis.ChassisControlHardReset, machine.PowerOn, machine.PowerRebooting},
+	"soft":     {"soft", chassis.ChassisControlSoftShutdown, machine.PowerOff, machine.PowerStopping},
+	"poweroff": {"poweroff", chassis.ChassisControlSoftShutdown, machine.PowerOff, machine.PowerStopping},
 }
 
 var verbs = []string{"on", "off", "cycle", "reset", "soft", "poweroff", "reboot"}
 
-// Driver is the ipmi driver of one host. It implements nodes.PowerController,
-// nodes.Consoler and nodes.Describer.
+// Driver is the ipmi driver of one host. It implements machine.PowerController,
+// machine.Consoler and machine.Describer.
 type Driver struct {
 	cfg  config
-	rep  nodes.Reporter
+	rep  machine.Reporter
 	log  *slog.Logger
 	path string
 
@@ -68,7 +67,7 @@ type Driver struct {
 
 	mu          sync.Mutex // guards everything below
 	closing     bool
-	last        nodes.Status
+	last        machine.Status
 	haveLast    bool
 	sessState   string
 	sessOpens   int
@@ -85,13 +84,13 @@ type Driver struct {
 }
 
 var (
-	_ nodes.PowerController = (*Driver)(nil)
-	_ nodes.Consoler        = (*Driver)(nil)
-	_ nodes.Describer       = (*Driver)(nil)
-	_ nodes.StatusReader    = (*Driver)(nil)
+	_ machine.PowerController = (*Driver)(nil)
+	_ machine.Consoler        = (*Driver)(nil)
+	_ machine.Describer       = (*Driver)(nil)
+	_ machine.StatusReader    = (*Driver)(nil)
 )
 
-func start(cfg config, env nodes.DriverEnv) *Driver {
+func start(cfg config, env machine.DriverEnv) *Driver {
 	log := env.Log
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -111,10 +110,10 @@ func start(cfg config, env nodes.DriverEnv) *Driver {
 	return d
 }
 
-// Kind implements nodes.Driver.
+// Kind implements machine.Driver.
 func (d *Driver) Kind() string { return "ipmi" }
 
-// Verbs implements nodes.PowerController.
+// Verbs implements machine.PowerController.
 func (d *Driver) Verbs() []string { return append([]string(nil), verbs...) }
 
 // Close stops polling and verification, closes the BMC session and waits
@@ -161,7 +160,7 @@ func (d *Driver) setSession(s string) {
 // report forwards st to the model. Unless force is set, an error-free
 // report with the same power and reachability as the previous one is
 // dropped, so steady polls stay silent and keep a verdict's reason.
-func (d *Driver) report(st nodes.Status, force bool) {
+func (d *Driver) report(st machine.Status, force bool) {
 	d.mu.Lock()
 	same := d.haveLast && d.last.Power == st.Power && d.last.Reachable == st.Reachable &&
 		d.last.Err == nil && st.Err == nil
@@ -176,11 +175,11 @@ func (d *Driver) report(st nodes.Status, force bool) {
 	}
 }
 
-func (d *Driver) lastPower() nodes.Power {
+func (d *Driver) lastPower() machine.Power {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if !d.haveLast || d.last.Power == "" {
-		return nodes.PowerUnknown
+		return machine.PowerUnknown
 	}
 	return d.last.Power
 }
@@ -251,7 +250,7 @@ func (d *Driver) with(ctx context.Context, what string, fn func(context.Context,
 		return d.classify(ctx, what, fmt.Errorf("the session is busy with another request: %w", ctx.Err()))
 	}
 	if d.closed {
-		return nodes.Errorf(syscall.ENODEV, "ipmi %s: driver closed", d.cfg.hostPort())
+		return machine.Errorf(syscall.ENODEV, "ipmi %s: driver closed", d.cfg.hostPort())
 	}
 	if d.cl == nil {
 		c, err := d.dial(ctx)
@@ -293,7 +292,7 @@ func (d *Driver) sessionKind() string {
 }
 
 func errnoName(err error) string {
-	switch e := nodes.ErrnoOf(err); e {
+	switch e := machine.ErrnoOf(err); e {
 	case syscall.EACCES:
 		return "EACCES"
 	case syscall.ETIMEDOUT:
@@ -310,7 +309,7 @@ func errnoName(err error) string {
 }
 
 // readPower reads chassis status.
-func (d *Driver) readPower(ctx context.Context) (nodes.Power, error) {
+func (d *Driver) readPower(ctx context.Context) (machine.Power, error) {
 	var on bool
 	err := d.with(ctx, "chassis status", func(ctx context.Context, c *client.Client) error {
 		st, err := c.GetChassisStatus(ctx)
@@ -321,32 +320,32 @@ func (d *Driver) readPower(ctx context.Context) (nodes.Power, error) {
 		return nil
 	})
 	if err != nil {
-		return nodes.PowerUnknown, err
+		return machine.PowerUnknown, err
 	}
 	if on {
-		return nodes.PowerOn, nil
+		return machine.PowerOn, nil
 	}
-	return nodes.PowerOff, nil
+	return machine.PowerOff, nil
 }
 
-// Status implements nodes.StatusReader: one Get Chassis Status on the
+// Status implements machine.StatusReader: one Get Chassis Status on the
 // kept session, so a command is not answered "already on" from a poll
 // that predates an ipmitool command. The answer also becomes what the next
 // poll compares with, so the model does not hear it twice.
-func (d *Driver) Status(ctx context.Context) (nodes.Status, error) {
+func (d *Driver) Status(ctx context.Context) (machine.Status, error) {
 	d.mu.Lock()
 	closing := d.closing
 	d.mu.Unlock()
 	if closing {
-		return nodes.Status{}, nodes.Errorf(syscall.ENODEV, "ipmi %s: driver closed", d.cfg.hostPort())
+		return machine.Status{}, machine.Errorf(syscall.ENODEV, "ipmi %s: driver closed", d.cfg.hostPort())
 	}
 	ctx, cancel := context.WithTimeout(ctx, d.cfg.budget())
 	defer cancel()
 	p, err := d.readPower(ctx)
 	if err != nil {
-		return nodes.Status{}, err
+		return machine.Status{}, err
 	}
-	st := nodes.Status{Power: p, Reachable: true, Reason: "BMC reports " + string(p)}
+	st := machine.Status{Power: p, Reachable: true, Reason: "BMC reports " + string(p)}
 	d.mu.Lock()
 	if d.verifyStop == nil { // a verification reports its own verdict
 		d.last, d.haveLast = st, true
@@ -429,15 +428,15 @@ func (d *Driver) pollOnce() time.Duration {
 	}
 	if err != nil {
 		d.log.Debug("poll failed", "err", err, "retry-in", wait)
-		d.report(nodes.Status{Power: nodes.PowerUnknown, Reachable: false, Reason: "BMC " + unreachableWord(err), Err: err}, true)
+		d.report(machine.Status{Power: machine.PowerUnknown, Reachable: false, Reason: "BMC " + unreachableWord(err), Err: err}, true)
 		return wait
 	}
-	d.report(nodes.Status{Power: p, Reachable: true, Reason: "BMC reports " + string(p)}, false)
+	d.report(machine.Status{Power: p, Reachable: true, Reason: "BMC reports " + string(p)}, false)
 	return wait
 }
 
 func unreachableWord(err error) string {
-	switch nodes.ErrnoOf(err) {
+	switch machine.ErrnoOf(err) {
 	case syscall.EACCES:
 		if isRefusedAuth(err) {
 			return "offers no authentication that keeps the password secret"
@@ -449,19 +448,19 @@ func unreachableWord(err error) string {
 	return "unreachable"
 }
 
-// Power implements nodes.PowerController: it returns once the BMC accepted
+// Power implements machine.PowerController: it returns once the BMC accepted
 // the command; the verification runs in the background and reports its
 // verdict.
-func (d *Driver) Power(ctx context.Context, cmd nodes.Command) error {
+func (d *Driver) Power(ctx context.Context, cmd machine.Command) error {
 	act, ok := actions[cmd.Verb]
 	if !ok {
-		return nodes.Errorf(syscall.EINVAL, "ipmi: verb %q not supported (%s)", cmd.Verb, strings.Join(verbs, ", "))
+		return machine.Errorf(syscall.EINVAL, "ipmi: verb %q not supported (%s)", cmd.Verb, strings.Join(verbs, ", "))
 	}
 	from := d.lastPower()
 	d.mu.Lock()
 	if d.closing {
 		d.mu.Unlock()
-		return nodes.Errorf(syscall.ENODEV, "ipmi %s: driver closed", d.cfg.hostPort())
+		return machine.Errorf(syscall.ENODEV, "ipmi %s: driver closed", d.cfg.hostPort())
 	}
 	d.cmdGen++
 	if d.verifyStop != nil {
@@ -471,11 +470,11 @@ func (d *Driver) Power(ctx context.Context, cmd nodes.Command) error {
 	d.mu.Unlock()
 
 	if err := d.send(ctx, act); err != nil {
-		d.report(nodes.Status{Reachable: reachableAfter(err), Reason: act.verb + " failed", Err: err}, true)
+		d.report(machine.Status{Reachable: reachableAfter(err), Reason: act.verb + " failed", Err: err}, true)
 		return err
 	}
 	d.log.Info("power command accepted", "verb", act.verb)
-	d.report(nodes.Status{Power: act.transit, Reachable: true,
+	d.report(machine.Status{Power: act.transit, Reachable: true,
 		Reason: fmt.Sprintf("BMC accepted %s; waiting for %s", act.verb, act.target)}, true)
 
 	d.mu.Lock()
@@ -501,7 +500,7 @@ func (d *Driver) send(ctx context.Context, act action) error {
 }
 
 // verify re-reads status until act.target shows or verify-timeout passes.
-func (d *Driver) verify(ctx context.Context, cancel context.CancelFunc, id int, act action, from nodes.Power) {
+func (d *Driver) verify(ctx context.Context, cancel context.CancelFunc, id int, act action, from machine.Power) {
 	defer d.wg.Done()
 	defer func() {
 		cancel()
@@ -529,7 +528,7 @@ func (d *Driver) verify(ctx context.Context, cancel context.CancelFunc, id int, 
 		scancel()
 		if err != nil {
 			if ctx.Err() == nil {
-				d.report(nodes.Status{Reachable: reachableAfter(err), Reason: "poweroff: hard off failed", Err: err}, true)
+				d.report(machine.Status{Reachable: reachableAfter(err), Reason: "poweroff: hard off failed", Err: err}, true)
 			}
 			return
 		}
@@ -540,11 +539,11 @@ func (d *Driver) verify(ctx context.Context, cancel context.CancelFunc, id int, 
 // verifyOnce runs one verification and reports the verdict; it returns
 // whether the target was reached. Nothing is reported when ctx is cancelled
 // (superseded or closing).
-func (d *Driver) verifyOnce(ctx context.Context, act action, from nodes.Power) bool {
+func (d *Driver) verifyOnce(ctx context.Context, act action, from machine.Power) bool {
 	start := time.Now()
 	deadline := start.Add(d.cfg.verifyTimeout)
 	seenOff := false
-	last := nodes.PowerUnknown
+	last := machine.PowerUnknown
 	var lastErr error
 	for {
 		// A read that starts before the deadline gets its full budget:
@@ -558,7 +557,7 @@ func (d *Driver) verifyOnce(ctx context.Context, act action, from nodes.Power) b
 		elapsed := time.Since(start)
 		if err == nil {
 			last, lastErr = p, nil
-			if p == nodes.PowerOff {
+			if p == machine.PowerOff {
 				seenOff = true
 			}
 			done := p == act.target
@@ -572,7 +571,7 @@ func (d *Driver) verifyOnce(ctx context.Context, act action, from nodes.Power) b
 				}
 				reason := fmt.Sprintf("verified: BMC reports %s %v after %s%s", p, elapsed.Round(time.Millisecond), act.verb, note)
 				d.setVerify(reason)
-				d.report(nodes.Status{Power: p, Reachable: true, Reason: reason}, true)
+				d.report(machine.Status{Power: p, Reachable: true, Reason: reason}, true)
 				return true
 			}
 		} else {
@@ -587,16 +586,16 @@ func (d *Driver) verifyOnce(ctx context.Context, act action, from nodes.Power) b
 		case <-time.After(min(verifyInterval, time.Until(deadline)+time.Millisecond)):
 		}
 	}
-	if from == nodes.PowerUnknown || from == "" || from.Transitional() {
+	if from == machine.PowerUnknown || from == "" || from.Transitional() {
 		from = last
 	}
 	reason := fmt.Sprintf("BMC never transitioned from %s to %s within %v after %s (last seen: %s)", from, act.target, d.cfg.verifyTimeout, act.verb, last)
-	verr := nodes.Errorf(syscall.ETIMEDOUT, "ipmi %s: %s", d.cfg.hostPort(), reason)
+	verr := machine.Errorf(syscall.ETIMEDOUT, "ipmi %s: %s", d.cfg.hostPort(), reason)
 	if lastErr != nil {
-		verr = nodes.Errorf(nodes.ErrnoOf(lastErr), "ipmi %s: %s: %v", d.cfg.hostPort(), reason, lastErr)
+		verr = machine.Errorf(machine.ErrnoOf(lastErr), "ipmi %s: %s: %v", d.cfg.hostPort(), reason, lastErr)
 	}
 	d.setVerify(reason)
-	d.report(nodes.Status{Power: last, Reachable: lastErr == nil, Reason: reason, Err: verr}, true)
+	d.report(machine.Status{Power: last, Reachable: lastErr == nil, Reason: reason, Err: verr}, true)
 	return false
 }
 

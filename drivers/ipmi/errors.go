@@ -9,8 +9,7 @@ import (
 	"syscall"
 
 	"github.com/bougou/go-ipmi/pkg/types"
-
-	"github.com/machinefs/machinefs/nodes"
+	"github.com/machinefs/machinefs/machine"
 )
 
 // authWords are fragments of go-ipmi errors that mean the BMC refused the
@@ -25,7 +24,7 @@ var authWords = []string{
 	"Insufficient privilege",
 }
 
-// classify turns an error from go-ipmi into a *nodes.Error with an errno
+// classify turns an error from go-ipmi into a *machine.Error with an errno
 // and a readable reason naming the BMC and the step that failed. ctx is the
 // context the failed call ran under: go-ipmi does not report its expiry as
 // context.DeadlineExceeded, so it is asked directly.
@@ -33,7 +32,7 @@ func (d *Driver) classify(ctx context.Context, what string, err error) error {
 	if err == nil {
 		return nil
 	}
-	var ne *nodes.Error
+	var ne *machine.Error
 	if errors.As(err, &ne) {
 		return err
 	}
@@ -45,33 +44,33 @@ func (d *Driver) classify(ctx context.Context, what string, err error) error {
 	tries := fmt.Sprintf("%d tries of %v", d.cfg.retries+1, d.cfg.timeout)
 	switch {
 	case ctx.Err() == context.Canceled || (ctx.Err() == nil && errors.Is(err, context.Canceled)):
-		return nodes.Errorf(syscall.EINTR, "%s: canceled", where)
+		return machine.Errorf(syscall.EINTR, "%s: canceled", where)
 	case containsAny(detail, authWords):
-		return nodes.Errorf(syscall.EACCES, "%s: BMC rejected the credentials of user %q: %s", where, d.cfg.user, detail)
+		return machine.Errorf(syscall.EACCES, "%s: BMC rejected the credentials of user %q: %s", where, d.cfg.user, detail)
 	case d.cfg.iface == "lan" && strings.Contains(detail, "ActivateSession failed") && isTimeout(err, detail):
 		// IPMI 1.5 BMCs stay silent when the password is wrong.
-		return nodes.Errorf(syscall.EACCES, "%s: BMC did not answer Activate Session (%s): wrong password?", where, tries)
+		return machine.Errorf(syscall.EACCES, "%s: BMC did not answer Activate Session (%s): wrong password?", where, tries)
 	case ctx.Err() != nil || errors.Is(err, context.DeadlineExceeded):
-		return nodes.Errorf(syscall.ETIMEDOUT, "%s: no answer from the BMC in time: %s", where, detail)
+		return machine.Errorf(syscall.ETIMEDOUT, "%s: no answer from the BMC in time: %s", where, detail)
 	}
 	if re, ok := types.IsResponseError(err); ok {
 		if re.CompletionCode() == 0xd4 {
-			return nodes.Errorf(syscall.EACCES, "%s: BMC answered: insufficient privilege: %s", where, detail)
+			return machine.Errorf(syscall.EACCES, "%s: BMC answered: insufficient privilege: %s", where, detail)
 		}
-		return nodes.Errorf(syscall.EIO, "%s: BMC answered: %s", where, detail)
+		return machine.Errorf(syscall.EIO, "%s: BMC answered: %s", where, detail)
 	}
 	var dnsErr *net.DNSError
 	switch {
 	case errors.Is(err, syscall.ECONNREFUSED):
-		return nodes.Errorf(syscall.EHOSTUNREACH, "%s: nothing listens on UDP %s (port unreachable): %s", where, d.cfg.hostPort(), detail)
+		return machine.Errorf(syscall.EHOSTUNREACH, "%s: nothing listens on UDP %s (port unreachable): %s", where, d.cfg.hostPort(), detail)
 	case errors.Is(err, syscall.EHOSTUNREACH), errors.Is(err, syscall.ENETUNREACH), errors.Is(err, syscall.EHOSTDOWN):
-		return nodes.Errorf(syscall.EHOSTUNREACH, "%s: no route to the BMC: %s", where, detail)
+		return machine.Errorf(syscall.EHOSTUNREACH, "%s: no route to the BMC: %s", where, detail)
 	case errors.As(err, &dnsErr) || strings.Contains(detail, "resolve addr failed"):
-		return nodes.Errorf(syscall.EHOSTUNREACH, "%s: cannot resolve %q: %s", where, d.cfg.address, detail)
+		return machine.Errorf(syscall.EHOSTUNREACH, "%s: cannot resolve %q: %s", where, d.cfg.address, detail)
 	case isTimeout(err, detail):
-		return nodes.Errorf(syscall.ETIMEDOUT, "%s: no answer from the BMC (%s): %s", where, tries, detail)
+		return machine.Errorf(syscall.ETIMEDOUT, "%s: no answer from the BMC (%s): %s", where, tries, detail)
 	}
-	return nodes.Errorf(syscall.EIO, "%s: %s", where, detail)
+	return machine.Errorf(syscall.EIO, "%s: %s", where, detail)
 }
 
 func isTimeout(err error, detail string) bool {
@@ -116,7 +115,7 @@ func reachableAfter(err error) bool {
 	if err == nil {
 		return true
 	}
-	switch nodes.ErrnoOf(err) {
+	switch machine.ErrnoOf(err) {
 	case syscall.EIO:
 		_, ok := types.IsResponseError(err)
 		return ok || strings.Contains(err.Error(), "BMC answered")

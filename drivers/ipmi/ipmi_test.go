@@ -12,7 +12,7 @@ import (
 
 	"go.uber.org/goleak"
 
-	"github.com/machinefs/machinefs/nodes"
+	"github.com/machinefs/machinefs/machine"
 	"github.com/machinefs/machinefs/tests/harness/ipmisim"
 )
 
@@ -20,8 +20,8 @@ func TestMain(m *testing.M) {
 	goleak.VerifyTestMain(m)
 }
 
-func isPower(p nodes.Power) func(nodes.Status) bool {
-	return func(s nodes.Status) bool { return s.Power == p && s.Reachable && s.Err == nil }
+func isPower(p machine.Power) func(machine.Status) bool {
+	return func(s machine.Status) bool { return s.Power == p && s.Reachable && s.Err == nil }
 }
 
 func wantErrno(t *testing.T, err error, want syscall.Errno) {
@@ -31,7 +31,7 @@ func wantErrno(t *testing.T, err error, want syscall.Errno) {
 	}
 	var got syscall.Errno
 	if !errors.As(err, &got) || got != want {
-		t.Fatalf("want errno %v (%d), got %v: %v", want, want, nodes.ErrnoOf(err), err)
+		t.Fatalf("want errno %v (%d), got %v: %v", want, want, machine.ErrnoOf(err), err)
 	}
 }
 
@@ -111,11 +111,11 @@ func TestSpecKeys(t *testing.T) {
 	check("ipmi.verify-timeout", "soon", false)
 
 	// New validates too, and requires the address.
-	_, err := Spec.New(context.Background(), nodes.DriverEnv{Config: mapConfig{}})
+	_, err := Spec.New(context.Background(), machine.DriverEnv{Config: mapConfig{}})
 	wantErrno(t, err, syscall.EINVAL)
-	_, err = Spec.New(context.Background(), nodes.DriverEnv{Config: mapConfig{"ipmi.address": "h", "ipmi.port": "0"}})
+	_, err = Spec.New(context.Background(), machine.DriverEnv{Config: mapConfig{"ipmi.address": "h", "ipmi.port": "0"}})
 	wantErrno(t, err, syscall.EINVAL)
-	_, err = Spec.New(context.Background(), nodes.DriverEnv{Config: mapConfig{"ipmi.address": "h", "ipmi.interface": "lan", "ipmi.password": strings.Repeat("p", 18)}})
+	_, err = Spec.New(context.Background(), machine.DriverEnv{Config: mapConfig{"ipmi.address": "h", "ipmi.interface": "lan", "ipmi.password": strings.Repeat("p", 18)}})
 	wantErrno(t, err, syscall.EINVAL)
 }
 
@@ -144,18 +144,18 @@ func TestPowerVerbs(t *testing.T) {
 		t.Cleanup(cancel)
 		return c
 	}
-	h.rec.waitFor(t, 0, 3*time.Second, "initial off", isPower(nodes.PowerOff))
+	h.rec.waitFor(t, 0, 3*time.Second, "initial off", isPower(machine.PowerOff))
 
-	step := func(verb string, want nodes.Power, hook ...string) nodes.Status {
+	step := func(verb string, want machine.Power, hook ...string) machine.Status {
 		t.Helper()
 		n := h.rec.len()
 		before := len(b.Commands())
-		if err := h.d.Power(ctx(), nodes.Command{Verb: verb}); err != nil {
+		if err := h.d.Power(ctx(), machine.Command{Verb: verb}); err != nil {
 			t.Fatalf("%s: %v", verb, err)
 		}
-		spec, _ := nodes.LookupVerb(verb)
-		h.rec.waitFor(t, n, time.Second, verb+" transit", func(s nodes.Status) bool { return s.Power == spec.Transit })
-		s, _ := h.rec.waitFor(t, n, 8*time.Second, verb+" verified "+string(want), func(s nodes.Status) bool {
+		spec, _ := machine.LookupVerb(verb)
+		h.rec.waitFor(t, n, time.Second, verb+" transit", func(s machine.Status) bool { return s.Power == spec.Transit })
+		s, _ := h.rec.waitFor(t, n, 8*time.Second, verb+" verified "+string(want), func(s machine.Status) bool {
 			return s.Power == want && s.Reachable && s.Err == nil && strings.HasPrefix(s.Reason, "verified")
 		})
 		got := b.Commands()[before:]
@@ -165,34 +165,34 @@ func TestPowerVerbs(t *testing.T) {
 		return s.Status
 	}
 
-	step("on", nodes.PowerOn, "power 1")
+	step("on", machine.PowerOn, "power 1")
 	if b.Power() != "on" {
 		t.Fatalf("power file %q after on", b.Power())
 	}
 	// ipmitool semantics: on when on succeeds and changes nothing.
 	n := h.rec.len()
-	step("on", nodes.PowerOn, "power 1")
+	step("on", machine.PowerOn, "power 1")
 	for _, s := range h.rec.all()[n:] {
-		if s.Power == nodes.PowerOff {
+		if s.Power == machine.PowerOff {
 			t.Fatalf("idempotent on reported off: %s", h.rec.dump())
 		}
 	}
-	step("off", nodes.PowerOff, "power 0")
-	step("on", nodes.PowerOn, "power 1")
-	s := step("cycle", nodes.PowerOn, "power 0", "power 1") // ipmi_sim powers on again ~1 s later
+	step("off", machine.PowerOff, "power 0")
+	step("on", machine.PowerOn, "power 1")
+	s := step("cycle", machine.PowerOn, "power 0", "power 1") // ipmi_sim powers on again ~1 s later
 	if strings.Contains(s.Reason, "no off observed") {
 		t.Errorf("cycle: the off was not observed: %q", s.Reason)
 	}
-	step("reset", nodes.PowerOn, "reset 1")
-	step("reboot", nodes.PowerOn, "reset 1")
-	step("soft", nodes.PowerOff, "shutdown 1")
-	step("on", nodes.PowerOn, "power 1")
+	step("reset", machine.PowerOn, "reset 1")
+	step("reboot", machine.PowerOn, "reset 1")
+	step("soft", machine.PowerOff, "shutdown 1")
+	step("on", machine.PowerOn, "power 1")
 	b.WriteFile("soft_delay", "1")
-	step("poweroff", nodes.PowerOff, "shutdown 1", "power-soft-off 0")
+	step("poweroff", machine.PowerOff, "shutdown 1", "power-soft-off 0")
 	if v := h.describe()["ipmi-verify"]; !strings.Contains(v, "verified") {
 		t.Errorf("ipmi-verify: %q", v)
 	}
-	if err := h.d.Power(ctx(), nodes.Command{Verb: "wol"}); nodes.ErrnoOf(err) != syscall.EINVAL {
+	if err := h.d.Power(ctx(), machine.Command{Verb: "wol"}); machine.ErrnoOf(err) != syscall.EINVAL {
 		t.Errorf("wol: %v", err)
 	}
 	noPassword(t, h)
@@ -204,16 +204,16 @@ func TestVerifyFailureAndPoweroffEscalation(t *testing.T) {
 	t.Parallel()
 	b := ipmisim.Start(t)
 	h := newHost(t, b.Port, map[string]string{"ipmi.verify-timeout": "1s"})
-	h.rec.waitFor(t, 0, 3*time.Second, "initial off", isPower(nodes.PowerOff))
+	h.rec.waitFor(t, 0, 3*time.Second, "initial off", isPower(machine.PowerOff))
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 	defer cancel()
 
 	n := h.rec.len()
-	if err := h.d.Power(ctx, nodes.Command{Verb: "reset"}); err != nil {
+	if err := h.d.Power(ctx, machine.Command{Verb: "reset"}); err != nil {
 		t.Fatal(err)
 	}
-	s, _ := h.rec.waitFor(t, n, 4*time.Second, "verification failure", func(s nodes.Status) bool { return s.Err != nil })
-	if nodes.ErrnoOf(s.Err) != syscall.ETIMEDOUT || !strings.Contains(s.Reason, "never transitioned from off to on") || s.Power != nodes.PowerOff {
+	s, _ := h.rec.waitFor(t, n, 4*time.Second, "verification failure", func(s machine.Status) bool { return s.Err != nil })
+	if machine.ErrnoOf(s.Err) != syscall.ETIMEDOUT || !strings.Contains(s.Reason, "never transitioned from off to on") || s.Power != machine.PowerOff {
 		t.Fatalf("verdict: %+v", s.Status)
 	}
 	// The BMC answered every read: the verdict must not blame a read cut
@@ -229,7 +229,7 @@ func TestVerifyFailureAndPoweroffEscalation(t *testing.T) {
 
 	// poweroff: soft shutdown ignored for 30 s -> hard off after verify-timeout.
 	b.WritePower(true)
-	h.rec.waitFor(t, h.rec.len(), 3*time.Second, "on (set behind the back)", isPower(nodes.PowerOn))
+	h.rec.waitFor(t, h.rec.len(), 3*time.Second, "on (set behind the back)", isPower(machine.PowerOn))
 	b.WriteFile("soft_delay", "30")
 	n = h.rec.len()
 	before := len(b.Commands())
@@ -237,11 +237,11 @@ func TestVerifyFailureAndPoweroffEscalation(t *testing.T) {
 	// test waited (under load the waits above take seconds).
 	ctx2, cancel2 := context.WithTimeout(context.Background(), 3*time.Second)
 	defer cancel2()
-	if err := h.d.Power(ctx2, nodes.Command{Verb: "poweroff"}); err != nil {
+	if err := h.d.Power(ctx2, machine.Command{Verb: "poweroff"}); err != nil {
 		t.Fatal(err)
 	}
-	h.rec.waitFor(t, n, 5*time.Second, "poweroff verified off", func(s nodes.Status) bool {
-		return s.Power == nodes.PowerOff && s.Err == nil && strings.HasPrefix(s.Reason, "verified")
+	h.rec.waitFor(t, n, 5*time.Second, "poweroff verified off", func(s machine.Status) bool {
+		return s.Power == machine.PowerOff && s.Err == nil && strings.HasPrefix(s.Reason, "verified")
 	})
 	if got := strings.Join(b.Commands()[before:], ","); got != "shutdown 1,power 0" {
 		t.Fatalf("hook got %q", got)
@@ -256,13 +256,13 @@ func TestBehindTheBack(t *testing.T) {
 	t.Parallel()
 	b := ipmisim.Start(t)
 	h := newHost(t, b.Port, map[string]string{"ipmi.poll": "300ms"})
-	h.rec.waitFor(t, 0, 3*time.Second, "initial off", isPower(nodes.PowerOff))
+	h.rec.waitFor(t, 0, 3*time.Second, "initial off", isPower(machine.PowerOff))
 	n := h.rec.len()
 	b.Ipmitool("chassis", "power", "on")
 	// From ipmitool's return, not its start: under load ipmitool alone
 	// takes longer than a poll interval.
 	t0 := time.Now()
-	s, _ := h.rec.waitFor(t, n, 2*time.Second, "on", isPower(nodes.PowerOn))
+	s, _ := h.rec.waitFor(t, n, 2*time.Second, "on", isPower(machine.PowerOn))
 	if d := s.at.Sub(t0); d > 300*time.Millisecond+400*time.Millisecond {
 		t.Fatalf("change seen after %v, poll is 300ms", d)
 	}
@@ -286,12 +286,12 @@ func TestWrongPassword(t *testing.T) {
 				"ipmi.timeout": "200ms", "ipmi.retries": "0"})
 			ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 			defer cancel()
-			err := h.d.Power(ctx, nodes.Command{Verb: "on"})
+			err := h.d.Power(ctx, machine.Command{Verb: "on"})
 			wantErrno(t, err, syscall.EACCES)
-			s, _ := h.rec.waitFor(t, 0, 3*time.Second, "EACCES from poll", func(s nodes.Status) bool {
-				return s.Err != nil && s.Power == nodes.PowerUnknown
+			s, _ := h.rec.waitFor(t, 0, 3*time.Second, "EACCES from poll", func(s machine.Status) bool {
+				return s.Err != nil && s.Power == machine.PowerUnknown
 			})
-			if s.Reachable || nodes.ErrnoOf(s.Err) != syscall.EACCES {
+			if s.Reachable || machine.ErrnoOf(s.Err) != syscall.EACCES {
 				t.Fatalf("poll report: %+v", s.Status)
 			}
 			if b.Power() != "off" {
@@ -306,11 +306,11 @@ func TestCompletionCodeEIO(t *testing.T) {
 	t.Parallel()
 	b := ipmisim.Start(t)
 	h := newHost(t, b.Port, nil)
-	h.rec.waitFor(t, 0, 3*time.Second, "initial off", isPower(nodes.PowerOff))
+	h.rec.waitFor(t, 0, 3*time.Second, "initial off", isPower(machine.PowerOff))
 	b.WriteFile("fail", "")
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 	defer cancel()
-	err := h.d.Power(ctx, nodes.Command{Verb: "on"})
+	err := h.d.Power(ctx, machine.Command{Verb: "on"})
 	wantErrno(t, err, syscall.EIO)
 	if !strings.Contains(err.Error(), "BMC answered") || !strings.Contains(err.Error(), "0xff") {
 		t.Fatalf("error lacks the BMC's words: %v", err)
@@ -329,7 +329,7 @@ func TestUnreachable(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
 	t0 := time.Now()
-	err := h.d.Power(ctx, nodes.Command{Verb: "on"})
+	err := h.d.Power(ctx, machine.Command{Verb: "on"})
 	wantErrno(t, err, syscall.EHOSTUNREACH)
 	if time.Since(t0) > 5*time.Second {
 		t.Fatalf("refused port took %v", time.Since(t0))
@@ -338,7 +338,7 @@ func TestUnreachable(t *testing.T) {
 	var fails []stamped
 	for _, s := range h.rec.all() {
 		if s.Err != nil && s.Reason != "on failed" {
-			if s.Power != nodes.PowerUnknown || s.Reachable {
+			if s.Power != machine.PowerUnknown || s.Reachable {
 				t.Fatalf("unreachable report: %+v", s.Status)
 			}
 			fails = append(fails, s)
@@ -374,7 +374,7 @@ func TestHungBMC(t *testing.T) {
 	for _, budget := range []time.Duration{150 * time.Millisecond, 700 * time.Millisecond} {
 		ctx, cancel := context.WithTimeout(context.Background(), budget)
 		t0 := time.Now()
-		err := h.d.Power(ctx, nodes.Command{Verb: "on"})
+		err := h.d.Power(ctx, machine.Command{Verb: "on"})
 		took := time.Since(t0)
 		cancel()
 		wantErrno(t, err, syscall.ETIMEDOUT)
@@ -405,7 +405,7 @@ func TestCloseReleasesSessions(t *testing.T) {
 	ignore := goleak.IgnoreCurrent()
 	for i := 0; i < 3; i++ {
 		h := newHost(t, b.Port, map[string]string{"ipmi.poll": "50ms"})
-		h.rec.waitFor(t, 0, 3*time.Second, "on", isPower(nodes.PowerOn))
+		h.rec.waitFor(t, 0, 3*time.Second, "on", isPower(machine.PowerOn))
 		v, err := h.d.Console(ctxWithin(t, 2*time.Second), "version", nil)
 		if err != nil || !strings.Contains(v, "firmware 9.08") {
 			t.Fatalf("version: %q %v", v, err)
@@ -424,7 +424,7 @@ func TestCloseReleasesSessions(t *testing.T) {
 		if n := b.Sessions(); n != 0 {
 			t.Fatalf("round %d: %d BMC sessions after Close", i, n)
 		}
-		err = h.d.Power(ctxWithin(t, time.Second), nodes.Command{Verb: "on"})
+		err = h.d.Power(ctxWithin(t, time.Second), machine.Command{Verb: "on"})
 		wantErrno(t, err, syscall.ENODEV)
 		noPassword(t, h)
 	}
@@ -435,7 +435,7 @@ func TestConsole(t *testing.T) {
 	t.Parallel()
 	b := ipmisim.Start(t, ipmisim.PoweredOn())
 	h := newHost(t, b.Port, nil)
-	h.rec.waitFor(t, 0, 3*time.Second, "on", isPower(nodes.PowerOn))
+	h.rec.waitFor(t, 0, 3*time.Second, "on", isPower(machine.PowerOn))
 	names := map[string]bool{}
 	for _, c := range h.d.ConsoleCommands() {
 		names[c.Name] = true
@@ -454,9 +454,9 @@ func TestConsole(t *testing.T) {
 	if _, err := h.d.Console(ctx, "halt", nil); err != nil {
 		t.Fatal(err)
 	}
-	h.rec.waitFor(t, n, 3*time.Second, "off after halt", isPower(nodes.PowerOff))
+	h.rec.waitFor(t, n, 3*time.Second, "off after halt", isPower(machine.PowerOff))
 	b.WritePower(true)
-	h.rec.waitFor(t, h.rec.len(), 3*time.Second, "on", isPower(nodes.PowerOn))
+	h.rec.waitFor(t, h.rec.len(), 3*time.Second, "on", isPower(machine.PowerOn))
 	before := len(b.Commands())
 	if _, err := h.d.Console(ctx, "reboot", nil); err != nil {
 		t.Fatal(err)
@@ -465,11 +465,11 @@ func TestConsole(t *testing.T) {
 	if _, err := h.d.Console(ctx, "cad", nil); err != nil {
 		t.Fatal(err)
 	}
-	h.rec.waitFor(t, n, 3*time.Second, "off after cad", isPower(nodes.PowerOff))
+	h.rec.waitFor(t, n, 3*time.Second, "off after cad", isPower(machine.PowerOff))
 	if got := strings.Join(b.Commands()[before:], ","); got != "reset 1,shutdown 1" {
 		t.Fatalf("hook got %q", got)
 	}
-	if _, err := h.d.Console(ctx, "sysrq", nil); nodes.ErrnoOf(err) != syscall.EINVAL {
+	if _, err := h.d.Console(ctx, "sysrq", nil); machine.ErrnoOf(err) != syscall.EINVAL {
 		t.Fatalf("unknown command: %v", err)
 	}
 }
@@ -533,19 +533,19 @@ func TestStatusAsksTheBMC(t *testing.T) {
 	t.Parallel()
 	b := ipmisim.Start(t)
 	h := newHost(t, b.Port, map[string]string{"ipmi.poll": "1h"})
-	h.rec.waitFor(t, 0, 3*time.Second, "initial off", isPower(nodes.PowerOff))
+	h.rec.waitFor(t, 0, 3*time.Second, "initial off", isPower(machine.PowerOff))
 	b.Ipmitool("chassis", "power", "on")
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 	defer cancel()
 	st, err := h.d.Status(ctx)
-	if err != nil || st.Power != nodes.PowerOn || !st.Reachable {
+	if err != nil || st.Power != machine.PowerOn || !st.Reachable {
 		t.Fatalf("Status after ipmitool power on: %+v %v", st, err)
 	}
-	if p := h.d.lastPower(); p != nodes.PowerOn {
+	if p := h.d.lastPower(); p != machine.PowerOn {
 		t.Fatalf("the driver's last state is %s: the next poll would report on again", p)
 	}
 	h.d.Close()
-	if _, err := h.d.Status(ctx); nodes.ErrnoOf(err) != syscall.ENODEV {
+	if _, err := h.d.Status(ctx); machine.ErrnoOf(err) != syscall.ENODEV {
 		t.Fatalf("Status after Close: %v, want ENODEV", err)
 	}
 }

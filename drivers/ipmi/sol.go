@@ -11,8 +11,7 @@ import (
 	"github.com/bougou/go-ipmi/pkg/client"
 	"github.com/bougou/go-ipmi/pkg/command/transport"
 	"github.com/bougou/go-ipmi/pkg/types"
-
-	"github.com/machinefs/machinefs/nodes"
+	"github.com/machinefs/machinefs/machine"
 )
 
 // solPoll is how often an idle SOL stream asks the BMC for output.
@@ -26,13 +25,13 @@ const solPoll = 50 * time.Millisecond
 // fails with the BMC's completion code (EIO) until the first is closed.
 func (d *Driver) SOL(ctx context.Context) (io.ReadWriteCloser, error) {
 	if d.cfg.iface != "lanplus" {
-		return nil, nodes.Errorf(syscall.EOPNOTSUPP, "ipmi %s: serial over LAN needs ipmi.interface lanplus", d.cfg.hostPort())
+		return nil, machine.Errorf(syscall.EOPNOTSUPP, "ipmi %s: serial over LAN needs ipmi.interface lanplus", d.cfg.hostPort())
 	}
 	d.mu.Lock()
 	closing := d.closing
 	d.mu.Unlock()
 	if closing {
-		return nil, nodes.Errorf(syscall.ENODEV, "ipmi %s: driver closed", d.cfg.hostPort())
+		return nil, machine.Errorf(syscall.ENODEV, "ipmi %s: driver closed", d.cfg.hostPort())
 	}
 	c, err := d.newClient()
 	if err != nil {
@@ -61,7 +60,7 @@ func (d *Driver) SOL(ctx context.Context) (io.ReadWriteCloser, error) {
 		d.mu.Unlock()
 		s.done = nil // the stream never started
 		s.shutdown()
-		return nil, nodes.Errorf(syscall.ENODEV, "ipmi %s: driver closed", d.cfg.hostPort())
+		return nil, machine.Errorf(syscall.ENODEV, "ipmi %s: driver closed", d.cfg.hostPort())
 	}
 	if d.sols == nil {
 		d.sols = map[*solConn]bool{}
@@ -147,6 +146,6 @@ func (s *solConn) shutdown() {
 	})
 }
 
-// Serial implements nodes.Serialer: the host's serial file is its SOL
+// Serial implements machine.Serialer: the host's serial file is its SOL
 // stream.
 func (d *Driver) Serial(ctx context.Context) (io.ReadWriteCloser, error) { return d.SOL(ctx) }

@@ -12,8 +12,7 @@ import (
 	"time"
 
 	"github.com/bougou/go-ipmi/pkg/types"
-
-	"github.com/machinefs/machinefs/nodes"
+	"github.com/machinefs/machinefs/machine"
 )
 
 // Defaults of the config keys.
@@ -35,7 +34,7 @@ const MaxConcurrentPolls = 32
 const maxBackoff = time.Minute
 
 // Spec registers the ipmi driver.
-var Spec = nodes.DriverSpec{
+var Spec = machine.DriverSpec{
 	Name: "ipmi",
 	Doc:  "power control, status polling and serial console through a BMC (IPMI over LAN)",
 	Keys: keys,
@@ -43,7 +42,7 @@ var Spec = nodes.DriverSpec{
 }
 
 // keys are the config keys of the driver (Spec.Keys).
-var keys = []nodes.KeySpec{
+var keys = []machine.KeySpec{
 	{Name: "ipmi.address", Doc: "BMC host name or IP address (required; the port goes in ipmi.port)", Check: checkAddress},
 	{Name: "ipmi.port", Doc: "BMC UDP port", Default: strconv.Itoa(DefaultPort), Check: checkPort},
 	{Name: "ipmi.user", Doc: "BMC user name (at most 16 bytes; empty = anonymous/null user)", Default: "", Check: checkUser},
@@ -173,7 +172,7 @@ func keyCheck(name string) func(string) error {
 	return nil
 }
 
-func parseConfig(cfg nodes.Config) (config, error) {
+func parseConfig(cfg machine.Config) (config, error) {
 	get := func(key, def string) (string, error) {
 		v, ok := cfg.Get(key)
 		if !ok {
@@ -181,7 +180,7 @@ func parseConfig(cfg nodes.Config) (config, error) {
 		}
 		if check := keyCheck(key); check != nil {
 			if err := check(v); err != nil {
-				return "", nodes.Errorf(syscall.EINVAL, "%s: %v", key, err)
+				return "", machine.Errorf(syscall.EINVAL, "%s: %v", key, err)
 			}
 		}
 		return v, nil
@@ -193,7 +192,7 @@ func parseConfig(cfg nodes.Config) (config, error) {
 		return c, err
 	}
 	if s == "" {
-		return c, nodes.Errorf(syscall.EINVAL, "ipmi.address is not set (the BMC's host name or IP address)")
+		return c, machine.Errorf(syscall.EINVAL, "ipmi.address is not set (the BMC's host name or IP address)")
 	}
 	c.address = s
 	if s, err = get("ipmi.port", strconv.Itoa(DefaultPort)); err != nil {
@@ -210,7 +209,7 @@ func parseConfig(cfg nodes.Config) (config, error) {
 		return c, err
 	}
 	if c.iface == "lan" && len(c.password) > 16 {
-		return c, nodes.Errorf(syscall.EINVAL, "ipmi.password: %d bytes; IPMI 1.5 (ipmi.interface lan) allows at most 16", len(c.password))
+		return c, machine.Errorf(syscall.EINVAL, "ipmi.password: %d bytes; IPMI 1.5 (ipmi.interface lan) allows at most 16", len(c.password))
 	}
 	if s, err = get("ipmi.cipher", strconv.Itoa(DefaultCipher)); err != nil {
 		return c, err
@@ -244,7 +243,7 @@ func parseConfig(cfg nodes.Config) (config, error) {
 	return c, nil
 }
 
-func newDriver(_ context.Context, env nodes.DriverEnv) (nodes.Driver, error) {
+func newDriver(_ context.Context, env machine.DriverEnv) (machine.Driver, error) {
 	cfg, err := parseConfig(env.Config)
 	if err != nil {
 		return nil, err

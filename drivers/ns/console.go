@@ -10,16 +10,16 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/machinefs/machinefs/nodes"
+	"github.com/machinefs/machinefs/machine"
 	"golang.org/x/sys/unix"
 )
 
-// ConsoleCommands implements nodes.Consoler (mconsole's commands, as far as
+// ConsoleCommands implements machine.Consoler (mconsole's commands, as far as
 // they apply to a namespace sandbox).
-func (d *Subhost) ConsoleCommands() []nodes.ConsoleCommand {
-	return []nodes.ConsoleCommand{
-		{Name: "version", Help: "kernel and subhost init", Query: nodes.AlwaysQuery},
-		{Name: "proc", Usage: "proc FILE", Help: "a file of the subhost's /proc", Query: nodes.AlwaysQuery},
+func (d *Subhost) ConsoleCommands() []machine.ConsoleCommand {
+	return []machine.ConsoleCommand{
+		{Name: "version", Help: "kernel and subhost init", Query: machine.AlwaysQuery},
+		{Name: "proc", Usage: "proc FILE", Help: "a file of the subhost's /proc", Query: machine.AlwaysQuery},
 		{Name: "stop", Help: "freeze the subhost (cgroup freezer)"},
 		{Name: "go", Help: "thaw a frozen subhost"},
 		{Name: "halt", Help: "kill the subhost at once and release it"},
@@ -33,15 +33,15 @@ func (d *Subhost) ConsoleCommands() []nodes.ConsoleCommand {
 	}
 }
 
-// Console implements nodes.Consoler.
+// Console implements machine.Consoler.
 func (d *Subhost) Console(ctx context.Context, name string, args []string) (string, error) {
 	run := func(verb string) (string, error) {
-		if err := d.Power(ctx, nodes.Command{Verb: verb, Line: verb}); err != nil {
+		if err := d.Power(ctx, machine.Command{Verb: verb, Line: verb}); err != nil {
 			return "", err
 		}
 		return verb + " accepted", nil
 	}
-	if verb, ok := nodes.ConsolePowerVerb(name); ok {
+	if verb, ok := machine.ConsolePowerVerb(name); ok {
 		return run(verb)
 	}
 	switch name {
@@ -58,7 +58,7 @@ func (d *Subhost) Console(ctx context.Context, name string, args []string) (stri
 			unix.ByteSliceToString(u.Sysname[:]), unix.ByteSliceToString(u.Release[:]), init, pid), nil
 	case "proc":
 		if len(args) != 1 {
-			return "", nodes.Errorf(syscall.EINVAL, "proc FILE")
+			return "", machine.Errorf(syscall.EINVAL, "proc FILE")
 		}
 		file := filepath.Clean("/" + args[0])
 		d.mu.Lock()
@@ -68,7 +68,7 @@ func (d *Subhost) Console(ctx context.Context, name string, args []string) (stri
 		}
 		d.mu.Unlock()
 		if pid == 0 {
-			return "", nodes.Errorf(syscall.EINVAL, "proc: the subhost is not running")
+			return "", machine.Errorf(syscall.EINVAL, "proc: the subhost is not running")
 		}
 		// The subhost's own /proc (mounted by its init), seen through its
 		// root; without one, the pid's view of the host's proc.
@@ -77,12 +77,12 @@ func (d *Subhost) Console(ctx context.Context, name string, args []string) (stri
 			data, err = readLimited(fmt.Sprintf("/proc/%d%s", pid, file))
 		}
 		if err != nil {
-			return "", nodes.Errorf(syscall.ENOENT, "proc %s: %v", args[0], err)
+			return "", machine.Errorf(syscall.ENOENT, "proc %s: %v", args[0], err)
 		}
 		return "\n" + strings.TrimRight(data, "\n"), nil
 	case "log":
 		if len(args) == 0 {
-			return "", nodes.Errorf(syscall.EINVAL, "log needs TEXT")
+			return "", machine.Errorf(syscall.EINVAL, "log needs TEXT")
 		}
 		text := strings.Join(args, " ")
 		d.mu.Lock()
@@ -92,7 +92,7 @@ func (d *Subhost) Console(ctx context.Context, name string, args []string) (stri
 		}
 		d.mu.Unlock()
 		if live == "" {
-			return "", nodes.Errorf(syscall.EINVAL, "log: the subhost holds no root (start it first)")
+			return "", machine.Errorf(syscall.EINVAL, "log: the subhost holds no root (start it first)")
 		}
 		p := filepath.Join(live, "var/log/machinefs.log")
 		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
@@ -112,7 +112,7 @@ func (d *Subhost) Console(ctx context.Context, name string, args []string) (stri
 		d.report.Event("log", text)
 		return "", nil
 	}
-	return "", nodes.Errorf(syscall.ENOTSUP, "%s: not supported by ns subhosts", name)
+	return "", machine.Errorf(syscall.ENOTSUP, "%s: not supported by ns subhosts", name)
 }
 
 func readLimited(p string) (string, error) {
@@ -129,7 +129,7 @@ func readLimited(p string) (string, error) {
 	return string(buf[:n]), nil
 }
 
-// Describe implements nodes.Describer.
+// Describe implements machine.Describer.
 func (d *Subhost) Describe() [][2]string {
 	d.mu.Lock()
 	defer d.mu.Unlock()

@@ -16,7 +16,7 @@ import (
 	"time"
 
 	"github.com/machinefs/machinefs/drivers/internal/notifyline"
-	"github.com/machinefs/machinefs/nodes"
+	"github.com/machinefs/machinefs/machine"
 	"golang.org/x/sys/unix"
 )
 
@@ -31,15 +31,15 @@ var names = struct {
 }{m: map[string]string{}}
 
 var (
-	_ nodes.PowerController = (*Subhost)(nil)
-	_ nodes.Remover         = (*Subhost)(nil)
-	_ nodes.StatusReader    = (*Subhost)(nil)
+	_ machine.PowerController = (*Subhost)(nil)
+	_ machine.Remover         = (*Subhost)(nil)
+	_ machine.StatusReader    = (*Subhost)(nil)
 )
 
 // Subhost is the ns driver of one subhost.
 type Subhost struct {
 	s      settings
-	report nodes.Reporter
+	report machine.Reporter
 	log    *slog.Logger
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -56,12 +56,12 @@ type Subhost struct {
 	closed  bool
 	lastRun string
 	notify  *os.File
-	pending []nodes.Status
+	pending []machine.Status
 }
 
 // New builds the driver of one subhost and adopts it if a recorded run is
 // still alive.
-func New(_ context.Context, env nodes.DriverEnv) (nodes.Driver, error) {
+func New(_ context.Context, env machine.DriverEnv) (machine.Driver, error) {
 	s, err := parseSettings(env)
 	if err != nil {
 		return nil, err
@@ -78,7 +78,7 @@ func New(_ context.Context, env nodes.DriverEnv) (nodes.Driver, error) {
 		d.log = slog.New(slog.DiscardHandler)
 	}
 	d.ctx, d.cancel = context.WithCancel(context.Background())
-	fail := func(err error) (nodes.Driver, error) {
+	fail := func(err error) (machine.Driver, error) {
 		d.cancel()
 		names.Lock()
 		delete(names.m, s.name)
@@ -99,18 +99,18 @@ func New(_ context.Context, env nodes.DriverEnv) (nodes.Driver, error) {
 	d.rec = rec
 	switch {
 	case rec == nil:
-		d.queue(nodes.Status{Power: nodes.PowerOff, Reachable: true, Reason: "subhost is off"})
+		d.queue(machine.Status{Power: machine.PowerOff, Reachable: true, Reason: "subhost is off"})
 	default:
 		d.openNotifyLocked()
 		if p := adopt(rec.Pid, rec.Start); p != nil {
 			d.p = p
 			d.since, _ = time.Parse(time.RFC3339Nano, rec.Started)
 			d.watch(p)
-			power := nodes.PowerOn
+			power := machine.PowerOn
 			if d.frozenLocked() {
-				power = nodes.PowerPaused
+				power = machine.PowerPaused
 			}
-			d.queue(nodes.Status{Power: power, Reachable: true, Reason: fmt.Sprintf("adopted running subhost (pid %d, started %s)", p.pid, rec.Started)})
+			d.queue(machine.Status{Power: power, Reachable: true, Reason: fmt.Sprintf("adopted running subhost (pid %d, started %s)", p.pid, rec.Started)})
 			break
 		}
 		if rec.Pid != 0 {
@@ -122,7 +122,7 @@ func New(_ context.Context, env nodes.DriverEnv) (nodes.Driver, error) {
 			rec.Pid, rec.Start, rec.Ended = 0, 0, why
 			_ = rec.save(s.stateDir)
 		}
-		d.queue(nodes.Status{Power: nodes.PowerOff, Reachable: true, Reason: "hibernated (" + rec.Ended + "); on restarts it, stop releases it"})
+		d.queue(machine.Status{Power: machine.PowerOff, Reachable: true, Reason: "hibernated (" + rec.Ended + "); on restarts it, stop releases it"})
 	}
 	d.mu.Unlock()
 	d.flush()
@@ -142,7 +142,7 @@ func statusText(ws unix.WaitStatus) string {
 // queue adds a report to send once d.mu is released: the model's lock is
 // taken by Report and held while it calls Describe, so reports never go
 // out under d.mu.
-func (d *Subhost) queue(st nodes.Status) { d.pending = append(d.pending, st) }
+func (d *Subhost) queue(st machine.Status) { d.pending = append(d.pending, st) }
 
 func (d *Subhost) flush() {
 	d.repMu.Lock()
@@ -156,35 +156,35 @@ func (d *Subhost) flush() {
 	}
 }
 
-// Status implements nodes.StatusReader: the subhost's init is watched
+// Status implements machine.StatusReader: the subhost's init is watched
 // through its process, so the driver knows without asking anyone.
-func (d *Subhost) Status(context.Context) (nodes.Status, error) {
+func (d *Subhost) Status(context.Context) (machine.Status, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	switch {
 	case d.closed:
-		return nodes.Status{}, nodes.Errorf(syscall.ESHUTDOWN, "driver closed")
+		return machine.Status{}, machine.Errorf(syscall.ESHUTDOWN, "driver closed")
 	case d.p == nil:
-		return nodes.Status{Power: nodes.PowerOff, Reachable: true, Reason: "subhost is off"}, nil
+		return machine.Status{Power: machine.PowerOff, Reachable: true, Reason: "subhost is off"}, nil
 	case d.frozenLocked():
-		return nodes.Status{Power: nodes.PowerPaused, Reachable: true, Reason: "frozen (cgroup freezer)"}, nil
+		return machine.Status{Power: machine.PowerPaused, Reachable: true, Reason: "frozen (cgroup freezer)"}, nil
 	}
-	return nodes.Status{Power: nodes.PowerOn, Reachable: true, Reason: "subhost runs (pid " + strconv.Itoa(d.p.pid) + ")"}, nil
+	return machine.Status{Power: machine.PowerOn, Reachable: true, Reason: "subhost runs (pid " + strconv.Itoa(d.p.pid) + ")"}, nil
 }
 
-// Kind implements nodes.Driver.
+// Kind implements machine.Driver.
 func (d *Subhost) Kind() string { return "ns" }
 
-// Verbs implements nodes.PowerController.
+// Verbs implements machine.PowerController.
 func (d *Subhost) Verbs() []string { return verbs }
 
-// Power implements nodes.PowerController.
-func (d *Subhost) Power(ctx context.Context, cmd nodes.Command) error {
+// Power implements machine.PowerController.
+func (d *Subhost) Power(ctx context.Context, cmd machine.Command) error {
 	defer d.flush()
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.closed {
-		return nodes.Errorf(syscall.ESHUTDOWN, "driver closed")
+		return machine.Errorf(syscall.ESHUTDOWN, "driver closed")
 	}
 	verb := cmd.Verb
 	if verb == "init" {
@@ -194,7 +194,7 @@ func (d *Subhost) Power(ctx context.Context, cmd nodes.Command) error {
 		case 6:
 			verb = "reboot"
 		default:
-			return nodes.Errorf(syscall.ENOTSUP, "init %d: not supported by ns subhosts (0 and 6 are)", cmd.InitLevel)
+			return machine.Errorf(syscall.ENOTSUP, "init %d: not supported by ns subhosts (0 and 6 are)", cmd.InitLevel)
 		}
 	}
 	running := d.p != nil
@@ -204,7 +204,7 @@ func (d *Subhost) Power(ctx context.Context, cmd nodes.Command) error {
 			if err := d.freezeLocked(false); err != nil {
 				return err
 			}
-			d.queue(nodes.Status{Power: nodes.PowerOn, Reachable: true, Reason: "subhost runs (pid " + strconv.Itoa(d.p.pid) + ")"})
+			d.queue(machine.Status{Power: machine.PowerOn, Reachable: true, Reason: "subhost runs (pid " + strconv.Itoa(d.p.pid) + ")"})
 			return nil
 		}
 		return d.startLocked()
@@ -215,9 +215,9 @@ func (d *Subhost) Power(ctx context.Context, cmd nodes.Command) error {
 	case "hibernate":
 		if !running {
 			if d.rec == nil {
-				return nodes.Errorf(syscall.EINVAL, "hibernate: the subhost holds nothing (start it first)")
+				return machine.Errorf(syscall.EINVAL, "hibernate: the subhost holds nothing (start it first)")
 			}
-			d.queue(nodes.Status{Power: nodes.PowerOff, Reachable: true, Reason: "hibernated"})
+			d.queue(machine.Status{Power: machine.PowerOff, Reachable: true, Reason: "hibernated"})
 			return nil
 		}
 		return d.endLocked("hibernate", cmd.Force)
@@ -235,15 +235,15 @@ func (d *Subhost) Power(ctx context.Context, cmd nodes.Command) error {
 		return d.endLocked("restart", true)
 	case "pause", "suspend":
 		if !running {
-			return nodes.Errorf(syscall.EINVAL, "%s: the subhost is not running", verb)
+			return machine.Errorf(syscall.EINVAL, "%s: the subhost is not running", verb)
 		}
 		if err := d.freezeLocked(true); err != nil {
 			return err
 		}
-		d.queue(nodes.Status{Power: nodes.PowerPaused, Reachable: true, Reason: "frozen (cgroup freezer)"})
+		d.queue(machine.Status{Power: machine.PowerPaused, Reachable: true, Reason: "frozen (cgroup freezer)"})
 		return nil
 	}
-	return nodes.Errorf(syscall.ENOTSUP, "%s: not supported by ns subhosts", cmd.Verb)
+	return machine.Errorf(syscall.ENOTSUP, "%s: not supported by ns subhosts", cmd.Verb)
 }
 
 // startLocked sets up what is missing (a hibernated subhost keeps its
@@ -281,7 +281,7 @@ func (d *Subhost) startLocked() error {
 		d.log.Warn("saving the subhost record", "err", err)
 	}
 	d.watch(p)
-	d.queue(nodes.Status{Power: nodes.PowerOn, Reachable: true, Reason: fmt.Sprintf("init %s runs as pid %d", d.rec.Init, p.pid)})
+	d.queue(machine.Status{Power: machine.PowerOn, Reachable: true, Reason: fmt.Sprintf("init %s runs as pid %d", d.rec.Init, p.pid)})
 	return nil
 }
 
@@ -305,7 +305,7 @@ func errnoErr(err error) error {
 	if errors.As(err, &errno) {
 		return err
 	}
-	return nodes.Errorf(syscall.EIO, "%v", err)
+	return machine.Errorf(syscall.EIO, "%v", err)
 }
 
 // endLocked ends the running init: through /run/initctl, then SIGKILL
@@ -316,10 +316,10 @@ func (d *Subhost) endLocked(intent string, force bool) error {
 	if p == nil {
 		if intent == "release" && d.rec != nil {
 			d.releaseLocked()
-			d.queue(nodes.Status{Power: nodes.PowerOff, Reachable: true, Reason: "stopped: mounts and netns released"})
+			d.queue(machine.Status{Power: machine.PowerOff, Reachable: true, Reason: "stopped: mounts and netns released"})
 			return nil
 		}
-		d.queue(nodes.Status{Power: nodes.PowerOff, Reachable: true, Reason: "subhost is off"})
+		d.queue(machine.Status{Power: machine.PowerOff, Reachable: true, Reason: "subhost is off"})
 		return nil
 	}
 	d.intent = intent
@@ -412,24 +412,24 @@ func (d *Subhost) exited(p *proc) {
 	switch intent {
 	case "hibernate":
 		_ = d.rec.save(d.s.stateDir)
-		d.queue(nodes.Status{Power: nodes.PowerOff, Reachable: true, Reason: "hibernated"})
+		d.queue(machine.Status{Power: machine.PowerOff, Reachable: true, Reason: "hibernated"})
 	case "restart":
 		if err := d.startLocked(); err != nil {
 			d.releaseLocked()
-			d.queue(nodes.Status{Power: nodes.PowerOff, Reachable: true, Reason: "restart failed: " + err.Error(), Err: err})
+			d.queue(machine.Status{Power: machine.PowerOff, Reachable: true, Reason: "restart failed: " + err.Error(), Err: err})
 		}
 	case "release":
 		ended := d.rec.Ended
 		d.releaseLocked()
-		d.queue(nodes.Status{Power: nodes.PowerOff, Reachable: true, Reason: "powered off: " + ended})
+		d.queue(machine.Status{Power: machine.PowerOff, Reachable: true, Reason: "powered off: " + ended})
 	default:
 		ended := d.rec.Ended
 		d.releaseLocked()
 		var err error
 		if !strings.HasPrefix(why, "exited with status 0") {
-			err = nodes.Errorf(syscall.EIO, "subhost init %s", why)
+			err = machine.Errorf(syscall.EIO, "subhost init %s", why)
 		}
-		d.queue(nodes.Status{Power: nodes.PowerOff, Reachable: true, Reason: ended, Err: err})
+		d.queue(machine.Status{Power: machine.PowerOff, Reachable: true, Reason: ended, Err: err})
 	}
 	d.mu.Unlock()
 	d.flush()
@@ -460,7 +460,7 @@ func (d *Subhost) releaseLocked() error {
 	return err
 }
 
-// Remove implements nodes.Remover: the host leaves the tree, so the
+// Remove implements machine.Remover: the host leaves the tree, so the
 // subhost goes for good, as with "stop force": a running init is killed
 // (SIGKILL, after thawing) and, once it has ended, its mounts, loop
 // devices, veths, netns, cgroup and record are released. A hibernated
@@ -472,7 +472,7 @@ func (d *Subhost) Remove(ctx context.Context) error {
 	d.mu.Lock()
 	if d.closed {
 		d.mu.Unlock()
-		return nodes.Errorf(syscall.ESHUTDOWN, "driver closed")
+		return machine.Errorf(syscall.ESHUTDOWN, "driver closed")
 	}
 	p := d.p
 	if p != nil {
@@ -489,7 +489,7 @@ func (d *Subhost) Remove(ctx context.Context) error {
 		select {
 		case <-p.done:
 		case <-ctx.Done():
-			return nodes.Errorf(syscall.ETIMEDOUT, "subhost init (pid %d) still running after SIGKILL: %v", p.pid, ctx.Err())
+			return machine.Errorf(syscall.ETIMEDOUT, "subhost init (pid %d) still running after SIGKILL: %v", p.pid, ctx.Err())
 		}
 	}
 	d.mu.Lock()
@@ -503,10 +503,10 @@ func (d *Subhost) Remove(ctx context.Context) error {
 	}
 	held := d.rec != nil
 	if err := d.releaseLocked(); err != nil {
-		return nodes.Errorf(syscall.EIO, "releasing subhost %s: %v", d.s.name, err)
+		return machine.Errorf(syscall.EIO, "releasing subhost %s: %v", d.s.name, err)
 	}
 	if held {
-		d.queue(nodes.Status{Power: nodes.PowerOff, Reachable: true, Reason: "removed: mounts and netns released"})
+		d.queue(machine.Status{Power: machine.PowerOff, Reachable: true, Reason: "removed: mounts and netns released"})
 	}
 	return nil
 }
@@ -550,7 +550,7 @@ func (d *Subhost) openNotifyLocked() {
 func (d *Subhost) freezeLocked(on bool) error {
 	if d.rec == nil || d.rec.Cgroup == "" {
 		if on {
-			return nodes.Errorf(syscall.ENOTSUP, "pause: no cgroup v2 freezer on this host")
+			return machine.Errorf(syscall.ENOTSUP, "pause: no cgroup v2 freezer on this host")
 		}
 		return nil
 	}
@@ -559,12 +559,12 @@ func (d *Subhost) freezeLocked(on bool) error {
 		v = "1"
 	}
 	if err := os.WriteFile(filepath.Join(d.rec.Cgroup, "cgroup.freeze"), []byte(v), 0); err != nil {
-		return nodes.Errorf(syscall.EIO, "cgroup freezer: %v", err)
+		return machine.Errorf(syscall.EIO, "cgroup freezer: %v", err)
 	}
 	deadline := time.Now().Add(2 * time.Second)
 	for d.frozenLocked() != on {
 		if time.Now().After(deadline) {
-			return nodes.Errorf(syscall.ETIMEDOUT, "cgroup freezer: not %s after 2s", map[bool]string{true: "frozen", false: "thawed"}[on])
+			return machine.Errorf(syscall.ETIMEDOUT, "cgroup freezer: not %s after 2s", map[bool]string{true: "frozen", false: "thawed"}[on])
 		}
 		time.Sleep(2 * time.Millisecond)
 	}

@@ -13,7 +13,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/machinefs/machinefs/nodes"
+	"github.com/machinefs/machinefs/machine"
 	diskimg "github.com/machinefs/machinefs/tests/harness/disk"
 	"github.com/machinefs/machinefs/tests/harness/netns"
 	"go.uber.org/goleak"
@@ -39,12 +39,12 @@ func (c cfg) Duration(k string, def time.Duration) time.Duration {
 // rep records what the driver reports.
 type rep struct {
 	mu     sync.Mutex
-	last   nodes.Status
-	all    []nodes.Status
+	last   machine.Status
+	all    []machine.Status
 	events []string
 }
 
-func (r *rep) Report(st nodes.Status) {
+func (r *rep) Report(st machine.Status) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.last = st
@@ -57,7 +57,7 @@ func (r *rep) Event(kind, detail string) {
 	r.events = append(r.events, kind+" "+detail)
 }
 
-func (r *rep) power() nodes.Status {
+func (r *rep) power() machine.Status {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return r.last
@@ -125,7 +125,7 @@ func (f *fixture) cfg(kv ...string) cfg {
 func (f *fixture) open(name string, c cfg) (*Subhost, *rep) {
 	f.t.Helper()
 	r := &rep{}
-	d, err := New(context.Background(), nodes.DriverEnv{Path: "hosts/h/subhosts/" + name, Config: c, Report: r})
+	d, err := New(context.Background(), machine.DriverEnv{Path: "hosts/h/subhosts/" + name, Config: c, Report: r})
 	if err != nil {
 		f.t.Fatal(err)
 	}
@@ -157,12 +157,12 @@ func forceRelease(d *Subhost) {
 
 func (f *fixture) power(d *Subhost, verb string) {
 	f.t.Helper()
-	if err := d.Power(context.Background(), nodes.Command{Verb: verb}); err != nil {
+	if err := d.Power(context.Background(), machine.Command{Verb: verb}); err != nil {
 		f.t.Fatalf("%s: %v", verb, err)
 	}
 }
 
-func waitPower(t *testing.T, r *rep, p nodes.Power) nodes.Status {
+func waitPower(t *testing.T, r *rep, p machine.Power) machine.Status {
 	t.Helper()
 	netns.WaitFor(t, 10*time.Second, "power "+string(p), func() bool { return r.power().Power == p })
 	return r.power()
@@ -176,11 +176,11 @@ func netnsExists(name string) bool {
 func TestNSBootNotifyPoweroff(t *testing.T) {
 	f := setup(t)
 	d, r := f.open("mfnu1", f.cfg("ns.root", f.root(), "ns.hostname", "box1"))
-	if r.power().Power != nodes.PowerOff {
+	if r.power().Power != machine.PowerOff {
 		t.Fatalf("initial %+v", r.power())
 	}
 	f.power(d, "on")
-	waitPower(t, r, nodes.PowerOn)
+	waitPower(t, r, machine.PowerOn)
 	netns.WaitFor(t, 5*time.Second, "notify booted", func() bool { return r.hasEvent("notify booted") })
 	if !netnsExists("mfnu1") {
 		t.Fatal("netns mfnu1 not under /run/netns")
@@ -214,27 +214,27 @@ func TestNSBootNotifyPoweroff(t *testing.T) {
 		t.Fatalf("sysrq: %v", err)
 	}
 	// pause and resume through the freezer.
-	if st, err := d.Status(context.Background()); err != nil || st.Power != nodes.PowerOn {
+	if st, err := d.Status(context.Background()); err != nil || st.Power != machine.PowerOn {
 		t.Fatalf("Status of a running subhost: %+v %v", st, err)
 	}
 	f.power(d, "pause")
-	if r.power().Power != nodes.PowerPaused {
+	if r.power().Power != machine.PowerPaused {
 		t.Fatalf("after pause: %+v", r.power())
 	}
-	if st, err := d.Status(context.Background()); err != nil || st.Power != nodes.PowerPaused {
+	if st, err := d.Status(context.Background()); err != nil || st.Power != machine.PowerPaused {
 		t.Fatalf("Status of a frozen subhost: %+v %v", st, err)
 	}
 	f.power(d, "resume")
-	if r.power().Power != nodes.PowerOn {
+	if r.power().Power != machine.PowerOn {
 		t.Fatalf("after resume: %+v", r.power())
 	}
 	start := time.Now()
 	f.power(d, "poweroff")
-	st := waitPower(t, r, nodes.PowerOff)
+	st := waitPower(t, r, machine.PowerOff)
 	if !strings.Contains(st.Reason, "exited with status 0") || time.Since(start) > 8*time.Second {
 		t.Fatalf("clean poweroff: %+v after %s", st, time.Since(start))
 	}
-	if st, err := d.Status(context.Background()); err != nil || st.Power != nodes.PowerOff {
+	if st, err := d.Status(context.Background()); err != nil || st.Power != machine.PowerOff {
 		t.Fatalf("Status after poweroff: %+v %v", st, err)
 	}
 	if netnsExists("mfnu1") {
@@ -251,25 +251,25 @@ func TestNSCrashHibernateStop(t *testing.T) {
 	d, r := f.open("mfnu2", f.cfg("ns.root", root))
 	os.WriteFile(filepath.Join(root, "etc/crash"), []byte("3"), 0o644)
 	f.power(d, "on")
-	st := waitPower(t, r, nodes.PowerOff)
+	st := waitPower(t, r, machine.PowerOff)
 	if !strings.Contains(st.Reason, "exited with status 3") || st.Err == nil {
 		t.Fatalf("crash: %+v", st)
 	}
 	os.Remove(filepath.Join(root, "etc/crash"))
 
 	f.power(d, "on")
-	waitPower(t, r, nodes.PowerOn)
+	waitPower(t, r, machine.PowerOn)
 	f.power(d, "hibernate")
-	st = waitPower(t, r, nodes.PowerOff)
+	st = waitPower(t, r, machine.PowerOff)
 	if st.Reason != "hibernated" || !netnsExists("mfnu2") {
 		t.Fatalf("hibernate: %+v, netns kept %v", st, netnsExists("mfnu2"))
 	}
 	// on from hibernation restarts on the kept resources.
 	f.power(d, "on")
-	waitPower(t, r, nodes.PowerOn)
+	waitPower(t, r, machine.PowerOn)
 	netns.WaitFor(t, 5*time.Second, "second boot", func() bool { return r.countEvent("notify booted") >= 3 })
 	f.power(d, "off")
-	st = waitPower(t, r, nodes.PowerOff)
+	st = waitPower(t, r, machine.PowerOff)
 	if !strings.Contains(st.Reason, "SIGKILL") {
 		t.Fatalf("force off: %+v", st)
 	}
@@ -277,9 +277,9 @@ func TestNSCrashHibernateStop(t *testing.T) {
 		t.Fatal("netns left after off")
 	}
 	f.power(d, "on")
-	waitPower(t, r, nodes.PowerOn)
+	waitPower(t, r, machine.PowerOn)
 	f.power(d, "stop")
-	waitPower(t, r, nodes.PowerOff)
+	waitPower(t, r, machine.PowerOff)
 	if netnsExists("mfnu2") {
 		t.Fatal("netns left after stop")
 	}
@@ -291,19 +291,19 @@ func TestNSAdopt(t *testing.T) {
 	c := f.cfg("ns.root", f.root())
 	d, r := f.open("mfnu3", c)
 	f.power(d, "on")
-	waitPower(t, r, nodes.PowerOn)
+	waitPower(t, r, machine.PowerOn)
 	pid := d.p.pid
 	d.Close()
 	if procStart(pid) == 0 {
 		t.Fatal("Close stopped the subhost")
 	}
 	d2, r2 := f.open("mfnu3", c)
-	if st := r2.power(); st.Power != nodes.PowerOn || !strings.Contains(st.Reason, "adopted") {
+	if st := r2.power(); st.Power != machine.PowerOn || !strings.Contains(st.Reason, "adopted") {
 		t.Fatalf("after adoption: %+v", st)
 	}
 	// Still our child: the status is known.
 	f.power(d2, "poweroff")
-	st := waitPower(t, r2, nodes.PowerOff)
+	st := waitPower(t, r2, machine.PowerOff)
 	if !strings.Contains(st.Reason, "exited with status 0") {
 		t.Fatalf("adopted poweroff: %+v", st)
 	}
@@ -314,7 +314,7 @@ func TestNSErrors(t *testing.T) {
 	try := func(name string, c cfg, want syscall.Errno, text string) {
 		t.Helper()
 		d, _ := f.open(name, c)
-		err := d.Power(context.Background(), nodes.Command{Verb: "on"})
+		err := d.Power(context.Background(), machine.Command{Verb: "on"})
 		if !errors.Is(err, want) || !strings.Contains(err.Error(), text) {
 			t.Fatalf("%s: on = %v, want %v with %q", name, err, want, text)
 		}
@@ -331,13 +331,13 @@ func TestNSErrors(t *testing.T) {
 	if err := checkBridges("sw0:06:a7:dd:b4:02"); err == nil || !errors.Is(err, syscall.EINVAL) {
 		t.Fatalf("malformed MAC: %v", err)
 	}
-	_, err := New(context.Background(), nodes.DriverEnv{Path: "hosts/x/subhosts/mfnu7", Config: f.cfg("ns.root", "/r", "ns.bridges", "b:zz")})
+	_, err := New(context.Background(), machine.DriverEnv{Path: "hosts/x/subhosts/mfnu7", Config: f.cfg("ns.root", "/r", "ns.bridges", "b:zz")})
 	if !errors.Is(err, syscall.EINVAL) {
 		t.Fatalf("bad MAC at New: %v", err)
 	}
 	// The same name under two hosts.
 	f.open("mfnu8", f.cfg("ns.root", "/r"))
-	_, err = New(context.Background(), nodes.DriverEnv{Path: "hosts/other/subhosts/mfnu8", Config: f.cfg("ns.root", "/r"), Report: &rep{}})
+	_, err = New(context.Background(), machine.DriverEnv{Path: "hosts/other/subhosts/mfnu8", Config: f.cfg("ns.root", "/r"), Report: &rep{}})
 	if !errors.Is(err, syscall.EEXIST) {
 		t.Fatalf("name clash: %v", err)
 	}
@@ -355,14 +355,14 @@ func TestNSDiskRoot(t *testing.T) {
 	}
 	d, r := f.open("mfnu9", f.cfg("ns.disks", "vda:1:"+img+" vdb:0:"+data))
 	f.power(d, "on")
-	waitPower(t, r, nodes.PowerOn)
+	waitPower(t, r, machine.PowerOn)
 	netns.WaitFor(t, 5*time.Second, "notify booted", func() bool { return r.hasEvent("notify booted") })
 	if _, err := os.Stat(filepath.Join(d.rec.Live, "dev/vdb")); err != nil {
 		t.Fatalf("vdb node: %v", err)
 	}
 	loops := append([]string(nil), d.rec.Loops...)
 	f.power(d, "poweroff")
-	waitPower(t, r, nodes.PowerOff)
+	waitPower(t, r, machine.PowerOff)
 	for _, l := range loops {
 		b, _ := os.ReadFile("/sys/block/" + filepath.Base(l) + "/loop/backing_file")
 		if len(b) > 0 {
@@ -412,9 +412,9 @@ func TestNSRemove(t *testing.T) {
 	// Hibernated: power off, everything kept until Remove.
 	d, r := f.open("mfnu10", f.cfg("ns.root", f.root()))
 	f.power(d, "on")
-	waitPower(t, r, nodes.PowerOn)
+	waitPower(t, r, machine.PowerOn)
 	f.power(d, "hibernate")
-	if st := waitPower(t, r, nodes.PowerOff); st.Reason != "hibernated" {
+	if st := waitPower(t, r, machine.PowerOff); st.Reason != "hibernated" {
 		t.Fatalf("hibernate: %+v", st)
 	}
 	rec := *d.rec
@@ -427,7 +427,7 @@ func TestNSRemove(t *testing.T) {
 	if left := held("mfnu10", rec); len(left) > 0 {
 		t.Fatalf("Remove left %v", left)
 	}
-	if st := r.power(); st.Power != nodes.PowerOff || !strings.Contains(st.Reason, "removed") {
+	if st := r.power(); st.Power != machine.PowerOff || !strings.Contains(st.Reason, "removed") {
 		t.Fatalf("after Remove: %+v", st)
 	}
 	if err := d.Close(); err != nil {
@@ -437,7 +437,7 @@ func TestNSRemove(t *testing.T) {
 	// Running: killed, then released.
 	d, r = f.open("mfnu11", f.cfg("ns.root", f.root()))
 	f.power(d, "on")
-	waitPower(t, r, nodes.PowerOn)
+	waitPower(t, r, machine.PowerOn)
 	d.mu.Lock()
 	rec, pid := *d.rec, d.p.pid
 	d.mu.Unlock()
@@ -452,7 +452,7 @@ func TestNSRemove(t *testing.T) {
 	if left := held("mfnu11", rec); len(left) > 0 {
 		t.Fatalf("Remove left %v", left)
 	}
-	if st := r.power(); st.Power != nodes.PowerOff || !strings.Contains(st.Reason, "host removed") {
+	if st := r.power(); st.Power != machine.PowerOff || !strings.Contains(st.Reason, "host removed") {
 		t.Fatalf("after Remove: %+v", st)
 	}
 	if err := d.Close(); err != nil {

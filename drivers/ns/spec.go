@@ -24,14 +24,14 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/machinefs/machinefs/nodes"
+	"github.com/machinefs/machinefs/machine"
 )
 
 // Spec registers the ns driver.
-var Spec = nodes.DriverSpec{
+var Spec = machine.DriverSpec{
 	Name: "ns",
 	Doc:  "namespace subhost: the subhost's init in its own mount, pid, uts, ipc and net namespaces and cgroup",
-	Keys: []nodes.KeySpec{
+	Keys: []machine.KeySpec{
 		{Name: "ns.root", Doc: "the subhost's root tree (a directory, bind-mounted); with ns.base the overlay's upper layer", Check: checkAbs, Privileged: true},
 		{Name: "ns.base", Doc: "optional read-only lower layer: the root becomes an overlay of ns.root (upper, work dir ROOT.work beside it) over it", Check: checkAbs, Privileged: true},
 		{Name: "ns.disks", Doc: "disks as DEV:PART:IMAGE, space separated (\"vda:1:/disks/root.raw vdb:1:/disks/data.raw\"); the first is the root file system, loop-mounted; PART N = partition N of an MBR or GPT disk image (1 = the whole image when it has no partition table), 0 = the whole image", Check: checkDisks, Privileged: true},
@@ -151,7 +151,7 @@ type settings struct {
 	poweroffAfter time.Duration
 }
 
-func parseSettings(env nodes.DriverEnv) (settings, error) {
+func parseSettings(env machine.DriverEnv) (settings, error) {
 	get := func(k, def string) string {
 		if v, ok := env.Config.Get(k); ok && v != "" {
 			return v

@@ -13,15 +13,15 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/machinefs/machinefs/nodes"
+	"github.com/machinefs/machinefs/machine"
 )
 
 // Spec registers the sim driver.
-var Spec = nodes.DriverSpec{
+var Spec = machine.DriverSpec{
 	Name:      "sim",
 	Doc:       "simulated machine (demo and tests): configurable delays and failures",
 	Simulated: true,
-	Keys: []nodes.KeySpec{
+	Keys: []machine.KeySpec{
 		{Name: "sim.initial", Default: "off", Doc: "power state the simulated machine starts in when the host is created or loaded: on or off (a config change keeps the state the machine is in)", Check: oneOf("on", "off")},
 		{Name: "sim.on-delay", Default: "1s", Doc: "time from an accepted on/wol/resume to power on", Check: checkDelay},
 		{Name: "sim.off-delay", Default: "1s", Doc: "time from an accepted off/poweroff/soft to power off", Check: checkDelay},
@@ -62,7 +62,7 @@ func checkVerbs(v string) error {
 
 // Machine is one simulated machine.
 type Machine struct {
-	report   nodes.Reporter
+	report   machine.Reporter
 	onDelay  time.Duration
 	offDelay time.Duration
 	fail     []string
@@ -70,17 +70,17 @@ type Machine struct {
 	stuck    []string
 
 	mu     sync.Mutex
-	power  nodes.Power
+	power  machine.Power
 	timer  *time.Timer
 	closed bool
 }
 
-var _ nodes.StatusReader = (*Machine)(nil)
+var _ machine.StatusReader = (*Machine)(nil)
 
 // New builds a simulated machine from the host's config. It starts in
 // sim.initial when the host is new to the tree, and in the state the host
 // showed when a config change rebuilds it (DriverEnv.Observed).
-func New(_ context.Context, env nodes.DriverEnv) (nodes.Driver, error) {
+func New(_ context.Context, env machine.DriverEnv) (machine.Driver, error) {
 	get := func(k string) string { v, _ := env.Config.Get(k); return v }
 	m := &Machine{
 		report:   env.Report,
@@ -89,50 +89,50 @@ func New(_ context.Context, env nodes.DriverEnv) (nodes.Driver, error) {
 		fail:     strings.Fields(get("sim.fail")),
 		hang:     strings.Fields(get("sim.hang")),
 		stuck:    strings.Fields(get("sim.stuck")),
-		power:    nodes.PowerOff,
+		power:    machine.PowerOff,
 	}
 	reason := "simulated machine is "
 	switch env.Observed {
-	case nodes.PowerOn, nodes.PowerOff, nodes.PowerPaused:
+	case machine.PowerOn, machine.PowerOff, machine.PowerPaused:
 		// A config change rebuilt the driver: the simulated machine
 		// stays as it was, as a real machine outlives its driver.
 		m.power = env.Observed
 		reason = "simulated machine kept across a config change: "
 	default:
 		if get("sim.initial") == "on" {
-			m.power = nodes.PowerOn
+			m.power = machine.PowerOn
 		}
 	}
-	m.report.Report(nodes.Status{Power: m.power, Reachable: true, Reason: reason + string(m.power)})
+	m.report.Report(machine.Status{Power: m.power, Reachable: true, Reason: reason + string(m.power)})
 	return m, nil
 }
 
-// Status implements nodes.StatusReader: the simulated machine's state now,
+// Status implements machine.StatusReader: the simulated machine's state now,
 // including a change made with "flip STATE quiet" that was not reported.
-func (m *Machine) Status(context.Context) (nodes.Status, error) {
+func (m *Machine) Status(context.Context) (machine.Status, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.closed {
-		return nodes.Status{}, nodes.Errorf(syscall.ESHUTDOWN, "simulated machine closed")
+		return machine.Status{}, machine.Errorf(syscall.ESHUTDOWN, "simulated machine closed")
 	}
-	return nodes.Status{Power: m.power, Reachable: true, Reason: "simulated machine is " + string(m.power)}, nil
+	return machine.Status{Power: m.power, Reachable: true, Reason: "simulated machine is " + string(m.power)}, nil
 }
 
-// Kind implements nodes.Driver.
+// Kind implements machine.Driver.
 func (m *Machine) Kind() string { return "sim" }
 
-// Verbs implements nodes.PowerController.
+// Verbs implements machine.PowerController.
 func (m *Machine) Verbs() []string { return verbs }
 
 func has(list []string, verb string) bool {
 	return slices.Contains(list, verb) || slices.Contains(list, "all")
 }
 
-// Power implements nodes.PowerController.
-func (m *Machine) Power(ctx context.Context, cmd nodes.Command) error {
+// Power implements machine.PowerController.
+func (m *Machine) Power(ctx context.Context, cmd machine.Command) error {
 	switch {
 	case has(m.fail, cmd.Verb):
-		return nodes.Errorf(syscall.EIO, "simulated failure of %q (sim.fail)", cmd.Verb)
+		return machine.Errorf(syscall.EIO, "simulated failure of %q (sim.fail)", cmd.Verb)
 	case has(m.hang, cmd.Verb):
 		<-ctx.Done()
 		return fmt.Errorf("simulated hang of %q (sim.hang): %w", cmd.Verb, ctx.Err())
@@ -140,52 +140,52 @@ func (m *Machine) Power(ctx context.Context, cmd nodes.Command) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.closed {
-		return nodes.Errorf(syscall.ESHUTDOWN, "simulated machine closed")
+		return machine.Errorf(syscall.ESHUTDOWN, "simulated machine closed")
 	}
 	if has(m.stuck, cmd.Verb) {
 		return nil
 	}
 	switch cmd.Verb {
 	case "on", "wol":
-		m.after(m.onDelay, nodes.PowerOn)
+		m.after(m.onDelay, machine.PowerOn)
 	case "resume":
-		if m.power == nodes.PowerPaused {
-			m.after(0, nodes.PowerOn)
+		if m.power == machine.PowerPaused {
+			m.after(0, machine.PowerOn)
 		} else {
-			m.after(m.onDelay, nodes.PowerOn)
+			m.after(m.onDelay, machine.PowerOn)
 		}
 	case "off", "poweroff", "soft":
-		m.after(m.offDelay, nodes.PowerOff)
+		m.after(m.offDelay, machine.PowerOff)
 	case "reboot", "cycle", "reset":
-		m.after(m.offDelay+m.onDelay, nodes.PowerOn)
+		m.after(m.offDelay+m.onDelay, machine.PowerOn)
 	case "pause", "suspend":
-		if m.power != nodes.PowerOn {
-			return nodes.Errorf(syscall.EINVAL, "simulated machine is %s, cannot %s", m.power, cmd.Verb)
+		if m.power != machine.PowerOn {
+			return machine.Errorf(syscall.EINVAL, "simulated machine is %s, cannot %s", m.power, cmd.Verb)
 		}
-		m.after(0, nodes.PowerPaused)
+		m.after(0, machine.PowerPaused)
 	case "init":
 		switch cmd.InitLevel {
 		case 0:
-			m.after(m.offDelay, nodes.PowerOff)
+			m.after(m.offDelay, machine.PowerOff)
 		case 6:
-			m.after(m.offDelay+m.onDelay, nodes.PowerOn)
+			m.after(m.offDelay+m.onDelay, machine.PowerOn)
 		}
 	default:
-		return nodes.Errorf(syscall.ENOTSUP, "sim does not know %q", cmd.Verb)
+		return machine.Errorf(syscall.ENOTSUP, "sim does not know %q", cmd.Verb)
 	}
 	return nil
 }
 
 // after moves the machine to p once d has passed, replacing any pending
 // move. Called with m.mu held.
-func (m *Machine) after(d time.Duration, p nodes.Power) {
+func (m *Machine) after(d time.Duration, p machine.Power) {
 	if m.timer != nil {
 		m.timer.Stop()
 	}
 	m.timer = time.AfterFunc(d, func() { m.set(p, "simulated machine is "+string(p)) })
 }
 
-func (m *Machine) set(p nodes.Power, reason string) {
+func (m *Machine) set(p machine.Power, reason string) {
 	m.mu.Lock()
 	if m.closed {
 		m.mu.Unlock()
@@ -193,13 +193,13 @@ func (m *Machine) set(p nodes.Power, reason string) {
 	}
 	m.power = p
 	m.mu.Unlock()
-	m.report.Report(nodes.Status{Power: p, Reachable: true, Reason: reason})
+	m.report.Report(machine.Status{Power: p, Reachable: true, Reason: reason})
 }
 
-// ConsoleCommands implements nodes.Consoler.
-func (m *Machine) ConsoleCommands() []nodes.ConsoleCommand {
-	return []nodes.ConsoleCommand{
-		{Name: "version", Help: "simulator version", Query: nodes.AlwaysQuery, Bounded: true},
+// ConsoleCommands implements machine.Consoler.
+func (m *Machine) ConsoleCommands() []machine.ConsoleCommand {
+	return []machine.ConsoleCommand{
+		{Name: "version", Help: "simulator version", Query: machine.AlwaysQuery, Bounded: true},
 		{Name: "halt", Help: "power off at once", Bounded: true},
 		{Name: "reboot", Help: "reboot", Bounded: true},
 		{Name: "cad", Help: "ctrl-alt-del: orderly power off", Bounded: true},
@@ -210,15 +210,15 @@ func (m *Machine) ConsoleCommands() []nodes.ConsoleCommand {
 	}
 }
 
-// Console implements nodes.Consoler.
+// Console implements machine.Consoler.
 func (m *Machine) Console(ctx context.Context, name string, args []string) (string, error) {
 	run := func(verb string) (string, error) {
-		if err := m.Power(ctx, nodes.Command{Verb: verb}); err != nil {
+		if err := m.Power(ctx, machine.Command{Verb: verb}); err != nil {
 			return "", err
 		}
 		return verb + " accepted", nil
 	}
-	if verb, ok := nodes.ConsolePowerVerb(name); ok {
+	if verb, ok := machine.ConsolePowerVerb(name); ok {
 		return run(verb)
 	}
 	switch name {
@@ -226,29 +226,29 @@ func (m *Machine) Console(ctx context.Context, name string, args []string) (stri
 		return "machinefs sim 1 (simulated machine)", nil
 	case "log":
 		if len(args) == 0 {
-			return "", nodes.Errorf(syscall.EINVAL, "log needs TEXT")
+			return "", machine.Errorf(syscall.EINVAL, "log needs TEXT")
 		}
 		m.report.Event("log", strings.Join(args, " "))
 		return "", nil
 	case "flip":
 		if len(args) < 1 || len(args) > 2 || (args[0] != "on" && args[0] != "off") || (len(args) == 2 && args[1] != "quiet") {
-			return "", nodes.Errorf(syscall.EINVAL, "flip on|off [quiet]")
+			return "", machine.Errorf(syscall.EINVAL, "flip on|off [quiet]")
 		}
 		if len(args) == 2 {
 			// The tree learns it when it next asks (Status), as it learns
 			// of an ipmitool command at its next poll.
 			m.mu.Lock()
-			m.power = nodes.Power(args[0])
+			m.power = machine.Power(args[0])
 			m.mu.Unlock()
 			return "flipped " + args[0] + " quietly", nil
 		}
-		m.set(nodes.Power(args[0]), "simulated machine changed "+args[0]+" behind machinefs's back")
+		m.set(machine.Power(args[0]), "simulated machine changed "+args[0]+" behind machinefs's back")
 		return "flipped " + args[0], nil
 	}
-	return "", nodes.Errorf(syscall.ENOTSUP, "not supported by sim")
+	return "", machine.Errorf(syscall.ENOTSUP, "not supported by sim")
 }
 
-// Describe implements nodes.Describer.
+// Describe implements machine.Describer.
 func (m *Machine) Describe() [][2]string {
 	return [][2]string{{"sim", fmt.Sprintf("simulated machine (on-delay %s, off-delay %s)", m.onDelay, m.offDelay)}}
 }

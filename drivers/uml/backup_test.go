@@ -9,7 +9,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/machinefs/machinefs/nodes"
+	"github.com/machinefs/machinefs/machine"
 	diskimg "github.com/machinefs/machinefs/tests/harness/disk"
 	umlh "github.com/machinefs/machinefs/tests/harness/uml"
 )
@@ -77,12 +77,12 @@ func TestUMLBackupImageHasLastWrite(t *testing.T) {
 	m := newMachine(t, cfg, r)
 	defer m.Close()
 	ctx := context.Background()
-	if err := m.Power(ctx, nodes.Command{Verb: "on"}); err != nil {
+	if err := m.Power(ctx, machine.Command{Verb: "on"}); err != nil {
 		t.Fatal(err)
 	}
 	defer func() {
-		m.Power(ctx, nodes.Command{Verb: "off"})
-		waitFor(t, "guest off", func() bool { return r.last().Power == nodes.PowerOff })
+		m.Power(ctx, machine.Command{Verb: "off"})
+		waitFor(t, "guest off", func() bool { return r.last().Power == machine.PowerOff })
 	}()
 	waitFor(t, "notify booted", func() bool { return r.hasEvent("notify", "booted") })
 	for i := 1; i <= 3; i++ {
@@ -99,7 +99,7 @@ func TestUMLBackupImageHasLastWrite(t *testing.T) {
 		if got, want := strings.TrimSpace(readImageFile(t, dest, "/data")), fmt.Sprintf("payload %d", i); got != want {
 			t.Fatalf("backup %d: /data in the copy is %q, want %q", i, got, want)
 		}
-		if p := r.last().Power; p != nodes.PowerOn {
+		if p := r.last().Power; p != machine.PowerOn {
 			t.Fatalf("after backup %d: power %s, want on", i, p)
 		}
 		// The console log level raised for the sync report is the

@@ -7,9 +7,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/machinefs/machinefs/machine"
 	"golang.org/x/sys/unix"
-
-	"github.com/machinefs/machinefs/nodes"
 )
 
 // client is a guest's mconsole socket, kept connected from one request to
@@ -45,7 +44,7 @@ func newClient(sock string, life context.Context, timeout time.Duration) *client
 // request sends command and returns UML's reply. It ends within the
 // mconsole timeout, or by ctx's deadline if that is sooner, which it
 // enforces itself with the socket's timeouts: the caller's context needs
-// no timer of its own (nodes.ConsoleCommand.Bounded). It ends early when
+// no timer of its own (machine.ConsoleCommand.Bounded). It ends early when
 // ctx is cancelled or the guest ends.
 func (c *client) request(ctx context.Context, command string) (string, error) {
 	collect, err := c.start(ctx, command)
@@ -151,14 +150,14 @@ func (c *client) explain(command string, d time.Duration, err error) error {
 	if c.life.Err() != nil {
 		return context.Cause(c.life)
 	}
-	if errors.Is(err, syscall.EAGAIN) || nodes.ErrnoOf(err) == syscall.ETIMEDOUT {
+	if errors.Is(err, syscall.EAGAIN) || machine.ErrnoOf(err) == syscall.ETIMEDOUT {
 		return c.timedOut(command, d)
 	}
 	return err
 }
 
 func (c *client) timedOut(command string, d time.Duration) error {
-	return nodes.Errorf(syscall.ETIMEDOUT, "UML did not answer %q within %s", command, d.Round(time.Millisecond))
+	return machine.Errorf(syscall.ETIMEDOUT, "UML did not answer %q within %s", command, d.Round(time.Millisecond))
 }
 
 // reset drops the kept socket before the next request. UML re-executes

@@ -12,15 +12,15 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/machinefs/machinefs/nodes"
+	"github.com/machinefs/machinefs/machine"
 )
 
 // consoleCommands are UML's mconsole commands (help is the tree's own),
 // plus backup. Each mconsole command is one request bounded by its
 // context (Bounded); backup copies without bound. UML parses its own
 // lines, so each gets the rest of the line as written (Raw).
-var consoleCommands = []nodes.ConsoleCommand{
-	{Name: "version", Help: "the UML kernel version", Query: nodes.AlwaysQuery, Bounded: true, Raw: true},
+var consoleCommands = []machine.ConsoleCommand{
+	{Name: "version", Help: "the UML kernel version", Query: machine.AlwaysQuery, Bounded: true, Raw: true},
 	{Name: "halt", Help: "halt at once, no sync, no clean shutdown", Bounded: true, Raw: true},
 	{Name: "reboot", Help: "reboot at once, no sync, no clean shutdown", Bounded: true, Raw: true},
 	{Name: "config", Usage: "config DEV=CONFIG | config DEV", Help: "add a device (ubd3=/img, eth1=...) or show a device's configuration", Query: configQuery, Bounded: true, Raw: true},
@@ -30,7 +30,7 @@ var consoleCommands = []nodes.ConsoleCommand{
 	{Name: "stop", Help: "pause the guest (it then only answers mconsole)", Bounded: true, Raw: true},
 	{Name: "go", Help: "resume a stopped guest", Bounded: true, Raw: true},
 	{Name: "log", Usage: "log TEXT", Help: "printk TEXT in the guest's kernel log", Bounded: true, Raw: true},
-	{Name: "proc", Usage: "proc FILE", Help: "the guest's /proc/FILE", Query: nodes.AlwaysQuery, Bounded: true, Raw: true},
+	{Name: "proc", Usage: "proc FILE", Help: "the guest's /proc/FILE", Query: machine.AlwaysQuery, Bounded: true, Raw: true},
 	{Name: "stack", Usage: "stack PID", Help: "stack of the guest process PID (to the guest's kernel log)", Bounded: true, Raw: true},
 	{Name: "backup", Usage: "backup DEST", Help: "online backup: sync (sysrq s) until done, stop, copy the root tree or image to DEST (new path), go", Raw: true},
 }
@@ -40,10 +40,10 @@ func configQuery(args []string) bool {
 	return len(args) == 1 && !strings.Contains(args[0], "=")
 }
 
-// ConsoleCommands implements nodes.Consoler.
-func (m *Machine) ConsoleCommands() []nodes.ConsoleCommand { return consoleCommands }
+// ConsoleCommands implements machine.Consoler.
+func (m *Machine) ConsoleCommands() []machine.ConsoleCommand { return consoleCommands }
 
-// Console implements nodes.Consoler: the command goes to UML as written and
+// Console implements machine.Consoler: the command goes to UML as written and
 // the reply keeps UML's words. An "ERR" reply of UML is an error whose text
 // is UML's reply.
 func (m *Machine) Console(ctx context.Context, name string, args []string) (string, error) {
@@ -55,7 +55,7 @@ func (m *Machine) Console(ctx context.Context, name string, args []string) (stri
 		known = known || c.Name == name
 	}
 	if !known {
-		return "", nodes.Errorf(syscall.ENOTSUP, "not an mconsole command: %q", name)
+		return "", machine.Errorf(syscall.ENOTSUP, "not an mconsole command: %q", name)
 	}
 	g, err := m.running()
 	if err != nil {
@@ -82,14 +82,14 @@ func (m *Machine) Console(ctx context.Context, name string, args []string) (stri
 		g.booted, g.paused = false, false
 		m.mu.Unlock()
 		m.writeRecord(g)
-		m.report.Report(nodes.Status{Power: nodes.PowerRebooting, Reachable: true, Reason: "guest rebooting (console reboot)"})
+		m.report.Report(machine.Status{Power: machine.PowerRebooting, Reachable: true, Reason: "guest rebooting (console reboot)"})
 	}
 	return text, nil
 }
 
-var _ nodes.QueryStarter = (*Machine)(nil)
+var _ machine.QueryStarter = (*Machine)(nil)
 
-// StartQuery implements nodes.QueryStarter for the mconsole queries
+// StartQuery implements machine.QueryStarter for the mconsole queries
 // (version, proc FILE, config DEV): it sends the request and leaves the
 // reply to be read.
 func (m *Machine) StartQuery(ctx context.Context, name string, args []string) (func() (string, error), error) {
@@ -108,24 +108,24 @@ func (m *Machine) StartQuery(ctx context.Context, name string, args []string) (f
 // again.
 func (m *Machine) backup(ctx context.Context, args []string) (string, error) {
 	if len(args) != 1 {
-		return "", nodes.Errorf(syscall.EINVAL, "usage: backup DEST (a new absolute path)")
+		return "", machine.Errorf(syscall.EINVAL, "usage: backup DEST (a new absolute path)")
 	}
 	dest := filepath.Clean(args[0])
 	if !filepath.IsAbs(dest) {
-		return "", nodes.Errorf(syscall.EINVAL, "backup: %q is not an absolute path", args[0])
+		return "", machine.Errorf(syscall.EINVAL, "backup: %q is not an absolute path", args[0])
 	}
 	if _, err := os.Lstat(dest); err == nil {
-		return "", nodes.Errorf(syscall.EEXIST, "backup: %s exists; give a new path", dest)
+		return "", machine.Errorf(syscall.EEXIST, "backup: %s exists; give a new path", dest)
 	}
 	if fi, err := os.Stat(filepath.Dir(dest)); err != nil || !fi.IsDir() {
-		return "", nodes.Errorf(syscall.ENOENT, "backup: directory %s does not exist", filepath.Dir(dest))
+		return "", machine.Errorf(syscall.ENOENT, "backup: directory %s does not exist", filepath.Dir(dest))
 	}
 	src := m.root.hostfs
 	if src == "" {
 		src = m.root.image
 	}
 	if rel, err := filepath.Rel(src, dest); err == nil && !strings.HasPrefix(rel, "..") {
-		return "", nodes.Errorf(syscall.EINVAL, "backup: %s is inside the guest's root %s", dest, src)
+		return "", machine.Errorf(syscall.EINVAL, "backup: %s is inside the guest's root %s", dest, src)
 	}
 	g, err := m.running()
 	if err != nil {
@@ -135,7 +135,7 @@ func (m *Machine) backup(ctx context.Context, args []string) (string, error) {
 	wasPaused, booted := g.paused, g.booted
 	m.mu.Unlock()
 	if !booted {
-		return "", nodes.Errorf(syscall.EAGAIN, "backup: the guest is still booting")
+		return "", machine.Errorf(syscall.EAGAIN, "backup: the guest is still booting")
 	}
 	started := time.Now()
 	// A paused guest runs for the sync (a stopped kernel runs nothing
@@ -246,7 +246,7 @@ func copyTree(ctx context.Context, src, dest string) (files int, size int64, err
 		return nil
 	})
 	if errors.Is(err, context.DeadlineExceeded) {
-		err = nodes.Errorf(syscall.ETIMEDOUT, "copy took longer than the host's timeout")
+		err = machine.Errorf(syscall.ETIMEDOUT, "copy took longer than the host's timeout")
 	}
 	return files, size, err
 }

@@ -18,12 +18,12 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/machinefs/machinefs/drivers/internal/notifyline"
-	"github.com/machinefs/machinefs/nodes"
+	"github.com/machinefs/machinefs/machine"
 )
 
 // Machine is one UML guest: the driver of one (sub)host.
 type Machine struct {
-	report nodes.Reporter
+	report machine.Reporter
 	log    *slog.Logger
 
 	path            string // the host's path in the tree
@@ -75,7 +75,7 @@ var verbs = []string{"on", "off", "poweroff", "reboot", "pause", "resume"}
 // New builds the driver of one host. If an earlier machinefs left a guest
 // running for this host (its record in the uml dir names a live process
 // with the same start time), the driver adopts it.
-func New(ctx context.Context, env nodes.DriverEnv) (nodes.Driver, error) {
+func New(ctx context.Context, env machine.DriverEnv) (machine.Driver, error) {
 	get := func(k, def string) string {
 		if v, ok := env.Config.Get(k); ok && v != "" {
 			return v
@@ -99,25 +99,25 @@ func New(ctx context.Context, env nodes.DriverEnv) (nodes.Driver, error) {
 	}
 	m.side = filepath.Join(m.dir, m.umid+".machinefs")
 	if rv, ok := env.Config.Get("uml.root"); !ok || rv == "" {
-		return nil, nodes.Errorf(syscall.EINVAL, "uml.root is required (hostfs:/DIR or ubd0=/IMAGE)")
+		return nil, machine.Errorf(syscall.EINVAL, "uml.root is required (hostfs:/DIR or ubd0=/IMAGE)")
 	} else if m.root, m.rootErr = parseRoot(rv); m.rootErr != nil {
-		return nil, nodes.Errorf(syscall.EINVAL, "uml.root: %v", m.rootErr)
+		return nil, machine.Errorf(syscall.EINVAL, "uml.root: %v", m.rootErr)
 	}
 	if nv, ok := env.Config.Get("uml.net"); ok && nv != "" {
 		ns, err := parseNet(nv)
 		if err != nil {
-			return nil, nodes.Errorf(syscall.EINVAL, "uml.net: %v", err)
+			return nil, machine.Errorf(syscall.EINVAL, "uml.net: %v", err)
 		}
 		if !ifnameRE.MatchString(m.umid) {
-			return nil, nodes.Errorf(syscall.EINVAL, "uml.net: host name %q does not fit a TAP name (1-15 letters, digits, '.', '_', '-')", m.umid)
+			return nil, machine.Errorf(syscall.EINVAL, "uml.net: host name %q does not fit a TAP name (1-15 letters, digits, '.', '_', '-')", m.umid)
 		}
 		m.net = &ns
 	}
 	if p := m.mconsolePath(); len(p) > maxSocketPath {
-		return nil, nodes.Errorf(syscall.ENAMETOOLONG, "mconsole socket %s is longer than %d bytes: shorten uml.dir", p, maxSocketPath)
+		return nil, machine.Errorf(syscall.ENAMETOOLONG, "mconsole socket %s is longer than %d bytes: shorten uml.dir", p, maxSocketPath)
 	}
 	if p := m.notifyPath(); len(p) > maxSocketPath {
-		return nil, nodes.Errorf(syscall.ENAMETOOLONG, "notify socket %s is longer than %d bytes: shorten uml.dir", p, maxSocketPath)
+		return nil, machine.Errorf(syscall.ENAMETOOLONG, "notify socket %s is longer than %d bytes: shorten uml.dir", p, maxSocketPath)
 	}
 	m.adopt(ctx)
 	return m, nil
@@ -131,10 +131,10 @@ func (m *Machine) recordPath() string   { return filepath.Join(m.side, "record")
 // ConsoleLog is where the guest's console output goes.
 func (m *Machine) ConsoleLog() string { return filepath.Join(m.side, "console.log") }
 
-// Kind implements nodes.Driver.
+// Kind implements machine.Driver.
 func (m *Machine) Kind() string { return "uml" }
 
-// Verbs implements nodes.PowerController.
+// Verbs implements machine.PowerController.
 func (m *Machine) Verbs() []string { return verbs }
 
 // adopt takes over a guest recorded by an earlier driver of this host (an
@@ -146,12 +146,12 @@ func (m *Machine) adopt(ctx context.Context) {
 			m.log.Warn("uml: unreadable record, ignored", "err", err)
 			os.Remove(m.recordPath())
 		}
-		m.report.Report(nodes.Status{Power: nodes.PowerOff, Reachable: true, Reason: "no guest running"})
+		m.report.Report(machine.Status{Power: machine.PowerOff, Reachable: true, Reason: "no guest running"})
 		return
 	}
 	if err := m.foreign(r); err != nil {
 		// Another host's guest: neither adopt it nor clean it up.
-		m.report.Report(nodes.Status{Power: nodes.PowerOff, Reachable: true, Reason: err.Error(), Err: err})
+		m.report.Report(machine.Status{Power: machine.PowerOff, Reachable: true, Reason: err.Error(), Err: err})
 		return
 	}
 	stale := func(why string) {
@@ -159,7 +159,7 @@ func (m *Machine) adopt(ctx context.Context) {
 		m.deleteTap(r.Tap)
 		os.Remove(m.recordPath())
 		os.Remove(m.notifyPath())
-		m.report.Report(nodes.Status{Power: nodes.PowerOff, Reachable: true, Reason: why})
+		m.report.Report(machine.Status{Power: machine.PowerOff, Reachable: true, Reason: why})
 	}
 	pidfd, err := unix.PidfdOpen(r.Pid, 0)
 	if err != nil {
@@ -175,7 +175,7 @@ func (m *Machine) adopt(ctx context.Context) {
 	g, err := m.newGuest(r.Pid, start, pidfd)
 	if err != nil {
 		unix.Close(pidfd)
-		m.report.Report(nodes.Status{Power: nodes.PowerUnknown, Reachable: false, Reason: "cannot watch recorded guest", Err: err})
+		m.report.Report(machine.Status{Power: machine.PowerUnknown, Reachable: false, Reason: "cannot watch recorded guest", Err: err})
 		return
 	}
 	g.adopted = true
@@ -196,18 +196,18 @@ func (m *Machine) adopt(ctx context.Context) {
 		// reports how.
 		return
 	}
-	p, reason := nodes.PowerOn, fmt.Sprintf("adopted running guest pid %d", r.Pid)
+	p, reason := machine.PowerOn, fmt.Sprintf("adopted running guest pid %d", r.Pid)
 	if g.paused {
-		p, reason = nodes.PowerPaused, fmt.Sprintf("adopted paused guest pid %d", r.Pid)
+		p, reason = machine.PowerPaused, fmt.Sprintf("adopted paused guest pid %d", r.Pid)
 	}
 	rctx, cancel := context.WithTimeout(ctx, min(m.reqTimeout, time.Second))
 	_, err = Request(rctx, m.mconsolePath(), "version")
 	cancel()
 	if err != nil {
-		m.report.Report(nodes.Status{Power: nodes.PowerUnknown, Reachable: false, Reason: reason + ", but its mconsole does not answer", Err: err})
+		m.report.Report(machine.Status{Power: machine.PowerUnknown, Reachable: false, Reason: reason + ", but its mconsole does not answer", Err: err})
 		return
 	}
-	m.report.Report(nodes.Status{Power: p, Reachable: true, Reason: reason})
+	m.report.Report(machine.Status{Power: p, Reachable: true, Reason: reason})
 }
 
 // foreign says why record r is not this host's: another host of the same
@@ -216,7 +216,7 @@ func (m *Machine) foreign(r record) error {
 	if r.Path == "" || r.Path == m.path {
 		return nil
 	}
-	return nodes.Errorf(syscall.EBUSY, "uml.dir %s: umid %s belongs to %s (pid %d); give this host a uml.dir of its own", m.dir, m.umid, r.Path, r.Pid)
+	return machine.Errorf(syscall.EBUSY, "uml.dir %s: umid %s belongs to %s (pid %d); give this host a uml.dir of its own", m.dir, m.umid, r.Path, r.Pid)
 }
 
 // newGuest prepares the watch of a process: the notify socket (bound
@@ -308,7 +308,7 @@ func (m *Machine) readNotifications(g *guest) {
 			g.booted = true
 			m.mu.Unlock()
 			g.mc.reset() // after a reboot, the socket is a new one
-			m.report.Report(nodes.Status{Power: nodes.PowerOn, Reachable: true, Reason: fmt.Sprintf("guest booted (pid %d, mconsole %s)", g.pid, nt.text)})
+			m.report.Report(machine.Status{Power: machine.PowerOn, Reachable: true, Reason: fmt.Sprintf("guest booted (pid %d, mconsole %s)", g.pid, nt.text)})
 		case notifyUser:
 			// UML cuts one write to /proc/mconsole to a datagram of
 			// 512 bytes; it may hold several lines. A flood is
@@ -324,8 +324,8 @@ func (m *Machine) readNotifications(g *guest) {
 			m.mu.Lock()
 			g.crashed = what + ": " + nt.text
 			m.mu.Unlock()
-			g.cancel(nodes.Errorf(syscall.EHOSTDOWN, "guest crashed (%s)", g.crashed))
-			m.report.Report(nodes.Status{Power: nodes.PowerCrashed, Reachable: true, Reason: g.crashed, Err: nodes.Errorf(syscall.EIO, "guest %s", g.crashed)})
+			g.cancel(machine.Errorf(syscall.EHOSTDOWN, "guest crashed (%s)", g.crashed))
+			m.report.Report(machine.Status{Power: machine.PowerCrashed, Reachable: true, Reason: g.crashed, Err: machine.Errorf(syscall.EIO, "guest %s", g.crashed)})
 			// A crashed UML is of no more use: end it and its helpers.
 			m.kill(g)
 		}
@@ -354,7 +354,7 @@ func (m *Machine) exited(g *guest) {
 	if ws, ok := reap(g.pid); ok {
 		how = howEnded(ws)
 	}
-	g.cancel(nodes.Errorf(syscall.EHOSTDOWN, "guest process %s", how))
+	g.cancel(machine.Errorf(syscall.EHOSTDOWN, "guest process %s", how))
 	g.mc.close()
 	removeUmidDir(m.umidDir(), g.pid)
 	m.deleteTap(g.tap)
@@ -377,47 +377,47 @@ func (m *Machine) exited(g *guest) {
 		// Asked to go down (off force after a panic, or a poweroff the
 		// guest crashed in): it is down now. The crash was reported
 		// when it came; staying "crashed" here would fail every off.
-		m.report.Report(nodes.Status{Power: nodes.PowerOff, Reachable: true, Reason: fmt.Sprintf("guest stopped (%s) after %s; process %s", expect, crashed, how)})
+		m.report.Report(machine.Status{Power: machine.PowerOff, Reachable: true, Reason: fmt.Sprintf("guest stopped (%s) after %s; process %s", expect, crashed, how)})
 	case crashed != "":
-		m.report.Report(nodes.Status{Power: nodes.PowerCrashed, Reachable: true, Reason: fmt.Sprintf("%s; guest process %s", crashed, how)})
+		m.report.Report(machine.Status{Power: machine.PowerCrashed, Reachable: true, Reason: fmt.Sprintf("%s; guest process %s", crashed, how)})
 	case expect != "":
-		m.report.Report(nodes.Status{Power: nodes.PowerOff, Reachable: true, Reason: fmt.Sprintf("guest stopped (%s): process %s", expect, how)})
+		m.report.Report(machine.Status{Power: machine.PowerOff, Reachable: true, Reason: fmt.Sprintf("guest stopped (%s): process %s", expect, how)})
 	case !booted || !strings.HasPrefix(how, "exited with status 0"):
 		reason := fmt.Sprintf("guest process %s", how)
 		if !booted {
 			reason = fmt.Sprintf("guest process %s before it booted (see %s)", how, m.ConsoleLog())
 		}
-		m.report.Report(nodes.Status{Power: nodes.PowerOff, Reachable: true, Reason: reason, Err: nodes.Errorf(syscall.EIO, "%s", reason)})
+		m.report.Report(machine.Status{Power: machine.PowerOff, Reachable: true, Reason: reason, Err: machine.Errorf(syscall.EIO, "%s", reason)})
 	default:
-		m.report.Report(nodes.Status{Power: nodes.PowerOff, Reachable: true, Reason: "guest powered itself off: process " + how})
+		m.report.Report(machine.Status{Power: machine.PowerOff, Reachable: true, Reason: "guest powered itself off: process " + how})
 	}
 }
 
-var _ nodes.StatusReader = (*Machine)(nil)
+var _ machine.StatusReader = (*Machine)(nil)
 
-// Status implements nodes.StatusReader from what the driver watches (the
+// Status implements machine.StatusReader from what the driver watches (the
 // guest's pidfd and its mconsole notifications): no request to the guest.
 // A guest that has not booted yet or is going down is transitional, which
 // sends a command on to Power.
-func (m *Machine) Status(context.Context) (nodes.Status, error) {
+func (m *Machine) Status(context.Context) (machine.Status, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	g := m.g
 	switch {
 	case m.closed:
-		return nodes.Status{}, nodes.Errorf(syscall.ESHUTDOWN, "driver closed")
+		return machine.Status{}, machine.Errorf(syscall.ESHUTDOWN, "driver closed")
 	case g == nil:
-		return nodes.Status{Power: nodes.PowerOff, Reachable: true, Reason: "no guest running"}, nil
+		return machine.Status{Power: machine.PowerOff, Reachable: true, Reason: "no guest running"}, nil
 	case g.crashed != "":
-		return nodes.Status{Power: nodes.PowerCrashed, Reachable: true, Reason: g.crashed}, nil
+		return machine.Status{Power: machine.PowerCrashed, Reachable: true, Reason: g.crashed}, nil
 	case g.expect != "":
-		return nodes.Status{Power: nodes.PowerStopping, Reachable: true, Reason: "guest going down (" + g.expect + ")"}, nil
+		return machine.Status{Power: machine.PowerStopping, Reachable: true, Reason: "guest going down (" + g.expect + ")"}, nil
 	case !g.booted:
-		return nodes.Status{Power: nodes.PowerStarting, Reachable: true, Reason: "guest booting"}, nil
+		return machine.Status{Power: machine.PowerStarting, Reachable: true, Reason: "guest booting"}, nil
 	case g.paused:
-		return nodes.Status{Power: nodes.PowerPaused, Reachable: true, Reason: "guest paused"}, nil
+		return machine.Status{Power: machine.PowerPaused, Reachable: true, Reason: "guest paused"}, nil
 	}
-	return nodes.Status{Power: nodes.PowerOn, Reachable: true, Reason: fmt.Sprintf("guest runs (pid %d)", g.pid)}, nil
+	return machine.Status{Power: machine.PowerOn, Reachable: true, Reason: fmt.Sprintf("guest runs (pid %d)", g.pid)}, nil
 }
 
 // running returns the guest, or an error saying it is not running.
@@ -425,10 +425,10 @@ func (m *Machine) running() (*guest, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.closed {
-		return nil, nodes.Errorf(syscall.ESHUTDOWN, "driver closed")
+		return nil, machine.Errorf(syscall.ESHUTDOWN, "driver closed")
 	}
 	if m.g == nil {
-		return nil, nodes.Errorf(syscall.EHOSTDOWN, "guest is off")
+		return nil, machine.Errorf(syscall.EHOSTDOWN, "guest is off")
 	}
 	return m.g, nil
 }
@@ -449,11 +449,11 @@ func (m *Machine) setPaused(g *guest, paused bool, why string) {
 	if why == "" {
 		return
 	}
-	p := nodes.PowerOn
+	p := machine.PowerOn
 	if paused {
-		p = nodes.PowerPaused
+		p = machine.PowerPaused
 	}
-	m.report.Report(nodes.Status{Power: p, Reachable: true, Reason: why})
+	m.report.Report(machine.Status{Power: p, Reachable: true, Reason: why})
 }
 
 func (m *Machine) writeRecord(g *guest) {
@@ -465,8 +465,8 @@ func (m *Machine) writeRecord(g *guest) {
 	}
 }
 
-// Power implements nodes.PowerController.
-func (m *Machine) Power(ctx context.Context, cmd nodes.Command) error {
+// Power implements machine.PowerController.
+func (m *Machine) Power(ctx context.Context, cmd machine.Command) error {
 	switch cmd.Verb {
 	case "on":
 		return m.powerOn(ctx)
@@ -512,7 +512,7 @@ func (m *Machine) Power(ctx context.Context, cmd nodes.Command) error {
 		}
 		return m.poweroff(ctx)
 	}
-	return nodes.Errorf(syscall.ENOTSUP, "uml does not know %q", cmd.Verb)
+	return machine.Errorf(syscall.ENOTSUP, "uml does not know %q", cmd.Verb)
 }
 
 // halt stops the guest at once (mconsole halt), and kills it if it does
@@ -520,7 +520,7 @@ func (m *Machine) Power(ctx context.Context, cmd nodes.Command) error {
 func (m *Machine) halt(ctx context.Context, why string) error {
 	g, err := m.running()
 	if err != nil {
-		m.report.Report(nodes.Status{Power: nodes.PowerOff, Reachable: true, Reason: "guest is off"})
+		m.report.Report(machine.Status{Power: machine.PowerOff, Reachable: true, Reason: "guest is off"})
 		return nil
 	}
 	m.mu.Lock()
@@ -544,7 +544,7 @@ func (m *Machine) halt(ctx context.Context, why string) error {
 func (m *Machine) poweroff(ctx context.Context) error {
 	g, err := m.running()
 	if err != nil {
-		m.report.Report(nodes.Status{Power: nodes.PowerOff, Reachable: true, Reason: "guest is off"})
+		m.report.Report(machine.Status{Power: machine.PowerOff, Reachable: true, Reason: "guest is off"})
 		return nil
 	}
 	m.mu.Lock()
@@ -589,14 +589,14 @@ func (m *Machine) powerOn(ctx context.Context) error {
 	m.mu.Lock()
 	if m.closed {
 		m.mu.Unlock()
-		return nodes.Errorf(syscall.ESHUTDOWN, "driver closed")
+		return machine.Errorf(syscall.ESHUTDOWN, "driver closed")
 	}
 	if g := m.g; g != nil {
 		paused, crashed := g.paused, g.crashed
 		m.mu.Unlock()
 		switch {
 		case crashed != "":
-			return nodes.Errorf(syscall.EBUSY, "the crashed guest (pid %d) is still being cleaned up", g.pid)
+			return machine.Errorf(syscall.EBUSY, "the crashed guest (pid %d) is still being cleaned up", g.pid)
 		case paused:
 			if _, err := m.request(ctx, g, "go"); err != nil {
 				return err
@@ -616,19 +616,19 @@ func (m *Machine) powerOn(ctx context.Context) error {
 
 	kernel, err := exec.LookPath(m.kernel)
 	if err != nil {
-		return nodes.Errorf(syscall.ENOENT, "uml.kernel %s: %v (Debian package user-mode-linux)", m.kernel, err)
+		return machine.Errorf(syscall.ENOENT, "uml.kernel %s: %v (Debian package user-mode-linux)", m.kernel, err)
 	}
 	if m.root.hostfs != "" {
 		if fi, err := os.Stat(m.root.hostfs); err != nil || !fi.IsDir() {
-			return nodes.Errorf(syscall.ENOENT, "uml.root: hostfs directory %s does not exist", m.root.hostfs)
+			return machine.Errorf(syscall.ENOENT, "uml.root: hostfs directory %s does not exist", m.root.hostfs)
 		}
 	} else if m.root.backing != "" {
 		// UML makes the COW file if it is missing; the backing file must be there.
 		if _, err := os.Stat(m.root.backing); err != nil {
-			return nodes.Errorf(syscall.ENOENT, "uml.root: backing file %s: %v", m.root.backing, err)
+			return machine.Errorf(syscall.ENOENT, "uml.root: backing file %s: %v", m.root.backing, err)
 		}
 	} else if _, err := os.Stat(m.root.image); err != nil {
-		return nodes.Errorf(syscall.ENOENT, "uml.root: image %s: %v", m.root.image, err)
+		return machine.Errorf(syscall.ENOENT, "uml.root: image %s: %v", m.root.image, err)
 	}
 	if err := os.MkdirAll(m.side, 0o700); err != nil {
 		return err
@@ -685,7 +685,7 @@ func (m *Machine) powerOn(ctx context.Context) error {
 		unix.Close(g.wake)
 		os.Remove(m.notifyPath())
 		m.deleteTap(tap)
-		return nodes.Errorf(syscall.EIO, "starting %s: %v", kernel, err)
+		return machine.Errorf(syscall.EIO, "starting %s: %v", kernel, err)
 	}
 	g.pid, g.pidfd = c.Process.Pid, pidfd
 	// The driver reaps the process itself (through its pidfd watcher).
@@ -707,15 +707,15 @@ func (m *Machine) powerOn(ctx context.Context) error {
 		unix.Close(g.notify)
 		unix.Close(g.wake)
 		unix.Close(g.pidfd)
-		return nodes.Errorf(syscall.ESHUTDOWN, "driver closed")
+		return machine.Errorf(syscall.ESHUTDOWN, "driver closed")
 	}
 	m.log.Info("uml: guest started", "pid", g.pid, "args", strings.Join(args, " "))
 	m.watch(g)
-	m.report.Report(nodes.Status{Power: nodes.PowerStarting, Reachable: true, Reason: fmt.Sprintf("linux started (pid %d), waiting for its mconsole", g.pid)})
+	m.report.Report(machine.Status{Power: machine.PowerStarting, Reachable: true, Reason: fmt.Sprintf("linux started (pid %d), waiting for its mconsole", g.pid)})
 	return nil
 }
 
-// Describe implements nodes.Describer.
+// Describe implements machine.Describer.
 func (m *Machine) Describe() [][2]string {
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -756,7 +756,7 @@ func (m *Machine) Close() error {
 	unix.Write(g.wake, one[:])
 	<-g.done
 	unix.Close(g.wake)
-	g.cancel(nodes.Errorf(syscall.ESHUTDOWN, "driver closed"))
+	g.cancel(machine.Errorf(syscall.ESHUTDOWN, "driver closed"))
 	g.mc.close()
 	return nil
 }

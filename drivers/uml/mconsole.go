@@ -10,9 +10,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/machinefs/machinefs/machine"
 	"golang.org/x/sys/unix"
-
-	"github.com/machinefs/machinefs/nodes"
 )
 
 // The mconsole wire format (arch/um/include/shared/mconsole.h), in host
@@ -161,7 +160,7 @@ type inFlight struct {
 // reply, which also ends the watch of ctx and life.
 func send(ctx, life context.Context, fd int, command string) (*inFlight, error) {
 	if len(command) > MaxRequest {
-		return nil, nodes.Errorf(syscall.EINVAL, "command is %d bytes, UML takes at most %d", len(command), MaxRequest)
+		return nil, machine.Errorf(syscall.EINVAL, "command is %d bytes, UML takes at most %d", len(command), MaxRequest)
 	}
 	x := &inFlight{fd: fd, ctx: ctx, command: command, cancelled: make(chan struct{}, 2)}
 	for _, c := range []context.Context{ctx, life} {
@@ -216,7 +215,7 @@ func (x *inFlight) receive() (string, error) {
 			return "", mconsoleErr(x.ctx, err)
 		}
 		if n < 12 {
-			return "", nodes.Errorf(syscall.EPROTO, "short mconsole reply (%d bytes)", n)
+			return "", machine.Errorf(syscall.EPROTO, "short mconsole reply (%d bytes)", n)
 		}
 		errFlag := binary.NativeEndian.Uint32(buf[0:])
 		more := binary.NativeEndian.Uint32(buf[4:])
@@ -250,9 +249,9 @@ func retryEINTR(f func() error) error {
 func mconsoleErr(ctx context.Context, err error) error {
 	switch {
 	case errors.Is(err, syscall.ENOENT), errors.Is(err, syscall.ECONNREFUSED):
-		return nodes.Errorf(syscall.EHOSTDOWN, "no UML answers on its mconsole socket: %v", err)
+		return machine.Errorf(syscall.EHOSTDOWN, "no UML answers on its mconsole socket: %v", err)
 	case errors.Is(err, syscall.EAGAIN), ctx != nil && ctx.Err() != nil:
-		return nodes.Errorf(syscall.ETIMEDOUT, "UML did not answer on its mconsole socket")
+		return machine.Errorf(syscall.ETIMEDOUT, "UML did not answer on its mconsole socket")
 	}
 	return fmt.Errorf("mconsole: %w", err)
 }

@@ -5,9 +5,8 @@ import (
 	"fmt"
 	"syscall"
 
+	"github.com/machinefs/machinefs/machine"
 	"github.com/vishvananda/netlink"
-
-	"github.com/machinefs/machinefs/nodes"
 )
 
 // tapAliasPrefix marks the TAPs this driver makes, followed by the host's
@@ -23,39 +22,39 @@ func (m *Machine) createTap() (string, error) {
 	name := m.umid
 	br, err := netlink.LinkByName(m.net.bridge)
 	if err != nil {
-		return "", nodes.Errorf(syscall.ENODEV, "uml.net: switch %s: %v (create the switch first)", m.net.bridge, err)
+		return "", machine.Errorf(syscall.ENODEV, "uml.net: switch %s: %v (create the switch first)", m.net.bridge, err)
 	}
 	if _, ok := br.(*netlink.Bridge); !ok {
-		return "", nodes.Errorf(syscall.EINVAL, "uml.net: %s is a %s, not a bridge", m.net.bridge, br.Type())
+		return "", machine.Errorf(syscall.EINVAL, "uml.net: %s is a %s, not a bridge", m.net.bridge, br.Type())
 	}
 	tap, err := netlink.LinkByName(name)
 	if err != nil {
 		t := &netlink.Tuntap{LinkAttrs: netlink.LinkAttrs{Name: name}, Mode: netlink.TUNTAP_MODE_TAP, Flags: netlink.TUNTAP_NO_PI | netlink.TUNTAP_ONE_QUEUE}
 		if err := netlink.LinkAdd(t); err != nil {
-			return "", nodes.Errorf(syscall.EIO, "uml.net: creating TAP %s: %v", name, err)
+			return "", machine.Errorf(syscall.EIO, "uml.net: creating TAP %s: %v", name, err)
 		}
 		for _, f := range t.Fds {
 			f.Close()
 		}
 		if tap, err = netlink.LinkByName(name); err != nil {
-			return "", nodes.Errorf(syscall.EIO, "uml.net: TAP %s: %v", name, err)
+			return "", machine.Errorf(syscall.EIO, "uml.net: TAP %s: %v", name, err)
 		}
 		if err := netlink.LinkSetAlias(tap, m.tapAlias()); err != nil {
 			m.deleteTap(name)
-			return "", nodes.Errorf(syscall.EIO, "uml.net: marking TAP %s: %v", name, err)
+			return "", machine.Errorf(syscall.EIO, "uml.net: marking TAP %s: %v", name, err)
 		}
 	} else if _, ok := tap.(*netlink.Tuntap); !ok {
-		return "", nodes.Errorf(syscall.EEXIST, "uml.net: %s exists and is a %s, not a TAP", name, tap.Type())
+		return "", machine.Errorf(syscall.EEXIST, "uml.net: %s exists and is a %s, not a TAP", name, tap.Type())
 	} else if tap.Attrs().Alias != m.tapAlias() {
-		return "", nodes.Errorf(syscall.EEXIST, "uml.net: a TAP named %s exists and machinefs did not make it for %s (alias %q)", name, m.path, tap.Attrs().Alias)
+		return "", machine.Errorf(syscall.EEXIST, "uml.net: a TAP named %s exists and machinefs did not make it for %s (alias %q)", name, m.path, tap.Attrs().Alias)
 	}
 	if err := netlink.LinkSetMaster(tap, br); err != nil {
 		m.deleteTap(name)
-		return "", nodes.Errorf(syscall.EIO, "uml.net: attaching %s to %s: %v", name, m.net.bridge, err)
+		return "", machine.Errorf(syscall.EIO, "uml.net: attaching %s to %s: %v", name, m.net.bridge, err)
 	}
 	if err := netlink.LinkSetUp(tap); err != nil {
 		m.deleteTap(name)
-		return "", nodes.Errorf(syscall.EIO, "uml.net: %s up: %v", name, err)
+		return "", machine.Errorf(syscall.EIO, "uml.net: %s up: %v", name, err)
 	}
 	return name, nil
 }

@@ -8,7 +8,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/machinefs/machinefs/nodes"
+	"github.com/machinefs/machinefs/machine"
 	umlh "github.com/machinefs/machinefs/tests/harness/uml"
 )
 
@@ -48,14 +48,14 @@ func TestUMLNotifyBounded(t *testing.T) {
 	m := newMachine(t, cfg, r)
 	defer m.Close()
 	ctx := context.Background()
-	if err := m.Power(ctx, nodes.Command{Verb: "on"}); err != nil {
+	if err := m.Power(ctx, machine.Command{Verb: "on"}); err != nil {
 		t.Fatal(err)
 	}
 	defer func() {
-		if err := m.Power(ctx, nodes.Command{Verb: "off"}); err != nil {
+		if err := m.Power(ctx, machine.Command{Verb: "off"}); err != nil {
 			t.Errorf("off: %v", err)
 		}
-		waitFor(t, "guest off", func() bool { return r.last().Power == nodes.PowerOff })
+		waitFor(t, "guest off", func() bool { return r.last().Power == machine.PowerOff })
 	}()
 	count := func() (long, two, passed, dropped int) {
 		r.mu.Lock()

@@ -11,12 +11,11 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/machinefs/machinefs/machine"
 	"golang.org/x/sys/unix"
-
-	"github.com/machinefs/machinefs/nodes"
 )
 
-// Remove implements nodes.Remover: the host leaves the tree, so its guest
+// Remove implements machine.Remover: the host leaves the tree, so its guest
 // goes and so does everything the driver made for it. A running guest is
 // halted (mconsole halt, bounded by a short wait), then its process group
 // is killed whatever the halt did; the umid directory, the TAP, the record,
@@ -105,7 +104,7 @@ func (m *Machine) stopGuest(ctx context.Context, g *guest) error {
 	case <-g.done:
 		return nil
 	case <-ctx.Done():
-		return nodes.Errorf(syscall.ETIMEDOUT, "guest pid %d did not end after SIGKILL", g.pid)
+		return machine.Errorf(syscall.ETIMEDOUT, "guest pid %d did not end after SIGKILL", g.pid)
 	}
 }
 
@@ -121,7 +120,7 @@ func waitGroupGone(ctx context.Context, pgid int) error {
 			return nil
 		}
 		if time.Now().After(deadline) || ctx.Err() != nil {
-			return nodes.Errorf(syscall.ETIMEDOUT, "guest helpers %v did not end after SIGKILL", left)
+			return machine.Errorf(syscall.ETIMEDOUT, "guest helpers %v did not end after SIGKILL", left)
 		}
 		unix.Kill(-pgid, unix.SIGKILL)
 		time.Sleep(10 * time.Millisecond)
@@ -174,7 +173,7 @@ func killRecorded(ctx context.Context, r record) error {
 			return fmt.Errorf("waiting for guest pid %d: %w", r.Pid, err)
 		}
 		if ctx.Err() != nil {
-			return nodes.Errorf(syscall.ETIMEDOUT, "recorded guest pid %d did not end after SIGKILL", r.Pid)
+			return machine.Errorf(syscall.ETIMEDOUT, "recorded guest pid %d did not end after SIGKILL", r.Pid)
 		}
 	}
 }

@@ -9,7 +9,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/machinefs/machinefs/nodes"
+	"github.com/machinefs/machinefs/machine"
 )
 
 // Defaults of the config keys.
@@ -22,14 +22,14 @@ const (
 )
 
 // Spec registers the uml driver.
-var Spec = nodes.DriverSpec{
+var Spec = machine.DriverSpec{
 	Name: "uml",
 	Doc:  "User Mode Linux guest: a linux process with its management console (mconsole) as the console file",
 	Keys: keys,
 	New:  New,
 }
 
-var keys = []nodes.KeySpec{
+var keys = []machine.KeySpec{
 	{Name: "uml.kernel", Default: DefaultKernel, Doc: "UML kernel binary to run (absolute path)", Check: checkAbsPath, Privileged: true},
 	{Name: "uml.mem", Default: DefaultMem, Doc: "guest memory: a number with K, M or G (16M to 64G)", Check: checkMem},
 	{Name: "uml.root", Doc: "root file system (required): hostfs:/DIR (a host directory), or ubd0=/IMAGE or ubd0=/COW,/BACKING (a disk image, copy-on-write allowed)", Check: checkRoot, Privileged: true},

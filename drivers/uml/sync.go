@@ -11,7 +11,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/machinefs/machinefs/nodes"
+	"github.com/machinefs/machinefs/machine"
 )
 
 // How a backup makes the guest's writes reach its root before the copy.
@@ -67,7 +67,7 @@ func (m *Machine) syncAndStop(ctx context.Context, g *guest) (syncs int, err err
 	var prev diskStats
 	for round := 1; ; round++ {
 		if round > maxSyncRounds {
-			return round - 1, nodes.Errorf(syscall.EBUSY, "the guest kept writing to its root through %d syncs; no consistent copy can be made while it does", maxSyncRounds)
+			return round - 1, machine.Errorf(syscall.EBUSY, "the guest kept writing to its root through %d syncs; no consistent copy can be made while it does", maxSyncRounds)
 		}
 		if err := m.syncOnce(ctx, g); err != nil {
 			return round, err
@@ -142,7 +142,7 @@ func (m *Machine) syncOnce(ctx context.Context, g *guest) error {
 			return fmt.Errorf("console log: %w", err)
 		}
 		if time.Now().After(deadline) {
-			return nodes.Errorf(syscall.ETIMEDOUT, "the guest did not report its sync done (no %q in %s within %s)", syncDone, m.ConsoleLog(), syncTimeout)
+			return machine.Errorf(syscall.ETIMEDOUT, "the guest did not report its sync done (no %q in %s within %s)", syncDone, m.ConsoleLog(), syncTimeout)
 		}
 		select {
 		case <-ctx.Done():
@@ -176,7 +176,7 @@ func (m *Machine) showSyncReport(ctx context.Context, g *guest) (restore func(),
 		return noop, nil
 	}
 	if msg+1 > 9 {
-		return noop, nodes.Errorf(syscall.EOPNOTSUPP, "the guest's default message level %d hides the sync report from its console at any level sysrq can set", msg)
+		return noop, machine.Errorf(syscall.EOPNOTSUPP, "the guest's default message level %d hides the sync report from its console at any level sysrq can set", msg)
 	}
 	if _, err := m.request(ctx, g, fmt.Sprintf("sysrq %d", msg+1)); err != nil {
 		return noop, fmt.Errorf("raising the guest's console log level: %w", err)

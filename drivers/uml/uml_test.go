@@ -17,7 +17,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/machinefs/machinefs/drivers/uml"
-	"github.com/machinefs/machinefs/nodes"
+	"github.com/machinefs/machinefs/machine"
 	umlh "github.com/machinefs/machinefs/tests/harness/uml"
 )
 
@@ -26,11 +26,11 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 // recorder is a Reporter that keeps what the driver said.
 type recorder struct {
 	mu       sync.Mutex
-	statuses []nodes.Status
+	statuses []machine.Status
 	events   [][2]string
 }
 
-func (r *recorder) Report(st nodes.Status) {
+func (r *recorder) Report(st machine.Status) {
 	r.mu.Lock()
 	r.statuses = append(r.statuses, st)
 	r.mu.Unlock()
@@ -43,7 +43,7 @@ func (r *recorder) Event(kind, detail string) {
 }
 
 // power is the last power state reported.
-func (r *recorder) last() nodes.Status {
+func (r *recorder) last() machine.Status {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	for i := len(r.statuses) - 1; i >= 0; i-- {
@@ -51,7 +51,7 @@ func (r *recorder) last() nodes.Status {
 			return r.statuses[i]
 		}
 	}
-	return nodes.Status{}
+	return machine.Status{}
 }
 
 func (r *recorder) hasEvent(kind, detail string) bool {
@@ -95,7 +95,7 @@ func newMachine(t *testing.T, cfg config, r *recorder) *uml.Machine {
 
 func newMachineAt(t *testing.T, hostPath string, cfg config, r *recorder) *uml.Machine {
 	t.Helper()
-	d, err := uml.New(context.Background(), nodes.DriverEnv{Path: hostPath, Config: cfg, Report: r})
+	d, err := uml.New(context.Background(), machine.DriverEnv{Path: hostPath, Config: cfg, Report: r})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -113,31 +113,31 @@ func TestUMLSameNameTwoParents(t *testing.T) {
 	ra := &recorder{}
 	a := newMachineAt(t, "hosts/a/subhosts/ut1", cfg, ra)
 	defer a.Close()
-	if err := a.Power(ctx, nodes.Command{Verb: "on"}); err != nil {
+	if err := a.Power(ctx, machine.Command{Verb: "on"}); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "a's guest on", func() bool { return ra.last().Power == nodes.PowerOn })
+	waitFor(t, "a's guest on", func() bool { return ra.last().Power == machine.PowerOn })
 	sock := filepath.Join(dir, "ut1", "mconsole")
 
 	rb := &recorder{}
 	b := newMachineAt(t, "hosts/b/subhosts/ut1", cfg, rb)
 	defer b.Close()
-	if st := rb.last(); st.Power != nodes.PowerOff || !strings.Contains(st.Reason, "hosts/a/subhosts/ut1") {
+	if st := rb.last(); st.Power != machine.PowerOff || !strings.Contains(st.Reason, "hosts/a/subhosts/ut1") {
 		t.Fatalf("b at start: %+v, want off and whose guest it is", st)
 	}
-	if err := b.Power(ctx, nodes.Command{Verb: "on"}); nodes.ErrnoOf(err) != syscall.EBUSY || !strings.Contains(err.Error(), "uml.dir") {
+	if err := b.Power(ctx, machine.Command{Verb: "on"}); machine.ErrnoOf(err) != syscall.EBUSY || !strings.Contains(err.Error(), "uml.dir") {
 		t.Fatalf("b on: %v, want EBUSY naming uml.dir", err)
 	}
 	if err := b.Remove(ctx); err != nil {
 		t.Fatalf("b removed: %v", err)
 	}
-	if v, err := uml.Request(ctx, sock, "version"); err != nil || !strings.HasPrefix(v, "Linux") || ra.last().Power != nodes.PowerOn {
+	if v, err := uml.Request(ctx, sock, "version"); err != nil || !strings.HasPrefix(v, "Linux") || ra.last().Power != machine.PowerOn {
 		t.Fatalf("a's guest after b's removal: %q %v, power %s", v, err, ra.last().Power)
 	}
-	if err := a.Power(ctx, nodes.Command{Verb: "off"}); err != nil {
+	if err := a.Power(ctx, machine.Command{Verb: "off"}); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "a's guest off", func() bool { return ra.last().Power == nodes.PowerOff })
+	waitFor(t, "a's guest off", func() bool { return ra.last().Power == machine.PowerOff })
 	waitFor(t, "no linux left", func() bool { return len(umlh.Guests(dir)) == 0 })
 }
 
@@ -197,8 +197,8 @@ func TestUMLRequestNoAnswer(t *testing.T) {
 	defer cancel()
 	start := time.Now()
 	_, err = uml.Request(ctx, sock, "version")
-	if nodes.ErrnoOf(err) != syscall.ETIMEDOUT || time.Since(start) > 5*time.Second {
-		t.Fatalf("mute socket: err %v (errno %v) after %s, want ETIMEDOUT after 200ms", err, nodes.ErrnoOf(err), time.Since(start))
+	if machine.ErrnoOf(err) != syscall.ETIMEDOUT || time.Since(start) > 5*time.Second {
+		t.Fatalf("mute socket: err %v (errno %v) after %s, want ETIMEDOUT after 200ms", err, machine.ErrnoOf(err), time.Since(start))
 	}
 	// Cancelled without a deadline (the guest died): the blocked
 	// receive is woken by the socket's shutdown.
@@ -208,10 +208,10 @@ func TestUMLRequestNoAnswer(t *testing.T) {
 		t.Fatal("cancelled request to a mute socket succeeded")
 	}
 	_, err = uml.Request(context.Background(), filepath.Join(dir, "none"), "version")
-	if nodes.ErrnoOf(err) != syscall.EHOSTDOWN {
+	if machine.ErrnoOf(err) != syscall.EHOSTDOWN {
 		t.Fatalf("missing socket: %v, want EHOSTDOWN", err)
 	}
-	if _, err := uml.Request(context.Background(), sock, strings.Repeat("x", 600)); nodes.ErrnoOf(err) != syscall.EINVAL {
+	if _, err := uml.Request(context.Background(), sock, strings.Repeat("x", 600)); machine.ErrnoOf(err) != syscall.EINVAL {
 		t.Fatalf("long command: %v, want EINVAL", err)
 	}
 }
@@ -226,19 +226,19 @@ func TestUMLGuest(t *testing.T) {
 	r := &recorder{}
 	m := newMachine(t, cfg, r)
 	defer m.Close()
-	if p := r.last().Power; p != nodes.PowerOff {
+	if p := r.last().Power; p != machine.PowerOff {
 		t.Fatalf("new driver reports %q, want off", p)
 	}
 	ctx := context.Background()
-	if err := m.Power(ctx, nodes.Command{Verb: "on"}); err != nil {
+	if err := m.Power(ctx, machine.Command{Verb: "on"}); err != nil {
 		t.Fatal(err)
 	}
-	if p := r.last().Power; p != nodes.PowerStarting {
+	if p := r.last().Power; p != machine.PowerStarting {
 		t.Fatalf("after on: %q, want starting", p)
 	}
-	waitFor(t, "guest on", func() bool { return r.last().Power == nodes.PowerOn })
+	waitFor(t, "guest on", func() bool { return r.last().Power == machine.PowerOn })
 	waitFor(t, "notify booted", func() bool { return r.hasEvent("notify", "booted") })
-	if st, err := m.Status(ctx); err != nil || st.Power != nodes.PowerOn {
+	if st, err := m.Status(ctx); err != nil || st.Power != machine.PowerOn {
 		t.Fatalf("Status of a booted guest: %+v %v", st, err)
 	}
 	sock := filepath.Join(dir, "ut1", "mconsole")
@@ -273,13 +273,13 @@ func TestUMLGuest(t *testing.T) {
 	}
 	t.Logf("UML's ERR reply: %q", re.Text)
 
-	if err := m.Power(ctx, nodes.Command{Verb: "pause"}); err != nil || r.last().Power != nodes.PowerPaused {
+	if err := m.Power(ctx, machine.Command{Verb: "pause"}); err != nil || r.last().Power != machine.PowerPaused {
 		t.Fatalf("pause: %v, power %q", err, r.last().Power)
 	}
-	if st, err := m.Status(ctx); err != nil || st.Power != nodes.PowerPaused {
+	if st, err := m.Status(ctx); err != nil || st.Power != machine.PowerPaused {
 		t.Fatalf("Status of a paused guest: %+v %v", st, err)
 	}
-	if err := m.Power(ctx, nodes.Command{Verb: "resume"}); err != nil || r.last().Power != nodes.PowerOn {
+	if err := m.Power(ctx, machine.Command{Verb: "resume"}); err != nil || r.last().Power != machine.PowerOn {
 		t.Fatalf("resume: %v, power %q", err, r.last().Power)
 	}
 
@@ -292,15 +292,15 @@ func TestUMLGuest(t *testing.T) {
 	r2 := &recorder{}
 	m2 := newMachine(t, cfg, r2)
 	defer m2.Close()
-	if st := r2.last(); st.Power != nodes.PowerOn || !strings.Contains(st.Reason, "adopted") {
+	if st := r2.last(); st.Power != machine.PowerOn || !strings.Contains(st.Reason, "adopted") {
 		t.Fatalf("new driver: %+v, want on, adopted", st)
 	}
-	if err := m2.Power(ctx, nodes.Command{Verb: "off"}); err != nil {
+	if err := m2.Power(ctx, machine.Command{Verb: "off"}); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "guest off", func() bool { return r2.last().Power == nodes.PowerOff })
+	waitFor(t, "guest off", func() bool { return r2.last().Power == machine.PowerOff })
 	t.Logf("off: %s", r2.last().Reason)
-	if st, err := m2.Status(ctx); err != nil || st.Power != nodes.PowerOff {
+	if st, err := m2.Status(ctx); err != nil || st.Power != machine.PowerOff {
 		t.Fatalf("Status after off: %+v %v", st, err)
 	}
 	waitFor(t, "no linux left", func() bool { return len(umlh.Guests(dir)) == 0 })
@@ -327,10 +327,10 @@ func TestUMLConsoleKeptSocket(t *testing.T) {
 	m := newMachine(t, cfg, r)
 	defer m.Close()
 	ctx := context.Background()
-	if err := m.Power(ctx, nodes.Command{Verb: "on"}); err != nil {
+	if err := m.Power(ctx, machine.Command{Verb: "on"}); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "guest on", func() bool { return r.last().Power == nodes.PowerOn })
+	waitFor(t, "guest on", func() bool { return r.last().Power == machine.PowerOn })
 	isVersion := func(s string) bool { return strings.HasPrefix(s, "Linux") }
 	isUptime := func(s string) bool {
 		f := strings.Fields(s)
@@ -352,8 +352,8 @@ func TestUMLConsoleKeptSocket(t *testing.T) {
 	syscall.Kill(pgid, syscall.SIGSTOP)
 	_, err = m.Console(ctx, "version", nil)
 	syscall.Kill(pgid, syscall.SIGCONT)
-	if nodes.ErrnoOf(err) != syscall.ETIMEDOUT || !strings.Contains(err.Error(), `"version"`) {
-		t.Fatalf("version to a stopped guest: %v (errno %v), want ETIMEDOUT naming the command", err, nodes.ErrnoOf(err))
+	if machine.ErrnoOf(err) != syscall.ETIMEDOUT || !strings.Contains(err.Error(), `"version"`) {
+		t.Fatalf("version to a stopped guest: %v (errno %v), want ETIMEDOUT naming the command", err, machine.ErrnoOf(err))
 	}
 	for i := range 20 {
 		up, err := m.Console(ctx, "proc", []string{"uptime"})
@@ -390,7 +390,7 @@ func TestUMLConsoleKeptSocket(t *testing.T) {
 		t.Fatal(err)
 	}
 	deadline := time.Now().Add(20 * time.Second)
-	for st := r.last(); st.Power != nodes.PowerOn || !strings.Contains(st.Reason, "booted"); st = r.last() {
+	for st := r.last(); st.Power != machine.PowerOn || !strings.Contains(st.Reason, "booted"); st = r.last() {
 		if time.Now().After(deadline) {
 			r.mu.Lock()
 			t.Fatalf("not on after reboot: last %+v; all %+v; events %q", st, r.statuses, r.events)
@@ -407,17 +407,17 @@ func BenchmarkUMLRequestVersion(b *testing.B) {
 	umlh.Skip(b)
 	root, dir := umlh.Root(b), umlh.Dir(b)
 	r := &recorder{}
-	d, err := uml.New(context.Background(), nodes.DriverEnv{Path: "hosts/bench1", Config: config{"uml.root": "hostfs:" + root, "uml.dir": dir, "uml.mem": "64M", "uml.init": "/init"}, Report: r})
+	d, err := uml.New(context.Background(), machine.DriverEnv{Path: "hosts/bench1", Config: config{"uml.root": "hostfs:" + root, "uml.dir": dir, "uml.mem": "64M", "uml.init": "/init"}, Report: r})
 	if err != nil {
 		b.Fatal(err)
 	}
 	m := d.(*uml.Machine)
 	defer m.Close()
-	if err := m.Power(context.Background(), nodes.Command{Verb: "on"}); err != nil {
+	if err := m.Power(context.Background(), machine.Command{Verb: "on"}); err != nil {
 		b.Fatal(err)
 	}
 	deadline := time.Now().Add(20 * time.Second)
-	for r.last().Power != nodes.PowerOn && time.Now().Before(deadline) {
+	for r.last().Power != machine.PowerOn && time.Now().Before(deadline) {
 		time.Sleep(10 * time.Millisecond)
 	}
 	sock := filepath.Join(dir, "bench1", "mconsole")
@@ -428,9 +428,9 @@ func BenchmarkUMLRequestVersion(b *testing.B) {
 		}
 	}
 	b.StopTimer()
-	m.Power(context.Background(), nodes.Command{Verb: "off"})
+	m.Power(context.Background(), machine.Command{Verb: "off"})
 	deadline = time.Now().Add(10 * time.Second)
-	for r.last().Power != nodes.PowerOff && time.Now().Before(deadline) {
+	for r.last().Power != machine.PowerOff && time.Now().Before(deadline) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }

@@ -5,12 +5,12 @@ import (
 	"fmt"
 	"strings"
 
-	"github.com/machinefs/machinefs/nodes"
+	"github.com/machinefs/machinefs/machine"
 )
 
-// The Manager is the model's nodes.Switches: these methods render its
+// The Manager is the model's machine.Switches: these methods render its
 // answers as the text of the tree's files.
-var _ nodes.Switches = (*Manager)(nil)
+var _ machine.Switches = (*Manager)(nil)
 
 // InfoText is vswitch/NAME/info: "key: value" lines.
 func (m *Manager) InfoText(ctx context.Context, name string) (string, error) {
@@ -107,8 +107,8 @@ func (m *Manager) Exists(ctx context.Context, name string) bool {
 
 // WatchChanges reports link changes until ctx ends, then returns once its
 // goroutines have stopped.
-func (m *Manager) WatchChanges(ctx context.Context, fn func(nodes.SwitchChange)) error {
-	done, err := m.Watch(ctx, func(c Change) { fn(nodes.SwitchChange{Switch: c.Switch, Link: c.Link, What: c.What}) })
+func (m *Manager) WatchChanges(ctx context.Context, fn func(machine.SwitchChange)) error {
+	done, err := m.Watch(ctx, func(c Change) { fn(machine.SwitchChange{Switch: c.Switch, Link: c.Link, What: c.What}) })
 	if err != nil {
 		return err
 	}

@@ -7,7 +7,7 @@ import (
 	"strings"
 	"syscall"
 
-	"github.com/machinefs/machinefs/nodes"
+	"github.com/machinefs/machinefs/machine"
 )
 
 // record is what machinefs remembers about a switch it created. The TAPs
@@ -29,11 +29,11 @@ func (m *Manager) loadState() error {
 		return nil
 	}
 	if err := os.MkdirAll(m.stateDir, 0o700); err != nil {
-		return nodes.Errorf(errnoOf(err, syscall.EIO), "vswitch: state directory: %v", err)
+		return machine.Errorf(errnoOf(err, syscall.EIO), "vswitch: state directory: %v", err)
 	}
 	ents, err := os.ReadDir(m.stateDir)
 	if err != nil {
-		return nodes.Errorf(errnoOf(err, syscall.EIO), "vswitch: state directory: %v", err)
+		return machine.Errorf(errnoOf(err, syscall.EIO), "vswitch: state directory: %v", err)
 	}
 	for _, e := range ents {
 		if !strings.HasSuffix(e.Name(), ".json") || e.IsDir() {
@@ -41,11 +41,11 @@ func (m *Manager) loadState() error {
 		}
 		b, err := os.ReadFile(filepath.Join(m.stateDir, e.Name()))
 		if err != nil {
-			return nodes.Errorf(errnoOf(err, syscall.EIO), "vswitch: state: %v", err)
+			return machine.Errorf(errnoOf(err, syscall.EIO), "vswitch: state: %v", err)
 		}
 		var r record
 		if err := json.Unmarshal(b, &r); err != nil || r.Name+".json" != e.Name() || r.Group == 0 {
-			return nodes.Errorf(syscall.EIO, "vswitch: state file %s is damaged", e.Name())
+			return machine.Errorf(syscall.EIO, "vswitch: state file %s is damaged", e.Name())
 		}
 		m.recs[r.Name] = &r
 	}
@@ -67,7 +67,7 @@ func (m *Manager) save(r *record) error {
 	}
 	tmp, err := os.CreateTemp(m.stateDir, ".tmp-"+r.Name+"-")
 	if err != nil {
-		return nodes.Errorf(errnoOf(err, syscall.EIO), "vswitch: state: %v", err)
+		return machine.Errorf(errnoOf(err, syscall.EIO), "vswitch: state: %v", err)
 	}
 	_, err = tmp.Write(append(b, '\n'))
 	if cerr := tmp.Close(); err == nil {
@@ -78,7 +78,7 @@ func (m *Manager) save(r *record) error {
 	}
 	if err != nil {
 		_ = os.Remove(tmp.Name())
-		return nodes.Errorf(errnoOf(err, syscall.EIO), "vswitch: state: %v", err)
+		return machine.Errorf(errnoOf(err, syscall.EIO), "vswitch: state: %v", err)
 	}
 	return nil
 }

@@ -13,12 +13,11 @@ import (
 	"sync/atomic"
 	"syscall"
 
+	"github.com/machinefs/machinefs/machine"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netlink/nl"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
-
-	"github.com/machinefs/machinefs/nodes"
 )
 
 // NoID leaves a TAP's owner or group unset (anyone with CAP_NET_ADMIN may
@@ -95,7 +94,7 @@ func New(ctx context.Context, opts Options) (*Manager, error) {
 		ns, err = netns.Get()
 	}
 	if err != nil {
-		return nil, nodes.Errorf(errnoOf(err, syscall.ENOENT), "vswitch: open network namespace: %v", err)
+		return nil, machine.Errorf(errnoOf(err, syscall.ENOENT), "vswitch: open network namespace: %v", err)
 	}
 	m := &Manager{ns: ns, base: opts.Group, stateDir: opts.StateDir, recs: map[string]*record{}}
 	if m.base == 0 {
@@ -103,18 +102,18 @@ func New(ctx context.Context, opts Options) (*Manager, error) {
 	}
 	if uint64(m.base)+maxGroups > 1<<32-1 {
 		_ = ns.Close()
-		return nil, nodes.Errorf(syscall.EINVAL, "vswitch: group base %d too high", m.base)
+		return nil, machine.Errorf(syscall.EINVAL, "vswitch: group base %d too high", m.base)
 	}
 	m.h, err = netlink.NewHandleAt(ns, unix.NETLINK_ROUTE)
 	if err != nil {
 		_ = ns.Close()
-		return nil, nodes.Errorf(errnoOf(err, syscall.EIO), "vswitch: netlink: %v", err)
+		return nil, machine.Errorf(errnoOf(err, syscall.EIO), "vswitch: netlink: %v", err)
 	}
 	m.raw, err = nl.GetNetlinkSocketAt(ns, netns.None(), unix.NETLINK_ROUTE)
 	if err != nil {
 		m.h.Close()
 		_ = ns.Close()
-		return nil, nodes.Errorf(errnoOf(err, syscall.EIO), "vswitch: netlink: %v", err)
+		return nil, machine.Errorf(errnoOf(err, syscall.EIO), "vswitch: netlink: %v", err)
 	}
 	_ = m.raw.SetExtAck(true)
 	m.socks = map[int]*nl.SocketHandle{unix.NETLINK_ROUTE: {Socket: m.raw}}
@@ -205,11 +204,11 @@ func (m *Manager) Create(ctx context.Context, name string) (created bool, err er
 	}
 	if l != nil {
 		if !isBridge(l) {
-			return false, nodes.Errorf(syscall.EEXIST, "vswitch: %s exists and is a %s device, not a bridge", name, kindOf(l))
+			return false, machine.Errorf(syscall.EEXIST, "vswitch: %s exists and is a %s device, not a bridge", name, kindOf(l))
 		}
 		if m.managed(l) && l.Attrs().Flags&net.FlagUp == 0 {
 			if err := m.h.LinkSetUp(l); err != nil {
-				return false, nodes.Errorf(errnoOf(err, syscall.EIO), "vswitch: bring %s up: %v", name, err)
+				return false, machine.Errorf(errnoOf(err, syscall.EIO), "vswitch: bring %s up: %v", name, err)
 			}
 		}
 		return false, nil
@@ -228,7 +227,7 @@ func (m *Manager) Create(ctx context.Context, name string) (created bool, err er
 		}
 		delete(m.recs, name)
 		m.unsave(name)
-		return false, nodes.Errorf(errnoOf(cause, syscall.EIO), "vswitch: create %s: %s: %v", name, step, cause)
+		return false, machine.Errorf(errnoOf(cause, syscall.EIO), "vswitch: create %s: %s: %v", name, step, cause)
 	}
 	if err := m.save(rec); err != nil {
 		return rollback("state", err)
@@ -273,28 +272,28 @@ func (m *Manager) SetUplink(ctx context.Context, name, iface string) error {
 			return err
 		}
 		if up == nil {
-			return nodes.Errorf(syscall.ENOENT, "vswitch: uplink %s: no such interface", iface)
+			return machine.Errorf(syscall.ENOENT, "vswitch: uplink %s: no such interface", iface)
 		}
 		a := up.Attrs()
 		switch {
 		case isBridge(up):
-			return nodes.Errorf(syscall.EINVAL, "vswitch: uplink %s is a bridge", iface)
+			return machine.Errorf(syscall.EINVAL, "vswitch: uplink %s is a bridge", iface)
 		case a.Group == rec.Group:
-			return nodes.Errorf(syscall.EINVAL, "vswitch: %s belongs to switch %s", iface, name)
+			return machine.Errorf(syscall.EINVAL, "vswitch: %s belongs to switch %s", iface, name)
 		case a.MasterIndex != 0 && a.MasterIndex != br.Attrs().Index:
-			return nodes.Errorf(syscall.EBUSY, "vswitch: %s is already a port of another device", iface)
+			return machine.Errorf(syscall.EBUSY, "vswitch: %s is already a port of another device", iface)
 		}
 	}
 	if rec.Uplink != "" && rec.Uplink != iface {
 		if old, _ := m.link(rec.Uplink); old != nil && old.Attrs().MasterIndex == br.Attrs().Index {
 			if err := m.h.LinkSetNoMaster(old); err != nil {
-				return nodes.Errorf(errnoOf(err, syscall.EIO), "vswitch: detach uplink %s: %v", rec.Uplink, err)
+				return machine.Errorf(errnoOf(err, syscall.EIO), "vswitch: detach uplink %s: %v", rec.Uplink, err)
 			}
 		}
 	}
 	if up != nil && up.Attrs().MasterIndex != br.Attrs().Index {
 		if err := m.h.LinkSetMasterByIndex(up, br.Attrs().Index); err != nil {
-			return nodes.Errorf(errnoOf(err, syscall.EIO), "vswitch: attach uplink %s to %s: %v", iface, name, err)
+			return machine.Errorf(errnoOf(err, syscall.EIO), "vswitch: attach uplink %s to %s: %v", iface, name, err)
 		}
 	}
 	rec.Uplink = iface
@@ -317,7 +316,7 @@ func (m *Manager) AddTap(ctx context.Context, name string, owner, group uint32) 
 	for i := 0; i < 1000; i++ {
 		tap := fmt.Sprintf("%st%d", name, i)
 		if len(tap) > unix.IFNAMSIZ-1 {
-			return "", nodes.Errorf(syscall.ENAMETOOLONG, "vswitch: TAP name %s is longer than %d bytes", tap, unix.IFNAMSIZ-1)
+			return "", machine.Errorf(syscall.ENAMETOOLONG, "vswitch: TAP name %s is longer than %d bytes", tap, unix.IFNAMSIZ-1)
 		}
 		if l, err := m.link(tap); err != nil {
 			return "", err
@@ -329,11 +328,11 @@ func (m *Manager) AddTap(ctx context.Context, name string, owner, group uint32) 
 			continue // appeared meanwhile
 		}
 		if err != nil {
-			return "", nodes.Errorf(errnoOf(err, syscall.EIO), "vswitch: add TAP %s to %s: %v", tap, name, err)
+			return "", machine.Errorf(errnoOf(err, syscall.EIO), "vswitch: add TAP %s to %s: %v", tap, name, err)
 		}
 		return tap, nil
 	}
-	return "", nodes.Errorf(syscall.ENOSPC, "vswitch: no free TAP name for %s", name)
+	return "", machine.Errorf(syscall.ENOSPC, "vswitch: no free TAP name for %s", name)
 }
 
 // RemovePort removes port from switch name: a TAP machinefs made for it is
@@ -354,19 +353,19 @@ func (m *Manager) RemovePort(ctx context.Context, name, port string) error {
 		return err
 	}
 	if p == nil {
-		return nodes.Errorf(syscall.ENOENT, "vswitch: %s: no such port", port)
+		return machine.Errorf(syscall.ENOENT, "vswitch: %s: no such port", port)
 	}
 	if ownTap(p, rec) {
 		if err := m.h.LinkDel(p); err != nil {
-			return nodes.Errorf(errnoOf(err, syscall.EIO), "vswitch: delete %s: %v", port, err)
+			return machine.Errorf(errnoOf(err, syscall.EIO), "vswitch: delete %s: %v", port, err)
 		}
 		return nil
 	}
 	if p.Attrs().MasterIndex != br.Attrs().Index {
-		return nodes.Errorf(syscall.ENOENT, "vswitch: %s is not a port of %s", port, name)
+		return machine.Errorf(syscall.ENOENT, "vswitch: %s is not a port of %s", port, name)
 	}
 	if err := m.h.LinkSetNoMaster(p); err != nil {
-		return nodes.Errorf(errnoOf(err, syscall.EIO), "vswitch: detach %s: %v", port, err)
+		return machine.Errorf(errnoOf(err, syscall.EIO), "vswitch: detach %s: %v", port, err)
 	}
 	if rec.Uplink == port {
 		rec.Uplink = ""
@@ -392,24 +391,24 @@ func (m *Manager) Check(ctx context.Context, name string) error {
 	br := byName(links, name)
 	switch {
 	case br == nil && rec != nil:
-		return nodes.Errorf(syscall.ENOENT, "vswitch: bridge %s is gone (half-made switch; delete clears the rest)", name)
+		return machine.Errorf(syscall.ENOENT, "vswitch: bridge %s is gone (half-made switch; delete clears the rest)", name)
 	case br == nil:
-		return nodes.Errorf(syscall.ENOENT, "vswitch: no bridge %s", name)
+		return machine.Errorf(syscall.ENOENT, "vswitch: no bridge %s", name)
 	case !isBridge(br):
-		return nodes.Errorf(syscall.EIO, "vswitch: %s is a %s device, not a bridge", name, kindOf(br))
+		return machine.Errorf(syscall.EIO, "vswitch: %s is a %s device, not a bridge", name, kindOf(br))
 	case br.Attrs().Flags&net.FlagUp == 0:
-		return nodes.Errorf(syscall.ENETDOWN, "vswitch: bridge %s is down", name)
+		return machine.Errorf(syscall.ENETDOWN, "vswitch: bridge %s is down", name)
 	}
 	idx := br.Attrs().Index
 	if rec != nil && rec.Uplink != "" {
 		up := byName(links, rec.Uplink)
 		switch {
 		case up == nil:
-			return nodes.Errorf(syscall.ENOENT, "vswitch: uplink %s of %s is gone", rec.Uplink, name)
+			return machine.Errorf(syscall.ENOENT, "vswitch: uplink %s of %s is gone", rec.Uplink, name)
 		case up.Attrs().MasterIndex != idx:
-			return nodes.Errorf(syscall.EIO, "vswitch: uplink %s is detached from %s", rec.Uplink, name)
+			return machine.Errorf(syscall.EIO, "vswitch: uplink %s is detached from %s", rec.Uplink, name)
 		case up.Attrs().Flags&net.FlagUp == 0:
-			return nodes.Errorf(syscall.ENETDOWN, "vswitch: uplink %s of %s is down", rec.Uplink, name)
+			return machine.Errorf(syscall.ENETDOWN, "vswitch: uplink %s of %s is down", rec.Uplink, name)
 		}
 	}
 	if rec != nil {
@@ -420,9 +419,9 @@ func (m *Manager) Check(ctx context.Context, name string) error {
 			a := l.Attrs()
 			switch {
 			case a.MasterIndex != idx:
-				return nodes.Errorf(syscall.EIO, "vswitch: TAP %s is detached from %s", a.Name, name)
+				return machine.Errorf(syscall.EIO, "vswitch: TAP %s is detached from %s", a.Name, name)
 			case a.Flags&net.FlagUp == 0:
-				return nodes.Errorf(syscall.ENETDOWN, "vswitch: TAP %s of %s is down", a.Name, name)
+				return machine.Errorf(syscall.ENETDOWN, "vswitch: TAP %s of %s is down", a.Name, name)
 			}
 		}
 	}
@@ -442,7 +441,7 @@ func (m *Manager) Info(ctx context.Context, name string) (Info, error) {
 	}
 	br := byName(links, name)
 	if br == nil || !isBridge(br) {
-		return Info{}, nodes.Errorf(syscall.ENOENT, "vswitch: no bridge %s", name)
+		return Info{}, machine.Errorf(syscall.ENOENT, "vswitch: no bridge %s", name)
 	}
 	return m.info(links, br), nil
 }
@@ -482,7 +481,7 @@ func (m *Manager) Ports(ctx context.Context, name string) ([]Port, error) {
 	}
 	br := byName(links, name)
 	if br == nil || !isBridge(br) {
-		return nil, nodes.Errorf(syscall.ENOENT, "vswitch: no bridge %s", name)
+		return nil, machine.Errorf(syscall.ENOENT, "vswitch: no bridge %s", name)
 	}
 	rec := m.recs[name]
 	if !m.managed(br) {
@@ -569,10 +568,10 @@ func (m *Manager) Delete(ctx context.Context, names ...string) error {
 		rec := m.recs[name]
 		br := byName(links, name)
 		if br != nil && !m.managed(br) {
-			return nodes.Errorf(syscall.EPERM, "vswitch: %s was not created by machinefs (managed: no); not deleting it", name)
+			return machine.Errorf(syscall.EPERM, "vswitch: %s was not created by machinefs (managed: no); not deleting it", name)
 		}
 		if rec == nil && br == nil {
-			return nodes.Errorf(syscall.ENOENT, "vswitch: no switch %s", name)
+			return machine.Errorf(syscall.ENOENT, "vswitch: no switch %s", name)
 		}
 		if rec == nil { // alias only (another process made it)
 			rec = &record{Name: name, Group: br.Attrs().Group}
@@ -633,14 +632,14 @@ func (m *Manager) deleteLinks(links, victims []netlink.Link, groups map[uint32]b
 				if errors.Is(err, syscall.ENODEV) {
 					continue
 				}
-				return nodes.Errorf(errnoOf(err, syscall.EIO), "vswitch: move %s to group %d: %v", v.Attrs().Name, group, err)
+				return machine.Errorf(errnoOf(err, syscall.EIO), "vswitch: move %s to group %d: %v", v.Attrs().Name, group, err)
 			}
 		}
 	}
 	if group != 0 {
 		m.dels.Add(1)
 		if err := m.delGroup(group); err != nil {
-			return nodes.Errorf(errnoOf(err, syscall.EIO), "vswitch: delete interface group %d: %v", group, err)
+			return machine.Errorf(errnoOf(err, syscall.EIO), "vswitch: delete interface group %d: %v", group, err)
 		}
 		return nil
 	}
@@ -648,7 +647,7 @@ func (m *Manager) deleteLinks(links, victims []netlink.Link, groups map[uint32]b
 	for _, v := range victims {
 		m.dels.Add(1)
 		if err := m.h.LinkDel(v); err != nil && !errors.Is(err, syscall.ENODEV) {
-			return nodes.Errorf(errnoOf(err, syscall.EIO), "vswitch: delete %s: %v", v.Attrs().Name, err)
+			return machine.Errorf(errnoOf(err, syscall.EIO), "vswitch: delete %s: %v", v.Attrs().Name, err)
 		}
 	}
 	return nil
@@ -729,10 +728,10 @@ func (m *Manager) managedBridge(name string) (netlink.Link, *record, error) {
 		return nil, nil, err
 	}
 	if br == nil || !isBridge(br) {
-		return nil, nil, nodes.Errorf(syscall.ENOENT, "vswitch: no bridge %s", name)
+		return nil, nil, machine.Errorf(syscall.ENOENT, "vswitch: no bridge %s", name)
 	}
 	if !m.managed(br) {
-		return nil, nil, nodes.Errorf(syscall.EPERM, "vswitch: %s was not created by machinefs (managed: no)", name)
+		return nil, nil, machine.Errorf(syscall.EPERM, "vswitch: %s was not created by machinefs (managed: no)", name)
 	}
 	rec := m.recs[name]
 	if rec == nil {
@@ -776,7 +775,7 @@ func (m *Manager) allocGroup() (uint32, error) {
 			return g, nil
 		}
 	}
-	return 0, nodes.Errorf(syscall.ENOSPC, "vswitch: no free interface group above %d", m.base)
+	return 0, machine.Errorf(syscall.ENOSPC, "vswitch: no free interface group above %d", m.base)
 }
 
 // links dumps every device in the namespace.
@@ -792,7 +791,7 @@ func (m *Manager) links() ([]netlink.Link, error) {
 			break
 		}
 	}
-	return nil, nodes.Errorf(errnoOf(err, syscall.EIO), "vswitch: list links: %v", err)
+	return nil, machine.Errorf(errnoOf(err, syscall.EIO), "vswitch: list links: %v", err)
 }
 
 // link returns the device named name, nil if there is none.
@@ -803,7 +802,7 @@ func (m *Manager) link(name string) (netlink.Link, error) {
 		if errors.As(err, &nf) || errors.Is(err, syscall.ENODEV) {
 			return nil, nil
 		}
-		return nil, nodes.Errorf(errnoOf(err, syscall.EIO), "vswitch: look up %s: %v", name, err)
+		return nil, machine.Errorf(errnoOf(err, syscall.EIO), "vswitch: look up %s: %v", name, err)
 	}
 	return l, nil
 }
@@ -836,11 +835,11 @@ func upDown(f net.Flags) string {
 func validName(name string) error {
 	switch {
 	case name == "" || name == "." || name == "..":
-		return nodes.Errorf(syscall.EINVAL, "vswitch: invalid switch name %q", name)
+		return machine.Errorf(syscall.EINVAL, "vswitch: invalid switch name %q", name)
 	case len(name) > unix.IFNAMSIZ-1:
-		return nodes.Errorf(syscall.ENAMETOOLONG, "vswitch: switch name %q is longer than %d bytes", name, unix.IFNAMSIZ-1)
+		return machine.Errorf(syscall.ENAMETOOLONG, "vswitch: switch name %q is longer than %d bytes", name, unix.IFNAMSIZ-1)
 	case strings.ContainsAny(name, "/: \t\n\r\v\f%"):
-		return nodes.Errorf(syscall.EINVAL, "vswitch: invalid switch name %q", name)
+		return machine.Errorf(syscall.EINVAL, "vswitch: invalid switch name %q", name)
 	}
 	return nil
 }

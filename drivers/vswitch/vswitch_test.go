@@ -15,7 +15,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"go.uber.org/goleak"
 
-	"github.com/machinefs/machinefs/nodes"
+	"github.com/machinefs/machinefs/machine"
 	"github.com/machinefs/machinefs/tests/harness/netns"
 )
 
@@ -70,7 +70,7 @@ func wantErrno(t testing.TB, err error, want syscall.Errno) {
 	if err == nil {
 		t.Fatalf("got no error, want %v", want)
 	}
-	if got := nodes.ErrnoOf(err); got != want {
+	if got := machine.ErrnoOf(err); got != want {
 		t.Fatalf("got %v (%q), want %v", got, err, want)
 	}
 }

@@ -5,10 +5,9 @@ import (
 	"net"
 	"syscall"
 
+	"github.com/machinefs/machinefs/machine"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
-
-	"github.com/machinefs/machinefs/nodes"
 )
 
 // snap is what Watch remembers of a device to tell what changed.
@@ -42,7 +41,7 @@ func (m *Manager) Watch(ctx context.Context, fn func(Change)) (<-chan struct{}, 
 	})
 	if err != nil {
 		close(stop)
-		return nil, nodes.Errorf(errnoOf(err, syscall.EIO), "vswitch: subscribe to link changes: %v", err)
+		return nil, machine.Errorf(errnoOf(err, syscall.EIO), "vswitch: subscribe to link changes: %v", err)
 	}
 	// Seed after subscribing: nothing falls between the two.
 	links, err := m.links()

@@ -7,7 +7,7 @@ import (
 	"syscall"
 	"testing"
 
-	"github.com/machinefs/machinefs/nodes"
+	"github.com/machinefs/machinefs/machine"
 )
 
 func TestConfigErrors(t *testing.T) {
@@ -52,13 +52,13 @@ func TestConfigErrors(t *testing.T) {
 		"interval negative": {with("wol.probe-interval", "-1s"), "wol.probe-interval"},
 		"tries":             {with("wol.probe-tries", "0"), "wol.probe-tries"},
 	} {
-		d, err := New(t.Context(), nodes.DriverEnv{Config: tc.cfg})
+		d, err := New(t.Context(), machine.DriverEnv{Config: tc.cfg})
 		if err == nil {
 			_ = d.Close()
 			t.Errorf("%s: New succeeded", name)
 			continue
 		}
-		if !errors.Is(err, syscall.EINVAL) || nodes.ErrnoOf(err) != syscall.EINVAL {
+		if !errors.Is(err, syscall.EINVAL) || machine.ErrnoOf(err) != syscall.EINVAL {
 			t.Errorf("%s: %v does not wrap EINVAL", name, err)
 		}
 		if !strings.Contains(err.Error(), tc.want) {
@@ -72,7 +72,7 @@ func TestConfigErrors(t *testing.T) {
 
 // TestKeyChecks runs the Check functions the model uses on writes.
 func TestKeyChecks(t *testing.T) {
-	keys := map[string]nodes.KeySpec{}
+	keys := map[string]machine.KeySpec{}
 	for _, k := range Spec.Keys {
 		if k.Doc == "" {
 			t.Errorf("key %s has no Doc", k.Name)
@@ -140,7 +140,7 @@ func TestPickInterface(t *testing.T) {
 	if err != nil || ifi.Name != "eth1" {
 		t.Fatalf("picked %v, %v; want eth1", ifi, err)
 	}
-	if _, err := pickInterface(ifs[:4]); nodes.ErrnoOf(err) != syscall.ENODEV {
+	if _, err := pickInterface(ifs[:4]); machine.ErrnoOf(err) != syscall.ENODEV {
 		t.Fatalf("no candidate: %v, want ENODEV", err)
 	}
 }
@@ -149,16 +149,16 @@ func TestNoProbeReport(t *testing.T) {
 	leakCheck(t)
 	rec := &recorder{}
 	// 192.0.2.255: nothing is sent by this test, New only parses.
-	d, err := New(t.Context(), nodes.DriverEnv{Config: testConfig{"mac": testMAC.String(), "wol.broadcast": "192.0.2.255"}, Report: rec})
+	d, err := New(t.Context(), machine.DriverEnv{Config: testConfig{"mac": testMAC.String(), "wol.broadcast": "192.0.2.255"}, Report: rec})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer d.Close()
 	st := rec.statuses()
-	if len(st) != 1 || st[0].Power != nodes.PowerUnknown || st[0].Reason != "no probe configured: WoL cannot report power" {
+	if len(st) != 1 || st[0].Power != machine.PowerUnknown || st[0].Reason != "no probe configured: WoL cannot report power" {
 		t.Fatalf("reports %+v", st)
 	}
-	desc := d.(nodes.Describer).Describe()
+	desc := d.(machine.Describer).Describe()
 	want := [][2]string{{"wol-target", testMAC.String()}, {"wol-via", "udp 192.0.2.255:9"}, {"probe", "none"}, {"last-probe", "never"}}
 	for i := range want {
 		if desc[i] != want[i] {
@@ -166,7 +166,7 @@ func TestNoProbeReport(t *testing.T) {
 			break
 		}
 	}
-	if got := d.(nodes.PowerController).Verbs(); strings.Join(got, " ") != "wol on resume pause suspend" {
+	if got := d.(machine.PowerController).Verbs(); strings.Join(got, " ") != "wol on resume pause suspend" {
 		t.Errorf("Verbs %v", got)
 	}
 }
@@ -179,26 +179,26 @@ func TestStatusProbes(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	d, err := New(t.Context(), nodes.DriverEnv{Config: testConfig{"mac": testMAC.String(), "wol.broadcast": "192.0.2.255",
+	d, err := New(t.Context(), machine.DriverEnv{Config: testConfig{"mac": testMAC.String(), "wol.broadcast": "192.0.2.255",
 		"probe": "tcp:" + ln.Addr().String(), "wol.probe-interval": "500ms"}, Report: &recorder{}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer d.Close()
-	sr := d.(nodes.StatusReader)
-	if st, err := sr.Status(t.Context()); err != nil || st.Power != nodes.PowerOn || !st.Reachable {
+	sr := d.(machine.StatusReader)
+	if st, err := sr.Status(t.Context()); err != nil || st.Power != machine.PowerOn || !st.Reachable {
 		t.Fatalf("probe answers: %+v %v", st, err)
 	}
 	ln.Close()
-	if st, err := sr.Status(t.Context()); err != nil || st.Power != nodes.PowerUnknown || st.Reachable {
+	if st, err := sr.Status(t.Context()); err != nil || st.Power != machine.PowerUnknown || st.Reachable {
 		t.Fatalf("probe closed: %+v %v, want unknown", st, err)
 	}
-	np, err := New(t.Context(), nodes.DriverEnv{Config: testConfig{"mac": testMAC.String(), "wol.broadcast": "192.0.2.255"}, Report: &recorder{}})
+	np, err := New(t.Context(), machine.DriverEnv{Config: testConfig{"mac": testMAC.String(), "wol.broadcast": "192.0.2.255"}, Report: &recorder{}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer np.Close()
-	if st, err := np.(nodes.StatusReader).Status(t.Context()); err != nil || st.Power != nodes.PowerUnknown {
+	if st, err := np.(machine.StatusReader).Status(t.Context()); err != nil || st.Power != machine.PowerUnknown {
 		t.Fatalf("no probe: %+v %v", st, err)
 	}
 }

@@ -12,7 +12,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/machinefs/machinefs/nodes"
+	"github.com/machinefs/machinefs/machine"
 )
 
 // Config keys read by the driver.
@@ -36,7 +36,7 @@ const (
 )
 
 // Spec registers the Wake-on-LAN driver with the model.
-var Spec = nodes.DriverSpec{
+var Spec = machine.DriverSpec{
 	Name: "wol",
 	Doc:  "wake a machine with a Wake-on-LAN magic packet (raw frame or directed broadcast) and verify with a probe",
 	Keys: []KeySpec{
@@ -52,8 +52,8 @@ var Spec = nodes.DriverSpec{
 	New: New,
 }
 
-// KeySpec is nodes.KeySpec, named here to keep Spec readable.
-type KeySpec = nodes.KeySpec
+// KeySpec is machine.KeySpec, named here to keep Spec readable.
+type KeySpec = machine.KeySpec
 
 func checkMAC(v string) error {
 	_, err := ParseMAC(v)
@@ -161,9 +161,9 @@ type settings struct {
 	tries     int
 }
 
-func parseConfig(c nodes.Config) (settings, error) {
+func parseConfig(c machine.Config) (settings, error) {
 	s := settings{interval: DefaultProbeInterval, tries: DefaultProbeTries}
-	inval := func(err error) error { return nodes.Errorf(syscall.EINVAL, "wol: %v", err) }
+	inval := func(err error) error { return machine.Errorf(syscall.EINVAL, "wol: %v", err) }
 	get := func(k string) (string, bool) {
 		if c == nil {
 			return "", false
@@ -173,7 +173,7 @@ func parseConfig(c nodes.Config) (settings, error) {
 	}
 	v, ok := get(KeyMAC)
 	if !ok {
-		return s, nodes.Errorf(syscall.EINVAL, "wol: mac is not set: Wake-on-LAN needs the target's MAC address")
+		return s, machine.Errorf(syscall.EINVAL, "wol: mac is not set: Wake-on-LAN needs the target's MAC address")
 	}
 	mac, err := ParseMAC(v)
 	if err != nil {
@@ -228,7 +228,7 @@ func parseConfig(c nodes.Config) (settings, error) {
 type driver struct {
 	cfg settings
 	ns  netNS
-	rep nodes.Reporter
+	rep machine.Reporter
 	log *slog.Logger
 
 	ctx    context.Context // cancelled by Close
@@ -243,9 +243,9 @@ type driver struct {
 }
 
 var (
-	_ nodes.PowerController = (*driver)(nil)
-	_ nodes.Describer       = (*driver)(nil)
-	_ nodes.StatusReader    = (*driver)(nil)
+	_ machine.PowerController = (*driver)(nil)
+	_ machine.Describer       = (*driver)(nil)
+	_ machine.StatusReader    = (*driver)(nil)
 )
 
 // New builds a Wake-on-LAN driver. The driver sends and probes from the
@@ -253,7 +253,7 @@ var (
 // for an ordinary goroutine). Config errors wrap syscall.EINVAL; a
 // wol.interface that does not exist is one. If a probe is configured, New
 // probes once in the background and reports what it finds.
-func New(_ context.Context, env nodes.DriverEnv) (nodes.Driver, error) {
+func New(_ context.Context, env machine.DriverEnv) (machine.Driver, error) {
 	cfg, err := parseConfig(env.Config)
 	if err != nil {
 		return nil, err
@@ -267,7 +267,7 @@ func New(_ context.Context, env nodes.DriverEnv) (nodes.Driver, error) {
 		}
 		if ierr != nil {
 			ns.close()
-			return nil, nodes.Errorf(syscall.EINVAL, "wol: wol.interface %q: no such interface (%v)", cfg.iface, ierr)
+			return nil, machine.Errorf(syscall.EINVAL, "wol: wol.interface %q: no such interface (%v)", cfg.iface, ierr)
 		}
 	}
 	d := &driver{cfg: cfg, ns: ns, rep: env.Report, log: env.Log, lastProbe: "never"}
@@ -279,7 +279,7 @@ func New(_ context.Context, env nodes.DriverEnv) (nodes.Driver, error) {
 	}
 	d.ctx, d.cancel = context.WithCancel(context.Background())
 	if cfg.probe == nil {
-		d.rep.Report(nodes.Status{Power: nodes.PowerUnknown, Reason: "no probe configured: WoL cannot report power"})
+		d.rep.Report(machine.Status{Power: machine.PowerUnknown, Reason: "no probe configured: WoL cannot report power"})
 	} else {
 		d.wg.Add(1)
 		go d.initialProbe()
@@ -289,8 +289,8 @@ func New(_ context.Context, env nodes.DriverEnv) (nodes.Driver, error) {
 
 type nopReporter struct{}
 
-func (nopReporter) Report(nodes.Status)  {}
-func (nopReporter) Event(string, string) {}
+func (nopReporter) Report(machine.Status) {}
+func (nopReporter) Event(string, string)  {}
 
 func (d *driver) Kind() string { return "wol" }
 
@@ -301,19 +301,19 @@ func (d *driver) Verbs() []string { return []string{"wol", "on", "resume", "paus
 
 // Power sends the magic packet and returns once it is on the wire; the wake
 // is verified in the background by the probe.
-func (d *driver) Power(ctx context.Context, cmd nodes.Command) error {
+func (d *driver) Power(ctx context.Context, cmd machine.Command) error {
 	switch cmd.Verb {
 	case "wol", "on", "resume":
 	case "pause", "suspend":
-		return nodes.Errorf(syscall.ENOTSUP, "wol: %s: Wake-on-LAN can only wake a machine; ctys maps %s to poweroff on WoL hosts, which needs a driver that can power off (e.g. ipmi)", cmd.Verb, cmd.Verb)
+		return machine.Errorf(syscall.ENOTSUP, "wol: %s: Wake-on-LAN can only wake a machine; ctys maps %s to poweroff on WoL hosts, which needs a driver that can power off (e.g. ipmi)", cmd.Verb, cmd.Verb)
 	default:
-		return nodes.Errorf(syscall.ENOTSUP, "wol: %s: Wake-on-LAN can only wake a machine (wol, on, resume)", cmd.Verb)
+		return machine.Errorf(syscall.ENOTSUP, "wol: %s: Wake-on-LAN can only wake a machine (wol, on, resume)", cmd.Verb)
 	}
 	d.mu.Lock()
 	closed := d.closed
 	d.mu.Unlock()
 	if closed {
-		return nodes.Errorf(syscall.EIO, "wol: driver is closed")
+		return machine.Errorf(syscall.EIO, "wol: driver is closed")
 	}
 
 	via, err := d.send(ctx)
@@ -331,8 +331,8 @@ func (d *driver) Power(ctx context.Context, cmd nodes.Command) error {
 	if d.cfg.probe == nil {
 		// The error ends the command: without it the model would keep
 		// waiting for "on" until wait-timeout, the host busy meanwhile.
-		d.rep.Report(nodes.Status{Power: nodes.PowerUnknown, Reason: "no probe configured: WoL cannot report power",
-			Err: nodes.Errorf(syscall.ENOTSUP, "wol: packet sent, but the wake cannot be confirmed: no probe configured (set probe = tcp:HOST:PORT or icmp:HOST)")})
+		d.rep.Report(machine.Status{Power: machine.PowerUnknown, Reason: "no probe configured: WoL cannot report power",
+			Err: machine.Errorf(syscall.ENOTSUP, "wol: packet sent, but the wake cannot be confirmed: no probe configured (set probe = tcp:HOST:PORT or icmp:HOST)")})
 		return nil
 	}
 	d.mu.Lock()
@@ -345,31 +345,31 @@ func (d *driver) Power(ctx context.Context, cmd nodes.Command) error {
 	}
 	vctx, stop := context.WithCancel(d.ctx)
 	d.stopVerify = stop
-	d.rep.Report(nodes.Status{Power: nodes.PowerStarting, Reachable: true, Reason: what + "; waiting for probe " + d.cfg.probe.String()})
+	d.rep.Report(machine.Status{Power: machine.PowerStarting, Reachable: true, Reason: what + "; waiting for probe " + d.cfg.probe.String()})
 	d.wg.Add(1)
 	go d.verify(vctx)
 	return nil
 }
 
-// Status implements nodes.StatusReader: one probe attempt, so "on" is not
+// Status implements machine.StatusReader: one probe attempt, so "on" is not
 // answered "already on" for a machine that went to sleep since the last
 // probe. A probe that does not answer cannot tell off from asleep or
 // unreachable: unknown, and the model then sends the packet.
-func (d *driver) Status(ctx context.Context) (nodes.Status, error) {
+func (d *driver) Status(ctx context.Context) (machine.Status, error) {
 	d.mu.Lock()
 	closed := d.closed
 	d.mu.Unlock()
 	if closed {
-		return nodes.Status{}, nodes.Errorf(syscall.EIO, "wol: driver is closed")
+		return machine.Status{}, machine.Errorf(syscall.EIO, "wol: driver is closed")
 	}
 	if d.cfg.probe == nil {
-		return nodes.Status{Power: nodes.PowerUnknown, Reason: "no probe configured: WoL cannot report power"}, nil
+		return machine.Status{Power: machine.PowerUnknown, Reason: "no probe configured: WoL cannot report power"}, nil
 	}
 	p := d.cfg.probe.String()
 	if err := d.probeOnce(ctx); err != nil {
-		return nodes.Status{Power: nodes.PowerUnknown, Reason: "probe " + p + " did not answer (off, asleep or unreachable): " + err.Error()}, nil
+		return machine.Status{Power: machine.PowerUnknown, Reason: "probe " + p + " did not answer (off, asleep or unreachable): " + err.Error()}, nil
 	}
-	return nodes.Status{Power: nodes.PowerOn, Reachable: true, Reason: "probe " + p + " answered"}, nil
+	return machine.Status{Power: machine.PowerOn, Reachable: true, Reason: "probe " + p + " answered"}, nil
 }
 
 // send puts the magic packet on the wire and says how.
@@ -434,10 +434,10 @@ func (d *driver) initialProbe() {
 	}
 	p := d.cfg.probe.String()
 	if err == nil {
-		d.rep.Report(nodes.Status{Power: nodes.PowerOn, Reachable: true, Reason: "probe " + p + " answered"})
+		d.rep.Report(machine.Status{Power: machine.PowerOn, Reachable: true, Reason: "probe " + p + " answered"})
 		return
 	}
-	d.rep.Report(nodes.Status{Power: nodes.PowerUnknown, Reason: "probe " + p + " did not answer (off, asleep or unreachable): " + err.Error()})
+	d.rep.Report(machine.Status{Power: machine.PowerUnknown, Reason: "probe " + p + " did not answer (off, asleep or unreachable): " + err.Error()})
 }
 
 // verify probes every interval, up to tries times, after a wake.
@@ -452,7 +452,7 @@ func (d *driver) verify(ctx context.Context) {
 			return
 		}
 		if last == nil {
-			d.rep.Report(nodes.Status{Power: nodes.PowerOn, Reachable: true, Reason: "probe " + p + " answered"})
+			d.rep.Report(machine.Status{Power: machine.PowerOn, Reachable: true, Reason: "probe " + p + " answered"})
 			return
 		}
 		if i == d.cfg.tries {
@@ -466,10 +466,10 @@ func (d *driver) verify(ctx context.Context) {
 		case <-t.C:
 		}
 	}
-	d.rep.Report(nodes.Status{
-		Power:  nodes.PowerUnknown,
+	d.rep.Report(machine.Status{
+		Power:  machine.PowerUnknown,
 		Reason: "no answer after wake",
-		Err: nodes.Errorf(syscall.EHOSTDOWN, "wol: no answer after wake: probe %s failed %d times, every %s; last: %v",
+		Err: machine.Errorf(syscall.EHOSTDOWN, "wol: no answer after wake: probe %s failed %d times, every %s; last: %v",
 			p, d.cfg.tries, d.cfg.interval, last),
 	})
 }

@@ -7,7 +7,7 @@ import (
 
 	"go.uber.org/goleak"
 
-	"github.com/machinefs/machinefs/nodes"
+	"github.com/machinefs/machinefs/machine"
 	"github.com/machinefs/machinefs/tests/harness/netns"
 )
 
@@ -35,11 +35,11 @@ func (c testConfig) Duration(k string, def time.Duration) time.Duration {
 // recorder is the model side of the Reporter: it keeps what the driver says.
 type recorder struct {
 	mu     sync.Mutex
-	status []nodes.Status
+	status []machine.Status
 	events [][2]string
 }
 
-func (r *recorder) Report(s nodes.Status) {
+func (r *recorder) Report(s machine.Status) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.status = append(r.status, s)
@@ -51,15 +51,15 @@ func (r *recorder) Event(kind, detail string) {
 	r.events = append(r.events, [2]string{kind, detail})
 }
 
-func (r *recorder) statuses() []nodes.Status {
+func (r *recorder) statuses() []machine.Status {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return append([]nodes.Status(nil), r.status...)
+	return append([]machine.Status(nil), r.status...)
 }
 
 // waitFor waits until a status after index from satisfies ok and returns
 // its index.
-func (r *recorder) waitFor(t *testing.T, from int, timeout time.Duration, what string, ok func(nodes.Status) bool) int {
+func (r *recorder) waitFor(t *testing.T, from int, timeout time.Duration, what string, ok func(machine.Status) bool) int {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
 	for {
@@ -78,12 +78,12 @@ func (r *recorder) waitFor(t *testing.T, from int, timeout time.Duration, what s
 
 // newDriverIn creates a driver from a thread inside ns, as the brief for the
 // send tests asks; the driver then keeps working in ns.
-func newDriverIn(t *testing.T, ns *netns.NS, cfg testConfig, rep nodes.Reporter) *driver {
+func newDriverIn(t *testing.T, ns *netns.NS, cfg testConfig, rep machine.Reporter) *driver {
 	t.Helper()
-	var d nodes.Driver
+	var d machine.Driver
 	ns.Do(t, func() error {
 		var err error
-		d, err = New(t.Context(), nodes.DriverEnv{Path: "hosts/test", Config: cfg, Report: rep})
+		d, err = New(t.Context(), machine.DriverEnv{Path: "hosts/test", Config: cfg, Report: rep})
 		return err
 	})
 	t.Cleanup(func() { _ = d.Close() })

@@ -12,9 +12,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/machinefs/machinefs/machine"
 	"golang.org/x/sys/unix"
-
-	"github.com/machinefs/machinefs/nodes"
 )
 
 // Probe is how the driver checks that a woken machine is up: a TCP connect
@@ -116,7 +115,7 @@ func (p Probe) try(ctx context.Context, ip net.IP, timeout time.Duration) error 
 func ping(ctx context.Context, ip net.IP) error {
 	ip4 := ip.To4()
 	if ip4 == nil {
-		return nodes.Errorf(syscall.EAFNOSUPPORT, "icmp probe: %s is not IPv4", ip)
+		return machine.Errorf(syscall.EAFNOSUPPORT, "icmp probe: %s is not IPv4", ip)
 	}
 	raw := false
 	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, unix.IPPROTO_ICMP)
@@ -125,7 +124,7 @@ func ping(ctx context.Context, ip net.IP) error {
 		fd, err = unix.Socket(unix.AF_INET, unix.SOCK_RAW|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, unix.IPPROTO_ICMP)
 		if err != nil {
 			if errors.Is(err, syscall.EPERM) || errors.Is(err, syscall.EACCES) {
-				return nodes.Errorf(syscall.EPERM, "icmp probe needs a ping socket (add our group to net.ipv4.ping_group_range) or CAP_NET_RAW; or use a tcp: probe (%v)", err)
+				return machine.Errorf(syscall.EPERM, "icmp probe needs a ping socket (add our group to net.ipv4.ping_group_range) or CAP_NET_RAW; or use a tcp: probe (%v)", err)
 			}
 			return fmt.Errorf("icmp socket: %w", err)
 		}

@@ -10,7 +10,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/machinefs/machinefs/nodes"
+	"github.com/machinefs/machinefs/machine"
 	"github.com/machinefs/machinefs/tests/harness/netns"
 )
 
@@ -59,24 +59,24 @@ func TestProbeWake(t *testing.T) {
 			d := newDriverIn(t, s, tc.cfg, rec)
 
 			// The start-up probe finds the service closed: unknown, never off.
-			i := rec.waitFor(t, 0, 3*time.Second, "initial probe", func(s nodes.Status) bool { return s.Power != "" })
-			if st := rec.statuses()[i]; st.Power != nodes.PowerUnknown || st.Reachable || !strings.Contains(st.Reason, "refused") {
+			i := rec.waitFor(t, 0, 3*time.Second, "initial probe", func(s machine.Status) bool { return s.Power != "" })
+			if st := rec.statuses()[i]; st.Power != machine.PowerUnknown || st.Reachable || !strings.Contains(st.Reason, "refused") {
 				t.Errorf("initial report %+v, want unknown (refused)", st)
 			}
 
 			start := time.Now()
-			s.Do(t, func() error { return d.Power(t.Context(), nodes.Command{Verb: "wol"}) })
-			j := rec.waitFor(t, i+1, time.Second, "starting", func(s nodes.Status) bool { return s.Power != "" })
-			if st := rec.statuses()[j]; st.Power != nodes.PowerStarting {
+			s.Do(t, func() error { return d.Power(t.Context(), machine.Command{Verb: "wol"}) })
+			j := rec.waitFor(t, i+1, time.Second, "starting", func(s machine.Status) bool { return s.Power != "" })
+			if st := rec.statuses()[j]; st.Power != machine.PowerStarting {
 				t.Fatalf("after wol: %+v, want starting", st)
 			}
-			k := rec.waitFor(t, j+1, 5*time.Second, "result", func(s nodes.Status) bool { return s.Power != "" })
+			k := rec.waitFor(t, j+1, 5*time.Second, "result", func(s machine.Status) bool { return s.Power != "" })
 			st := rec.statuses()[k]
 			woke := resp.Woke()
 			seen, wrong := resp.Seen()
 			t.Logf("after %s: %+v (responder saw %d packets, %d wrong)", time.Since(start).Round(time.Millisecond), st, seen, wrong)
 			if tc.wake {
-				if st.Power != nodes.PowerOn || !st.Reachable || st.Reason != "probe tcp:"+probeAddr+" answered" || st.Err != nil {
+				if st.Power != machine.PowerOn || !st.Reachable || st.Reason != "probe tcp:"+probeAddr+" answered" || st.Err != nil {
 					t.Fatalf("got %+v, want on (probe answered)", st)
 				}
 				if !woke {
@@ -90,7 +90,7 @@ func TestProbeWake(t *testing.T) {
 			if woke || seen == 0 {
 				t.Fatalf("responder woke=%v seen=%d: the test is wrong", woke, seen)
 			}
-			if st.Power != nodes.PowerUnknown || st.Reachable || st.Reason != "no answer after wake" || nodes.ErrnoOf(st.Err) != syscall.EHOSTDOWN {
+			if st.Power != machine.PowerUnknown || st.Reachable || st.Reason != "no answer after wake" || machine.ErrnoOf(st.Err) != syscall.EHOSTDOWN {
 				t.Fatalf("got %+v, want unknown, no answer after wake, EHOSTDOWN", st)
 			}
 			if el := time.Since(start); el < 5*50*time.Millisecond {
@@ -123,13 +123,13 @@ func TestProbeICMP(t *testing.T) {
 		}
 		rec := &recorder{}
 		newDriverIn(t, s, testConfig{"mac": testMAC.String(), "wol.broadcast": "10.77.2.255", "probe": "icmp:" + host, "wol.probe-interval": "300ms"}, rec)
-		i := rec.waitFor(t, 0, 3*time.Second, "initial probe", func(s nodes.Status) bool { return s.Power != "" })
+		i := rec.waitFor(t, 0, 3*time.Second, "initial probe", func(s machine.Status) bool { return s.Power != "" })
 		st := rec.statuses()[i]
 		t.Logf("%+v", st)
-		if wantOn && (st.Power != nodes.PowerOn || !st.Reachable) {
+		if wantOn && (st.Power != machine.PowerOn || !st.Reachable) {
 			t.Fatalf("icmp:%s: %+v, want on", host, st)
 		}
-		if !wantOn && (st.Power != nodes.PowerUnknown || st.Reachable) {
+		if !wantOn && (st.Power != machine.PowerUnknown || st.Reachable) {
 			t.Fatalf("icmp:%s: %+v, want unknown", host, st)
 		}
 	}
@@ -150,7 +150,7 @@ func TestCloseStopsVerification(t *testing.T) {
 	rec := &recorder{}
 	d := newDriverIn(t, s, testConfig{"mac": testMAC.String(), "wol.broadcast": "10.77.2.255", "probe": "tcp:10.77.2.99:22",
 		"wol.probe-interval": "10s", "wol.probe-tries": "24"}, rec)
-	if err := d.Power(t.Context(), nodes.Command{Verb: "wol"}); err != nil {
+	if err := d.Power(t.Context(), machine.Command{Verb: "wol"}); err != nil {
 		t.Fatal(err)
 	}
 	time.Sleep(100 * time.Millisecond)
@@ -166,11 +166,11 @@ func TestCloseStopsVerification(t *testing.T) {
 	if len(rec.statuses()) != n {
 		t.Errorf("reports after Close: %+v", rec.statuses()[n:])
 	}
-	if err := d.Power(t.Context(), nodes.Command{Verb: "wol"}); err == nil {
+	if err := d.Power(t.Context(), machine.Command{Verb: "wol"}); err == nil {
 		t.Error("Power after Close succeeded")
 	}
 	for _, st := range rec.statuses() {
-		if st.Power == nodes.PowerOn || st.Power == nodes.PowerOff {
+		if st.Power == machine.PowerOn || st.Power == machine.PowerOff {
 			t.Errorf("claimed %s without evidence: %+v", st.Power, st)
 		}
 	}

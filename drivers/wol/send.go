@@ -9,10 +9,9 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/machinefs/machinefs/machine"
 	"github.com/mdlayher/packet"
 	"golang.org/x/sys/unix"
-
-	"github.com/machinefs/machinefs/nodes"
 )
 
 // The send functions work in the network namespace of the calling thread.
@@ -47,16 +46,16 @@ func SendRaw(ctx context.Context, ifname string, p MagicPacket) error {
 	}
 	ifi, err := net.InterfaceByName(ifname)
 	if err != nil {
-		return nodes.Errorf(syscall.ENODEV, "wol: interface %q: %v", ifname, err)
+		return machine.Errorf(syscall.ENODEV, "wol: interface %q: %v", ifname, err)
 	}
 	frame, err := Frame(ifi.HardwareAddr, p)
 	if err != nil {
-		return nodes.Errorf(syscall.EINVAL, "wol: interface %s has no Ethernet address, cannot send a raw frame: %v", ifname, err)
+		return machine.Errorf(syscall.EINVAL, "wol: interface %s has no Ethernet address, cannot send a raw frame: %v", ifname, err)
 	}
 	c, err := packet.Listen(ifi, packet.Raw, EtherType, nil)
 	if err != nil {
 		if errors.Is(err, syscall.EPERM) || errors.Is(err, syscall.EACCES) {
-			return nodes.Errorf(syscall.EPERM, "wol: a raw frame on %s needs CAP_NET_RAW: run machinefs as root, grant it cap_net_raw, or set wol.broadcast to send a UDP datagram instead (%v)", ifname, err)
+			return machine.Errorf(syscall.EPERM, "wol: a raw frame on %s needs CAP_NET_RAW: run machinefs as root, grant it cap_net_raw, or set wol.broadcast to send a UDP datagram instead (%v)", ifname, err)
 		}
 		return fmt.Errorf("wol: open packet socket on %s: %w", ifname, err)
 	}
@@ -82,11 +81,11 @@ func SendUDP(ctx context.Context, dst *net.UDPAddr, ifname string, p MagicPacket
 		return err
 	}
 	if dst == nil || dst.IP.To4() == nil {
-		return nodes.Errorf(syscall.EINVAL, "wol: UDP destination %v is not an IPv4 address", dst)
+		return machine.Errorf(syscall.EINVAL, "wol: UDP destination %v is not an IPv4 address", dst)
 	}
 	payload, err := p.MarshalBinary()
 	if err != nil {
-		return nodes.Errorf(syscall.EINVAL, "%v", err)
+		return machine.Errorf(syscall.EINVAL, "%v", err)
 	}
 	lc := net.ListenConfig{Control: func(_, _ string, rc syscall.RawConn) error {
 		var serr error
@@ -107,7 +106,7 @@ func SendUDP(ctx context.Context, dst *net.UDPAddr, ifname string, p MagicPacket
 	c, err := lc.ListenPacket(ctx, "udp4", ":0")
 	if err != nil {
 		if errors.Is(err, syscall.EPERM) || errors.Is(err, syscall.EACCES) {
-			return nodes.Errorf(syscall.EPERM, "wol: UDP socket: %v (binding to an interface needs CAP_NET_RAW on old kernels)", err)
+			return machine.Errorf(syscall.EPERM, "wol: UDP socket: %v (binding to an interface needs CAP_NET_RAW on old kernels)", err)
 		}
 		return fmt.Errorf("wol: UDP socket: %w", err)
 	}
@@ -143,5 +142,5 @@ func pickInterface(ifs []net.Interface) (*net.Interface, error) {
 		}
 		return ifi, nil
 	}
-	return nil, nodes.Errorf(syscall.ENODEV, "wol: no interface is up, broadcast-capable and has an Ethernet address; set wol.interface or wol.broadcast")
+	return nil, machine.Errorf(syscall.ENODEV, "wol: no interface is up, broadcast-capable and has an Ethernet address; set wol.interface or wol.broadcast")
 }

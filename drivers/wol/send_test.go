@@ -15,7 +15,7 @@ import (
 	vnetns "github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
-	"github.com/machinefs/machinefs/nodes"
+	"github.com/machinefs/machinefs/machine"
 	"github.com/machinefs/machinefs/tests/harness/netns"
 )
 
@@ -65,20 +65,20 @@ func TestLocalSegment(t *testing.T) {
 		rec := &recorder{}
 		d := newDriverIn(t, a, testConfig{"mac": testMAC.String(), "wol.interface": "mfwa"}, rec)
 		// Send from a goroutine locked into A, as a caller inside A would.
-		a.Do(t, func() error { return d.Power(t.Context(), nodes.Command{Verb: "wol"}) })
+		a.Do(t, func() error { return d.Power(t.Context(), machine.Command{Verb: "wol"}) })
 		checkFrame(t, readFrame(t, capture), macA, testMAC, nil)
 		if got := d.Describe(); got[1][1] != "raw frame on mfwa" {
 			t.Errorf("Describe: %v", got)
 		}
 		st := rec.statuses()
-		if len(st) == 0 || st[len(st)-1].Power != nodes.PowerUnknown || st[len(st)-1].Reason != "no probe configured: WoL cannot report power" {
+		if len(st) == 0 || st[len(st)-1].Power != machine.PowerUnknown || st[len(st)-1].Reason != "no probe configured: WoL cannot report power" {
 			t.Errorf("without probe: reports %+v", st)
-		} else if last := st[len(st)-1]; nodes.ErrnoOf(last.Err) != syscall.ENOTSUP || !strings.Contains(last.Err.Error(), "cannot be confirmed") {
+		} else if last := st[len(st)-1]; machine.ErrnoOf(last.Err) != syscall.ENOTSUP || !strings.Contains(last.Err.Error(), "cannot be confirmed") {
 			// The error is what ends the model's wait for "on".
 			t.Errorf("without probe: error %v, want ENOTSUP (cannot be confirmed)", last.Err)
 		}
 		for _, s := range st {
-			if s.Power == nodes.PowerOn {
+			if s.Power == machine.PowerOn {
 				t.Errorf("claimed on without a probe: %+v", s)
 			}
 		}
@@ -88,12 +88,12 @@ func TestLocalSegment(t *testing.T) {
 		// The driver sends from A although Power runs on an ordinary
 		// goroutine of the test's own namespace.
 		d := newDriverIn(t, a, testConfig{"mac": testMAC.String(), "wol.interface": "mfwa", "wol.password": "01:02:03:04:05:06"}, nil)
-		if err := d.Power(t.Context(), nodes.Command{Verb: "on"}); err != nil {
+		if err := d.Power(t.Context(), machine.Command{Verb: "on"}); err != nil {
 			t.Fatal(err)
 		}
 		checkFrame(t, readFrame(t, capture), macA, testMAC, []byte{1, 2, 3, 4, 5, 6})
 		d = newDriverIn(t, a, testConfig{"mac": testMAC.String(), "wol.interface": "mfwa", "wol.password": "10.20.30.40"}, nil)
-		if err := d.Power(t.Context(), nodes.Command{Verb: "resume"}); err != nil {
+		if err := d.Power(t.Context(), machine.Command{Verb: "resume"}); err != nil {
 			t.Fatal(err)
 		}
 		checkFrame(t, readFrame(t, capture), macA, testMAC, []byte{10, 20, 30, 40})
@@ -102,7 +102,7 @@ func TestLocalSegment(t *testing.T) {
 	t.Run("first interface", func(t *testing.T) {
 		// A holds only lo and mfwa: the default must pick mfwa.
 		d := newDriverIn(t, a, testConfig{"mac": testMAC.String()}, nil)
-		a.Do(t, func() error { return d.Power(t.Context(), nodes.Command{Verb: "wol"}) })
+		a.Do(t, func() error { return d.Power(t.Context(), machine.Command{Verb: "wol"}) })
 		checkFrame(t, readFrame(t, capture), macA, testMAC, nil)
 		if got := d.Describe()[1][1]; got != "raw frame on first up interface (last: mfwa)" {
 			t.Errorf("wol-via %q", got)
@@ -146,8 +146,8 @@ func TestLocalSegment(t *testing.T) {
 	t.Run("pause and suspend", func(t *testing.T) {
 		d := newDriverIn(t, a, testConfig{"mac": testMAC.String(), "wol.interface": "mfwa"}, nil)
 		for _, v := range []string{"pause", "suspend", "off"} {
-			err := d.Power(t.Context(), nodes.Command{Verb: v})
-			if !errors.Is(err, syscall.ENOTSUP) || nodes.ErrnoOf(err) != syscall.ENOTSUP {
+			err := d.Power(t.Context(), machine.Command{Verb: v})
+			if !errors.Is(err, syscall.ENOTSUP) || machine.ErrnoOf(err) != syscall.ENOTSUP {
 				t.Errorf("%s: %v, want ENOTSUP", v, err)
 			}
 			t.Logf("%s: %v", v, err)
@@ -175,7 +175,7 @@ func TestDirectedBroadcast(t *testing.T) {
 
 	rec := &recorder{}
 	d := newDriverIn(t, s, testConfig{"mac": testMAC.String(), "wol.broadcast": "10.77.2.255", "wol.password": "192.168.1.1"}, rec)
-	s.Do(t, func() error { return d.Power(t.Context(), nodes.Command{Verb: "wol", Label: "tst100"}) })
+	s.Do(t, func() error { return d.Power(t.Context(), machine.Command{Verb: "wol", Label: "tst100"}) })
 
 	buf := make([]byte, 2048)
 	_ = l.SetReadDeadline(time.Now().Add(3 * time.Second))
@@ -204,7 +204,7 @@ func TestDirectedBroadcast(t *testing.T) {
 	// Control: the datagram really crossed the router. Without
 	// bc_forwarding on the incoming interface it does not arrive.
 	rt.DirectedBroadcast(t, false)
-	if err := d.Power(t.Context(), nodes.Command{Verb: "wol"}); err != nil {
+	if err := d.Power(t.Context(), machine.Command{Verb: "wol"}); err != nil {
 		t.Fatal(err)
 	}
 	_ = l.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
@@ -221,7 +221,7 @@ func TestUDPPort(t *testing.T) {
 	netns.Veth(t, netns.End{NS: a, Name: "mfwa", MAC: macA, Addr: "10.77.3.1/24"}, netns.End{NS: b, Name: "mfwb", MAC: macB, Addr: "10.77.3.2/24"})
 	l := b.ListenUDP(t, "10.77.3.255:7")
 	d := newDriverIn(t, a, testConfig{"mac": testMAC.String(), "wol.broadcast": "10.77.3.255", "wol.port": "7", "wol.interface": "mfwa"}, nil)
-	if err := d.Power(t.Context(), nodes.Command{Verb: "wol"}); err != nil {
+	if err := d.Power(t.Context(), machine.Command{Verb: "wol"}); err != nil {
 		t.Fatal(err)
 	}
 	buf := make([]byte, 2048)

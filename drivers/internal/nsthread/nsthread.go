@@ -11,9 +11,8 @@ import (
 	"runtime"
 	"syscall"
 
+	"github.com/machinefs/machinefs/machine"
 	"github.com/vishvananda/netns"
-
-	"github.com/machinefs/machinefs/nodes"
 )
 
 // Run calls fn in namespace ns and returns fn's error. When the calling
@@ -26,7 +25,7 @@ func Run(ns netns.NsHandle, fn func() error) error {
 		cur, err := netns.Get()
 		if err != nil {
 			runtime.UnlockOSThread()
-			errc <- nodes.Errorf(syscall.EIO, "read this thread's network namespace: %v", err)
+			errc <- machine.Errorf(syscall.EIO, "read this thread's network namespace: %v", err)
 			return
 		}
 		defer cur.Close()
@@ -43,7 +42,7 @@ func Run(ns netns.NsHandle, fn func() error) error {
 			if errors.As(err, &e) {
 				code = e
 			}
-			errc <- nodes.Errorf(code, "enter network namespace: %v", err)
+			errc <- machine.Errorf(code, "enter network namespace: %v", err)
 			return
 		}
 		ferr := fn()

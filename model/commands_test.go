@@ -1,4 +1,4 @@
-package nodes_test
+package model_test
 
 import (
 	"context"
@@ -7,12 +7,13 @@ import (
 	"testing"
 	"time"
 
-	"github.com/machinefs/machinefs/nodes"
+	"github.com/machinefs/machinefs/machine"
+	"github.com/machinefs/machinefs/model"
 )
 
 // waitPower waits until h shows p (the simulated delays are short; the
 // bound only ends a broken test).
-func waitPower(t *testing.T, h *nodes.Host, p nodes.Power) {
+func waitPower(t *testing.T, h *model.Host, p machine.Power) {
 	t.Helper()
 	deadline := time.Now().Add(5 * time.Second)
 	for h.Power() != p {
@@ -23,7 +24,7 @@ func waitPower(t *testing.T, h *nodes.Host, p nodes.Power) {
 	}
 }
 
-func lastCommand(h *nodes.Host) string {
+func lastCommand(h *model.Host) string {
 	for _, l := range strings.Split(h.StateText(), "\n") {
 		if v, ok := strings.CutPrefix(l, "last-command: "); ok {
 			return v
@@ -38,11 +39,11 @@ func lastCommand(h *nodes.Host) string {
 func TestStaleCacheDoesNotDecide(t *testing.T) {
 	tree := newTree(t)
 	h := addSim(t, tree, "stale", "sim.initial", "on", "sim.on-delay", "20ms")
-	waitPower(t, h, nodes.PowerOn)
-	if r := h.Console(context.Background(), "flip off quiet", nodes.Caller{}); !strings.Contains(r, "quietly") {
+	waitPower(t, h, machine.PowerOn)
+	if r := h.Console(context.Background(), "flip off quiet", model.Caller{}); !strings.Contains(r, "quietly") {
 		t.Fatalf("flip: %q", r)
 	}
-	if h.Power() != nodes.PowerOn {
+	if h.Power() != machine.PowerOn {
 		t.Fatalf("a quiet flip was reported: %s", h.Power())
 	}
 	if err := run(t, h, "on wait"); err != nil {
@@ -51,7 +52,7 @@ func TestStaleCacheDoesNotDecide(t *testing.T) {
 	if lc := lastCommand(h); strings.Contains(lc, "already") || !strings.HasSuffix(lc, ": ok") {
 		t.Fatalf("last-command: %q, want the command run", lc)
 	}
-	if p := h.Power(); p != nodes.PowerOn {
+	if p := h.Power(); p != machine.PowerOn {
 		t.Fatalf("after on wait: %s", p)
 	}
 	// At the target the driver confirms it, and says so.
@@ -67,11 +68,11 @@ func TestStaleCacheDoesNotDecide(t *testing.T) {
 func TestForceReachesDriver(t *testing.T) {
 	tree := newTree(t)
 	h := addSim(t, tree, "force", "sim.fail", "off")
-	waitPower(t, h, nodes.PowerOff)
+	waitPower(t, h, machine.PowerOff)
 	if err := run(t, h, "off"); err != nil {
 		t.Fatalf("off on an off machine: %v", err)
 	}
-	if err := run(t, h, "off force"); nodes.ErrnoOf(err) != syscall.EIO {
+	if err := run(t, h, "off force"); machine.ErrnoOf(err) != syscall.EIO {
 		t.Fatalf("off force on an off machine: %v, want the driver's EIO (sim.fail)", err)
 	}
 }
@@ -81,14 +82,14 @@ func TestForceReachesDriver(t *testing.T) {
 func TestTimeoutMakesUnknown(t *testing.T) {
 	tree := newTree(t)
 	h := addSim(t, tree, "late", "sim.hang", "off", "timeout", "100ms", "sim.initial", "on")
-	waitPower(t, h, nodes.PowerOn)
-	if err := run(t, h, "off"); nodes.ErrnoOf(err) != syscall.ETIMEDOUT {
+	waitPower(t, h, machine.PowerOn)
+	if err := run(t, h, "off"); machine.ErrnoOf(err) != syscall.ETIMEDOUT {
 		t.Fatalf("hung off: %v, want ETIMEDOUT", err)
 	}
-	if p := h.Power(); p != nodes.PowerUnknown {
+	if p := h.Power(); p != machine.PowerUnknown {
 		t.Fatalf("power after a timed out call: %s, want unknown", p)
 	}
-	if err := run(t, h, "off force"); nodes.ErrnoOf(err) != syscall.ETIMEDOUT {
+	if err := run(t, h, "off force"); machine.ErrnoOf(err) != syscall.ETIMEDOUT {
 		t.Fatalf("off force after the timeout: %v, want the driver asked again", err)
 	}
 }
@@ -98,24 +99,24 @@ func TestTimeoutMakesUnknown(t *testing.T) {
 func TestConfigWriteKeepsMachine(t *testing.T) {
 	tree := newTree(t)
 	h := addSim(t, tree, "cfg", "sim.on-delay", "20ms")
-	waitPower(t, h, nodes.PowerOff)
+	waitPower(t, h, machine.PowerOff)
 	if err := run(t, h, "on wait"); err != nil {
 		t.Fatal(err)
 	}
 	sub := tree.Subscribe("hosts/cfg")
 	defer sub.Close()
 	for _, text := range []string{"label = x\n", "timeout = 7s\n", "stack-timeout = 9s\nwait-timeout = 1m\n"} {
-		if err := h.SetConfig(context.Background(), text, nodes.Caller{}); err != nil {
+		if err := h.SetConfig(context.Background(), text, model.Caller{}); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if p := h.Power(); p != nodes.PowerOn {
+	if p := h.Power(); p != machine.PowerOn {
 		t.Fatalf("a label edit changed power to %s", p)
 	}
-	if err := h.SetConfig(context.Background(), "sim.off-delay = 30ms\n", nodes.Caller{}); err != nil {
+	if err := h.SetConfig(context.Background(), "sim.off-delay = 30ms\n", model.Caller{}); err != nil {
 		t.Fatal(err)
 	}
-	if p := h.Power(); p != nodes.PowerOn {
+	if p := h.Power(); p != machine.PowerOn {
 		t.Fatalf("a driver key edit changed power to %s", p)
 	}
 	var rebuilt int
@@ -149,7 +150,7 @@ func TestConfigWriteKeepsMachine(t *testing.T) {
 func TestEmptyStackSaysSo(t *testing.T) {
 	tree := newTree(t)
 	h := addSim(t, tree, "alone", "sim.initial", "on")
-	waitPower(t, h, nodes.PowerOn)
+	waitPower(t, h, machine.PowerOn)
 	sub := tree.Subscribe("hosts/alone")
 	defer sub.Close()
 	for verb, want := range map[string]string{
@@ -172,7 +173,7 @@ func TestEmptyStackSaysSo(t *testing.T) {
 			}
 		}
 	}
-	if p := h.Power(); p != nodes.PowerOn {
+	if p := h.Power(); p != machine.PowerOn {
 		t.Fatalf("power %s", p)
 	}
 }
@@ -182,25 +183,25 @@ func TestEmptyStackSaysSo(t *testing.T) {
 func TestGroupMembersNameHosts(t *testing.T) {
 	tree := newTree(t)
 	addSim(t, tree, "n1")
-	g, err := tree.AddGroup("g", nodes.Caller{})
+	g, err := tree.AddGroup("g", model.Caller{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx := context.Background()
-	err = g.SetMembers(ctx, "n1\nnosuchhost\n", true, nodes.Caller{})
-	if nodes.ErrnoOf(err) != syscall.EINVAL || !strings.Contains(err.Error(), "nosuchhost") {
+	err = g.SetMembers(ctx, "n1\nnosuchhost\n", true, model.Caller{})
+	if machine.ErrnoOf(err) != syscall.EINVAL || !strings.Contains(err.Error(), "nosuchhost") {
 		t.Fatalf("missing host: %v", err)
 	}
-	if err := g.SetMembers(ctx, "x[1-3]\n", false, nodes.Caller{}); nodes.ErrnoOf(err) != syscall.EINVAL || !strings.Contains(err.Error(), "hosts/x1 ... hosts/x3") {
+	if err := g.SetMembers(ctx, "x[1-3]\n", false, model.Caller{}); machine.ErrnoOf(err) != syscall.EINVAL || !strings.Contains(err.Error(), "hosts/x1 ... hosts/x3") {
 		t.Fatalf("range of missing hosts: %v", err)
 	}
 	if g.MembersText() != "" {
 		t.Fatalf("refused writes changed members: %q", g.MembersText())
 	}
-	if err := g.SetMembers(ctx, "n[1-2]\n", true, nodes.Caller{}); err != nil {
+	if err := g.SetMembers(ctx, "n[1-2]\n", true, model.Caller{}); err != nil {
 		t.Fatalf("a range with one host: %v", err)
 	}
-	if err := g.SetMembers(ctx, "", true, nodes.Caller{}); err != nil || g.MembersText() != "" || len(g.Hosts()) != 0 {
+	if err := g.SetMembers(ctx, "", true, model.Caller{}); err != nil || g.MembersText() != "" || len(g.Hosts()) != 0 {
 		t.Fatalf("empty replace: %v, members %q", err, g.MembersText())
 	}
 }

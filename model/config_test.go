@@ -1,4 +1,4 @@
-package nodes
+package model
 
 import (
 	"os"
@@ -6,6 +6,8 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+
+	"github.com/machinefs/machinefs/machine"
 )
 
 const sample = `# lab machine
@@ -42,7 +44,7 @@ func TestConfigKeepsComments(t *testing.T) {
 
 func TestConfigErrorsDoNotQuoteTheLine(t *testing.T) {
 	_, err := ParseConfig("drivers = ipmi\nipmi.password s3cret\n")
-	if err == nil || ErrnoOf(err) != syscall.EINVAL || !strings.Contains(err.Error(), "line 2") {
+	if err == nil || machine.ErrnoOf(err) != syscall.EINVAL || !strings.Contains(err.Error(), "line 2") {
 		t.Fatalf("err = %v", err)
 	}
 	if strings.Contains(err.Error(), "s3cret") {
@@ -101,8 +103,8 @@ func FuzzParseConfig(f *testing.F) {
 	f.Fuzz(func(t *testing.T, text string) {
 		cf, err := ParseConfig(text)
 		if err != nil {
-			if ErrnoOf(err) != syscall.EINVAL && !strings.Contains(err.Error(), "too long") {
-				t.Fatalf("errno %v: %v", ErrnoOf(err), err)
+			if machine.ErrnoOf(err) != syscall.EINVAL && !strings.Contains(err.Error(), "too long") {
+				t.Fatalf("errno %v: %v", machine.ErrnoOf(err), err)
 			}
 			return
 		}

@@ -1,4 +1,4 @@
-package nodes
+package machine
 
 import (
 	"fmt"
@@ -196,4 +196,22 @@ func GrammarHelp() string {
 		fmt.Fprintf(&b, "  %-17s %s\n", m[0], m[1])
 	}
 	return b.String()
+}
+
+// consolePowerVerbs are the mconsole commands that are power verbs under
+// another name.
+var consolePowerVerbs = map[string]string{
+	"halt":   "off",
+	"reboot": "reboot",
+	"cad":    "poweroff",
+	"stop":   "pause",
+	"go":     "resume",
+}
+
+// ConsolePowerVerb maps an mconsole command that is a power verb under
+// another name (halt, reboot, cad, stop, go) to that verb, for drivers that
+// answer these commands through their own Power.
+func ConsolePowerVerb(name string) (verb string, ok bool) {
+	verb, ok = consolePowerVerbs[name]
+	return verb, ok
 }

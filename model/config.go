@@ -1,4 +1,4 @@
-package nodes
+package model
 
 import (
 	"bufio"
@@ -13,6 +13,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/machinefs/machinefs/machine"
 )
 
 // ConfigFile is one host's configuration as the user wrote it: "key = value"
@@ -45,7 +47,7 @@ func ParseConfig(text string) (*ConfigFile, error) {
 		n++
 		l, err := parseConfigLine(sc.Text())
 		if err != nil {
-			return nil, Errorf(syscall.EINVAL, "line %d: %v", n, err)
+			return nil, machine.Errorf(syscall.EINVAL, "line %d: %v", n, err)
 		}
 		cf.lines = append(cf.lines, l)
 	}

@@ -1,4 +1,4 @@
-package nodes
+package model
 
 import (
 	"context"
@@ -8,6 +8,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/machinefs/machinefs/machine"
 )
 
 // Stack semantics follow ctys-PM's CANCEL: a host carries a stack of
@@ -34,9 +36,9 @@ const defaultStackTimeout = time.Minute
 
 // Run runs a parsed command on this machine, with stack semantics for
 // poweroff and reboot. See runOwn for the rules of a single machine.
-func (h *Host) Run(ctx context.Context, cmd Command, who Caller) error {
+func (h *Host) Run(ctx context.Context, cmd machine.Command, who Caller) error {
 	if h.tree.readOnly {
-		return Errorf(syscall.EROFS, "read-only mount")
+		return machine.Errorf(syscall.EROFS, "read-only mount")
 	}
 	if !isStackVerb(cmd.Verb) {
 		return h.runOwn(ctx, cmd, who, false)
@@ -58,12 +60,12 @@ func (h *Host) Run(ctx context.Context, cmd Command, who Caller) error {
 // checkSelf refuses what a host must not do to itself: force without self
 // (ctys), and powering off or rebooting the machine machinefs runs on unless
 // its config allows it.
-func (h *Host) checkSelf(cmd Command, top bool) error {
+func (h *Host) checkSelf(cmd machine.Command, top bool) error {
 	if !top {
 		return nil
 	}
 	if cmd.Force && !cmd.Self && cmd.Verb == "poweroff" {
-		return Errorf(syscall.EINVAL, "%s force needs self on a host (as in ctys): \"%s self force\"", cmd.Verb, cmd.Verb)
+		return machine.Errorf(syscall.EINVAL, "%s force needs self on a host (as in ctys): \"%s self force\"", cmd.Verb, cmd.Verb)
 	}
 	if !cmd.Self {
 		return nil
@@ -71,7 +73,7 @@ func (h *Host) checkSelf(cmd Command, top bool) error {
 	cf := h.Config()
 	if local, _ := cf.Get("local"); isYes(local) {
 		if allow, _ := cf.Get("allow-self"); !isYes(allow) {
-			return Errorf(syscall.EPERM, "%s self: %s is the machine machinefs runs on (local = yes); set allow-self = yes to allow it", cmd.Verb, h.path)
+			return machine.Errorf(syscall.EPERM, "%s self: %s is the machine machinefs runs on (local = yes); set allow-self = yes to allow it", cmd.Verb, h.path)
 		}
 	}
 	return nil
@@ -85,14 +87,14 @@ func isYes(v string) bool {
 	return false
 }
 
-func (h *Host) refuse(cmd Command, who Caller, err error) {
+func (h *Host) refuse(cmd machine.Command, who Caller, err error) {
 	h.refuseLine(cmd.String(), who, err)
 }
 
 // CheckCommand parses a power line without running it. A line that does
 // not parse is refused with EINVAL and recorded in state and events.
 func (h *Host) CheckCommand(line string, who Caller) error {
-	_, err := ParseCommand(line)
+	_, err := machine.ParseCommand(line)
 	if err != nil {
 		h.refuseLine(strings.TrimSpace(line), who, err)
 	}
@@ -123,9 +125,9 @@ func (h *Host) busyOpLocked(inStack bool) *operation {
 
 // running reports whether a machine is up in any sense (a stack step has
 // something to stop).
-func running(p Power) bool {
+func running(p machine.Power) bool {
 	switch p {
-	case PowerOn, PowerStarting, PowerRebooting, PowerPaused, PowerStopping:
+	case machine.PowerOn, machine.PowerStarting, machine.PowerRebooting, machine.PowerPaused, machine.PowerStopping:
 		return true
 	}
 	return false
@@ -143,7 +145,7 @@ func (h *Host) runningSubhosts() []*Host {
 
 // runStack runs a stack command: the machines on top first, then (with
 // self) the machine itself.
-func (h *Host) runStack(ctx context.Context, cmd Command, who Caller, self bool) error {
+func (h *Host) runStack(ctx context.Context, cmd machine.Command, who Caller, self bool) error {
 	quoted := fmt.Sprintf("%q %s", cmd.String(), who)
 	h.mu.Lock()
 	if op := h.busyOpLocked(false); op != nil {
@@ -152,7 +154,7 @@ func (h *Host) runStack(ctx context.Context, cmd Command, who Caller, self bool)
 			return h.rejoin(ctx, op, quoted)
 		}
 		h.mu.Unlock()
-		err := Errorf(syscall.EBUSY, "busy: %q is in flight since %s", op.cmd.String(), stamp(op.started))
+		err := machine.Errorf(syscall.EBUSY, "busy: %q is in flight since %s", op.cmd.String(), stamp(op.started))
 		h.emit("command", quoted+" refused: "+err.Error())
 		return err
 	}
@@ -174,7 +176,7 @@ func (h *Host) runStack(ctx context.Context, cmd Command, who Caller, self bool)
 			empty = h.emptyStack(cmd.Verb, len(subs))
 		}
 		if self {
-			own := Command{Verb: cmd.Verb, Wait: true, Label: cmd.Label, Timeout: cmd.Timeout, Line: cmd.Line}
+			own := machine.Command{Verb: cmd.Verb, Wait: true, Label: cmd.Label, Timeout: cmd.Timeout, Line: cmd.Line}
 			start := time.Now()
 			err := h.runOwn(ctx, own, who, true)
 			s.record(h, cmd.Verb, err, false, start)
@@ -213,7 +215,7 @@ func (h *Host) runStack(ctx context.Context, cmd Command, who Caller, self bool)
 
 // stackRun collects the steps of one stack command.
 type stackRun struct {
-	cmd  Command
+	cmd  machine.Command
 	who  Caller
 	root *Host
 
@@ -286,16 +288,16 @@ func (s *stackRun) down(ctx context.Context, machines []*Host) [][]*Host {
 func (s *stackRun) stopOne(ctx context.Context, m *Host) {
 	timeout := m.Config().Duration("stack-timeout", defaultStackTimeout)
 	start := time.Now()
-	err := m.runOwn(ctx, Command{Verb: "poweroff", Wait: true, Timeout: timeout, Label: s.cmd.Label}, s.who, false)
+	err := m.runOwn(ctx, machine.Command{Verb: "poweroff", Wait: true, Timeout: timeout, Label: s.cmd.Label}, s.who, false)
 	if errors.Is(err, syscall.ENOTSUP) {
-		err = m.runOwn(ctx, Command{Verb: "off", Wait: true, Timeout: timeout, Label: s.cmd.Label}, s.who, false)
+		err = m.runOwn(ctx, machine.Command{Verb: "off", Wait: true, Timeout: timeout, Label: s.cmd.Label}, s.who, false)
 	}
 	if err == nil {
 		s.record(m, "poweroff", nil, false, start)
 		return
 	}
 	s.root.emit("stack", fmt.Sprintf("%s did not stop within %s (%v): forcing", m.path, timeout, err))
-	ferr := m.runOwn(ctx, Command{Verb: "off", Force: true, Wait: true, Timeout: timeout, Label: s.cmd.Label}, s.who, false)
+	ferr := m.runOwn(ctx, machine.Command{Verb: "off", Force: true, Wait: true, Timeout: timeout, Label: s.cmd.Label}, s.who, false)
 	s.record(m, "off force", ferr, true, start)
 }
 
@@ -309,7 +311,7 @@ func (s *stackRun) up(ctx context.Context, levels [][]*Host) {
 				defer wg.Done()
 				start := time.Now()
 				timeout := m.Config().Duration("stack-timeout", defaultStackTimeout)
-				err := m.runOwn(ctx, Command{Verb: "on", Wait: true, Timeout: timeout, Label: s.cmd.Label}, s.who, false)
+				err := m.runOwn(ctx, machine.Command{Verb: "on", Wait: true, Timeout: timeout, Label: s.cmd.Label}, s.who, false)
 				s.record(m, "on", err, false, start)
 			}()
 		}
@@ -325,7 +327,7 @@ func (s *stackRun) verdict() error {
 		return nil
 	}
 	first := s.failed[0]
-	return Errorf(ErrnoOf(first), "stack: %d of %d steps failed: %v", len(s.failed), len(s.failed)+s.ok+s.forced, first)
+	return machine.Errorf(machine.ErrnoOf(first), "stack: %d of %d steps failed: %v", len(s.failed), len(s.failed)+s.ok+s.forced, first)
 }
 
 func (s *stackRun) summary() string {

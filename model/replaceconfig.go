@@ -1,9 +1,11 @@
-package nodes
+package model
 
 import (
 	"context"
 	"fmt"
 	"syscall"
+
+	"github.com/machinefs/machinefs/machine"
 )
 
 // secretShown is what config reads show for a secret's value. A tool that
@@ -31,7 +33,7 @@ func (h *Host) ReplaceConfig(ctx context.Context, text string, who Caller) error
 
 func (h *Host) replaceWhole(ctx context.Context, text string, who Caller) error {
 	if h.tree.readOnly {
-		return Errorf(syscall.EROFS, "read-only mount")
+		return machine.Errorf(syscall.EROFS, "read-only mount")
 	}
 	if err := checkPrintable("config", text); err != nil {
 		return err
@@ -54,7 +56,7 @@ func (h *Host) replaceWhole(ctx context.Context, text string, who Caller) error 
 		if l.value == secretShown && h.tree.isSecret(l.key) {
 			v, ok := cur.Get(l.key)
 			if !ok {
-				return Errorf(syscall.EINVAL, "%s: %s stands for the stored secret, and none is stored", l.key, secretShown)
+				return machine.Errorf(syscall.EINVAL, "%s: %s stands for the stored secret, and none is stored", l.key, secretShown)
 			}
 			l.value = v
 			l.raw = l.key + " = " + v + l.comment
@@ -92,7 +94,7 @@ func (h *Host) replaceWhole(ctx context.Context, text string, who Caller) error 
 // files, so that it removes nothing while the host is busy.
 func (t *Tree) RemoveBusy(h *Host) error {
 	if why := t.busyTree(h); why != "" {
-		return Errorf(syscall.EBUSY, "%s", why)
+		return machine.Errorf(syscall.EBUSY, "%s", why)
 	}
 	return nil
 }

@@ -1,4 +1,4 @@
-package nodes
+package model
 
 import (
 	"context"
@@ -8,6 +8,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/machinefs/machinefs/machine"
 )
 
 // ConfigText is the content of the config file: the user's file with
@@ -58,7 +60,7 @@ func (h *Host) SetConfig(ctx context.Context, text string, who Caller) error {
 
 func (h *Host) setConfig(ctx context.Context, text string, who Caller) error {
 	if h.tree.readOnly {
-		return Errorf(syscall.EROFS, "read-only mount")
+		return machine.Errorf(syscall.EROFS, "read-only mount")
 	}
 	if err := checkPrintable("config", text); err != nil {
 		return err
@@ -88,7 +90,7 @@ func (h *Host) setConfig(ctx context.Context, text string, who Caller) error {
 	}
 	for _, k := range removed {
 		if _, ok := h.tree.keySpec(k); !ok {
-			return Errorf(syscall.EINVAL, "unknown key %q", k)
+			return machine.Errorf(syscall.EINVAL, "unknown key %q", k)
 		}
 	}
 
@@ -131,7 +133,7 @@ func (h *Host) commitConfig(ctx context.Context, who Caller, written map[string]
 	h.mu.Lock()
 	if h.op != nil {
 		h.mu.Unlock()
-		return Errorf(syscall.EBUSY, "busy: %q is in flight; change the config when it is done", h.op.cmd.String())
+		return machine.Errorf(syscall.EBUSY, "busy: %q is in flight; change the config when it is done", h.op.cmd.String())
 	}
 	old := h.cfg
 	next := build(old)
@@ -146,7 +148,7 @@ func (h *Host) commitConfig(ctx context.Context, who Caller, written map[string]
 	cleared, because := h.tree.unbindSecrets(who, old, next, written)
 	if err := h.tree.saveConfig(h.path, next); err != nil {
 		h.mu.Unlock()
-		return Errorf(syscall.EIO, "%v", err)
+		return machine.Errorf(syscall.EIO, "%v", err)
 	}
 	rebuild := h.tree.driverKeysChanged(old, next)
 	h.cfg = next
@@ -227,7 +229,7 @@ func (h *Host) rebuildDrivers(ctx context.Context) {
 	}
 
 	names := driverNames(valueOr(cfg, "drivers", valueOr(cfg, "driver", "")))
-	var built []Driver
+	var built []machine.Driver
 	var errs []error
 	for _, name := range names {
 		spec, ok := h.tree.specs[name]
@@ -235,7 +237,7 @@ func (h *Host) rebuildDrivers(ctx context.Context) {
 			errs = append(errs, fmt.Errorf("unknown driver %q", name))
 			continue
 		}
-		env := DriverEnv{
+		env := machine.DriverEnv{
 			Path:   h.path,
 			Config: cfg,
 			Report: reporter{h: h, gen: gen, kind: name},
@@ -266,7 +268,7 @@ func (h *Host) rebuildDrivers(ctx context.Context) {
 	h.drivers = built
 	h.driverErr = errors.Join(errs...)
 	if len(names) == 0 {
-		h.setPowerLocked(PowerUnknown, "no driver configured")
+		h.setPowerLocked(machine.PowerUnknown, "no driver configured")
 	}
 	if h.driverErr != nil {
 		h.lastErr = h.driverErr.Error()
@@ -292,11 +294,11 @@ func valueOr(cf *ConfigFile, key, def string) string {
 // closes them: the host is leaving the tree.
 func (h *Host) removeDrivers(ctx context.Context) {
 	h.mu.Lock()
-	drivers := append([]Driver(nil), h.drivers...)
+	drivers := append([]machine.Driver(nil), h.drivers...)
 	timeout := h.cfg.Duration("timeout", defaultTimeout)
 	h.mu.Unlock()
 	for _, d := range drivers {
-		if r, ok := d.(Remover); ok {
+		if r, ok := d.(machine.Remover); ok {
 			if err := callDriver(ctx, timeout, r.Remove); err != nil {
 				h.tree.log.Warn("releasing a removed host's resources", "host", h.path, "driver", d.Kind(), "err", err)
 				h.emit("error", prefixed(d.Kind(), fmt.Errorf("remove: %w", err)).Error())
@@ -313,7 +315,7 @@ func (h *Host) closeDrivers() {
 	h.drivers = nil
 	h.gen++
 	if h.op != nil {
-		h.finishLocked(h.op, Errorf(syscall.ECANCELED, "host removed"))
+		h.finishLocked(h.op, machine.Errorf(syscall.ECANCELED, "host removed"))
 	}
 	h.mu.Unlock()
 	for _, d := range old {

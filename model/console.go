@@ -1,4 +1,4 @@
-package nodes
+package model
 
 import (
 	"context"
@@ -8,6 +8,8 @@ import (
 	"syscall"
 	"time"
 	"unicode"
+
+	"github.com/machinefs/machinefs/machine"
 )
 
 // Console runs one management console line (mconsole style) and returns the
@@ -69,11 +71,11 @@ func (h *Host) LastConsoleReply() string {
 
 // consoleTarget finds the driver that offers command name, and what the
 // call needs: the command (Query, Bounded), its arguments and the bound.
-func (h *Host) consoleTarget(name, rest string) (target Consoler, cc ConsoleCommand, args []string, timeout time.Duration) {
+func (h *Host) consoleTarget(name, rest string) (target machine.Consoler, cc machine.ConsoleCommand, args []string, timeout time.Duration) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	for _, d := range h.drivers {
-		c, ok := d.(Consoler)
+		c, ok := d.(machine.Consoler)
 		if !ok {
 			continue
 		}
@@ -87,7 +89,7 @@ func (h *Host) consoleTarget(name, rest string) (target Consoler, cc ConsoleComm
 			}
 		}
 	}
-	return nil, ConsoleCommand{}, nil, 0
+	return nil, machine.ConsoleCommand{}, nil, 0
 }
 
 // consoleRun runs a driver's console command and says whether it was a
@@ -121,7 +123,7 @@ func (h *Host) startQuery(ctx context.Context, name, rest string) (collect func(
 		return nil, false
 	}
 	target, cc, args, timeout := h.consoleTarget(name, rest)
-	qs, isQS := target.(QueryStarter)
+	qs, isQS := target.(machine.QueryStarter)
 	if !isQS || !cc.Bounded || cc.Query == nil || !cc.Query(args) {
 		return nil, false
 	}
@@ -152,7 +154,7 @@ func (h *Host) consoleHelp() string {
 	b.WriteString("commands:\n")
 	fmt.Fprintf(&b, "  %-20s %s\n", "help", "this list")
 	for _, d := range h.drivers {
-		c, ok := d.(Consoler)
+		c, ok := d.(machine.Consoler)
 		if !ok {
 			continue
 		}
@@ -171,9 +173,9 @@ func (h *Host) consoleHelp() string {
 // that has one.
 func (h *Host) OpenSerial(ctx context.Context) (io.ReadWriteCloser, error) {
 	h.mu.Lock()
-	var s Serialer
+	var s machine.Serialer
 	for _, d := range h.drivers {
-		if ss, ok := d.(Serialer); ok {
+		if ss, ok := d.(machine.Serialer); ok {
 			s = ss
 			break
 		}
@@ -181,7 +183,7 @@ func (h *Host) OpenSerial(ctx context.Context) (io.ReadWriteCloser, error) {
 	timeout := h.cfg.Duration("timeout", defaultTimeout)
 	h.mu.Unlock()
 	if s == nil {
-		return nil, Errorf(syscall.ENOTSUP, "serial: no driver with a serial console (drivers: %s)", h.driverKinds())
+		return nil, machine.Errorf(syscall.ENOTSUP, "serial: no driver with a serial console (drivers: %s)", h.driverKinds())
 	}
 	var rwc io.ReadWriteCloser
 	err := callDriver(ctx, timeout, func(ctx context.Context) error {
@@ -210,22 +212,4 @@ func (h *Host) driverKinds() string {
 		return "none"
 	}
 	return h.driverKindsLocked()
-}
-
-// consolePowerVerbs are the mconsole commands that are power verbs under
-// another name.
-var consolePowerVerbs = map[string]string{
-	"halt":   "off",
-	"reboot": "reboot",
-	"cad":    "poweroff",
-	"stop":   "pause",
-	"go":     "resume",
-}
-
-// ConsolePowerVerb maps an mconsole command that is a power verb under
-// another name (halt, reboot, cad, stop, go) to that verb, for drivers that
-// answer these commands through their own Power.
-func ConsolePowerVerb(name string) (verb string, ok bool) {
-	verb, ok = consolePowerVerbs[name]
-	return verb, ok
 }

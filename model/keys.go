@@ -1,13 +1,15 @@
-package nodes
+package model
 
 import (
 	"fmt"
 	"strings"
 	"time"
+
+	"github.com/machinefs/machinefs/machine"
 )
 
 // Core config keys every host understands, whatever its drivers.
-var coreKeys = []KeySpec{
+var coreKeys = []machine.KeySpec{
 	{Name: "drivers", Doc: "drivers that reach this machine, in order of preference, space or comma separated (e.g. \"ipmi wol\"); a verb goes to the first driver that supports it"},
 	{Name: "driver", Doc: "same as drivers, for hosts with one driver; used when drivers is not set"},
 	{Name: "label", Doc: "free text shown as label: in state"},

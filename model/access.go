@@ -1,4 +1,4 @@
-package nodes
+package model
 
 import (
 	"fmt"
@@ -9,6 +9,8 @@ import (
 	"syscall"
 	"unicode"
 	"unicode/utf8"
+
+	"github.com/machinefs/machinefs/machine"
 )
 
 // Two roles write to the tree. The kernel decides who writes at all (file
@@ -85,7 +87,7 @@ func (t *Tree) checkPrivileged(who Caller, old, next *ConfigFile) error {
 	if len(denied) == 0 {
 		return nil
 	}
-	return Errorf(syscall.EACCES, "%s: privileged (it chooses what runs as root, a host path or a device): only root or the admin group may change it (uid %d is an operator)",
+	return machine.Errorf(syscall.EACCES, "%s: privileged (it chooses what runs as root, a host path or a device): only root or the admin group may change it (uid %d is an operator)",
 		strings.Join(denied, ", "), who.Uid)
 }
 
@@ -156,10 +158,10 @@ func checkPrintable(what, text string) error {
 			continue
 		}
 		if r == utf8.RuneError && !strings.HasPrefix(text[i:], "\uFFFD") {
-			return Errorf(syscall.EINVAL, "%s: not valid UTF-8 (byte %d)", what, i)
+			return machine.Errorf(syscall.EINVAL, "%s: not valid UTF-8 (byte %d)", what, i)
 		}
 		if unicode.IsControl(r) || r == '\u2028' || r == '\u2029' {
-			return Errorf(syscall.EINVAL, "%s: control character %U at byte %d (not allowed in the tree)", what, r, i)
+			return machine.Errorf(syscall.EINVAL, "%s: control character %U at byte %d (not allowed in the tree)", what, r, i)
 		}
 	}
 	return nil

@@ -1,4 +1,4 @@
-package nodes
+package model
 
 import (
 	"context"
@@ -10,6 +10,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/machinefs/machinefs/machine"
 )
 
 // Group is a named set of hosts (ctys GROUPS) that power commands act on
@@ -26,7 +28,7 @@ type Group struct {
 	hosts    []string // members expanded, in order, without duplicates
 	results  map[string]string
 	lastCmd  string
-	inFlight *Command
+	inFlight *machine.Command
 }
 
 // Name is the group's name, Path its place in the tree ("groups/rack3").
@@ -60,7 +62,7 @@ func (g *Group) MembersText() string {
 // replace (`: > members`) empties the group.
 func (g *Group) SetMembers(ctx context.Context, text string, replace bool, who Caller) error {
 	if g.tree.readOnly {
-		return Errorf(syscall.EROFS, "read-only mount")
+		return machine.Errorf(syscall.EROFS, "read-only mount")
 	}
 	var lines []string
 	for _, l := range strings.Split(text, "\n") {
@@ -116,7 +118,7 @@ func (g *Group) SetMembers(ctx context.Context, text string, replace bool, who C
 	}
 	if err := g.tree.saveGroup(g.name, next); err != nil {
 		g.mu.Unlock()
-		return Errorf(syscall.EIO, "%v", err)
+		return machine.Errorf(syscall.EIO, "%v", err)
 	}
 	g.members = next
 	g.hosts = hosts
@@ -141,9 +143,9 @@ func (t *Tree) namesAHost(line string) error {
 		}
 	}
 	if len(paths) == 1 {
-		return Errorf(syscall.EINVAL, "member %q: no such host %s", line, paths[0])
+		return machine.Errorf(syscall.EINVAL, "member %q: no such host %s", line, paths[0])
 	}
-	return Errorf(syscall.EINVAL, "member %q: names no host (none of %s ... %s exists)", line, paths[0], paths[len(paths)-1])
+	return machine.Errorf(syscall.EINVAL, "member %q: names no host (none of %s ... %s exists)", line, paths[0], paths[len(paths)-1])
 }
 
 // Hosts is the members expanded to host paths, in order, without
@@ -160,19 +162,19 @@ func (g *Group) Hosts() []string {
 // with wait once every member reached its state; the result is the worst
 // member's, and state lists every member's outcome.
 func (g *Group) Exec(ctx context.Context, line string, who Caller) error {
-	cmd, err := ParseCommand(line)
+	cmd, err := machine.ParseCommand(line)
 	if err != nil {
 		g.emit("command", fmt.Sprintf("%q %s refused: %v", strings.TrimSpace(line), who, err))
 		return err
 	}
 	if g.tree.readOnly {
-		return Errorf(syscall.EROFS, "read-only mount")
+		return machine.Errorf(syscall.EROFS, "read-only mount")
 	}
 	g.mu.Lock()
 	if g.inFlight != nil {
 		busy := g.inFlight.String()
 		g.mu.Unlock()
-		return Errorf(syscall.EBUSY, "busy: %q is running on the group", busy)
+		return machine.Errorf(syscall.EBUSY, "busy: %q is running on the group", busy)
 	}
 	g.inFlight = &cmd
 	g.mu.Unlock()
@@ -192,12 +194,12 @@ func (g *Group) Exec(ctx context.Context, line string, who Caller) error {
 	case err := <-done:
 		return err
 	case <-ctx.Done():
-		return Errorf(syscall.EINTR, "interrupted while waiting for %q on the group (the command goes on)", cmd.String())
+		return machine.Errorf(syscall.EINTR, "interrupted while waiting for %q on the group (the command goes on)", cmd.String())
 	}
 }
 
 // run runs cmd on every member, at most the tree's fan-out at a time.
-func (g *Group) run(ctx context.Context, cmd Command, who Caller) error {
+func (g *Group) run(ctx context.Context, cmd machine.Command, who Caller) error {
 	paths := g.Hosts()
 	results := make(map[string]string, len(paths))
 	var mu sync.Mutex
@@ -213,7 +215,7 @@ func (g *Group) run(ctx context.Context, cmd Command, who Caller) error {
 			defer func() { <-sem }()
 			var err error
 			if h := g.tree.Host(p); h == nil {
-				err = Errorf(syscall.ENOENT, "no such host")
+				err = machine.Errorf(syscall.ENOENT, "no such host")
 			} else {
 				err = h.Run(ctx, cmd, who)
 			}
@@ -244,7 +246,7 @@ func (g *Group) run(ctx context.Context, cmd Command, who Caller) error {
 	g.mu.Unlock()
 	g.emit("command", fmt.Sprintf("%q %s %s", cmd.String(), who, summary))
 	if worst != nil {
-		return Errorf(ErrnoOf(worst), "%d of %d members failed; first: %v", failed, len(paths), worst)
+		return machine.Errorf(machine.ErrnoOf(worst), "%d of %d members failed; first: %v", failed, len(paths), worst)
 	}
 	return nil
 }
@@ -252,9 +254,9 @@ func (g *Group) run(ctx context.Context, cmd Command, who Caller) error {
 // PowerText is the group's power: the members' common state, "mixed" when
 // they differ, "unknown" for an empty group.
 func (g *Group) PowerText() string {
-	var common Power
+	var common machine.Power
 	for i, p := range g.Hosts() {
-		pw := PowerUnknown
+		pw := machine.PowerUnknown
 		if h := g.tree.Host(p); h != nil {
 			pw = h.Power()
 		}
@@ -265,7 +267,7 @@ func (g *Group) PowerText() string {
 		}
 	}
 	if common == "" {
-		common = PowerUnknown
+		common = machine.PowerUnknown
 	}
 	return string(common) + "\n"
 }
@@ -319,10 +321,10 @@ func (t *Tree) Group(name string) *Group {
 // AddGroup creates an empty group.
 func (t *Tree) AddGroup(name string, who Caller) (*Group, error) {
 	if t.readOnly {
-		return nil, Errorf(syscall.EROFS, "read-only mount")
+		return nil, machine.Errorf(syscall.EROFS, "read-only mount")
 	}
 	if !ValidName(name) {
-		return nil, Errorf(syscall.EINVAL, "%q is not a valid name", name)
+		return nil, machine.Errorf(syscall.EINVAL, "%q is not a valid name", name)
 	}
 	g, err := t.insertGroup(name, nil, nil)
 	if err != nil {
@@ -332,7 +334,7 @@ func (t *Tree) AddGroup(name string, who Caller) (*Group, error) {
 		t.mu.Lock()
 		delete(t.groups, name)
 		t.mu.Unlock()
-		return nil, Errorf(syscall.EIO, "%v", err)
+		return nil, machine.Errorf(syscall.EIO, "%v", err)
 	}
 	g.emit("added", who.String())
 	return g, nil
@@ -342,7 +344,7 @@ func (t *Tree) insertGroup(name string, members, hosts []string) (*Group, error)
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if _, ok := t.groups[name]; ok {
-		return nil, Errorf(syscall.EEXIST, "groups/%s exists", name)
+		return nil, machine.Errorf(syscall.EEXIST, "groups/%s exists", name)
 	}
 	g := &Group{tree: t, name: name, path: "groups/" + name, log: newEventLog(t.hostLog), members: members, hosts: hosts}
 	t.groups[name] = g
@@ -353,17 +355,17 @@ func (t *Tree) insertGroup(name string, members, hosts []string) (*Group, error)
 // runs on it.
 func (t *Tree) RemoveGroup(g *Group, who Caller) error {
 	if t.readOnly {
-		return Errorf(syscall.EROFS, "read-only mount")
+		return machine.Errorf(syscall.EROFS, "read-only mount")
 	}
 	g.mu.Lock()
 	busy := g.inFlight != nil
 	g.mu.Unlock()
 	if busy {
-		return Errorf(syscall.EBUSY, "a command is running on %s", g.path)
+		return machine.Errorf(syscall.EBUSY, "a command is running on %s", g.path)
 	}
 	if t.store != nil {
 		if err := os.Remove(t.store.groupFile(g.name)); err != nil && !os.IsNotExist(err) {
-			return Errorf(syscall.EIO, "%v", err)
+			return machine.Errorf(syscall.EIO, "%v", err)
 		}
 	}
 	t.mu.Lock()

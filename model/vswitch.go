@@ -1,4 +1,4 @@
-package nodes
+package model
 
 import (
 	"context"
@@ -8,42 +8,9 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/machinefs/machinefs/machine"
 )
-
-// Switches manages the virtual switches (bridges and TAP devices) of the
-// machine machinefs runs on, ctys-setupVDE style. drivers/vswitch
-// implements it with netlink; the model only routes requests to it and
-// turns its link changes into events.
-type Switches interface {
-	Create(ctx context.Context, name string) (created bool, err error)
-	Delete(ctx context.Context, names ...string) error
-	SetUplink(ctx context.Context, name, iface string) error
-	// AddTap adds a persistent TAP owned by owner/group (NoOwner: unset).
-	AddTap(ctx context.Context, name string, owner, group uint32) (tap string, err error)
-	RemovePort(ctx context.Context, name, port string) error
-	Check(ctx context.Context, name string) error
-	// InfoText, PortsText and AllText render the info, ports and all files.
-	InfoText(ctx context.Context, name string) (string, error)
-	PortsText(ctx context.Context, name string) (string, error)
-	AllText(ctx context.Context) (string, error)
-	// Uplink is the switch's uplink interface, "" if none.
-	Uplink(ctx context.Context, name string) (string, error)
-	// List names the switches machinefs manages, sorted.
-	List() []string
-	// Exists reports whether a bridge of that name exists, managed or not.
-	Exists(ctx context.Context, name string) bool
-	// WatchChanges calls fn for every link change in the switches' network
-	// namespace, made by anyone, until ctx ends.
-	WatchChanges(ctx context.Context, fn func(SwitchChange)) error
-}
-
-// SwitchChange is a link change seen on a switch.
-type SwitchChange struct {
-	Switch, Link, What string
-}
-
-// NoOwner leaves a TAP's owner or group unset.
-const NoOwner = ^uint32(0)
 
 // IsLocal reports whether this host is the machine machinefs runs on
 // (config local = yes): only it has live virtual switches.
@@ -53,12 +20,12 @@ func (h *Host) IsLocal() bool {
 }
 
 // switches returns the switch manager if this host may use it.
-func (h *Host) switches() (Switches, error) {
+func (h *Host) switches() (machine.Switches, error) {
 	if !h.IsLocal() {
-		return nil, Errorf(syscall.ENOTSUP, "vswitch: only the host machinefs runs on (config local = yes) has virtual switches; %s is not it", h.path)
+		return nil, machine.Errorf(syscall.ENOTSUP, "vswitch: only the host machinefs runs on (config local = yes) has virtual switches; %s is not it", h.path)
 	}
 	if h.tree.switches == nil {
-		return nil, Errorf(syscall.ENOTSUP, "vswitch: no switch manager in this daemon")
+		return nil, machine.Errorf(syscall.ENOTSUP, "vswitch: no switch manager in this daemon")
 	}
 	return h.tree.switches, nil
 }
@@ -76,9 +43,9 @@ func (h *Host) SwitchNames() []string {
 // read-only mount and on other hosts, bounds the call, and records the
 // outcome as a vswitch event about switch (what fn returns on success,
 // "ACTION failed: reason" otherwise).
-func (h *Host) switchOp(ctx context.Context, switchName, action string, who Caller, fn func(ctx context.Context, sw Switches) (string, error)) error {
+func (h *Host) switchOp(ctx context.Context, switchName, action string, who Caller, fn func(ctx context.Context, sw machine.Switches) (string, error)) error {
 	if h.tree.readOnly {
-		return Errorf(syscall.EROFS, "read-only mount")
+		return machine.Errorf(syscall.EROFS, "read-only mount")
 	}
 	sw, err := h.switches()
 	if err != nil {
@@ -107,9 +74,9 @@ func (h *Host) emitSwitch(switchName, detail string) {
 // CreateSwitch creates (or reuses) a switch: mkdir vswitch/NAME.
 func (h *Host) CreateSwitch(ctx context.Context, name string, who Caller) error {
 	if !ValidName(name) || len(name) > 12 {
-		return Errorf(syscall.EINVAL, "vswitch %q: use 1-12 letters, digits, '.', '_' or '-' (TAP names add a suffix)", name)
+		return machine.Errorf(syscall.EINVAL, "vswitch %q: use 1-12 letters, digits, '.', '_' or '-' (TAP names add a suffix)", name)
 	}
-	return h.switchOp(ctx, name, "create", who, func(ctx context.Context, sw Switches) (string, error) {
+	return h.switchOp(ctx, name, "create", who, func(ctx context.Context, sw machine.Switches) (string, error) {
 		created, err := sw.Create(ctx, name)
 		if created {
 			return "created", err
@@ -120,7 +87,7 @@ func (h *Host) CreateSwitch(ctx context.Context, name string, who Caller) error 
 
 // DeleteSwitch removes what machinefs created for a switch: rmdir.
 func (h *Host) DeleteSwitch(ctx context.Context, name string, who Caller) error {
-	return h.switchOp(ctx, name, "delete", who, func(ctx context.Context, sw Switches) (string, error) {
+	return h.switchOp(ctx, name, "delete", who, func(ctx context.Context, sw machine.Switches) (string, error) {
 		return "deleted", sw.Delete(ctx, name)
 	})
 }
@@ -138,10 +105,10 @@ func (h *Host) SwitchesCtl(ctx context.Context, line string, who Caller) error {
 		return nil
 	}
 	if f[0] != "cancel" || len(f) < 2 {
-		return Errorf(syscall.EINVAL, "vswitch ctl: %q: want \"cancel NAME [NAME ...]\"", line)
+		return machine.Errorf(syscall.EINVAL, "vswitch ctl: %q: want \"cancel NAME [NAME ...]\"", line)
 	}
 	names := f[1:]
-	return h.switchOp(ctx, strings.Join(names, ","), "cancel", who, func(ctx context.Context, sw Switches) (string, error) {
+	return h.switchOp(ctx, strings.Join(names, ","), "cancel", who, func(ctx context.Context, sw machine.Switches) (string, error) {
 		return "deleted", sw.Delete(ctx, names...)
 	})
 }
@@ -161,25 +128,25 @@ func (h *Host) SwitchCtl(ctx context.Context, name, line string, who Caller) err
 		if err != nil {
 			return err
 		}
-		return h.switchOp(ctx, name, "add tap", who, func(ctx context.Context, sw Switches) (string, error) {
+		return h.switchOp(ctx, name, "add tap", who, func(ctx context.Context, sw machine.Switches) (string, error) {
 			tap, err := sw.AddTap(ctx, name, owner, group)
 			return "tap " + tap + " added", err
 		})
 	case f[0] == "remove" && len(f) == 2:
-		return h.switchOp(ctx, name, "remove "+f[1], who, func(ctx context.Context, sw Switches) (string, error) {
+		return h.switchOp(ctx, name, "remove "+f[1], who, func(ctx context.Context, sw machine.Switches) (string, error) {
 			return "port " + f[1] + " removed", sw.RemovePort(ctx, name, f[1])
 		})
 	case f[0] == "check" && len(f) == 1:
-		return h.switchOp(ctx, name, "check", who, func(ctx context.Context, sw Switches) (string, error) {
+		return h.switchOp(ctx, name, "check", who, func(ctx context.Context, sw machine.Switches) (string, error) {
 			return "check ok", sw.Check(ctx, name)
 		})
 	}
-	return Errorf(syscall.EINVAL, "vswitch ctl: %q: want \"add tap [owner=U] [group=G]\", \"remove PORT\" or \"check\"", line)
+	return machine.Errorf(syscall.EINVAL, "vswitch ctl: %q: want \"add tap [owner=U] [group=G]\", \"remove PORT\" or \"check\"", line)
 }
 
 // tapOwners parses the owner=USER and group=GROUP options of "add tap".
 func tapOwners(opts []string) (owner, group uint32, err error) {
-	owner, group = NoOwner, NoOwner
+	owner, group = machine.NoOwner, machine.NoOwner
 	for _, kv := range opts {
 		k, v, ok := strings.Cut(kv, "=")
 		switch {
@@ -188,7 +155,7 @@ func tapOwners(opts []string) (owner, group uint32, err error) {
 		case ok && k == "group":
 			group, err = lookupID(v, true)
 		default:
-			err = Errorf(syscall.EINVAL, "vswitch ctl: %q: want owner=USER or group=GROUP", kv)
+			err = machine.Errorf(syscall.EINVAL, "vswitch ctl: %q: want owner=USER or group=GROUP", kv)
 		}
 		if err != nil {
 			return 0, 0, err
@@ -207,7 +174,7 @@ func (h *Host) SwitchConfig(ctx context.Context, name, text string, who Caller) 
 	}
 	for _, k := range cf.Keys() {
 		if k != "uplink" {
-			return Errorf(syscall.EINVAL, "vswitch config: unknown key %q (uplink)", k)
+			return machine.Errorf(syscall.EINVAL, "vswitch config: unknown key %q (uplink)", k)
 		}
 	}
 	v, ok := cf.Get("uplink")
@@ -220,9 +187,9 @@ func (h *Host) SwitchConfig(ctx context.Context, name, text string, who Caller) 
 	if !h.tree.isAdmin(who) {
 		// An uplink takes a host interface into the bridge (eth0 would
 		// take the machine off its network): a device, so an admin's call.
-		return Errorf(syscall.EACCES, "vswitch uplink: privileged (it takes a host interface into the bridge): only root or the admin group may set it (uid %d is an operator)", who.Uid)
+		return machine.Errorf(syscall.EACCES, "vswitch uplink: privileged (it takes a host interface into the bridge): only root or the admin group may set it (uid %d is an operator)", who.Uid)
 	}
-	return h.switchOp(ctx, name, fmt.Sprintf("uplink %q", v), who, func(ctx context.Context, sw Switches) (string, error) {
+	return h.switchOp(ctx, name, fmt.Sprintf("uplink %q", v), who, func(ctx context.Context, sw machine.Switches) (string, error) {
 		return fmt.Sprintf("uplink %q", v), sw.SetUplink(ctx, name, v)
 	})
 }
@@ -293,7 +260,7 @@ func lookupID(v string, group bool) (uint32, error) {
 		if group {
 			kind = "group"
 		}
-		return 0, Errorf(syscall.EINVAL, "vswitch ctl: no %s %q", kind, v)
+		return 0, machine.Errorf(syscall.EINVAL, "vswitch ctl: no %s %q", kind, v)
 	}
 	return id, nil
 }
@@ -304,7 +271,7 @@ func (t *Tree) WatchSwitches(ctx context.Context) error {
 	if t.switches == nil {
 		return nil
 	}
-	return t.switches.WatchChanges(ctx, func(c SwitchChange) {
+	return t.switches.WatchChanges(ctx, func(c machine.SwitchChange) {
 		var local *Host
 		for _, h := range t.Hosts(nil) {
 			if h.IsLocal() {

@@ -1,4 +1,4 @@
-package nodes_test
+package model_test
 
 import (
 	"context"
@@ -12,22 +12,23 @@ import (
 	"github.com/machinefs/machinefs/drivers/sim"
 	"github.com/machinefs/machinefs/drivers/uml"
 	"github.com/machinefs/machinefs/drivers/wol"
-	"github.com/machinefs/machinefs/nodes"
+	"github.com/machinefs/machinefs/machine"
+	"github.com/machinefs/machinefs/model"
 )
 
 var (
-	root     = nodes.Caller{Uid: 0, Gid: 0, Pid: 1}
-	operator = nodes.Caller{Uid: 4711, Gid: 4711, Pid: 0}
-	admin    = nodes.Caller{Uid: 4712, Gid: 900, Pid: 0}
+	root     = model.Caller{Uid: 0, Gid: 0, Pid: 1}
+	operator = model.Caller{Uid: 4711, Gid: 4711, Pid: 0}
+	admin    = model.Caller{Uid: 4712, Gid: 900, Pid: 0}
 )
 
 // accessTree knows every driver's keys (hosts run the simulator, so no
 // driver but sim is built) and has admin group 900.
-func accessTree(t *testing.T) *nodes.Tree {
+func accessTree(t *testing.T) *model.Tree {
 	t.Helper()
-	tree := nodes.NewTree(nodes.Options{
-		Store:         &nodes.Store{Dir: t.TempDir()},
-		Drivers:       []nodes.DriverSpec{sim.Spec, ipmi.Spec, wol.Spec, ns.Spec, uml.Spec},
+	tree := model.NewTree(model.Options{
+		Store:         &model.Store{Dir: t.TempDir()},
+		Drivers:       []machine.DriverSpec{sim.Spec, ipmi.Spec, wol.Spec, ns.Spec, uml.Spec},
 		AdminGid:      900,
 		HasAdminGroup: true,
 	})
@@ -57,7 +58,7 @@ func TestPrivilegedKeys(t *testing.T) {
 		"local = yes",
 	} {
 		err := h.SetConfig(ctx, "label = x\n"+line+"\n", operator)
-		if nodes.ErrnoOf(err) != syscall.EACCES || !strings.Contains(err.Error(), "privileged") {
+		if machine.ErrnoOf(err) != syscall.EACCES || !strings.Contains(err.Error(), "privileged") {
 			t.Errorf("operator wrote %q: %v, want EACCES privileged", line, err)
 		}
 	}
@@ -79,14 +80,14 @@ func TestPrivilegedKeys(t *testing.T) {
 	if err := h.SetConfig(ctx, "ns.root = /srv/a\nlabel = again\n", operator); err != nil {
 		t.Fatalf("unchanged privileged value: %v", err)
 	}
-	if err := h.SetConfig(ctx, "ns.root =\n", operator); nodes.ErrnoOf(err) != syscall.EACCES {
+	if err := h.SetConfig(ctx, "ns.root =\n", operator); machine.ErrnoOf(err) != syscall.EACCES {
 		t.Fatalf("operator removed ns.root: %v", err)
 	}
 	// Through ctl and mkdir alike.
-	if _, err := tree.Add(ctx, nil, "b", configOf("ns.root", "/"), operator); nodes.ErrnoOf(err) != syscall.EACCES {
+	if _, err := tree.Add(ctx, nil, "b", configOf("ns.root", "/"), operator); machine.ErrnoOf(err) != syscall.EACCES {
 		t.Fatalf("operator added a host with ns.root: %v", err)
 	}
-	if err := tree.Ctl(ctx, "add c uml.kernel=/bin/sh\n", operator); nodes.ErrnoOf(err) != syscall.EACCES {
+	if err := tree.Ctl(ctx, "add c uml.kernel=/bin/sh\n", operator); machine.ErrnoOf(err) != syscall.EACCES {
 		t.Fatalf("ctl add with uml.kernel: %v", err)
 	}
 	if tree.Host("hosts/b") != nil || tree.Host("hosts/c") != nil {
@@ -94,8 +95,8 @@ func TestPrivilegedKeys(t *testing.T) {
 	}
 }
 
-func configOf(kv ...string) *nodes.ConfigFile {
-	cf := &nodes.ConfigFile{}
+func configOf(kv ...string) *model.ConfigFile {
+	cf := &model.ConfigFile{}
 	for i := 0; i+1 < len(kv); i += 2 {
 		cf.Set(kv[i], kv[i+1])
 	}
@@ -172,14 +173,14 @@ func TestControlCharactersRefused(t *testing.T) {
 	h := addSim(t, tree, "a")
 	for _, v := range []string{"\x1b[2J", "a\rb", "a\x00b", "bell\x07", "x\u2028y", "\xff"} {
 		err := h.SetConfig(ctx, "label = "+v+"\n", root)
-		if nodes.ErrnoOf(err) != syscall.EINVAL {
+		if machine.ErrnoOf(err) != syscall.EINVAL {
 			t.Errorf("label %q: %v, want EINVAL", v, err)
 		}
 	}
 	if err := h.SetConfig(ctx, "label = tab\tand ünïcode\n", root); err != nil {
 		t.Fatalf("printable label: %v", err)
 	}
-	if err := tree.Ctl(ctx, "add e label=\x1b[31mred\n", root); nodes.ErrnoOf(err) != syscall.EINVAL {
+	if err := tree.Ctl(ctx, "add e label=\x1b[31mred\n", root); machine.ErrnoOf(err) != syscall.EINVAL {
 		t.Fatalf("ctl with ESC: %v", err)
 	}
 }
@@ -211,7 +212,7 @@ func TestCtlAllOrNothing(t *testing.T) {
 }
 
 func TestEventLineEscaped(t *testing.T) {
-	e := nodes.Event{Path: "hosts/a", Kind: "notify", Detail: "x\n2026-01-01T00:00:00.000000Z hosts/b power off\x1b[2J\r\x00\a\u0085\xfe"}
+	e := model.Event{Path: "hosts/a", Kind: "notify", Detail: "x\n2026-01-01T00:00:00.000000Z hosts/b power off\x1b[2J\r\x00\a\u0085\xfe"}
 	line := e.Line()
 	if strings.Count(line, "\n") != 1 || !strings.HasSuffix(line, "\n") {
 		t.Fatalf("not one line: %q", line)
@@ -224,7 +225,7 @@ func TestEventLineEscaped(t *testing.T) {
 	if !strings.Contains(line, `\x1b[2J\x0d\x00\x07\u{0085}\xfe`) {
 		t.Fatalf("escapes: %q", line)
 	}
-	long := nodes.Event{Detail: strings.Repeat("\x01", 100000)}.Line()
+	long := model.Event{Detail: strings.Repeat("\x01", 100000)}.Line()
 	if len(long) > 8192 || !strings.Contains(long, "bytes cut") {
 		t.Fatalf("a long detail is %d bytes: %.80q", len(long), long)
 	}
@@ -235,7 +236,7 @@ func FuzzEscape(f *testing.F) {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, s string) {
-		out := nodes.Escape(s)
+		out := model.Escape(s)
 		for _, r := range out {
 			if (unicode.IsControl(r) && r != '\t') || r == '\u2028' || r == '\u2029' {
 				t.Fatalf("Escape(%q) = %q keeps %U", s, out, r)
@@ -255,10 +256,10 @@ func FuzzEscape(f *testing.F) {
 func TestUplinkPrivileged(t *testing.T) {
 	tree := accessTree(t)
 	h := addSim(t, tree, "a")
-	if err := h.SwitchConfig(context.Background(), "sw0", "uplink = eth9\n", operator); nodes.ErrnoOf(err) != syscall.EACCES {
+	if err := h.SwitchConfig(context.Background(), "sw0", "uplink = eth9\n", operator); machine.ErrnoOf(err) != syscall.EACCES {
 		t.Fatalf("operator's uplink: %v, want EACCES", err)
 	}
-	if err := h.SwitchConfig(context.Background(), "sw0", "uplink = eth9\n", root); nodes.ErrnoOf(err) != syscall.ENOTSUP {
+	if err := h.SwitchConfig(context.Background(), "sw0", "uplink = eth9\n", root); machine.ErrnoOf(err) != syscall.ENOTSUP {
 		t.Fatalf("root's uplink on a host without switches: %v, want ENOTSUP", err)
 	}
 }

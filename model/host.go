@@ -1,4 +1,4 @@
-package nodes
+package model
 
 import (
 	"context"
@@ -8,6 +8,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/machinefs/machinefs/machine"
 )
 
 // Host is one machine in the tree: a host under hosts/ or a subhost under a
@@ -23,10 +25,10 @@ type Host struct {
 
 	mu        sync.Mutex
 	cfg       *ConfigFile
-	drivers   []Driver
+	drivers   []machine.Driver
 	driverErr error
 	gen       uint64 // driver generation: reports from closed drivers are ignored
-	power     Power
+	power     machine.Power
 	since     time.Time
 	reason    string
 	reachable bool
@@ -42,10 +44,10 @@ type Host struct {
 // operation is a power command in flight: accepted by a driver, not yet at
 // its target state.
 type operation struct {
-	cmd     Command
+	cmd     machine.Command
 	who     Caller
-	target  Power
-	prev    Power
+	target  machine.Power
+	prev    machine.Power
 	started time.Time
 	done    chan struct{}
 	err     error
@@ -68,7 +70,7 @@ func (h *Host) Log() *EventLog { return h.log }
 func (h *Host) Parent() *Host { return h.parent }
 
 // Power is the current power state.
-func (h *Host) Power() Power {
+func (h *Host) Power() machine.Power {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	return h.power
@@ -84,7 +86,7 @@ func (h *Host) emit(kind, detail string) {
 
 // Exec parses and runs one line written to the power file.
 func (h *Host) Exec(ctx context.Context, line string, who Caller) error {
-	cmd, err := ParseCommand(line)
+	cmd, err := machine.ParseCommand(line)
 	if err != nil {
 		return err
 	}
@@ -96,8 +98,8 @@ func (h *Host) Exec(ctx context.Context, line string, who Caller) error {
 // state is reached. Errors carry the errno (see ErrnoOf) and are recorded in
 // state and events. inStack is set for the host's own step of its stack
 // command, which must not be refused as busy by that very command.
-func (h *Host) runOwn(ctx context.Context, cmd Command, who Caller, inStack bool) error {
-	spec, _ := LookupVerb(cmd.Verb)
+func (h *Host) runOwn(ctx context.Context, cmd machine.Command, who Caller, inStack bool) error {
+	spec, _ := machine.LookupVerb(cmd.Verb)
 	quoted := fmt.Sprintf("%q %s", cmd.String(), who)
 
 	// asked: the driver asked for the machine's state (at most once);
@@ -120,12 +122,12 @@ again:
 			return h.rejoin(ctx, op, quoted)
 		}
 		h.mu.Unlock()
-		err := Errorf(syscall.EBUSY, "busy: %q is in flight since %s", op.cmd.String(), stamp(op.started))
+		err := machine.Errorf(syscall.EBUSY, "busy: %q is in flight since %s", op.cmd.String(), stamp(op.started))
 		h.emit("command", quoted+" refused: "+err.Error())
 		return err
 	}
 	now := time.Now()
-	if spec.Target != "" && h.power == spec.Target && spec.Transit != PowerRebooting && !spec.Always && !cmd.Force && !unsure {
+	if spec.Target != "" && h.power == spec.Target && spec.Transit != machine.PowerRebooting && !spec.Always && !cmd.Force && !unsure {
 		// What the tree shows may be stale (ipmitool, a guest's own
 		// shutdown, a BMC that has not been polled since): the machine
 		// decides, not the cache. force always goes to the driver.
@@ -149,7 +151,7 @@ again:
 	}
 	op := &operation{cmd: cmd, who: who, target: spec.Target, prev: h.power, started: now, done: make(chan struct{})}
 	if prev := h.op; prev != nil {
-		h.finishLocked(prev, Errorf(syscall.ECANCELED, "overridden by %q (force)", cmd.String()))
+		h.finishLocked(prev, machine.Errorf(syscall.ECANCELED, "overridden by %q (force)", cmd.String()))
 	}
 	h.op = op
 	h.lastCmd = fmt.Sprintf("%s at %s: in flight", quoted, stamp(now))
@@ -177,8 +179,8 @@ again:
 		// answers late runs it): nothing is known until the driver
 		// reports again.
 		after, why := op.prev, fmt.Sprintf("command %q failed", cmd.String())
-		if ErrnoOf(err) == syscall.ETIMEDOUT {
-			after, why = PowerUnknown, fmt.Sprintf("command %q timed out: the machine may still run it; unknown until the driver reports", cmd.String())
+		if machine.ErrnoOf(err) == syscall.ETIMEDOUT {
+			after, why = machine.PowerUnknown, fmt.Sprintf("command %q timed out: the machine may still run it; unknown until the driver reports", cmd.String())
 		}
 		changed := h.op == op && h.power != after
 		if h.op == op {
@@ -211,12 +213,12 @@ again:
 // statusReaderLocked returns the driver to ask for the machine's state
 // before a command is answered from the cache: the driver that would run
 // the command if it can tell, else the first driver that can.
-func (h *Host) statusReaderLocked(pc PowerController) StatusReader {
-	if sr, ok := pc.(StatusReader); ok {
+func (h *Host) statusReaderLocked(pc machine.PowerController) machine.StatusReader {
+	if sr, ok := pc.(machine.StatusReader); ok {
 		return sr
 	}
 	for _, d := range h.drivers {
-		if sr, ok := d.(StatusReader); ok {
+		if sr, ok := d.(machine.StatusReader); ok {
 			return sr
 		}
 	}
@@ -227,8 +229,8 @@ func (h *Host) statusReaderLocked(pc PowerController) StatusReader {
 // host (a change shows as a power event, as a report would) and says
 // whether the machine is at target. A driver that cannot tell (an error,
 // unknown, a transition) answers false: the command then goes to it.
-func (h *Host) refresh(ctx context.Context, sr StatusReader, gen uint64, timeout time.Duration, target Power) bool {
-	res := make(chan Status, 1)
+func (h *Host) refresh(ctx context.Context, sr machine.StatusReader, gen uint64, timeout time.Duration, target machine.Power) bool {
+	res := make(chan machine.Status, 1)
 	err := callDriver(ctx, timeout, func(ctx context.Context) error {
 		st, err := sr.Status(ctx)
 		res <- st
@@ -239,7 +241,7 @@ func (h *Host) refresh(ctx context.Context, sr StatusReader, gen uint64, timeout
 		return false
 	}
 	st := <-res
-	if st.Power == "" || st.Power == PowerUnknown || st.Power.Transitional() {
+	if st.Power == "" || st.Power == machine.PowerUnknown || st.Power.Transitional() {
 		return false
 	}
 	h.mu.Lock()
@@ -269,7 +271,7 @@ func (h *Host) refresh(ctx context.Context, sr StatusReader, gen uint64, timeout
 // by the same process while it is in flight: a program that retries a
 // write a signal interrupted (Go's os.File, Python) after the wait ended
 // with EINTR.
-func isRetry(op *operation, cmd Command, who Caller) bool {
+func isRetry(op *operation, cmd machine.Command, who Caller) bool {
 	return cmd.Wait && op.cmd.String() == cmd.String() && sameProcess(op.who, who)
 }
 
@@ -287,9 +289,9 @@ func awaitOp(ctx context.Context, op *operation) error {
 		return op.err
 	case <-ctx.Done():
 		if op.target == "" {
-			return Errorf(syscall.EINTR, "interrupted while waiting for %q (the command goes on)", op.cmd.String())
+			return machine.Errorf(syscall.EINTR, "interrupted while waiting for %q (the command goes on)", op.cmd.String())
 		}
-		return Errorf(syscall.EINTR, "interrupted while waiting for %s (the command goes on)", op.target)
+		return machine.Errorf(syscall.EINTR, "interrupted while waiting for %s (the command goes on)", op.target)
 	}
 }
 
@@ -306,7 +308,7 @@ func callDriver(ctx context.Context, timeout time.Duration, fn func(context.Cont
 	case err := <-res:
 		return timedOut(cctx.Err() != nil, timeout, err)
 	case <-cctx.Done():
-		return Errorf(syscall.ETIMEDOUT, "no answer within %s", timeout)
+		return machine.Errorf(syscall.ETIMEDOUT, "no answer within %s", timeout)
 	}
 }
 
@@ -336,8 +338,8 @@ func (c deadlineContext) Deadline() (time.Time, bool) { return c.deadline, true 
 // timedOut says ETIMEDOUT for a driver error that came from its deadline
 // (expired: the deadline has passed).
 func timedOut(expired bool, timeout time.Duration, err error) error {
-	if err != nil && expired && ErrnoOf(err) == syscall.EIO {
-		return Errorf(syscall.ETIMEDOUT, "no answer within %s: %v", timeout, err)
+	if err != nil && expired && machine.ErrnoOf(err) == syscall.EIO {
+		return machine.Errorf(syscall.ETIMEDOUT, "no answer within %s: %v", timeout, err)
 	}
 	return err
 }
@@ -348,16 +350,16 @@ func (h *Host) opTimedOut(op *operation, after time.Duration) {
 		h.mu.Unlock()
 		return
 	}
-	err := Errorf(syscall.ETIMEDOUT, "%q: power still %s after %s, expected %s", op.cmd.String(), h.power, after, op.target)
+	err := machine.Errorf(syscall.ETIMEDOUT, "%q: power still %s after %s, expected %s", op.cmd.String(), h.power, after, op.target)
 	changed := h.power.Transitional()
 	if changed {
-		h.setPowerLocked(PowerUnknown, err.Error())
+		h.setPowerLocked(machine.PowerUnknown, err.Error())
 	}
 	h.lastErr = err.Error()
 	h.finishLocked(op, err)
 	h.mu.Unlock()
 	if changed {
-		h.emit("power", string(PowerUnknown))
+		h.emit("power", string(machine.PowerUnknown))
 	}
 	h.emit("error", err.Error())
 }
@@ -384,7 +386,7 @@ func (h *Host) finishLocked(op *operation, err error) {
 	h.lastCmd = fmt.Sprintf("%q %s at %s: %s", op.cmd.String(), op.who, stamp(op.started), verdict)
 }
 
-func (h *Host) setPowerLocked(p Power, reason string) {
+func (h *Host) setPowerLocked(p machine.Power, reason string) {
 	if h.power != p {
 		h.since = time.Now()
 	}
@@ -393,9 +395,9 @@ func (h *Host) setPowerLocked(p Power, reason string) {
 }
 
 // powerDriverLocked returns the first configured driver that supports verb.
-func (h *Host) powerDriverLocked(verb string) PowerController {
+func (h *Host) powerDriverLocked(verb string) machine.PowerController {
 	for _, d := range h.drivers {
-		if pc, ok := d.(PowerController); ok && slices.Contains(pc.Verbs(), verb) {
+		if pc, ok := d.(machine.PowerController); ok && slices.Contains(pc.Verbs(), verb) {
 			return pc
 		}
 	}
@@ -404,12 +406,12 @@ func (h *Host) powerDriverLocked(verb string) PowerController {
 
 func (h *Host) unsupportedLocked(verb string) error {
 	if h.driverErr != nil {
-		return Errorf(ErrnoOf(h.driverErr), "%s: drivers not ready: %v", verb, h.driverErr)
+		return machine.Errorf(machine.ErrnoOf(h.driverErr), "%s: drivers not ready: %v", verb, h.driverErr)
 	}
 	if len(h.drivers) == 0 {
-		return Errorf(syscall.ENOTSUP, "%s: no driver configured (set drivers in config)", verb)
+		return machine.Errorf(syscall.ENOTSUP, "%s: no driver configured (set drivers in config)", verb)
 	}
-	return Errorf(syscall.ENOTSUP, "%s: not supported by drivers %s", verb, h.driverKindsLocked())
+	return machine.Errorf(syscall.ENOTSUP, "%s: not supported by drivers %s", verb, h.driverKindsLocked())
 }
 
 func (h *Host) driverKindsLocked() string {
@@ -428,7 +430,7 @@ type reporter struct {
 	kind string
 }
 
-func (r reporter) Report(st Status) { r.h.report(r.gen, r.kind, st) }
+func (r reporter) Report(st machine.Status) { r.h.report(r.gen, r.kind, st) }
 
 func (r reporter) Event(kind, detail string) {
 	r.h.mu.Lock()
@@ -439,7 +441,7 @@ func (r reporter) Event(kind, detail string) {
 	}
 }
 
-func (h *Host) report(gen uint64, kind string, st Status) {
+func (h *Host) report(gen uint64, kind string, st machine.Status) {
 	var events [][2]string
 	h.mu.Lock()
 	if h.gen != gen {
@@ -469,9 +471,9 @@ func (h *Host) report(gen uint64, kind string, st Status) {
 			// time is ETIMEDOUT); a plain wrong state is EIO.
 			why, code := st.Reason, syscall.EIO
 			if st.Err != nil {
-				why, code = st.Err.Error(), ErrnoOf(st.Err)
+				why, code = st.Err.Error(), machine.ErrnoOf(st.Err)
 			}
-			h.finishLocked(op, Errorf(code, "%q: reached %s, expected %s: %s", op.cmd.String(), st.Power, op.target, why))
+			h.finishLocked(op, machine.Errorf(code, "%q: reached %s, expected %s: %s", op.cmd.String(), st.Power, op.target, why))
 		}
 	}
 	h.mu.Unlock()
@@ -512,7 +514,7 @@ func (h *Host) StateText() string {
 	line("label", label)
 	line("subhosts", strings.Join(subs, " "))
 	for _, d := range h.drivers {
-		if ds, ok := d.(Describer); ok {
+		if ds, ok := d.(machine.Describer); ok {
 			for _, kv := range ds.Describe() {
 				line(kv[0], kv[1])
 			}
@@ -547,7 +549,7 @@ func (h *Host) busy() string {
 		return fmt.Sprintf("%s: command %q in flight", h.path, op.cmd.String())
 	}
 	switch h.power {
-	case PowerOff, PowerUnknown, PowerCrashed, "":
+	case machine.PowerOff, machine.PowerUnknown, machine.PowerCrashed, "":
 		return ""
 	}
 	return fmt.Sprintf("%s is %s: power it off first", h.path, h.power)

@@ -1,4 +1,4 @@
-package nodes
+package model
 
 import (
 	"context"
@@ -12,6 +12,8 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"github.com/machinefs/machinefs/machine"
 )
 
 // Options configure a Tree.
@@ -19,7 +21,7 @@ type Options struct {
 	// Store persists host configs; nil keeps them in memory only.
 	Store *Store
 	// Drivers are the drivers hosts may use, by name.
-	Drivers []DriverSpec
+	Drivers []machine.DriverSpec
 	// ReadOnly refuses every command and config change with EROFS.
 	ReadOnly bool
 	// Log receives the daemon's log; nil discards.
@@ -27,7 +29,7 @@ type Options struct {
 	// HostLogLimit and TreeLogLimit bound events.log sizes in bytes.
 	HostLogLimit, TreeLogLimit int
 	// Switches manages the local host's virtual switches; nil: none.
-	Switches Switches
+	Switches machine.Switches
 	// FanOut bounds how many members of a group a command reaches at
 	// once (default 32).
 	FanOut int
@@ -40,7 +42,7 @@ type Options struct {
 // Tree is the machine model: every host and subhost, the drivers they may
 // use, the config store and the event bus. It knows nothing of FUSE.
 type Tree struct {
-	specs    map[string]DriverSpec
+	specs    map[string]machine.DriverSpec
 	store    *Store
 	readOnly bool
 	log      *slog.Logger
@@ -48,7 +50,7 @@ type Tree struct {
 	treeLog  *EventLog
 	hostLog  int
 	fanout   int
-	switches Switches
+	switches machine.Switches
 	adminGid uint32 // adminGroupUnset without -o admingroup=
 	nextID   atomic.Uint64
 
@@ -73,7 +75,7 @@ func NewTree(o Options) *Tree {
 		o.FanOut = 32
 	}
 	t := &Tree{
-		specs:    map[string]DriverSpec{},
+		specs:    map[string]machine.DriverSpec{},
 		store:    o.Store,
 		readOnly: o.ReadOnly,
 		log:      o.Log,
@@ -205,10 +207,10 @@ func (t *Tree) subhostNames(h *Host) []string {
 // a bad key or value is EINVAL and nothing is created.
 func (t *Tree) Add(ctx context.Context, parent *Host, name string, cf *ConfigFile, who Caller) (*Host, error) {
 	if t.readOnly {
-		return nil, Errorf(syscall.EROFS, "read-only mount")
+		return nil, machine.Errorf(syscall.EROFS, "read-only mount")
 	}
 	if !ValidName(name) {
-		return nil, Errorf(syscall.EINVAL, "%q is not a valid name (letters, digits, '.', '_', '-'; at most 63)", name)
+		return nil, machine.Errorf(syscall.EINVAL, "%q is not a valid name (letters, digits, '.', '_', '-'; at most 63)", name)
 	}
 	if cf == nil {
 		cf = &ConfigFile{}
@@ -231,7 +233,7 @@ func (t *Tree) Add(ctx context.Context, parent *Host, name string, cf *ConfigFil
 	}
 	if err := t.saveConfig(h.path, cf); err != nil {
 		t.detach(h)
-		return nil, Errorf(syscall.EIO, "%v", err)
+		return nil, machine.Errorf(syscall.EIO, "%v", err)
 	}
 	h.emit("added", who.String())
 	h.rebuildDrivers(ctx)
@@ -242,7 +244,7 @@ func (t *Tree) insert(parent *Host, name string, cf *ConfigFile) (*Host, error) 
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if t.closed {
-		return nil, Errorf(syscall.ESHUTDOWN, "shutting down")
+		return nil, machine.Errorf(syscall.ESHUTDOWN, "shutting down")
 	}
 	m := t.hosts
 	path := "hosts/" + name
@@ -254,7 +256,7 @@ func (t *Tree) insert(parent *Host, name string, cf *ConfigFile) (*Host, error) 
 		path = parent.path + "/subhosts/" + name
 	}
 	if _, ok := m[name]; ok {
-		return nil, Errorf(syscall.EEXIST, "%s exists", path)
+		return nil, machine.Errorf(syscall.EEXIST, "%s exists", path)
 	}
 	h := &Host{
 		tree:   t,
@@ -264,7 +266,7 @@ func (t *Tree) insert(parent *Host, name string, cf *ConfigFile) (*Host, error) 
 		id:     t.nextID.Add(1),
 		log:    newEventLog(t.hostLog),
 		cfg:    cf,
-		power:  PowerUnknown,
+		power:  machine.PowerUnknown,
 		reason: "no report from a driver yet",
 	}
 	m[name] = h
@@ -285,14 +287,14 @@ func (t *Tree) detach(h *Host) {
 // has a command in flight.
 func (t *Tree) Remove(ctx context.Context, h *Host, who Caller) error {
 	if t.readOnly {
-		return Errorf(syscall.EROFS, "read-only mount")
+		return machine.Errorf(syscall.EROFS, "read-only mount")
 	}
 	if why := t.busyTree(h); why != "" {
-		return Errorf(syscall.EBUSY, "%s", why)
+		return machine.Errorf(syscall.EBUSY, "%s", why)
 	}
 	if t.store != nil {
 		if err := t.store.Remove(h.path); err != nil {
-			return Errorf(syscall.EIO, "%v", err)
+			return machine.Errorf(syscall.EIO, "%v", err)
 		}
 	}
 	t.detach(h)
@@ -370,7 +372,7 @@ func (t *Tree) ctl(ctx context.Context, text string, who Caller) error {
 			continue
 		}
 		if adding[op.path] {
-			return Errorf(syscall.EINVAL, "ctl: %s appears twice in one write", op.path)
+			return machine.Errorf(syscall.EINVAL, "ctl: %s appears twice in one write", op.path)
 		}
 		adding[op.path] = true
 		ops = append(ops, *op)
@@ -396,34 +398,34 @@ func (t *Tree) parseCtl(line string, who Caller) (*ctlOp, error) {
 		return nil, nil
 	}
 	if len(f) < 2 {
-		return nil, Errorf(syscall.EINVAL, "ctl: want \"add NAME key=value ...\" or \"remove NAME\"")
+		return nil, machine.Errorf(syscall.EINVAL, "ctl: want \"add NAME key=value ...\" or \"remove NAME\"")
 	}
 	path := "hosts/" + strings.TrimPrefix(strings.Trim(f[1], "/"), "hosts/")
 	switch strings.ToLower(f[0]) {
 	case "add":
 		if t.readOnly {
-			return nil, Errorf(syscall.EROFS, "read-only mount")
+			return nil, machine.Errorf(syscall.EROFS, "read-only mount")
 		}
 		parentPath, name := splitHostPath(path)
 		var parent *Host
 		if parentPath != "" {
 			if parent = t.Host(parentPath); parent == nil {
-				return nil, Errorf(syscall.ENOENT, "ctl: no host %s", parentPath)
+				return nil, machine.Errorf(syscall.ENOENT, "ctl: no host %s", parentPath)
 			}
 		} else if path != "hosts/"+name {
-			return nil, Errorf(syscall.EINVAL, "ctl: %q: subhosts are NAME/subhosts/SUB", f[1])
+			return nil, machine.Errorf(syscall.EINVAL, "ctl: %q: subhosts are NAME/subhosts/SUB", f[1])
 		}
 		if !ValidName(name) {
-			return nil, Errorf(syscall.EINVAL, "%q is not a valid name (letters, digits, '.', '_', '-'; at most 63)", name)
+			return nil, machine.Errorf(syscall.EINVAL, "%q is not a valid name (letters, digits, '.', '_', '-'; at most 63)", name)
 		}
 		if t.Host(path) != nil {
-			return nil, Errorf(syscall.EEXIST, "%s exists", path)
+			return nil, machine.Errorf(syscall.EEXIST, "%s exists", path)
 		}
 		cf := &ConfigFile{}
 		for _, kv := range f[2:] {
 			k, v, ok := strings.Cut(kv, "=")
 			if !ok || k == "" || v == "" {
-				return nil, Errorf(syscall.EINVAL, "ctl: %q is not key=value", kv)
+				return nil, machine.Errorf(syscall.EINVAL, "ctl: %q is not key=value", kv)
 			}
 			if err := t.checkKey(k, v); err != nil {
 				return nil, err
@@ -436,21 +438,21 @@ func (t *Tree) parseCtl(line string, who Caller) (*ctlOp, error) {
 		return &ctlOp{add: true, parent: parent, name: name, path: path, cf: cf}, nil
 	case "remove":
 		if len(f) != 2 {
-			return nil, Errorf(syscall.EINVAL, "ctl: remove takes one NAME")
+			return nil, machine.Errorf(syscall.EINVAL, "ctl: remove takes one NAME")
 		}
 		if t.readOnly {
-			return nil, Errorf(syscall.EROFS, "read-only mount")
+			return nil, machine.Errorf(syscall.EROFS, "read-only mount")
 		}
 		h := t.Host(path)
 		if h == nil {
-			return nil, Errorf(syscall.ENOENT, "ctl: no host %s", path)
+			return nil, machine.Errorf(syscall.ENOENT, "ctl: no host %s", path)
 		}
 		if why := t.busyTree(h); why != "" {
-			return nil, Errorf(syscall.EBUSY, "%s", why)
+			return nil, machine.Errorf(syscall.EBUSY, "%s", why)
 		}
 		return &ctlOp{host: h, path: path}, nil
 	}
-	return nil, Errorf(syscall.EINVAL, "ctl: unknown command %q (add, remove)", f[0])
+	return nil, machine.Errorf(syscall.EINVAL, "ctl: unknown command %q (add, remove)", f[0])
 }
 
 // splitHostPath splits "hosts/a/subhosts/b" into "hosts/a" and "b".
@@ -574,7 +576,7 @@ func (t *Tree) saveConfig(path string, cf *ConfigFile) error {
 }
 
 // keySpec finds a key among the core keys and every driver's keys.
-func (t *Tree) keySpec(key string) (KeySpec, bool) {
+func (t *Tree) keySpec(key string) (machine.KeySpec, bool) {
 	for _, k := range coreKeys {
 		if k.Name == key {
 			return k, true
@@ -587,7 +589,7 @@ func (t *Tree) keySpec(key string) (KeySpec, bool) {
 			}
 		}
 	}
-	return KeySpec{}, false
+	return machine.KeySpec{}, false
 }
 
 func (t *Tree) driverNames() []string {
@@ -602,12 +604,12 @@ func (t *Tree) isSecret(key string) bool {
 func (t *Tree) checkKey(key, value string) error {
 	k, ok := t.keySpec(key)
 	if !ok {
-		return Errorf(syscall.EINVAL, "unknown key %q (see README: config keys)", key)
+		return machine.Errorf(syscall.EINVAL, "unknown key %q (see README: config keys)", key)
 	}
 	if key == "drivers" || key == "driver" {
 		for _, n := range driverNames(value) {
 			if _, ok := t.specs[n]; !ok {
-				return Errorf(syscall.EINVAL, "%s: unknown driver %q (have: %s)", key, n, strings.Join(t.driverNames(), ", "))
+				return machine.Errorf(syscall.EINVAL, "%s: unknown driver %q (have: %s)", key, n, strings.Join(t.driverNames(), ", "))
 			}
 		}
 		return nil
@@ -615,9 +617,9 @@ func (t *Tree) checkKey(key, value string) error {
 	if k.Check != nil {
 		if err := k.Check(value); err != nil {
 			if strings.HasPrefix(err.Error(), key) {
-				return Errorf(syscall.EINVAL, "%v", err)
+				return machine.Errorf(syscall.EINVAL, "%v", err)
 			}
-			return Errorf(syscall.EINVAL, "%s: %v", key, err)
+			return machine.Errorf(syscall.EINVAL, "%s: %v", key, err)
 		}
 	}
 	return nil
@@ -625,8 +627,8 @@ func (t *Tree) checkKey(key, value string) error {
 
 // KeyDocs lists every config key for documentation: core keys, then each
 // driver's.
-func (t *Tree) KeyDocs() []KeySpec {
-	out := append([]KeySpec(nil), coreKeys...)
+func (t *Tree) KeyDocs() []machine.KeySpec {
+	out := append([]machine.KeySpec(nil), coreKeys...)
 	for _, n := range t.driverNames() {
 		out = append(out, t.specs[n].Keys...)
 	}
@@ -634,8 +636,8 @@ func (t *Tree) KeyDocs() []KeySpec {
 }
 
 // DriverSpecs lists the registered drivers.
-func (t *Tree) DriverSpecs() []DriverSpec {
-	var out []DriverSpec
+func (t *Tree) DriverSpecs() []machine.DriverSpec {
+	var out []machine.DriverSpec
 	for _, n := range t.driverNames() {
 		out = append(out, t.specs[n])
 	}

@@ -1,4 +1,4 @@
-package nodes
+package model
 
 import (
 	"fmt"
@@ -6,6 +6,8 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+
+	"github.com/machinefs/machinefs/machine"
 )
 
 // MaxGroupHosts caps the hosts a group's members file may name, counting
@@ -47,11 +49,11 @@ var memberRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._/\-\[\],]*$`)
 // names' length are known and bounded.
 func parseMember(line string) (hostRange, error) {
 	if !memberRE.MatchString(line) {
-		return hostRange{}, Errorf(syscall.EINVAL, "member %q: want a host path such as lab01, lab01/subhosts/vm1 or node[01-40]", line)
+		return hostRange{}, machine.Errorf(syscall.EINVAL, "member %q: want a host path such as lab01, lab01/subhosts/vm1 or node[01-40]", line)
 	}
 	r, err := parseHostRange(strings.TrimPrefix(line, "hosts/"))
 	if err != nil {
-		return hostRange{}, Errorf(syscall.EINVAL, "member %q: %v", line, err)
+		return hostRange{}, machine.Errorf(syscall.EINVAL, "member %q: %v", line, err)
 	}
 	return r, nil
 }
@@ -64,7 +66,7 @@ func expandMember(line string) ([]string, error) {
 	}
 	paths, err := r.expand("hosts/")
 	if err != nil {
-		return nil, Errorf(syscall.EINVAL, "member %q: %v", line, err)
+		return nil, machine.Errorf(syscall.EINVAL, "member %q: %v", line, err)
 	}
 	return paths, nil
 }
@@ -270,7 +272,7 @@ func groupHosts(lines []string) (hosts []string, total int, bad []memberError) {
 	for i, l := range lines {
 		r, err := parseMember(l)
 		if err == nil && total+r.count > MaxGroupHosts {
-			err = Errorf(syscall.EINVAL, "member %q: the members would name %d hosts; a group names at most %d", l, total+r.count, MaxGroupHosts)
+			err = machine.Errorf(syscall.EINVAL, "member %q: the members would name %d hosts; a group names at most %d", l, total+r.count, MaxGroupHosts)
 		}
 		if err != nil {
 			bad = append(bad, memberError{line: l, err: err})
@@ -291,7 +293,7 @@ func groupHosts(lines []string) (hosts []string, total int, bad []memberError) {
 			// The line's hosts do not count after all; the total is only
 			// reported, the cap was checked with the larger one.
 			total -= ranges[i].count
-			bad = append(bad, memberError{line: l, err: Errorf(syscall.EINVAL, "member %q: %v", l, err)})
+			bad = append(bad, memberError{line: l, err: machine.Errorf(syscall.EINVAL, "member %q: %v", l, err)})
 			continue
 		}
 		for _, p := range paths {

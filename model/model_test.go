@@ -1,4 +1,4 @@
-package nodes_test
+package model_test
 
 import (
 	"context"
@@ -10,37 +10,38 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/machinefs/machinefs/drivers/sim"
-	"github.com/machinefs/machinefs/nodes"
+	"github.com/machinefs/machinefs/machine"
+	"github.com/machinefs/machinefs/model"
 )
 
 // The model starts goroutines (driver calls, operation timers, simulated
 // transitions); none may outlive a closed tree.
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
-func newTree(t *testing.T) *nodes.Tree {
+func newTree(t *testing.T) *model.Tree {
 	t.Helper()
-	tree := nodes.NewTree(nodes.Options{Store: &nodes.Store{Dir: t.TempDir()}, Drivers: []nodes.DriverSpec{sim.Spec}})
+	tree := model.NewTree(model.Options{Store: &model.Store{Dir: t.TempDir()}, Drivers: []machine.DriverSpec{sim.Spec}})
 	t.Cleanup(tree.Close)
 	return tree
 }
 
-func addSim(t *testing.T, tree *nodes.Tree, name string, kv ...string) *nodes.Host {
+func addSim(t *testing.T, tree *model.Tree, name string, kv ...string) *model.Host {
 	t.Helper()
-	cf := &nodes.ConfigFile{}
+	cf := &model.ConfigFile{}
 	cf.Set("drivers", "sim")
 	for i := 0; i+1 < len(kv); i += 2 {
 		cf.Set(kv[i], kv[i+1])
 	}
-	h, err := tree.Add(context.Background(), nil, name, cf, nodes.Caller{Uid: 1000})
+	h, err := tree.Add(context.Background(), nil, name, cf, model.Caller{Uid: 1000})
 	if err != nil {
 		t.Fatal(err)
 	}
 	return h
 }
 
-func run(t *testing.T, h *nodes.Host, line string) error {
+func run(t *testing.T, h *model.Host, line string) error {
 	t.Helper()
-	return h.Exec(context.Background(), line, nodes.Caller{Uid: 1000, Gid: 100, Pid: 42})
+	return h.Exec(context.Background(), line, model.Caller{Uid: 1000, Gid: 100, Pid: 42})
 }
 
 func TestCommandLifecycle(t *testing.T) {
@@ -51,18 +52,18 @@ func TestCommandLifecycle(t *testing.T) {
 	if err := run(t, h, "on"); err != nil {
 		t.Fatal(err)
 	}
-	if p := h.Power(); p != nodes.PowerStarting {
+	if p := h.Power(); p != machine.PowerStarting {
 		t.Fatalf("right after on: %s", p)
 	}
-	if err := run(t, h, "off"); nodes.ErrnoOf(err) != syscall.EBUSY {
+	if err := run(t, h, "off"); machine.ErrnoOf(err) != syscall.EBUSY {
 		t.Fatalf("conflicting command: %v, want EBUSY", err)
 	}
-	if err := run(t, h, "on wait"); nodes.ErrnoOf(err) != syscall.EBUSY {
+	if err := run(t, h, "on wait"); machine.ErrnoOf(err) != syscall.EBUSY {
 		t.Fatalf("second on while in flight: %v, want EBUSY", err)
 	}
 	var kinds []string
 	deadline := time.After(5 * time.Second)
-	for h.Power() != nodes.PowerOn {
+	for h.Power() != machine.PowerOn {
 		select {
 		case e := <-sub.C:
 			kinds = append(kinds, e.Kind+" "+e.Detail)
@@ -80,10 +81,10 @@ func TestOperationTimeout(t *testing.T) {
 	tree := newTree(t)
 	h := addSim(t, tree, "s", "sim.stuck", "on")
 	err := run(t, h, "on wait timeout=100ms")
-	if nodes.ErrnoOf(err) != syscall.ETIMEDOUT {
+	if machine.ErrnoOf(err) != syscall.ETIMEDOUT {
 		t.Fatalf("err %v, want ETIMEDOUT", err)
 	}
-	if h.Power() != nodes.PowerUnknown {
+	if h.Power() != machine.PowerUnknown {
 		t.Fatalf("power %s, want unknown", h.Power())
 	}
 	// The host is free again.
@@ -96,11 +97,11 @@ func TestHungDriverTimesOut(t *testing.T) {
 	tree := newTree(t)
 	h := addSim(t, tree, "h", "sim.hang", "on", "timeout", "100ms")
 	err := run(t, h, "on")
-	if nodes.ErrnoOf(err) != syscall.ETIMEDOUT || !strings.Contains(err.Error(), "no answer within 100ms") {
+	if machine.ErrnoOf(err) != syscall.ETIMEDOUT || !strings.Contains(err.Error(), "no answer within 100ms") {
 		t.Fatalf("err %v", err)
 	}
 	// The driver may still run it: nothing is known until it reports.
-	if h.Power() != nodes.PowerUnknown {
+	if h.Power() != machine.PowerUnknown {
 		t.Fatalf("power %s, want unknown", h.Power())
 	}
 }
@@ -110,15 +111,15 @@ func TestInterruptedWaitKeepsCommand(t *testing.T) {
 	h := addSim(t, tree, "i", "sim.on-delay", "200ms")
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
 	defer cancel()
-	err := h.Exec(ctx, "on wait", nodes.Caller{})
-	if nodes.ErrnoOf(err) != syscall.EINTR {
+	err := h.Exec(ctx, "on wait", model.Caller{})
+	if machine.ErrnoOf(err) != syscall.EINTR {
 		t.Fatalf("err %v, want EINTR", err)
 	}
 	deadline := time.Now().Add(5 * time.Second)
-	for h.Power() != nodes.PowerOn && time.Now().Before(deadline) {
+	for h.Power() != machine.PowerOn && time.Now().Before(deadline) {
 		time.Sleep(10 * time.Millisecond)
 	}
-	if h.Power() != nodes.PowerOn {
+	if h.Power() != machine.PowerOn {
 		t.Fatalf("the command did not go on after the waiter left: %s", h.Power())
 	}
 }
@@ -126,13 +127,13 @@ func TestInterruptedWaitKeepsCommand(t *testing.T) {
 func TestRemoveRefusesRunning(t *testing.T) {
 	tree := newTree(t)
 	h := addSim(t, tree, "r", "sim.initial", "on")
-	if err := tree.Remove(context.Background(), h, nodes.Caller{}); nodes.ErrnoOf(err) != syscall.EBUSY {
+	if err := tree.Remove(context.Background(), h, model.Caller{}); machine.ErrnoOf(err) != syscall.EBUSY {
 		t.Fatalf("remove of a running host: %v", err)
 	}
 	if err := run(t, h, "off wait"); err != nil {
 		t.Fatal(err)
 	}
-	if err := tree.Remove(context.Background(), h, nodes.Caller{}); err != nil {
+	if err := tree.Remove(context.Background(), h, model.Caller{}); err != nil {
 		t.Fatal(err)
 	}
 	if tree.Host("hosts/r") != nil {
@@ -145,7 +146,7 @@ func TestSetConfigChecksEverything(t *testing.T) {
 	h := addSim(t, tree, "c")
 	before := h.ConfigText()
 	for _, text := range []string{"colour = blue\n", "sim.on-delay = soon\n", "label = x\nbogus line\n", "drivers = nosuch\n"} {
-		if err := h.SetConfig(context.Background(), text, nodes.Caller{}); nodes.ErrnoOf(err) != syscall.EINVAL {
+		if err := h.SetConfig(context.Background(), text, model.Caller{}); machine.ErrnoOf(err) != syscall.EINVAL {
 			t.Errorf("%q: %v, want EINVAL", text, err)
 		}
 	}

@@ -1,4 +1,4 @@
-package nodes
+package model
 
 import (
 	"context"
@@ -9,6 +9,8 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+
+	"github.com/machinefs/machinefs/machine"
 )
 
 func TestExpandRange(t *testing.T) {
@@ -76,7 +78,7 @@ func TestExpandRangeRefuses(t *testing.T) {
 			}
 			continue
 		}
-		if err == nil || ErrnoOf(err) != syscall.EINVAL || !strings.Contains(err.Error(), c.why) {
+		if err == nil || machine.ErrnoOf(err) != syscall.EINVAL || !strings.Contains(err.Error(), c.why) {
 			t.Errorf("%.40s: %d names, err %v; want EINVAL with %q", c.line, len(got), err, c.why)
 		}
 	}
@@ -93,8 +95,8 @@ func FuzzExpandRange(f *testing.F) {
 	f.Fuzz(func(t *testing.T, line string) {
 		names, err := expandMember(line)
 		if err != nil {
-			if names != nil || ErrnoOf(err) != syscall.EINVAL {
-				t.Fatalf("%q: names %d with error %v (errno %v)", line, len(names), err, ErrnoOf(err))
+			if names != nil || machine.ErrnoOf(err) != syscall.EINVAL {
+				t.Fatalf("%q: names %d with error %v (errno %v)", line, len(names), err, machine.ErrnoOf(err))
 			}
 			return
 		}
@@ -145,11 +147,11 @@ func TestGroupMembersCap(t *testing.T) {
 		t.Fatal(err)
 	}
 	err = g.SetMembers(ctx, "m[1-60000]\n", false, Caller{})
-	if ErrnoOf(err) != syscall.EINVAL || !strings.Contains(err.Error(), "a group names at most 100000") {
+	if machine.ErrnoOf(err) != syscall.EINVAL || !strings.Contains(err.Error(), "a group names at most 100000") {
 		t.Fatalf(">> past the cap: %v", err)
 	}
 	err = g.SetMembers(ctx, "n[1-60000]\nm[1-60000]\n", true, Caller{})
-	if ErrnoOf(err) != syscall.EINVAL || !strings.Contains(err.Error(), "a group names at most 100000") {
+	if machine.ErrnoOf(err) != syscall.EINVAL || !strings.Contains(err.Error(), "a group names at most 100000") {
 		t.Fatalf("> past the cap in two lines: %v", err)
 	}
 	if m := g.MembersText(); m != "n[1-60000]\n" || len(g.Hosts()) != 60000 {

@@ -1,0 +1,38 @@
+package machine
+
+import "context"
+
+// Switches manages the virtual switches (bridges and TAP devices) of the
+// machine machinefs runs on, ctys-setupVDE style. drivers/vswitch
+// implements it with netlink; the model only routes requests to it and
+// turns its link changes into events.
+type Switches interface {
+	Create(ctx context.Context, name string) (created bool, err error)
+	Delete(ctx context.Context, names ...string) error
+	SetUplink(ctx context.Context, name, iface string) error
+	// AddTap adds a persistent TAP owned by owner/group (NoOwner: unset).
+	AddTap(ctx context.Context, name string, owner, group uint32) (tap string, err error)
+	RemovePort(ctx context.Context, name, port string) error
+	Check(ctx context.Context, name string) error
+	// InfoText, PortsText and AllText render the info, ports and all files.
+	InfoText(ctx context.Context, name string) (string, error)
+	PortsText(ctx context.Context, name string) (string, error)
+	AllText(ctx context.Context) (string, error)
+	// Uplink is the switch's uplink interface, "" if none.
+	Uplink(ctx context.Context, name string) (string, error)
+	// List names the switches machinefs manages, sorted.
+	List() []string
+	// Exists reports whether a bridge of that name exists, managed or not.
+	Exists(ctx context.Context, name string) bool
+	// WatchChanges calls fn for every link change in the switches' network
+	// namespace, made by anyone, until ctx ends.
+	WatchChanges(ctx context.Context, fn func(SwitchChange)) error
+}
+
+// SwitchChange is a link change seen on a switch.
+type SwitchChange struct {
+	Switch, Link, What string
+}
+
+// NoOwner leaves a TAP's owner or group unset.
+const NoOwner = ^uint32(0)
