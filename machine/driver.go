@@ -85,6 +85,23 @@ type PowerController interface {
 	Power(ctx context.Context, cmd Command) error
 }
 
+// Verifier is a PowerController that follows every command it accepted
+// until its machine shows the command's target state or Command.Deadline
+// passes, and then reports a verdict through the Reporter: the target, or
+// what it saw with an Err that says why (EHOSTDOWN: the machine never
+// answered). The model then takes the verdict from that report; its own
+// clock stays behind the deadline by VerdictGrace, a backstop for a driver
+// that never reports. Poll is the shared loop for this.
+type Verifier interface {
+	PowerController
+	// Verifies says whether the driver follows cmd to its end.
+	Verifies(cmd Command) bool
+}
+
+// VerdictGrace is how long after Command.Deadline the model waits for a
+// Verifier's verdict before it ends the command with ETIMEDOUT itself.
+const VerdictGrace = 2 * time.Second
+
 // StatusReader is a driver that can ask its machine for its state now (one
 // Get Chassis Status on the kept IPMI session, a look at a process it
 // holds). The model asks before it answers a command from what it last

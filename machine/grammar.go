@@ -27,6 +27,12 @@ type Command struct {
 	Timeout time.Duration
 	// Line is the line as written, for the record.
 	Line string
+	// Deadline is when the model stops waiting for the command's target
+	// state (the host's wait-timeout, or Timeout), set by the model before
+	// the driver is called. A driver that follows a command to its end
+	// (a Verifier) stops there and reports its verdict: it runs no clock
+	// of its own that could disagree with wait. Zero: no target to wait for.
+	Deadline time.Time
 }
 
 // String renders the command in canonical form.

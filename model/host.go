@@ -169,6 +169,10 @@ again:
 		h.emit("power", string(spec.Transit))
 	}
 
+	if spec.Target != "" {
+		cmd.Deadline = now.Add(opTimeout)
+		op.cmd.Deadline = cmd.Deadline
+	}
 	err := callDriver(ctx, timeout, func(ctx context.Context) error { return pc.Power(ctx, cmd) })
 
 	h.mu.Lock()
@@ -199,7 +203,14 @@ again:
 	if op.target == "" {
 		h.finishLocked(op, nil)
 	} else if h.op == op {
-		op.timer = time.AfterFunc(opTimeout, func() { h.opTimedOut(op, opTimeout) })
+		// The model's clock ends the command at its deadline, unless the
+		// driver follows it there itself: then its verdict decides, and
+		// the clock is only a backstop.
+		after := time.Until(cmd.Deadline)
+		if v, ok := pc.(machine.Verifier); ok && v.Verifies(cmd) {
+			after += machine.VerdictGrace
+		}
+		op.timer = time.AfterFunc(after, func() { h.opTimedOut(op, opTimeout) })
 	}
 	h.mu.Unlock()
 	h.emit("command", quoted+" ok")
