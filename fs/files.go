@@ -14,6 +14,7 @@ import (
 	gofs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
 
+	"github.com/machinefs/machinefs/machine"
 	"github.com/machinefs/machinefs/model"
 )
 
@@ -907,7 +908,7 @@ func (s *eventStream) Read(ctx context.Context, dest []byte, off int64) (fuse.Re
 
 func (s *eventStream) add(ev model.Event) {
 	if lost := s.sub.Lost(); lost > 0 {
-		s.pending = append(s.pending, model.Event{Time: ev.Time, Path: s.sub.Prefix(), Kind: "lost", Detail: strconv.FormatInt(lost, 10) + " events (reader too slow)"}.Line()...)
+		s.pending = append(s.pending, model.Event{Time: ev.Time, Path: s.sub.Prefix(), Kind: machine.EventLost, Detail: strconv.FormatInt(lost, 10) + " events (reader too slow)"}.Line()...)
 	}
 	s.pending = append(s.pending, ev.Line()...)
 }

@@ -9,6 +9,7 @@ import (
 
 	gofs "github.com/hanwen/go-fuse/v2/fs"
 
+	"github.com/machinefs/machinefs/machine"
 	"github.com/machinefs/machinefs/model"
 )
 
@@ -117,41 +118,41 @@ func (n *notifier) onEvent(e model.Event) {
 	n.dirty[""] |= dirtyLog
 	if strings.HasPrefix(e.Path, "groups/") {
 		bits := dirtyLog | dirtyState | dirtyPower
-		if e.Kind == "members" && !strings.Contains(e.Detail, " refused: ") {
+		if e.Kind == machine.EventMembers && !strings.Contains(e.Detail, " refused: ") {
 			bits |= dirtyConfig
 		}
 		n.dirty[e.Path] |= bits
 		n.stampLocked(e.Path, bits, e.Time)
-		if e.Kind == "removed" {
+		if e.Kind == machine.EventRemoved {
 			n.forgetLocked(e.Path)
 		}
-		if e.Kind == "added" || e.Kind == "removed" {
-			n.entryLocked(e.Path, e.Kind == "added")
+		if e.Kind == machine.EventAdded || e.Kind == machine.EventRemoved {
+			n.entryLocked(e.Path, e.Kind == machine.EventAdded)
 		}
 	} else if e.Path != "" {
-		if e.Kind == "power" {
+		if e.Kind == machine.EventPower {
 			// A member's power changes its groups' power and state.
 			n.groupsDirty = true
 		}
 		bits := dirtyLog | dirtyState
 		switch e.Kind {
-		case "console", "serial":
+		case machine.EventConsole, machine.EventSerial:
 			// A console session changes nothing that state shows:
 			// only the event logs grow. Anything the command did to
 			// the machine comes as an event of its own (power).
 			bits = dirtyLog
-		case "power":
+		case machine.EventPower:
 			bits |= dirtyPower
-		case "command":
+		case machine.EventCommand:
 			// A writer's direct write may have grown the kernel's idea
 			// of power's size; refresh it without waking watchers.
 			bits |= dirtyPowerQuiet
-		case "config", "drivers":
+		case machine.EventConfig, machine.EventDrivers:
 			bits |= dirtyConfig | dirtyPower
-		case "added", "removed":
+		case machine.EventAdded, machine.EventRemoved:
 			n.entries[e.Path] = true
-			n.entryLocked(e.Path, e.Kind == "added")
-		case "vswitch":
+			n.entryLocked(e.Path, e.Kind == machine.EventAdded)
+		case machine.EventVSwitch:
 			// The switch's live files (ports, info) changed; state
 			// shows no switches.
 			bits = dirtyLog
@@ -160,18 +161,18 @@ func (n *notifier) onEvent(e model.Event) {
 		}
 		n.dirty[e.Path] |= bits
 		n.stampLocked(e.Path, bits, e.Time)
-		if e.Kind == "power" {
+		if e.Kind == machine.EventPower {
 			if n.powered == nil {
 				n.powered = map[string]time.Time{}
 			}
 			n.powered[e.Path] = e.Time
 		}
-		if e.Kind == "removed" {
+		if e.Kind == machine.EventRemoved {
 			n.forgetLocked(e.Path)
 		}
 		for p := parentPath(e.Path); p != ""; p = parentPath(p) {
 			n.dirty[p] |= dirtyLog
-			if e.Kind == "added" || e.Kind == "removed" {
+			if e.Kind == machine.EventAdded || e.Kind == machine.EventRemoved {
 				n.dirty[p] |= dirtyState
 				n.stampLocked(p, dirtyState, e.Time)
 			}

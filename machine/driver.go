@@ -55,7 +55,7 @@ type Reporter interface {
 	Report(Status)
 	// Event publishes a free-form event for this host, e.g.
 	// Event("notify", "disk almost full") shows as "notify disk almost full".
-	Event(kind, detail string)
+	Event(kind EventKind, detail string)
 }
 
 // Driver is one way of reaching a machine: a simulator, a BMC, a Wake-on-LAN

@@ -56,7 +56,7 @@ func (h *Host) consoleReply(reply string, query bool, line string, who Caller) s
 	h.mu.Unlock()
 	if !query {
 		status, _, _ := strings.Cut(reply, " ")
-		h.emit("console", fmt.Sprintf("%q %s %s", line, who, strings.TrimSpace(status)))
+		h.emit(machine.EventConsole, fmt.Sprintf("%q %s %s", line, who, strings.TrimSpace(status)))
 	}
 	return reply
 }
@@ -198,10 +198,10 @@ func (h *Host) OpenSerial(ctx context.Context) (io.ReadWriteCloser, error) {
 	})
 	if err != nil {
 		err = fmt.Errorf("serial: %w", err)
-		h.emit("error", err.Error())
+		h.emit(machine.EventError, err.Error())
 		return nil, err
 	}
-	h.emit("serial", "opened")
+	h.emit(machine.EventSerial, "opened")
 	return rwc, nil
 }
 

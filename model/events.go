@@ -7,6 +7,8 @@ import (
 	"sync/atomic"
 	"time"
 	"weak"
+
+	"github.com/machinefs/machinefs/machine"
 )
 
 // Event is one line of the events stream: "TIME PATH KIND DETAIL", libvirt
@@ -14,7 +16,7 @@ import (
 type Event struct {
 	Time   time.Time
 	Path   string // "hosts/lab01", or "" for the tree itself
-	Kind   string // power, command, error, config, added, removed, notify...
+	Kind   machine.EventKind
 	Detail string
 	// Item names the part of the host the event is about, when there is
 	// one: the switch of a vswitch event. It is not part of the line.
@@ -28,7 +30,7 @@ func (e Event) Line() string {
 		path = "/"
 	}
 	detail := Escape(e.Detail)
-	return e.Time.UTC().Format("2006-01-02T15:04:05.000000Z") + " " + path + " " + e.Kind + " " + detail + "\n"
+	return e.Time.UTC().Format("2006-01-02T15:04:05.000000Z") + " " + path + " " + string(e.Kind) + " " + detail + "\n"
 }
 
 // Under reports whether the event concerns path or something below it.
@@ -102,7 +104,7 @@ func (l *EventLog) append(line string) {
 // new one. Every older generation a reader may still hold is told what
 // its reader will not see: the events of the generation just rotated.
 func (l *EventLog) rotateLocked(now time.Time) {
-	marker := Event{Time: now, Path: l.owner, Kind: "lost", Detail: strconv.FormatInt(l.cur.events, 10) + " events (events.log rotated before this reader reached them; see events.log.1)"}.Line()
+	marker := Event{Time: now, Path: l.owner, Kind: machine.EventLost, Detail: strconv.FormatInt(l.cur.events, 10) + " events (events.log rotated before this reader reached them; see events.log.1)"}.Line()
 	kept := l.gone[:0]
 	for _, w := range l.gone {
 		if g := w.Value(); g != nil {

@@ -40,7 +40,7 @@ func (g *Group) Path() string { return g.path }
 // Log is the group's events.log.
 func (g *Group) Log() *EventLog { return g.log }
 
-func (g *Group) emit(kind, detail string) {
+func (g *Group) emit(kind machine.EventKind, detail string) {
 	g.tree.publish(Event{Time: time.Now(), Path: g.path, Kind: kind, Detail: detail})
 }
 
@@ -73,7 +73,7 @@ func (g *Group) SetMembers(ctx context.Context, text string, replace bool, who C
 		// Each line on its own first: a bad line is refused before the
 		// whole file is expanded.
 		if _, err := parseMember(l); err != nil {
-			g.emit("members", fmt.Sprintf("%s refused: %v", who, err))
+			g.emit(machine.EventMembers, fmt.Sprintf("%s refused: %v", who, err))
 			return err
 		}
 		lines = append(lines, l)
@@ -104,7 +104,7 @@ func (g *Group) SetMembers(ctx context.Context, text string, replace bool, who C
 	for _, b := range bad {
 		if _, ok := fresh[b.line]; ok {
 			g.mu.Unlock()
-			g.emit("members", fmt.Sprintf("%s refused: %v", who, b.err))
+			g.emit(machine.EventMembers, fmt.Sprintf("%s refused: %v", who, b.err))
 			return b.err
 		}
 	}
@@ -112,7 +112,7 @@ func (g *Group) SetMembers(ctx context.Context, text string, replace bool, who C
 	for _, l := range lines {
 		if err := g.tree.namesAHost(l); err != nil {
 			g.mu.Unlock()
-			g.emit("members", fmt.Sprintf("%s refused: %v", who, err))
+			g.emit(machine.EventMembers, fmt.Sprintf("%s refused: %v", who, err))
 			return err
 		}
 	}
@@ -123,7 +123,7 @@ func (g *Group) SetMembers(ctx context.Context, text string, replace bool, who C
 	g.members = next
 	g.hosts = hosts
 	g.mu.Unlock()
-	g.emit("members", fmt.Sprintf("%d lines, %d hosts %s", len(next), len(hosts), who))
+	g.emit(machine.EventMembers, fmt.Sprintf("%d lines, %d hosts %s", len(next), len(hosts), who))
 	return nil
 }
 
@@ -164,7 +164,7 @@ func (g *Group) Hosts() []string {
 func (g *Group) Exec(ctx context.Context, line string, who Caller) error {
 	cmd, err := machine.ParseCommand(line)
 	if err != nil {
-		g.emit("command", fmt.Sprintf("%q %s refused: %v", strings.TrimSpace(line), who, err))
+		g.emit(machine.EventCommand, fmt.Sprintf("%q %s refused: %v", strings.TrimSpace(line), who, err))
 		return err
 	}
 	if g.tree.readOnly {
@@ -229,7 +229,7 @@ func (g *Group) run(ctx context.Context, cmd machine.Command, who Caller) error 
 				worst = fmt.Errorf("%s: %w", p, err)
 			}
 			mu.Unlock()
-			g.emit("member", fmt.Sprintf("%s %q %s", p, cmd.String(), outcome))
+			g.emit(machine.EventMember, fmt.Sprintf("%s %q %s", p, cmd.String(), outcome))
 		}()
 	}
 	wg.Wait()
@@ -244,7 +244,7 @@ func (g *Group) run(ctx context.Context, cmd machine.Command, who Caller) error 
 	g.results = results
 	g.lastCmd = fmt.Sprintf("%q %s at %s: %s", cmd.String(), who, stamp(started), summary)
 	g.mu.Unlock()
-	g.emit("command", fmt.Sprintf("%q %s %s", cmd.String(), who, summary))
+	g.emit(machine.EventCommand, fmt.Sprintf("%q %s %s", cmd.String(), who, summary))
 	if worst != nil {
 		return machine.Errorf(machine.ErrnoOf(worst), "%d of %d members failed; first: %v", failed, len(paths), worst)
 	}
@@ -336,7 +336,7 @@ func (t *Tree) AddGroup(name string, who Caller) (*Group, error) {
 		t.mu.Unlock()
 		return nil, machine.Errorf(syscall.EIO, "%v", err)
 	}
-	g.emit("added", who.String())
+	g.emit(machine.EventAdded, who.String())
 	return g, nil
 }
 
@@ -371,7 +371,7 @@ func (t *Tree) RemoveGroup(g *Group, who Caller) error {
 	t.mu.Lock()
 	delete(t.groups, g.name)
 	t.mu.Unlock()
-	g.emit("removed", who.String())
+	g.emit(machine.EventRemoved, who.String())
 	return nil
 }
 
@@ -426,7 +426,7 @@ func (t *Tree) loadGroups() error {
 			return err
 		}
 		for _, b := range bad {
-			g.emit("error", "members: "+b.err.Error()+" (line ignored)")
+			g.emit(machine.EventError, "members: "+b.err.Error()+" (line ignored)")
 		}
 	}
 	return nil

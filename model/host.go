@@ -80,7 +80,7 @@ func (h *Host) Power() machine.Power {
 func (h *Host) PowerText() string { return string(h.Power()) + "\n" }
 
 // emit publishes an event about this host.
-func (h *Host) emit(kind, detail string) {
+func (h *Host) emit(kind machine.EventKind, detail string) {
 	h.tree.publish(Event{Time: time.Now(), Path: h.path, Kind: kind, Detail: detail})
 }
 
@@ -113,7 +113,7 @@ again:
 		h.lastCmd = fmt.Sprintf("%s at %s: refused: %v", quoted, stamp(time.Now()), err)
 		h.lastErr = err.Error()
 		h.mu.Unlock()
-		h.emit("command", quoted+" refused: "+err.Error())
+		h.emit(machine.EventCommand, quoted+" refused: "+err.Error())
 		return err
 	}
 	if op := h.busyOpLocked(inStack); op != nil && !cmd.Force {
@@ -123,7 +123,7 @@ again:
 		}
 		h.mu.Unlock()
 		err := machine.Errorf(syscall.EBUSY, "busy: %q is in flight since %s", op.cmd.String(), stamp(op.started))
-		h.emit("command", quoted+" refused: "+err.Error())
+		h.emit(machine.EventCommand, quoted+" refused: "+err.Error())
 		return err
 	}
 	now := time.Now()
@@ -146,7 +146,7 @@ again:
 		}
 		h.lastCmd = fmt.Sprintf("%s at %s: ok (%s)", quoted, stamp(now), how)
 		h.mu.Unlock()
-		h.emit("command", quoted+" ok ("+how+")")
+		h.emit(machine.EventCommand, quoted+" ok ("+how+")")
 		return nil
 	}
 	op := &operation{cmd: cmd, who: who, target: spec.Target, prev: h.power, started: now, done: make(chan struct{})}
@@ -166,7 +166,7 @@ again:
 	}
 	h.mu.Unlock()
 	if changed {
-		h.emit("power", string(spec.Transit))
+		h.emit(machine.EventPower, string(spec.Transit))
 	}
 
 	if spec.Target != "" {
@@ -193,10 +193,10 @@ again:
 		h.finishLocked(op, err)
 		h.lastErr = err.Error()
 		h.mu.Unlock()
-		h.emit("command", quoted+" failed: "+err.Error())
-		h.emit("error", err.Error())
+		h.emit(machine.EventCommand, quoted+" failed: "+err.Error())
+		h.emit(machine.EventError, err.Error())
 		if changed {
-			h.emit("power", string(after))
+			h.emit(machine.EventPower, string(after))
 		}
 		return err
 	}
@@ -213,7 +213,7 @@ again:
 		op.timer = time.AfterFunc(after, func() { h.opTimedOut(op, opTimeout) })
 	}
 	h.mu.Unlock()
-	h.emit("command", quoted+" ok")
+	h.emit(machine.EventCommand, quoted+" ok")
 
 	if !cmd.Wait {
 		return nil
@@ -270,10 +270,10 @@ func (h *Host) refresh(ctx context.Context, sr machine.StatusReader, gen uint64,
 	h.reachable = true
 	h.mu.Unlock()
 	if changed {
-		h.emit("power", string(st.Power))
+		h.emit(machine.EventPower, string(st.Power))
 	}
 	if reach {
-		h.emit("reachable", "yes")
+		h.emit(machine.EventReachable, "yes")
 	}
 	return st.Power == target
 }
@@ -288,7 +288,7 @@ func isRetry(op *operation, cmd machine.Command, who Caller) bool {
 
 // rejoin waits on for op, in flight, instead of refusing its retry as busy.
 func (h *Host) rejoin(ctx context.Context, op *operation, quoted string) error {
-	h.emit("command", quoted+" waits again for the one in flight since "+stamp(op.started))
+	h.emit(machine.EventCommand, quoted+" waits again for the one in flight since "+stamp(op.started))
 	return awaitOp(ctx, op)
 }
 
@@ -370,9 +370,9 @@ func (h *Host) opTimedOut(op *operation, after time.Duration) {
 	h.finishLocked(op, err)
 	h.mu.Unlock()
 	if changed {
-		h.emit("power", string(machine.PowerUnknown))
+		h.emit(machine.EventPower, string(machine.PowerUnknown))
 	}
-	h.emit("error", err.Error())
+	h.emit(machine.EventError, err.Error())
 }
 
 // finishLocked ends op with err and records the verdict.
@@ -443,7 +443,7 @@ type reporter struct {
 
 func (r reporter) Report(st machine.Status) { r.h.report(r.gen, r.kind, st) }
 
-func (r reporter) Event(kind, detail string) {
+func (r reporter) Event(kind machine.EventKind, detail string) {
 	r.h.mu.Lock()
 	live := r.h.gen == r.gen
 	r.h.mu.Unlock()
@@ -453,7 +453,7 @@ func (r reporter) Event(kind, detail string) {
 }
 
 func (h *Host) report(gen uint64, kind string, st machine.Status) {
-	var events [][2]string
+	var events []Event
 	h.mu.Lock()
 	if h.gen != gen {
 		h.mu.Unlock()
@@ -461,17 +461,17 @@ func (h *Host) report(gen uint64, kind string, st machine.Status) {
 	}
 	if st.Power != "" && st.Power != h.power {
 		h.setPowerLocked(st.Power, st.Reason)
-		events = append(events, [2]string{"power", string(st.Power)})
+		events = append(events, Event{Kind: machine.EventPower, Detail: string(st.Power)})
 	} else if st.Reason != "" {
 		h.reason = st.Reason
 	}
 	if st.Reachable != h.reachable {
 		h.reachable = st.Reachable
-		events = append(events, [2]string{"reachable", yesNo(st.Reachable)})
+		events = append(events, Event{Kind: machine.EventReachable, Detail: yesNo(st.Reachable)})
 	}
 	if st.Err != nil {
 		h.lastErr = prefixed(kind, st.Err).Error()
-		events = append(events, [2]string{"error", h.lastErr})
+		events = append(events, Event{Kind: machine.EventError, Detail: h.lastErr})
 	}
 	if op := h.op; op != nil && st.Power != "" && !st.Power.Transitional() {
 		switch {
@@ -489,7 +489,7 @@ func (h *Host) report(gen uint64, kind string, st machine.Status) {
 	}
 	h.mu.Unlock()
 	for _, e := range events {
-		h.emit(e[0], e[1])
+		h.emit(e.Kind, e.Detail)
 	}
 }
 

@@ -53,7 +53,7 @@ func (h *Host) SetConfig(ctx context.Context, text string, who Caller) error {
 	if err != nil {
 		// The reason is safe to publish: config errors never quote a
 		// line, and secret keys' checks never quote their value.
-		h.emit("config", fmt.Sprintf("refused %s: %v", who, err))
+		h.emit(machine.EventConfig, fmt.Sprintf("refused %s: %v", who, err))
 	}
 	return err
 }
@@ -154,9 +154,9 @@ func (h *Host) commitConfig(ctx context.Context, who Caller, written map[string]
 	h.cfg = next
 	h.mu.Unlock()
 
-	h.emit("config", strings.Join(describe(old, next), ", ")+" "+who.String())
+	h.emit(machine.EventConfig, strings.Join(describe(old, next), ", ")+" "+who.String())
 	if len(cleared) > 0 {
-		h.emit("config", fmt.Sprintf("cleared %s: an operator changed where it is sent (%s) %s; only root or the admin group keeps a secret across such a change",
+		h.emit(machine.EventConfig, fmt.Sprintf("cleared %s: an operator changed where it is sent (%s) %s; only root or the admin group keeps a secret across such a change",
 			strings.Join(cleared, " "), strings.Join(because, " "), who))
 	}
 	if rebuild {
@@ -175,7 +175,7 @@ func (h *Host) replaceConfig(ctx context.Context, cf *ConfigFile) {
 	}
 	h.mu.Unlock()
 	if !same {
-		h.emit("config", "reloaded")
+		h.emit(machine.EventConfig, "reloaded")
 	}
 	if rebuild {
 		h.rebuildDrivers(ctx)
@@ -275,9 +275,9 @@ func (h *Host) rebuildDrivers(ctx context.Context) {
 	}
 	h.mu.Unlock()
 	if len(errs) > 0 {
-		h.emit("error", errors.Join(errs...).Error())
+		h.emit(machine.EventError, errors.Join(errs...).Error())
 	}
-	h.emit("drivers", strings.Join(names, " "))
+	h.emit(machine.EventDrivers, strings.Join(names, " "))
 }
 
 // defaultTimeout bounds driver calls of hosts without a timeout key.
@@ -301,7 +301,7 @@ func (h *Host) removeDrivers(ctx context.Context) {
 		if r, ok := d.(machine.Remover); ok {
 			if err := callDriver(ctx, timeout, r.Remove); err != nil {
 				h.tree.log.Warn("releasing a removed host's resources", "host", h.path, "driver", d.Kind(), "err", err)
-				h.emit("error", prefixed(d.Kind(), fmt.Errorf("remove: %w", err)).Error())
+				h.emit(machine.EventError, prefixed(d.Kind(), fmt.Errorf("remove: %w", err)).Error())
 			}
 		}
 	}

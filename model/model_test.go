@@ -66,7 +66,7 @@ func TestCommandLifecycle(t *testing.T) {
 	for h.Power() != machine.PowerOn {
 		select {
 		case e := <-sub.C:
-			kinds = append(kinds, e.Kind+" "+e.Detail)
+			kinds = append(kinds, string(e.Kind)+" "+e.Detail)
 		case <-deadline:
 			t.Fatalf("never on; events %q", kinds)
 		}

@@ -26,7 +26,7 @@ func (h *Host) ReplaceConfig(ctx context.Context, text string, who Caller) error
 	err := h.replaceWhole(ctx, text, who)
 	if err != nil {
 		// Safe to publish, as in SetConfig: errors never quote a line.
-		h.emit("config", fmt.Sprintf("refused replace %s: %v", who, err))
+		h.emit(machine.EventConfig, fmt.Sprintf("refused replace %s: %v", who, err))
 	}
 	return err
 }

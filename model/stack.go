@@ -50,7 +50,7 @@ func (h *Host) Run(ctx context.Context, cmd machine.Command, who Caller) error {
 	}
 	if cmd.Force {
 		if n := len(h.runningSubhosts()); n > 0 {
-			h.emit("warning", fmt.Sprintf("%q: %d machines on top may be left inconsistent (force: no stack)", cmd.String(), n))
+			h.emit(machine.EventWarning, fmt.Sprintf("%q: %d machines on top may be left inconsistent (force: no stack)", cmd.String(), n))
 		}
 		return h.runOwn(ctx, cmd, who, false)
 	}
@@ -107,7 +107,7 @@ func (h *Host) refuseLine(line string, who Caller, err error) {
 	h.lastCmd = fmt.Sprintf("%s at %s: refused: %v", quoted, stamp(time.Now()), err)
 	h.lastErr = err.Error()
 	h.mu.Unlock()
-	h.emit("command", quoted+" refused: "+err.Error())
+	h.emit(machine.EventCommand, quoted+" refused: "+err.Error())
 }
 
 // busyOpLocked returns the command that makes the host busy: its own
@@ -155,14 +155,14 @@ func (h *Host) runStack(ctx context.Context, cmd machine.Command, who Caller, se
 		}
 		h.mu.Unlock()
 		err := machine.Errorf(syscall.EBUSY, "busy: %q is in flight since %s", op.cmd.String(), stamp(op.started))
-		h.emit("command", quoted+" refused: "+err.Error())
+		h.emit(machine.EventCommand, quoted+" refused: "+err.Error())
 		return err
 	}
 	op := &operation{cmd: cmd, who: who, started: time.Now(), done: make(chan struct{})}
 	h.stack = op
 	h.lastCmd = fmt.Sprintf("%s at %s: in flight (stack)", quoted, stamp(op.started))
 	h.mu.Unlock()
-	h.emit("command", quoted+" accepted (stack)")
+	h.emit(machine.EventCommand, quoted+" accepted (stack)")
 
 	run := func(ctx context.Context) {
 		s := &stackRun{cmd: cmd, who: who, root: h}
@@ -200,7 +200,7 @@ func (h *Host) runStack(ctx context.Context, cmd machine.Command, who Caller, se
 		op.err = err
 		close(op.done)
 		h.mu.Unlock()
-		h.emit("stack", fmt.Sprintf("%q done: %s (%s)", cmd.String(), verdict, summary))
+		h.emit(machine.EventStack, fmt.Sprintf("%q done: %s (%s)", cmd.String(), verdict, summary))
 	}
 	// The stack is not tied to the writer: an interrupted wait (Ctrl-C)
 	// must not cut a step's wait short, or the step would be forced off
@@ -245,7 +245,7 @@ func (s *stackRun) record(m *Host, verb string, err error, forced bool, start ti
 		outcome = "ok"
 	}
 	s.mu.Unlock()
-	s.root.emit("stack", fmt.Sprintf("%q%s step %s %s %s (%s)", s.cmd.Verb, label, m.path, verb, outcome, took))
+	s.root.emit(machine.EventStack, fmt.Sprintf("%q%s step %s %s %s (%s)", s.cmd.Verb, label, m.path, verb, outcome, took))
 }
 
 // down stops machines deepest first, siblings in parallel, and returns the
@@ -296,7 +296,7 @@ func (s *stackRun) stopOne(ctx context.Context, m *Host) {
 		s.record(m, "poweroff", nil, false, start)
 		return
 	}
-	s.root.emit("stack", fmt.Sprintf("%s did not stop within %s (%v): forcing", m.path, timeout, err))
+	s.root.emit(machine.EventStack, fmt.Sprintf("%s did not stop within %s (%v): forcing", m.path, timeout, err))
 	ferr := m.runOwn(ctx, machine.Command{Verb: "off", Force: true, Wait: true, Timeout: timeout, Label: s.cmd.Label}, s.who, false)
 	s.record(m, "off force", ferr, true, start)
 }

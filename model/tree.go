@@ -235,7 +235,7 @@ func (t *Tree) Add(ctx context.Context, parent *Host, name string, cf *ConfigFil
 		t.detach(h)
 		return nil, machine.Errorf(syscall.EIO, "%v", err)
 	}
-	h.emit("added", who.String())
+	h.emit(machine.EventAdded, who.String())
 	h.rebuildDrivers(ctx)
 	return h, nil
 }
@@ -299,7 +299,7 @@ func (t *Tree) Remove(ctx context.Context, h *Host, who Caller) error {
 	}
 	t.detach(h)
 	t.removeTree(ctx, h)
-	h.emit("removed", who.String())
+	h.emit(machine.EventRemoved, who.String())
 	return nil
 }
 
@@ -342,7 +342,7 @@ func (t *Tree) Ctl(ctx context.Context, text string, who Caller) error {
 	err := t.ctl(ctx, text, who)
 	if err != nil {
 		// The reason goes to events too: the shell only prints the errno.
-		t.publish(Event{Time: time.Now(), Kind: "ctl", Detail: fmt.Sprintf("%q %s refused: %v", strings.TrimSpace(text), who, err)})
+		t.publish(Event{Time: time.Now(), Kind: machine.EventCtl, Detail: fmt.Sprintf("%q %s refused: %v", strings.TrimSpace(text), who, err)})
 	}
 	return err
 }
@@ -483,7 +483,7 @@ func (t *Tree) Load(ctx context.Context) error {
 
 func (t *Tree) loadOne(ctx context.Context, sh StoredHost) {
 	if sh.Err != nil {
-		t.publish(Event{Time: time.Now(), Path: sh.Path, Kind: "error", Detail: "config: " + sh.Err.Error()})
+		t.publish(Event{Time: time.Now(), Path: sh.Path, Kind: machine.EventError, Detail: "config: " + sh.Err.Error()})
 		return
 	}
 	parentPath, name := splitHostPath(sh.Path)
@@ -496,7 +496,7 @@ func (t *Tree) loadOne(ctx context.Context, sh StoredHost) {
 	for _, k := range sh.Config.Keys() {
 		v, _ := sh.Config.Get(k)
 		if err := t.checkKey(k, v); err != nil {
-			t.publish(Event{Time: time.Now(), Path: sh.Path, Kind: "error", Detail: "config: " + err.Error()})
+			t.publish(Event{Time: time.Now(), Path: sh.Path, Kind: machine.EventError, Detail: "config: " + err.Error()})
 		}
 	}
 	if h := t.Host(sh.Path); h != nil {
@@ -507,7 +507,7 @@ func (t *Tree) loadOne(ctx context.Context, sh StoredHost) {
 	if err != nil {
 		return
 	}
-	h.emit("added", "from config")
+	h.emit(machine.EventAdded, "from config")
 	h.rebuildDrivers(ctx)
 }
 
@@ -532,19 +532,19 @@ func (t *Tree) Reload(ctx context.Context) error {
 		for _, h := range t.Hosts(parent) {
 			if !seen[h.path] {
 				if why := t.busyTree(h); why != "" {
-					h.emit("error", "config file gone but host kept: "+why)
+					h.emit(machine.EventError, "config file gone but host kept: "+why)
 					continue
 				}
 				t.detach(h)
 				t.removeTree(ctx, h)
-				h.emit("removed", "config file gone")
+				h.emit(machine.EventRemoved, "config file gone")
 				continue
 			}
 			walk(h)
 		}
 	}
 	walk(nil)
-	t.publish(Event{Time: time.Now(), Kind: "reload", Detail: fmt.Sprintf("%d hosts", len(stored))})
+	t.publish(Event{Time: time.Now(), Kind: machine.EventReload, Detail: fmt.Sprintf("%d hosts", len(stored))})
 	return nil
 }
 

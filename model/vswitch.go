@@ -68,7 +68,7 @@ func (h *Host) switchOp(ctx context.Context, switchName, action string, who Call
 // emitSwitch publishes a vswitch event naming the switch it is about, so
 // the filesystem knows whose ports and info changed.
 func (h *Host) emitSwitch(switchName, detail string) {
-	h.tree.publish(Event{Time: time.Now(), Path: h.path, Kind: "vswitch", Item: switchName, Detail: switchName + " " + detail})
+	h.tree.publish(Event{Time: time.Now(), Path: h.path, Kind: machine.EventVSwitch, Item: switchName, Detail: switchName + " " + detail})
 }
 
 // CreateSwitch creates (or reuses) a switch: mkdir vswitch/NAME.

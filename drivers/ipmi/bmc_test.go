@@ -58,9 +58,9 @@ func (r *recorder) Report(s machine.Status) {
 	r.mu.Unlock()
 }
 
-func (r *recorder) Event(kind, detail string) {
+func (r *recorder) Event(kind machine.EventKind, detail string) {
 	r.mu.Lock()
-	r.events = append(r.events, kind+" "+detail)
+	r.events = append(r.events, string(kind)+" "+detail)
 	r.mu.Unlock()
 }
 

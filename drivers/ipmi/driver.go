@@ -518,7 +518,7 @@ func (d *Driver) verify(ctx context.Context, cancel context.CancelFunc, id int, 
 	if !ok && act.verb == "poweroff" && ctx.Err() == nil {
 		msg := fmt.Sprintf("poweroff: not off %v after the soft shutdown; powering off hard", d.cfg.verifyTimeout)
 		if d.rep != nil {
-			d.rep.Event("notify", msg)
+			d.rep.Event(machine.EventNotify, msg)
 		}
 		d.log.Info(msg)
 		hard := actions["off"]

@@ -109,7 +109,7 @@ func (d *Subhost) Console(ctx context.Context, name string, args []string) (stri
 		if err != nil {
 			return "", err
 		}
-		d.report.Event("log", text)
+		d.report.Event(machine.EventLog, text)
 		return "", nil
 	}
 	return "", machine.Errorf(syscall.ENOTSUP, "%s: not supported by ns subhosts", name)

@@ -51,10 +51,10 @@ func (r *rep) Report(st machine.Status) {
 	r.all = append(r.all, st)
 }
 
-func (r *rep) Event(kind, detail string) {
+func (r *rep) Event(kind machine.EventKind, detail string) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.events = append(r.events, kind+" "+detail)
+	r.events = append(r.events, string(kind)+" "+detail)
 }
 
 func (r *rep) power() machine.Status {

@@ -228,7 +228,7 @@ func (m *Machine) Console(ctx context.Context, name string, args []string) (stri
 		if len(args) == 0 {
 			return "", machine.Errorf(syscall.EINVAL, "log needs TEXT")
 		}
-		m.report.Event("log", strings.Join(args, " "))
+		m.report.Event(machine.EventLog, strings.Join(args, " "))
 		return "", nil
 	case "flip":
 		if len(args) < 1 || len(args) > 2 || (args[0] != "on" && args[0] != "off") || (len(args) == 2 && args[1] != "quiet") {

@@ -158,7 +158,7 @@ func (m *Machine) backup(ctx context.Context, args []string) (string, error) {
 			}
 			cancel()
 		}
-		m.report.Event("backup", err.Error())
+		m.report.Event(machine.EventBackup, err.Error())
 		return "", err
 	}
 	m.setPaused(g, true, "guest synced and paused for a backup to "+dest)
@@ -180,7 +180,7 @@ func (m *Machine) backup(ctx context.Context, args []string) (string, error) {
 		if rerr := resume(); rerr != nil {
 			err = fmt.Errorf("%w; resuming the guest failed too: %v", err, rerr)
 		}
-		m.report.Event("backup", err.Error())
+		m.report.Event(machine.EventBackup, err.Error())
 		return "", err
 	}
 	files, size, err := copyTree(ctx, src, dest)
@@ -192,7 +192,7 @@ func (m *Machine) backup(ctx context.Context, args []string) (string, error) {
 		return fail("go", err)
 	}
 	msg := fmt.Sprintf("backup of %s to %s: %d files, %d bytes in %s (after %d syncs)", src, dest, files, size, time.Since(started).Round(time.Millisecond), syncs)
-	m.report.Event("backup", msg)
+	m.report.Event(machine.EventBackup, msg)
 	return msg, nil
 }
 

@@ -36,9 +36,9 @@ func (r *recorder) Report(st machine.Status) {
 	r.mu.Unlock()
 }
 
-func (r *recorder) Event(kind, detail string) {
+func (r *recorder) Event(kind machine.EventKind, detail string) {
 	r.mu.Lock()
-	r.events = append(r.events, [2]string{kind, detail})
+	r.events = append(r.events, [2]string{string(kind), detail})
 	r.mu.Unlock()
 }
 

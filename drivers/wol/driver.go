@@ -78,8 +78,8 @@ func New(_ context.Context, env machine.DriverEnv) (machine.Driver, error) {
 
 type nopReporter struct{}
 
-func (nopReporter) Report(machine.Status) {}
-func (nopReporter) Event(string, string)  {}
+func (nopReporter) Report(machine.Status)           {}
+func (nopReporter) Event(machine.EventKind, string) {}
 
 func (d *driver) Kind() string { return "wol" }
 
@@ -115,7 +115,7 @@ func (d *driver) Power(ctx context.Context, cmd machine.Command) error {
 		what += " (" + cmd.Label + ")"
 	}
 	d.log.Info("magic packet sent", "mac", d.cfg.packet.Target.String(), "via", via)
-	d.rep.Event("wol", what)
+	d.rep.Event(machine.EventWoL, what)
 
 	if d.cfg.probe == nil {
 		// The error ends the command: without it the model would keep

@@ -45,10 +45,10 @@ func (r *recorder) Report(s machine.Status) {
 	r.status = append(r.status, s)
 }
 
-func (r *recorder) Event(kind, detail string) {
+func (r *recorder) Event(kind machine.EventKind, detail string) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.events = append(r.events, [2]string{kind, detail})
+	r.events = append(r.events, [2]string{string(kind), detail})
 }
 
 func (r *recorder) statuses() []machine.Status {

@@ -17,6 +17,8 @@ import (
 	"sync"
 	"time"
 	"unicode/utf8"
+
+	"github.com/machinefs/machinefs/machine"
 )
 
 // MaxLine is the most bytes of one notify line passed on, cut marker
@@ -39,8 +41,8 @@ const (
 // of lines dropped by the limiter ("notify-dropped 250 lines dropped"), a
 // kind of its own so that a guest cannot forge it with a notify line.
 const (
-	Kind        = "notify"
-	DroppedKind = "notify-dropped"
+	Kind        = machine.EventNotify
+	DroppedKind = machine.EventNotifyDropped
 )
 
 // bound trims line and cuts it to MaxLine bytes (at a rune boundary, the
@@ -121,7 +123,7 @@ func (r *Reader) Next() (string, error) {
 // or from a timer when no line comes. Its methods are safe for concurrent
 // use; emit is never called with its lock held.
 type Limiter struct {
-	emit  func(kind, detail string)
+	emit  func(kind machine.EventKind, detail string)
 	burst float64
 	rate  float64
 	every time.Duration
@@ -139,13 +141,13 @@ type Limiter struct {
 }
 
 // NewLimiter returns a limiter with the package's defaults.
-func NewLimiter(emit func(kind, detail string)) *Limiter {
+func NewLimiter(emit func(kind machine.EventKind, detail string)) *Limiter {
 	return NewLimiterRate(emit, Burst, Rate, ReportEvery, time.Now)
 }
 
 // NewLimiterRate returns a limiter with its own burst, rate (lines a
 // second), report period and clock (tests).
-func NewLimiterRate(emit func(kind, detail string), burst int, rate float64, every time.Duration, now func() time.Time) *Limiter {
+func NewLimiterRate(emit func(kind machine.EventKind, detail string), burst int, rate float64, every time.Duration, now func() time.Time) *Limiter {
 	return &Limiter{emit: emit, burst: float64(burst), rate: rate, every: every, now: now, tokens: float64(burst), last: now()}
 }
 

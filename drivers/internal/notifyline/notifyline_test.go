@@ -11,6 +11,8 @@ import (
 	"testing"
 	"testing/iotest"
 	"time"
+
+	"github.com/machinefs/machinefs/machine"
 )
 
 // endless is an io.Reader of n bytes of 'y' and no newline.
@@ -106,9 +108,9 @@ type events struct {
 	all []string
 }
 
-func (e *events) emit(kind, detail string) {
+func (e *events) emit(kind machine.EventKind, detail string) {
 	e.mu.Lock()
-	e.all = append(e.all, kind+" "+detail)
+	e.all = append(e.all, string(kind)+" "+detail)
 	e.mu.Unlock()
 }
 
@@ -239,7 +241,7 @@ func FuzzNotifyLines(f *testing.F) {
 		c := &clock{t: time.Unix(0, 0)}
 		var mu sync.Mutex
 		passed := 0
-		lim := NewLimiterRate(func(kind, _ string) {
+		lim := NewLimiterRate(func(kind machine.EventKind, _ string) {
 			mu.Lock()
 			if kind == Kind {
 				passed++
