@@ -1,0 +1,53 @@
+package machine
+
+import (
+	"context"
+	"errors"
+	"time"
+)
+
+// Poll looks at a machine until it shows what the caller waits for or ctx
+// ends. It is the one loop behind "has the machine reached its target?":
+// a Verifier derives ctx from Command.Deadline, so the driver stops where
+// the model's wait stops and never runs a clock of its own that could
+// disagree with it.
+//
+// look runs at once and then every `every`, counted from the start of one
+// look to the start of the next (a slow look does not stretch the
+// schedule; one that overruns it is followed at once). It gets ctx and
+// should bound a single attempt itself when that must be shorter. look's
+// error does not end the poll: it says why the target does not show yet (a
+// machine on its way up refuses connections, a BMC drops a packet).
+//
+// Poll returns nil as soon as look reports done. When ctx ends first it
+// returns ctx's error (context.DeadlineExceeded at the deadline,
+// context.Canceled when the caller gave up), joined with the last error
+// look returned, if any. It starts no goroutine: when it returns, nothing
+// of it runs on.
+func Poll(ctx context.Context, every time.Duration, look func(context.Context) (done bool, err error)) error {
+	every = max(every, time.Millisecond) // a zero interval would spin
+	var last error
+	t := time.NewTimer(0)
+	defer t.Stop()
+	for {
+		next := time.Now().Add(every)
+		if ctx.Err() != nil {
+			return errors.Join(ctx.Err(), last)
+		}
+		done, err := look(ctx)
+		if done {
+			return nil
+		}
+		// An attempt cut short by ctx itself says nothing about the
+		// machine: keep the previous reason.
+		if err != nil && ctx.Err() == nil {
+			last = err
+		}
+		t.Reset(time.Until(next))
+		select {
+		case <-ctx.Done():
+			return errors.Join(ctx.Err(), last)
+		case <-t.C:
+		}
+	}
+}

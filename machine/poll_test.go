@@ -1,0 +1,108 @@
+package machine
+
+import (
+	"context"
+	"errors"
+	"runtime"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// TestPollDone: the first look that reports done ends the poll with nil,
+// whatever earlier looks said.
+func TestPollDone(t *testing.T) {
+	n := 0
+	err := Poll(t.Context(), time.Millisecond, func(context.Context) (bool, error) {
+		n++
+		if n < 3 {
+			return false, errors.New("refused")
+		}
+		return true, nil
+	})
+	if err != nil || n != 3 {
+		t.Fatalf("Poll = %v after %d looks, want nil after 3", err, n)
+	}
+}
+
+// TestPollDeadline: a target that never shows ends the poll at ctx's
+// deadline (not before), with DeadlineExceeded and the last reason look
+// gave; every look saw the deadline.
+func TestPollDeadline(t *testing.T) {
+	ctx, cancel := context.WithTimeout(t.Context(), 100*time.Millisecond)
+	defer cancel()
+	want, _ := ctx.Deadline()
+	looks := 0
+	err := Poll(ctx, 10*time.Millisecond, func(ctx context.Context) (bool, error) {
+		looks++
+		if dl, ok := ctx.Deadline(); !ok || !dl.Equal(want) {
+			t.Errorf("look %d: deadline %v %v, want %v", looks, dl, ok, want)
+		}
+		return false, Errorf(syscall.EHOSTDOWN, "no answer (look %d)", looks)
+	})
+	if time.Now().Before(want) {
+		t.Fatalf("Poll returned before the deadline: %v", err)
+	}
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Poll = %v, want DeadlineExceeded", err)
+	}
+	if ErrnoOf(err) != syscall.EHOSTDOWN {
+		t.Fatalf("Poll = %v: errno %v, want the last look's EHOSTDOWN", err, ErrnoOf(err))
+	}
+	if looks < 2 {
+		t.Fatalf("%d looks in 100ms every 10ms", looks)
+	}
+}
+
+// TestPollCancel: a cancelled poll (superseded, closed) says Canceled and
+// keeps no reason from a look that the cancellation cut short.
+func TestPollCancel(t *testing.T) {
+	ctx, cancel := context.WithCancel(t.Context())
+	looks := 0
+	err := Poll(ctx, time.Hour, func(ctx context.Context) (bool, error) {
+		looks++
+		cancel()
+		return false, ctx.Err()
+	})
+	if !errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) || looks != 1 {
+		t.Fatalf("Poll = %v after %d looks, want Canceled after 1", err, looks)
+	}
+	if err.Error() != context.Canceled.Error() {
+		t.Errorf("Poll = %q: the cut-short look's error should not count", err)
+	}
+	// Already ended: no look at all.
+	if err := Poll(ctx, time.Millisecond, func(context.Context) (bool, error) {
+		t.Fatal("look called with an ended context")
+		return false, nil
+	}); !errors.Is(err, context.Canceled) {
+		t.Fatalf("Poll on an ended context = %v", err)
+	}
+}
+
+// TestPollSchedule: a long interval is cut by the deadline: no look after
+// it, and Poll returns there.
+func TestPollSchedule(t *testing.T) {
+	ctx, cancel := context.WithTimeout(t.Context(), 300*time.Millisecond)
+	defer cancel()
+	var starts []time.Time
+	_ = Poll(ctx, time.Hour, func(context.Context) (bool, error) {
+		starts = append(starts, time.Now())
+		return false, nil
+	})
+	if len(starts) != 1 {
+		t.Fatalf("%d looks with an interval of an hour, want 1", len(starts))
+	}
+}
+
+// TestPollNoGoroutine: nothing of Poll outlives it.
+func TestPollNoGoroutine(t *testing.T) {
+	before := runtime.NumGoroutine()
+	for range 100 {
+		ctx, cancel := context.WithTimeout(t.Context(), time.Millisecond)
+		_ = Poll(ctx, 100*time.Microsecond, func(context.Context) (bool, error) { return false, nil })
+		cancel()
+	}
+	if after := runtime.NumGoroutine(); after > before {
+		t.Fatalf("%d goroutines after 100 polls, %d before", after, before)
+	}
+}
