@@ -9,14 +9,10 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/machinefs/machinefs/drivers/ipmi"
-	"github.com/machinefs/machinefs/drivers/ns"
-	"github.com/machinefs/machinefs/drivers/sim"
-	"github.com/machinefs/machinefs/drivers/uml"
-	"github.com/machinefs/machinefs/drivers/wol"
 	"github.com/machinefs/machinefs/machine"
 	"github.com/machinefs/machinefs/model"
 	"github.com/machinefs/machinefs/mountopts"
+	"github.com/machinefs/machinefs/registry"
 )
 
 // manPage is the parsed man page: for each .SH section, the tags of its
@@ -168,7 +164,7 @@ func TestManPageCoversTheCode(t *testing.T) {
 	}
 
 	// Core keys are not exported; a tree with every driver lists them all.
-	specs := []machine.DriverSpec{sim.Spec, ipmi.Spec, wol.Spec, ns.Spec, uml.Spec}
+	specs := registry.Drivers()
 	tree := model.NewTree(model.Options{Drivers: specs})
 	keys := tree.KeyDocs()
 	seen := map[string]bool{}

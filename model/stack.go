@@ -148,13 +148,11 @@ func (h *Host) runningSubhosts() []*Host {
 func (h *Host) runStack(ctx context.Context, cmd machine.Command, who Caller, self bool) error {
 	quoted := fmt.Sprintf("%q %s", cmd.String(), who)
 	h.mu.Lock()
-	if op := h.busyOpLocked(false); op != nil {
-		if op == h.stack && isRetry(op, cmd, who) {
-			h.mu.Unlock()
-			return h.rejoin(ctx, op, quoted)
-		}
+	if join, err := h.admitLocked(cmd, who, false, h.stack); join != nil {
 		h.mu.Unlock()
-		err := machine.Errorf(syscall.EBUSY, "busy: %q is in flight since %s", op.cmd.String(), stamp(op.started))
+		return h.rejoin(ctx, join, quoted)
+	} else if err != nil {
+		h.mu.Unlock()
 		h.emit(machine.EventCommand, quoted+" refused: "+err.Error())
 		return err
 	}

@@ -24,23 +24,19 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/machinefs/machinefs/drivers/ipmi"
-	"github.com/machinefs/machinefs/drivers/ns"
-	"github.com/machinefs/machinefs/drivers/sim"
-	"github.com/machinefs/machinefs/drivers/uml"
 	"github.com/machinefs/machinefs/drivers/vswitch"
-	"github.com/machinefs/machinefs/drivers/wol"
 	mfs "github.com/machinefs/machinefs/fs"
-	"github.com/machinefs/machinefs/machine"
 	"github.com/machinefs/machinefs/model"
 	"github.com/machinefs/machinefs/mountopts"
+	"github.com/machinefs/machinefs/registry"
+	"github.com/machinefs/machinefs/store"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
 var version = "0.1.0-dev"
 
 // drivers are the drivers this build knows.
-var drivers = []machine.DriverSpec{sim.Spec, ipmi.Spec, wol.Spec, ns.Spec, uml.Spec}
+var drivers = registry.Drivers()
 
 type config struct {
 	opts       mountopts.Options
@@ -187,14 +183,16 @@ func run(cfg config) error {
 		return fmt.Errorf("mountpoint: %w", err)
 	}
 
-	var store *model.Store
+	// A nil interface, not a nil *store.Dir: the tree then keeps
+	// everything in memory.
+	var st store.Store
 	if cfg.opts.ConfigDir != "" {
 		if err := os.MkdirAll(filepath.Join(cfg.opts.ConfigDir, "hosts"), 0o755); err != nil {
 			return fmt.Errorf("config directory: %w", err)
 		}
-		store = &model.Store{Dir: cfg.opts.ConfigDir}
+		st = store.NewDir(cfg.opts.ConfigDir)
 	}
-	topts := model.Options{Store: store, Drivers: drivers, Log: log, FanOut: cfg.opts.FanOut,
+	topts := model.Options{Store: st, Drivers: drivers, Log: log, FanOut: cfg.opts.FanOut,
 		AdminGid: adminGid, HasAdminGroup: cfg.opts.AdminGroup != ""}
 	// Virtual switches live in the daemon's network namespace; without
 	// netlink (an unusual sandbox) the tree works without them.

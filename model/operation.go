@@ -1,0 +1,129 @@
+package model
+
+import (
+	"context"
+	"fmt"
+	"syscall"
+	"time"
+
+	"github.com/machinefs/machinefs/machine"
+)
+
+// operation is one command on a host, from admission to verdict: a power
+// command on the machine alone (runOwn) or a stack command (runStack). It
+// owns the three decisions a command needs: whether it may start now
+// (admitLocked: busy, the same command retried, force), when the model
+// stops waiting for it (arm: its deadline), and how it ended (finishLocked:
+// its verdict, which every waiter gets).
+type operation struct {
+	cmd     machine.Command
+	who     Caller
+	target  machine.Power
+	prev    machine.Power
+	started time.Time
+	done    chan struct{}
+	err     error
+	timer   *time.Timer
+}
+
+// isRetry says whether cmd from who is the command op runs, written again
+// by the same process while it is in flight: a program that retries a
+// write a signal interrupted (Go's os.File, Python) after the wait ended
+// with EINTR.
+func isRetry(op *operation, cmd machine.Command, who Caller) bool {
+	return cmd.Wait && op.cmd.String() == cmd.String() && sameProcess(op.who, who)
+}
+
+// rejoin waits on for op, in flight, instead of refusing its retry as busy.
+func (h *Host) rejoin(ctx context.Context, op *operation, quoted string) error {
+	h.emit(machine.EventCommand, quoted+" waits again for the one in flight since "+stamp(op.started))
+	return awaitOp(ctx, op)
+}
+
+// awaitOp waits until op reaches its target or fails, or until the caller
+// is interrupted (the command goes on).
+func awaitOp(ctx context.Context, op *operation) error {
+	select {
+	case <-op.done:
+		return op.err
+	case <-ctx.Done():
+		if op.target == "" {
+			return machine.Errorf(syscall.EINTR, "interrupted while waiting for %q (the command goes on)", op.cmd.String())
+		}
+		return machine.Errorf(syscall.EINTR, "interrupted while waiting for %s (the command goes on)", op.target)
+	}
+}
+
+func (h *Host) opTimedOut(op *operation, after time.Duration) {
+	h.mu.Lock()
+	if h.op != op {
+		h.mu.Unlock()
+		return
+	}
+	err := machine.Errorf(syscall.ETIMEDOUT, "%q: power still %s after %s, expected %s", op.cmd.String(), h.power, after, op.target)
+	changed := h.power.Transitional()
+	if changed {
+		h.setPowerLocked(machine.PowerUnknown, err.Error())
+	}
+	h.lastErr = err.Error()
+	h.finishLocked(op, err)
+	h.mu.Unlock()
+	if changed {
+		h.emit(machine.EventPower, string(machine.PowerUnknown))
+	}
+	h.emit(machine.EventError, err.Error())
+}
+
+// finishLocked ends op with err and records the verdict.
+func (h *Host) finishLocked(op *operation, err error) {
+	if op.timer != nil {
+		op.timer.Stop()
+	}
+	if h.op == op {
+		h.op = nil
+	}
+	select {
+	case <-op.done:
+		return
+	default:
+	}
+	op.err = err
+	close(op.done)
+	verdict := "ok"
+	if err != nil {
+		verdict = "failed: " + err.Error()
+	}
+	h.lastCmd = fmt.Sprintf("%q %s at %s: %s", op.cmd.String(), op.who, stamp(op.started), verdict)
+}
+
+// admitLocked decides whether cmd from who may start on h now. own is
+// the operation of the same sort already in flight (the host's command
+// for runOwn, its stack command for runStack): the same process writing
+// the same waiting command again joins it (join). Anything else in flight
+// refuses cmd with EBUSY, unless cmd is forced. inStack is set for the
+// host's own step of its stack command, which that command must not
+// refuse. Called with h.mu held.
+func (h *Host) admitLocked(cmd machine.Command, who Caller, inStack bool, own *operation) (join *operation, err error) {
+	busy := h.busyOpLocked(inStack)
+	switch {
+	case busy == nil, cmd.Force:
+		return nil, nil
+	case busy == own && isRetry(busy, cmd, who):
+		return busy, nil
+	}
+	return nil, machine.Errorf(syscall.EBUSY, "busy: %q is in flight since %s", busy.cmd.String(), stamp(busy.started))
+}
+
+// arm starts the model's clock for op, accepted by pc: at the deadline
+// the model ends a command that has not reached its target with
+// ETIMEDOUT. A driver that follows the command there itself (a Verifier)
+// reports its verdict by the deadline; the clock then waits
+// VerdictGrace longer, as a backstop only. Called with h.mu held.
+func (h *Host) armLocked(op *operation, pc machine.PowerController) {
+	after := time.Until(op.cmd.Deadline)
+	if v, ok := pc.(machine.Verifier); ok && v.Verifies(op.cmd) {
+		after += machine.VerdictGrace
+	}
+	window := op.cmd.Deadline.Sub(op.started)
+	op.timer = time.AfterFunc(after, func() { h.opTimedOut(op, window) })
+}
