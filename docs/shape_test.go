@@ -20,7 +20,8 @@ const module = "github.com/machinefs/machinefs/"
 // the standard library and third-party modules). Data flows one way:
 // fs -> model -> machine, drivers -> machine, store below the model.
 var rooms = map[string][]string{
-	"machine":  {},
+	"machine":  {"cmdtab"},
+	"cmdtab":   {},
 	"store":    {"internal/"},
 	"model":    {"machine", "store", "internal/", "cmdtab"},
 	"drivers/": {"machine", "drivers/", "internal/", "cmdtab"},

@@ -8,6 +8,7 @@ import (
 	"github.com/hanwen/go-fuse/v2/fuse"
 
 	"github.com/machinefs/machinefs/model"
+	"github.com/machinefs/machinefs/view"
 )
 
 // File indexes within a host directory; with the host id they make stable
@@ -199,13 +200,13 @@ func (hd *hostDir) OnAdd(ctx context.Context) {
 	}
 	hd.power = add("power", idxPower, &contentFile{
 		fsys: f, mode: f.writable(0o664), ino: hostIno(h, idxPower), mtime: f.mtimeOf(h.Path(), powerTime),
-		read:  func() []byte { return []byte(h.PowerText()) },
+		read:  func() []byte { return []byte(view.Power(h)) },
 		check: func(ctx context.Context, line string) error { return h.CheckCommand(line, caller(ctx)) },
 		write: run(h.Exec),
 	}, syscall.S_IFREG)
 	hd.state = add("state", idxState, &contentFile{
 		fsys: f, mode: f.statusMode(), ino: hostIno(h, idxState), mtime: f.mtimeOf(h.Path(), stateTime),
-		read: func() []byte { return []byte(h.StateText()) },
+		read: func() []byte { return []byte(view.State(h)) },
 	}, syscall.S_IFREG)
 	add("console", idxConsole, &consoleFile{sessionFile{fsys: f, host: h, idx: idxConsole}}, syscall.S_IFREG)
 	hd.config = add("config", idxConfig, &contentFile{
@@ -216,7 +217,7 @@ func (hd *hostDir) OnAdd(ctx context.Context) {
 			}
 			return f.writable(0o664)
 		},
-		read:       func() []byte { return []byte(h.ConfigText()) },
+		read:       func() []byte { return []byte(view.Config(f.tree, h)) },
 		writeBatch: func(ctx context.Context, text string) error { return h.SetConfig(ctx, text, caller(ctx)) },
 	}, syscall.S_IFREG)
 	add("serial", idxSerial, &serialFile{sessionFile{fsys: f, host: h, idx: idxSerial}}, syscall.S_IFREG)

@@ -15,6 +15,7 @@ import (
 	mfs "github.com/machinefs/machinefs/fs"
 	"github.com/machinefs/machinefs/machine"
 	"github.com/machinefs/machinefs/model"
+	"github.com/machinefs/machinefs/view"
 )
 
 func TestMain(m *testing.M) {
@@ -38,7 +39,7 @@ func TestMountInProcess(t *testing.T) {
 		t.Fatal(err)
 	}
 	mnt := t.TempDir()
-	fsys, err := mfs.Mount(tree, mnt, mfs.Options{Version: "machinefs test", README: tree.README()})
+	fsys, err := mfs.Mount(tree, mnt, mfs.Options{Version: "machinefs test", README: view.README(tree)})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -8,6 +8,7 @@ import (
 	"github.com/hanwen/go-fuse/v2/fuse"
 
 	"github.com/machinefs/machinefs/model"
+	"github.com/machinefs/machinefs/view"
 )
 
 // groupsDir is groups/: one directory per group; mkdir adds one, rmdir
@@ -126,19 +127,19 @@ func (gd *groupDir) OnAdd(ctx context.Context) {
 	}
 	gd.config = add("members", &contentFile{
 		fsys: f, mode: f.writable(0o664), mtime: f.mtimeOf(g.Path(), configTime),
-		read: func() []byte { return []byte(g.MembersText()) },
+		read: func() []byte { return []byte(view.Members(g)) },
 		writeList: func(ctx context.Context, text string, replace bool) error {
 			return g.SetMembers(ctx, text, replace, caller(ctx))
 		},
 	})
 	gd.power = add("power", &contentFile{
 		fsys: f, mode: f.writable(0o664), mtime: f.mtimeOf(g.Path(), powerTime),
-		read: func() []byte { return []byte(g.PowerText()) },
+		read: func() []byte { return []byte(view.GroupPower(g)) },
 		write: func(ctx context.Context, line string) error {
 			return g.Exec(ctx, line, caller(ctx))
 		},
 	})
-	gd.state = add("state", &contentFile{fsys: f, mode: f.statusMode(), mtime: f.mtimeOf(g.Path(), stateTime), read: func() []byte { return []byte(g.StateText()) }})
+	gd.state = add("state", &contentFile{fsys: f, mode: f.statusMode(), mtime: f.mtimeOf(g.Path(), stateTime), read: func() []byte { return []byte(view.GroupState(g)) }})
 	add("events", &eventsFile{fsys: f, prefix: g.Path()})
 	gd.log = f.addLogs(ctx, &gd.Inode, g.Log(), g.Path())
 	f.mu.Lock()

@@ -9,6 +9,7 @@ import (
 
 	"github.com/machinefs/machinefs/machine"
 	"github.com/machinefs/machinefs/model"
+	"github.com/machinefs/machinefs/view"
 )
 
 // waitPower waits until h shows p (the simulated delays are short; the
@@ -25,7 +26,7 @@ func waitPower(t *testing.T, h *model.Host, p machine.Power) {
 }
 
 func lastCommand(h *model.Host) string {
-	for _, l := range strings.Split(h.StateText(), "\n") {
+	for _, l := range strings.Split(view.State(h), "\n") {
 		if v, ok := strings.CutPrefix(l, "last-command: "); ok {
 			return v
 		}
@@ -195,13 +196,13 @@ func TestGroupMembersNameHosts(t *testing.T) {
 	if err := g.SetMembers(ctx, "x[1-3]\n", false, model.Caller{}); machine.ErrnoOf(err) != syscall.EINVAL || !strings.Contains(err.Error(), "hosts/x1 ... hosts/x3") {
 		t.Fatalf("range of missing hosts: %v", err)
 	}
-	if g.MembersText() != "" {
-		t.Fatalf("refused writes changed members: %q", g.MembersText())
+	if view.Members(g) != "" {
+		t.Fatalf("refused writes changed members: %q", view.Members(g))
 	}
 	if err := g.SetMembers(ctx, "n[1-2]\n", true, model.Caller{}); err != nil {
 		t.Fatalf("a range with one host: %v", err)
 	}
-	if err := g.SetMembers(ctx, "", true, model.Caller{}); err != nil || g.MembersText() != "" || len(g.Hosts()) != 0 {
-		t.Fatalf("empty replace: %v, members %q", err, g.MembersText())
+	if err := g.SetMembers(ctx, "", true, model.Caller{}); err != nil || view.Members(g) != "" || len(g.Hosts()) != 0 {
+		t.Fatalf("empty replace: %v, members %q", err, view.Members(g))
 	}
 }

@@ -3,8 +3,6 @@ package model
 import (
 	"context"
 	"fmt"
-	"os"
-	"path/filepath"
 	"sort"
 	"strings"
 	"sync"
@@ -42,16 +40,6 @@ func (g *Group) Log() *EventLog { return g.log }
 
 func (g *Group) emit(kind machine.EventKind, detail string) {
 	g.tree.publish(Event{Time: time.Now(), Path: g.path, Kind: kind, Detail: detail})
-}
-
-// MembersText is the content of the members file.
-func (g *Group) MembersText() string {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	if len(g.members) == 0 {
-		return ""
-	}
-	return strings.Join(g.members, "\n") + "\n"
 }
 
 // SetMembers applies a write to the members file: with replace (the file
@@ -251,54 +239,6 @@ func (g *Group) run(ctx context.Context, cmd machine.Command, who Caller) error 
 	return nil
 }
 
-// PowerText is the group's power: the members' common state, "mixed" when
-// they differ, "unknown" for an empty group.
-func (g *Group) PowerText() string {
-	var common machine.Power
-	for i, p := range g.Hosts() {
-		pw := machine.PowerUnknown
-		if h := g.tree.Host(p); h != nil {
-			pw = h.Power()
-		}
-		if i == 0 {
-			common = pw
-		} else if pw != common {
-			return "mixed\n"
-		}
-	}
-	if common == "" {
-		common = machine.PowerUnknown
-	}
-	return string(common) + "\n"
-}
-
-// StateText lists the group's last command and every member's power and
-// last outcome.
-func (g *Group) StateText() string {
-	paths := g.Hosts()
-	g.mu.Lock()
-	results := g.results
-	last := g.lastCmd
-	g.mu.Unlock()
-	var b strings.Builder
-	fmt.Fprintf(&b, "members: %d\n", len(paths))
-	fmt.Fprintf(&b, "power: %s", g.PowerText())
-	fmt.Fprintf(&b, "fan-out: %d\n", g.tree.fanout)
-	fmt.Fprintf(&b, "last-command: %s\n", last)
-	for _, p := range paths {
-		pw := "missing"
-		if h := g.tree.Host(p); h != nil {
-			pw = string(h.Power())
-		}
-		line := p + ": " + pw
-		if o, ok := results[p]; ok {
-			line += " (last: " + o + ")"
-		}
-		b.WriteString(line + "\n")
-	}
-	return b.String()
-}
-
 // Groups lists the groups, sorted by name.
 func (t *Tree) Groups() []*Group {
 	t.mu.RLock()
@@ -364,7 +304,7 @@ func (t *Tree) RemoveGroup(g *Group, who Caller) error {
 		return machine.Errorf(syscall.EBUSY, "a command is running on %s", g.path)
 	}
 	if t.store != nil {
-		if err := os.Remove(t.store.groupFile(g.name)); err != nil && !os.IsNotExist(err) {
+		if err := t.store.RemoveGroup(g.name); err != nil {
 			return machine.Errorf(syscall.EIO, "%v", err)
 		}
 	}
@@ -379,44 +319,22 @@ func (t *Tree) saveGroup(name string, members []string) error {
 	if t.store == nil {
 		return nil
 	}
-	text := ""
-	if len(members) > 0 {
-		text = strings.Join(members, "\n") + "\n"
-	}
-	return writeAtomic(t.store.groupFile(name), []byte(text), 0o644)
+	return t.store.SaveGroup(name, members)
 }
 
-func (s *Store) groupFile(name string) string {
-	return filepath.Join(s.Dir, "groups", name+".members")
-}
-
-// loadGroups reads groups/NAME.members.
+// loadGroups makes the stored groups.
 func (t *Tree) loadGroups() error {
 	if t.store == nil {
 		return nil
 	}
-	dir := filepath.Join(t.store.Dir, "groups")
-	ents, err := os.ReadDir(dir)
-	if os.IsNotExist(err) {
-		return nil
-	}
+	stored, err := t.store.Groups()
 	if err != nil {
-		return fmt.Errorf("config: %w", err)
+		return err
 	}
-	for _, e := range ents {
-		name, ok := strings.CutSuffix(e.Name(), ".members")
-		if !ok || !ValidName(name) || t.Group(name) != nil {
+	for _, sg := range stored {
+		name, members := sg.Name, sg.Members
+		if t.Group(name) != nil {
 			continue
-		}
-		data, err := os.ReadFile(filepath.Join(dir, e.Name()))
-		if err != nil {
-			return fmt.Errorf("config: %w", err)
-		}
-		var members []string
-		for _, l := range strings.Split(string(data), "\n") {
-			if l = strings.TrimSpace(l); l != "" && !strings.HasPrefix(l, "#") {
-				members = append(members, l)
-			}
 		}
 		// A hand-edited file is taken as written, but only its valid lines,
 		// within the cap, name hosts; the others are reported.

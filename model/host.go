@@ -63,9 +63,6 @@ func (h *Host) Power() machine.Power {
 	return h.power
 }
 
-// PowerText is the content of the power file.
-func (h *Host) PowerText() string { return string(h.Power()) + "\n" }
-
 // emit publishes an event about this host.
 func (h *Host) emit(kind machine.EventKind, detail string) {
 	h.tree.publish(Event{Time: time.Now(), Path: h.path, Kind: kind, Detail: detail})
@@ -241,56 +238,6 @@ func yesNo(b bool) string {
 }
 
 func stamp(t time.Time) string { return t.UTC().Format(time.RFC3339) }
-
-// StateText is the content of the state file: "key: value" lines.
-func (h *Host) StateText() string {
-	subs := h.tree.subhostNames(h)
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	var b strings.Builder
-	// Values come from drivers, guests and BMCs: escaped, one line each.
-	line := func(k, v string) { b.WriteString(k + ": " + Escape(v) + "\n") }
-	line("power", string(h.power))
-	if h.since.IsZero() {
-		line("since", "")
-	} else {
-		line("since", stamp(h.since))
-	}
-	line("reason", h.reason)
-	line("drivers", h.driversTextLocked())
-	line("reachable", yesNo(h.reachable))
-	line("last-command", h.lastCmd)
-	line("last-error", h.lastErr)
-	label, _ := h.cfg.Get("label")
-	line("label", label)
-	line("subhosts", strings.Join(subs, " "))
-	for _, d := range h.drivers {
-		if ds, ok := d.(machine.Describer); ok {
-			for _, kv := range ds.Describe() {
-				line(kv[0], kv[1])
-			}
-		}
-	}
-	return b.String()
-}
-
-func (h *Host) driversTextLocked() string {
-	var parts []string
-	for _, d := range h.drivers {
-		s := d.Kind()
-		if spec, ok := h.tree.specs[d.Kind()]; ok && spec.Simulated {
-			s += " (simulation)"
-		}
-		parts = append(parts, s)
-	}
-	if h.driverErr != nil {
-		parts = append(parts, "(not ready: "+h.driverErr.Error()+")")
-	}
-	if len(parts) == 0 {
-		return "none"
-	}
-	return strings.Join(parts, " ")
-}
 
 // Busy says why the host cannot be removed, or "" if it can.
 func (h *Host) busy() string {

@@ -7,18 +7,9 @@ import (
 	"log/slog"
 	"strings"
 	"syscall"
-	"time"
 
 	"github.com/machinefs/machinefs/machine"
 )
-
-// ConfigText is the content of the config file: the user's file with
-// secret values shown as "<set>".
-func (h *Host) ConfigText() string {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	return h.cfg.Render(h.tree.isSecret)
-}
 
 // HasSecrets reports whether a secret key is set (the config file is then
 // readable by root only).
@@ -30,7 +21,7 @@ func (h *Host) HasSecrets() bool {
 
 func (h *Host) hasSecretsLocked() bool {
 	for _, k := range h.cfg.Keys() {
-		if h.tree.isSecret(k) {
+		if h.tree.IsSecret(k) {
 			return true
 		}
 	}
@@ -246,7 +237,7 @@ func (h *Host) rebuildDrivers(ctx context.Context) {
 			// cannot ask it starts from what was observed.
 			Observed: observed,
 		}
-		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cfg.Duration("timeout", defaultTimeout))
+		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cfg.Duration("timeout"))
 		d, err := spec.New(cctx, env)
 		cancel()
 		if err != nil {
@@ -280,9 +271,6 @@ func (h *Host) rebuildDrivers(ctx context.Context) {
 	h.emit(machine.EventDrivers, strings.Join(names, " "))
 }
 
-// defaultTimeout bounds driver calls of hosts without a timeout key.
-const defaultTimeout = 10 * time.Second
-
 func valueOr(cf *ConfigFile, key, def string) string {
 	if v, ok := cf.Get(key); ok && v != "" {
 		return v
@@ -295,7 +283,7 @@ func valueOr(cf *ConfigFile, key, def string) string {
 func (h *Host) removeDrivers(ctx context.Context) {
 	h.mu.Lock()
 	drivers := append([]machine.Driver(nil), h.drivers...)
-	timeout := h.cfg.Duration("timeout", defaultTimeout)
+	timeout := h.cfg.Duration("timeout")
 	h.mu.Unlock()
 	for _, d := range drivers {
 		if r, ok := d.(machine.Remover); ok {

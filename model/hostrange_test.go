@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	"github.com/machinefs/machinefs/machine"
+	"github.com/machinefs/machinefs/store"
 )
 
 func TestExpandRange(t *testing.T) {
@@ -123,7 +124,7 @@ func FuzzExpandRange(f *testing.F) {
 }
 
 func newGroupTree(t testing.TB) *Tree {
-	tree := NewTree(Options{Store: &Store{Dir: t.TempDir()}})
+	tree := NewTree(Options{Store: store.NewDir(t.TempDir())})
 	t.Cleanup(tree.Close)
 	return tree
 }
@@ -154,7 +155,7 @@ func TestGroupMembersCap(t *testing.T) {
 	if machine.ErrnoOf(err) != syscall.EINVAL || !strings.Contains(err.Error(), "a group names at most 100000") {
 		t.Fatalf("> past the cap in two lines: %v", err)
 	}
-	if m := g.MembersText(); m != "n[1-60000]\n" || len(g.Hosts()) != 60000 {
+	if m := strings.Join(g.Members(), "\n"); m != "n[1-60000]" || len(g.Hosts()) != 60000 {
 		t.Fatalf("a refused write changed the group: %q, %d hosts", m, len(g.Hosts()))
 	}
 	if !strings.Contains(string(g.Log().Bytes()), "a group names at most 100000") {
@@ -180,7 +181,7 @@ func TestGroupLoadHandEdited(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(dir, "groups/g.members"), []byte("a[1-3]\nn[0-9223372036854775807]\nb[1-99997]\nc1\nx[5-1]\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	tree := NewTree(Options{Store: &Store{Dir: dir}})
+	tree := NewTree(Options{Store: store.NewDir(dir)})
 	t.Cleanup(tree.Close)
 	if err := tree.Load(context.Background()); err != nil {
 		t.Fatal(err)
@@ -226,14 +227,9 @@ func BenchmarkGroupHosts100k(b *testing.B) {
 			}
 		}
 	})
-	b.Run("PowerText", func(b *testing.B) {
+	b.Run("State", func(b *testing.B) {
 		for b.Loop() {
-			_ = g.PowerText()
-		}
-	})
-	b.Run("StateText", func(b *testing.B) {
-		for b.Loop() {
-			_ = g.StateText()
+			_ = g.State()
 		}
 	})
 }

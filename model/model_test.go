@@ -12,6 +12,8 @@ import (
 	"github.com/machinefs/machinefs/drivers/sim"
 	"github.com/machinefs/machinefs/machine"
 	"github.com/machinefs/machinefs/model"
+	"github.com/machinefs/machinefs/store"
+	"github.com/machinefs/machinefs/view"
 )
 
 // The model starts goroutines (driver calls, operation timers, simulated
@@ -20,7 +22,7 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 func newTree(t *testing.T) *model.Tree {
 	t.Helper()
-	tree := model.NewTree(model.Options{Store: &model.Store{Dir: t.TempDir()}, Drivers: []machine.DriverSpec{sim.Spec}})
+	tree := model.NewTree(model.Options{Store: store.NewDir(t.TempDir()), Drivers: []machine.DriverSpec{sim.Spec}})
 	t.Cleanup(tree.Close)
 	return tree
 }
@@ -71,7 +73,7 @@ func TestCommandLifecycle(t *testing.T) {
 			t.Fatalf("never on; events %q", kinds)
 		}
 	}
-	st := h.StateText()
+	st := view.State(h)
 	if !strings.Contains(st, `last-command: "on" uid=1000 gid=100 pid=42`) || !strings.Contains(st, ": ok\n") {
 		t.Fatalf("state:\n%s", st)
 	}
@@ -144,13 +146,13 @@ func TestRemoveRefusesRunning(t *testing.T) {
 func TestSetConfigChecksEverything(t *testing.T) {
 	tree := newTree(t)
 	h := addSim(t, tree, "c")
-	before := h.ConfigText()
+	before := view.Config(tree, h)
 	for _, text := range []string{"colour = blue\n", "sim.on-delay = soon\n", "label = x\nbogus line\n", "drivers = nosuch\n"} {
 		if err := h.SetConfig(context.Background(), text, model.Caller{}); machine.ErrnoOf(err) != syscall.EINVAL {
 			t.Errorf("%q: %v, want EINVAL", text, err)
 		}
 	}
-	if h.ConfigText() != before {
-		t.Fatalf("a refused write changed the config:\n%s", h.ConfigText())
+	if view.Config(tree, h) != before {
+		t.Fatalf("a refused write changed the config:\n%s", view.Config(tree, h))
 	}
 }

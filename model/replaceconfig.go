@@ -53,7 +53,7 @@ func (h *Host) replaceWhole(ctx context.Context, text string, who Caller) error 
 		case l.value == "":
 			continue // "key =": not set, so not in the new file
 		}
-		if l.value == secretShown && h.tree.isSecret(l.key) {
+		if l.value == secretShown && h.tree.IsSecret(l.key) {
 			v, ok := cur.Get(l.key)
 			if !ok {
 				return machine.Errorf(syscall.EINVAL, "%s: %s stands for the stored secret, and none is stored", l.key, secretShown)

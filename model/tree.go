@@ -14,12 +14,14 @@ import (
 	"time"
 
 	"github.com/machinefs/machinefs/machine"
+	"github.com/machinefs/machinefs/store"
 )
 
 // Options configure a Tree.
 type Options struct {
-	// Store persists host configs; nil keeps them in memory only.
-	Store *Store
+	// Store persists host configs and groups; nil keeps them in memory
+	// only.
+	Store store.Store
 	// Drivers are the drivers hosts may use, by name.
 	Drivers []machine.DriverSpec
 	// ReadOnly refuses every command and config change with EROFS.
@@ -43,7 +45,7 @@ type Options struct {
 // use, the config store and the event bus. It knows nothing of FUSE.
 type Tree struct {
 	specs    map[string]machine.DriverSpec
-	store    *Store
+	store    store.Store
 	readOnly bool
 	log      *slog.Logger
 	bus      *bus
@@ -293,7 +295,7 @@ func (t *Tree) Remove(ctx context.Context, h *Host, who Caller) error {
 		return machine.Errorf(syscall.EBUSY, "%s", why)
 	}
 	if t.store != nil {
-		if err := t.store.Remove(h.path); err != nil {
+		if err := t.store.RemoveHost(h.path); err != nil {
 			return machine.Errorf(syscall.EIO, "%v", err)
 		}
 	}
@@ -471,7 +473,7 @@ func (t *Tree) Load(ctx context.Context) error {
 		return nil
 	}
 	t.store.Clean(t.log)
-	stored, err := t.store.Load()
+	stored, err := t.storedHosts()
 	if err != nil {
 		return err
 	}
@@ -479,6 +481,30 @@ func (t *Tree) Load(ctx context.Context) error {
 		t.loadOne(ctx, sh)
 	}
 	return t.loadGroups()
+}
+
+// StoredHost is one host read from the store, its config parsed.
+type StoredHost struct {
+	Path   string // tree path, e.g. "hosts/lab01/subhosts/vm1"
+	Config *ConfigFile
+	Err    error // the config could not be read or parsed
+}
+
+// storedHosts reads every host of the store, parents before their
+// subhosts, and parses their configs.
+func (t *Tree) storedHosts() ([]StoredHost, error) {
+	hosts, err := t.store.Hosts()
+	if err != nil {
+		return nil, err
+	}
+	out := make([]StoredHost, len(hosts))
+	for i, h := range hosts {
+		out[i] = StoredHost{Path: h.Path, Err: h.Err}
+		if h.Err == nil {
+			out[i].Config, out[i].Err = ParseConfig(string(h.Text))
+		}
+	}
+	return out, nil
 }
 
 func (t *Tree) loadOne(ctx context.Context, sh StoredHost) {
@@ -518,7 +544,7 @@ func (t *Tree) Reload(ctx context.Context) error {
 	if t.store == nil {
 		return nil
 	}
-	stored, err := t.store.Load()
+	stored, err := t.storedHosts()
 	if err != nil {
 		return err
 	}
@@ -570,9 +596,9 @@ func (t *Tree) saveConfig(path string, cf *ConfigFile) error {
 	}
 	secret := false
 	for _, k := range cf.Keys() {
-		secret = secret || t.isSecret(k)
+		secret = secret || t.IsSecret(k)
 	}
-	return t.store.Save(path, cf, secret)
+	return t.store.SaveHost(path, []byte(cf.Render(nil)), secret)
 }
 
 // keySpec finds a key among the core keys and every driver's keys.
@@ -596,7 +622,9 @@ func (t *Tree) driverNames() []string {
 	return slices.Sorted(maps.Keys(t.specs))
 }
 
-func (t *Tree) isSecret(key string) bool {
+// IsSecret says whether key holds a secret: it reads back as "<set>" and
+// is never logged.
+func (t *Tree) IsSecret(key string) bool {
 	k, ok := t.keySpec(key)
 	return ok && k.Secret
 }
@@ -614,15 +642,9 @@ func (t *Tree) checkKey(key, value string) error {
 		}
 		return nil
 	}
-	if k.Check != nil {
-		if err := k.Check(value); err != nil {
-			if strings.HasPrefix(err.Error(), key) {
-				return machine.Errorf(syscall.EINVAL, "%v", err)
-			}
-			return machine.Errorf(syscall.EINVAL, "%s: %v", key, err)
-		}
-	}
-	return nil
+	// The kind's parser, the one the drivers read the value with: EINVAL
+	// naming the key.
+	return k.Check(value)
 }
 
 // KeyDocs lists every config key for documentation: core keys, then each

@@ -30,6 +30,7 @@ import (
 	"github.com/machinefs/machinefs/mountopts"
 	"github.com/machinefs/machinefs/registry"
 	"github.com/machinefs/machinefs/store"
+	"github.com/machinefs/machinefs/view"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
@@ -223,7 +224,7 @@ func run(cfg config) error {
 		Debug:      cfg.opts.Debug,
 		FsName:     fsName(cfg.opts),
 		Version:    "machinefs " + version,
-		README:     tree.README(),
+		README:     view.README(tree),
 		Log:        log,
 		MaxReaders: cfg.opts.MaxReaders,
 	})

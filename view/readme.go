@@ -1,15 +1,19 @@
-package model
+// Package view renders the model as the text of the files users read:
+// state, power, config, members, README. It holds no machine logic: each
+// renderer takes a snapshot from the model and formats it.
+package view
 
 import (
 	"fmt"
 	"strings"
 
 	"github.com/machinefs/machinefs/machine"
+	"github.com/machinefs/machinefs/model"
 )
 
 // README is the text of the README file at the root of the mount: the tree,
 // the command grammar, console, config keys and errnos (like mconsole help).
-func (t *Tree) README() string {
+func README(t *model.Tree) string {
 	var b strings.Builder
 	b.WriteString(`machinefs: machines as files
 
