@@ -14,6 +14,7 @@ import (
 	"github.com/machinefs/machinefs/drivers/wol"
 	"github.com/machinefs/machinefs/machine"
 	"github.com/machinefs/machinefs/model"
+	"github.com/machinefs/machinefs/store"
 )
 
 var (
@@ -27,7 +28,7 @@ var (
 func accessTree(t *testing.T) *model.Tree {
 	t.Helper()
 	tree := model.NewTree(model.Options{
-		Store:         &model.Store{Dir: t.TempDir()},
+		Store:         store.NewDir(t.TempDir()),
 		Drivers:       []machine.DriverSpec{sim.Spec, ipmi.Spec, wol.Spec, ns.Spec, uml.Spec},
 		AdminGid:      900,
 		HasAdminGroup: true,

@@ -1,8 +1,6 @@
 package model
 
 import (
-	"os"
-	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -49,40 +47,6 @@ func TestConfigErrorsDoNotQuoteTheLine(t *testing.T) {
 	}
 	if strings.Contains(err.Error(), "s3cret") {
 		t.Fatalf("error quotes a possible secret: %v", err)
-	}
-}
-
-func TestStoreSaveIsAtomic(t *testing.T) {
-	s := &Store{Dir: t.TempDir()}
-	cf, _ := ParseConfig(sample)
-	if err := s.Save("hosts/a", cf, true); err != nil {
-		t.Fatal(err)
-	}
-	if err := s.Save("hosts/a/subhosts/b", &ConfigFile{}, false); err != nil {
-		t.Fatal(err)
-	}
-	fi, err := os.Stat(filepath.Join(s.Dir, "hosts/a.conf"))
-	if err != nil || fi.Mode().Perm() != 0o600 {
-		t.Fatalf("secret file mode %v (%v), want 0600", fi.Mode(), err)
-	}
-	ents, _ := os.ReadDir(filepath.Join(s.Dir, "hosts"))
-	for _, e := range ents {
-		if strings.HasPrefix(e.Name(), ".") {
-			t.Fatalf("temporary file left: %s", e.Name())
-		}
-	}
-	got, err := s.Load()
-	if err != nil || len(got) != 2 || got[0].Path != "hosts/a" || got[1].Path != "hosts/a/subhosts/b" {
-		t.Fatalf("Load = %+v, %v", got, err)
-	}
-	if got[0].Config.Render(nil) != cf.Render(nil) {
-		t.Fatalf("loaded config differs:\n%s", got[0].Config.Render(nil))
-	}
-	if err := s.Remove("hosts/a"); err != nil {
-		t.Fatal(err)
-	}
-	if got, _ := s.Load(); len(got) != 0 {
-		t.Fatalf("after Remove: %+v", got)
 	}
 }
 
