@@ -5,6 +5,8 @@ import (
 	"io"
 	"log/slog"
 	"time"
+
+	"github.com/machinefs/machinefs/cmdtab"
 )
 
 // Power is a machine's power state, the one word the power file shows.
@@ -126,10 +128,12 @@ type Remover interface {
 }
 
 // ConsoleCommand describes one management console command a driver offers.
+// Its command-table entry says its name, arguments (Args, Min, Max), help
+// and whether it takes the rest of the line as written (Raw): the model
+// refuses a line whose arguments do not fit, with the usage, before the
+// driver sees it. Zero Min and Max: no arguments.
 type ConsoleCommand struct {
-	Name  string // first word, e.g. "version"
-	Usage string // e.g. "sysrq LETTER"
-	Help  string // one line
+	cmdtab.Cmd
 	// Query says whether a call with these arguments only reads
 	// (version, proc FILE, config DEV). Queries are not recorded in
 	// events: a script that polls them must not flood the event log
@@ -142,10 +146,6 @@ type ConsoleCommand struct {
 	// ctx.Deadline() itself (a socket timeout): ctx.Done does not close
 	// when the deadline passes.
 	Bounded bool
-	// Raw passes the rest of the line as written, as one argument, instead
-	// of splitting it at whitespace: `log TEXT` keeps its spaces, and a
-	// driver that hands lines on (UML's mconsole) sends what was typed.
-	Raw bool
 }
 
 // AlwaysQuery is ConsoleCommand.Query of a command that only reads.
@@ -173,9 +173,10 @@ type QueryStarter interface {
 }
 
 // Describer is a driver that adds "key: value" lines to the host's state
-// file (e.g. "ipmi-session: open", "pid: 4711"). Describe is called with the
-// host's lock held: it must not call the Reporter, and a driver must not
-// hold a lock that Describe needs while it calls the Reporter.
+// file (e.g. "ipmi-session: open", "pid: 4711"). The model asks after it
+// took its snapshot of the host and released the host's lock, so Describe
+// may take the driver's own locks, and may run while the driver reports.
+// It must be quick: every read of state asks.
 type Describer interface {
 	Driver
 	Describe() [][2]string
@@ -185,7 +186,9 @@ type Describer interface {
 type DriverEnv struct {
 	// Path is the host's path in the tree, e.g. "hosts/lab01".
 	Path string
-	// Config is a snapshot of the host's configuration.
+	// Config is a snapshot of the host's configuration. A driver reads
+	// it through its key specs, ReadConfig(env.Config, Spec.Keys), which
+	// parse every value as it was checked when written.
 	Config Config
 	// Report is where observations go.
 	Report Reporter
@@ -216,37 +219,6 @@ type DriverSpec struct {
 	// for longer than the host's timeout; a driver that needs to connect
 	// should do so lazily or in the background and report what it finds.
 	New func(ctx context.Context, env DriverEnv) (Driver, error)
-}
-
-// KeySpec describes one config key.
-type KeySpec struct {
-	Name string
-	// Doc says what the key means, its unit and default.
-	Doc string
-	// Default is shown in documentation; the driver applies it itself.
-	Default string
-	// Secret keys read back as "<set>" and are never logged.
-	Secret bool
-	// Destination, for a secret, lists the keys that say where it is sent
-	// (address, port, interface, authentication type). An operator who
-	// changes one of them without writing the secret again clears it, so
-	// a stored password never follows an edit to another machine.
-	Destination []string
-	// Privileged keys choose a program, a root file system, a host path,
-	// a device or a directory the daemon writes in: only root or the
-	// admin group may change them (EACCES for operators).
-	Privileged bool
-	// Check validates a value; nil accepts anything. Its error text is the
-	// reason the user sees with EINVAL.
-	Check func(value string) error
-}
-
-// Config is a read-only snapshot of one host's configuration.
-type Config interface {
-	// Get returns the value of key and whether it is set.
-	Get(key string) (string, bool)
-	// Duration returns key parsed as a Go duration, or def if unset.
-	Duration(key string, def time.Duration) time.Duration
 }
 
 // Serialer is a driver with a serial console stream (IPMI Serial-over-LAN):
