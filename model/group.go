@@ -42,16 +42,6 @@ func (g *Group) emit(kind machine.EventKind, detail string) {
 	g.tree.publish(Event{Time: time.Now(), Path: g.path, Kind: kind, Detail: detail})
 }
 
-// MembersText is the content of the members file.
-func (g *Group) MembersText() string {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	if len(g.members) == 0 {
-		return ""
-	}
-	return strings.Join(g.members, "\n") + "\n"
-}
-
 // SetMembers applies a write to the members file: with replace (the file
 // was truncated, `>`) the lines become the members, otherwise (`>>`) they
 // are added. Every line is checked first: a bad line or range, a line that
@@ -247,54 +237,6 @@ func (g *Group) run(ctx context.Context, cmd machine.Command, who Caller) error 
 		return machine.Errorf(machine.ErrnoOf(worst), "%d of %d members failed; first: %v", failed, len(paths), worst)
 	}
 	return nil
-}
-
-// PowerText is the group's power: the members' common state, "mixed" when
-// they differ, "unknown" for an empty group.
-func (g *Group) PowerText() string {
-	var common machine.Power
-	for i, p := range g.Hosts() {
-		pw := machine.PowerUnknown
-		if h := g.tree.Host(p); h != nil {
-			pw = h.Power()
-		}
-		if i == 0 {
-			common = pw
-		} else if pw != common {
-			return "mixed\n"
-		}
-	}
-	if common == "" {
-		common = machine.PowerUnknown
-	}
-	return string(common) + "\n"
-}
-
-// StateText lists the group's last command and every member's power and
-// last outcome.
-func (g *Group) StateText() string {
-	paths := g.Hosts()
-	g.mu.Lock()
-	results := g.results
-	last := g.lastCmd
-	g.mu.Unlock()
-	var b strings.Builder
-	fmt.Fprintf(&b, "members: %d\n", len(paths))
-	fmt.Fprintf(&b, "power: %s", g.PowerText())
-	fmt.Fprintf(&b, "fan-out: %d\n", g.tree.fanout)
-	fmt.Fprintf(&b, "last-command: %s\n", last)
-	for _, p := range paths {
-		pw := "missing"
-		if h := g.tree.Host(p); h != nil {
-			pw = string(h.Power())
-		}
-		line := p + ": " + pw
-		if o, ok := results[p]; ok {
-			line += " (last: " + o + ")"
-		}
-		b.WriteString(line + "\n")
-	}
-	return b.String()
 }
 
 // Groups lists the groups, sorted by name.

@@ -596,7 +596,7 @@ func (t *Tree) saveConfig(path string, cf *ConfigFile) error {
 	}
 	secret := false
 	for _, k := range cf.Keys() {
-		secret = secret || t.isSecret(k)
+		secret = secret || t.IsSecret(k)
 	}
 	return t.store.SaveHost(path, []byte(cf.Render(nil)), secret)
 }
@@ -622,7 +622,9 @@ func (t *Tree) driverNames() []string {
 	return slices.Sorted(maps.Keys(t.specs))
 }
 
-func (t *Tree) isSecret(key string) bool {
+// IsSecret says whether key holds a secret: it reads back as "<set>" and
+// is never logged.
+func (t *Tree) IsSecret(key string) bool {
 	k, ok := t.keySpec(key)
 	return ok && k.Secret
 }
@@ -640,15 +642,9 @@ func (t *Tree) checkKey(key, value string) error {
 		}
 		return nil
 	}
-	if k.Check != nil {
-		if err := k.Check(value); err != nil {
-			if strings.HasPrefix(err.Error(), key) {
-				return machine.Errorf(syscall.EINVAL, "%v", err)
-			}
-			return machine.Errorf(syscall.EINVAL, "%s: %v", key, err)
-		}
-	}
-	return nil
+	// The kind's parser, the one the drivers read the value with: EINVAL
+	// naming the key.
+	return k.Check(value)
 }
 
 // KeyDocs lists every config key for documentation: core keys, then each
