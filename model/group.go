@@ -9,6 +9,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/machinefs/machinefs/cmdtab"
 	"github.com/machinefs/machinefs/machine"
 )
 
@@ -21,12 +22,12 @@ type Group struct {
 	path string
 	log  *EventLog
 
-	mu       sync.Mutex
-	members  []string // lines as written
-	hosts    []string // members expanded, in order, without duplicates
-	results  map[string]string
-	lastCmd  string
-	inFlight *machine.Command
+	mu      sync.Mutex
+	members []string // lines as written
+	hosts   []string // members expanded, in order, without duplicates
+	results map[string]string
+	lastCmd string
+	op      *operation // the command running on the members
 }
 
 // Name is the group's name, Path its place in the tree ("groups/rack3").
@@ -53,9 +54,8 @@ func (g *Group) SetMembers(ctx context.Context, text string, replace bool, who C
 		return machine.Errorf(syscall.EROFS, "read-only mount")
 	}
 	var lines []string
-	for _, l := range strings.Split(text, "\n") {
-		l = strings.TrimSpace(l)
-		if l == "" || strings.HasPrefix(l, "#") {
+	for l := range cmdtab.Lines(text) {
+		if cmdtab.IsComment(l) {
 			continue
 		}
 		// Each line on its own first: a bad line is refused before the
@@ -159,31 +159,31 @@ func (g *Group) Exec(ctx context.Context, line string, who Caller) error {
 		return machine.Errorf(syscall.EROFS, "read-only mount")
 	}
 	g.mu.Lock()
-	if g.inFlight != nil {
-		busy := g.inFlight.String()
+	join, err := admit(g.op, g.op, cmd, who)
+	if err != nil {
 		g.mu.Unlock()
-		return machine.Errorf(syscall.EBUSY, "busy: %q is running on the group", busy)
+		g.emit(machine.EventCommand, fmt.Sprintf("%q %s refused: %v", cmd.String(), who, err))
+		return err
 	}
-	g.inFlight = &cmd
+	if join != nil {
+		g.mu.Unlock()
+		return awaitOp(ctx, join)
+	}
+	op := newOperation(cmd, who)
+	g.op = op
 	g.mu.Unlock()
 
 	// The members' commands are not tied to the writer: an interrupted
 	// wait (Ctrl-C) must not release the fan-out early and start every
 	// remaining member at once. The caller waits for the outcome.
-	done := make(chan error, 1)
 	go func() {
 		err := g.run(context.WithoutCancel(ctx), cmd, who)
 		g.mu.Lock()
-		g.inFlight = nil
+		g.op = nil
+		op.end(err)
 		g.mu.Unlock()
-		done <- err
 	}()
-	select {
-	case err := <-done:
-		return err
-	case <-ctx.Done():
-		return machine.Errorf(syscall.EINTR, "interrupted while waiting for %q on the group (the command goes on)", cmd.String())
-	}
+	return awaitOp(ctx, op)
 }
 
 // run runs cmd on every member, at most the tree's fan-out at a time.
@@ -298,7 +298,7 @@ func (t *Tree) RemoveGroup(g *Group, who Caller) error {
 		return machine.Errorf(syscall.EROFS, "read-only mount")
 	}
 	g.mu.Lock()
-	busy := g.inFlight != nil
+	busy := g.op != nil
 	g.mu.Unlock()
 	if busy {
 		return machine.Errorf(syscall.EBUSY, "a command is running on %s", g.path)

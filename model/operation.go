@@ -40,6 +40,24 @@ func (h *Host) rejoin(ctx context.Context, op *operation, quoted string) error {
 	return awaitOp(ctx, op)
 }
 
+// newOperation starts an operation for cmd from who.
+func newOperation(cmd machine.Command, who Caller) *operation {
+	return &operation{cmd: cmd, who: who, started: time.Now(), done: make(chan struct{})}
+}
+
+// end gives op its verdict, once: every waiter gets err. It says whether
+// this call decided (false: op had ended before).
+func (op *operation) end(err error) bool {
+	select {
+	case <-op.done:
+		return false
+	default:
+	}
+	op.err = err
+	close(op.done)
+	return true
+}
+
 // awaitOp waits until op reaches its target or fails, or until the caller
 // is interrupted (the command goes on).
 func awaitOp(ctx context.Context, op *operation) error {
@@ -82,13 +100,9 @@ func (h *Host) finishLocked(op *operation, err error) {
 	if h.op == op {
 		h.op = nil
 	}
-	select {
-	case <-op.done:
+	if !op.end(err) {
 		return
-	default:
 	}
-	op.err = err
-	close(op.done)
 	verdict := "ok"
 	if err != nil {
 		verdict = "failed: " + err.Error()
@@ -96,15 +110,20 @@ func (h *Host) finishLocked(op *operation, err error) {
 	h.lastCmd = fmt.Sprintf("%q %s at %s: %s", op.cmd.String(), op.who, stamp(op.started), verdict)
 }
 
-// admitLocked decides whether cmd from who may start on h now. own is
-// the operation of the same sort already in flight (the host's command
-// for runOwn, its stack command for runStack): the same process writing
-// the same waiting command again joins it (join). Anything else in flight
-// refuses cmd with EBUSY, unless cmd is forced. inStack is set for the
-// host's own step of its stack command, which that command must not
+// admitLocked decides whether cmd from who may start on h now; see admit.
+// own is the operation of the same sort already in flight (the host's
+// command for runOwn, its stack command for runStack). inStack is set for
+// the host's own step of its stack command, which that command must not
 // refuse. Called with h.mu held.
 func (h *Host) admitLocked(cmd machine.Command, who Caller, inStack bool, own *operation) (join *operation, err error) {
-	busy := h.busyOpLocked(inStack)
+	return admit(h.busyOpLocked(inStack), own, cmd, who)
+}
+
+// admit is the one admission rule for hosts, stacks and groups: with
+// nothing in flight (busy nil) cmd starts; the same process writing the
+// same waiting command again joins the one in flight (own); anything else
+// is refused with EBUSY, unless cmd is forced.
+func admit(busy, own *operation, cmd machine.Command, who Caller) (join *operation, err error) {
 	switch {
 	case busy == nil, cmd.Force:
 		return nil, nil

@@ -31,9 +31,6 @@ import (
 // isStackVerb reports whether verb acts on a machine's stack.
 func isStackVerb(verb string) bool { return verb == "poweroff" || verb == "reboot" }
 
-// defaultStackTimeout bounds one stack step when stack-timeout is unset.
-const defaultStackTimeout = time.Minute
-
 // Run runs a parsed command on this machine, with stack semantics for
 // poweroff and reboot. See runOwn for the rules of a single machine.
 func (h *Host) Run(ctx context.Context, cmd machine.Command, who Caller) error {
@@ -71,20 +68,12 @@ func (h *Host) checkSelf(cmd machine.Command, top bool) error {
 		return nil
 	}
 	cf := h.Config()
-	if local, _ := cf.Get("local"); isYes(local) {
-		if allow, _ := cf.Get("allow-self"); !isYes(allow) {
+	if cf.Bool("local") {
+		if !cf.Bool("allow-self") {
 			return machine.Errorf(syscall.EPERM, "%s self: %s is the machine machinefs runs on (local = yes); set allow-self = yes to allow it", cmd.Verb, h.path)
 		}
 	}
 	return nil
-}
-
-func isYes(v string) bool {
-	switch strings.ToLower(v) {
-	case "yes", "true", "on", "1":
-		return true
-	}
-	return false
 }
 
 func (h *Host) refuse(cmd machine.Command, who Caller, err error) {
@@ -156,59 +145,63 @@ func (h *Host) runStack(ctx context.Context, cmd machine.Command, who Caller, se
 		h.emit(machine.EventCommand, quoted+" refused: "+err.Error())
 		return err
 	}
-	op := &operation{cmd: cmd, who: who, started: time.Now(), done: make(chan struct{})}
+	op := newOperation(cmd, who)
 	h.stack = op
 	h.lastCmd = fmt.Sprintf("%s at %s: in flight (stack)", quoted, stamp(op.started))
 	h.mu.Unlock()
 	h.emit(machine.EventCommand, quoted+" accepted (stack)")
 
-	run := func(ctx context.Context) {
-		s := &stackRun{cmd: cmd, who: who, root: h}
-		subs := h.tree.Hosts(h)
-		wasOn := s.down(ctx, subs)
-		// ctys: poweroff and reboot without self act on the machines on
-		// top alone. With none running the command changes nothing,
-		// which readers of ipmitool and virsh would not guess: say so.
-		empty := ""
-		if !self && s.steps() == 0 {
-			empty = h.emptyStack(cmd.Verb, len(subs))
-		}
-		if self {
-			own := machine.Command{Verb: cmd.Verb, Wait: true, Label: cmd.Label, Timeout: cmd.Timeout, Line: cmd.Line}
-			start := time.Now()
-			err := h.runOwn(ctx, own, who, true)
-			s.record(h, cmd.Verb, err, false, start)
-		}
-		if cmd.Verb == "reboot" && !self {
-			s.up(ctx, wasOn)
-		}
-		err := s.verdict()
-		summary := s.summary()
-		if empty != "" {
-			summary = empty
-		}
-		h.mu.Lock()
-		h.stack = nil
-		verdict := "ok"
-		if err != nil {
-			verdict = "failed: " + err.Error()
-			h.lastErr = err.Error()
-		}
-		h.lastCmd = fmt.Sprintf("%s at %s: %s (%s)", quoted, stamp(op.started), verdict, summary)
-		op.err = err
-		close(op.done)
-		h.mu.Unlock()
-		h.emit(machine.EventStack, fmt.Sprintf("%q done: %s (%s)", cmd.String(), verdict, summary))
-	}
 	// The stack is not tied to the writer: an interrupted wait (Ctrl-C)
 	// must not cut a step's wait short, or the step would be forced off
 	// and the machine below powered off under machines still stopping.
 	// Its outcome is in state and events.
-	go run(context.WithoutCancel(ctx))
+	go h.runStackSteps(context.WithoutCancel(ctx), op, self, quoted)
 	if !cmd.Wait {
 		return nil
 	}
 	return awaitOp(ctx, op)
+}
+
+// runStackSteps runs the stack command op: the machines on top go down
+// (deepest first), then with self the host itself, and a reboot without
+// self brings the machines on top up again. The verdict is the worst step.
+func (h *Host) runStackSteps(ctx context.Context, op *operation, self bool, quoted string) {
+	cmd := op.cmd
+	s := &stackRun{cmd: cmd, who: op.who, root: h}
+	subs := h.tree.Hosts(h)
+	wasOn := s.down(ctx, subs)
+	// ctys: poweroff and reboot without self act on the machines on
+	// top alone. With none running the command changes nothing,
+	// which readers of ipmitool and virsh would not guess: say so.
+	empty := ""
+	if !self && s.steps() == 0 {
+		empty = h.emptyStack(cmd.Verb, len(subs))
+	}
+	if self {
+		own := machine.Command{Verb: cmd.Verb, Wait: true, Label: cmd.Label, Timeout: cmd.Timeout, Line: cmd.Line}
+		start := time.Now()
+		err := h.runOwn(ctx, own, op.who, true)
+		s.record(h, cmd.Verb, err, false, start)
+	}
+	if cmd.Verb == "reboot" && !self {
+		s.up(ctx, wasOn)
+	}
+	err := s.verdict()
+	summary := s.summary()
+	if empty != "" {
+		summary = empty
+	}
+	h.mu.Lock()
+	h.stack = nil
+	verdict := "ok"
+	if err != nil {
+		verdict = "failed: " + err.Error()
+		h.lastErr = err.Error()
+	}
+	h.lastCmd = fmt.Sprintf("%s at %s: %s (%s)", quoted, stamp(op.started), verdict, summary)
+	op.end(err)
+	h.mu.Unlock()
+	h.emit(machine.EventStack, fmt.Sprintf("%q done: %s (%s)", cmd.String(), verdict, summary))
 }
 
 // stackRun collects the steps of one stack command.
@@ -284,7 +277,7 @@ func (s *stackRun) down(ctx context.Context, machines []*Host) [][]*Host {
 // stopOne powers one machine off within its stack-timeout, forcing it when
 // it does not stop.
 func (s *stackRun) stopOne(ctx context.Context, m *Host) {
-	timeout := m.Config().Duration("stack-timeout", defaultStackTimeout)
+	timeout := m.Config().Duration("stack-timeout")
 	start := time.Now()
 	err := m.runOwn(ctx, machine.Command{Verb: "poweroff", Wait: true, Timeout: timeout, Label: s.cmd.Label}, s.who, false)
 	if errors.Is(err, syscall.ENOTSUP) {
@@ -308,7 +301,7 @@ func (s *stackRun) up(ctx context.Context, levels [][]*Host) {
 			go func() {
 				defer wg.Done()
 				start := time.Now()
-				timeout := m.Config().Duration("stack-timeout", defaultStackTimeout)
+				timeout := m.Config().Duration("stack-timeout")
 				err := m.runOwn(ctx, machine.Command{Verb: "on", Wait: true, Timeout: timeout, Label: s.cmd.Label}, s.who, false)
 				s.record(m, "on", err, false, start)
 			}()
