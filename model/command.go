@@ -45,12 +45,12 @@ func (h *Host) runOwn(ctx context.Context, cmd machine.Command, who Caller, inSt
 		// What the tree shows may be stale (ipmitool, a guest's own
 		// shutdown, a BMC not polled since): the machine decides, not
 		// the cache.
-		sr := h.statusReaderLocked(pc)
+		sr := h.drivers.statusReader(pc)
 		if sr == nil || asked != "" {
 			h.alreadyLocked(quoted, asked) // unlocks
 			return nil
 		}
-		gen, timeout := h.gen, h.cfg.Duration("timeout", defaultTimeout)
+		gen, timeout := h.drivers.gen, h.cfg.Duration("timeout")
 		h.mu.Unlock()
 		asked = sr.Kind()
 		spec, _ := machine.LookupVerb(cmd.Verb)
@@ -61,12 +61,12 @@ func (h *Host) runOwn(ctx context.Context, cmd machine.Command, who Caller, inSt
 // commandDriverLocked returns the driver that runs cmd, or the reason
 // none does (recorded in state).
 func (h *Host) commandDriverLocked(cmd machine.Command, quoted string) (machine.PowerController, error) {
-	if pc := h.powerDriverLocked(cmd.Verb); pc != nil {
+	if pc := h.drivers.power(cmd.Verb); pc != nil {
 		return pc, nil
 	}
-	err := h.unsupportedLocked(cmd.Verb)
-	h.lastCmd = fmt.Sprintf("%s at %s: refused: %v", quoted, stamp(time.Now()), err)
-	h.lastErr = err.Error()
+	err := h.drivers.unsupported(cmd.Verb)
+	h.state.lastCmd = fmt.Sprintf("%s at %s: refused: %v", quoted, stamp(time.Now()), err)
+	h.state.lastErr = err.Error()
 	return nil, err
 }
 
@@ -77,17 +77,17 @@ func (h *Host) commandDriverLocked(cmd machine.Command, quoted string) (machine.
 // driver.
 func (h *Host) shownAtTargetLocked(cmd machine.Command) bool {
 	spec, _ := machine.LookupVerb(cmd.Verb)
-	return spec.Target != "" && h.power == spec.Target && spec.Transit != machine.PowerRebooting && !spec.Always && !cmd.Force
+	return spec.Target != "" && h.state.power == spec.Target && spec.Transit != machine.PowerRebooting && !spec.Always && !cmd.Force
 }
 
 // alreadyLocked records a command answered "already": the machine is at
 // its target (asked: and the named driver confirmed it). It unlocks h.mu.
 func (h *Host) alreadyLocked(quoted, asked string) {
-	how := "already " + string(h.power)
+	how := "already " + string(h.state.power)
 	if asked != "" {
 		how += ", " + asked + " confirms"
 	}
-	h.lastCmd = fmt.Sprintf("%s at %s: ok (%s)", quoted, stamp(time.Now()), how)
+	h.state.lastCmd = fmt.Sprintf("%s at %s: ok (%s)", quoted, stamp(time.Now()), how)
 	h.mu.Unlock()
 	h.emit(machine.EventCommand, quoted+" ok ("+how+")")
 }
@@ -99,19 +99,19 @@ func (h *Host) startLocked(cmd machine.Command, who Caller, quoted string) *oper
 	spec, _ := machine.LookupVerb(cmd.Verb)
 	now := time.Now()
 	if spec.Target != "" {
-		window := h.cfg.Duration("wait-timeout", 2*time.Minute)
+		window := h.cfg.Duration("wait-timeout")
 		if cmd.Timeout > 0 {
 			window = cmd.Timeout
 		}
 		cmd.Deadline = now.Add(window)
 	}
-	op := &operation{cmd: cmd, who: who, target: spec.Target, prev: h.power, started: now, done: make(chan struct{})}
+	op := &operation{cmd: cmd, who: who, target: spec.Target, prev: h.state.power, started: now, done: make(chan struct{})}
 	if prev := h.op; prev != nil {
 		h.finishLocked(prev, machine.Errorf(syscall.ECANCELED, "overridden by %q (force)", cmd.String()))
 	}
 	h.op = op
-	h.lastCmd = fmt.Sprintf("%s at %s: in flight", quoted, stamp(now))
-	changed := spec.Transit != "" && h.power != spec.Transit
+	h.state.lastCmd = fmt.Sprintf("%s at %s: in flight", quoted, stamp(now))
+	changed := spec.Transit != "" && h.state.power != spec.Transit
 	if changed {
 		h.setPowerLocked(spec.Transit, fmt.Sprintf("command %q by uid %d", cmd.String(), who.Uid))
 	}
@@ -127,7 +127,7 @@ func (h *Host) startLocked(cmd machine.Command, who Caller, quoted string) *oper
 // the verdict.
 func (h *Host) accept(ctx context.Context, pc machine.PowerController, op *operation, quoted string) error {
 	h.mu.Lock()
-	timeout := h.cfg.Duration("timeout", defaultTimeout)
+	timeout := h.cfg.Duration("timeout")
 	h.mu.Unlock()
 	err := callDriver(ctx, timeout, func(ctx context.Context) error { return pc.Power(ctx, op.cmd) })
 	if err != nil {
@@ -159,12 +159,12 @@ func (h *Host) refused(pc machine.PowerController, op *operation, quoted string,
 		after, why = machine.PowerUnknown, fmt.Sprintf("command %q timed out: the machine may still run it; unknown until the driver reports", cmd)
 	}
 	h.mu.Lock()
-	changed := h.op == op && h.power != after
+	changed := h.op == op && h.state.power != after
 	if h.op == op {
 		h.setPowerLocked(after, why)
 	}
 	h.finishLocked(op, err)
-	h.lastErr = err.Error()
+	h.state.lastErr = err.Error()
 	h.mu.Unlock()
 	h.emit(machine.EventCommand, quoted+" failed: "+err.Error())
 	h.emit(machine.EventError, err.Error())

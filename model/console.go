@@ -7,8 +7,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
-	"unicode"
 
+	"github.com/machinefs/machinefs/cmdtab"
 	"github.com/machinefs/machinefs/machine"
 )
 
@@ -28,10 +28,7 @@ func (h *Host) StartConsole(ctx context.Context, line string, who Caller) func()
 	if line == "" {
 		return func() string { return "" }
 	}
-	first, rest := line, ""
-	if i := strings.IndexFunc(line, unicode.IsSpace); i >= 0 {
-		first, rest = line[:i], strings.TrimLeftFunc(line[i:], unicode.IsSpace)
-	}
+	first, rest := cmdtab.Split(line)
 	name := strings.ToLower(first)
 	if name == "help" {
 		reply := h.consoleReply("OK "+h.consoleHelp(), true, line, who)
@@ -51,9 +48,9 @@ func (h *Host) consoleReply(reply string, query bool, line string, who Caller) s
 	if !strings.HasSuffix(reply, "\n") {
 		reply += "\n"
 	}
-	h.mu.Lock()
+	h.consoleMu.Lock()
 	h.console = reply
-	h.mu.Unlock()
+	h.consoleMu.Unlock()
 	if !query {
 		status, _, _ := strings.Cut(reply, " ")
 		h.emit(machine.EventConsole, fmt.Sprintf("%q %s %s", line, who, strings.TrimSpace(status)))
@@ -64,32 +61,34 @@ func (h *Host) consoleReply(reply string, query bool, line string, who Caller) s
 // LastConsoleReply is the reply to the last console command, for a reader
 // that opened console without writing to it.
 func (h *Host) LastConsoleReply() string {
-	h.mu.Lock()
-	defer h.mu.Unlock()
+	h.consoleMu.Lock()
+	defer h.consoleMu.Unlock()
 	return h.console
 }
 
-// consoleTarget finds the driver that offers command name, and what the
-// call needs: the command (Query, Bounded), its arguments and the bound.
-func (h *Host) consoleTarget(name, rest string) (target machine.Consoler, cc machine.ConsoleCommand, args []string, timeout time.Duration) {
+// consoleTarget finds the driver that offers command name (the first that
+// lists it), and what the call needs: the command (Query, Bounded), its
+// arguments parsed against the command's table entry, and the bound. A
+// line whose arguments do not fit gets err, with the usage.
+func (h *Host) consoleTarget(name, rest string) (target machine.Consoler, cc machine.ConsoleCommand, args []string, timeout time.Duration, err error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	for _, d := range h.drivers {
+	for _, d := range h.drivers.list {
 		c, ok := d.(machine.Consoler)
 		if !ok {
 			continue
 		}
 		for _, cmd := range c.ConsoleCommands() {
 			if cmd.Name == name {
-				args = strings.Fields(rest)
-				if cmd.Raw && rest != "" {
-					args = []string{rest}
+				l, err := cmd.Parse(rest)
+				if err != nil {
+					return nil, cmd, nil, 0, err
 				}
-				return c, cmd, args, h.cfg.Duration("timeout", defaultTimeout)
+				return c, cmd, l.Args, h.cfg.Duration("timeout"), nil
 			}
 		}
 	}
-	return nil, machine.ConsoleCommand{}, nil, 0
+	return nil, machine.ConsoleCommand{}, nil, 0, nil
 }
 
 // consoleRun runs a driver's console command and says whether it was a
@@ -98,7 +97,10 @@ func (h *Host) consoleRun(ctx context.Context, name, rest string) (reply string,
 	if h.tree.readOnly {
 		return "ERR read-only mount", false
 	}
-	target, cc, args, timeout := h.consoleTarget(name, rest)
+	target, cc, args, timeout, err := h.consoleTarget(name, rest)
+	if err != nil {
+		return consoleText("", err), false
+	}
 	if target == nil {
 		return fmt.Sprintf("ERR unknown command %q (try help)", name), false
 	}
@@ -108,7 +110,7 @@ func (h *Host) consoleRun(ctx context.Context, name, rest string) (reply string,
 		call = callBounded
 	}
 	var text string
-	err := call(ctx, timeout, func(ctx context.Context) error {
+	err = call(ctx, timeout, func(ctx context.Context) error {
 		var err error
 		text, err = target.Console(ctx, name, args)
 		return err
@@ -122,9 +124,9 @@ func (h *Host) startQuery(ctx context.Context, name, rest string) (collect func(
 	if h.tree.readOnly {
 		return nil, false
 	}
-	target, cc, args, timeout := h.consoleTarget(name, rest)
+	target, cc, args, timeout, err := h.consoleTarget(name, rest)
 	qs, isQS := target.(machine.QueryStarter)
-	if !isQS || !cc.Bounded || cc.Query == nil || !cc.Query(args) {
+	if err != nil || !isQS || !cc.Bounded || cc.Query == nil || !cc.Query(args) {
 		return nil, false
 	}
 	deadline := time.Now().Add(timeout)
@@ -147,26 +149,23 @@ func consoleText(text string, err error) string {
 	return "OK " + text
 }
 
+// consoleHelp is the reply to help: the drivers' command tables, each
+// command with the driver that offers it.
 func (h *Host) consoleHelp() string {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	var b strings.Builder
-	b.WriteString("commands:\n")
-	fmt.Fprintf(&b, "  %-20s %s\n", "help", "this list")
-	for _, d := range h.drivers {
+	cmds := []cmdtab.Cmd{{Name: "help", Help: "this list"}}
+	for _, d := range h.drivers.list {
 		c, ok := d.(machine.Consoler)
 		if !ok {
 			continue
 		}
 		for _, cc := range c.ConsoleCommands() {
-			usage := cc.Usage
-			if usage == "" {
-				usage = cc.Name
-			}
-			fmt.Fprintf(&b, "  %-20s %s (%s)\n", usage, cc.Help, d.Kind())
+			cc.Help += " (" + d.Kind() + ")"
+			cmds = append(cmds, cc.Cmd)
 		}
 	}
-	return b.String()
+	return "commands:\n" + cmdtab.HelpText(cmds, "  ")
 }
 
 // OpenSerial opens the host's serial console stream, from the first driver
@@ -174,13 +173,13 @@ func (h *Host) consoleHelp() string {
 func (h *Host) OpenSerial(ctx context.Context) (io.ReadWriteCloser, error) {
 	h.mu.Lock()
 	var s machine.Serialer
-	for _, d := range h.drivers {
+	for _, d := range h.drivers.list {
 		if ss, ok := d.(machine.Serialer); ok {
 			s = ss
 			break
 		}
 	}
-	timeout := h.cfg.Duration("timeout", defaultTimeout)
+	timeout := h.cfg.Duration("timeout")
 	h.mu.Unlock()
 	if s == nil {
 		return nil, machine.Errorf(syscall.ENOTSUP, "serial: no driver with a serial console (drivers: %s)", h.driverKinds())
@@ -208,8 +207,8 @@ func (h *Host) OpenSerial(ctx context.Context) (io.ReadWriteCloser, error) {
 func (h *Host) driverKinds() string {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if len(h.drivers) == 0 {
+	if len(h.drivers.list) == 0 {
 		return "none"
 	}
-	return h.driverKindsLocked()
+	return h.drivers.kinds()
 }

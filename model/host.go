@@ -3,7 +3,6 @@ package model
 import (
 	"context"
 	"fmt"
-	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -23,22 +22,32 @@ type Host struct {
 	id     uint64
 	log    *EventLog
 
-	mu        sync.Mutex
-	cfg       *ConfigFile
-	drivers   []machine.Driver
-	driverErr error
-	gen       uint64 // driver generation: reports from closed drivers are ignored
+	// mu guards the host's configuration, drivers, shown state and
+	// operations together: a command's admission reads all four at once
+	// (is one in flight, which driver, what does the tree show, which
+	// timeouts), and a config change must not slip between them.
+	mu      sync.Mutex
+	cfg     *ConfigFile
+	drivers driverSet
+	state   shownState
+	op      *operation // the command in flight on this machine
+	stack   *operation // a stack command (poweroff, reboot) in flight
+
+	consoleMu sync.Mutex
+	console   string // last console exchange, for readers that did not write
+
+	subhosts map[string]*Host // guarded by tree.mu
+}
+
+// shownState is what the state file shows of a host, besides its drivers'
+// own lines.
+type shownState struct {
 	power     machine.Power
 	since     time.Time
 	reason    string
 	reachable bool
 	lastCmd   string
 	lastErr   string
-	op        *operation
-	stack     *operation // a stack command (poweroff, reboot) in flight
-	console   string     // last console exchange, for readers that did not write
-
-	subhosts map[string]*Host // guarded by tree.mu
 }
 
 // Name is the host's own name, Path its place in the tree.
@@ -60,7 +69,7 @@ func (h *Host) Parent() *Host { return h.parent }
 func (h *Host) Power() machine.Power {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	return h.power
+	return h.state.power
 }
 
 // emit publishes an event about this host.
@@ -75,21 +84,6 @@ func (h *Host) Exec(ctx context.Context, line string, who Caller) error {
 		return err
 	}
 	return h.Run(ctx, cmd, who)
-}
-
-// statusReaderLocked returns the driver to ask for the machine's state
-// before a command is answered from the cache: the driver that would run
-// the command if it can tell, else the first driver that can.
-func (h *Host) statusReaderLocked(pc machine.PowerController) machine.StatusReader {
-	if sr, ok := pc.(machine.StatusReader); ok {
-		return sr
-	}
-	for _, d := range h.drivers {
-		if sr, ok := d.(machine.StatusReader); ok {
-			return sr
-		}
-	}
-	return nil
 }
 
 // refresh asks sr for the machine's state, merges what it tells into the
@@ -113,17 +107,17 @@ func (h *Host) refresh(ctx context.Context, sr machine.StatusReader, gen uint64,
 	}
 	h.mu.Lock()
 	// A command that started meanwhile, or new drivers, own the state.
-	if h.gen != gen || h.op != nil {
+	if h.drivers.gen != gen || h.op != nil {
 		h.mu.Unlock()
 		return false
 	}
-	changed, reach := st.Power != h.power, !h.reachable
+	changed, reach := st.Power != h.state.power, !h.state.reachable
 	reason := st.Reason
 	if reason == "" {
 		reason = sr.Kind() + " reports " + string(st.Power)
 	}
 	h.setPowerLocked(st.Power, reason)
-	h.reachable = true
+	h.state.reachable = true
 	h.mu.Unlock()
 	if changed {
 		h.emit(machine.EventPower, string(st.Power))
@@ -135,39 +129,11 @@ func (h *Host) refresh(ctx context.Context, sr machine.StatusReader, gen uint64,
 }
 
 func (h *Host) setPowerLocked(p machine.Power, reason string) {
-	if h.power != p {
-		h.since = time.Now()
+	if h.state.power != p {
+		h.state.since = time.Now()
 	}
-	h.power = p
-	h.reason = reason
-}
-
-// powerDriverLocked returns the first configured driver that supports verb.
-func (h *Host) powerDriverLocked(verb string) machine.PowerController {
-	for _, d := range h.drivers {
-		if pc, ok := d.(machine.PowerController); ok && slices.Contains(pc.Verbs(), verb) {
-			return pc
-		}
-	}
-	return nil
-}
-
-func (h *Host) unsupportedLocked(verb string) error {
-	if h.driverErr != nil {
-		return machine.Errorf(machine.ErrnoOf(h.driverErr), "%s: drivers not ready: %v", verb, h.driverErr)
-	}
-	if len(h.drivers) == 0 {
-		return machine.Errorf(syscall.ENOTSUP, "%s: no driver configured (set drivers in config)", verb)
-	}
-	return machine.Errorf(syscall.ENOTSUP, "%s: not supported by drivers %s", verb, h.driverKindsLocked())
-}
-
-func (h *Host) driverKindsLocked() string {
-	var kinds []string
-	for _, d := range h.drivers {
-		kinds = append(kinds, d.Kind())
-	}
-	return strings.Join(kinds, ", ")
+	h.state.power = p
+	h.state.reason = reason
 }
 
 // reporter is the Reporter a driver gets: it tags reports with the driver
@@ -182,7 +148,7 @@ func (r reporter) Report(st machine.Status) { r.h.report(r.gen, r.kind, st) }
 
 func (r reporter) Event(kind machine.EventKind, detail string) {
 	r.h.mu.Lock()
-	live := r.h.gen == r.gen
+	live := r.h.drivers.gen == r.gen
 	r.h.mu.Unlock()
 	if live {
 		r.h.emit(kind, detail)
@@ -192,23 +158,23 @@ func (r reporter) Event(kind machine.EventKind, detail string) {
 func (h *Host) report(gen uint64, kind string, st machine.Status) {
 	var events []Event
 	h.mu.Lock()
-	if h.gen != gen {
+	if h.drivers.gen != gen {
 		h.mu.Unlock()
 		return
 	}
-	if st.Power != "" && st.Power != h.power {
+	if st.Power != "" && st.Power != h.state.power {
 		h.setPowerLocked(st.Power, st.Reason)
 		events = append(events, Event{Kind: machine.EventPower, Detail: string(st.Power)})
 	} else if st.Reason != "" {
-		h.reason = st.Reason
+		h.state.reason = st.Reason
 	}
-	if st.Reachable != h.reachable {
-		h.reachable = st.Reachable
+	if st.Reachable != h.state.reachable {
+		h.state.reachable = st.Reachable
 		events = append(events, Event{Kind: machine.EventReachable, Detail: yesNo(st.Reachable)})
 	}
 	if st.Err != nil {
-		h.lastErr = prefixed(kind, st.Err).Error()
-		events = append(events, Event{Kind: machine.EventError, Detail: h.lastErr})
+		h.state.lastErr = prefixed(kind, st.Err).Error()
+		events = append(events, Event{Kind: machine.EventError, Detail: h.state.lastErr})
 	}
 	if op := h.op; op != nil && st.Power != "" && !st.Power.Transitional() {
 		switch {
@@ -246,11 +212,11 @@ func (h *Host) busy() string {
 	if op := h.busyOpLocked(false); op != nil {
 		return fmt.Sprintf("%s: command %q in flight", h.path, op.cmd.String())
 	}
-	switch h.power {
+	switch h.state.power {
 	case machine.PowerOff, machine.PowerUnknown, machine.PowerCrashed, "":
 		return ""
 	}
-	return fmt.Sprintf("%s is %s: power it off first", h.path, h.power)
+	return fmt.Sprintf("%s is %s: power it off first", h.path, h.state.power)
 }
 
 // prefixed names the driver an error came from, unless its text already

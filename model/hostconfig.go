@@ -205,13 +205,13 @@ func (t *Tree) driverKeysChanged(old, next *ConfigFile) bool {
 // reason in state; the config stays as written.
 func (h *Host) rebuildDrivers(ctx context.Context) {
 	h.mu.Lock()
-	old := h.drivers
-	h.drivers = nil
-	h.driverErr = nil
-	h.gen++
-	gen := h.gen
+	old := h.drivers.list
+	h.drivers.list = nil
+	h.drivers.err = nil
+	h.drivers.gen++
+	gen := h.drivers.gen
 	cfg := h.cfg.Clone()
-	observed := h.power
+	observed := h.state.power
 	h.mu.Unlock()
 	for _, d := range old {
 		if err := d.Close(); err != nil {
@@ -248,7 +248,7 @@ func (h *Host) rebuildDrivers(ctx context.Context) {
 	}
 
 	h.mu.Lock()
-	if h.gen != gen {
+	if h.drivers.gen != gen {
 		// A newer rebuild raced us; it owns the host now.
 		h.mu.Unlock()
 		for _, d := range built {
@@ -256,13 +256,13 @@ func (h *Host) rebuildDrivers(ctx context.Context) {
 		}
 		return
 	}
-	h.drivers = built
-	h.driverErr = errors.Join(errs...)
+	h.drivers.list = built
+	h.drivers.err = errors.Join(errs...)
 	if len(names) == 0 {
 		h.setPowerLocked(machine.PowerUnknown, "no driver configured")
 	}
-	if h.driverErr != nil {
-		h.lastErr = h.driverErr.Error()
+	if h.drivers.err != nil {
+		h.state.lastErr = h.drivers.err.Error()
 	}
 	h.mu.Unlock()
 	if len(errs) > 0 {
@@ -282,7 +282,7 @@ func valueOr(cf *ConfigFile, key, def string) string {
 // closes them: the host is leaving the tree.
 func (h *Host) removeDrivers(ctx context.Context) {
 	h.mu.Lock()
-	drivers := append([]machine.Driver(nil), h.drivers...)
+	drivers := append([]machine.Driver(nil), h.drivers.list...)
 	timeout := h.cfg.Duration("timeout")
 	h.mu.Unlock()
 	for _, d := range drivers {
@@ -299,9 +299,9 @@ func (h *Host) removeDrivers(ctx context.Context) {
 // closeDrivers closes the host's drivers for good.
 func (h *Host) closeDrivers() {
 	h.mu.Lock()
-	old := h.drivers
-	h.drivers = nil
-	h.gen++
+	old := h.drivers.list
+	h.drivers.list = nil
+	h.drivers.gen++
 	if h.op != nil {
 		h.finishLocked(h.op, machine.Errorf(syscall.ECANCELED, "host removed"))
 	}

@@ -78,12 +78,12 @@ func (h *Host) opTimedOut(op *operation, after time.Duration) {
 		h.mu.Unlock()
 		return
 	}
-	err := machine.Errorf(syscall.ETIMEDOUT, "%q: power still %s after %s, expected %s", op.cmd.String(), h.power, after, op.target)
-	changed := h.power.Transitional()
+	err := machine.Errorf(syscall.ETIMEDOUT, "%q: power still %s after %s, expected %s", op.cmd.String(), h.state.power, after, op.target)
+	changed := h.state.power.Transitional()
 	if changed {
 		h.setPowerLocked(machine.PowerUnknown, err.Error())
 	}
-	h.lastErr = err.Error()
+	h.state.lastErr = err.Error()
 	h.finishLocked(op, err)
 	h.mu.Unlock()
 	if changed {
@@ -107,7 +107,7 @@ func (h *Host) finishLocked(op *operation, err error) {
 	if err != nil {
 		verdict = "failed: " + err.Error()
 	}
-	h.lastCmd = fmt.Sprintf("%q %s at %s: %s", op.cmd.String(), op.who, stamp(op.started), verdict)
+	h.state.lastCmd = fmt.Sprintf("%q %s at %s: %s", op.cmd.String(), op.who, stamp(op.started), verdict)
 }
 
 // admitLocked decides whether cmd from who may start on h now; see admit.

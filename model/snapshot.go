@@ -24,19 +24,19 @@ func (h *Host) State() HostState {
 	subs := h.tree.subhostNames(h)
 	h.mu.Lock()
 	st := HostState{
-		Power:       h.power,
-		Reason:      h.reason,
+		Power:       h.state.power,
+		Reason:      h.state.reason,
 		Drivers:     h.driverLabelsLocked(),
-		Reachable:   h.reachable,
-		LastCommand: h.lastCmd,
-		LastError:   h.lastErr,
+		Reachable:   h.state.reachable,
+		LastCommand: h.state.lastCmd,
+		LastError:   h.state.lastErr,
 		Subhosts:    subs,
 	}
-	if !h.since.IsZero() {
-		st.Since = stamp(h.since)
+	if !h.state.since.IsZero() {
+		st.Since = stamp(h.state.since)
 	}
 	st.Label, _ = h.cfg.Get("label")
-	drivers := append([]machine.Driver(nil), h.drivers...)
+	drivers := append([]machine.Driver(nil), h.drivers.list...)
 	h.mu.Unlock()
 	for _, d := range drivers {
 		if ds, ok := d.(machine.Describer); ok {
@@ -49,15 +49,15 @@ func (h *Host) State() HostState {
 // driverLabelsLocked names the host's drivers as state shows them.
 func (h *Host) driverLabelsLocked() []string {
 	var parts []string
-	for _, d := range h.drivers {
+	for _, d := range h.drivers.list {
 		s := d.Kind()
 		if spec, ok := h.tree.specs[d.Kind()]; ok && spec.Simulated {
 			s += " (simulation)"
 		}
 		parts = append(parts, s)
 	}
-	if h.driverErr != nil {
-		parts = append(parts, "(not ready: "+h.driverErr.Error()+")")
+	if h.drivers.err != nil {
+		parts = append(parts, "(not ready: "+h.drivers.err.Error()+")")
 	}
 	return parts
 }

@@ -93,8 +93,8 @@ func (h *Host) CheckCommand(line string, who Caller) error {
 func (h *Host) refuseLine(line string, who Caller, err error) {
 	quoted := fmt.Sprintf("%q %s", line, who)
 	h.mu.Lock()
-	h.lastCmd = fmt.Sprintf("%s at %s: refused: %v", quoted, stamp(time.Now()), err)
-	h.lastErr = err.Error()
+	h.state.lastCmd = fmt.Sprintf("%s at %s: refused: %v", quoted, stamp(time.Now()), err)
+	h.state.lastErr = err.Error()
 	h.mu.Unlock()
 	h.emit(machine.EventCommand, quoted+" refused: "+err.Error())
 }
@@ -147,7 +147,7 @@ func (h *Host) runStack(ctx context.Context, cmd machine.Command, who Caller, se
 	}
 	op := newOperation(cmd, who)
 	h.stack = op
-	h.lastCmd = fmt.Sprintf("%s at %s: in flight (stack)", quoted, stamp(op.started))
+	h.state.lastCmd = fmt.Sprintf("%s at %s: in flight (stack)", quoted, stamp(op.started))
 	h.mu.Unlock()
 	h.emit(machine.EventCommand, quoted+" accepted (stack)")
 
@@ -196,9 +196,9 @@ func (h *Host) runStackSteps(ctx context.Context, op *operation, self bool, quot
 	verdict := "ok"
 	if err != nil {
 		verdict = "failed: " + err.Error()
-		h.lastErr = err.Error()
+		h.state.lastErr = err.Error()
 	}
-	h.lastCmd = fmt.Sprintf("%s at %s: %s (%s)", quoted, stamp(op.started), verdict, summary)
+	h.state.lastCmd = fmt.Sprintf("%s at %s: %s (%s)", quoted, stamp(op.started), verdict, summary)
 	op.end(err)
 	h.mu.Unlock()
 	h.emit(machine.EventStack, fmt.Sprintf("%q done: %s (%s)", cmd.String(), verdict, summary))

@@ -13,6 +13,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/machinefs/machinefs/cmdtab"
 	"github.com/machinefs/machinefs/machine"
 	"github.com/machinefs/machinefs/store"
 )
@@ -268,8 +269,7 @@ func (t *Tree) insert(parent *Host, name string, cf *ConfigFile) (*Host, error) 
 		id:     t.nextID.Add(1),
 		log:    newEventLog(t.hostLog),
 		cfg:    cf,
-		power:  machine.PowerUnknown,
-		reason: "no report from a driver yet",
+		state:  shownState{power: machine.PowerUnknown, reason: "no report from a driver yet"},
 	}
 	m[name] = h
 	return h, nil
@@ -330,10 +330,13 @@ func (t *Tree) closeTree(h *Host) {
 	h.closeDrivers()
 }
 
-// Ctl runs the lines of one write to the ctl file:
-//
-//	add NAME [key=value ...]    (NAME may be PARENT/subhosts/NAME)
-//	remove NAME
+// CtlTable is the command table of the ctl file at the root of the tree.
+var CtlTable = cmdtab.Table{File: "ctl", Fold: true, Cmds: []cmdtab.Cmd{
+	{Name: "add", Args: "NAME [KEY=VALUE ...]", Min: 1, Max: 1, Opts: []string{cmdtab.AnyKey}, Help: "add a host with these config keys (NAME may be PARENT/subhosts/SUB)"},
+	{Name: "remove", Args: "NAME", Min: 1, Max: 1, Help: "remove a host and its subhosts (EBUSY while one is on)"},
+}}
+
+// Ctl runs the lines of one write to the ctl file (CtlTable).
 //
 // Every line is checked before any runs (syntax, names, keys, privileges,
 // whether the host exists or is busy), so a write with a bad line changes
@@ -365,13 +368,10 @@ func (t *Tree) ctl(ctx context.Context, text string, who Caller) error {
 	}
 	var ops []ctlOp
 	adding := map[string]bool{}
-	for _, line := range strings.Split(text, "\n") {
+	for line := range cmdtab.Lines(text) {
 		op, err := t.parseCtl(line, who)
 		if err != nil {
 			return err
-		}
-		if op == nil {
-			continue
 		}
 		if adding[op.path] {
 			return machine.Errorf(syscall.EINVAL, "ctl: %s appears twice in one write", op.path)
@@ -393,17 +393,15 @@ func (t *Tree) ctl(ctx context.Context, text string, who Caller) error {
 	return nil
 }
 
-// parseCtl checks one ctl line; nil for a blank line.
+// parseCtl checks one ctl line, which is not blank.
 func (t *Tree) parseCtl(line string, who Caller) (*ctlOp, error) {
-	f := strings.Fields(line)
-	if len(f) == 0 {
-		return nil, nil
+	l, err := CtlTable.Parse(line)
+	if err != nil {
+		return nil, err
 	}
-	if len(f) < 2 {
-		return nil, machine.Errorf(syscall.EINVAL, "ctl: want \"add NAME key=value ...\" or \"remove NAME\"")
-	}
-	path := "hosts/" + strings.TrimPrefix(strings.Trim(f[1], "/"), "hosts/")
-	switch strings.ToLower(f[0]) {
+	arg := l.Args[0]
+	path := "hosts/" + strings.TrimPrefix(strings.Trim(arg, "/"), "hosts/")
+	switch l.Cmd.Name {
 	case "add":
 		if t.readOnly {
 			return nil, machine.Errorf(syscall.EROFS, "read-only mount")
@@ -415,7 +413,7 @@ func (t *Tree) parseCtl(line string, who Caller) (*ctlOp, error) {
 				return nil, machine.Errorf(syscall.ENOENT, "ctl: no host %s", parentPath)
 			}
 		} else if path != "hosts/"+name {
-			return nil, machine.Errorf(syscall.EINVAL, "ctl: %q: subhosts are NAME/subhosts/SUB", f[1])
+			return nil, machine.Errorf(syscall.EINVAL, "ctl: %q: subhosts are NAME/subhosts/SUB", arg)
 		}
 		if !ValidName(name) {
 			return nil, machine.Errorf(syscall.EINVAL, "%q is not a valid name (letters, digits, '.', '_', '-'; at most 63)", name)
@@ -424,24 +422,17 @@ func (t *Tree) parseCtl(line string, who Caller) (*ctlOp, error) {
 			return nil, machine.Errorf(syscall.EEXIST, "%s exists", path)
 		}
 		cf := &ConfigFile{}
-		for _, kv := range f[2:] {
-			k, v, ok := strings.Cut(kv, "=")
-			if !ok || k == "" || v == "" {
-				return nil, machine.Errorf(syscall.EINVAL, "ctl: %q is not key=value", kv)
-			}
-			if err := t.checkKey(k, v); err != nil {
+		for _, o := range l.Opts {
+			if err := t.checkKey(o.Key, o.Value); err != nil {
 				return nil, err
 			}
-			cf.Set(k, v)
+			cf.Set(o.Key, o.Value)
 		}
 		if err := t.checkPrivileged(who, nil, cf); err != nil {
 			return nil, err
 		}
 		return &ctlOp{add: true, parent: parent, name: name, path: path, cf: cf}, nil
 	case "remove":
-		if len(f) != 2 {
-			return nil, machine.Errorf(syscall.EINVAL, "ctl: remove takes one NAME")
-		}
 		if t.readOnly {
 			return nil, machine.Errorf(syscall.EROFS, "read-only mount")
 		}
@@ -454,7 +445,7 @@ func (t *Tree) parseCtl(line string, who Caller) (*ctlOp, error) {
 		}
 		return &ctlOp{host: h, path: path}, nil
 	}
-	return nil, machine.Errorf(syscall.EINVAL, "ctl: unknown command %q (add, remove)", f[0])
+	return nil, machine.Errorf(syscall.EINVAL, "ctl: %s is in the table but not handled", l.Cmd.Name)
 }
 
 // splitHostPath splits "hosts/a/subhosts/b" into "hosts/a" and "b".

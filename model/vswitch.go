@@ -9,14 +9,14 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/machinefs/machinefs/cmdtab"
 	"github.com/machinefs/machinefs/machine"
 )
 
 // IsLocal reports whether this host is the machine machinefs runs on
 // (config local = yes): only it has live virtual switches.
 func (h *Host) IsLocal() bool {
-	v, _ := h.Config().Get("local")
-	return h.parent == nil && isYes(v)
+	return h.parent == nil && h.Config().Bool("local")
 }
 
 // switches returns the switch manager if this host may use it.
@@ -92,39 +92,42 @@ func (h *Host) DeleteSwitch(ctx context.Context, name string, who Caller) error 
 	})
 }
 
-// SwitchesCtl runs one line written to vswitch/ctl:
-//
-//	cancel NAME [NAME ...]
-//
-// It cancels several switches in one kernel request: deleting devices is
-// the slow part (tens of ms per request), so a batch is much faster than
-// one rmdir per switch.
+// SwitchesCtlTable is the command table of vswitch/ctl.
+var SwitchesCtlTable = cmdtab.Table{File: "vswitch ctl", Cmds: []cmdtab.Cmd{
+	{Name: "cancel", Args: "NAME [NAME ...]", Min: 1, Max: cmdtab.Many, Help: "delete the switches, in one kernel request"},
+}}
+
+// SwitchCtlTable is the command table of vswitch/NAME/ctl.
+var SwitchCtlTable = cmdtab.Table{File: "vswitch ctl", Cmds: []cmdtab.Cmd{
+	{Name: "add tap", Args: "[owner=USER|UID] [group=GROUP|GID]", Opts: []string{"owner", "group"}, Help: "add a persistent TAP port (packet info off)"},
+	{Name: "remove", Args: "PORT", Min: 1, Max: 1, Help: "remove a port"},
+	{Name: "check", Help: "fail with ENOENT, ENETDOWN or EIO and the reason unless the switch is whole and up"},
+}}
+
+// SwitchesCtl runs one line written to vswitch/ctl (SwitchesCtlTable).
+// cancel deletes several switches in one kernel request: deleting devices
+// is the slow part (tens of ms per request), so a batch is much faster
+// than one rmdir per switch.
 func (h *Host) SwitchesCtl(ctx context.Context, line string, who Caller) error {
-	f := strings.Fields(line)
-	if len(f) == 0 {
-		return nil
+	l, err := SwitchesCtlTable.Parse(line)
+	if l == nil {
+		return err
 	}
-	if f[0] != "cancel" || len(f) < 2 {
-		return machine.Errorf(syscall.EINVAL, "vswitch ctl: %q: want \"cancel NAME [NAME ...]\"", line)
-	}
-	names := f[1:]
+	names := l.Args
 	return h.switchOp(ctx, strings.Join(names, ","), "cancel", who, func(ctx context.Context, sw machine.Switches) (string, error) {
 		return "deleted", sw.Delete(ctx, names...)
 	})
 }
 
-// SwitchCtl runs one line written to vswitch/NAME/ctl:
-//
-//	add tap [owner=USER|UID] [group=GROUP|GID]
-//	remove PORT
-//	check
+// SwitchCtl runs one line written to vswitch/NAME/ctl (SwitchCtlTable).
 func (h *Host) SwitchCtl(ctx context.Context, name, line string, who Caller) error {
-	f := strings.Fields(line)
-	switch {
-	case len(f) == 0:
-		return nil
-	case f[0] == "add" && len(f) >= 2 && f[1] == "tap":
-		owner, group, err := tapOwners(f[2:])
+	l, err := SwitchCtlTable.Parse(line)
+	if l == nil {
+		return err
+	}
+	switch l.Cmd.Name {
+	case "add tap":
+		owner, group, err := tapOwners(l)
 		if err != nil {
 			return err
 		}
@@ -132,32 +135,29 @@ func (h *Host) SwitchCtl(ctx context.Context, name, line string, who Caller) err
 			tap, err := sw.AddTap(ctx, name, owner, group)
 			return "tap " + tap + " added", err
 		})
-	case f[0] == "remove" && len(f) == 2:
-		return h.switchOp(ctx, name, "remove "+f[1], who, func(ctx context.Context, sw machine.Switches) (string, error) {
-			return "port " + f[1] + " removed", sw.RemovePort(ctx, name, f[1])
+	case "remove":
+		port := l.Args[0]
+		return h.switchOp(ctx, name, "remove "+port, who, func(ctx context.Context, sw machine.Switches) (string, error) {
+			return "port " + port + " removed", sw.RemovePort(ctx, name, port)
 		})
-	case f[0] == "check" && len(f) == 1:
+	case "check":
 		return h.switchOp(ctx, name, "check", who, func(ctx context.Context, sw machine.Switches) (string, error) {
 			return "check ok", sw.Check(ctx, name)
 		})
 	}
-	return machine.Errorf(syscall.EINVAL, "vswitch ctl: %q: want \"add tap [owner=U] [group=G]\", \"remove PORT\" or \"check\"", line)
+	return machine.Errorf(syscall.EINVAL, "vswitch ctl: %s is in the table but not handled", l.Cmd.Name)
 }
 
-// tapOwners parses the owner=USER and group=GROUP options of "add tap".
-func tapOwners(opts []string) (owner, group uint32, err error) {
+// tapOwners resolves the owner=USER and group=GROUP options of "add tap".
+func tapOwners(l *cmdtab.Line) (owner, group uint32, err error) {
 	owner, group = machine.NoOwner, machine.NoOwner
-	for _, kv := range opts {
-		k, v, ok := strings.Cut(kv, "=")
-		switch {
-		case ok && k == "owner":
-			owner, err = lookupID(v, false)
-		case ok && k == "group":
-			group, err = lookupID(v, true)
-		default:
-			err = machine.Errorf(syscall.EINVAL, "vswitch ctl: %q: want owner=USER or group=GROUP", kv)
+	if v, ok := l.Opt("owner"); ok {
+		if owner, err = lookupID(v, false); err != nil {
+			return 0, 0, err
 		}
-		if err != nil {
+	}
+	if v, ok := l.Opt("group"); ok {
+		if group, err = lookupID(v, true); err != nil {
 			return 0, 0, err
 		}
 	}
