@@ -1,15 +1,14 @@
 package model
 
 import (
-	"fmt"
 	"os"
 	"slices"
-	"strconv"
 	"strings"
 	"syscall"
 	"unicode"
 	"unicode/utf8"
 
+	"github.com/machinefs/machinefs/internal/procfs"
 	"github.com/machinefs/machinefs/machine"
 )
 
@@ -47,29 +46,17 @@ func (t *Tree) isAdmin(who Caller) bool {
 	return slices.Contains(supplementaryGroups(who.Pid), t.adminGid)
 }
 
-// supplementaryGroups reads the "Groups:" line of /proc/TID/status.
+// supplementaryGroups are the supplementary groups of thread tid, none if
+// it is gone.
 func supplementaryGroups(tid uint32) []uint32 {
 	if tid == 0 {
 		return nil
 	}
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", tid))
+	st, err := procfs.ReadStatus(int(tid))
 	if err != nil {
 		return nil
 	}
-	for _, l := range strings.Split(string(b), "\n") {
-		v, ok := strings.CutPrefix(l, "Groups:")
-		if !ok {
-			continue
-		}
-		var out []uint32
-		for _, f := range strings.Fields(v) {
-			if n, err := strconv.ParseUint(f, 10, 32); err == nil {
-				out = append(out, uint32(n))
-			}
-		}
-		return out
-	}
-	return nil
+	return st.Groups
 }
 
 // checkPrivileged refuses, for a caller who is not an admin, every change

@@ -2,9 +2,8 @@ package model
 
 import (
 	"fmt"
-	"os"
-	"strconv"
-	"strings"
+
+	"github.com/machinefs/machinefs/internal/procfs"
 )
 
 // Caller is who made a request: the uid and gid, and the id of the calling
@@ -33,15 +32,9 @@ func sameProcess(a, b Caller) bool {
 
 // tgid is the process of thread tid, 0 if unknown.
 func tgid(tid uint32) int {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", tid))
+	st, err := procfs.ReadStatus(int(tid))
 	if err != nil {
 		return 0
 	}
-	for _, l := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(l, "Tgid:"); ok {
-			n, _ := strconv.Atoi(strings.TrimSpace(v))
-			return n
-		}
-	}
-	return 0
+	return st.Tgid
 }

@@ -17,6 +17,9 @@ import (
 	"github.com/vishvananda/netlink"
 	vnetns "github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+
+	"github.com/machinefs/machinefs/internal/atomicfile"
+	"github.com/machinefs/machinefs/internal/procfs"
 )
 
 // record is what a subhost holds, saved in STATE-DIR/NAME.json so that the
@@ -61,32 +64,19 @@ func (r *record) save(stateDir string) error {
 	if err != nil {
 		return err
 	}
-	p := recordPath(stateDir, r.Name)
-	tmp := p + ".tmp"
-	if err := os.WriteFile(tmp, append(data, '\n'), 0o600); err != nil {
-		return err
-	}
-	return os.Rename(tmp, p)
+	// No fsync: the record names processes and devices of the running
+	// kernel, which a reboot ends anyway.
+	return atomicfile.Write(recordPath(stateDir, r.Name), append(data, '\n'), 0o600, atomicfile.ProcessCrash)
 }
 
-// procStart returns the start time of pid in clock ticks, 0 if it is gone.
+// procStart returns the start time of pid in clock ticks, 0 if it is gone
+// or has ended (a zombie).
 func procStart(pid int) uint64 {
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
+	st, err := procfs.ReadStat(pid)
+	if err != nil || !st.Live() {
 		return 0
 	}
-	s := string(data)
-	i := strings.LastIndexByte(s, ')')
-	if i < 0 {
-		return 0
-	}
-	f := strings.Fields(s[i+1:])
-	// f[0] is field 3 (state); starttime is field 22.
-	if len(f) < 20 || f[0] == "Z" || f[0] == "X" {
-		return 0
-	}
-	n, _ := strconv.ParseUint(f[19], 10, 64)
-	return n
+	return st.Start
 }
 
 // cgroup2Root is where the cgroup v2 hierarchy is mounted ("" if nowhere).

@@ -18,6 +18,8 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/machinefs/machinefs/drivers/internal/notifyline"
+	"github.com/machinefs/machinefs/internal/atomicfile"
+	"github.com/machinefs/machinefs/internal/procfs"
 	"github.com/machinefs/machinefs/machine"
 )
 
@@ -166,13 +168,13 @@ func (m *Machine) adopt(ctx context.Context) {
 		stale(fmt.Sprintf("recorded guest pid %d is gone", r.Pid))
 		return
 	}
-	state, start, err := procStat(r.Pid)
-	if err != nil || start != r.Start {
+	st, err := procfs.ReadStat(r.Pid)
+	if err != nil || st.Start != r.Start {
 		unix.Close(pidfd)
 		stale(fmt.Sprintf("recorded guest pid %d is gone (the pid now belongs to another process)", r.Pid))
 		return
 	}
-	g, err := m.newGuest(r.Pid, start, pidfd)
+	g, err := m.newGuest(r.Pid, st.Start, pidfd)
 	if err != nil {
 		unix.Close(pidfd)
 		m.report.Report(machine.Status{Power: machine.PowerUnknown, Reachable: false, Reason: "cannot watch recorded guest", Err: err})
@@ -191,7 +193,7 @@ func (m *Machine) adopt(ctx context.Context) {
 	m.g = g
 	m.mu.Unlock()
 	m.watch(g)
-	if state == 'Z' {
+	if st.State == 'Z' {
 		// It ended while nobody watched: the watcher reaps it and
 		// reports how.
 		return
@@ -460,7 +462,9 @@ func (m *Machine) writeRecord(g *guest) {
 	m.mu.Lock()
 	r := record{Path: m.path, Pid: g.pid, Start: g.start, Umid: m.umid, Notify: m.notifyPath(), Tap: g.tap, Paused: g.paused}
 	m.mu.Unlock()
-	if err := writeFileAtomic(m.recordPath(), r.marshal()); err != nil {
+	// No fsync: the record names a running process, which a reboot ends
+	// anyway.
+	if err := atomicfile.Write(m.recordPath(), r.marshal(), 0o600, atomicfile.ProcessCrash); err != nil {
 		m.log.Warn("uml: writing record", "err", err)
 	}
 }
@@ -690,7 +694,8 @@ func (m *Machine) powerOn(ctx context.Context) error {
 	g.pid, g.pidfd = c.Process.Pid, pidfd
 	// The driver reaps the process itself (through its pidfd watcher).
 	c.Process.Release()
-	_, g.start, err = procStat(g.pid)
+	st, err := procfs.ReadStat(g.pid)
+	g.start = st.Start
 	if err != nil {
 		m.log.Warn("uml: reading start time", "pid", g.pid, "err", err)
 	}

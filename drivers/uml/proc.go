@@ -1,7 +1,6 @@
 package uml
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
 	"os"
@@ -12,44 +11,6 @@ import (
 
 	"golang.org/x/sys/unix"
 )
-
-// procStat returns the state letter and start time (clock ticks since boot)
-// of a process from /proc/PID/stat. The start time tells a process from a
-// later one that got the same pid.
-func procStat(pid int) (state byte, start uint64, err error) {
-	f, err := statFields(pid)
-	if err != nil {
-		return 0, 0, err
-	}
-	// starttime is field 22 of stat, f[19].
-	if len(f) < 20 {
-		return 0, 0, fmt.Errorf("/proc/%d/stat: %d fields", pid, len(f))
-	}
-	start, err = strconv.ParseUint(f[19], 10, 64)
-	if err != nil {
-		return 0, 0, fmt.Errorf("/proc/%d/stat: start time %q", pid, f[19])
-	}
-	return f[0][0], start, nil
-}
-
-// statFields returns the fields of /proc/PID/stat after the command name:
-// f[0] is the state (field 3), f[2] the process group (field 5).
-func statFields(pid int) ([]string, error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return nil, err
-	}
-	// The command name is in parentheses and may contain anything.
-	i := bytes.LastIndexByte(b, ')')
-	if i < 0 {
-		return nil, fmt.Errorf("/proc/%d/stat: no command name", pid)
-	}
-	f := strings.Fields(string(b[i+1:]))
-	if len(f) < 3 {
-		return nil, fmt.Errorf("/proc/%d/stat: %d fields", pid, len(f))
-	}
-	return f, nil
-}
 
 // record is what the driver writes next to the guest so that a later
 // machinefs can adopt it.
@@ -110,15 +71,6 @@ func readRecord(path string) (record, error) {
 		return record{}, fmt.Errorf("%s: no pid", path)
 	}
 	return r, nil
-}
-
-// writeFileAtomic writes data to path through a temporary file and rename.
-func writeFileAtomic(path string, data []byte) error {
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, data, 0o600); err != nil {
-		return err
-	}
-	return os.Rename(tmp, path)
 }
 
 // howEnded says in words how a process ended.

@@ -11,6 +11,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/machinefs/machinefs/internal/procfs"
 	"github.com/machinefs/machinefs/machine"
 	"golang.org/x/sys/unix"
 )
@@ -136,8 +137,8 @@ func groupMembers(pgid int) []int {
 		if err != nil {
 			continue
 		}
-		f, err := statFields(pid)
-		if err != nil || f[0] == "Z" || f[2] != strconv.Itoa(pgid) {
+		st, err := procfs.ReadStat(pid)
+		if err != nil || st.State == 'Z' || st.Pgrp != pgid {
 			continue
 		}
 		pids = append(pids, pid)
@@ -153,8 +154,8 @@ func killRecorded(ctx context.Context, r record) error {
 		return nil // gone
 	}
 	defer unix.Close(pidfd)
-	state, start, err := procStat(r.Pid)
-	if err != nil || start != r.Start || state == 'Z' {
+	st, err := procfs.ReadStat(r.Pid)
+	if err != nil || st.Start != r.Start || st.State == 'Z' {
 		return nil // gone, or another process now
 	}
 	unix.PidfdSendSignal(pidfd, unix.SIGKILL, nil, 0)
@@ -185,7 +186,7 @@ func removeDeadUmidDir(dir string) {
 	b, err := os.ReadFile(filepath.Join(dir, "pid"))
 	if err == nil {
 		if p, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil && p > 1 && unix.Kill(p, 0) == nil {
-			if st, _, err := procStat(p); err == nil && st != 'Z' {
+			if st, err := procfs.ReadStat(p); err == nil && st.State != 'Z' {
 				return
 			}
 		}

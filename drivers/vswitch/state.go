@@ -7,6 +7,7 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/machinefs/machinefs/internal/atomicfile"
 	"github.com/machinefs/machinefs/machine"
 )
 
@@ -52,11 +53,11 @@ func (m *Manager) loadState() error {
 	return nil
 }
 
-// save writes r atomically (temporary file, rename). There is no fsync:
-// a record describes devices in the running kernel, which a reboot removes
-// too, and the page cache already carries it across a crash of the daemon
-// (the only crash the record has to survive). Leaving fsync out keeps a
-// journal commit out of every mkdir.
+// save writes r atomically. There is no fsync (ProcessCrash): a record
+// describes devices in the running kernel, which a reboot removes too, and
+// the page cache already carries it across a crash of the daemon (the only
+// crash the record has to survive). Leaving fsync out keeps a journal
+// commit out of every mkdir.
 func (m *Manager) save(r *record) error {
 	if m.stateDir == "" {
 		return nil
@@ -65,19 +66,7 @@ func (m *Manager) save(r *record) error {
 	if err != nil {
 		return err
 	}
-	tmp, err := os.CreateTemp(m.stateDir, ".tmp-"+r.Name+"-")
-	if err != nil {
-		return machine.Errorf(errnoOf(err, syscall.EIO), "vswitch: state: %v", err)
-	}
-	_, err = tmp.Write(append(b, '\n'))
-	if cerr := tmp.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp.Name(), m.statePath(r.Name))
-	}
-	if err != nil {
-		_ = os.Remove(tmp.Name())
+	if err := atomicfile.Write(m.statePath(r.Name), append(b, '\n'), 0o600, atomicfile.ProcessCrash); err != nil {
 		return machine.Errorf(errnoOf(err, syscall.EIO), "vswitch: state: %v", err)
 	}
 	return nil

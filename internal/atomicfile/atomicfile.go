@@ -33,7 +33,7 @@ const (
 // is untouched.
 func Write(name string, data []byte, perm os.FileMode, d Durability) error {
 	dir := filepath.Dir(name)
-	tmp, err := os.CreateTemp(dir, "."+filepath.Base(name)+".tmp*")
+	tmp, err := os.CreateTemp(dir, tempPattern(filepath.Base(name)))
 	if err != nil {
 		return err
 	}
@@ -79,6 +79,9 @@ func SyncDir(dir string) error {
 	}
 	return nil
 }
+
+// tempPattern is CreateTemp's pattern for the temporary file of base.
+func tempPattern(base string) string { return "." + base + ".tmp*" }
 
 // tempRE matches Write's temporary files (".NAME.tmp123").
 var tempRE = regexp.MustCompile(`^\..+\.tmp[0-9]*$`)

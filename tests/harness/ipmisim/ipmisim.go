@@ -25,6 +25,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/machinefs/machinefs/internal/procfs"
 )
 
 // The credentials of the simulated BMCs' admin user. The password is
@@ -217,13 +219,8 @@ func (b *BMC) Stop() {
 
 // alive reports whether pid runs and is not a zombie.
 func alive(pid int) bool {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return false
-	}
-	s := string(b)
-	i := strings.LastIndexByte(s, ')')
-	return i > 0 && i+2 < len(s) && s[i+2] != 'Z'
+	st, err := procfs.ReadStat(pid)
+	return err == nil && st.State != 'Z'
 }
 
 // Power is the simulated machine's power as the state file says: "on",
