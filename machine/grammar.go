@@ -81,7 +81,7 @@ type VerbSpec struct {
 // which of these verbs they support; nothing else parses power commands.
 var Grammar = []VerbSpec{
 	{Name: "on", Transit: PowerStarting, Target: PowerOn, Help: "power the machine on"},
-	{Name: "wol", Transit: PowerStarting, Target: PowerOn, Help: "wake the machine with a Wake-on-LAN packet"},
+	{Name: "wol", Transit: PowerStarting, Target: PowerOn, Always: true, Help: "wake the machine with a Wake-on-LAN packet (sent even when it shows on)"},
 	{Name: "resume", Transit: PowerStarting, Target: PowerOn, Help: "resume a paused machine (on Wake-on-LAN hosts: wol)"},
 	{Name: "off", Transit: PowerStopping, Target: PowerOff, Help: "power off at once (hard)"},
 	{Name: "poweroff", Transit: PowerStopping, Target: PowerOff, Help: "orderly power off"},

@@ -51,3 +51,19 @@ func Poll(ctx context.Context, every time.Duration, look func(context.Context) (
 		}
 	}
 }
+
+// NoDeadline is how long a Verifier follows a command whose caller set no
+// Command.Deadline (a test or a tool calling the driver directly; the model
+// always sets one): the model's default wait-timeout.
+const NoDeadline = 2 * time.Minute
+
+// FollowContext is the context a Verifier follows cmd with: parent, ended
+// at cmd.Deadline, or NoDeadline from now when the command carries none.
+// Poll under it stops where the model's wait stops.
+func FollowContext(parent context.Context, cmd Command) (context.Context, context.CancelFunc) {
+	deadline := cmd.Deadline
+	if deadline.IsZero() {
+		deadline = time.Now().Add(NoDeadline)
+	}
+	return context.WithDeadline(parent, deadline)
+}

@@ -106,3 +106,20 @@ func TestPollNoGoroutine(t *testing.T) {
 		t.Fatalf("%d goroutines after 100 polls, %d before", after, before)
 	}
 }
+
+// TestFollowContext: the context ends at the command's deadline; a command
+// without one is followed for NoDeadline.
+func TestFollowContext(t *testing.T) {
+	at := time.Now().Add(time.Minute)
+	ctx, cancel := FollowContext(t.Context(), Command{Verb: "on", Deadline: at})
+	defer cancel()
+	if dl, ok := ctx.Deadline(); !ok || !dl.Equal(at) {
+		t.Fatalf("deadline %v %v, want %v", dl, ok, at)
+	}
+	before := time.Now()
+	ctx2, cancel2 := FollowContext(t.Context(), Command{Verb: "on"})
+	defer cancel2()
+	if dl, ok := ctx2.Deadline(); !ok || dl.Before(before.Add(NoDeadline)) || dl.After(time.Now().Add(NoDeadline)) {
+		t.Fatalf("no deadline given: %v %v, want NoDeadline from now", dl, ok)
+	}
+}

@@ -2,6 +2,7 @@ package ipmi
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"strings"
@@ -448,9 +449,17 @@ func unreachableWord(err error) string {
 	return "unreachable"
 }
 
+// Verifies implements machine.Verifier: every verb the driver runs is
+// followed until the BMC reports its target or the command's deadline
+// passes, and the verdict is reported either way.
+func (d *Driver) Verifies(cmd machine.Command) bool {
+	_, ok := actions[cmd.Verb]
+	return ok
+}
+
 // Power implements machine.PowerController: it returns once the BMC accepted
-// the command; the verification runs in the background and reports its
-// verdict.
+// the command; the verification runs in the background until
+// cmd.Deadline and reports its verdict.
 func (d *Driver) Power(ctx context.Context, cmd machine.Command) error {
 	act, ok := actions[cmd.Verb]
 	if !ok {
@@ -482,10 +491,14 @@ func (d *Driver) Power(ctx context.Context, cmd machine.Command) error {
 	if d.closing {
 		return nil
 	}
-	vctx, cancel := context.WithCancel(d.ctx)
+	// The verification ends at the command's deadline, the one the
+	// model's wait ends at, or earlier when a newer command or Close
+	// cancels it.
+	vctx, cancel := machine.FollowContext(d.ctx, cmd)
+	deadline, _ := vctx.Deadline()
 	d.verifyStop = cancel
 	d.verifyID++
-	d.verifyNote = fmt.Sprintf("%s: waiting for %s (since %s)", act.verb, act.target, time.Now().Format("15:04:05"))
+	d.verifyNote = fmt.Sprintf("%s: waiting for %s (since %s, until %s)", act.verb, act.target, time.Now().Format("15:04:05"), deadline.Format("15:04:05"))
 	d.wg.Add(1)
 	go d.verify(vctx, cancel, d.verifyID, act, from)
 	return nil
@@ -499,7 +512,12 @@ func (d *Driver) send(ctx context.Context, act action) error {
 	})
 }
 
-// verify re-reads status until act.target shows or verify-timeout passes.
+// verify follows act until its target shows or ctx's deadline (the
+// command's) passes, and reports the verdict. poweroff first gives the
+// soft shutdown the shorter of ipmi.verify-timeout and half the window up
+// to the deadline, then powers off hard and follows that to the deadline:
+// the hard off is verified before the model's wait ends. Nothing is
+// reported once ctx is cancelled (superseded or closing).
 func (d *Driver) verify(ctx context.Context, cancel context.CancelFunc, id int, act action, from machine.Power) {
 	defer d.wg.Done()
 	defer func() {
@@ -514,89 +532,116 @@ func (d *Driver) verify(ctx context.Context, cancel context.CancelFunc, id int, 
 		default:
 		}
 	}()
-	ok := d.verifyOnce(ctx, act, from)
-	if !ok && act.verb == "poweroff" && ctx.Err() == nil {
-		msg := fmt.Sprintf("poweroff: not off %v after the soft shutdown; powering off hard", d.cfg.verifyTimeout)
+	deadline, _ := ctx.Deadline()
+	window := time.Until(deadline)
+	follow := act
+	if act.verb == "poweroff" {
+		soft := min(d.cfg.verifyTimeout, window/2)
+		sctx, scancel := context.WithTimeout(ctx, soft)
+		f := d.follow(sctx, act, window)
+		scancel()
+		if f.reached || ctx.Err() != nil {
+			d.verdict(ctx, act, from, window, f)
+			return
+		}
+		msg := fmt.Sprintf("poweroff: not off %v after the soft shutdown; powering off hard", soft.Round(100*time.Millisecond))
 		if d.rep != nil {
 			d.rep.Event(machine.EventNotify, msg)
 		}
 		d.log.Info(msg)
-		hard := actions["off"]
-		hard.verb = "poweroff (hard off)"
-		sctx, scancel := context.WithTimeout(ctx, d.cfg.budget())
-		err := d.send(sctx, hard)
-		scancel()
+		follow = actions["off"]
+		follow.verb = "poweroff (hard off)"
+		hctx, hcancel := context.WithTimeout(ctx, d.cfg.budget())
+		err := d.send(hctx, follow)
+		hcancel()
 		if err != nil {
 			if ctx.Err() == nil {
-				d.report(machine.Status{Reachable: reachableAfter(err), Reason: "poweroff: hard off failed", Err: err}, true)
+				// The verdict: the machine stays where the soft
+				// phase left it, and the errno says why.
+				p := f.last
+				if p == "" {
+					p = machine.PowerUnknown
+				}
+				reason := "poweroff: hard off failed"
+				d.setVerify(reason + ": " + errnoName(err))
+				d.report(machine.Status{Power: p, Reachable: reachableAfter(err), Reason: reason, Err: err}, true)
 			}
 			return
 		}
-		d.verifyOnce(ctx, hard, d.lastPower())
+		from = f.last
 	}
+	d.verdict(ctx, follow, from, window, d.follow(ctx, follow, window))
 }
 
-// verifyOnce runs one verification and reports the verdict; it returns
-// whether the target was reached. Nothing is reported when ctx is cancelled
-// (superseded or closing).
-func (d *Driver) verifyOnce(ctx context.Context, act action, from machine.Power) bool {
+// followed is what a verification saw.
+type followed struct {
+	reached bool
+	last    machine.Power // last power read, "" if none
+	lastErr error         // error of the last read, nil if it answered
+}
+
+// follow re-reads chassis status every verifyInterval until act.target
+// shows (reported at once as verified) or ctx ends. window is the
+// command's whole window, which bounds the settle time of a cycle.
+func (d *Driver) follow(ctx context.Context, act action, window time.Duration) followed {
 	start := time.Now()
-	deadline := start.Add(d.cfg.verifyTimeout)
 	seenOff := false
-	last := machine.PowerUnknown
-	var lastErr error
-	for {
-		// A read that starts before the deadline gets its full budget:
-		// cut short, it would blame an answering BMC and cost its session.
+	var f followed
+	_ = machine.Poll(ctx, verifyInterval, func(ctx context.Context) (bool, error) {
 		rctx, rcancel := context.WithTimeout(ctx, d.cfg.budget())
 		p, err := d.readPower(rctx)
 		rcancel()
-		if ctx.Err() != nil {
-			return false
+		if err != nil {
+			// A read the deadline cut short says nothing about the
+			// BMC: the verdict must not blame an answering BMC.
+			if ctx.Err() == nil {
+				f.lastErr = err
+			}
+			return false, err
+		}
+		f.last, f.lastErr = p, nil
+		if p == machine.PowerOff {
+			seenOff = true
 		}
 		elapsed := time.Since(start)
-		if err == nil {
-			last, lastErr = p, nil
-			if p == machine.PowerOff {
-				seenOff = true
-			}
-			done := p == act.target
-			if done && act.control == chassis.ChassisControlPowerCycle && !seenOff && elapsed < min(cycleSettle, d.cfg.verifyTimeout/2) {
-				done = false // wait a little for the off part of the cycle
-			}
-			if done {
-				note := ""
-				if act.control == chassis.ChassisControlPowerCycle && !seenOff {
-					note = " (no off observed)"
-				}
-				reason := fmt.Sprintf("verified: BMC reports %s %v after %s%s", p, elapsed.Round(time.Millisecond), act.verb, note)
-				d.setVerify(reason)
-				d.report(machine.Status{Power: p, Reachable: true, Reason: reason}, true)
-				return true
-			}
-		} else {
-			lastErr = err
+		cycle := act.control == chassis.ChassisControlPowerCycle
+		if p != act.target || (cycle && !seenOff && elapsed < min(cycleSettle, window/2)) {
+			return false, nil // for a cycle, wait a little for its off part
 		}
-		if time.Now().After(deadline) {
-			break
+		note := ""
+		if cycle && !seenOff {
+			note = " (no off observed)"
 		}
-		select {
-		case <-ctx.Done():
-			return false
-		case <-time.After(min(verifyInterval, time.Until(deadline)+time.Millisecond)):
-		}
+		reason := fmt.Sprintf("verified: BMC reports %s %v after %s%s", p, elapsed.Round(time.Millisecond), act.verb, note)
+		d.setVerify(reason)
+		d.report(machine.Status{Power: p, Reachable: true, Reason: reason}, true)
+		f.reached = true
+		return true, nil
+	})
+	return f
+}
+
+// verdict reports a verification that ended without its target, unless it
+// was cancelled: the machine's last seen power with ETIMEDOUT, or the errno
+// of the last read when the BMC stopped answering.
+func (d *Driver) verdict(ctx context.Context, act action, from machine.Power, window time.Duration, f followed) {
+	if f.reached || errors.Is(ctx.Err(), context.Canceled) {
+		return
+	}
+	last := f.last
+	if last == "" {
+		last = machine.PowerUnknown
 	}
 	if from == machine.PowerUnknown || from == "" || from.Transitional() {
 		from = last
 	}
-	reason := fmt.Sprintf("BMC never transitioned from %s to %s within %v after %s (last seen: %s)", from, act.target, d.cfg.verifyTimeout, act.verb, last)
+	reason := fmt.Sprintf("BMC never transitioned from %s to %s within %v after %s (last seen: %s)", from, act.target, window.Round(time.Millisecond), act.verb, last)
 	verr := machine.Errorf(syscall.ETIMEDOUT, "ipmi %s: %s", d.cfg.hostPort(), reason)
-	if lastErr != nil {
-		verr = machine.Errorf(machine.ErrnoOf(lastErr), "ipmi %s: %s: %v", d.cfg.hostPort(), reason, lastErr)
+	if f.lastErr != nil {
+		verr = machine.Errorf(machine.ErrnoOf(f.lastErr), "ipmi %s: %s: %v", d.cfg.hostPort(), reason, f.lastErr)
 	}
 	d.setVerify(reason)
-	d.report(machine.Status{Power: last, Reachable: lastErr == nil, Reason: reason, Err: verr}, true)
-	return false
+	d.report(machine.Status{Power: last, Reachable: f.lastErr == nil, Reason: reason, Err: verr}, true)
 }
 
 func (d *Driver) setVerify(s string) {

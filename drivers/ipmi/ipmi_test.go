@@ -199,7 +199,8 @@ func TestPowerVerbs(t *testing.T) {
 }
 
 // TestVerifyFailureAndPoweroffEscalation: a reset of a machine that is off
-// never reaches on; a soft shutdown the OS ignores escalates to a hard off.
+// never reaches on, and the verdict comes at the command's deadline; a soft
+// shutdown the OS ignores escalates to a hard off after ipmi.verify-timeout.
 func TestVerifyFailureAndPoweroffEscalation(t *testing.T) {
 	t.Parallel()
 	b := ipmisim.Start(t)
@@ -209,12 +210,22 @@ func TestVerifyFailureAndPoweroffEscalation(t *testing.T) {
 	defer cancel()
 
 	n := h.rec.len()
-	if err := h.d.Power(ctx, machine.Command{Verb: "reset"}); err != nil {
+	deadline := time.Now().Add(time.Second)
+	cmd := machine.Command{Verb: "reset", Deadline: deadline}
+	if !h.d.Verifies(cmd) {
+		t.Fatal("the driver does not follow reset to its end")
+	}
+	if err := h.d.Power(ctx, cmd); err != nil {
 		t.Fatal(err)
 	}
 	s, _ := h.rec.waitFor(t, n, 4*time.Second, "verification failure", func(s machine.Status) bool { return s.Err != nil })
 	if machine.ErrnoOf(s.Err) != syscall.ETIMEDOUT || !strings.Contains(s.Reason, "never transitioned from off to on") || s.Power != machine.PowerOff {
 		t.Fatalf("verdict: %+v", s.Status)
+	}
+	// The model's backstop fires at the deadline plus VerdictGrace: the
+	// driver's verdict must come first, and not before the deadline.
+	if s.at.Before(deadline) || s.at.After(deadline.Add(machine.VerdictGrace)) {
+		t.Fatalf("verdict at %s, deadline %s", s.at.Format("15:04:05.000"), deadline.Format("15:04:05.000"))
 	}
 	// The BMC answered every read: the verdict must not blame a read cut
 	// short at the deadline, nor throw the session away (it would stay
@@ -237,7 +248,7 @@ func TestVerifyFailureAndPoweroffEscalation(t *testing.T) {
 	// test waited (under load the waits above take seconds).
 	ctx2, cancel2 := context.WithTimeout(context.Background(), 3*time.Second)
 	defer cancel2()
-	if err := h.d.Power(ctx2, machine.Command{Verb: "poweroff"}); err != nil {
+	if err := h.d.Power(ctx2, machine.Command{Verb: "poweroff", Deadline: time.Now().Add(time.Minute)}); err != nil {
 		t.Fatal(err)
 	}
 	h.rec.waitFor(t, n, 5*time.Second, "poweroff verified off", func(s machine.Status) bool {
@@ -246,8 +257,40 @@ func TestVerifyFailureAndPoweroffEscalation(t *testing.T) {
 	if got := strings.Join(b.Commands()[before:], ","); got != "shutdown 1,power 0" {
 		t.Fatalf("hook got %q", got)
 	}
-	if ev := h.rec.dump(); !strings.Contains(ev, "event notify poweroff: not off") {
+	if ev := h.rec.dump(); !strings.Contains(ev, "event notify poweroff: not off 1s after the soft shutdown") {
 		t.Fatalf("no escalation event: %s", ev)
+	}
+}
+
+// TestPoweroffHardOffBeforeDeadline: with a command window shorter than
+// ipmi.verify-timeout, poweroff gives the soft shutdown half the window and
+// verifies the hard off before the deadline, so the verdict is off, not a
+// timeout that the hard off then contradicts.
+func TestPoweroffHardOffBeforeDeadline(t *testing.T) {
+	t.Parallel()
+	b := ipmisim.Start(t, ipmisim.PoweredOn())
+	h := newHost(t, b.Port, map[string]string{"ipmi.verify-timeout": "30s"})
+	h.rec.waitFor(t, 0, 3*time.Second, "initial on", isPower(machine.PowerOn))
+	b.WriteFile("soft_delay", "60") // the OS ignores the soft shutdown
+	n := h.rec.len()
+	deadline := time.Now().Add(4 * time.Second)
+	if err := h.d.Power(ctxWithin(t, 3*time.Second), machine.Command{Verb: "poweroff", Deadline: deadline}); err != nil {
+		t.Fatal(err)
+	}
+	s, _ := h.rec.waitFor(t, n, 10*time.Second, "the verdict", func(s machine.Status) bool {
+		return s.Err != nil || (s.Power != "" && !s.Power.Transitional())
+	})
+	if s.Power != machine.PowerOff || s.Err != nil || !strings.HasPrefix(s.Reason, "verified: BMC reports off") || !strings.HasSuffix(s.Reason, "after poweroff (hard off)") {
+		t.Fatalf("verdict %+v, want verified off after the hard off%s", s.Status, h.rec.dump())
+	}
+	if !s.at.Before(deadline) {
+		t.Fatalf("verified at %s, after the deadline %s", s.at.Format("15:04:05.000"), deadline.Format("15:04:05.000"))
+	}
+	if ev := h.rec.dump(); !strings.Contains(ev, "event notify poweroff: not off 2s after the soft shutdown") {
+		t.Errorf("the escalation does not say it came at half the window: %s", ev)
+	}
+	if b.Power() != "off" {
+		t.Fatalf("simulator power %s", b.Power())
 	}
 }
 

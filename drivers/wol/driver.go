@@ -27,12 +27,16 @@ type driver struct {
 	mu            sync.Mutex
 	closed        bool
 	stopVerify    context.CancelFunc // the running wake verification, if any
+	verifyID      int                // identifies the running verification
+	gen           int                // bumped by every wake: older watch probes are stale
+	shown         machine.Power      // the power last reported, "" before the first report
 	lastProbe     string
 	lastInterface string // interface the last raw frame went out on
 }
 
 var (
 	_ machine.PowerController = (*driver)(nil)
+	_ machine.Verifier        = (*driver)(nil)
 	_ machine.Describer       = (*driver)(nil)
 	_ machine.StatusReader    = (*driver)(nil)
 )
@@ -41,7 +45,8 @@ var (
 // network namespace of the thread that calls New (the process's namespace
 // for an ordinary goroutine). Config errors wrap syscall.EINVAL; a
 // wol.interface that does not exist is one. If a probe is configured, New
-// probes once in the background and reports what it finds.
+// starts watching the machine in the background: a probe at once and then
+// every wol.probe-interval, reporting what changes.
 func New(_ context.Context, env machine.DriverEnv) (machine.Driver, error) {
 	cfg, err := parseConfig(env.Config)
 	if err != nil {
@@ -71,7 +76,7 @@ func New(_ context.Context, env machine.DriverEnv) (machine.Driver, error) {
 		d.rep.Report(machine.Status{Power: machine.PowerUnknown, Reason: "no probe configured: WoL cannot report power"})
 	} else {
 		d.wg.Add(1)
-		go d.initialProbe()
+		go d.watch()
 	}
 	return d, nil
 }
@@ -88,8 +93,20 @@ func (d *driver) Kind() string { return "wol" }
 // them to poweroff on WoL hosts, which Wake-on-LAN cannot do.
 func (d *driver) Verbs() []string { return []string{"wol", "on", "resume", "pause", "suspend"} }
 
+// Verifies implements machine.Verifier: with a probe, a wake is followed
+// until the probe answers or the command's deadline passes, and the verdict
+// is reported either way. Without one the wake is answered at once (it
+// cannot be confirmed).
+func (d *driver) Verifies(cmd machine.Command) bool {
+	switch cmd.Verb {
+	case "wol", "on", "resume":
+		return d.cfg.probe != nil
+	}
+	return false
+}
+
 // Power sends the magic packet and returns once it is on the wire; the wake
-// is verified in the background by the probe.
+// is verified in the background by the probe, until cmd.Deadline.
 func (d *driver) Power(ctx context.Context, cmd machine.Command) error {
 	switch cmd.Verb {
 	case "wol", "on", "resume":
@@ -125,25 +142,34 @@ func (d *driver) Power(ctx context.Context, cmd machine.Command) error {
 		return nil
 	}
 	d.mu.Lock()
-	defer d.mu.Unlock()
 	if d.closed {
+		d.mu.Unlock()
 		return nil
 	}
 	if d.stopVerify != nil {
 		d.stopVerify() // a newer wake supersedes the running verification
 	}
-	vctx, stop := context.WithCancel(d.ctx)
+	vctx, stop := machine.FollowContext(d.ctx, cmd)
 	d.stopVerify = stop
-	d.rep.Report(machine.Status{Power: machine.PowerStarting, Reachable: true, Reason: what + "; waiting for probe " + d.cfg.probe.String()})
+	d.verifyID++
+	d.gen++
+	d.shown = machine.PowerStarting
+	id := d.verifyID
 	d.wg.Add(1)
-	go d.verify(vctx)
+	d.mu.Unlock()
+	// Reported before the verification starts, so its verdict comes after;
+	// and outside d.mu, which Describe takes.
+	d.rep.Report(machine.Status{Power: machine.PowerStarting, Reachable: true, Reason: what + "; waiting for probe " + d.cfg.probe.String()})
+	go d.verify(vctx, stop, id)
 	return nil
 }
 
 // Status implements machine.StatusReader: one probe attempt, so "on" is not
 // answered "already on" for a machine that went to sleep since the last
 // probe. A probe that does not answer cannot tell off from asleep or
-// unreachable: unknown, and the model then sends the packet.
+// unreachable: unknown, and the model then sends the packet. The answer is
+// what the next background probe compares with, so the model does not hear
+// it twice.
 func (d *driver) Status(ctx context.Context) (machine.Status, error) {
 	d.mu.Lock()
 	closed := d.closed
@@ -154,14 +180,24 @@ func (d *driver) Status(ctx context.Context) (machine.Status, error) {
 	if d.cfg.probe == nil {
 		return machine.Status{Power: machine.PowerUnknown, Reason: "no probe configured: WoL cannot report power"}, nil
 	}
-	p := d.cfg.probe.String()
-	if err := d.probeOnce(ctx); err != nil {
-		return machine.Status{Power: machine.PowerUnknown, Reason: "probe " + p + " did not answer (off, asleep or unreachable): " + err.Error()}, nil
+	st := d.observe(d.probeOnce(ctx))
+	d.mu.Lock()
+	if d.stopVerify == nil { // a verification reports its own verdict
+		d.shown = st.Power
 	}
-	return machine.Status{Power: machine.PowerOn, Reachable: true, Reason: "probe " + p + " answered"}, nil
+	d.mu.Unlock()
+	return st, nil
 }
 
-// send puts the magic packet on the wire and says how.
+// observe turns the result of one probe into what it says about power.
+func (d *driver) observe(probeErr error) machine.Status {
+	p := d.cfg.probe.String()
+	if probeErr != nil {
+		return machine.Status{Power: machine.PowerUnknown, Reason: "probe " + p + " did not answer (off, asleep or unreachable): " + probeErr.Error()}
+	}
+	return machine.Status{Power: machine.PowerOn, Reachable: true, Reason: "probe " + p + " answered"}
+}
+
 func (d *driver) send(ctx context.Context) (string, error) {
 	var via string
 	err := d.ns.run(func() error {
@@ -189,7 +225,6 @@ func (d *driver) send(ctx context.Context) (string, error) {
 	return via, err
 }
 
-// probeOnce runs one probe attempt and records it for Describe.
 func (d *driver) probeOnce(ctx context.Context) error {
 	p := *d.cfg.probe
 	timeout := min(d.cfg.interval, maxProbeTimeout)
@@ -215,52 +250,92 @@ func (d *driver) probeOnce(ctx context.Context) error {
 	return err
 }
 
-func (d *driver) initialProbe() {
+// watch probes the machine every wol.probe-interval until Close, as the
+// ipmi driver polls its BMC: a machine switched off or on behind
+// machinefs's back shows within an interval. It reports only changes, so
+// a verdict's reason ("no answer after wake") stays until something new
+// is seen, and it stands aside while a wake is verified.
+func (d *driver) watch() {
 	defer d.wg.Done()
-	err := d.probeOnce(d.ctx)
-	if d.ctx.Err() != nil {
-		return
-	}
-	p := d.cfg.probe.String()
-	if err == nil {
-		d.rep.Report(machine.Status{Power: machine.PowerOn, Reachable: true, Reason: "probe " + p + " answered"})
-		return
-	}
-	d.rep.Report(machine.Status{Power: machine.PowerUnknown, Reason: "probe " + p + " did not answer (off, asleep or unreachable): " + err.Error()})
+	_ = machine.Poll(d.ctx, d.cfg.interval, func(ctx context.Context) (bool, error) {
+		d.mu.Lock()
+		verifying, gen := d.stopVerify != nil, d.gen
+		d.mu.Unlock()
+		if verifying {
+			return false, nil // the verification probes and reports
+		}
+		err := d.probeOnce(ctx)
+		if ctx.Err() != nil {
+			return false, nil // closed: not a result
+		}
+		st := d.observe(err)
+		d.mu.Lock()
+		// A wake since this probe started owns the state now.
+		report := d.gen == gen && d.stopVerify == nil && d.shown != st.Power
+		if report {
+			d.shown = st.Power
+		}
+		d.mu.Unlock()
+		if report {
+			d.rep.Report(st)
+		}
+		return false, nil
+	})
 }
 
-// verify probes every interval, up to tries times, after a wake.
-func (d *driver) verify(ctx context.Context) {
+// verify probes every wol.probe-interval after a wake until the probe
+// answers (on) or ctx's deadline, the command's, passes: then the verdict
+// is unknown with EHOSTDOWN, "no answer after wake". A cancelled ctx (a
+// newer wake, Close) reports nothing.
+func (d *driver) verify(ctx context.Context, cancel context.CancelFunc, id int) {
 	defer d.wg.Done()
+	defer func() {
+		cancel()
+		d.mu.Lock()
+		if d.verifyID == id { // a newer wake may own the registration
+			d.stopVerify = nil
+		}
+		d.mu.Unlock()
+	}()
 	p := d.cfg.probe.String()
 	start := time.Now()
+	tries := 0
 	var last error
-	for i := 1; i <= d.cfg.tries; i++ {
-		last = d.probeOnce(ctx)
-		if ctx.Err() != nil {
-			return
+	err := machine.Poll(ctx, d.cfg.interval, func(ctx context.Context) (bool, error) {
+		tries++
+		err := d.probeOnce(ctx)
+		if err != nil && ctx.Err() == nil {
+			last = err
 		}
-		if last == nil {
-			d.rep.Report(machine.Status{Power: machine.PowerOn, Reachable: true, Reason: "probe " + p + " answered"})
-			return
+		return err == nil, err
+	})
+	var st machine.Status
+	switch {
+	case err == nil:
+		st = d.observe(nil)
+	case errors.Is(err, context.Canceled):
+		return
+	default:
+		why := "none finished before the deadline"
+		if last != nil {
+			why = "last: " + last.Error()
 		}
-		if i == d.cfg.tries {
-			break
-		}
-		t := time.NewTimer(time.Until(start.Add(time.Duration(i) * d.cfg.interval)))
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return
-		case <-t.C:
+		st = machine.Status{
+			Power:  machine.PowerUnknown,
+			Reason: "no answer after wake",
+			Err: machine.Errorf(syscall.EHOSTDOWN, "wol: no answer after wake: probe %s failed %d times in %s, every %s; %s",
+				p, tries, time.Since(start).Round(time.Millisecond), d.cfg.interval, why),
 		}
 	}
-	d.rep.Report(machine.Status{
-		Power:  machine.PowerUnknown,
-		Reason: "no answer after wake",
-		Err: machine.Errorf(syscall.EHOSTDOWN, "wol: no answer after wake: probe %s failed %d times, every %s; last: %v",
-			p, d.cfg.tries, d.cfg.interval, last),
-	})
+	d.mu.Lock()
+	current := d.verifyID == id && !d.closed
+	if current {
+		d.shown = st.Power
+	}
+	d.mu.Unlock()
+	if current {
+		d.rep.Report(st)
+	}
 }
 
 // Describe adds wol-target, wol-via, probe and last-probe to state.
@@ -283,7 +358,7 @@ func (d *driver) Describe() [][2]string {
 	}
 	probe := "none"
 	if d.cfg.probe != nil {
-		probe = fmt.Sprintf("%s every %s, %d tries", d.cfg.probe, d.cfg.interval, d.cfg.tries)
+		probe = fmt.Sprintf("%s every %s", d.cfg.probe, d.cfg.interval)
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
