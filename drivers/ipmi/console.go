@@ -9,24 +9,23 @@ import (
 
 	"github.com/bougou/go-ipmi/pkg/client"
 	"github.com/bougou/go-ipmi/pkg/command/app"
+	"github.com/machinefs/machinefs/cmdtab"
 	"github.com/machinefs/machinefs/machine"
 )
 
 // ConsoleCommands implements machine.Consoler. help is provided by the model.
 func (d *Driver) ConsoleCommands() []machine.ConsoleCommand {
 	return []machine.ConsoleCommand{
-		{Name: "version", Usage: "version", Help: "BMC device id, firmware and IPMI version (Get Device ID)", Query: machine.AlwaysQuery},
-		{Name: "halt", Usage: "halt", Help: "power off at once (= power off)"},
-		{Name: "reboot", Usage: "reboot", Help: "hard reset (= power reset)"},
-		{Name: "cad", Usage: "cad", Help: "ACPI soft shutdown, like ctrl-alt-del on a console (= power soft)"},
+		{Cmd: cmdtab.Cmd{Name: "version", Help: "BMC device id, firmware and IPMI version (Get Device ID)"}, Query: machine.AlwaysQuery},
+		{Cmd: cmdtab.Cmd{Name: "halt", Help: "power off at once (= power off)"}},
+		{Cmd: cmdtab.Cmd{Name: "reboot", Help: "hard reset (= power reset)"}},
+		{Cmd: cmdtab.Cmd{Name: "cad", Help: "ACPI soft shutdown, like ctrl-alt-del on a console (= power soft)"}},
 	}
 }
 
-// Console implements machine.Consoler.
-func (d *Driver) Console(ctx context.Context, name string, args []string) (string, error) {
-	if len(args) > 0 {
-		return "", machine.Errorf(syscall.EINVAL, "%s takes no arguments", name)
-	}
+// Console implements machine.Consoler. None of the commands takes
+// arguments; the model checked that against the table.
+func (d *Driver) Console(ctx context.Context, name string, _ []string) (string, error) {
 	verb := ""
 	switch name {
 	case "version":

@@ -10,6 +10,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/machinefs/machinefs/cmdtab"
 	"github.com/machinefs/machinefs/machine"
 	"golang.org/x/sys/unix"
 )
@@ -18,18 +19,20 @@ import (
 // they apply to a namespace sandbox).
 func (d *Subhost) ConsoleCommands() []machine.ConsoleCommand {
 	return []machine.ConsoleCommand{
-		{Name: "version", Help: "kernel and subhost init", Query: machine.AlwaysQuery},
-		{Name: "proc", Usage: "proc FILE", Help: "a file of the subhost's /proc", Query: machine.AlwaysQuery},
-		{Name: "stop", Help: "freeze the subhost (cgroup freezer)"},
-		{Name: "go", Help: "thaw a frozen subhost"},
-		{Name: "halt", Help: "kill the subhost at once and release it"},
-		{Name: "reboot", Help: "orderly reboot through /run/initctl"},
-		{Name: "cad", Help: "orderly power off through /run/initctl"},
-		{Name: "log", Usage: "log TEXT", Help: "append TEXT to the subhost's /var/log/machinefs.log and the events", Raw: true},
-		{Name: "sysrq", Usage: "sysrq LETTER", Help: "not supported by ns subhosts"},
-		{Name: "config", Help: "not supported by ns subhosts"},
-		{Name: "remove", Help: "not supported by ns subhosts"},
-		{Name: "stack", Help: "not supported by ns subhosts"},
+		{Cmd: cmdtab.Cmd{Name: "version", Help: "kernel and subhost init"}, Query: machine.AlwaysQuery},
+		{Cmd: cmdtab.Cmd{Name: "proc", Args: "FILE", Min: 1, Max: 1, Help: "a file of the subhost's /proc"}, Query: machine.AlwaysQuery},
+		{Cmd: cmdtab.Cmd{Name: "stop", Help: "freeze the subhost (cgroup freezer)"}},
+		{Cmd: cmdtab.Cmd{Name: "go", Help: "thaw a frozen subhost"}},
+		{Cmd: cmdtab.Cmd{Name: "halt", Help: "kill the subhost at once and release it"}},
+		{Cmd: cmdtab.Cmd{Name: "reboot", Help: "orderly reboot through /run/initctl"}},
+		{Cmd: cmdtab.Cmd{Name: "cad", Help: "orderly power off through /run/initctl"}},
+		{Cmd: cmdtab.Cmd{Name: "log", Args: "TEXT", Min: 1, Max: 1, Raw: true, Help: "append TEXT to the subhost's /var/log/machinefs.log and the events"}},
+		// mconsole's other commands, listed so that help shows them and
+		// any line of theirs gets the driver's ENOTSUP.
+		{Cmd: cmdtab.Cmd{Name: "sysrq", Args: "LETTER", Max: cmdtab.Many, Help: "not supported by ns subhosts"}},
+		{Cmd: cmdtab.Cmd{Name: "config", Max: cmdtab.Many, Help: "not supported by ns subhosts"}},
+		{Cmd: cmdtab.Cmd{Name: "remove", Max: cmdtab.Many, Help: "not supported by ns subhosts"}},
+		{Cmd: cmdtab.Cmd{Name: "stack", Max: cmdtab.Many, Help: "not supported by ns subhosts"}},
 	}
 }
 
@@ -57,9 +60,6 @@ func (d *Subhost) Console(ctx context.Context, name string, args []string) (stri
 		return fmt.Sprintf("machinefs ns subhost %s: kernel %s %s, init %s (pid %d)", d.s.name,
 			unix.ByteSliceToString(u.Sysname[:]), unix.ByteSliceToString(u.Release[:]), init, pid), nil
 	case "proc":
-		if len(args) != 1 {
-			return "", machine.Errorf(syscall.EINVAL, "proc FILE")
-		}
 		file := filepath.Clean("/" + args[0])
 		d.mu.Lock()
 		pid := 0
@@ -81,10 +81,7 @@ func (d *Subhost) Console(ctx context.Context, name string, args []string) (stri
 		}
 		return "\n" + strings.TrimRight(data, "\n"), nil
 	case "log":
-		if len(args) == 0 {
-			return "", machine.Errorf(syscall.EINVAL, "log needs TEXT")
-		}
-		text := strings.Join(args, " ")
+		text := args[0] // the table: one Raw argument
 		d.mu.Lock()
 		live := ""
 		if d.rec != nil {

@@ -13,6 +13,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/machinefs/machinefs/cmdtab"
 	"github.com/machinefs/machinefs/machine"
 )
 
@@ -199,14 +200,14 @@ func (m *Machine) set(p machine.Power, reason string) {
 // ConsoleCommands implements machine.Consoler.
 func (m *Machine) ConsoleCommands() []machine.ConsoleCommand {
 	return []machine.ConsoleCommand{
-		{Name: "version", Help: "simulator version", Query: machine.AlwaysQuery, Bounded: true},
-		{Name: "halt", Help: "power off at once", Bounded: true},
-		{Name: "reboot", Help: "reboot", Bounded: true},
-		{Name: "cad", Help: "ctrl-alt-del: orderly power off", Bounded: true},
-		{Name: "stop", Help: "pause the machine", Bounded: true},
-		{Name: "go", Help: "resume a paused machine", Bounded: true},
-		{Name: "log", Usage: "log TEXT", Help: "write TEXT to the machine's event log", Bounded: true, Raw: true},
-		{Name: "flip", Usage: "flip on|off [quiet]", Help: "change power behind machinefs's back (simulation only); quiet: without telling it, as ipmitool on the BMC would", Bounded: true},
+		{Cmd: cmdtab.Cmd{Name: "version", Help: "simulator version"}, Query: machine.AlwaysQuery, Bounded: true},
+		{Cmd: cmdtab.Cmd{Name: "halt", Help: "power off at once"}, Bounded: true},
+		{Cmd: cmdtab.Cmd{Name: "reboot", Help: "reboot"}, Bounded: true},
+		{Cmd: cmdtab.Cmd{Name: "cad", Help: "ctrl-alt-del: orderly power off"}, Bounded: true},
+		{Cmd: cmdtab.Cmd{Name: "stop", Help: "pause the machine"}, Bounded: true},
+		{Cmd: cmdtab.Cmd{Name: "go", Help: "resume a paused machine"}, Bounded: true},
+		{Cmd: cmdtab.Cmd{Name: "log", Args: "TEXT", Min: 1, Max: 1, Raw: true, Help: "write TEXT to the machine's event log"}, Bounded: true},
+		{Cmd: cmdtab.Cmd{Name: "flip", Args: "on|off [quiet]", Min: 1, Max: 2, Help: "change power behind machinefs's back (simulation only); quiet: without telling it, as ipmitool on the BMC would"}, Bounded: true},
 	}
 }
 
@@ -225,13 +226,10 @@ func (m *Machine) Console(ctx context.Context, name string, args []string) (stri
 	case "version":
 		return "machinefs sim 1 (simulated machine)", nil
 	case "log":
-		if len(args) == 0 {
-			return "", machine.Errorf(syscall.EINVAL, "log needs TEXT")
-		}
-		m.report.Event(machine.EventLog, strings.Join(args, " "))
+		m.report.Event(machine.EventLog, args[0]) // the table: one Raw argument
 		return "", nil
 	case "flip":
-		if len(args) < 1 || len(args) > 2 || (args[0] != "on" && args[0] != "off") || (len(args) == 2 && args[1] != "quiet") {
+		if (args[0] != "on" && args[0] != "off") || (len(args) == 2 && args[1] != "quiet") {
 			return "", machine.Errorf(syscall.EINVAL, "flip on|off [quiet]")
 		}
 		if len(args) == 2 {

@@ -12,6 +12,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/machinefs/machinefs/cmdtab"
 	"github.com/machinefs/machinefs/machine"
 )
 
@@ -20,19 +21,26 @@ import (
 // context (Bounded); backup copies without bound. UML parses its own
 // lines, so each gets the rest of the line as written (Raw).
 var consoleCommands = []machine.ConsoleCommand{
-	{Name: "version", Help: "the UML kernel version", Query: machine.AlwaysQuery, Bounded: true, Raw: true},
-	{Name: "halt", Help: "halt at once, no sync, no clean shutdown", Bounded: true, Raw: true},
-	{Name: "reboot", Help: "reboot at once, no sync, no clean shutdown", Bounded: true, Raw: true},
-	{Name: "config", Usage: "config DEV=CONFIG | config DEV", Help: "add a device (ubd3=/img, eth1=...) or show a device's configuration", Query: configQuery, Bounded: true, Raw: true},
-	{Name: "remove", Usage: "remove DEV", Help: "remove an idle device", Bounded: true, Raw: true},
-	{Name: "sysrq", Usage: "sysrq LETTER", Help: "a SysRq command (s sync, c crash, t tasks...)", Bounded: true, Raw: true},
-	{Name: "cad", Help: "ctrl-alt-del: what init makes of it", Bounded: true, Raw: true},
-	{Name: "stop", Help: "pause the guest (it then only answers mconsole)", Bounded: true, Raw: true},
-	{Name: "go", Help: "resume a stopped guest", Bounded: true, Raw: true},
-	{Name: "log", Usage: "log TEXT", Help: "printk TEXT in the guest's kernel log", Bounded: true, Raw: true},
-	{Name: "proc", Usage: "proc FILE", Help: "the guest's /proc/FILE", Query: machine.AlwaysQuery, Bounded: true, Raw: true},
-	{Name: "stack", Usage: "stack PID", Help: "stack of the guest process PID (to the guest's kernel log)", Bounded: true, Raw: true},
-	{Name: "backup", Usage: "backup DEST", Help: "online backup: sync (sysrq s) until done, stop, copy the root tree or image to DEST (new path), go", Raw: true},
+	{Cmd: mconsole("version", "", "the UML kernel version"), Query: machine.AlwaysQuery, Bounded: true},
+	{Cmd: mconsole("halt", "", "halt at once, no sync, no clean shutdown"), Bounded: true},
+	{Cmd: mconsole("reboot", "", "reboot at once, no sync, no clean shutdown"), Bounded: true},
+	{Cmd: mconsole("config", "DEV=CONFIG | DEV", "add a device (ubd3=/img, eth1=...) or show a device's configuration"), Query: configQuery, Bounded: true},
+	{Cmd: mconsole("remove", "DEV", "remove an idle device"), Bounded: true},
+	{Cmd: mconsole("sysrq", "LETTER", "a SysRq command (s sync, c crash, t tasks...)"), Bounded: true},
+	{Cmd: mconsole("cad", "", "ctrl-alt-del: what init makes of it"), Bounded: true},
+	{Cmd: mconsole("stop", "", "pause the guest (it then only answers mconsole)"), Bounded: true},
+	{Cmd: mconsole("go", "", "resume a stopped guest"), Bounded: true},
+	{Cmd: mconsole("log", "TEXT", "printk TEXT in the guest's kernel log"), Bounded: true},
+	{Cmd: mconsole("proc", "FILE", "the guest's /proc/FILE"), Query: machine.AlwaysQuery, Bounded: true},
+	{Cmd: mconsole("stack", "PID", "stack of the guest process PID (to the guest's kernel log)"), Bounded: true},
+	{Cmd: cmdtab.Cmd{Name: "backup", Args: "DEST", Min: 1, Max: 1, Raw: true, Help: "online backup: sync (sysrq s) until done, stop, copy the root tree or image to DEST (new path), go"}},
+}
+
+// mconsole is the table entry of an mconsole command: UML checks its own
+// arguments, so the line goes on as written (Raw), whatever follows the
+// command.
+func mconsole(name, args, help string) cmdtab.Cmd {
+	return cmdtab.Cmd{Name: name, Args: args, Max: 1, Raw: true, Help: help}
 }
 
 // configQuery: "config DEV" shows a device, "config DEV=..." adds one.
@@ -107,9 +115,6 @@ func (m *Machine) StartQuery(ctx context.Context, name string, args []string) (f
 // fails; a guest that was paused before runs for the sync and is paused
 // again.
 func (m *Machine) backup(ctx context.Context, args []string) (string, error) {
-	if len(args) != 1 {
-		return "", machine.Errorf(syscall.EINVAL, "usage: backup DEST (a new absolute path)")
-	}
 	dest := filepath.Clean(args[0])
 	if !filepath.IsAbs(dest) {
 		return "", machine.Errorf(syscall.EINVAL, "backup: %q is not an absolute path", args[0])
