@@ -162,11 +162,12 @@ func (s *sessionFile) Statfs(ctx context.Context, out *fuse.StatfsOut) syscall.E
 
 // The ctl files read back what they take: a walker copies them like any
 // other file (a write-only file stops grep -r, tar, rsync and cp -r with
-// EACCES, even for root), and `cat ctl` says how to use it.
-const (
-	ctlUsage        = "add NAME [key=value ...]\nremove NAME\n"
-	vswitchCtlUsage = "cancel NAME ...\n"
-	switchCtlUsage  = "add tap\nremove PORT\ncheck\n"
+// EACCES, even for root), and `cat ctl` says how to use it: the help made
+// from the file's command table.
+var (
+	ctlUsage        = model.CtlTable.Help()
+	vswitchCtlUsage = model.SwitchesCtlTable.Help()
+	switchCtlUsage  = model.SwitchCtlTable.Help()
 )
 
 // usage is the read function of a ctl file.
