@@ -173,15 +173,9 @@ func ParseCommand(line string) (Command, error) {
 }
 
 func parseTimeout(val string) (time.Duration, error) {
-	d, err := time.ParseDuration(val)
-	if err != nil {
-		// A bare number means seconds, as in most shell tools.
-		if n, nerr := strconv.ParseUint(val, 10, 32); nerr == nil {
-			d, err = time.Duration(n)*time.Second, nil
-		}
-	}
+	d, err := ParseDuration(val)
 	if err != nil || d <= 0 || d > maxTimeout {
-		return 0, Errorf(syscall.EINVAL, "timeout %q: want a duration between 1ms and 24h (e.g. 30s, 4m)", val)
+		return 0, Errorf(syscall.EINVAL, "timeout %q: want a duration between 1ms and 24h (e.g. 30s, 4m; a bare number is seconds)", val)
 	}
 	return d, nil
 }

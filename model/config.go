@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"fmt"
 	"regexp"
-	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -81,18 +80,17 @@ func (cf *ConfigFile) Get(key string) (string, bool) {
 	return "", false
 }
 
-// Duration returns key as a duration, or def when unset or malformed (values
-// are checked when they are set, so malformed means a hand-edited file).
-func (cf *ConfigFile) Duration(key string, def time.Duration) time.Duration {
-	v, ok := cf.Get(key)
-	if !ok {
-		return def
-	}
-	d, err := parseDuration(v)
-	if err != nil {
-		return def
-	}
-	return d
+// Duration reads a core duration key (timeout, stack-timeout,
+// wait-timeout) through its spec: the one duration parser, and the spec's
+// default when the key is unset or malformed (values are checked when they
+// are written, so malformed means a hand-edited file, reported at load).
+func (cf *ConfigFile) Duration(key string) time.Duration {
+	return machine.ReadConfig(cf, coreKeys).Duration(key)
+}
+
+// Bool reads a core yes/no key (local, allow-self) as Duration does.
+func (cf *ConfigFile) Bool(key string) bool {
+	return machine.ReadConfig(cf, coreKeys).Bool(key)
 }
 
 // Keys lists the keys set, in file order.
@@ -155,17 +153,6 @@ func (cf *ConfigFile) Render(mask func(key string) bool) string {
 		b.WriteString(l.raw + "\n")
 	}
 	return b.String()
-}
-
-func parseDuration(v string) (time.Duration, error) {
-	if d, err := time.ParseDuration(v); err == nil {
-		return d, nil
-	}
-	n, err := strconv.ParseUint(v, 10, 32)
-	if err != nil {
-		return 0, fmt.Errorf("%q is not a duration (e.g. 10s, 2m)", v)
-	}
-	return time.Duration(n) * time.Second, nil
 }
 
 // ValidName reports whether name can name a host, subhost, switch or group

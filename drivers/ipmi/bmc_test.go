@@ -23,18 +23,6 @@ type mapConfig map[string]string
 
 func (m mapConfig) Get(k string) (string, bool) { v, ok := m[k]; return v, ok }
 
-func (m mapConfig) Duration(k string, def time.Duration) time.Duration {
-	v, ok := m[k]
-	if !ok {
-		return def
-	}
-	d, err := time.ParseDuration(v)
-	if err != nil {
-		return def
-	}
-	return d
-}
-
 // recorder is a machine.Reporter that keeps everything.
 type recorder struct {
 	mu      sync.Mutex

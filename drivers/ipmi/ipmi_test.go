@@ -58,8 +58,8 @@ func TestSpecKeys(t *testing.T) {
 			continue
 		}
 		seen[k.Name] = true
-		if k.Default != def || k.Doc == "" || k.Check == nil {
-			t.Errorf("%s: default %q doc %q check %v", k.Name, k.Default, k.Doc, k.Check != nil)
+		if k.Default != def || k.Doc == "" || k.Kind == nil {
+			t.Errorf("%s: default %q doc %q kind %v", k.Name, k.Default, k.Doc, k.Kind)
 		}
 		if k.Secret != (k.Name == "ipmi.password") {
 			t.Errorf("%s: Secret=%v", k.Name, k.Secret)
@@ -102,7 +102,8 @@ func TestSpecKeys(t *testing.T) {
 	check("ipmi.cipher", "three", false)
 	check("ipmi.timeout", "2s", true)
 	check("ipmi.timeout", "0s", false)
-	check("ipmi.timeout", "2", false)
+	check("ipmi.timeout", "2", true) // a bare number is seconds, as everywhere
+	check("ipmi.timeout", "61", false)
 	check("ipmi.retries", "0", true)
 	check("ipmi.retries", "-1", false)
 	check("ipmi.poll", "5s", true)

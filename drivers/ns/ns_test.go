@@ -29,12 +29,6 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 type cfg map[string]string
 
 func (c cfg) Get(k string) (string, bool) { v, ok := c[k]; return v, ok }
-func (c cfg) Duration(k string, def time.Duration) time.Duration {
-	if d, err := time.ParseDuration(c[k]); err == nil {
-		return d
-	}
-	return def
-}
 
 // rep records what the driver reports.
 type rep struct {
@@ -328,7 +322,7 @@ func TestNSErrors(t *testing.T) {
 	try("mfnu4", f.cfg("ns.root", "/nonexistent/root"), syscall.ENOENT, "does not exist")
 	try("mfnu5", f.cfg("ns.disks", "vda:1:/nonexistent.raw"), syscall.ENOENT, "not found")
 	try("mfnu6", f.cfg("ns.root", f.root(), "ns.bridges", "mfnnobr:06:a7:dd:b4:02:f2"), syscall.ENOENT, "bridge mfnnobr not found")
-	if err := checkBridges("sw0:06:a7:dd:b4:02"); err == nil || !errors.Is(err, syscall.EINVAL) {
+	if _, err := parseSettings(machine.DriverEnv{Path: "hosts/x/subhosts/mfnu9", Config: cfg{"ns.root": "/r", "ns.bridges": "sw0:06:a7:dd:b4:02"}}); err == nil || !errors.Is(err, syscall.EINVAL) {
 		t.Fatalf("malformed MAC: %v", err)
 	}
 	_, err := New(context.Background(), machine.DriverEnv{Path: "hosts/x/subhosts/mfnu7", Config: f.cfg("ns.root", "/r", "ns.bridges", "b:zz")})

@@ -16,8 +16,8 @@
 package ns
 
 import (
+	"cmp"
 	"fmt"
-	"net"
 	"regexp"
 	"strconv"
 	"strings"
@@ -31,17 +31,20 @@ import (
 var Spec = machine.DriverSpec{
 	Name: "ns",
 	Doc:  "namespace subhost: the subhost's init in its own mount, pid, uts, ipc and net namespaces and cgroup",
-	Keys: []machine.KeySpec{
-		{Name: "ns.root", Doc: "the subhost's root tree (a directory, bind-mounted); with ns.base the overlay's upper layer", Check: checkAbs, Privileged: true},
-		{Name: "ns.base", Doc: "optional read-only lower layer: the root becomes an overlay of ns.root (upper, work dir ROOT.work beside it) over it", Check: checkAbs, Privileged: true},
-		{Name: "ns.disks", Doc: "disks as DEV:PART:IMAGE, space separated (\"vda:1:/disks/root.raw vdb:1:/disks/data.raw\"); the first is the root file system, loop-mounted; PART N = partition N of an MBR or GPT disk image (1 = the whole image when it has no partition table), 0 = the whole image", Check: checkDisks, Privileged: true},
-		{Name: "ns.bridges", Doc: "network cables as BRIDGE:MAC, space separated (\"sw0:06:a7:dd:b4:02:f2\"): eth0, eth1... inside, NAME0, NAME1... on the host bridge", Check: checkBridges, Privileged: true},
-		{Name: "ns.hostname", Doc: "the subhost's host name (default: its name)", Check: checkHostname},
-		{Name: "ns.state-dir", Default: "/run/machinefs/ns", Doc: "where running subhosts are recorded and mounted (NAME.json, NAME/live)", Check: checkAbs, Privileged: true},
-		{Name: "ns.cgroup", Default: "machinefs", Doc: "cgroup v2 group (under the cgroup2 mount) that holds one group per subhost", Check: checkCgroup, Privileged: true},
-		{Name: "ns.poweroff-timeout", Default: "10s", Doc: "how long poweroff, reboot and stop wait for the init to end after /run/initctl before SIGKILL", Check: checkDuration},
-	},
-	New: New,
+	Keys: keys,
+	New:  New,
+}
+
+// keys are the driver's config keys (Spec.Keys), with their defaults.
+var keys = []machine.KeySpec{
+	{Name: "ns.root", Doc: "the subhost's root tree (a directory, bind-mounted); with ns.base the overlay's upper layer", Kind: machine.PathKind, Privileged: true},
+	{Name: "ns.base", Doc: "optional read-only lower layer: the root becomes an overlay of ns.root (upper, work dir ROOT.work beside it) over it", Kind: machine.PathKind, Privileged: true},
+	{Name: "ns.disks", Doc: "disks as DEV:PART:IMAGE, space separated (\"vda:1:/disks/root.raw vdb:1:/disks/data.raw\"); the first is the root file system, loop-mounted; PART N = partition N of an MBR or GPT disk image (1 = the whole image when it has no partition table), 0 = the whole image", Kind: machine.CustomKind("DEV:PART:IMAGE ...", parseDisks), Privileged: true},
+	{Name: "ns.bridges", Doc: "network cables as BRIDGE:MAC, space separated (\"sw0:06:a7:dd:b4:02:f2\"): eth0, eth1... inside, NAME0, NAME1... on the host bridge", Kind: machine.BridgeMACListKind, Privileged: true},
+	{Name: "ns.hostname", Doc: "the subhost's host name (default: its name)", Kind: machine.CheckedKind("host name", checkHostname)},
+	{Name: "ns.state-dir", Default: "/run/machinefs/ns", Doc: "where running subhosts are recorded and mounted (NAME.json, NAME/live)", Kind: machine.PathKind, Privileged: true},
+	{Name: "ns.cgroup", Default: "machinefs", Doc: "cgroup v2 group (under the cgroup2 mount) that holds one group per subhost", Kind: machine.CheckedKind("cgroup path", checkCgroup), Privileged: true},
+	{Name: "ns.poweroff-timeout", Default: "10s", Doc: "how long poweroff, reboot and stop wait for the init to end after /run/initctl before SIGKILL", Kind: machine.DurationKind(time.Millisecond, time.Hour)},
 }
 
 var (
@@ -49,13 +52,6 @@ var (
 	hostnameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9.-]{0,63}$`)
 	devRE      = regexp.MustCompile(`^[a-z][a-z0-9]{0,15}$`)
 )
-
-func checkAbs(v string) error {
-	if !strings.HasPrefix(v, "/") {
-		return fmt.Errorf("%q: want an absolute path", v)
-	}
-	return nil
-}
 
 func checkHostname(v string) error {
 	if !hostnameRE.MatchString(v) {
@@ -69,14 +65,6 @@ func checkCgroup(v string) error {
 		if !nameRE.MatchString(p) {
 			return fmt.Errorf("%q: want cgroup names of letters, digits, '_' and '-' separated by '/'", v)
 		}
-	}
-	return nil
-}
-
-func checkDuration(v string) error {
-	d, err := time.ParseDuration(v)
-	if err != nil || d <= 0 || d > time.Hour {
-		return fmt.Errorf("%q: want a duration between 1ms and 1h", v)
 	}
 	return nil
 }
@@ -110,34 +98,8 @@ func parseDisks(v string) ([]disk, error) {
 	return ds, nil
 }
 
-func checkDisks(v string) error { _, err := parseDisks(v); return err }
-
 // cable is one element of ns.bridges.
-type cable struct {
-	Bridge string
-	MAC    net.HardwareAddr
-}
-
-func parseBridges(v string) ([]cable, error) {
-	var cs []cable
-	for _, f := range strings.Fields(v) {
-		br, macText, ok := strings.Cut(f, ":")
-		if !ok || br == "" || len(br) > 15 {
-			return nil, fmt.Errorf("%w: bridge %q: want BRIDGE:MAC (bridge name 1-15 bytes)", syscall.EINVAL, f)
-		}
-		mac, err := net.ParseMAC(macText)
-		if err != nil || len(mac) != 6 {
-			return nil, fmt.Errorf("%w: bridge %q: MAC %q is malformed (want 6 hex pairs like 06:a7:dd:b4:02:f2)", syscall.EINVAL, f, macText)
-		}
-		if mac[0]&1 != 0 {
-			return nil, fmt.Errorf("%w: bridge %q: MAC %s is a multicast address", syscall.EINVAL, f, mac)
-		}
-		cs = append(cs, cable{Bridge: br, MAC: mac})
-	}
-	return cs, nil
-}
-
-func checkBridges(v string) error { _, err := parseBridges(v); return err }
+type cable = machine.BridgeMAC
 
 // settings is the parsed config of one subhost.
 type settings struct {
@@ -152,32 +114,25 @@ type settings struct {
 }
 
 func parseSettings(env machine.DriverEnv) (settings, error) {
-	get := func(k, def string) string {
-		if v, ok := env.Config.Get(k); ok && v != "" {
-			return v
-		}
-		return def
-	}
+	v := machine.ReadConfig(env.Config, keys)
 	name := env.Path[strings.LastIndex(env.Path, "/")+1:]
 	s := settings{
 		name:          name,
 		path:          env.Path,
-		root:          get("ns.root", ""),
-		base:          get("ns.base", ""),
-		hostname:      get("ns.hostname", name),
-		stateDir:      get("ns.state-dir", "/run/machinefs/ns"),
-		cgroup:        get("ns.cgroup", "machinefs"),
-		poweroffAfter: env.Config.Duration("ns.poweroff-timeout", 10*time.Second),
+		root:          v.String("ns.root"),
+		base:          v.String("ns.base"),
+		disks:         machine.Value[[]disk](v, "ns.disks"),
+		cables:        v.BridgeMACs("ns.bridges"),
+		hostname:      cmp.Or(v.String("ns.hostname"), name),
+		stateDir:      v.String("ns.state-dir"),
+		cgroup:        v.String("ns.cgroup"),
+		poweroffAfter: v.Duration("ns.poweroff-timeout"),
+	}
+	if err := v.Err(); err != nil {
+		return s, err
 	}
 	if !nameRE.MatchString(name) {
 		return s, fmt.Errorf("%w: subhost name %q: want letters, digits, '_' and '-' (it names the netns, the veths and the cgroup)", syscall.EINVAL, name)
-	}
-	var err error
-	if s.disks, err = parseDisks(get("ns.disks", "")); err != nil {
-		return s, err
-	}
-	if s.cables, err = parseBridges(get("ns.bridges", "")); err != nil {
-		return s, err
 	}
 	if last := name + strconv.Itoa(max(len(s.cables)-1, 0)); len(last) > 15 {
 		return s, fmt.Errorf("%w: subhost name %q is too long: host side interface %q exceeds 15 bytes", syscall.EINVAL, name, last)

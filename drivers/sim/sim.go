@@ -22,44 +22,34 @@ var Spec = machine.DriverSpec{
 	Name:      "sim",
 	Doc:       "simulated machine (demo and tests): configurable delays and failures",
 	Simulated: true,
-	Keys: []machine.KeySpec{
-		{Name: "sim.initial", Default: "off", Doc: "power state the simulated machine starts in when the host is created or loaded: on or off (a config change keeps the state the machine is in)", Check: oneOf("on", "off")},
-		{Name: "sim.on-delay", Default: "1s", Doc: "time from an accepted on/wol/resume to power on", Check: checkDelay},
-		{Name: "sim.off-delay", Default: "1s", Doc: "time from an accepted off/poweroff/soft to power off", Check: checkDelay},
-		{Name: "sim.fail", Doc: "verbs the driver refuses with EIO (space separated, or \"all\")", Check: checkVerbs},
-		{Name: "sim.hang", Doc: "verbs the driver accepts but never answers (to exercise timeouts)", Check: checkVerbs},
-		{Name: "sim.stuck", Doc: "verbs accepted whose target state is never reached", Check: checkVerbs},
-	},
-	New: New,
+	Keys:      keys,
+	New:       New,
+}
+
+// keys are the driver's config keys (Spec.Keys).
+var keys = []machine.KeySpec{
+	{Name: "sim.initial", Default: "off", Doc: "power state the simulated machine starts in when the host is created or loaded: on or off (a config change keeps the state the machine is in)", Kind: machine.EnumKind("on", "off")},
+	{Name: "sim.on-delay", Default: "1s", Doc: "time from an accepted on/wol/resume to power on", Kind: delayKind},
+	{Name: "sim.off-delay", Default: "1s", Doc: "time from an accepted off/poweroff/soft to power off", Kind: delayKind},
+	{Name: "sim.fail", Doc: "verbs the driver refuses with EIO (space separated, or \"all\")", Kind: verbsKind},
+	{Name: "sim.hang", Doc: "verbs the driver accepts but never answers (to exercise timeouts)", Kind: verbsKind},
+	{Name: "sim.stuck", Doc: "verbs accepted whose target state is never reached", Kind: verbsKind},
 }
 
 var verbs = []string{"on", "wol", "resume", "off", "poweroff", "soft", "reboot", "cycle", "reset", "pause", "suspend", "init"}
 
-func oneOf(vals ...string) func(string) error {
-	return func(v string) error {
-		if !slices.Contains(vals, v) {
-			return fmt.Errorf("%q: want one of %s", v, strings.Join(vals, ", "))
-		}
-		return nil
-	}
-}
+var delayKind = machine.DurationKind(0, time.Hour)
 
-func checkDelay(v string) error {
-	d, err := time.ParseDuration(v)
-	if err != nil || d < 0 || d > time.Hour {
-		return fmt.Errorf("%q: want a duration between 0s and 1h", v)
-	}
-	return nil
-}
-
-func checkVerbs(v string) error {
-	for _, w := range strings.Fields(v) {
+// verbsKind is a list of sim verbs, or "all"; the driver receives the words.
+var verbsKind = machine.CustomKind("sim verbs, or all", func(v string) ([]string, error) {
+	ws := strings.Fields(v)
+	for _, w := range ws {
 		if w != "all" && !slices.Contains(verbs, w) {
-			return fmt.Errorf("%q is not a sim verb (%s, all)", w, strings.Join(verbs, " "))
+			return nil, fmt.Errorf("%q is not a sim verb: want %s or all", w, strings.Join(verbs, " "))
 		}
 	}
-	return nil
-}
+	return ws, nil
+})
 
 // Machine is one simulated machine.
 type Machine struct {
@@ -82,15 +72,18 @@ var _ machine.StatusReader = (*Machine)(nil)
 // sim.initial when the host is new to the tree, and in the state the host
 // showed when a config change rebuilds it (DriverEnv.Observed).
 func New(_ context.Context, env machine.DriverEnv) (machine.Driver, error) {
-	get := func(k string) string { v, _ := env.Config.Get(k); return v }
+	v := machine.ReadConfig(env.Config, keys)
 	m := &Machine{
 		report:   env.Report,
-		onDelay:  env.Config.Duration("sim.on-delay", time.Second),
-		offDelay: env.Config.Duration("sim.off-delay", time.Second),
-		fail:     strings.Fields(get("sim.fail")),
-		hang:     strings.Fields(get("sim.hang")),
-		stuck:    strings.Fields(get("sim.stuck")),
+		onDelay:  v.Duration("sim.on-delay"),
+		offDelay: v.Duration("sim.off-delay"),
+		fail:     machine.Value[[]string](v, "sim.fail"),
+		hang:     machine.Value[[]string](v, "sim.hang"),
+		stuck:    machine.Value[[]string](v, "sim.stuck"),
 		power:    machine.PowerOff,
+	}
+	if err := v.Err(); err != nil {
+		return nil, err
 	}
 	reason := "simulated machine is "
 	switch env.Observed {
@@ -100,7 +93,7 @@ func New(_ context.Context, env machine.DriverEnv) (machine.Driver, error) {
 		m.power = env.Observed
 		reason = "simulated machine kept across a config change: "
 	default:
-		if get("sim.initial") == "on" {
+		if v.String("sim.initial") == "on" {
 			m.power = machine.PowerOn
 		}
 	}

@@ -35,7 +35,6 @@ type Machine struct {
 	kernel          string
 	mem             string
 	root            rootSpec
-	rootErr         error
 	init            string
 	net             *netSpec
 	poweroffTimeout time.Duration
@@ -78,43 +77,19 @@ var verbs = []string{"on", "off", "poweroff", "reboot", "pause", "resume"}
 // running for this host (its record in the uml dir names a live process
 // with the same start time), the driver adopts it.
 func New(ctx context.Context, env machine.DriverEnv) (machine.Driver, error) {
-	get := func(k, def string) string {
-		if v, ok := env.Config.Get(k); ok && v != "" {
-			return v
-		}
-		return def
-	}
 	m := &Machine{
-		report:          env.Report,
-		log:             env.Log,
-		path:            env.Path,
-		umid:            path.Base(env.Path),
-		dir:             filepath.Clean(get("uml.dir", DefaultDir)),
-		kernel:          get("uml.kernel", DefaultKernel),
-		mem:             get("uml.mem", DefaultMem),
-		init:            get("uml.init", ""),
-		poweroffTimeout: env.Config.Duration("uml.poweroff-timeout", DefaultPoweroffTimeout),
-		reqTimeout:      env.Config.Duration("uml.mconsole-timeout", DefaultRequestTimeout),
+		report: env.Report,
+		log:    env.Log,
+		path:   env.Path,
+		umid:   path.Base(env.Path),
+	}
+	if err := m.settings(env); err != nil {
+		return nil, err
 	}
 	if m.log == nil {
 		m.log = slog.New(slog.DiscardHandler)
 	}
 	m.side = filepath.Join(m.dir, m.umid+".machinefs")
-	if rv, ok := env.Config.Get("uml.root"); !ok || rv == "" {
-		return nil, machine.Errorf(syscall.EINVAL, "uml.root is required (hostfs:/DIR or ubd0=/IMAGE)")
-	} else if m.root, m.rootErr = parseRoot(rv); m.rootErr != nil {
-		return nil, machine.Errorf(syscall.EINVAL, "uml.root: %v", m.rootErr)
-	}
-	if nv, ok := env.Config.Get("uml.net"); ok && nv != "" {
-		ns, err := parseNet(nv)
-		if err != nil {
-			return nil, machine.Errorf(syscall.EINVAL, "uml.net: %v", err)
-		}
-		if !ifnameRE.MatchString(m.umid) {
-			return nil, machine.Errorf(syscall.EINVAL, "uml.net: host name %q does not fit a TAP name (1-15 letters, digits, '.', '_', '-')", m.umid)
-		}
-		m.net = &ns
-	}
 	if p := m.mconsolePath(); len(p) > maxSocketPath {
 		return nil, machine.Errorf(syscall.ENAMETOOLONG, "mconsole socket %s is longer than %d bytes: shorten uml.dir", p, maxSocketPath)
 	}

@@ -7,18 +7,10 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/machinefs/machinefs/machine"
-)
-
-// Defaults of the config keys.
-const (
-	DefaultKernel          = "/usr/bin/linux"
-	DefaultMem             = "128M"
-	DefaultDir             = "/run/machinefs/uml"
-	DefaultPoweroffTimeout = 30 * time.Second
-	DefaultRequestTimeout  = 5 * time.Second
 )
 
 // Spec registers the uml driver.
@@ -29,16 +21,21 @@ var Spec = machine.DriverSpec{
 	New:  New,
 }
 
+// keys are the driver's config keys (Spec.Keys), with their defaults.
 var keys = []machine.KeySpec{
-	{Name: "uml.kernel", Default: DefaultKernel, Doc: "UML kernel binary to run (absolute path)", Check: checkAbsPath, Privileged: true},
-	{Name: "uml.mem", Default: DefaultMem, Doc: "guest memory: a number with K, M or G (16M to 64G)", Check: checkMem},
-	{Name: "uml.root", Doc: "root file system (required): hostfs:/DIR (a host directory), or ubd0=/IMAGE or ubd0=/COW,/BACKING (a disk image, copy-on-write allowed)", Check: checkRoot, Privileged: true},
-	{Name: "uml.init", Doc: "init program in the guest (absolute path in the guest; default: the kernel's choice, /sbin/init first)", Check: checkAbsPath},
-	{Name: "uml.net", Doc: "network: SWITCH:MAC, a TAP named after the host attached to the Linux bridge SWITCH, guest MAC MAC (eth0)", Check: checkNet, Privileged: true},
-	{Name: "uml.dir", Default: DefaultDir, Doc: "uml_dir: where the guest's umid directory, mconsole and notify sockets, console log and pid record live (absolute path; sockets need it short)", Check: checkDir, Privileged: true},
-	{Name: "uml.poweroff-timeout", Default: DefaultPoweroffTimeout.String(), Doc: "poweroff sends ctrl-alt-del, then halts the guest if it is still up after this (Go duration)", Check: durationCheck(100*time.Millisecond, time.Hour)},
-	{Name: "uml.mconsole-timeout", Default: DefaultRequestTimeout.String(), Doc: "bound on one mconsole request (Go duration); a guest that does not answer within it is killed by off", Check: durationCheck(10*time.Millisecond, 10*time.Minute)},
+	{Name: "uml.kernel", Default: "/usr/bin/linux", Doc: "UML kernel binary to run (absolute path)", Kind: cmdlinePathKind, Privileged: true},
+	{Name: "uml.mem", Default: "128M", Doc: "guest memory: a number with K, M or G (16M to 64G)", Kind: machine.CheckedKind("size 16M-64G", checkMem)},
+	{Name: "uml.root", Doc: "root file system (required): hostfs:/DIR (a host directory), or ubd0=/IMAGE or ubd0=/COW,/BACKING (a disk image, copy-on-write allowed)", Kind: machine.CustomKind("hostfs:/DIR, ubd0=/IMAGE or ubd0=/COW,/BACKING", parseRoot), Privileged: true},
+	{Name: "uml.init", Doc: "init program in the guest (absolute path in the guest; default: the kernel's choice, /sbin/init first)", Kind: cmdlinePathKind},
+	{Name: "uml.net", Doc: "network: SWITCH:MAC, a TAP named after the host attached to the Linux bridge SWITCH, guest MAC MAC (eth0)", Kind: machine.BridgeMACKind, Privileged: true},
+	{Name: "uml.dir", Default: "/run/machinefs/uml", Doc: "uml_dir: where the guest's umid directory, mconsole and notify sockets, console log and pid record live (absolute path; sockets need it short)", Kind: machine.CheckedKind("absolute path, at most 64 bytes", checkDir), Privileged: true},
+	{Name: "uml.poweroff-timeout", Default: "30s", Doc: "poweroff sends ctrl-alt-del, then halts the guest if it is still up after this", Kind: machine.DurationKind(100*time.Millisecond, time.Hour)},
+	{Name: "uml.mconsole-timeout", Default: "5s", Doc: "bound on one mconsole request; a guest that does not answer within it is killed by off", Kind: machine.DurationKind(10*time.Millisecond, 10*time.Minute)},
 }
+
+// cmdlinePathKind is an absolute path that can go on the kernel command
+// line.
+var cmdlinePathKind = machine.CheckedKind("absolute path", checkAbsPath)
 
 // maxSocketPath is the longest path a unix socket address takes.
 const maxSocketPath = 107
@@ -130,11 +127,6 @@ func parseRoot(v string) (rootSpec, error) {
 	return rootSpec{}, fmt.Errorf("%q: want hostfs:/DIR, ubd0=/IMAGE or ubd0=/COW,/BACKING", v)
 }
 
-func checkRoot(v string) error {
-	_, err := parseRoot(v)
-	return err
-}
-
 // kernelArgs is the root part of the kernel command line.
 func (r rootSpec) kernelArgs() []string {
 	if r.hostfs != "" {
@@ -153,37 +145,30 @@ type netSpec struct {
 	mac    net.HardwareAddr
 }
 
-var ifnameRE = regexp.MustCompile(`^[A-Za-z0-9_.-]{1,15}$`)
-
-func parseNet(v string) (netSpec, error) {
-	sw, mac, ok := strings.Cut(v, ":")
-	if !ok {
-		return netSpec{}, fmt.Errorf("%q: want SWITCH:MAC (e.g. sw0:06:a7:dd:b4:02:10)", v)
+// settings reads the config of one guest through the key specs.
+func (m *Machine) settings(env machine.DriverEnv) error {
+	v := machine.ReadConfig(env.Config, keys)
+	m.dir = filepath.Clean(v.String("uml.dir"))
+	m.kernel = v.String("uml.kernel")
+	m.mem = v.String("uml.mem")
+	m.init = v.String("uml.init")
+	m.poweroffTimeout = v.Duration("uml.poweroff-timeout")
+	m.reqTimeout = v.Duration("uml.mconsole-timeout")
+	m.root = machine.Value[rootSpec](v, "uml.root")
+	if v.IsSet("uml.net") {
+		c := v.BridgeMAC("uml.net")
+		m.net = &netSpec{bridge: c.Bridge, mac: c.MAC}
 	}
-	if !ifnameRE.MatchString(sw) {
-		return netSpec{}, fmt.Errorf("switch %q: want an interface name of 1-15 letters, digits, '.', '_' or '-'", sw)
+	if err := v.Err(); err != nil {
+		return err
 	}
-	hw, err := net.ParseMAC(mac)
-	if err != nil || len(hw) != 6 {
-		return netSpec{}, fmt.Errorf("MAC %q: want six hex pairs separated by colons", mac)
+	if !v.IsSet("uml.root") {
+		return machine.Errorf(syscall.EINVAL, "uml.root is required (hostfs:/DIR or ubd0=/IMAGE)")
 	}
-	if hw[0]&1 != 0 {
-		return netSpec{}, fmt.Errorf("MAC %q is a multicast address: the first byte must be even", mac)
-	}
-	return netSpec{bridge: sw, mac: hw}, nil
-}
-
-func checkNet(v string) error {
-	_, err := parseNet(v)
-	return err
-}
-
-func durationCheck(lo, hi time.Duration) func(string) error {
-	return func(v string) error {
-		d, err := time.ParseDuration(v)
-		if err != nil || d < lo || d > hi {
-			return fmt.Errorf("%q: want a duration between %s and %s (e.g. 30s)", v, lo, hi)
+	if m.net != nil {
+		if err := machine.CheckInterfaceName(m.umid); err != nil {
+			return machine.Errorf(syscall.EINVAL, "uml.net: the TAP is named after the host: %v", err)
 		}
-		return nil
 	}
+	return nil
 }

@@ -79,14 +79,6 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 type config map[string]string
 
 func (c config) Get(k string) (string, bool) { v, ok := c[k]; return v, ok }
-func (c config) Duration(k string, def time.Duration) time.Duration {
-	if v, ok := c[k]; ok {
-		if d, err := time.ParseDuration(v); err == nil {
-			return d
-		}
-	}
-	return def
-}
 
 func newMachine(t *testing.T, cfg config, r *recorder) *uml.Machine {
 	t.Helper()
@@ -163,8 +155,8 @@ func TestUMLKeyChecks(t *testing.T) {
 		"uml.mconsole-timeout": "2s",
 	}
 	for _, k := range uml.Spec.Keys {
-		if k.Doc == "" || k.Check == nil {
-			t.Errorf("%s: needs Doc and Check", k.Name)
+		if k.Doc == "" || k.Kind == nil {
+			t.Errorf("%s: needs Doc and Kind", k.Name)
 			continue
 		}
 		if err := k.Check(bad[k.Name]); err == nil {

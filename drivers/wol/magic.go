@@ -12,10 +12,6 @@ import (
 // EtherType is the Ethernet type of a raw Wake-on-LAN frame.
 const EtherType = 0x0842
 
-// DefaultPort is the UDP port magic packets go to unless wol.port says
-// otherwise (the discard port; 7, echo, is the other common choice).
-const DefaultPort = 9
-
 const (
 	syncLen    = 6  // 6 x 0xFF
 	macLen     = 6  // EUI-48
@@ -85,20 +81,6 @@ func (p *MagicPacket) UnmarshalBinary(b []byte) error {
 		p.Password = bytes.Clone(pw)
 	}
 	return nil
-}
-
-// ParseMAC parses an EUI-48 MAC address in any form net.ParseMAC accepts
-// ("00:11:22:33:44:55", "00-11-...", "0011.2233.4455") and rejects longer
-// addresses, which Wake-on-LAN cannot carry.
-func ParseMAC(s string) (net.HardwareAddr, error) {
-	mac, err := net.ParseMAC(strings.TrimSpace(s))
-	if err != nil {
-		return nil, fmt.Errorf("mac %q: not a MAC address (want six hex pairs like 00:11:22:33:44:55)", s)
-	}
-	if len(mac) != macLen {
-		return nil, fmt.Errorf("mac %q: %d bytes, Wake-on-LAN needs a 6-byte (EUI-48) address", s, len(mac))
-	}
-	return mac, nil
 }
 
 // ParsePassword parses a SecureOn password as ether-wake writes it: 4 or 6

@@ -121,19 +121,6 @@ func TestParsePassword(t *testing.T) {
 	}
 }
 
-func TestParseMAC(t *testing.T) {
-	for _, in := range []string{"02:00:5e:10:20:30", "02-00-5E-10-20-30", "0200.5e10.2030"} {
-		if mac, err := ParseMAC(in); err != nil || !bytes.Equal(mac, testMAC) {
-			t.Errorf("ParseMAC(%q) = %v, %v", in, mac, err)
-		}
-	}
-	for _, in := range []string{"", "02:00:5e:10:20", "zz:00:5e:10:20:30", "02:00:5e:10:20:30:40:50", "0200.5e10.2030.4050"} {
-		if _, err := ParseMAC(in); err == nil {
-			t.Errorf("ParseMAC(%q): want error", in)
-		}
-	}
-}
-
 func TestFrame(t *testing.T) {
 	src := net.HardwareAddr{0x02, 1, 2, 3, 4, 5}
 	f, err := Frame(src, MagicPacket{Target: testMAC})

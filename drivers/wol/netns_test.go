@@ -25,12 +25,6 @@ func leakCheck(t *testing.T) {
 type testConfig map[string]string
 
 func (c testConfig) Get(k string) (string, bool) { v, ok := c[k]; return v, ok }
-func (c testConfig) Duration(k string, def time.Duration) time.Duration {
-	if d, err := time.ParseDuration(c[k]); err == nil {
-		return d
-	}
-	return def
-}
 
 // recorder is the model side of the Reporter: it keeps what the driver says.
 type recorder struct {
