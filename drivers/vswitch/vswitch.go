@@ -8,7 +8,6 @@ import (
 	"net"
 	"slices"
 	"sort"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -831,15 +830,11 @@ func upDown(f net.Flags) string {
 	return "down"
 }
 
-// validName applies the kernel's rules for device names (dev_valid_name).
+// validName applies the kernel's rules for device names (dev_valid_name),
+// the same check as a BRIDGE:MAC key's bridge: EINVAL, or ENAMETOOLONG.
 func validName(name string) error {
-	switch {
-	case name == "" || name == "." || name == "..":
-		return machine.Errorf(syscall.EINVAL, "vswitch: invalid switch name %q", name)
-	case len(name) > unix.IFNAMSIZ-1:
-		return machine.Errorf(syscall.ENAMETOOLONG, "vswitch: switch name %q is longer than %d bytes", name, unix.IFNAMSIZ-1)
-	case strings.ContainsAny(name, "/: \t\n\r\v\f%"):
-		return machine.Errorf(syscall.EINVAL, "vswitch: invalid switch name %q", name)
+	if err := machine.CheckInterfaceName(name); err != nil {
+		return machine.Errorf(machine.ErrnoOf(err), "vswitch: invalid switch name: %v", err)
 	}
 	return nil
 }
