@@ -3,6 +3,7 @@ package fs
 import (
 	"context"
 	"syscall"
+	"time"
 
 	gofs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
@@ -28,36 +29,30 @@ const (
 
 func hostIno(h *model.Host, idx uint64) uint64 { return (h.ID()+1)<<4 | idx }
 
-// rootDir is the mount's root: README, version, ctl, events, events.log
-// and hosts/.
+// rootDir is the mount's root: README, version, ctl, events, events.log,
+// hosts/ and groups/.
 type rootDir struct {
 	gofs.Inode
 	fsys *FS
+	log  *logFiles // the tree's events.log
 }
 
 var _ gofs.NodeOnAdder = (*rootDir)(nil)
 
 func (r *rootDir) OnAdd(ctx context.Context) {
 	f := r.fsys
-	add := func(name string, n gofs.InodeEmbedder, mode uint32) *gofs.Inode {
-		ch := r.NewPersistentInode(ctx, n, gofs.StableAttr{Mode: mode})
-		r.AddChild(name, ch, false)
-		return ch
+	add := func(name string, n gofs.InodeEmbedder, mode uint32) {
+		r.AddChild(name, r.NewPersistentInode(ctx, n, gofs.StableAttr{Mode: mode}), false)
 	}
-	static := func(text string) func() []byte { b := []byte(text); return func() []byte { return b } }
-	add("README", &contentFile{fsys: f, mode: 0o444, read: static(f.opts.README)}, syscall.S_IFREG)
-	add("version", &contentFile{fsys: f, mode: 0o444, read: static(f.opts.Version + "\n")}, syscall.S_IFREG)
-	add("ctl", &contentFile{fsys: f, mode: f.writable(0o664), read: static(ctlUsage), writeBatch: func(ctx context.Context, text string) error {
+	add("README", &statusFile{fileAttrs: f.attrs(0o444), render: static(f.opts.README)}, syscall.S_IFREG)
+	add("version", &statusFile{fileAttrs: f.attrs(0o444), render: static(f.opts.Version + "\n")}, syscall.S_IFREG)
+	add("ctl", f.newCommandFile(f.attrs(f.writable(0o664)), static(ctlUsage), wholeText(func(ctx context.Context, text string) error {
 		return f.tree.Ctl(ctx, text, caller(ctx))
-	}}, syscall.S_IFREG)
+	})), syscall.S_IFREG)
 	add("events", &eventsFile{fsys: f, prefix: ""}, syscall.S_IFREG)
-	f.notify.treeLog = f.addLogs(ctx, &r.Inode, f.tree.Log(), "")
-	hosts := &listDir{fsys: f}
-	add("hosts", hosts, syscall.S_IFDIR)
+	r.log = f.addLogs(ctx, &r.Inode, f.tree.Log(), "")
+	add("hosts", &listDir{fsys: f}, syscall.S_IFDIR)
 	add("groups", &groupsDir{fsys: f}, syscall.S_IFDIR)
-	f.mu.Lock()
-	f.listDirs[""] = hosts
-	f.mu.Unlock()
 }
 
 func (r *rootDir) Getattr(ctx context.Context, fh gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
@@ -155,8 +150,7 @@ func (d *listDir) Rmdir(ctx context.Context, name string) syscall.Errno {
 	if err != nil {
 		return errno(err)
 	}
-	d.fsys.forget(h)
-	return 0
+	return 0 // go-fuse drops the host's inode from the tree
 }
 
 // hostDir is hosts/NAME (or a subhost): power, state, console, config,
@@ -166,6 +160,7 @@ type hostDir struct {
 	fsys *FS
 	host *model.Host
 	liveFiles
+	temps temps // temporary files (tempfile.go)
 }
 
 // liveFiles are the files of a directory whose content changes under the
@@ -195,55 +190,34 @@ func (hd *hostDir) OnAdd(ctx context.Context) {
 		hd.AddChild(name, ch, false)
 		return ch
 	}
-	run := func(fn func(ctx context.Context, line string, who model.Caller) error) func(context.Context, string) error {
-		return func(ctx context.Context, line string) error { return fn(ctx, line, caller(ctx)) }
+	// attrs of the host's file idx, changed as when says.
+	attrs := func(idx uint64, perm func() uint32, when func(*stamps) time.Time) fileAttrs {
+		return fileAttrs{fsys: f, ino: hostIno(h, idx), perm: perm, changed: f.mtimeOf(h.Path(), when)}
 	}
-	hd.power = add("power", idxPower, &contentFile{
-		fsys: f, mode: f.writable(0o664), ino: hostIno(h, idxPower), mtime: f.mtimeOf(h.Path(), powerTime),
-		read:  func() []byte { return []byte(view.Power(h)) },
-		check: func(ctx context.Context, line string) error { return h.CheckCommand(line, caller(ctx)) },
-		write: run(h.Exec),
-	}, syscall.S_IFREG)
-	hd.state = add("state", idxState, &contentFile{
-		fsys: f, mode: f.statusMode(), ino: hostIno(h, idxState), mtime: f.mtimeOf(h.Path(), stateTime),
-		read: func() []byte { return []byte(view.State(h)) },
-	}, syscall.S_IFREG)
+	hd.power = add("power", idxPower, f.newCommandFile(attrs(idxPower, fixed(f.writable(0o664)), powerTime),
+		func() []byte { return []byte(view.Power(h)) },
+		eachLine{
+			check: func(ctx context.Context, line string) error { return h.CheckCommand(line, caller(ctx)) },
+			do:    func(ctx context.Context, line string) error { return h.Exec(ctx, line, caller(ctx)) },
+		}), syscall.S_IFREG)
+	hd.state = add("state", idxState, &statusFile{fileAttrs: attrs(idxState, fixed(f.statusMode()), stateTime),
+		render: func() []byte { return []byte(view.State(h)) }}, syscall.S_IFREG)
 	add("console", idxConsole, &consoleFile{sessionFile{fsys: f, host: h, idx: idxConsole}}, syscall.S_IFREG)
-	hd.config = add("config", idxConfig, &contentFile{
-		fsys: f, ino: hostIno(h, idxConfig), mtime: f.mtimeOf(h.Path(), configTime),
-		modeFn: func() uint32 {
-			if h.HasSecrets() {
-				return f.writable(0o620)
-			}
-			return f.writable(0o664)
-		},
-		read:       func() []byte { return []byte(view.Config(f.tree, h)) },
-		writeBatch: func(ctx context.Context, text string) error { return h.SetConfig(ctx, text, caller(ctx)) },
-	}, syscall.S_IFREG)
+	configPerm := func() uint32 {
+		if h.HasSecrets() {
+			return f.writable(0o620)
+		}
+		return f.writable(0o664)
+	}
+	hd.config = add("config", idxConfig, f.newCommandFile(attrs(idxConfig, configPerm, configTime),
+		func() []byte { return []byte(view.Config(f.tree, h)) },
+		wholeText(func(ctx context.Context, text string) error { return h.SetConfig(ctx, text, caller(ctx)) }),
+	), syscall.S_IFREG)
 	add("serial", idxSerial, &serialFile{sessionFile{fsys: f, host: h, idx: idxSerial}}, syscall.S_IFREG)
 	add("events", idxEvents, &eventsFile{fsys: f, prefix: h.Path()}, syscall.S_IFREG)
 	hd.log = f.addLogs(ctx, &hd.Inode, h.Log(), h.Path())
 	add("vswitch", idxVswitch, &vswitchDir{fsys: f, host: h}, syscall.S_IFDIR)
-	subs := &listDir{fsys: f, parent: h}
-	add("subhosts", idxSubhosts, subs, syscall.S_IFDIR)
-
-	f.mu.Lock()
-	f.hostDirs[h.Path()] = hd
-	f.listDirs[h.Path()] = subs
-	f.mu.Unlock()
-}
-
-// forget drops the fs's references to a removed host and its subhosts.
-func (f *FS) forget(h *model.Host) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	prefix := h.Path()
-	for p := range f.hostDirs {
-		if p == prefix || len(p) > len(prefix) && p[:len(prefix)+1] == prefix+"/" {
-			delete(f.hostDirs, p)
-			delete(f.listDirs, p)
-		}
-	}
+	add("subhosts", idxSubhosts, &listDir{fsys: f, parent: h}, syscall.S_IFDIR)
 }
 
 func (f *FS) setTimes(a *fuse.Attr) {

@@ -1,16 +1,26 @@
-// Package fs maps the machine model (package nodes) onto a FUSE filesystem
+// Package fs maps the machine model (package model) onto a FUSE filesystem
 // with go-fuse: directories for hosts, control files that take commands,
 // status files that are always fresh, event streams, and notifications that
 // wake inotify watchers. It holds no machine logic: every write becomes a
-// call into nodes, every read renders the model's current state.
+// call into the model, every read renders the model's current state.
+//
+// Each kind of file is a small node type (files.go): statusFile (rendered
+// from the model, served from one snapshot), commandFile (a status file
+// whose writes are commands, through the shared lineWriter of
+// commands.go), liveFile (asked of a driver on every read), logFile
+// (events.log and events.log.1), and the streams and sessions (events,
+// serial, console). Directories are node types of their own (dirs.go,
+// groups.go, vswitch.go).
 //
 // Freshness follows the /proc and sysfs model. Status files are opened with
 // FOPEN_KEEP_CACHE so repeated reads cost what tmpfs costs, and a worker
 // invalidates their cache (NotifyContent) after every change the model
-// reports. Because the kernel raises no inotify event for an invalidation,
-// the same worker also writes one byte to each changed file through the
-// mount itself; the file recognises the daemon's own thread and ignores the
-// byte, and watchers get IN_MODIFY and IN_CLOSE_WRITE as for any write.
+// reports; eventChanges (changes.go) says which files each kind of event
+// changes. Because the kernel raises no inotify event for an invalidation,
+// the worker also has the poker, a child process, write one byte to each
+// changed file through the mount (poker.go); the file recognises the
+// poker's thread and drops the byte, and watchers get IN_MODIFY and
+// IN_CLOSE_WRITE as for any write.
 package fs
 
 import (
@@ -19,7 +29,7 @@ import (
 	"log/slog"
 	"os"
 	"os/exec"
-	"sync"
+	"strings"
 	"syscall"
 	"time"
 
@@ -68,11 +78,9 @@ type FS struct {
 	stopping context.Context
 	stop     context.CancelFunc
 
-	mu         sync.Mutex
-	hostDirs   map[string]*hostDir   // by host path, once the kernel looked them up
-	listDirs   map[string]*listDir   // hosts/ and each subhosts/, by parent path
-	groupDirs  map[string]*groupDir  // by group path, once looked up
-	switchDirs map[string]*switchDir // by "HOSTPATH/vswitch/NAME"
+	// root is the tree of inodes go-fuse keeps: the notifier finds the
+	// directories the kernel looked up in it (nodeAt), by their path.
+	root *rootDir
 
 	notify  *notifier
 	poker   *poker
@@ -91,10 +99,6 @@ func Mount(tree *model.Tree, mountpoint string, o Options) (*FS, error) {
 		mountpoint: mountpoint,
 		started:    time.Now(),
 		done:       make(chan struct{}),
-		hostDirs:   map[string]*hostDir{},
-		listDirs:   map[string]*listDir{},
-		groupDirs:  map[string]*groupDir{},
-		switchDirs: map[string]*switchDir{},
 	}
 	f.stopping, f.stop = context.WithCancel(context.Background())
 	f.notify = newNotifier(f)
@@ -168,8 +172,9 @@ func (f *FS) mountChannel(opts *gofs.Options) (*fuse.Server, error) {
 	if opts.DirectMount {
 		direct := *opts
 		direct.DirectMountStrict = true
+		f.root = &rootDir{fsys: f}
 		syscall.ForkLock.RLock()
-		server, err := gofs.Mount(f.mountpoint, &rootDir{fsys: f}, &direct)
+		server, err := gofs.Mount(f.mountpoint, f.root, &direct)
 		closeOnExecAll()
 		syscall.ForkLock.RUnlock()
 		if err == nil {
@@ -179,7 +184,8 @@ func (f *FS) mountChannel(opts *gofs.Options) (*fuse.Server, error) {
 		opts.DirectMount = false
 	}
 	// A fresh root: the failed try may have initialised the first one.
-	server, err := gofs.Mount(f.mountpoint, &rootDir{fsys: f}, opts)
+	f.root = &rootDir{fsys: f}
+	server, err := gofs.Mount(f.mountpoint, f.root, opts)
 	closeOnExecAll()
 	return server, err
 }
@@ -225,9 +231,10 @@ func (f *FS) Unmount() error {
 	return nil
 }
 
-// modes for the tree's files. Status files carry no write bit for anyone
-// but the daemon itself when it runs as root (root needs no bit for its
-// notification writes); a non-root daemon needs the owner write bit.
+// modes for the tree's files. Status files carry no write bit, except
+// for the owner when the daemon does not run as root: the poker runs as the
+// daemon's user and writes to them to wake watchers, and only root needs no
+// bit for that.
 func (f *FS) statusMode() uint32 {
 	if f.opts.Owner == 0 {
 		return 0o444
@@ -258,6 +265,19 @@ func (f *FS) isSelf(ctx context.Context) bool {
 		return false
 	}
 	return f.poker.owns(c.Pid)
+}
+
+// nodeAt returns the node of the directory at path in the mount ("hosts/a",
+// "groups/g", "hosts/a/vswitch/s"), or nil when the kernel never looked it
+// up: such a directory has no open files and no watchers to tell.
+func (f *FS) nodeAt(path string) gofs.InodeEmbedder {
+	ino := f.root.EmbeddedInode()
+	for name := range strings.SplitSeq(path, "/") {
+		if ino = ino.GetChild(name); ino == nil {
+			return nil
+		}
+	}
+	return ino.Operations()
 }
 
 // errno turns a model error into the errno the caller gets.

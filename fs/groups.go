@@ -3,6 +3,7 @@ package fs
 import (
 	"context"
 	"syscall"
+	"time"
 
 	gofs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
@@ -98,10 +99,7 @@ func (d *groupsDir) Rmdir(ctx context.Context, name string) syscall.Errno {
 	if err != nil {
 		return errno(err)
 	}
-	d.fsys.mu.Lock()
-	delete(d.fsys.groupDirs, g.Path())
-	d.fsys.mu.Unlock()
-	return 0
+	return 0 // go-fuse drops the group's inode from the tree
 }
 
 // groupDir is groups/NAME: members, power, state, events, events.log.
@@ -109,7 +107,8 @@ type groupDir struct {
 	gofs.Inode
 	fsys      *FS
 	group     *model.Group
-	liveFiles // config is the members file
+	liveFiles       // config is the members file
+	temps     temps // temporary files (tempfile.go)
 }
 
 func (gd *groupDir) Getattr(ctx context.Context, fh gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
@@ -125,24 +124,19 @@ func (gd *groupDir) OnAdd(ctx context.Context) {
 		gd.AddChild(name, ch, false)
 		return ch
 	}
-	gd.config = add("members", &contentFile{
-		fsys: f, mode: f.writable(0o664), mtime: f.mtimeOf(g.Path(), configTime),
-		read: func() []byte { return []byte(view.Members(g)) },
-		writeList: func(ctx context.Context, text string, replace bool) error {
+	attrs := func(perm uint32, when func(*stamps) time.Time) fileAttrs {
+		return fileAttrs{fsys: f, perm: fixed(perm), changed: f.mtimeOf(g.Path(), when)}
+	}
+	gd.config = add("members", f.newCommandFile(attrs(f.writable(0o664), configTime),
+		func() []byte { return []byte(view.Members(g)) },
+		memberList(func(ctx context.Context, text string, replace bool) error {
 			return g.SetMembers(ctx, text, replace, caller(ctx))
-		},
-	})
-	gd.power = add("power", &contentFile{
-		fsys: f, mode: f.writable(0o664), mtime: f.mtimeOf(g.Path(), powerTime),
-		read: func() []byte { return []byte(view.GroupPower(g)) },
-		write: func(ctx context.Context, line string) error {
-			return g.Exec(ctx, line, caller(ctx))
-		},
-	})
-	gd.state = add("state", &contentFile{fsys: f, mode: f.statusMode(), mtime: f.mtimeOf(g.Path(), stateTime), read: func() []byte { return []byte(view.GroupState(g)) }})
+		})))
+	gd.power = add("power", f.newCommandFile(attrs(f.writable(0o664), powerTime),
+		func() []byte { return []byte(view.GroupPower(g)) },
+		eachLine{do: func(ctx context.Context, line string) error { return g.Exec(ctx, line, caller(ctx)) }}))
+	gd.state = add("state", &statusFile{fileAttrs: attrs(f.statusMode(), stateTime),
+		render: func() []byte { return []byte(view.GroupState(g)) }})
 	add("events", &eventsFile{fsys: f, prefix: g.Path()})
 	gd.log = f.addLogs(ctx, &gd.Inode, g.Log(), g.Path())
-	f.mu.Lock()
-	f.groupDirs[g.Path()] = gd
-	f.mu.Unlock()
 }

@@ -9,17 +9,7 @@ import (
 
 	gofs "github.com/hanwen/go-fuse/v2/fs"
 
-	"github.com/machinefs/machinefs/machine"
 	"github.com/machinefs/machinefs/model"
-)
-
-// What changed in a host directory.
-const (
-	dirtyPower = 1 << iota
-	dirtyState
-	dirtyConfig
-	dirtyLog
-	dirtyPowerQuiet // invalidate power's cache without waking watchers
 )
 
 // notifier turns model events into fresh reads and inotify events. The
@@ -27,11 +17,10 @@ const (
 // single worker goroutine does the kernel calls, never from inside a FUSE
 // request (that deadlocks).
 type notifier struct {
-	fsys    *FS
-	treeLog *logFiles
+	fsys *FS
 
 	mu       sync.Mutex
-	dirty    map[string]int // host path ("" = tree) -> dirty bits
+	dirty    map[string]change // host or group path ("" = tree) -> files changed
 	entries  map[string]bool
 	switches map[string]bool // switch dirs whose ports/info changed
 	// groupsDirty: some host's power changed; refresh every group.
@@ -78,7 +67,7 @@ var retryDelays = []time.Duration{20 * time.Millisecond, 500 * time.Millisecond}
 func newNotifier(f *FS) *notifier {
 	return &notifier{
 		fsys:     f,
-		dirty:    map[string]int{},
+		dirty:    map[string]change{},
 		entries:  map[string]bool{},
 		switches: map[string]bool{},
 		wake:     make(chan struct{}, 1),
@@ -111,75 +100,56 @@ func (n *notifier) stop() {
 	})
 }
 
-// onEvent marks the files an event changes. Every event grows events.log
-// of its host, the host's ancestors and the tree.
+// onEvent marks the files an event changes (eventChanges). It runs in the
+// event bus, so it only records; the worker does the rest.
 func (n *notifier) onEvent(e model.Event) {
+	ch := changesOf(e)
 	n.mu.Lock()
-	n.dirty[""] |= dirtyLog
-	if strings.HasPrefix(e.Path, "groups/") {
-		bits := dirtyLog | dirtyState | dirtyPower
-		if e.Kind == machine.EventMembers && !strings.Contains(e.Detail, " refused: ") {
-			bits |= dirtyConfig
-		}
-		n.dirty[e.Path] |= bits
-		n.stampLocked(e.Path, bits, e.Time)
-		if e.Kind == machine.EventRemoved {
-			n.forgetLocked(e.Path)
-		}
-		if e.Kind == machine.EventAdded || e.Kind == machine.EventRemoved {
-			n.entryLocked(e.Path, e.Kind == machine.EventAdded)
-		}
-	} else if e.Path != "" {
-		if e.Kind == machine.EventPower {
-			// A member's power changes its groups' power and state.
-			n.groupsDirty = true
-		}
-		bits := dirtyLog | dirtyState
-		switch e.Kind {
-		case machine.EventConsole, machine.EventSerial:
-			// A console session changes nothing that state shows:
-			// only the event logs grow. Anything the command did to
-			// the machine comes as an event of its own (power).
-			bits = dirtyLog
-		case machine.EventPower:
-			bits |= dirtyPower
-		case machine.EventCommand:
-			// A writer's direct write may have grown the kernel's idea
-			// of power's size; refresh it without waking watchers.
-			bits |= dirtyPowerQuiet
-		case machine.EventConfig, machine.EventDrivers:
-			bits |= dirtyConfig | dirtyPower
-		case machine.EventAdded, machine.EventRemoved:
-			n.entries[e.Path] = true
-			n.entryLocked(e.Path, e.Kind == machine.EventAdded)
-		case machine.EventVSwitch:
-			// The switch's live files (ports, info) changed; state
-			// shows no switches.
-			bits = dirtyLog
-			n.switches[e.Path+"/vswitch/"+e.Item] = true
-			n.noteSwitchesLocked(e.Path, e.Item)
-		}
-		n.dirty[e.Path] |= bits
-		n.stampLocked(e.Path, bits, e.Time)
-		if e.Kind == machine.EventPower {
-			if n.powered == nil {
-				n.powered = map[string]time.Time{}
-			}
-			n.powered[e.Path] = e.Time
-		}
-		if e.Kind == machine.EventRemoved {
-			n.forgetLocked(e.Path)
-		}
-		for p := parentPath(e.Path); p != ""; p = parentPath(p) {
-			n.dirty[p] |= dirtyLog
-			if e.Kind == machine.EventAdded || e.Kind == machine.EventRemoved {
-				n.dirty[p] |= dirtyState
-				n.stampLocked(p, dirtyState, e.Time)
-			}
-		}
+	n.dirty[""] |= chLog
+	if e.Path != "" {
+		n.markLocked(e, ch)
 	}
 	n.mu.Unlock()
 	n.kick()
+}
+
+// markLocked records what e changes in its directory and above. Every event
+// grows the logs of its path's ancestors; one that adds or removes a
+// subhost also changes the parent hosts' state (their subhosts line).
+// n.mu is held.
+func (n *notifier) markLocked(e model.Event, ch change) {
+	files := ch & fileChanges
+	n.dirty[e.Path] |= files
+	n.stampLocked(e.Path, files, e.Time)
+	if ch&chGroups != 0 {
+		// A member's power changes its groups' power and state.
+		n.groupsDirty = true
+		if n.powered == nil {
+			n.powered = map[string]time.Time{}
+		}
+		n.powered[e.Path] = e.Time
+	}
+	if ch&chSwitch != 0 {
+		n.switches[e.Path+"/vswitch/"+e.Item] = true
+		n.noteSwitchesLocked(e.Path, e.Item)
+	}
+	entry := ch & (chAppeared | chWent)
+	if entry != 0 {
+		if !isGroupPath(e.Path) {
+			n.entries[e.Path] = true
+		}
+		n.entryLocked(e.Path, ch&chAppeared != 0)
+	}
+	if ch&chWent != 0 {
+		n.forgetLocked(e.Path)
+	}
+	for p := parentPath(e.Path); p != ""; p = parentPath(p) {
+		n.dirty[p] |= chLog
+		if entry != 0 {
+			n.dirty[p] |= chState
+			n.stampLocked(p, chState, e.Time)
+		}
+	}
 }
 
 // parentPath is the host a subhost runs on ("" for a top-level host).
@@ -201,7 +171,7 @@ func (n *notifier) run() {
 		}
 		n.mu.Lock()
 		dirty, entries, groups, switches := n.dirty, n.entries, n.groupsDirty, n.switches
-		n.dirty, n.entries, n.groupsDirty, n.switches = map[string]int{}, map[string]bool{}, false, map[string]bool{}
+		n.dirty, n.entries, n.groupsDirty, n.switches = map[string]change{}, map[string]bool{}, false, map[string]bool{}
 		ops, lists := n.entryOps, n.switchLists
 		n.entryOps, n.switchLists = nil, nil
 		var due []retry
@@ -224,11 +194,10 @@ func (n *notifier) run() {
 			n.refreshSwitch(p)
 		}
 		if groups {
-			n.fsys.mu.Lock()
-			for p := range n.fsys.groupDirs {
-				dirty[p] |= dirtyPower | dirtyState
+			// Groups the kernel never looked up are skipped by refresh.
+			for _, g := range n.fsys.tree.Groups() {
+				dirty[g.Path()] |= chPower | chState
 			}
-			n.fsys.mu.Unlock()
 			n.stampGroups()
 		}
 		for path := range entries {
@@ -291,58 +260,52 @@ func (n *notifier) kick() {
 // refreshEntry makes the kernel forget its dentry for a host that was added
 // or removed behind its back (ctl, SIGHUP).
 func (n *notifier) refreshEntry(path string) {
-	parent := parentPath(path)
-	name := path[strings.LastIndex(path, "/")+1:]
-	n.fsys.mu.Lock()
-	ld := n.fsys.listDirs[parent]
-	n.fsys.mu.Unlock()
-	if ld == nil {
-		return
+	i := strings.LastIndex(path, "/")
+	ld, ok := n.fsys.nodeAt(path[:i]).(*listDir) // hosts/ or HOST/subhosts/
+	if !ok {
+		return // never looked up: the kernel has no entry to forget
 	}
-	if n.fsys.tree.Host(path) == nil {
-		if ch := ld.GetChild(name); ch != nil {
-			ld.RmChild(name)
-			n.fsys.forget(ch.Operations().(*hostDir).host)
-		}
+	name := path[i+1:]
+	if n.fsys.tree.Host(path) == nil && ld.GetChild(name) != nil {
+		ld.RmChild(name)
 	}
 	ld.NotifyEntry(name)
 }
 
-func (n *notifier) refresh(path string, bits int) {
+// liveDir is a directory whose files the notifier refreshes: a host's or a
+// group's.
+type liveDir interface{ live() *liveFiles }
+
+func (hd *hostDir) live() *liveFiles  { return &hd.liveFiles }
+func (gd *groupDir) live() *liveFiles { return &gd.liveFiles }
+
+func (n *notifier) refresh(path string, bits change) {
 	if path == "" {
-		if n.treeLog != nil {
-			n.treeLog.sync()
-		}
+		n.fsys.root.log.sync()
 		return
 	}
-	var hd *liveFiles
-	n.fsys.mu.Lock()
-	if d := n.fsys.hostDirs[path]; d != nil {
-		hd = &d.liveFiles
-	} else if g := n.fsys.groupDirs[path]; g != nil {
-		hd = &g.liveFiles
-	}
-	n.fsys.mu.Unlock()
-	if hd == nil || hd.power == nil {
+	d, ok := n.fsys.nodeAt(path).(liveDir)
+	if !ok {
 		return // never looked up: nobody can hold it open or watch it
 	}
+	hd := d.live()
 	// Invalidate first, then poke: a watcher woken by the poke must read
 	// the new content.
 	var poke []*gofs.Inode
-	if bits&dirtyLog != 0 && hd.log != nil {
+	if bits&chLog != 0 {
 		hd.log.sync()
 	}
-	if bits&(dirtyPower|dirtyPowerQuiet) != 0 {
+	if bits&(chPower|chPowerSize) != 0 {
 		n.inval(hd.power)
 	}
-	if bits&dirtyPower != 0 {
+	if bits&chPower != 0 {
 		poke = append(poke, hd.power)
 	}
-	if bits&dirtyState != 0 {
+	if bits&chState != 0 {
 		n.inval(hd.state)
 		poke = append(poke, hd.state)
 	}
-	if bits&dirtyConfig != 0 {
+	if bits&chConfig != 0 {
 		n.inval(hd.config)
 		poke = append(poke, hd.config)
 	}
@@ -366,10 +329,8 @@ func (n *notifier) poke(name string) {
 // refreshSwitch wakes watchers of a switch's ports and info. They are
 // direct I/O files, so there is no cache to invalidate.
 func (n *notifier) refreshSwitch(path string) {
-	n.fsys.mu.Lock()
-	sd := n.fsys.switchDirs[path]
-	n.fsys.mu.Unlock()
-	if sd == nil || n.fsys.opts.ReadOnly {
+	sd, ok := n.fsys.nodeAt(path).(*switchDir)
+	if !ok || n.fsys.opts.ReadOnly {
 		return
 	}
 	for _, ino := range []*gofs.Inode{sd.ports, sd.info} {

@@ -85,23 +85,13 @@ func (rc *readCache) renewLocked(fresh []byte) {
 // snapshots.
 var pageSize = os.Getpagesize()
 
-// cached reports whether c is a file rendered from the model on every
-// change (power, state, config, members, README), as opposed to a live
-// file (a driver asked on every read) or a log.
-func (c *contentFile) cached() bool {
-	return c.live == nil && c.log == nil && c.read != nil
-}
-
 // cachedSize is the size the kernel gets: that of a fresh snapshot, which
 // READs through the page cache are served from from now on.
-func (c *contentFile) cachedSize() uint64 {
-	if c.read == nil {
-		return 0 // write-only (ctl)
-	}
-	fresh := c.read()
-	c.rc.mu.Lock()
-	c.rc.renewLocked(fresh)
-	c.rc.mu.Unlock()
+func (s *statusFile) cachedSize() uint64 {
+	fresh := s.render()
+	s.rc.mu.Lock()
+	s.rc.renewLocked(fresh)
+	s.rc.mu.Unlock()
 	return uint64(len(fresh))
 }
 
@@ -113,33 +103,22 @@ type snapHandle struct {
 	loaded bool
 }
 
-// openRead opens c for reading (see readCache).
-func (c *contentFile) openRead(ctx context.Context) (gofs.FileHandle, uint32, syscall.Errno) {
-	if c.live != nil {
-		// Loaded at the first read: the driver is asked once per pass,
-		// and small reads (dd bs=16) of one pass are of one answer.
-		return &snapHandle{}, fuse.FOPEN_DIRECT_IO, 0
-	}
-	if c.read == nil && c.log == nil {
-		return nil, 0, syscall.EACCES
-	}
-	if c.log != nil {
-		return nil, fuse.FOPEN_KEEP_CACHE | fuse.FOPEN_NOFLUSH, 0
-	}
-	fresh := c.read()
-	c.rc.mu.Lock()
-	cached := c.rc.valid && bytes.Equal(fresh, c.rc.snap) && c.rc.settledLocked() && len(fresh) <= pageSize
-	c.rc.mu.Unlock()
+// openRead opens s for reading (see readCache).
+func (s *statusFile) openRead() (gofs.FileHandle, uint32, syscall.Errno) {
+	fresh := s.render()
+	s.rc.mu.Lock()
+	cached := s.rc.valid && bytes.Equal(fresh, s.rc.snap) && s.rc.settledLocked() && len(fresh) <= pageSize
+	s.rc.mu.Unlock()
 	if cached {
 		return nil, fuse.FOPEN_KEEP_CACHE | fuse.FOPEN_NOFLUSH, 0
 	}
 	return &snapHandle{data: fresh, loaded: true}, fuse.FOPEN_DIRECT_IO | fuse.FOPEN_NOFLUSH, 0
 }
 
-// readExact serves a READ of a cached or live file: at most len(dest)
-// bytes, from the open's snapshot, the kernel's snapshot (cached opens),
-// or a fresh rendering (a read through a file opened for writing too).
-func (c *contentFile) readExact(ctx context.Context, fh gofs.FileHandle, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
+// readExact serves a READ of a status file: at most len(dest) bytes, from
+// the open's snapshot, the kernel's snapshot (cached opens), or a fresh
+// rendering (a read through a file opened for writing too).
+func (s *statusFile) readExact(fh gofs.FileHandle, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
 	var data []byte
 	switch h := fh.(type) {
 	case *snapHandle:
@@ -147,42 +126,56 @@ func (c *contentFile) readExact(ctx context.Context, fh gofs.FileHandle, dest []
 		// A read from offset 0 starts a new pass, as in seq_file: a
 		// monitor that keeps the file open and preads it sees changes.
 		if !h.loaded || off == 0 {
-			if c.live != nil {
-				b, err := c.live(ctx)
-				if err != nil {
-					h.mu.Unlock()
-					return nil, errno(err)
-				}
-				h.data = b
-			} else if c.read != nil {
-				h.data = c.read()
-			}
-			h.loaded = true
+			h.data, h.loaded = s.render(), true
 		}
 		data = h.data
 		h.mu.Unlock()
 	case nil:
-		if !c.cached() {
-			return fuse.ReadResultData(nil), 0
+		s.rc.mu.Lock()
+		if !s.rc.valid {
+			s.rc.renewLocked(s.render())
 		}
-		c.rc.mu.Lock()
-		if !c.rc.valid {
-			c.rc.renewLocked(c.read())
-		}
-		data = c.rc.snap
-		c.rc.mu.Unlock()
+		data = s.rc.snap
+		s.rc.mu.Unlock()
 	default:
 		// An open for reading and writing: direct I/O, fresh.
-		if c.live != nil {
-			b, err := c.live(ctx)
-			if err != nil {
-				return nil, errno(err)
-			}
-			data = b
-		} else {
-			data = c.content()
-		}
+		data = s.render()
 	}
+	return readAt(data, dest, off)
+}
+
+// openRead opens a live file for reading. Its content is asked for at the
+// first read: the driver is asked once per pass, and small reads (dd
+// bs=16) of one pass are of one answer.
+func (l *liveFile) openRead() (gofs.FileHandle, uint32, syscall.Errno) {
+	return &snapHandle{}, fuse.FOPEN_DIRECT_IO, 0
+}
+
+// readLive serves a READ of a live file: from the open's answer, asked
+// again at each pass from offset 0, or fresh (an open for writing too).
+func (l *liveFile) readLive(ctx context.Context, fh gofs.FileHandle, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
+	h, ok := fh.(*snapHandle)
+	if !ok {
+		data, err := l.ask(ctx)
+		if err != nil {
+			return nil, errno(err)
+		}
+		return readAt(data, dest, off)
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if !h.loaded || off == 0 {
+		b, err := l.ask(ctx)
+		if err != nil {
+			return nil, errno(err)
+		}
+		h.data, h.loaded = b, true
+	}
+	return readAt(h.data, dest, off)
+}
+
+// readAt answers a READ at off from data.
+func readAt(data, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
 	if off >= int64(len(data)) {
 		return fuse.ReadResultData(nil), 0
 	}

@@ -42,12 +42,17 @@ type temps struct {
 	files map[string]*tempFile
 }
 
-// tempDirs maps a directory's inode to its temps.
-var tempDirs sync.Map // *gofs.Inode -> *temps
+// tempDir is a directory that takes temporary files: a host's, a group's
+// or a switch's. Each keeps its own, so they go with its node.
+type tempDir interface{ tempFiles() *temps }
 
+func (hd *hostDir) tempFiles() *temps   { return &hd.temps }
+func (gd *groupDir) tempFiles() *temps  { return &gd.temps }
+func (sd *switchDir) tempFiles() *temps { return &sd.temps }
+
+// dirTemps are the temporary files of dir, one of the tempDirs.
 func dirTemps(dir *gofs.Inode) *temps {
-	v, _ := tempDirs.LoadOrStore(dir, &temps{files: map[string]*tempFile{}})
-	return v.(*temps)
+	return dir.Operations().(tempDir).tempFiles()
 }
 
 func (t *temps) get(name string) *tempFile {
@@ -76,7 +81,7 @@ type tempFile struct {
 	// alias is the tree file this one was renamed over: the kernel keeps
 	// the renamed inode under the target's name until its entry is
 	// invalidated (restoreChild), and until then it acts as the target.
-	alias *contentFile
+	alias writableFile
 }
 
 var (
@@ -101,6 +106,9 @@ func (f *FS) createTemp(ctx context.Context, dir *gofs.Inode, name string, mode 
 	defer t.mu.Unlock()
 	if t.files[name] != nil {
 		return nil, nil, 0, syscall.EEXIST
+	}
+	if t.files == nil {
+		t.files = map[string]*tempFile{}
 	}
 	if len(t.files) >= maxTemps {
 		// "No space left on device": what a tool expects when a
@@ -168,7 +176,7 @@ func (tf *tempFile) fill(a *fuse.Attr) {
 	a.SetTimes(&tf.atime, &tf.mtime, &tf.ctime)
 }
 
-func (tf *tempFile) aliased() *contentFile {
+func (tf *tempFile) aliased() writableFile {
 	tf.mu.Lock()
 	defer tf.mu.Unlock()
 	return tf.alias
@@ -231,10 +239,8 @@ func (tf *tempFile) Setattr(ctx context.Context, fh gofs.FileHandle, in *fuse.Se
 
 func (tf *tempFile) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32, syscall.Errno) {
 	if a := tf.aliased(); a != nil {
-		if flags&syscall.O_ACCMODE == syscall.O_RDONLY && a.cached() {
-			// This inode's size and pages are not the target's:
-			// its reads take a snapshot of their own.
-			return &snapHandle{data: a.read(), loaded: true}, fuse.FOPEN_DIRECT_IO, 0
+		if flags&syscall.O_ACCMODE == syscall.O_RDONLY {
+			return a.openDetached()
 		}
 		return a.Open(ctx, flags)
 	}
@@ -294,12 +300,6 @@ func (tf *tempFile) Fsync(ctx context.Context, fh gofs.FileHandle, flags uint32)
 	return 0
 }
 
-// Fsync succeeds on every tree file: a write has taken effect when it
-// returns (on config, it is on disk: the model saves it before).
-func (c *contentFile) Fsync(ctx context.Context, fh gofs.FileHandle, flags uint32) syscall.Errno {
-	return 0
-}
-
 // Fsync succeeds on console and serial sessions: their writes are sent
 // when they return.
 func (c *sessionFile) Fsync(ctx context.Context, fh gofs.FileHandle, flags uint32) syscall.Errno {
@@ -314,12 +314,12 @@ type replaceTarget func(child *gofs.Inode, name string) func(ctx context.Context
 // asWrite applies text to a writable tree file as one write of it would
 // (the rename replaces the file: lists are replaced, as by `>`).
 func asWrite(child *gofs.Inode, name string) func(ctx context.Context, text string) error {
-	c, ok := child.Operations().(*contentFile)
-	if !ok || !c.writable() {
+	c, ok := child.Operations().(writableFile)
+	if !ok {
 		return nil
 	}
 	return func(ctx context.Context, text string) error {
-		return c.run(ctx, text, true)
+		return c.sink().run(ctx, text, true)
 	}
 }
 
@@ -385,7 +385,7 @@ func (f *FS) renameTemp(ctx context.Context, dir *gofs.Inode, name string, newPa
 	}
 	tf.drop()
 	tf.mu.Lock()
-	tf.alias, _ = child.Operations().(*contentFile)
+	tf.alias, _ = child.Operations().(writableFile)
 	tf.mu.Unlock()
 	f.restoreChild(dir, newName, child)
 	return 0

@@ -11,15 +11,15 @@ import (
 // members are the time of their last change, so find -newer, ls -lt, make
 // and rsync see changes. The notifier learns every change from the model's
 // events and stamps the files the event changes (the same bits that make
-// it invalidate them); the logs carry their own time (nodes.LogGen).
+// it invalidate them); the logs carry their own time (model.LogGen).
 
 // stamps are the change times of a directory's live files.
 type stamps struct{ power, state, config time.Time }
 
 // stampLocked records that the files bits names of path changed at t.
 // n.mu is held.
-func (n *notifier) stampLocked(path string, bits int, t time.Time) {
-	if bits&(dirtyPower|dirtyState|dirtyConfig) == 0 {
+func (n *notifier) stampLocked(path string, bits change, t time.Time) {
+	if bits&(chPower|chState|chConfig) == 0 {
 		return
 	}
 	if n.times == nil {
@@ -35,13 +35,13 @@ func (n *notifier) stampLocked(path string, bits int, t time.Time) {
 			*old = t
 		}
 	}
-	if bits&dirtyPower != 0 {
+	if bits&chPower != 0 {
 		later(&s.power)
 	}
-	if bits&dirtyState != 0 {
+	if bits&chState != 0 {
 		later(&s.state)
 	}
-	if bits&dirtyConfig != 0 {
+	if bits&chConfig != 0 {
 		later(&s.config)
 	}
 }
@@ -103,7 +103,7 @@ func (n *notifier) stampGroups() {
 		}
 		if !last.IsZero() {
 			n.mu.Lock()
-			n.stampLocked(g.Path(), dirtyPower|dirtyState, last)
+			n.stampLocked(g.Path(), chPower|chState, last)
 			n.mu.Unlock()
 		}
 	}

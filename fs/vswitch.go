@@ -38,27 +38,14 @@ func (d *vswitchDir) Lookup(ctx context.Context, name string, out *fuse.EntryOut
 	if !d.host.IsLocal() {
 		return nil, syscall.ENOENT
 	}
-	if name == "ctl" {
-		ch := d.GetChild("ctl")
+	if name == "ctl" || name == "all" {
+		ch := d.GetChild(name)
 		if ch == nil {
-			h := d.host
-			ch = d.NewPersistentInode(ctx, &contentFile{fsys: d.fsys, mode: d.fsys.writable(0o664), read: usage(vswitchCtlUsage), write: func(ctx context.Context, line string) error {
-				return h.SwitchesCtl(ctx, line, caller(ctx))
-			}}, gofs.StableAttr{Mode: syscall.S_IFREG})
+			ch = d.NewPersistentInode(ctx, d.newFile(name), gofs.StableAttr{Mode: syscall.S_IFREG})
 		}
-		ch.Operations().(*contentFile).fill(&out.Attr)
-		return ch, 0
-	}
-	if name == "all" {
-		ch := d.GetChild("all")
-		if ch == nil {
-			h := d.host
-			ch = d.NewPersistentInode(ctx, &contentFile{fsys: d.fsys, mode: 0o444, live: func(ctx context.Context) ([]byte, error) {
-				s, err := h.SwitchText(ctx, "", "all")
-				return []byte(s), err
-			}}, gofs.StableAttr{Mode: syscall.S_IFREG})
-		}
-		ch.Operations().(*contentFile).fill(&out.Attr)
+		var a fuse.AttrOut
+		ch.Operations().(gofs.NodeGetattrer).Getattr(ctx, nil, &a)
+		out.Attr = a.Attr
 		return ch, 0
 	}
 	has := d.host.HasSwitch(ctx, name)
@@ -71,6 +58,20 @@ func (d *vswitchDir) Lookup(ctx context.Context, name string, out *fuse.EntryOut
 	out.Mode = syscall.S_IFDIR | d.fsys.writable(0o775)
 	d.fsys.setTimes(&out.Attr)
 	return d.switchInode(ctx, name), 0
+}
+
+// newFile makes vswitch/ctl or vswitch/all.
+func (d *vswitchDir) newFile(name string) gofs.InodeEmbedder {
+	f, h := d.fsys, d.host
+	if name == "ctl" {
+		return f.newCommandFile(f.attrs(f.writable(0o664)), static(vswitchCtlUsage), eachLine{
+			do: func(ctx context.Context, line string) error { return h.SwitchesCtl(ctx, line, caller(ctx)) },
+		})
+	}
+	return &liveFile{fileAttrs: f.attrs(0o444), ask: func(ctx context.Context) ([]byte, error) {
+		s, err := h.SwitchText(ctx, "", "all")
+		return []byte(s), err
+	}}
 }
 
 func (d *vswitchDir) switchInode(ctx context.Context, name string) *gofs.Inode {
@@ -118,10 +119,7 @@ func (d *vswitchDir) Rmdir(ctx context.Context, name string) syscall.Errno {
 	if err != nil {
 		return errno(err)
 	}
-	d.fsys.mu.Lock()
-	delete(d.fsys.switchDirs, d.host.Path()+"/vswitch/"+name)
-	d.fsys.mu.Unlock()
-	return 0
+	return 0 // go-fuse drops the switch's inode from the tree
 }
 
 // switchDir is vswitch/NAME: config (uplink), ctl, ports, info.
@@ -132,6 +130,7 @@ type switchDir struct {
 	name string
 
 	ports, info *gofs.Inode
+	temps       temps // temporary files (tempfile.go)
 }
 
 func (sd *switchDir) Getattr(ctx context.Context, fh gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
@@ -142,24 +141,21 @@ func (sd *switchDir) Getattr(ctx context.Context, fh gofs.FileHandle, out *fuse.
 
 func (sd *switchDir) OnAdd(ctx context.Context) {
 	f, h, name := sd.fsys, sd.host, sd.name
-	add := func(file string, n *contentFile) *gofs.Inode {
+	add := func(file string, n gofs.InodeEmbedder) *gofs.Inode {
 		ch := sd.NewPersistentInode(ctx, n, gofs.StableAttr{Mode: syscall.S_IFREG})
 		sd.AddChild(file, ch, false)
 		return ch
 	}
-	live := func(file string) func(ctx context.Context) ([]byte, error) {
+	ask := func(file string) func(ctx context.Context) ([]byte, error) {
 		return func(ctx context.Context) ([]byte, error) {
 			s, err := h.SwitchText(ctx, name, file)
 			return []byte(s), err
 		}
 	}
-	add("config", &contentFile{fsys: f, mode: f.writable(0o664), live: live("config"),
-		writeBatch: func(ctx context.Context, text string) error { return h.SwitchConfig(ctx, name, text, caller(ctx)) }})
-	add("ctl", &contentFile{fsys: f, mode: f.writable(0o664), read: usage(switchCtlUsage),
-		write: func(ctx context.Context, line string) error { return h.SwitchCtl(ctx, name, line, caller(ctx)) }})
-	sd.ports = add("ports", &contentFile{fsys: f, mode: 0o444, live: live("ports")})
-	sd.info = add("info", &contentFile{fsys: f, mode: 0o444, live: live("info")})
-	f.mu.Lock()
-	f.switchDirs[h.Path()+"/vswitch/"+name] = sd
-	f.mu.Unlock()
+	add("config", f.newLiveCommandFile(f.attrs(f.writable(0o664)), ask("config"),
+		wholeText(func(ctx context.Context, text string) error { return h.SwitchConfig(ctx, name, text, caller(ctx)) })))
+	add("ctl", f.newCommandFile(f.attrs(f.writable(0o664)), static(switchCtlUsage),
+		eachLine{do: func(ctx context.Context, line string) error { return h.SwitchCtl(ctx, name, line, caller(ctx)) }}))
+	sd.ports = add("ports", &liveFile{fileAttrs: f.attrs(0o444), ask: ask("ports")})
+	sd.info = add("info", &liveFile{fileAttrs: f.attrs(0o444), ask: ask("info")})
 }

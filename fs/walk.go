@@ -147,12 +147,6 @@ func (d *vswitchDir) Statfs(ctx context.Context, out *fuse.StatfsOut) syscall.Er
 func (sd *switchDir) Statfs(ctx context.Context, out *fuse.StatfsOut) syscall.Errno {
 	return sd.fsys.statfs(out)
 }
-func (c *contentFile) Statfs(ctx context.Context, out *fuse.StatfsOut) syscall.Errno {
-	return c.fsys.statfs(out)
-}
-func (l *logFile) Statfs(ctx context.Context, out *fuse.StatfsOut) syscall.Errno {
-	return l.fsys.statfs(out)
-}
 func (e *eventsFile) Statfs(ctx context.Context, out *fuse.StatfsOut) syscall.Errno {
 	return e.fsys.statfs(out)
 }
@@ -169,9 +163,3 @@ var (
 	vswitchCtlUsage = model.SwitchesCtlTable.Help()
 	switchCtlUsage  = model.SwitchCtlTable.Help()
 )
-
-// usage is the read function of a ctl file.
-func usage(text string) func() []byte {
-	b := []byte(text)
-	return func() []byte { return b }
-}
