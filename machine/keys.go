@@ -140,12 +140,26 @@ type durationKind struct{ lo, hi time.Duration }
 func (k durationKind) Parse(v string) (any, error) {
 	d, err := ParseDuration(v)
 	if err != nil || d < k.lo || d > k.hi {
-		return nil, fmt.Errorf("%q: want a duration from %v to %v (e.g. 30s, 500ms, 2m; a bare number is seconds)", v, k.lo, k.hi)
+		return nil, fmt.Errorf("%q: want a duration from %s to %s (e.g. 30s, 500ms, 2m; a bare number is seconds)", v, shortDuration(k.lo), shortDuration(k.hi))
 	}
 	return d, nil
 }
 
-func (k durationKind) String() string { return fmt.Sprintf("duration %v-%v", k.lo, k.hi) }
+func (k durationKind) String() string {
+	return "duration " + shortDuration(k.lo) + "-" + shortDuration(k.hi)
+}
+
+// shortDuration writes a bound as people write it: 1h, not 1h0m0s.
+func shortDuration(d time.Duration) string {
+	s := d.String()
+	if strings.HasSuffix(s, "m0s") {
+		s = s[:len(s)-2]
+	}
+	if strings.HasSuffix(s, "h0m") {
+		s = s[:len(s)-2]
+	}
+	return s
+}
 
 // IntKind is a whole number from lo to hi inclusive; drivers receive an int.
 func IntKind(lo, hi int) Kind { return intKind{lo, hi} }

@@ -209,6 +209,23 @@ func TestCustomKind(t *testing.T) {
 	}
 }
 
+func TestKindStrings(t *testing.T) {
+	for _, tc := range []struct {
+		kind Kind
+		want string
+	}{
+		{DurationKind(time.Millisecond, 24*time.Hour), "duration 1ms-24h"},
+		{DurationKind(0, time.Hour), "duration 0s-1h"},
+		{DurationKind(90*time.Second, 10*time.Minute), "duration 1m30s-10m"},
+		{IntKind(1, 65535), "number 1-65535"},
+		{EnumKind("on", "off"), "one of on, off"},
+	} {
+		if tc.kind.String() != tc.want {
+			t.Errorf("%q, want %q", tc.kind.String(), tc.want)
+		}
+	}
+}
+
 func TestCheckInterfaceName(t *testing.T) {
 	for _, ok := range []string{"sw0", "br-lab.1", "a_b", "abcdefghijklmno"} {
 		if err := CheckInterfaceName(ok); err != nil {

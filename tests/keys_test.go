@@ -31,7 +31,7 @@ func TestKeysWrittenAsRead(t *testing.T) {
 
 	// Refused when written, with EINVAL and a reason in events.log...
 	const bad = "sim.on-delay = 2h"
-	const reason = `sim.on-delay: "2h": want a duration from 0s to 1h0m0s`
+	const reason = `sim.on-delay: "2h": want a duration from 0s to 1h`
 	d.addHost("lab01", "drivers = sim")
 	d.fails("echo '"+bad+"' >> hosts/lab01/config", "Invalid argument")
 	d.fails("echo 'timeout = 30x' >> hosts/lab01/config", "Invalid argument")
