@@ -51,9 +51,9 @@ host alone at once; a subhost goes down after its own stack.
 `)
 	b.WriteString("\nConfig keys:\n")
 	for _, k := range t.KeyDocs() {
-		def := ""
+		def := " (" + k.Type() + ")"
 		if k.Default != "" {
-			def = " (default " + k.Default + ")"
+			def = " (" + k.Type() + ", default " + k.Default + ")"
 		}
 		sec := ""
 		if k.Secret {
