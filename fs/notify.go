@@ -13,9 +13,10 @@ import (
 )
 
 // notifier turns model events into fresh reads and inotify events. The
-// model calls onEvent synchronously, so it only records what is dirty; a
-// single worker goroutine does the kernel calls, never from inside a FUSE
-// request (that deadlocks).
+// model calls onEvent synchronously, so it only records what is dirty
+// (eventChanges says what each kind of event changes); a single worker
+// goroutine does the kernel calls, never from inside a FUSE request (that
+// deadlocks).
 type notifier struct {
 	fsys *FS
 
@@ -37,7 +38,12 @@ type notifier struct {
 	retryTimer *time.Timer
 	// times are the change times of live files by directory path
 	// (times.go); powered are hosts whose power changed, for the
-	// change times of their groups.
+	// change times of their groups. The maps of this struct are keyed by
+	// path, not kept on the directories' nodes: events come for
+	// directories the kernel has not looked up yet (no node), and
+	// what they record must be there when it does (an mtime, a switch
+	// list to diff against). Nodes are found in go-fuse's inode tree
+	// (FS.nodeAt).
 	times   map[string]*stamps
 	powered map[string]time.Time
 	// Directory entries that appear or go (entries.go): kernelOps are

@@ -72,7 +72,7 @@ func powerTime(s *stamps) time.Time  { return s.power }
 func stateTime(s *stamps) time.Time  { return s.state }
 func configTime(s *stamps) time.Time { return s.config }
 
-// mtimeOf is a contentFile's mtime function for one live file of path.
+// mtimeOf is the changed function (fileAttrs) of one live file of path.
 func (f *FS) mtimeOf(path string, which func(*stamps) time.Time) func() time.Time {
 	return func() time.Time { return f.notify.changed(path, which) }
 }
