@@ -69,7 +69,7 @@ func New(_ context.Context, env machine.DriverEnv) (machine.Driver, error) {
 	names.Lock()
 	if holder, ok := names.m[s.name]; ok && holder != s.path {
 		names.Unlock()
-		return nil, fmt.Errorf("%w: subhost name %s is in use by %s", syscall.EEXIST, s.name, holder)
+		return nil, machine.Errorf(syscall.EEXIST, "subhost name %s is in use by %s", s.name, holder)
 	}
 	names.m[s.name] = s.path
 	names.Unlock()
@@ -93,7 +93,7 @@ func New(_ context.Context, env machine.DriverEnv) (machine.Driver, error) {
 		return fail(err)
 	}
 	if rec != nil && rec.Path != s.path {
-		return fail(fmt.Errorf("%w: subhost name %s is recorded for %s in %s", syscall.EEXIST, s.name, rec.Path, s.stateDir))
+		return fail(machine.Errorf(syscall.EEXIST, "subhost name %s is recorded for %s in %s", s.name, rec.Path, s.stateDir))
 	}
 	d.mu.Lock()
 	d.rec = rec
@@ -293,7 +293,7 @@ func (d *Subhost) claimNameLocked() error {
 		return err
 	}
 	if rec != nil {
-		return fmt.Errorf("%w: subhost name %s is recorded for %s in %s", syscall.EEXIST, d.s.name, rec.Path, d.s.stateDir)
+		return machine.Errorf(syscall.EEXIST, "subhost name %s is recorded for %s in %s", d.s.name, rec.Path, d.s.stateDir)
 	}
 	return nil
 }

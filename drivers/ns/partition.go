@@ -7,6 +7,8 @@ import (
 	"io"
 	"os"
 	"syscall"
+
+	"github.com/machinefs/machinefs/machine"
 )
 
 // extent is where a partition lies in a disk image, in bytes.
@@ -40,14 +42,14 @@ func findPartition(image string, n int) (extent, error) {
 		if n == 1 {
 			return extent{0, fi.Size()}, nil
 		}
-		return extent{}, fmt.Errorf("%w: %s has no partition table, so no partition %d (use 1 or 0 for the whole image)", syscall.ENOENT, image, n)
+		return extent{}, machine.Errorf(syscall.ENOENT, "%s has no partition table, so no partition %d (use 1 or 0 for the whole image)", image, n)
 	}
 	if n < 1 || n > len(parts) || parts[n-1].Size == 0 {
-		return extent{}, fmt.Errorf("%w: %s (%s) has no partition %d", syscall.ENOENT, image, table, n)
+		return extent{}, machine.Errorf(syscall.ENOENT, "%s (%s) has no partition %d", image, table, n)
 	}
 	p := parts[n-1]
 	if p.Offset+p.Size > fi.Size() {
-		return extent{}, fmt.Errorf("%w: %s: partition %d ends past the end of the image", syscall.EINVAL, image, n)
+		return extent{}, machine.Errorf(syscall.EINVAL, "%s: partition %d ends past the end of the image", image, n)
 	}
 	return p, nil
 }

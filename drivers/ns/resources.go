@@ -20,6 +20,7 @@ import (
 
 	"github.com/machinefs/machinefs/internal/atomicfile"
 	"github.com/machinefs/machinefs/internal/procfs"
+	"github.com/machinefs/machinefs/machine"
 )
 
 // record is what a subhost holds, saved in STATE-DIR/NAME.json so that the
@@ -119,10 +120,10 @@ func prepare(s settings, rec *record) error {
 		for i, d := range s.disks {
 			st, err := os.Stat(d.Image)
 			if err != nil {
-				return fmt.Errorf("%w: disk %s: image %s not found", syscall.ENOENT, d.Dev, d.Image)
+				return machine.Errorf(syscall.ENOENT, "disk %s: image %s not found", d.Dev, d.Image)
 			}
 			if !st.Mode().IsRegular() {
-				return fmt.Errorf("%w: disk %s: image %s is not a regular file", syscall.EINVAL, d.Dev, d.Image)
+				return machine.Errorf(syscall.EINVAL, "disk %s: image %s is not a regular file", d.Dev, d.Image)
 			}
 			if d.Part == 0 {
 				extents[i] = extent{0, st.Size()}
@@ -150,22 +151,22 @@ func prepare(s settings, rec *record) error {
 	} else {
 		st, err := os.Stat(s.root)
 		if err != nil {
-			return fmt.Errorf("%w: ns.root %s does not exist", syscall.ENOENT, s.root)
+			return machine.Errorf(syscall.ENOENT, "ns.root %s does not exist", s.root)
 		}
 		if !st.IsDir() {
-			return fmt.Errorf("%w: ns.root %s is not a directory", syscall.EINVAL, s.root)
+			return machine.Errorf(syscall.EINVAL, "ns.root %s is not a directory", s.root)
 		}
 	}
 	switch {
 	case s.base != "":
 		if st, err := os.Stat(s.base); err != nil || !st.IsDir() {
-			return fmt.Errorf("%w: ns.base %s is not a directory", syscall.ENOENT, s.base)
+			return machine.Errorf(syscall.ENOENT, "ns.base %s is not a directory", s.base)
 		}
 		upper, work := rootDir, rootDir+".work"
 		if len(s.disks) > 0 {
 			upper, work = filepath.Join(rootDir, "root"), filepath.Join(rootDir, "work")
 			if _, err := os.Stat(upper); err != nil {
-				return fmt.Errorf("%w: with ns.base, the root image needs /root and /work directories", syscall.EINVAL)
+				return machine.Errorf(syscall.EINVAL, "with ns.base, the root image needs /root and /work directories")
 			}
 		}
 		if err := os.MkdirAll(work, 0o755); err != nil {
@@ -194,7 +195,7 @@ func prepare(s settings, rec *record) error {
 		}
 	}
 	if rec.Init == "" {
-		return fmt.Errorf("%w: the root has neither /init nor /sbin/init", syscall.ENOENT)
+		return machine.Errorf(syscall.ENOENT, "the root has neither /init nor /sbin/init")
 	}
 	for i, d := range s.disks {
 		if i == 0 {
@@ -262,18 +263,18 @@ func setupNet(s settings, rec *record) error {
 	for i, c := range s.cables {
 		l, err := netlink.LinkByName(c.Bridge)
 		if err != nil {
-			return fmt.Errorf("%w: bridge %s not found", syscall.ENOENT, c.Bridge)
+			return machine.Errorf(syscall.ENOENT, "bridge %s not found", c.Bridge)
 		}
 		if l.Type() != "bridge" {
-			return fmt.Errorf("%w: %s is a %s, not a bridge", syscall.EINVAL, c.Bridge, l.Type())
+			return machine.Errorf(syscall.EINVAL, "%s is a %s, not a bridge", c.Bridge, l.Type())
 		}
 		host := s.name + strconv.Itoa(i)
 		if _, err := netlink.LinkByName(host); err == nil {
-			return fmt.Errorf("%w: interface %s exists already", syscall.EEXIST, host)
+			return machine.Errorf(syscall.EEXIST, "interface %s exists already", host)
 		}
 	}
 	if _, err := os.Stat(filepath.Join("/run/netns", s.name)); err == nil {
-		return fmt.Errorf("%w: network namespace %s exists and is not recorded as this subhost's", syscall.EEXIST, s.name)
+		return machine.Errorf(syscall.EEXIST, "network namespace %s exists and is not recorded as this subhost's", s.name)
 	}
 	h, err := newNamedNetns(s.name)
 	if err != nil {
@@ -292,7 +293,7 @@ func setupNet(s settings, rec *record) error {
 	for i, c := range s.cables {
 		br, err := netlink.LinkByName(c.Bridge)
 		if err != nil {
-			return fmt.Errorf("%w: bridge %s not found", syscall.ENOENT, c.Bridge)
+			return machine.Errorf(syscall.ENOENT, "bridge %s not found", c.Bridge)
 		}
 		host, inside := s.name+strconv.Itoa(i), "eth"+strconv.Itoa(i)
 		v := &netlink.Veth{
@@ -303,7 +304,7 @@ func setupNet(s settings, rec *record) error {
 		}
 		if err := netlink.LinkAdd(v); err != nil {
 			if errors.Is(err, unix.EEXIST) {
-				return fmt.Errorf("%w: interface %s exists already", syscall.EEXIST, host)
+				return machine.Errorf(syscall.EEXIST, "interface %s exists already", host)
 			}
 			return fmt.Errorf("veth %s: %w", host, err)
 		}
@@ -456,7 +457,7 @@ func attachLoop(image string, ext extent) (string, error) {
 		}
 		return dev, nil
 	}
-	return "", fmt.Errorf("%w: no loop device stayed free", syscall.EBUSY)
+	return "", machine.Errorf(syscall.EBUSY, "no loop device stayed free")
 }
 
 func detachLoop(dev string) error {
@@ -488,7 +489,7 @@ func mountImage(dev, target string) error {
 		}
 		last = err
 	}
-	return fmt.Errorf("%w: no known file system (%v)", syscall.EINVAL, last)
+	return machine.Errorf(syscall.EINVAL, "no known file system (%v)", last)
 }
 
 // ReleaseAll kills every subhost recorded in stateDir and releases what it

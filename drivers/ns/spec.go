@@ -81,17 +81,17 @@ func parseDisks(v string) ([]disk, error) {
 	for _, f := range strings.Fields(v) {
 		parts := strings.SplitN(f, ":", 3)
 		if len(parts) != 3 {
-			return nil, fmt.Errorf("%w: disk %q: want DEV:PART:IMAGE", syscall.EINVAL, f)
+			return nil, machine.Errorf(syscall.EINVAL, "disk %q: want DEV:PART:IMAGE", f)
 		}
 		if !devRE.MatchString(parts[0]) {
-			return nil, fmt.Errorf("%w: disk %q: device name %q: want lower case letters and digits", syscall.EINVAL, f, parts[0])
+			return nil, machine.Errorf(syscall.EINVAL, "disk %q: device name %q: want lower case letters and digits", f, parts[0])
 		}
 		n, err := strconv.Atoi(parts[1])
 		if err != nil || n < 0 || n > 128 {
-			return nil, fmt.Errorf("%w: disk %q: partition %q: want 0 (the whole image) or a partition number 1-128", syscall.EINVAL, f, parts[1])
+			return nil, machine.Errorf(syscall.EINVAL, "disk %q: partition %q: want 0 (the whole image) or a partition number 1-128", f, parts[1])
 		}
 		if !strings.HasPrefix(parts[2], "/") {
-			return nil, fmt.Errorf("%w: disk %q: image %q is not an absolute path", syscall.EINVAL, f, parts[2])
+			return nil, machine.Errorf(syscall.EINVAL, "disk %q: image %q is not an absolute path", f, parts[2])
 		}
 		ds = append(ds, disk{Dev: parts[0], Part: n, Image: parts[2]})
 	}
@@ -132,19 +132,19 @@ func parseSettings(env machine.DriverEnv) (settings, error) {
 		return s, err
 	}
 	if !nameRE.MatchString(name) {
-		return s, fmt.Errorf("%w: subhost name %q: want letters, digits, '_' and '-' (it names the netns, the veths and the cgroup)", syscall.EINVAL, name)
+		return s, machine.Errorf(syscall.EINVAL, "subhost name %q: want letters, digits, '_' and '-' (it names the netns, the veths and the cgroup)", name)
 	}
 	if last := name + strconv.Itoa(max(len(s.cables)-1, 0)); len(last) > 15 {
-		return s, fmt.Errorf("%w: subhost name %q is too long: host side interface %q exceeds 15 bytes", syscall.EINVAL, name, last)
+		return s, machine.Errorf(syscall.EINVAL, "subhost name %q is too long: host side interface %q exceeds 15 bytes", name, last)
 	}
 	if hostnameRE.MatchString(name) && !hostnameRE.MatchString(s.hostname) {
-		return s, fmt.Errorf("%w: ns.hostname %q", syscall.EINVAL, s.hostname)
+		return s, machine.Errorf(syscall.EINVAL, "ns.hostname %q", s.hostname)
 	}
 	if s.root == "" && len(s.disks) == 0 {
-		return s, fmt.Errorf("%w: set ns.root or ns.disks", syscall.EINVAL)
+		return s, machine.Errorf(syscall.EINVAL, "set ns.root or ns.disks")
 	}
 	if s.root != "" && len(s.disks) > 0 {
-		return s, fmt.Errorf("%w: ns.root and ns.disks both set: the first disk is the root", syscall.EINVAL)
+		return s, machine.Errorf(syscall.EINVAL, "ns.root and ns.disks both set: the first disk is the root")
 	}
 	return s, nil
 }
