@@ -519,13 +519,13 @@ func TestIPMIRemoveClosesSessions(t *testing.T) {
 }
 
 // TestIPMIFailedVerification: a reset of a machine that is off never
-// reaches on. The user waits for ipmi.verify-timeout and gets a timeout;
+// reaches on. The user waits for wait-timeout and gets a timeout;
 // the BMC, which answered every request, stays reachable and keeps one
 // session: the driver's.
 func TestIPMIFailedVerification(t *testing.T) {
 	b := ipmisim.Start(t)
 	d := start(t)
-	d.addHost("node07", ipmiConfig(b.Port, b.Password, "ipmi.verify-timeout = 1s"))
+	d.addHost("node07", ipmiConfig(b.Port, b.Password, "wait-timeout = 1s"))
 	d.waitPower("node07", "off")
 	for i := 0; i < 3; i++ {
 		r := d.sh("echo 'reset wait' > hosts/node07/power")
