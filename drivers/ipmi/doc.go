@@ -1,8 +1,9 @@
 // Package ipmi drives a machine through its BMC over IPMI-over-LAN
 // (RMCP "lan" for IPMI 1.5, RMCP+ "lanplus" for IPMI 2.0), using
 // github.com/bougou/go-ipmi. It knows nothing about FUSE: it implements the
-// capability interfaces of package nodes (PowerController, Consoler,
-// Describer) and tells the model what it observes through nodes.Reporter.
+// capability interfaces of package machine (PowerController, Verifier,
+// StatusReader, Consoler, Describer) and tells the model what it observes
+// through machine.Reporter.
 //
 // # Power commands are open loop, so every command is verified
 //
@@ -11,12 +12,16 @@
 // ignores, a reset of a machine that is off). Power therefore returns when
 // the BMC accepted the command (that is all IPMI can tell), reports the
 // transitional state (starting, stopping, rebooting), and a background
-// verifier re-reads "Get Chassis Status" until the expected resting state is
-// seen or ipmi.verify-timeout passes. The verdict is reported either way:
-// "verified: BMC reports on 1.1s after cycle" or, like freeipmi's
-// --wait-until-on and MAAS, "BMC never transitioned from off to on within
-// 30s" with an ETIMEDOUT error. A newer command supersedes a running
-// verification.
+// verifier re-reads "Get Chassis Status" (machine.Poll, every 200ms) until
+// the expected resting state is seen or the command's deadline passes. The
+// deadline is the model's (Command.Deadline: wait-timeout, or timeout=), so
+// the driver is a machine.Verifier: it never gives up earlier or later than
+// the user's wait, and the model takes its verdict. The verdict is reported
+// either way: "verified: BMC reports on 1.1s after cycle" or, like
+// freeipmi's --wait-until-on and MAAS, "BMC never transitioned from off to
+// on within 2m0s" with an ETIMEDOUT error (or the errno of the last read,
+// when the BMC stopped answering). A read the deadline cuts short is not
+// held against the BMC. A newer command supersedes a running verification.
 //
 // The verbs and what they send:
 //
@@ -30,8 +35,11 @@
 //	reboot    = reset
 //	soft      soft shutdown (ACPI)           -> expect off
 //	poweroff  orderly power off: soft shutdown first; if the machine is not
-//	          off within ipmi.verify-timeout, a hard power down follows
-//	          (announced as a "notify" event) and is verified in turn.
+//	          off after ipmi.verify-timeout or half the command's window,
+//	          whichever is shorter, a hard power down follows (announced as
+//	          a "notify" event) and is verified in turn, before the
+//	          deadline: the wait ends with off, not with a timeout that the
+//	          hard off then contradicts.
 //
 // # Status polling
 //
@@ -68,7 +76,7 @@
 //
 // # Errors
 //
-// Returned errors are *nodes.Error carrying a syscall.Errno: bad credentials
+// Returned errors are *machine.Error carrying a syscall.Errno: bad credentials
 // EACCES, unreachable EHOSTUNREACH (nothing listening, no route, unknown
 // name) or ETIMEDOUT (no answer), a BMC completion code other than success
 // EIO with the BMC's words ("BMC answered: cc 0xcc ... Invalid data field in

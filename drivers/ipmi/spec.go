@@ -41,7 +41,7 @@ var keys = []machine.KeySpec{
 	{Name: "ipmi.timeout", Doc: "time to wait for one BMC answer before retrying", Default: "2s", Kind: machine.DurationKind(10*time.Millisecond, time.Minute)},
 	{Name: "ipmi.retries", Doc: "retries of a request the BMC did not answer", Default: "1", Kind: machine.IntKind(0, 10)},
 	{Name: "ipmi.poll", Doc: "status poll interval; unreachable BMCs back off up to 1m", Default: "5s", Kind: machine.DurationKind(50*time.Millisecond, 24*time.Hour)},
-	{Name: "ipmi.verify-timeout", Doc: "how long to re-read status after a power command until the expected state shows", Default: "30s", Kind: machine.DurationKind(100*time.Millisecond, time.Hour)},
+	{Name: "ipmi.verify-timeout", Doc: "poweroff: how long the soft shutdown may take before a hard power off; at most half the command's window (wait-timeout, timeout=), so the hard off is verified within it. Other verbs are verified until the window ends", Default: "30s", Kind: machine.DurationKind(100*time.Millisecond, time.Hour)},
 }
 
 var hostnameRE = regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9-]{0,62})(\.[A-Za-z0-9]([A-Za-z0-9-]{0,62}))*\.?$`)

@@ -20,13 +20,19 @@
 // Wake-on-LAN is fire-and-forget: nothing answers a magic packet, and a
 // sleeping machine is indistinguishable from a missing one. So the driver
 // never claims a power state it has no evidence for. With the probe key set
-// ("tcp:HOST:PORT", or "icmp:HOST") it probes once at start and, after each
-// wake, every wol.probe-interval up to wol.probe-tries times; the first
-// answer reports power on, exhaustion reports unknown with "no answer after
-// wake". A refused TCP connection proves something answers at that address
-// but not that the machine's service is up, so it counts as no answer yet.
-// A failed probe never reports off, since it cannot tell off from
-// unreachable. Without a probe, power stays unknown and each wake reports
+// ("tcp:HOST:PORT", or "icmp:HOST") it probes every wol.probe-interval in
+// the background, from the start, and reports what changes (on when the
+// probe answers, unknown when it stops answering), as the ipmi driver polls
+// its BMC. After a wake it probes every wol.probe-interval until the probe
+// answers (power on) or the command's deadline passes (Command.Deadline,
+// the model's wait-timeout or timeout=): then power is unknown with "no
+// answer after wake" and EHOSTDOWN. The driver is a machine.Verifier, so
+// that verdict is what `wol wait` returns; wol.probe-tries is ignored. A
+// refused TCP connection proves something answers at that address but not
+// that the machine's service is up, so it counts as no answer yet. A failed
+// probe never reports off, since it cannot tell off from unreachable. The
+// wol verb sends its packet whatever power the tree shows (Always in the
+// grammar); on and resume ask the probe first. Without a probe, power stays unknown and each wake reports
 // an ENOTSUP error ("cannot be confirmed"), which ends the model's wait for
 // on at once instead of at wait-timeout.
 //

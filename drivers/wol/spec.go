@@ -33,8 +33,10 @@ var Spec = machine.DriverSpec{
 	New:  New,
 }
 
-// keys are the driver's config keys (Spec.Keys). The probe defaults are
-// ctys's: every 10 s, 24 times, i.e. 4 minutes.
+// keys are the driver's config keys (Spec.Keys). The probe interval is
+// ctys's (10 s). How long a wake is probed is the command's window
+// (wait-timeout, timeout=), the one clock the model owns: wol.probe-tries,
+// ctys's count, is accepted and ignored so that older configs still load.
 var keys = []machine.KeySpec{
 	{Name: KeyMAC, Doc: "target MAC address (EUI-48, e.g. 00:11:22:33:44:55); required", Kind: machine.MACKind},
 	{Name: KeyInterface, Doc: "send a raw Ethernet frame (EtherType 0x0842, needs CAP_NET_RAW) on this interface; must exist. Default: the first up, non-loopback, broadcast interface", Kind: interfaceKind, Privileged: true},
@@ -42,8 +44,8 @@ var keys = []machine.KeySpec{
 	{Name: KeyPort, Doc: "UDP port for wol.broadcast (9 is the discard port; 7, echo, is the other common choice)", Default: "9", Kind: machine.IntKind(1, 65535)},
 	{Name: KeyPassword, Doc: "SecureOn password: 4 or 6 hex pairs (01:02:03:04:05:06) or 4 bytes dotted (192.168.1.1)", Secret: true, Kind: machine.CustomKind("SecureOn password", ParsePassword), Destination: []string{KeyMAC, KeyInterface, KeyBroadcast, KeyPort}},
 	{Name: KeyProbe, Doc: "how to tell the machine is up: tcp:HOST:PORT or icmp:HOST (IPv4; ping socket or CAP_NET_RAW). Without it power stays unknown", Kind: machine.CustomKind("tcp:HOST:PORT or icmp:HOST", ParseProbe)},
-	{Name: KeyProbeInterval, Doc: "time between probes after a wake", Default: "10s", Kind: machine.DurationKind(time.Millisecond, time.Hour)},
-	{Name: KeyProbeTries, Doc: "probes after a wake before giving up with \"no answer after wake\"", Default: "24", Kind: machine.IntKind(1, 10000)},
+	{Name: KeyProbeInterval, Doc: "time between probes: after a wake, until the probe answers or the command's window (wait-timeout, timeout=) ends with \"no answer after wake\"; and in the background, so a machine switched off or on elsewhere shows", Default: "10s", Kind: machine.DurationKind(time.Millisecond, time.Hour)},
+	{Name: KeyProbeTries, Doc: "ignored, kept so older configs load: a wake is probed until the command's window ends", Default: "24", Kind: machine.IntKind(1, 10000)},
 }
 
 // interfaceKind is the name of an interface that exists in the network
@@ -77,7 +79,6 @@ type settings struct {
 	broadcast *net.UDPAddr // nil: raw frame
 	probe     *Probe       // nil: no probe
 	interval  time.Duration
-	tries     int
 }
 
 func parseConfig(c machine.Config) (settings, error) {
@@ -86,7 +87,6 @@ func parseConfig(c machine.Config) (settings, error) {
 		packet:   MagicPacket{Target: v.MAC(KeyMAC), Password: machine.Value[[]byte](v, KeyPassword)},
 		iface:    v.String(KeyInterface),
 		interval: v.Duration(KeyProbeInterval),
-		tries:    v.Int(KeyProbeTries),
 	}
 	if v.IsSet(KeyBroadcast) {
 		s.broadcast = &net.UDPAddr{IP: machine.Value[net.IP](v, KeyBroadcast), Port: v.Int(KeyPort)}
