@@ -10,8 +10,10 @@ type Switches interface {
 	Create(ctx context.Context, name string) (created bool, err error)
 	Delete(ctx context.Context, names ...string) error
 	SetUplink(ctx context.Context, name, iface string) error
-	// AddTap adds a persistent TAP owned by owner/group (NoOwner: unset).
-	AddTap(ctx context.Context, name string, owner, group uint32) (tap string, err error)
+	// AddTap adds a persistent TAP owned by owner and group: user and
+	// group names or numbers as written, "" for unset. An unknown name is
+	// EINVAL.
+	AddTap(ctx context.Context, name, owner, group string) (tap string, err error)
 	RemovePort(ctx context.Context, name, port string) error
 	Check(ctx context.Context, name string) error
 	// InfoText, PortsText and AllText render the info, ports and all files.
@@ -33,6 +35,3 @@ type Switches interface {
 type SwitchChange struct {
 	Switch, Link, What string
 }
-
-// NoOwner leaves a TAP's owner or group unset.
-const NoOwner = ^uint32(0)

@@ -3,8 +3,6 @@ package model
 import (
 	"context"
 	"fmt"
-	"os/user"
-	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -127,10 +125,8 @@ func (h *Host) SwitchCtl(ctx context.Context, name, line string, who Caller) err
 	}
 	switch l.Cmd.Name {
 	case "add tap":
-		owner, group, err := tapOwners(l)
-		if err != nil {
-			return err
-		}
+		owner, _ := l.Opt("owner")
+		group, _ := l.Opt("group")
 		return h.switchOp(ctx, name, "add tap", who, func(ctx context.Context, sw machine.Switches) (string, error) {
 			tap, err := sw.AddTap(ctx, name, owner, group)
 			return "tap " + tap + " added", err
@@ -146,22 +142,6 @@ func (h *Host) SwitchCtl(ctx context.Context, name, line string, who Caller) err
 		})
 	}
 	return machine.Errorf(syscall.EINVAL, "vswitch ctl: %s is in the table but not handled", l.Cmd.Name)
-}
-
-// tapOwners resolves the owner=USER and group=GROUP options of "add tap".
-func tapOwners(l *cmdtab.Line) (owner, group uint32, err error) {
-	owner, group = machine.NoOwner, machine.NoOwner
-	if v, ok := l.Opt("owner"); ok {
-		if owner, err = lookupID(v, false); err != nil {
-			return 0, 0, err
-		}
-	}
-	if v, ok := l.Opt("group"); ok {
-		if group, err = lookupID(v, true); err != nil {
-			return 0, 0, err
-		}
-	}
-	return owner, group, nil
 }
 
 // SwitchConfig applies "uplink = IFACE" (or "uplink =") written to
@@ -229,41 +209,6 @@ func (h *Host) HasSwitch(ctx context.Context, name string) bool {
 // switchTimeout bounds every switch call; netlink answers in microseconds
 // unless the kernel is busy deleting devices.
 const switchTimeout = 30 * time.Second
-
-func lookupName(name string, group bool) (uint32, error) {
-	var id string
-	if group {
-		g, err := user.LookupGroup(name)
-		if err != nil {
-			return 0, err
-		}
-		id = g.Gid
-	} else {
-		u, err := user.Lookup(name)
-		if err != nil {
-			return 0, err
-		}
-		id = u.Uid
-	}
-	n, err := strconv.ParseUint(id, 10, 32)
-	return uint32(n), err
-}
-
-// lookupID resolves a user or group name or number.
-func lookupID(v string, group bool) (uint32, error) {
-	if n, err := strconv.ParseUint(v, 10, 32); err == nil {
-		return uint32(n), nil
-	}
-	id, err := lookupName(v, group)
-	if err != nil {
-		kind := "user"
-		if group {
-			kind = "group"
-		}
-		return 0, machine.Errorf(syscall.EINVAL, "vswitch ctl: no %s %q", kind, v)
-	}
-	return id, nil
-}
 
 // WatchSwitches turns the switch manager's link changes into events on the
 // local host, until ctx ends.

@@ -69,7 +69,7 @@ func timeManager(b *testing.B, ctx context.Context, n int, together bool) time.D
 		if _, err := m.Create(ctx, names[i]); err != nil {
 			b.Fatal(err)
 		}
-		if _, err := m.AddTap(ctx, names[i], NoID, NoID); err != nil {
+		if _, err := m.AddTap(ctx, names[i], "", ""); err != nil {
 			b.Fatal(err)
 		}
 	}

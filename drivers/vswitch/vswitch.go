@@ -300,12 +300,26 @@ func (m *Manager) SetUplink(ctx context.Context, name, iface string) error {
 }
 
 // AddTap creates a persistent TAP (no packet info, one queue) owned by
-// owner and group (NoID: unset), attached to switch name, up and in the
+// owner and group (user and group names or numbers as the operator wrote
+// them; "" leaves one unset), attached to switch name, up and in the
 // switch's interface group. It is named NAMEt0, NAMEt1, ... (the first free).
-func (m *Manager) AddTap(ctx context.Context, name string, owner, group uint32) (tapName string, err error) {
+func (m *Manager) AddTap(ctx context.Context, name, owner, group string) (tapName string, err error) {
 	if err := ctx.Err(); err != nil {
 		return "", err
 	}
+	uid, err := lookupID(owner, false)
+	if err != nil {
+		return "", err
+	}
+	gid, err := lookupID(group, true)
+	if err != nil {
+		return "", err
+	}
+	return m.addTap(name, uid, gid)
+}
+
+// addTap is AddTap with the owner and group resolved (NoID: unset).
+func (m *Manager) addTap(name string, owner, group uint32) (tapName string, err error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	br, rec, err := m.managedBridge(name)

@@ -95,9 +95,9 @@ func TestCreateInfoPortsList(t *testing.T) {
 	if created {
 		t.Fatal("second Create: created = true, want reuse")
 	}
-	tap, err := e.m.AddTap(ctx, "mfvb0", 1234, 5678)
+	tap, err := e.m.AddTap(ctx, "mfvb0", "1234", "5678")
 	must(t, err)
-	tap2, err := e.m.AddTap(ctx, "mfvb0", NoID, NoID)
+	tap2, err := e.m.AddTap(ctx, "mfvb0", "", "")
 	must(t, err)
 	if tap != "mfvb0t0" || tap2 != "mfvb0t1" {
 		t.Fatalf("taps %s %s, want mfvb0t0 mfvb0t1", tap, tap2)
@@ -208,7 +208,7 @@ func TestCheck(t *testing.T) {
 	wantErrno(t, e.m.Check(ctx, "mfvb0"), syscall.ENOENT)
 	_, err := e.m.Create(ctx, "mfvb0")
 	must(t, err)
-	tap, err := e.m.AddTap(ctx, "mfvb0", NoID, NoID)
+	tap, err := e.m.AddTap(ctx, "mfvb0", "", "")
 	must(t, err)
 	must(t, e.m.Check(ctx, "mfvb0"))
 
@@ -275,7 +275,7 @@ func TestCreateFailsAndRollsBack(t *testing.T) {
 	// A TAP name that would be too long is refused before anything is made.
 	_, err = e.m.Create(ctx, "mfvlongname14c")
 	must(t, err)
-	_, err = e.m.AddTap(ctx, "mfvlongname14c", NoID, NoID)
+	_, err = e.m.AddTap(ctx, "mfvlongname14c", "", "")
 	wantErrno(t, err, syscall.ENAMETOOLONG)
 }
 
@@ -284,9 +284,9 @@ func TestCancelHalfMade(t *testing.T) {
 	ctx := context.Background()
 	_, err := e.m.Create(ctx, "mfvb0")
 	must(t, err)
-	t0, err := e.m.AddTap(ctx, "mfvb0", NoID, NoID)
+	t0, err := e.m.AddTap(ctx, "mfvb0", "", "")
 	must(t, err)
-	t1, err := e.m.AddTap(ctx, "mfvb0", NoID, NoID)
+	t1, err := e.m.AddTap(ctx, "mfvb0", "", "")
 	must(t, err)
 	// Half-made: the bridge went away, the TAPs stayed.
 	e.ip(t, "link", "del", "mfvb0")
@@ -320,7 +320,7 @@ func TestDeleteInOneRequest(t *testing.T) {
 	must(t, err)
 	var taps []string
 	for range 3 {
-		tap, err := e.m.AddTap(ctx, "mfvb0", 0, 0)
+		tap, err := e.m.AddTap(ctx, "mfvb0", "0", "0")
 		must(t, err)
 		taps = append(taps, tap)
 	}
@@ -351,7 +351,7 @@ func TestDeleteInOneRequest(t *testing.T) {
 	for _, n := range names {
 		_, err := e.m.Create(ctx, n)
 		must(t, err)
-		_, err = e.m.AddTap(ctx, n, NoID, NoID)
+		_, err = e.m.AddTap(ctx, n, "", "")
 		must(t, err)
 	}
 	before = e.m.dels.Load()
@@ -368,7 +368,7 @@ func TestDeleteInOneRequest(t *testing.T) {
 	// RemovePort: own TAP deleted, foreign port only detached.
 	_, err = e.m.Create(ctx, "mfvb2")
 	must(t, err)
-	tap, err := e.m.AddTap(ctx, "mfvb2", NoID, NoID)
+	tap, err := e.m.AddTap(ctx, "mfvb2", "", "")
 	must(t, err)
 	e.ip(t, "link", "set", "mfvh0", "master", "mfvb2")
 	must(t, e.m.RemovePort(ctx, "mfvb2", tap))
@@ -378,7 +378,7 @@ func TestDeleteInOneRequest(t *testing.T) {
 		t.Fatal("RemovePort deleted the wrong device")
 	}
 	// A foreign device in the switch's group: it survives, ours go one by one.
-	tap, err = e.m.AddTap(ctx, "mfvb2", NoID, NoID)
+	tap, err = e.m.AddTap(ctx, "mfvb2", "", "")
 	must(t, err)
 	in, err := e.m.Info(ctx, "mfvb2")
 	must(t, err)
@@ -407,7 +407,7 @@ func TestUnmanagedNeverDeleted(t *testing.T) {
 	if created || in.Managed {
 		t.Fatalf("created %v, info %+v", created, in)
 	}
-	_, err = e.m.AddTap(ctx, "mfvx0", NoID, NoID)
+	_, err = e.m.AddTap(ctx, "mfvx0", "", "")
 	wantErrno(t, err, syscall.EPERM)
 	wantErrno(t, e.m.SetUplink(ctx, "mfvx0", "lo"), syscall.EPERM)
 	wantErrno(t, e.m.Delete(ctx, "mfvx0"), syscall.EPERM)
@@ -430,7 +430,7 @@ func TestWatch(t *testing.T) {
 	ctx := context.Background()
 	_, err := e.m.Create(ctx, "mfvb0")
 	must(t, err)
-	tap, err := e.m.AddTap(ctx, "mfvb0", NoID, NoID)
+	tap, err := e.m.AddTap(ctx, "mfvb0", "", "")
 	must(t, err)
 
 	wctx, cancel := context.WithCancel(ctx)
