@@ -88,6 +88,7 @@ func parseConfig(c machine.Config) (settings, error) {
 		iface:    v.String(KeyInterface),
 		interval: v.Duration(KeyProbeInterval),
 	}
+	v.Int(KeyProbeTries) // ignored, but a bad value is refused as when written
 	if v.IsSet(KeyBroadcast) {
 		s.broadcast = &net.UDPAddr{IP: machine.Value[net.IP](v, KeyBroadcast), Port: v.Int(KeyPort)}
 	}
