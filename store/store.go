@@ -16,8 +16,8 @@ import (
 )
 
 // Store persists host configs and group members. Its methods may be
-// called from many goroutines at once; the model never saves the same
-// host or group from two at once.
+// called from many goroutines at once; of two saves of one host or group,
+// one wins whole.
 type Store interface {
 	// Clean repairs what a crash left half done (a removal, a write)
 	// and is called once at start, before anything else reads or writes
