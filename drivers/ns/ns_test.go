@@ -192,7 +192,7 @@ func TestNSBootNotifyPoweroff(t *testing.T) {
 	if err != nil || strings.TrimSpace(string(hn)) != "box1" {
 		t.Fatalf("hostname = %q, %v", hn, err)
 	}
-	if _, err := d.Console(context.Background(), "log", []string{"hello", "there"}); err != nil {
+	if _, err := d.Console(context.Background(), "log", []string{"hello there"}); err != nil {
 		t.Fatal(err)
 	}
 	if !r.hasEvent("log hello there") {
