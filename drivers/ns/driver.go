@@ -45,8 +45,6 @@ type Subhost struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
-	repMu sync.Mutex // orders flushes of pending reports
-
 	mu      sync.Mutex
 	rec     *record // nil: the subhost holds nothing
 	p       *proc   // nil: not running
@@ -56,7 +54,6 @@ type Subhost struct {
 	closed  bool
 	lastRun string
 	notify  *os.File
-	pending []machine.Status
 }
 
 // New builds the driver of one subhost and adopts it if a recorded run is
@@ -99,7 +96,7 @@ func New(_ context.Context, env machine.DriverEnv) (machine.Driver, error) {
 	d.rec = rec
 	switch {
 	case rec == nil:
-		d.queue(machine.Status{Power: machine.PowerOff, Reachable: true, Reason: "subhost is off"})
+		d.report.Report(machine.Status{Power: machine.PowerOff, Reachable: true, Reason: "subhost is off"})
 	default:
 		d.openNotifyLocked()
 		if p := adopt(rec.Pid, rec.Start); p != nil {
@@ -110,7 +107,7 @@ func New(_ context.Context, env machine.DriverEnv) (machine.Driver, error) {
 			if d.frozenLocked() {
 				power = machine.PowerPaused
 			}
-			d.queue(machine.Status{Power: power, Reachable: true, Reason: fmt.Sprintf("adopted running subhost (pid %d, started %s)", p.pid, rec.Started)})
+			d.report.Report(machine.Status{Power: power, Reachable: true, Reason: fmt.Sprintf("adopted running subhost (pid %d, started %s)", p.pid, rec.Started)})
 			break
 		}
 		if rec.Pid != 0 {
@@ -122,10 +119,9 @@ func New(_ context.Context, env machine.DriverEnv) (machine.Driver, error) {
 			rec.Pid, rec.Start, rec.Ended = 0, 0, why
 			_ = rec.save(s.stateDir)
 		}
-		d.queue(machine.Status{Power: machine.PowerOff, Reachable: true, Reason: "hibernated (" + rec.Ended + "); on restarts it, stop releases it"})
+		d.report.Report(machine.Status{Power: machine.PowerOff, Reachable: true, Reason: "hibernated (" + rec.Ended + "); on restarts it, stop releases it"})
 	}
 	d.mu.Unlock()
-	d.flush()
 	return d, nil
 }
 
@@ -137,23 +133,6 @@ func statusText(ws unix.WaitStatus) string {
 		return "killed by signal " + unix.SignalName(ws.Signal())
 	}
 	return fmt.Sprintf("ended (wait status %#x)", uint32(ws))
-}
-
-// queue adds a report to send once d.mu is released: the model's lock is
-// taken by Report and held while it calls Describe, so reports never go
-// out under d.mu.
-func (d *Subhost) queue(st machine.Status) { d.pending = append(d.pending, st) }
-
-func (d *Subhost) flush() {
-	d.repMu.Lock()
-	defer d.repMu.Unlock()
-	d.mu.Lock()
-	p := d.pending
-	d.pending = nil
-	d.mu.Unlock()
-	for _, st := range p {
-		d.report.Report(st)
-	}
 }
 
 // Status implements machine.StatusReader: the subhost's init is watched
@@ -180,7 +159,6 @@ func (d *Subhost) Verbs() []string { return verbs }
 
 // Power implements machine.PowerController.
 func (d *Subhost) Power(ctx context.Context, cmd machine.Command) error {
-	defer d.flush()
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.closed {
@@ -204,7 +182,7 @@ func (d *Subhost) Power(ctx context.Context, cmd machine.Command) error {
 			if err := d.freezeLocked(false); err != nil {
 				return err
 			}
-			d.queue(machine.Status{Power: machine.PowerOn, Reachable: true, Reason: "subhost runs (pid " + strconv.Itoa(d.p.pid) + ")"})
+			d.report.Report(machine.Status{Power: machine.PowerOn, Reachable: true, Reason: "subhost runs (pid " + strconv.Itoa(d.p.pid) + ")"})
 			return nil
 		}
 		return d.startLocked()
@@ -217,7 +195,7 @@ func (d *Subhost) Power(ctx context.Context, cmd machine.Command) error {
 			if d.rec == nil {
 				return machine.Errorf(syscall.EINVAL, "hibernate: the subhost holds nothing (start it first)")
 			}
-			d.queue(machine.Status{Power: machine.PowerOff, Reachable: true, Reason: "hibernated"})
+			d.report.Report(machine.Status{Power: machine.PowerOff, Reachable: true, Reason: "hibernated"})
 			return nil
 		}
 		return d.endLocked("hibernate", cmd.Force)
@@ -240,7 +218,7 @@ func (d *Subhost) Power(ctx context.Context, cmd machine.Command) error {
 		if err := d.freezeLocked(true); err != nil {
 			return err
 		}
-		d.queue(machine.Status{Power: machine.PowerPaused, Reachable: true, Reason: "frozen (cgroup freezer)"})
+		d.report.Report(machine.Status{Power: machine.PowerPaused, Reachable: true, Reason: "frozen (cgroup freezer)"})
 		return nil
 	}
 	return machine.Errorf(syscall.ENOTSUP, "%s: not supported by ns subhosts", cmd.Verb)
@@ -281,7 +259,7 @@ func (d *Subhost) startLocked() error {
 		d.log.Warn("saving the subhost record", "err", err)
 	}
 	d.watch(p)
-	d.queue(machine.Status{Power: machine.PowerOn, Reachable: true, Reason: fmt.Sprintf("init %s runs as pid %d", d.rec.Init, p.pid)})
+	d.report.Report(machine.Status{Power: machine.PowerOn, Reachable: true, Reason: fmt.Sprintf("init %s runs as pid %d", d.rec.Init, p.pid)})
 	return nil
 }
 
@@ -316,10 +294,10 @@ func (d *Subhost) endLocked(intent string, force bool) error {
 	if p == nil {
 		if intent == "release" && d.rec != nil {
 			d.releaseLocked()
-			d.queue(machine.Status{Power: machine.PowerOff, Reachable: true, Reason: "stopped: mounts and netns released"})
+			d.report.Report(machine.Status{Power: machine.PowerOff, Reachable: true, Reason: "stopped: mounts and netns released"})
 			return nil
 		}
-		d.queue(machine.Status{Power: machine.PowerOff, Reachable: true, Reason: "subhost is off"})
+		d.report.Report(machine.Status{Power: machine.PowerOff, Reachable: true, Reason: "subhost is off"})
 		return nil
 	}
 	d.intent = intent
@@ -412,16 +390,16 @@ func (d *Subhost) exited(p *proc) {
 	switch intent {
 	case "hibernate":
 		_ = d.rec.save(d.s.stateDir)
-		d.queue(machine.Status{Power: machine.PowerOff, Reachable: true, Reason: "hibernated"})
+		d.report.Report(machine.Status{Power: machine.PowerOff, Reachable: true, Reason: "hibernated"})
 	case "restart":
 		if err := d.startLocked(); err != nil {
 			d.releaseLocked()
-			d.queue(machine.Status{Power: machine.PowerOff, Reachable: true, Reason: "restart failed: " + err.Error(), Err: err})
+			d.report.Report(machine.Status{Power: machine.PowerOff, Reachable: true, Reason: "restart failed: " + err.Error(), Err: err})
 		}
 	case "release":
 		ended := d.rec.Ended
 		d.releaseLocked()
-		d.queue(machine.Status{Power: machine.PowerOff, Reachable: true, Reason: "powered off: " + ended})
+		d.report.Report(machine.Status{Power: machine.PowerOff, Reachable: true, Reason: "powered off: " + ended})
 	default:
 		ended := d.rec.Ended
 		d.releaseLocked()
@@ -429,10 +407,9 @@ func (d *Subhost) exited(p *proc) {
 		if !strings.HasPrefix(why, "exited with status 0") {
 			err = machine.Errorf(syscall.EIO, "subhost init %s", why)
 		}
-		d.queue(machine.Status{Power: machine.PowerOff, Reachable: true, Reason: ended, Err: err})
+		d.report.Report(machine.Status{Power: machine.PowerOff, Reachable: true, Reason: ended, Err: err})
 	}
 	d.mu.Unlock()
-	d.flush()
 }
 
 // releaseLocked removes everything the subhost holds and its record. What
@@ -468,7 +445,6 @@ func (d *Subhost) releaseLocked() error {
 // on, so a running init is the exception (a reload whose host power was
 // not known). Close follows; Close alone keeps the subhost for adoption.
 func (d *Subhost) Remove(ctx context.Context) error {
-	defer d.flush()
 	d.mu.Lock()
 	if d.closed {
 		d.mu.Unlock()
@@ -506,7 +482,7 @@ func (d *Subhost) Remove(ctx context.Context) error {
 		return machine.Errorf(syscall.EIO, "releasing subhost %s: %v", d.s.name, err)
 	}
 	if held {
-		d.queue(machine.Status{Power: machine.PowerOff, Reachable: true, Reason: "removed: mounts and netns released"})
+		d.report.Report(machine.Status{Power: machine.PowerOff, Reachable: true, Reason: "removed: mounts and netns released"})
 	}
 	return nil
 }
