@@ -39,7 +39,7 @@ func (h *Host) runOwn(ctx context.Context, cmd machine.Command, who Caller, inSt
 			return err
 		}
 		if !h.shownAtTargetLocked(cmd) || unsure {
-			op := h.startLocked(cmd, who, quoted) // unlocks
+			op := h.startLocked(cmd, who, pc.Kind(), quoted) // unlocks
 			return h.accept(ctx, pc, op, quoted)
 		}
 		// What the tree shows may be stale (ipmitool, a guest's own
@@ -95,7 +95,7 @@ func (h *Host) alreadyLocked(quoted, asked string) {
 // startLocked makes cmd the host's operation in flight (a forced command
 // overrides the one before it), shows the verb's transitional state, and
 // sets the command's deadline. It unlocks h.mu.
-func (h *Host) startLocked(cmd machine.Command, who Caller, quoted string) *operation {
+func (h *Host) startLocked(cmd machine.Command, who Caller, driver, quoted string) *operation {
 	spec, _ := machine.LookupVerb(cmd.Verb)
 	now := time.Now()
 	if spec.Target != "" {
@@ -105,7 +105,7 @@ func (h *Host) startLocked(cmd machine.Command, who Caller, quoted string) *oper
 		}
 		cmd.Deadline = now.Add(window)
 	}
-	op := &operation{cmd: cmd, who: who, target: spec.Target, prev: h.state.power, started: now, done: make(chan struct{})}
+	op := &operation{cmd: cmd, who: who, driver: driver, target: spec.Target, prev: h.state.power, started: now, done: make(chan struct{})}
 	if prev := h.op; prev != nil {
 		h.finishLocked(prev, machine.Errorf(syscall.ECANCELED, "overridden by %q (force)", cmd.String()))
 	}

@@ -63,3 +63,17 @@ func (s *driverSet) kinds() string {
 	}
 	return strings.Join(kinds, ", ")
 }
+
+// primary names the host's first source of state: the first driver that
+// can tell the machine's state (a StatusReader), else the first driver.
+func (s *driverSet) primary() string {
+	for _, d := range s.list {
+		if _, ok := d.(machine.StatusReader); ok {
+			return d.Kind()
+		}
+	}
+	if len(s.list) > 0 {
+		return s.list[0].Kind()
+	}
+	return ""
+}

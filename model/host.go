@@ -162,6 +162,7 @@ func (h *Host) report(gen uint64, kind string, st machine.Status) {
 		h.mu.Unlock()
 		return
 	}
+	st = h.heardLocked(kind, st)
 	if st.Power != "" && st.Power != h.state.power {
 		h.setPowerLocked(st.Power, st.Reason)
 		events = append(events, Event{Kind: machine.EventPower, Detail: string(st.Power)})
@@ -194,6 +195,22 @@ func (h *Host) report(gen uint64, kind string, st machine.Status) {
 	for _, e := range events {
 		h.emit(e.Kind, e.Detail)
 	}
+}
+
+// heardLocked is what the host takes from a report of driver kind. One
+// driver speaks for a machine while it runs a command: another driver's
+// word on power (a WoL probe that stops answering while IPMI powers the
+// machine off) must neither end that command nor flip power under it.
+// And a driver that is not the host's first source of state cannot make
+// a known power unknown: it only cannot tell. Reasons and errors are kept.
+func (h *Host) heardLocked(kind string, st machine.Status) machine.Status {
+	if op := h.op; op != nil && op.driver != "" && op.driver != kind {
+		st.Power, st.Reachable = "", h.state.reachable
+	}
+	if st.Power == machine.PowerUnknown && h.state.power != machine.PowerUnknown && kind != h.drivers.primary() {
+		st.Power, st.Reachable = "", h.state.reachable
+	}
+	return st
 }
 
 func yesNo(b bool) string {

@@ -18,6 +18,7 @@ import (
 type operation struct {
 	cmd     machine.Command
 	who     Caller
+	driver  string // the driver running it (runOwn): it alone decides it
 	target  machine.Power
 	prev    machine.Power
 	started time.Time
