@@ -56,7 +56,7 @@ var Errnos = [][2]string{
 	{"EACCES", "not allowed: file mode (root and the operators group write control files), an operator changing a privileged key, bad BMC credentials, or a BMC offering only authentication that would expose the password"},
 	{"EIO", "the driver failed (its words in state: last-error and in events)"},
 	{"EHOSTUNREACH", "the machine's controller cannot be reached"},
-	{"EHOSTDOWN", "a woken machine never answered its probe (\"no answer after wake\")"},
+	{"EHOSTDOWN", "a woken machine never answered its probe within the command's window (\"no answer after wake\")"},
 	{"ECANCELED", "a waiting command was overridden by a later command with force, or its host was removed"},
 	{"EEXIST", "mkdir or ctl add of a host that exists"},
 	{"ENOENT", "no such host"},
