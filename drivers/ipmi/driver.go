@@ -26,7 +26,9 @@ const verifyInterval = 200 * time.Millisecond
 // accepts "on" without one (BMCs that cycle faster than two reads).
 const cycleSettle = 3 * time.Second
 
-// action is what one verb sends and expects.
+// action is what one verb sends (the chassis control) and expects: its
+// transitional and target states are the grammar's (machine.Grammar), not
+// declared again here.
 type action struct {
 	verb    string
 	control chassis.ChassisControl
@@ -34,14 +36,25 @@ type action struct {
 	transit machine.Power
 }
 
-var actions = map[string]action{
-	"on":       {"on", chassis.ChassisControlPowerUp, machine.PowerOn, machine.PowerStarting},
-	"off":      {"off", chassis.ChassisControlPowerDown, machine.PowerOff, machine.PowerStopping},
-	"cycle":    {"cycle", chassis.ChassisControlPowerCycle, machine.PowerOn, machine.PowerRebooting},
-	"reset":    {"reset", chassis.ChassisControlHardReset, machine.PowerOn, machine.PowerRebooting},
-	"reboot":   {"reboot", chassis.ChassisControlHardReset, machine.PowerOn, machine.PowerRebooting},
-	"soft":     {"soft", chassis.ChassisControlSoftShutdown, machine.PowerOff, machine.PowerStopping},
-	"poweroff": {"poweroff", chassis.ChassisControlSoftShutdown, machine.PowerOff, machine.PowerStopping},
+// controls maps each verb to the chassis control that carries it.
+var controls = map[string]chassis.ChassisControl{
+	"on":       chassis.ChassisControlPowerUp,
+	"off":      chassis.ChassisControlPowerDown,
+	"cycle":    chassis.ChassisControlPowerCycle,
+	"reset":    chassis.ChassisControlHardReset,
+	"reboot":   chassis.ChassisControlHardReset,
+	"soft":     chassis.ChassisControlSoftShutdown,
+	"poweroff": chassis.ChassisControlSoftShutdown,
+}
+
+// actionOf is verb's action, false for a verb IPMI does not carry.
+func actionOf(verb string) (action, bool) {
+	control, ok := controls[verb]
+	spec, known := machine.LookupVerb(verb)
+	if !ok || !known {
+		return action{}, false
+	}
+	return action{verb: verb, control: control, target: spec.Target, transit: spec.Transit}, true
 }
 
 var verbs = []string{"on", "off", "cycle", "reset", "soft", "poweroff", "reboot"}
@@ -453,7 +466,7 @@ func unreachableWord(err error) string {
 // followed until the BMC reports its target or the command's deadline
 // passes, and the verdict is reported either way.
 func (d *Driver) Verifies(cmd machine.Command) bool {
-	_, ok := actions[cmd.Verb]
+	_, ok := actionOf(cmd.Verb)
 	return ok
 }
 
@@ -461,7 +474,7 @@ func (d *Driver) Verifies(cmd machine.Command) bool {
 // the command; the verification runs in the background until
 // cmd.Deadline and reports its verdict.
 func (d *Driver) Power(ctx context.Context, cmd machine.Command) error {
-	act, ok := actions[cmd.Verb]
+	act, ok := actionOf(cmd.Verb)
 	if !ok {
 		return machine.Errorf(syscall.EINVAL, "ipmi: verb %q not supported (%s)", cmd.Verb, strings.Join(verbs, ", "))
 	}
@@ -549,7 +562,7 @@ func (d *Driver) verify(ctx context.Context, cancel context.CancelFunc, id int, 
 			d.rep.Event(machine.EventNotify, msg)
 		}
 		d.log.Info(msg)
-		follow = actions["off"]
+		follow, _ = actionOf("off")
 		follow.verb = "poweroff (hard off)"
 		hctx, hcancel := context.WithTimeout(ctx, d.cfg.budget())
 		err := d.send(hctx, follow)
