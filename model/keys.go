@@ -27,3 +27,7 @@ var coreKeys = []machine.KeySpec{
 func driverNames(v string) []string {
 	return strings.FieldsFunc(v, func(r rune) bool { return r == ',' || r == ' ' || r == '\t' })
 }
+
+// CoreKeys lists the keys every host understands, whatever its drivers,
+// for the documentation.
+func CoreKeys() []machine.KeySpec { return append([]machine.KeySpec(nil), coreKeys...) }

@@ -37,12 +37,12 @@ var Spec = machine.DriverSpec{
 
 // keys are the driver's config keys (Spec.Keys), with their defaults.
 var keys = []machine.KeySpec{
-	{Name: "ns.root", Doc: "the subhost's root tree (a directory, bind-mounted); with ns.base the overlay's upper layer", Kind: machine.PathKind, Privileged: true},
+	{Name: "ns.root", Doc: "the subhost's root tree (a directory, bind-mounted); with ns.base the overlay's upper layer. Set this or ns.disks", Kind: machine.PathKind, Privileged: true},
 	{Name: "ns.base", Doc: "optional read-only lower layer: the root becomes an overlay of ns.root (upper, work dir ROOT.work beside it) over it", Kind: machine.PathKind, Privileged: true},
-	{Name: "ns.disks", Doc: "disks as DEV:PART:IMAGE, space separated (\"vda:1:/disks/root.raw vdb:1:/disks/data.raw\"); the first is the root file system, loop-mounted; PART N = partition N of an MBR or GPT disk image (1 = the whole image when it has no partition table), 0 = the whole image", Kind: machine.CustomKind("DEV:PART:IMAGE ...", parseDisks), Privileged: true},
-	{Name: "ns.bridges", Doc: "network cables as BRIDGE:MAC, space separated (\"sw0:06:a7:dd:b4:02:f2\"): eth0, eth1... inside, NAME0, NAME1... on the host bridge", Kind: machine.BridgeMACListKind, Privileged: true},
+	{Name: "ns.disks", Doc: "disks as DEV:PART:IMAGE, space separated (\"vda:1:/disks/root.raw vdb:1:/disks/data.raw\"); the first is the root file system, loop-mounted; PART N is partition N of an MBR (primary, 1-4) or GPT disk image, attached as a loop device at its offset; 1 is the whole image when it has no partition table (an image made by mkfs); 0 is always the whole image. Not together with ns.root", Kind: machine.CustomKind("DEV:PART:IMAGE ...", parseDisks), Privileged: true},
+	{Name: "ns.bridges", Doc: "network cables as BRIDGE:MAC, space separated (\"sw0:06:a7:dd:b4:02:f2\"): eth0, eth1... inside, NAME0, NAME1... on the host bridge (a virtual switch)", Kind: machine.BridgeMACListKind, Privileged: true},
 	{Name: "ns.hostname", Doc: "the subhost's host name (default: its name)", Kind: machine.CheckedKind("host name", checkHostname)},
-	{Name: "ns.state-dir", Default: "/run/machinefs/ns", Doc: "where running subhosts are recorded and mounted (NAME.json, NAME/live)", Kind: machine.PathKind, Privileged: true},
+	{Name: "ns.state-dir", Default: "/run/machinefs/ns", Doc: "where running subhosts are recorded and mounted (NAME.json, NAME/live), for adoption after a restart", Kind: machine.PathKind, Privileged: true},
 	{Name: "ns.cgroup", Default: "machinefs", Doc: "cgroup v2 group (under the cgroup2 mount) that holds one group per subhost", Kind: machine.CheckedKind("cgroup path", checkCgroup), Privileged: true},
 	{Name: "ns.poweroff-timeout", Default: "10s", Doc: "how long poweroff, reboot and stop wait for the init to end after /run/initctl before SIGKILL", Kind: machine.DurationKind(time.Millisecond, time.Hour)},
 }

@@ -27,8 +27,8 @@ var keys = []machine.KeySpec{
 	{Name: "uml.mem", Default: "128M", Doc: "guest memory: a number with K, M or G (16M to 64G)", Kind: machine.CheckedKind("size 16M-64G", checkMem)},
 	{Name: "uml.root", Doc: "root file system (required): hostfs:/DIR (a host directory), or ubd0=/IMAGE or ubd0=/COW,/BACKING (a disk image, copy-on-write allowed)", Kind: machine.CustomKind("hostfs:/DIR, ubd0=/IMAGE or ubd0=/COW,/BACKING", parseRoot), Privileged: true},
 	{Name: "uml.init", Doc: "init program in the guest (absolute path in the guest; default: the kernel's choice, /sbin/init first)", Kind: cmdlinePathKind},
-	{Name: "uml.net", Doc: "network: SWITCH:MAC, a TAP named after the host attached to the Linux bridge SWITCH, guest MAC MAC (eth0)", Kind: machine.BridgeMACKind, Privileged: true},
-	{Name: "uml.dir", Default: "/run/machinefs/uml", Doc: "uml_dir: where the guest's umid directory, mconsole and notify sockets, console log and pid record live (absolute path; sockets need it short)", Kind: machine.CheckedKind("absolute path, at most 64 bytes", checkDir), Privileged: true},
+	{Name: "uml.net", Doc: "network: SWITCH:MAC, a TAP named after the host attached to the Linux bridge SWITCH (a virtual switch, which must exist), guest MAC MAC on eth0", Kind: machine.BridgeMACKind, Privileged: true},
+	{Name: "uml.dir", Default: "/run/machinefs/uml", Doc: "uml_dir: where the guest's umid directory, mconsole and notify sockets, console log and pid record live (absolute path, at most 64 bytes: the sockets inside must fit a socket address)", Kind: machine.CheckedKind("absolute path, at most 64 bytes", checkDir), Privileged: true},
 	{Name: "uml.poweroff-timeout", Default: "30s", Doc: "poweroff sends ctrl-alt-del, then halts the guest if it is still up after this", Kind: machine.DurationKind(100*time.Millisecond, time.Hour)},
 	{Name: "uml.mconsole-timeout", Default: "5s", Doc: "bound on one mconsole request; a guest that does not answer within it is killed by off", Kind: machine.DurationKind(10*time.Millisecond, 10*time.Minute)},
 }
