@@ -18,7 +18,6 @@ package tests
 //	Benchmark10kHosts             mount-ms < 2000, rss-MB < 150, readall-ms < 1000
 
 import (
-	"bufio"
 	"fmt"
 	"os"
 	"os/exec"
@@ -30,6 +29,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/machinefs/machinefs/internal/procfs"
 	"github.com/machinefs/machinefs/tests/harness/netns"
 )
 
@@ -175,29 +175,11 @@ func (d *benchDaemon) stop() {
 // rssMB returns the daemon's resident set (VmRSS) and its peak (VmHWM) in
 // MB.
 func (d *benchDaemon) rssMB() (rss, hwm float64) {
-	f, err := os.Open(fmt.Sprintf("/proc/%d/status", d.cmd.Process.Pid))
+	st, err := procfs.ReadStatus(d.cmd.Process.Pid)
 	if err != nil {
 		d.b.Fatal(err)
 	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		k, v, ok := strings.Cut(sc.Text(), ":")
-		if !ok || (k != "VmRSS" && k != "VmHWM") {
-			continue
-		}
-		fields := strings.Fields(v) // "123456 kB"
-		kb, err := strconv.ParseFloat(fields[0], 64)
-		if err != nil {
-			d.b.Fatal(err)
-		}
-		if k == "VmRSS" {
-			rss = kb / 1024
-		} else {
-			hwm = kb / 1024
-		}
-	}
-	return rss, hwm
+	return float64(st.VmKiB["VmRSS"]) / 1024, float64(st.VmKiB["VmHWM"]) / 1024
 }
 
 // benchTmpfs mounts a private tmpfs for the baseline, unmounted when the

@@ -12,6 +12,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/machinefs/machinefs/internal/procfs"
 )
 
 // rssLimit is what the daemon's resident memory must stay under while a
@@ -23,21 +25,15 @@ const rssLimit = 160 << 20
 // rss returns the daemon's resident set size in bytes (VmRSS).
 func (d *daemon) rss() int64 {
 	d.t.Helper()
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", d.cmd.Process.Pid))
+	st, err := procfs.ReadStatus(d.cmd.Process.Pid)
 	if err != nil {
 		d.t.Fatal(err)
 	}
-	for _, l := range strings.Split(string(data), "\n") {
-		if v, ok := strings.CutPrefix(l, "VmRSS:"); ok {
-			kb, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
-			if err != nil {
-				d.t.Fatalf("VmRSS %q: %v", v, err)
-			}
-			return kb << 10
-		}
+	kb, ok := st.VmKiB["VmRSS"]
+	if !ok {
+		d.t.Fatal("no VmRSS in /proc/PID/status")
 	}
-	d.t.Fatal("no VmRSS in /proc/PID/status")
-	return 0
+	return int64(kb) << 10
 }
 
 // checkRSS fails the test when the daemon holds more than limit.

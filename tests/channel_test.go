@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/machinefs/machinefs/internal/procfs"
 	umlh "github.com/machinefs/machinefs/tests/harness/uml"
 )
 
@@ -29,14 +30,8 @@ func procTree(roots ...int) []int {
 		if err != nil {
 			continue
 		}
-		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "stat"))
-		i := bytes.LastIndexByte(b, ')')
-		if err != nil || i < 0 {
-			continue
-		}
-		if f := strings.Fields(string(b[i+1:])); len(f) > 1 {
-			ppid, _ := strconv.Atoi(f[1])
-			children[ppid] = append(children[ppid], pid)
+		if st, err := procfs.ReadStat(pid); err == nil {
+			children[st.Ppid] = append(children[st.Ppid], pid)
 		}
 	}
 	var out []int

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/machinefs/machinefs/drivers/ns"
+	"github.com/machinefs/machinefs/internal/procfs"
 	"github.com/machinefs/machinefs/tests/harness/disk"
 	"github.com/machinefs/machinefs/tests/harness/netns"
 )
@@ -436,19 +437,15 @@ exit 0
 // procStatusKiB returns a "Vm...:" field of /proc/PID/status in KiB.
 func procStatusKiB(t *testing.T, pid int, field string) int {
 	t.Helper()
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	st, err := procfs.ReadStatus(pid)
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, l := range strings.Split(string(data), "\n") {
-		if v, ok := strings.CutPrefix(l, field+":"); ok {
-			var kb int
-			fmt.Sscanf(strings.TrimSpace(v), "%d", &kb)
-			return kb
-		}
+	kb, ok := st.VmKiB[field]
+	if !ok {
+		t.Fatalf("no %s in /proc/%d/status", field, pid)
 	}
-	t.Fatalf("no %s in /proc/%d/status", field, pid)
-	return 0
+	return int(kb)
 }
 
 // A subhost's notify channel cannot take the daemon's memory: a line of

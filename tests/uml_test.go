@@ -18,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/machinefs/machinefs/internal/procfs"
 	"github.com/machinefs/machinefs/tests/harness/disk"
 	"github.com/machinefs/machinefs/tests/harness/netns"
 	umlh "github.com/machinefs/machinefs/tests/harness/uml"
@@ -92,12 +93,8 @@ func (d *daemon) umlBootHost(host string) int {
 func umlAlive(pid int) bool { return syscall.Kill(pid, 0) == nil && !umlZombie(pid) }
 
 func umlZombie(pid int) bool {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return true
-	}
-	i := strings.LastIndexByte(string(b), ')')
-	return i < 0 || strings.HasPrefix(string(b[i+1:]), " Z")
+	st, err := procfs.ReadStat(pid)
+	return err != nil || !st.Live()
 }
 
 // umlGone waits until no linux runs under dir and web1's umid dir is

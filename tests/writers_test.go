@@ -3,12 +3,13 @@ package tests
 import (
 	"bytes"
 	"fmt"
-	"os"
 	"os/exec"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/machinefs/machinefs/internal/procfs"
 )
 
 // A write that waits (`on wait`) must not hold back the other writers of
@@ -163,14 +164,9 @@ type pstat struct{ comm, state string }
 
 // procStat reads a process's name and state ("" when it has gone).
 func procStat(pid int) pstat {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	st, err := procfs.ReadStat(pid)
 	if err != nil {
 		return pstat{}
 	}
-	s := string(b)
-	i, j := strings.IndexByte(s, '('), strings.LastIndexByte(s, ')')
-	if i < 0 || j < i || j+3 > len(s) {
-		return pstat{}
-	}
-	return pstat{comm: s[i+1 : j], state: s[j+2 : j+3]}
+	return pstat{comm: st.Comm, state: string(st.State)}
 }

@@ -1,6 +1,7 @@
-// Package procfs reads what machinefs needs of /proc: a process's state,
-// process group and start time (/proc/PID/stat), and a thread's process
-// and supplementary groups (/proc/TID/status). Each is parsed here only.
+// Package procfs reads what machinefs and its tests need of /proc: a
+// process's name, state, parent, process group and start time
+// (/proc/PID/stat), and a thread's process, supplementary groups and
+// memory figures (/proc/TID/status). Each is parsed here only.
 package procfs
 
 import (
@@ -14,8 +15,12 @@ import (
 
 // Stat is what machinefs reads of /proc/PID/stat.
 type Stat struct {
+	// Comm is field 2, the command name (without its parentheses).
+	Comm string
 	// State is field 3: R, S, D, Z (zombie), X (dead), ...
 	State byte
+	// Ppid is field 4, the parent process.
+	Ppid int
 	// Pgrp is field 5, the process group.
 	Pgrp int
 	// Start is field 22, the start time in clock ticks since boot. With
@@ -47,13 +52,18 @@ func ParseStat(b []byte) (Stat, error) {
 	// anything, spaces and ')' included: the fields start after the last
 	// ')'.
 	i := bytes.LastIndexByte(b, ')')
-	if i < 0 {
+	j := bytes.IndexByte(b, '(')
+	if i < 0 || j < 0 || j > i {
 		return Stat{}, errors.New("no command name")
 	}
 	f := strings.Fields(string(b[i+1:]))
 	// f[0] is field 3.
 	if len(f) < 20 || len(f[0]) != 1 {
 		return Stat{}, fmt.Errorf("%d fields", len(f))
+	}
+	ppid, err := strconv.Atoi(f[1])
+	if err != nil {
+		return Stat{}, fmt.Errorf("parent %q", f[1])
 	}
 	pgrp, err := strconv.Atoi(f[2])
 	if err != nil {
@@ -63,7 +73,7 @@ func ParseStat(b []byte) (Stat, error) {
 	if err != nil {
 		return Stat{}, fmt.Errorf("start time %q", f[19])
 	}
-	return Stat{State: f[0][0], Pgrp: pgrp, Start: start}, nil
+	return Stat{Comm: string(b[j+1 : i]), State: f[0][0], Ppid: ppid, Pgrp: pgrp, Start: start}, nil
 }
 
 // Status is what machinefs reads of /proc/TID/status.
@@ -72,6 +82,8 @@ type Status struct {
 	Tgid int
 	// Groups are the supplementary groups.
 	Groups []uint32
+	// VmKiB holds the memory figures ("VmRSS", "VmHWM", ...) in KiB.
+	VmKiB map[string]uint64
 }
 
 // ReadStatus reads /proc/TID/status. A thread id works as well as a pid:
@@ -91,6 +103,17 @@ func ParseStatus(b []byte) Status {
 	for l := range strings.SplitSeq(string(b), "\n") {
 		if v, ok := strings.CutPrefix(l, "Tgid:"); ok {
 			st.Tgid, _ = strconv.Atoi(strings.TrimSpace(v))
+		} else if k, v, ok := strings.Cut(l, ":"); ok && strings.HasPrefix(k, "Vm") {
+			f := strings.Fields(v) // "123456 kB"
+			if len(f) != 2 || f[1] != "kB" {
+				continue
+			}
+			if n, err := strconv.ParseUint(f[0], 10, 64); err == nil {
+				if st.VmKiB == nil {
+					st.VmKiB = map[string]uint64{}
+				}
+				st.VmKiB[k] = n
+			}
 		} else if v, ok := strings.CutPrefix(l, "Groups:"); ok {
 			for _, f := range strings.Fields(v) {
 				if n, err := strconv.ParseUint(f, 10, 32); err == nil {

@@ -19,7 +19,7 @@ func TestParseStat(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if s != (Stat{State: 'S', Pgrp: 4240, Start: 987654}) || !s.Live() {
+	if s != (Stat{Comm: "a b) (c)", State: 'S', Ppid: 1, Pgrp: 4240, Start: 987654}) || !s.Live() {
 		t.Fatalf("ParseStat = %+v", s)
 	}
 	z, err := ParseStat([]byte(strings.Replace(line, ") S ", ") Z ", 1)))
@@ -93,5 +93,16 @@ func TestReadStatus(t *testing.T) {
 	got := slices.Sorted(slices.Values(st.Groups))
 	if st.Tgid != os.Getpid() || !slices.Equal(got, want) {
 		t.Fatalf("ReadStatus(this thread) = %+v, want tgid %d groups %v", st, os.Getpid(), want)
+	}
+}
+
+func TestParseStatusMemory(t *testing.T) {
+	st := ParseStatus([]byte("Name:\tx\nTgid:\t7\nVmHWM:\t  2048 kB\nVmRSS:\t  1024 kB\nVmFlags: bad\nGroups:\t4 27\n"))
+	if st.Tgid != 7 || st.VmKiB["VmRSS"] != 1024 || st.VmKiB["VmHWM"] != 2048 || len(st.VmKiB) != 2 || len(st.Groups) != 2 {
+		t.Fatalf("ParseStatus = %+v", st)
+	}
+	self, err := ReadStatus(os.Getpid())
+	if err != nil || self.VmKiB["VmRSS"] == 0 {
+		t.Fatalf("this process: %+v %v", self, err)
 	}
 }
