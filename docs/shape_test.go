@@ -26,7 +26,7 @@ var rooms = map[string][]string{
 	"model":    {"machine", "store", "internal/", "cmdtab"},
 	"drivers/": {"machine", "drivers/", "internal/", "cmdtab"},
 	"fs":       {"model", "machine", "view", "internal/", "cmdtab"},
-	"view":     {"model", "machine"},
+	"view":     {"model", "machine", "cmdtab"},
 	"registry": {"machine", "drivers/"},
 }
 

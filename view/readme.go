@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"strings"
 
+	"github.com/machinefs/machinefs/cmdtab"
 	"github.com/machinefs/machinefs/machine"
 	"github.com/machinefs/machinefs/model"
 )
@@ -49,6 +50,12 @@ hosts/NAME/   one directory per machine; mkdir adds a host, rmdir removes it
 siblings in parallel); a host stays up unless "self"; "self force" acts on the
 host alone at once; a subhost goes down after its own stack.
 `)
+	for _, f := range []struct {
+		name  string
+		table *cmdtab.Table
+	}{{"ctl", &model.CtlTable}, {"vswitch/ctl", &model.SwitchesCtlTable}, {"vswitch/NAME/ctl", &model.SwitchCtlTable}} {
+		b.WriteString("\n" + f.name + " commands:\n" + cmdtab.HelpText(f.table.Cmds, "  "))
+	}
 	b.WriteString("\nConfig keys:\n")
 	for _, k := range t.KeyDocs() {
 		def := " (" + k.Type() + ")"
