@@ -83,14 +83,18 @@ func TestToolsReadsExact(t *testing.T) {
 		}
 		// Small blocks on small files: dd bs=1 of 1 MiB is a million
 		// requests.
+		// Odd sizes cross every page boundary at a new offset; one byte
+		// at a time adds nothing to that past the first pages, and on a
+		// file of many pages costs tens of thousands of requests.
 		blocks := []int{4096, 65536, 131072 + 1}
 		sizes := []int{4095, 4097, 70000, 300000}
 		if len(want) < 64<<10 {
-			blocks = append([]int{16, 100}, blocks...)
-			sizes = append([]int{1, 7}, sizes...)
+			blocks = append([]int{100}, blocks...)
+			sizes = append([]int{7}, sizes...)
 		}
 		if len(want) < 8<<10 {
-			blocks = append([]int{1, 3}, blocks...)
+			blocks = append([]int{1, 3, 16}, blocks...)
+			sizes = append([]int{1}, sizes...)
 		}
 		for pass := 0; pass < 2; pass++ { // cold, then cached
 			for _, bs := range blocks {
@@ -161,8 +165,10 @@ for i in $(seq 150); do
   cat hosts/r1/state > %[1]s/e.$i
 done`, out)
 	r := d.sh(script)
-	// read(2) in Go: many more opens, sizes 1 byte up.
-	for i := 0; i < 6000; i++ {
+	// read(2) in Go: many more opens, sizes 1 byte up. (Each open races
+	// the writer's changes and the notifier's pokes: 2000 take about
+	// 20 s here under -race.)
+	for i := 0; i < 2000; i++ {
 		f := []string{"hosts/r1/config", "hosts/r1/state", "hosts/r1/power"}[i%3]
 		fh, err := os.Open(filepath.Join(d.mnt, f))
 		if err != nil {
