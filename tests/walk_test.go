@@ -107,7 +107,7 @@ func TestEventsLogRotationFollowedByTailF(t *testing.T) {
 	d := start(t)
 	d.addHost("r1", "drivers = sim")
 	follow := func(mode string) (*syncBuf, *syncBuf) {
-		tail := exec.Command("tail", "-n", "+1", mode, "hosts/r1/events.log")
+		tail := exec.Command("tail", "-s", "0.2", "-n", "+1", mode, "hosts/r1/events.log") // -s: poll five times a second, not once (tail polls files on FUSE)
 		tail.Dir = d.mnt
 		var out, errb syncBuf
 		tail.Stdout, tail.Stderr = &out, &errb
