@@ -51,6 +51,11 @@ func (k KeySpec) Parse(value string) (any, error) {
 	}
 	v, err := kind.Parse(value)
 	if err != nil {
+		// A secret's reason goes to events and state: whatever its
+		// kind says, the value itself never does.
+		if k.Secret && value != "" && strings.Contains(err.Error(), strings.TrimSpace(value)) {
+			return nil, Errorf(syscall.EINVAL, "%s: not a valid value (want %s)", k.Name, kind.String())
+		}
 		if strings.HasPrefix(err.Error(), k.Name) {
 			return nil, Errorf(syscall.EINVAL, "%v", err)
 		}

@@ -2,6 +2,7 @@ package machine
 
 import (
 	"errors"
+	"fmt"
 	"net"
 	"reflect"
 	"strings"
@@ -246,5 +247,20 @@ func TestTimeoutModifier(t *testing.T) {
 		if err != nil || c.Timeout != want {
 			t.Errorf("timeout=%s: %v, %v", in, c.Timeout, err)
 		}
+	}
+}
+
+// A secret's reason never carries its value, even when its kind's error
+// would quote it.
+func TestSecretReasonHidesValue(t *testing.T) {
+	quoting := CheckedKind("a secret", func(v string) error { return fmt.Errorf("%q is no good", v) })
+	k := KeySpec{Name: "x.password", Kind: quoting, Secret: true}
+	err := k.Check("hunter2")
+	if ErrnoOf(err) != syscall.EINVAL || strings.Contains(err.Error(), "hunter2") || !strings.HasPrefix(err.Error(), "x.password: ") {
+		t.Fatalf("secret check: %v", err)
+	}
+	open := KeySpec{Name: "x.label", Kind: quoting}
+	if err := open.Check("hunter2"); !strings.Contains(err.Error(), "hunter2") {
+		t.Fatalf("a key that is not secret may quote its value: %v", err)
 	}
 }
