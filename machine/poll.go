@@ -67,3 +67,47 @@ func FollowContext(parent context.Context, cmd Command) (context.Context, contex
 	}
 	return context.WithDeadline(parent, deadline)
 }
+
+// Follower is the one command a Verifier follows at a time: a newer
+// command supersedes the one being followed, and Close stops it. It has
+// no lock of its own: the driver calls it with its own lock held, so that
+// what it shows and whether a verdict is pending change together.
+type Follower struct {
+	stop context.CancelFunc
+	id   int
+}
+
+// Start stops the command followed so far and follows cmd under parent
+// until cmd.Deadline (FollowContext). It returns the follow's context and
+// its id, which the follow hands to Current and Done.
+func (f *Follower) Start(parent context.Context, cmd Command) (context.Context, int) {
+	f.Stop()
+	ctx, cancel := FollowContext(parent, cmd)
+	f.stop = cancel
+	f.id++
+	return ctx, f.id
+}
+
+// Stop cancels the command followed, if any: superseded or closing, its
+// verdict is no longer wanted.
+func (f *Follower) Stop() {
+	if f.stop != nil {
+		f.stop()
+		f.stop = nil
+	}
+}
+
+// Active reports whether a verdict is pending: a follow reports its own,
+// so what a driver sees meanwhile must not decide the command.
+func (f *Follower) Active() bool { return f.stop != nil }
+
+// Current reports whether follow id is still the one in progress.
+func (f *Follower) Current(id int) bool { return f.stop != nil && f.id == id }
+
+// Done ends follow id and releases its context, unless a newer follow
+// took its place (then Start has released it already).
+func (f *Follower) Done(id int) {
+	if f.Current(id) {
+		f.Stop()
+	}
+}

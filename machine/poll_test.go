@@ -123,3 +123,34 @@ func TestFollowContext(t *testing.T) {
 		t.Fatalf("no deadline given: %v %v, want NoDeadline from now", dl, ok)
 	}
 }
+
+// One command followed at a time: a newer one cancels the older follow,
+// whose late Done leaves the newer alone; Done of the current one ends it.
+func TestFollower(t *testing.T) {
+	var f Follower
+	deadline := time.Now().Add(time.Minute)
+	first, id1 := f.Start(context.Background(), Command{Verb: "on", Deadline: deadline})
+	if !f.Active() || !f.Current(id1) {
+		t.Fatal("not following after Start")
+	}
+	if d, ok := first.Deadline(); !ok || !d.Equal(deadline) {
+		t.Fatalf("follow ends at %v, want the command's deadline %v", d, deadline)
+	}
+	second, id2 := f.Start(context.Background(), Command{Verb: "off", Deadline: deadline})
+	if first.Err() == nil {
+		t.Fatal("a newer command did not stop the older follow")
+	}
+	f.Done(id1) // the superseded follow ends late
+	if !f.Active() || !f.Current(id2) || f.Current(id1) || second.Err() != nil {
+		t.Fatal("the superseded follow's Done touched the newer one")
+	}
+	f.Done(id2)
+	if f.Active() || second.Err() == nil {
+		t.Fatal("Done did not end the current follow")
+	}
+	third, _ := f.Start(context.Background(), Command{Verb: "on", Deadline: deadline})
+	f.Stop()
+	if f.Active() || third.Err() == nil {
+		t.Fatal("Stop did not end the follow")
+	}
+}

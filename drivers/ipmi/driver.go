@@ -89,9 +89,8 @@ type Driver struct {
 	lastPollRes string
 	failures    int
 	nextPoll    time.Time
-	cmdGen      int                // bumped by every power command
-	verifyStop  context.CancelFunc // cancels the running verification
-	verifyID    int                // identifies the running verification
+	cmdGen      int              // bumped by every power command
+	following   machine.Follower // the command being verified
 	verifyNote  string
 	device      string
 	sols        map[*solConn]bool // open SOL streams
@@ -137,9 +136,7 @@ func (d *Driver) Close() error {
 	d.once.Do(func() {
 		d.mu.Lock()
 		d.closing = true
-		if d.verifyStop != nil {
-			d.verifyStop()
-		}
+		d.following.Stop()
 		sols := d.sols
 		d.sols = nil
 		d.mu.Unlock()
@@ -361,7 +358,7 @@ func (d *Driver) Status(ctx context.Context) (machine.Status, error) {
 	}
 	st := machine.Status{Power: p, Reachable: true, Reason: "BMC reports " + string(p)}
 	d.mu.Lock()
-	if d.verifyStop == nil { // a verification reports its own verdict
+	if !d.following.Active() { // a verification reports its own verdict
 		d.last, d.haveLast = st, true
 	}
 	d.mu.Unlock()
@@ -404,7 +401,7 @@ func (d *Driver) backoff(n int) time.Duration {
 // pollOnce reads status once and reports; it returns the time to wait.
 func (d *Driver) pollOnce() time.Duration {
 	d.mu.Lock()
-	verifying := d.verifyStop != nil
+	verifying := d.following.Active()
 	gen := d.cmdGen
 	d.mu.Unlock()
 	if verifying {
@@ -425,7 +422,7 @@ func (d *Driver) pollOnce() time.Duration {
 	}
 	d.mu.Lock()
 	d.lastPoll = start
-	stale := d.cmdGen != gen || d.verifyStop != nil
+	stale := d.cmdGen != gen || d.following.Active()
 	var wait time.Duration
 	if err != nil {
 		d.failures++
@@ -485,10 +482,7 @@ func (d *Driver) Power(ctx context.Context, cmd machine.Command) error {
 		return machine.Errorf(syscall.ENODEV, "ipmi %s: driver closed", d.cfg.hostPort())
 	}
 	d.cmdGen++
-	if d.verifyStop != nil {
-		d.verifyStop() // superseded
-		d.verifyStop = nil
-	}
+	d.following.Stop() // superseded
 	d.mu.Unlock()
 
 	if err := d.send(ctx, act); err != nil {
@@ -507,13 +501,11 @@ func (d *Driver) Power(ctx context.Context, cmd machine.Command) error {
 	// The verification ends at the command's deadline, the one the
 	// model's wait ends at, or earlier when a newer command or Close
 	// cancels it.
-	vctx, cancel := machine.FollowContext(d.ctx, cmd)
+	vctx, id := d.following.Start(d.ctx, cmd)
 	deadline, _ := vctx.Deadline()
-	d.verifyStop = cancel
-	d.verifyID++
 	d.verifyNote = fmt.Sprintf("%s: waiting for %s (since %s, until %s)", act.verb, act.target, time.Now().Format("15:04:05"), deadline.Format("15:04:05"))
 	d.wg.Add(1)
-	go d.verify(vctx, cancel, d.verifyID, act, from)
+	go d.verify(vctx, id, act, from)
 	return nil
 }
 
@@ -531,14 +523,11 @@ func (d *Driver) send(ctx context.Context, act action) error {
 // to the deadline, then powers off hard and follows that to the deadline:
 // the hard off is verified before the model's wait ends. Nothing is
 // reported once ctx is cancelled (superseded or closing).
-func (d *Driver) verify(ctx context.Context, cancel context.CancelFunc, id int, act action, from machine.Power) {
+func (d *Driver) verify(ctx context.Context, id int, act action, from machine.Power) {
 	defer d.wg.Done()
 	defer func() {
-		cancel()
 		d.mu.Lock()
-		if d.verifyID == id { // a newer command may own the registration
-			d.verifyStop = nil
-		}
+		d.following.Done(id)
 		d.mu.Unlock()
 		select {
 		case d.kick <- struct{}{}: // resume normal polling now

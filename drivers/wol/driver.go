@@ -26,10 +26,9 @@ type driver struct {
 
 	mu            sync.Mutex
 	closed        bool
-	stopVerify    context.CancelFunc // the running wake verification, if any
-	verifyID      int                // identifies the running verification
-	gen           int                // bumped by every wake: older watch probes are stale
-	shown         machine.Power      // the power last reported, "" before the first report
+	following     machine.Follower // the wake being verified
+	gen           int              // bumped by every wake: older watch probes are stale
+	shown         machine.Power    // the power last reported, "" before the first report
 	lastProbe     string
 	lastInterface string // interface the last raw frame went out on
 }
@@ -146,21 +145,15 @@ func (d *driver) Power(ctx context.Context, cmd machine.Command) error {
 		d.mu.Unlock()
 		return nil
 	}
-	if d.stopVerify != nil {
-		d.stopVerify() // a newer wake supersedes the running verification
-	}
-	vctx, stop := machine.FollowContext(d.ctx, cmd)
-	d.stopVerify = stop
-	d.verifyID++
+	vctx, id := d.following.Start(d.ctx, cmd) // a newer wake supersedes the one verified
 	d.gen++
 	d.shown = machine.PowerStarting
-	id := d.verifyID
 	d.wg.Add(1)
 	d.mu.Unlock()
 	// Reported before the verification starts, so its verdict comes after;
 	// and outside d.mu, which Describe takes.
 	d.rep.Report(machine.Status{Power: machine.PowerStarting, Reachable: true, Reason: what + "; waiting for probe " + d.cfg.probe.String()})
-	go d.verify(vctx, stop, id)
+	go d.verify(vctx, id)
 	return nil
 }
 
@@ -182,7 +175,7 @@ func (d *driver) Status(ctx context.Context) (machine.Status, error) {
 	}
 	st := d.observe(d.probeOnce(ctx))
 	d.mu.Lock()
-	if d.stopVerify == nil { // a verification reports its own verdict
+	if !d.following.Active() { // a verification reports its own verdict
 		d.shown = st.Power
 	}
 	d.mu.Unlock()
@@ -259,7 +252,7 @@ func (d *driver) watch() {
 	defer d.wg.Done()
 	_ = machine.Poll(d.ctx, d.cfg.interval, func(ctx context.Context) (bool, error) {
 		d.mu.Lock()
-		verifying, gen := d.stopVerify != nil, d.gen
+		verifying, gen := d.following.Active(), d.gen
 		d.mu.Unlock()
 		if verifying {
 			return false, nil // the verification probes and reports
@@ -271,7 +264,7 @@ func (d *driver) watch() {
 		st := d.observe(err)
 		d.mu.Lock()
 		// A wake since this probe started owns the state now.
-		report := d.gen == gen && d.stopVerify == nil && d.shown != st.Power
+		report := d.gen == gen && !d.following.Active() && d.shown != st.Power
 		if report {
 			d.shown = st.Power
 		}
@@ -287,14 +280,11 @@ func (d *driver) watch() {
 // answers (on) or ctx's deadline, the command's, passes: then the verdict
 // is unknown with EHOSTDOWN, "no answer after wake". A cancelled ctx (a
 // newer wake, Close) reports nothing.
-func (d *driver) verify(ctx context.Context, cancel context.CancelFunc, id int) {
+func (d *driver) verify(ctx context.Context, id int) {
 	defer d.wg.Done()
 	defer func() {
-		cancel()
 		d.mu.Lock()
-		if d.verifyID == id { // a newer wake may own the registration
-			d.stopVerify = nil
-		}
+		d.following.Done(id)
 		d.mu.Unlock()
 	}()
 	p := d.cfg.probe.String()
@@ -328,7 +318,7 @@ func (d *driver) verify(ctx context.Context, cancel context.CancelFunc, id int) 
 		}
 	}
 	d.mu.Lock()
-	current := d.verifyID == id && !d.closed
+	current := d.following.Current(id) && !d.closed
 	if current {
 		d.shown = st.Power
 	}
