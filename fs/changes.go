@@ -36,8 +36,8 @@ const fileChanges = chLog | chState | chPower | chPowerSize | chConfig
 type effect struct {
 	host  change // when its path is a host or subhost
 	group change // when its path is a group
-	// refused are bits that do not apply when the event says that the
-	// change was refused (its detail holds " refused: ").
+	// refused are bits that do not apply when the model marks the event
+	// as a refused change (Event.Refused).
 	refused change
 }
 
@@ -98,7 +98,7 @@ func changesOf(e model.Event) change {
 	if isGroupPath(e.Path) {
 		ch = eff.group
 	}
-	if eff.refused != 0 && strings.Contains(e.Detail, " refused: ") {
+	if e.Refused {
 		ch &^= eff.refused
 	}
 	return ch | chLog

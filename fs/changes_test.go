@@ -94,7 +94,7 @@ func TestEventChanges(t *testing.T) {
 		{"command", model.Event{Path: "hosts/a", Kind: machine.EventCommand}, "hosts/a", chLog | chState | chPowerSize},
 		{"config", model.Event{Path: "hosts/a", Kind: machine.EventConfig}, "hosts/a", chLog | chState | chPower | chConfig},
 		{"members", model.Event{Path: "groups/g", Kind: machine.EventMembers, Detail: "2 lines, 2 hosts root"}, "groups/g", chLog | chState | chPower | chConfig},
-		{"members refused", model.Event{Path: "groups/g", Kind: machine.EventMembers, Detail: "root refused: bad"}, "groups/g", chLog | chState | chPower},
+		{"members refused", model.Event{Path: "groups/g", Kind: machine.EventMembers, Detail: "root refused: bad", Refused: true}, "groups/g", chLog | chState | chPower},
 		{"subhost added: parent", model.Event{Path: "hosts/a/subhosts/b", Kind: machine.EventAdded}, "hosts/a", chLog | chState},
 		{"subhost notify: parent", model.Event{Path: "hosts/a/subhosts/b", Kind: machine.EventNotify}, "hosts/a", chLog},
 		{"tree", model.Event{Kind: machine.EventReload}, "", chLog},

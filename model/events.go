@@ -21,6 +21,9 @@ type Event struct {
 	// Item names the part of the host the event is about, when there is
 	// one: the switch of a vswitch event. It is not part of the line.
 	Item string
+	// Refused says the event records a change that was refused: nothing
+	// but the event logs changed. It is not part of the line.
+	Refused bool
 }
 
 // Line renders the event as one line with its newline.

@@ -43,6 +43,11 @@ func (g *Group) emit(kind machine.EventKind, detail string) {
 	g.tree.publish(Event{Time: time.Now(), Path: g.path, Kind: kind, Detail: detail})
 }
 
+// refuseMembers records a members write that changed nothing.
+func (g *Group) refuseMembers(who Caller, err error) {
+	g.tree.publish(Event{Time: time.Now(), Path: g.path, Kind: machine.EventMembers, Refused: true, Detail: fmt.Sprintf("%s refused: %v", who, err)})
+}
+
 // SetMembers applies a write to the members file: with replace (the file
 // was truncated, `>`) the lines become the members, otherwise (`>>`) they
 // are added. Every line is checked first: a bad line or range, a line that
@@ -61,7 +66,7 @@ func (g *Group) SetMembers(ctx context.Context, text string, replace bool, who C
 		// Each line on its own first: a bad line is refused before the
 		// whole file is expanded.
 		if _, err := parseMember(l); err != nil {
-			g.emit(machine.EventMembers, fmt.Sprintf("%s refused: %v", who, err))
+			g.refuseMembers(who, err)
 			return err
 		}
 		lines = append(lines, l)
@@ -92,7 +97,7 @@ func (g *Group) SetMembers(ctx context.Context, text string, replace bool, who C
 	for _, b := range bad {
 		if _, ok := fresh[b.line]; ok {
 			g.mu.Unlock()
-			g.emit(machine.EventMembers, fmt.Sprintf("%s refused: %v", who, b.err))
+			g.refuseMembers(who, b.err)
 			return b.err
 		}
 	}
@@ -100,7 +105,7 @@ func (g *Group) SetMembers(ctx context.Context, text string, replace bool, who C
 	for _, l := range lines {
 		if err := g.tree.namesAHost(l); err != nil {
 			g.mu.Unlock()
-			g.emit(machine.EventMembers, fmt.Sprintf("%s refused: %v", who, err))
+			g.refuseMembers(who, err)
 			return err
 		}
 	}
