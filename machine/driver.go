@@ -221,9 +221,31 @@ type DriverSpec struct {
 	New func(ctx context.Context, env DriverEnv) (Driver, error)
 }
 
-// Serialer is a driver with a serial console stream (IPMI Serial-over-LAN):
-// reading returns the machine's serial output, writing sends input.
+// Serialer is a driver with a serial console stream (IPMI Serial-over-LAN,
+// a guest's console): reading returns the machine's serial output, writing
+// sends input. The model multiplexes it (conman's model): several readers
+// at once, one writer, the last 64 KiB kept for a new reader, and an
+// optional timestamped serial.log. A host whose drivers have no serial
+// console has no serial file.
 type Serialer interface {
 	Driver
+	// HasSerial says whether the machine, as configured, has a serial
+	// console (IPMI: only over lanplus). It must be quick.
+	HasSerial() bool
+	// Serial opens the stream. ctx bounds opening only.
 	Serial(ctx context.Context) (io.ReadWriteCloser, error)
+}
+
+// SerialHolder is a Serialer whose machine writes its console whether or
+// not anyone reads it (a guest's pty or chardev socket). The model opens
+// Serial once, right after the driver is built, and reads it until the
+// driver closes, so the guest never blocks on a full console and the last
+// output is kept for the next reader. The stream spans the machine's
+// restarts: Read blocks while the machine is off, and returns io.EOF only
+// after the driver's Close; Write while the machine is off fails (EIO).
+// drivers/internal/serialline is such a stream. Closing the returned
+// stream tells the driver the model stopped reading.
+type SerialHolder interface {
+	Serialer
+	HoldsSerial()
 }

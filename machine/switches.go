@@ -35,3 +35,13 @@ type Switches interface {
 type SwitchChange struct {
 	Switch, Link, What string
 }
+
+// VDEDir holds the sockets of the VDE switches machinefs runs: switch NAME's
+// data socket directory is VDEDir/NAME (what vde_switch -s and QEMU's
+// -netdev vde,sock= take) and its management socket VDEDir/NAME.mgmt. It is
+// here, in the contract, because a guest driver plugs into a switch that
+// drivers/vswitch runs, and drivers do not import each other.
+const VDEDir = "/run/machinefs/vde"
+
+// VDESocket is the data socket directory of VDE switch name.
+func VDESocket(name string) string { return VDEDir + "/" + name }

@@ -149,3 +149,7 @@ func (s *solConn) shutdown() {
 // Serial implements machine.Serialer: the host's serial file is its SOL
 // stream.
 func (d *Driver) Serial(ctx context.Context) (io.ReadWriteCloser, error) { return d.SOL(ctx) }
+
+// HasSerial implements machine.Serialer: Serial-over-LAN is an IPMI 2.0
+// payload, so only a lanplus host has a serial file.
+func (d *Driver) HasSerial() bool { return d.cfg.iface == "lanplus" }
