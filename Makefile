@@ -5,10 +5,12 @@ STATICCHECK   := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 # ipmitool and socat (IPMI driver and its serial console), ip (network
 # namespaces), setpriv (access tests); linux and uml_mconsole (UML
 # subhosts), busybox-static and mkfs.ext4 (guest roots and disk images),
-# sfdisk (partitioned disk images); vim, perl and ansible-core (tools_test.go).
+# sfdisk (partitioned disk images); vim, perl and ansible-core (tools_test.go);
+# qemu-system-x86, qemu-utils and linux-image-amd64 (QEMU guests: the
+# emulator, qemu-img, a kernel to boot), vde2 (VDE switches).
 DEB_PACKAGES  := inotify-tools fuse3 openipmi ipmitool socat iproute2 util-linux procps \
                  user-mode-linux uml-utilities busybox-static e2fsprogs file fdisk rsync \
-                 vim perl ansible-core
+                 vim perl ansible-core qemu-system-x86 qemu-utils linux-image-amd64 vde2
 VERSION       ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS       := -X main.version=$(VERSION)
 
@@ -35,7 +37,7 @@ deps:
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
-	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
 	$(GO) mod download
 
