@@ -229,3 +229,22 @@ func (f *FS) setTimes(a *fuse.Attr) {
 		a.Nlink = 2
 	}
 }
+
+var _ gofs.NodeLookuper = (*hostDir)(nil)
+
+// Lookup finds the host's files as go-fuse would, but serial exists only
+// while the host's drivers have a serial console: `test -e serial` says
+// whether there is one.
+func (hd *hostDir) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	ch := hd.GetChild(name)
+	if ch == nil || (name == "serial" && !hd.host.HasSerial()) {
+		return nil, syscall.ENOENT
+	}
+	if ga, ok := ch.Operations().(gofs.NodeGetattrer); ok {
+		var a fuse.AttrOut
+		if ga.Getattr(ctx, nil, &a) == 0 {
+			out.Attr = a.Attr
+		}
+	}
+	return ch, 0
+}

@@ -2,95 +2,72 @@ package fs
 
 import (
 	"context"
+	"errors"
 	"io"
-	"sync"
 	"syscall"
 
 	gofs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
+
+	"github.com/machinefs/machinefs/model"
 )
 
-// serialFile is a host's serial console (IPMI Serial-over-LAN): each open
-// file is a stream; reads block for output, writes send input. Hosts whose
-// drivers have no serial console refuse the open with ENOTSUP.
+// serialFile is a host's serial console (IPMI Serial-over-LAN, a guest's
+// console): each open file is a session of the host's console (see
+// model.SerialSession); reads block for output, writes send input. A
+// host whose drivers have no serial console has no serial file.
 type serialFile struct{ sessionFile }
 
 func (s *serialFile) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32, syscall.Errno) {
-	if flags&syscall.O_ACCMODE != syscall.O_RDONLY && s.fsys.isSelf(ctx) {
+	write := flags&syscall.O_ACCMODE != syscall.O_RDONLY
+	if write && s.fsys.isSelf(ctx) {
 		return selfOpen()
 	}
-	rwc, err := s.host.OpenSerial(ctx)
+	ss, err := s.host.OpenSerial(ctx, write, caller(ctx))
 	if err != nil {
 		return nil, 0, errno(err)
 	}
-	st := &serialStream{fsys: s.fsys, rwc: rwc, out: make(chan []byte, 16), quit: make(chan struct{})}
-	go st.pump()
-	return st, fuse.FOPEN_DIRECT_IO | fuse.FOPEN_STREAM | fuse.FOPEN_NONSEEKABLE, 0
+	return &serialStream{fsys: s.fsys, ss: ss}, fuse.FOPEN_DIRECT_IO | fuse.FOPEN_STREAM | fuse.FOPEN_NONSEEKABLE, 0
 }
 
-// serialStream copies the driver's output through a channel so a blocked
-// read can be interrupted (Ctrl-C) without closing the stream.
+// serialStream is one open serial file.
 type serialStream struct {
-	fsys    *FS
-	rwc     io.ReadWriteCloser
-	out     chan []byte
-	quit    chan struct{}
-	once    sync.Once
-	mu      sync.Mutex
-	pending []byte
+	fsys *FS
+	ss   *model.SerialSession
 }
 
-func (s *serialStream) pump() {
-	defer close(s.out)
-	for {
-		buf := make([]byte, 4096)
-		n, err := s.rwc.Read(buf)
-		if n > 0 {
-			select {
-			case s.out <- buf[:n]:
-			case <-s.quit:
-				return
-			}
-		}
-		if err != nil {
-			return
-		}
-	}
-}
+var (
+	_ gofs.FileReader   = (*serialStream)(nil)
+	_ gofs.FileWriter   = (*serialStream)(nil)
+	_ gofs.FileReleaser = (*serialStream)(nil)
+)
 
+// Read blocks until there is output; Ctrl-C (the request's interrupt)
+// ends the wait with EINTR, and unmounting with EOF.
 func (s *serialStream) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if len(s.pending) == 0 {
-		select {
-		case b, ok := <-s.out:
-			if !ok {
-				return fuse.ReadResultData(nil), 0 // the stream ended: EOF
-			}
-			s.pending = b
-		case <-ctx.Done():
-			return nil, syscall.EINTR
-		case <-s.fsys.done:
-			return fuse.ReadResultData(nil), 0
-		}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	stop := context.AfterFunc(s.fsys.stopping, cancel)
+	defer stop()
+	n, err := s.ss.Read(ctx, dest)
+	if errors.Is(err, io.EOF) || (err != nil && s.fsys.stopping.Err() != nil) {
+		return fuse.ReadResultData(nil), 0
 	}
-	n := copy(dest, s.pending)
-	s.pending = s.pending[n:]
+	if err != nil {
+		return nil, errno(err)
+	}
 	return fuse.ReadResultData(dest[:n]), 0
 }
 
 func (s *serialStream) Write(ctx context.Context, data []byte, off int64) (uint32, syscall.Errno) {
-	n, err := s.rwc.Write(data)
+	n, err := s.ss.Write(data)
 	if err != nil {
-		return uint32(n), syscall.EIO
+		return uint32(n), errno(err)
 	}
 	return uint32(n), 0
 }
 
 func (s *serialStream) Release(ctx context.Context) syscall.Errno {
-	s.once.Do(func() {
-		close(s.quit)
-		s.rwc.Close()
-	})
+	s.ss.Close()
 	return 0
 }

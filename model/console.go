@@ -3,9 +3,7 @@ package model
 import (
 	"context"
 	"fmt"
-	"io"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/machinefs/machinefs/cmdtab"
@@ -166,42 +164,6 @@ func (h *Host) consoleHelp() string {
 		}
 	}
 	return "commands:\n" + cmdtab.HelpText(cmds, "  ")
-}
-
-// OpenSerial opens the host's serial console stream, from the first driver
-// that has one.
-func (h *Host) OpenSerial(ctx context.Context) (io.ReadWriteCloser, error) {
-	h.mu.Lock()
-	var s machine.Serialer
-	for _, d := range h.drivers.list {
-		if ss, ok := d.(machine.Serialer); ok {
-			s = ss
-			break
-		}
-	}
-	timeout := h.cfg.Duration("timeout")
-	h.mu.Unlock()
-	if s == nil {
-		return nil, machine.Errorf(syscall.ENOTSUP, "serial: no driver with a serial console (drivers: %s)", h.driverKinds())
-	}
-	var rwc io.ReadWriteCloser
-	err := callDriver(ctx, timeout, func(ctx context.Context) error {
-		c, err := s.Serial(ctx)
-		if err == nil && ctx.Err() != nil {
-			// Too late: the caller has gone; do not leak the stream.
-			c.Close()
-			return ctx.Err()
-		}
-		rwc = c
-		return err
-	})
-	if err != nil {
-		err = fmt.Errorf("serial: %w", err)
-		h.emit(machine.EventError, err.Error())
-		return nil, err
-	}
-	h.emit(machine.EventSerial, "opened")
-	return rwc, nil
 }
 
 func (h *Host) driverKinds() string {

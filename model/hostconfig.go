@@ -269,6 +269,7 @@ func (h *Host) rebuildDrivers(ctx context.Context) {
 		h.emit(machine.EventError, errors.Join(errs...).Error())
 	}
 	h.emit(machine.EventDrivers, strings.Join(names, " "))
+	h.serial.driversChanged(ctx, built, gen)
 }
 
 func valueOr(cf *ConfigFile, key, def string) string {
@@ -306,6 +307,7 @@ func (h *Host) closeDrivers() {
 		h.finishLocked(h.op, machine.Errorf(syscall.ECANCELED, "host removed"))
 	}
 	h.mu.Unlock()
+	h.serial.close()
 	for _, d := range old {
 		d.Close()
 	}

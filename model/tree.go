@@ -271,6 +271,7 @@ func (t *Tree) insert(parent *Host, name string, cf *ConfigFile) (*Host, error) 
 		cfg:    cf,
 		state:  shownState{power: machine.PowerUnknown, reason: "no report from a driver yet"},
 	}
+	h.serial = newSerialHub(h)
 	m[name] = h
 	return h, nil
 }

@@ -402,6 +402,20 @@ func TestIPMISerial(t *testing.T) {
 	if !strings.Contains(out, "console tick") || !strings.Contains(out, "echo: hello sol") {
 		t.Fatalf("serial output: %q", out)
 	}
+	// conman's model: one writer at a time, any number of readers, who
+	// all see the same output, and a new reader starts with the last
+	// output kept (the echo above, from a stream now closed).
+	writer := d.background("exec 3<>hosts/node07/serial; echo ready; sleep 30")
+	eventually(t, "the writer's open", func() bool { return strings.Contains(writer.output(), "ready") })
+	d.fails("echo x > hosts/node07/serial", "Device or resource busy")
+	r = d.sh("timeout 3 sed '/console tick/q' hosts/node07/serial & timeout 3 sed '/console tick/q' hosts/node07/serial; wait")
+	if r.code != 0 || strings.Count(r.out, "console tick") != 2 {
+		t.Fatalf("two readers beside a writer: exit %d out %q err %q", r.code, r.out, r.err)
+	}
+	writer.kill()
+	if out := d.sh("timeout 2 cat hosts/node07/serial").out; !strings.Contains(out, "echo: hello sol") {
+		t.Fatalf("a new reader does not see the backlog: %q", out)
+	}
 	if ev := d.read("hosts/node07/events.log"); !strings.Contains(ev, "serial opened") {
 		t.Fatalf("events.log lacks the serial opening:\n%s", ev)
 	}
@@ -410,7 +424,7 @@ func TestIPMISerial(t *testing.T) {
 
 	// IPMI 1.5 has no serial over LAN.
 	d.addHost("lan15", ipmiConfig(b.Port, b.Password, "ipmi.interface = lan"))
-	d.fails("cat hosts/lan15/serial", "Operation not supported")
+	d.fails("cat hosts/lan15/serial", "No such file or directory")
 	d.ok("rmdir hosts/lan15")
 
 	// A reader on serial when the host is removed: its cat ends, and the
@@ -443,8 +457,8 @@ func TestIPMISerial(t *testing.T) {
 type bg struct {
 	t    *testing.T
 	cmd  *exec.Cmd
-	out  *bytes.Buffer
-	err  *bytes.Buffer
+	out  *syncBuf
+	err  *syncBuf
 	done chan struct{}
 }
 
@@ -452,7 +466,7 @@ type bg struct {
 // killed at the end of the test if still running.
 func (d *daemon) background(script string) *bg {
 	d.t.Helper()
-	b := &bg{t: d.t, cmd: exec.Command("bash", "-c", script), out: &bytes.Buffer{}, err: &bytes.Buffer{}, done: make(chan struct{})}
+	b := &bg{t: d.t, cmd: exec.Command("bash", "-c", script), out: &syncBuf{}, err: &syncBuf{}, done: make(chan struct{})}
 	b.cmd.Dir = d.mnt
 	b.cmd.Stdout, b.cmd.Stderr = b.out, b.err
 	if err := b.cmd.Start(); err != nil {
@@ -461,6 +475,15 @@ func (d *daemon) background(script string) *bg {
 	go func() { b.cmd.Wait(); close(b.done) }()
 	d.t.Cleanup(func() { b.cmd.Process.Kill(); <-b.done })
 	return b
+}
+
+// output is what the command printed so far.
+func (b *bg) output() string { return b.out.String() }
+
+// kill ends the command and waits for it.
+func (b *bg) kill() {
+	b.cmd.Process.Kill()
+	<-b.done
 }
 
 // wait waits up to timeout for the command to end and returns what it

@@ -25,13 +25,15 @@ func TestRootFiles(t *testing.T) {
 	if v := d.read("version"); !strings.HasPrefix(v, "machinefs ") {
 		t.Fatalf("version = %q", v)
 	}
-	// events, serial and vswitch/ are reached by name, not listed (walk_test.go).
-	ls := d.ok("ls hosts/lab01; cd hosts/lab01 && ls -d events serial vswitch")
-	for _, f := range []string{"power", "state", "console", "config", "events", "events.log", "vswitch", "subhosts", "serial"} {
+	// events and vswitch/ are reached by name, not listed (walk_test.go).
+	ls := d.ok("ls hosts/lab01; cd hosts/lab01 && ls -d events vswitch")
+	for _, f := range []string{"power", "state", "console", "config", "events", "events.log", "vswitch", "subhosts"} {
 		if !strings.Contains(ls, f+"\n") {
 			t.Errorf("hosts/lab01 lacks %s: %q", f, ls)
 		}
 	}
+	// A simulated machine has no serial console: no serial file.
+	d.fails("ls -d hosts/lab01/serial", "No such file or directory")
 	if subs := d.ok("ls hosts/lab01/subhosts"); subs != "vm1\nvm2\n" {
 		t.Fatalf("subhosts = %q", subs)
 	}
