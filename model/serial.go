@@ -42,7 +42,7 @@ type serialHub struct {
 	writer  *SerialSession
 	gone    bool   // the host left the tree: sessions end
 	epoch   uint64 // bumped when sessions must end: their stream is gone for good
-	logging bool // serial-log: output also goes to serial.log
+	logging bool   // serial-log: output also goes to serial.log
 	line    []byte
 }
 
