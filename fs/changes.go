@@ -19,6 +19,7 @@ const (
 	chPower                        // power: new content, watchers woken
 	chPowerSize                    // power: only its cached size, watchers not woken (see eventChanges)
 	chConfig                       // config of a host, members of a group
+	chSerialLog                    // serial.log: the console's output (model/seriallog.go)
 )
 
 // What else an event changes.
@@ -83,7 +84,9 @@ var eventChanges = map[machine.EventKind]effect{
 	machine.EventMember:  {group: groupStatus},
 	machine.EventConsole: {},
 	machine.EventSerial:  {},
-	machine.EventVSwitch: {host: chSwitch},
+	// Never in an event log: serial.log grew (notifier.onEvent).
+	machine.EventSerialLog: {},
+	machine.EventVSwitch:   {host: chSwitch},
 	// The tree's own (no directory): only the logs.
 	machine.EventCtl:    {},
 	machine.EventReload: {},

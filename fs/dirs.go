@@ -161,6 +161,8 @@ type hostDir struct {
 	host *model.Host
 	liveFiles
 	temps temps // temporary files (tempfile.go)
+	// serialLog is serial.log, there while the host records its console.
+	serialLog *logFiles
 }
 
 // liveFiles are the files of a directory whose content changes under the
@@ -216,6 +218,7 @@ func (hd *hostDir) OnAdd(ctx context.Context) {
 	add("serial", idxSerial, &serialFile{sessionFile{fsys: f, host: h, idx: idxSerial}}, syscall.S_IFREG)
 	add("events", idxEvents, &eventsFile{fsys: f, prefix: h.Path()}, syscall.S_IFREG)
 	hd.log = f.addLogs(ctx, &hd.Inode, h.Log(), h.Path())
+	hd.serialLog = f.addLogNamed(ctx, &hd.Inode, h.SerialLog(), h.Path(), "serial.log")
 	add("vswitch", idxVswitch, &vswitchDir{fsys: f, host: h}, syscall.S_IFDIR)
 	add("subhosts", idxSubhosts, &listDir{fsys: f, parent: h}, syscall.S_IFDIR)
 }
@@ -233,11 +236,11 @@ func (f *FS) setTimes(a *fuse.Attr) {
 var _ gofs.NodeLookuper = (*hostDir)(nil)
 
 // Lookup finds the host's files as go-fuse would, but serial exists only
-// while the host's drivers have a serial console: `test -e serial` says
-// whether there is one.
+// while the host's drivers have a serial console (`test -e serial` says
+// whether there is one), and serial.log while it is recorded.
 func (hd *hostDir) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
 	ch := hd.GetChild(name)
-	if ch == nil || (name == "serial" && !hd.host.HasSerial()) {
+	if ch == nil || !hd.has(name) {
 		return nil, syscall.ENOENT
 	}
 	if ga, ok := ch.Operations().(gofs.NodeGetattrer); ok {
@@ -247,4 +250,16 @@ func (hd *hostDir) Lookup(ctx context.Context, name string, out *fuse.EntryOut) 
 		}
 	}
 	return ch, 0
+}
+
+// has says whether a file that comes and goes with the host's config is
+// there now.
+func (hd *hostDir) has(name string) bool {
+	switch name {
+	case "serial":
+		return hd.host.HasSerial()
+	case "serial.log", "serial.log.1":
+		return hd.host.SerialLogging()
+	}
+	return true
 }

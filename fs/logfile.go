@@ -74,6 +74,7 @@ type logFiles struct {
 	fsys *FS
 	dir  *gofs.Inode
 	log  *model.EventLog
+	name string // events.log, serial.log
 
 	mu        sync.Mutex
 	cur, prev *logFile
@@ -83,13 +84,18 @@ type logFiles struct {
 
 // addLogs puts the log's files into dir (in its OnAdd).
 func (f *FS) addLogs(ctx context.Context, dir *gofs.Inode, log *model.EventLog, owner string) *logFiles {
+	return f.addLogNamed(ctx, dir, log, owner, "events.log")
+}
+
+// addLogNamed shows log as name (events.log, serial.log) and name.1.
+func (f *FS) addLogNamed(ctx context.Context, dir *gofs.Inode, log *model.EventLog, owner, name string) *logFiles {
 	log.SetOwner(owner)
-	lf := &logFiles{fsys: f, dir: dir, log: log, ctx: context.Background()}
+	lf := &logFiles{fsys: f, dir: dir, log: log, ctx: context.Background(), name: name}
 	lf.cur = lf.newFile(log.Current())
-	dir.AddChild("events.log", &lf.cur.Inode, false)
+	dir.AddChild(name, &lf.cur.Inode, false)
 	if p := log.Previous(); p != nil {
 		lf.prev = lf.newFile(p)
-		dir.AddChild("events.log.1", &lf.prev.Inode, false)
+		dir.AddChild(name+".1", &lf.prev.Inode, false)
 	}
 	return lf
 }
@@ -135,16 +141,16 @@ func (lf *logFiles) sync() {
 			}
 		}
 		if newPrev != nil {
-			lf.dir.AddChild("events.log.1", &newPrev.Inode, true)
+			lf.dir.AddChild(lf.name+".1", &newPrev.Inode, true)
 		}
-		lf.dir.AddChild("events.log", &newCur.Inode, true)
+		lf.dir.AddChild(lf.name, &newCur.Inode, true)
 		for _, o := range old {
 			if o != newPrev {
 				o.ForgetPersistent()
 			}
 		}
 		lf.cur, lf.prev = newCur, newPrev
-		names = []string{"events.log", "events.log.1"}
+		names = []string{lf.name, lf.name + ".1"}
 		// Rotations append lost lines to the generations readers hold.
 		kept := lf.gone[:0]
 		for _, w := range lf.gone {

@@ -9,6 +9,7 @@ import (
 
 	gofs "github.com/hanwen/go-fuse/v2/fs"
 
+	"github.com/machinefs/machinefs/machine"
 	"github.com/machinefs/machinefs/model"
 )
 
@@ -111,6 +112,13 @@ func (n *notifier) stop() {
 func (n *notifier) onEvent(e model.Event) {
 	ch := changesOf(e)
 	n.mu.Lock()
+	if e.Kind == machine.EventSerialLog {
+		// The console's log, not an event: no event log grows.
+		n.dirty[e.Path] |= chSerialLog
+		n.mu.Unlock()
+		n.kick()
+		return
+	}
 	n.dirty[""] |= chLog
 	if e.Path != "" {
 		n.markLocked(e, ch)
@@ -301,6 +309,9 @@ func (n *notifier) refresh(path string, bits change) {
 	if bits&chLog != 0 {
 		hd.log.sync()
 	}
+	if h, ok := d.(*hostDir); ok {
+		h.refreshSerial(bits)
+	}
 	if bits&(chPower|chPowerSize) != 0 {
 		n.inval(hd.power)
 	}
@@ -341,5 +352,19 @@ func (n *notifier) refreshSwitch(path string) {
 	}
 	for _, ino := range []*gofs.Inode{sd.ports, sd.info} {
 		n.poke(filepath.Join(n.fsys.mountpoint, ino.Path(nil)))
+	}
+}
+
+// refreshSerial follows serial.log as it grows, and drops the kernel's
+// names of the files that come and go with the config (hostDir.has): a
+// name it cached must not outlive its file.
+func (hd *hostDir) refreshSerial(bits change) {
+	if bits&chSerialLog != 0 {
+		hd.serialLog.sync()
+	}
+	if bits&chConfig != 0 {
+		for _, name := range []string{"serial", "serial.log", "serial.log.1"} {
+			hd.NotifyEntry(name)
+		}
 	}
 }

@@ -70,6 +70,8 @@ func (hd *hostDir) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) 
 			// Listed once there is one: `md5sum hosts/*/*` and
 			// `head hosts/*/*` then meet only files on a flat tree.
 			return len(hd.fsys.tree.Hosts(hd.host)) == 0
+		case "serial.log", "serial.log.1":
+			return !hd.has(name)
 		}
 		return isStream(name)
 	})

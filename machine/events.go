@@ -38,4 +38,7 @@ const (
 	EventCtl       EventKind = "ctl"       // a ctl line was refused
 	EventReload    EventKind = "reload"    // the config directory was read again (SIGHUP)
 	EventLost      EventKind = "lost"      // a reader of a rotated log missed events
+	// EventSerialLog is never written to an event log: it tells the
+	// filesystem that a host's serial.log grew.
+	EventSerialLog EventKind = "serial-log"
 )

@@ -58,6 +58,8 @@ func (e Event) Under(path string) bool {
 type EventLog struct {
 	mu    sync.Mutex
 	limit int
+	name  string // "events.log", "serial.log": what the lost lines say
+	unit  string // what it holds: "events", "lines"
 	owner string // path of the log's directory, for the lost lines
 	cur   *LogGen
 	prev  *LogGen // events.log.1; nil before the first rotation
@@ -78,7 +80,7 @@ type LogGen struct {
 }
 
 func newEventLog(limit int) *EventLog {
-	l := &EventLog{limit: limit}
+	l := &EventLog{limit: limit, name: "events.log", unit: "events"}
 	l.cur = &LogGen{log: l, mtime: time.Now()}
 	return l
 }
@@ -107,7 +109,7 @@ func (l *EventLog) append(line string) {
 // new one. Every older generation a reader may still hold is told what
 // its reader will not see: the events of the generation just rotated.
 func (l *EventLog) rotateLocked(now time.Time) {
-	marker := Event{Time: now, Path: l.owner, Kind: machine.EventLost, Detail: strconv.FormatInt(l.cur.events, 10) + " events (events.log rotated before this reader reached them; see events.log.1)"}.Line()
+	marker := Event{Time: now, Path: l.owner, Kind: machine.EventLost, Detail: strconv.FormatInt(l.cur.events, 10) + " " + l.unit + " (" + l.name + " rotated before this reader reached them; see " + l.name + ".1)"}.Line()
 	kept := l.gone[:0]
 	for _, w := range l.gone {
 		if g := w.Value(); g != nil {

@@ -33,7 +33,8 @@ type Host struct {
 	op      *operation // the command in flight on this machine
 	stack   *operation // a stack command (poweroff, reboot) in flight
 
-	serial *serialHub // the serial console's sessions and backlog
+	serial    *serialHub // the serial console's sessions and backlog
+	serialLog *EventLog  // serial.log
 
 	consoleMu sync.Mutex
 	console   string // last console exchange, for readers that did not write

@@ -153,6 +153,7 @@ func (h *Host) commitConfig(ctx context.Context, who Caller, written map[string]
 	if rebuild {
 		h.rebuildDrivers(ctx)
 	}
+	h.serial.configChanged(ctx)
 	return nil
 }
 
@@ -171,6 +172,7 @@ func (h *Host) replaceConfig(ctx context.Context, cf *ConfigFile) {
 	if rebuild {
 		h.rebuildDrivers(ctx)
 	}
+	h.serial.configChanged(ctx)
 }
 
 // driverKeysChanged says whether going from old to next changes what the
@@ -270,6 +272,7 @@ func (h *Host) rebuildDrivers(ctx context.Context) {
 	}
 	h.emit(machine.EventDrivers, strings.Join(names, " "))
 	h.serial.driversChanged(ctx, built, gen)
+	h.serial.configChanged(ctx)
 }
 
 func valueOr(cf *ConfigFile, key, def string) string {

@@ -20,6 +20,7 @@ var coreKeys = []machine.KeySpec{
 	{Name: "stack-timeout", Default: "1m", Doc: "bound on stopping this machine as a step of a stack poweroff or reboot; after it the machine is forced", Kind: machine.DurationKind(time.Millisecond, maxTimeout)},
 	{Name: "local", Default: "no", Doc: "yes on the machine machinefs itself runs on: \"poweroff self\" and \"reboot self\" are then refused (EPERM) unless allow-self = yes", Kind: machine.BoolKind, Privileged: true},
 	{Name: "allow-self", Default: "no", Doc: "yes lets \"poweroff self\" and \"reboot self\" act on the local host", Kind: machine.BoolKind, Privileged: true},
+	{Name: "serial-log", Default: "no", Doc: "yes keeps the machine's serial console open and records its output in serial.log (and serial.log.1 after a rotation), one line per console line, each with the time it ended", Kind: machine.BoolKind},
 	{Name: "wait-timeout", Default: "2m", Doc: "how long a command may take to reach its target state; the default for the wait modifier", Kind: machine.DurationKind(time.Millisecond, maxTimeout)},
 }
 

@@ -43,7 +43,9 @@ type serialHub struct {
 	gone    bool   // the host left the tree: sessions end
 	epoch   uint64 // bumped when sessions must end: their stream is gone for good
 	logging bool   // serial-log: output also goes to serial.log
-	line    []byte
+	line    []byte // the console line serial.log has not got yet
+	// logPending: a change of serial.log is about to be told.
+	logPending bool
 }
 
 func newSerialHub(h *Host) *serialHub {
@@ -64,6 +66,9 @@ func (s *serialHub) pump(src io.ReadWriteCloser) {
 		if n > 0 {
 			s.mu.Lock()
 			s.appendLocked(buf[:n])
+			if s.logging {
+				s.logLocked(buf[:n])
+			}
 			s.wakeLocked()
 			s.mu.Unlock()
 		}

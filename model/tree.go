@@ -272,6 +272,7 @@ func (t *Tree) insert(parent *Host, name string, cf *ConfigFile) (*Host, error) 
 		state:  shownState{power: machine.PowerUnknown, reason: "no report from a driver yet"},
 	}
 	h.serial = newSerialHub(h)
+	h.serialLog = newSerialLog(t.hostLog)
 	m[name] = h
 	return h, nil
 }

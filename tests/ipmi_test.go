@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -757,4 +758,36 @@ func TestIPMINoClearPassword(t *testing.T) {
 		t.Fatalf("%d captured frames carry the password after machinefs started (ipmitool's control: %d)", n-before, before)
 	}
 	d.noSecretInTree(secret)
+}
+
+// TestIPMISerialLog: serial-log = yes records the console in serial.log,
+// one line per console line with its time, control characters escaped
+// (the guest is untrusted), followed by tail -f; no takes the file away.
+func TestIPMISerialLog(t *testing.T) {
+	b := ipmisim.Start(t, ipmisim.PoweredOn(), ipmisim.WithSOL(ipmisim.StartConsole(t)))
+	d := start(t)
+	d.addHost("node07", ipmiConfig(b.Port, b.Password))
+	d.waitPower("node07", "on")
+	d.fails("ls hosts/node07/serial.log", "No such file or directory")
+
+	d.ok("sed -i '$a serial-log = yes' hosts/node07/config")
+	tail := d.background("tail -n +1 -f hosts/node07/serial.log")
+	tick := regexp.MustCompile(`(?m)^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d+Z console tick \d+$`)
+	eventually(t, "console ticks in serial.log, followed by tail -f", func() bool { return tick.MatchString(tail.output()) })
+	if ls := d.ok("ls hosts/node07"); !strings.Contains(ls, "serial.log\n") {
+		t.Errorf("ls does not list serial.log:\n%s", ls)
+	}
+	d.ok(`printf 'bell\a esc\033[31m\n' > hosts/node07/serial`)
+	eventually(t, "the echoed line, escaped", func() bool {
+		return strings.Contains(d.read("hosts/node07/serial.log"), `echo: bell\x07 esc\x1b[31m`)
+	})
+	if log := d.read("hosts/node07/serial.log"); strings.ContainsAny(log, "\a\x1b\r") {
+		t.Fatalf("serial.log holds raw control characters:\n%q", log)
+	}
+	if ev := d.read("hosts/node07/events.log"); strings.Contains(ev, "console tick") {
+		t.Fatalf("console output went to events.log:\n%s", ev)
+	}
+
+	d.ok("sed -i 's/^serial-log = yes/serial-log = no/' hosts/node07/config")
+	d.fails("ls hosts/node07/serial.log", "No such file or directory")
 }
