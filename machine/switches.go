@@ -2,8 +2,8 @@ package machine
 
 import "context"
 
-// Switches manages the virtual switches (bridges and TAP devices) of the
-// machine machinefs runs on, ctys-setupVDE style. drivers/vswitch
+// Switches manages the virtual switches (bridges, TAP devices and VDE
+// switches) of the machine machinefs runs on, ctys-setupVDE style. drivers/vswitch
 // implements it with netlink; the model only routes requests to it and
 // turns its link changes into events.
 type Switches interface {
@@ -14,6 +14,12 @@ type Switches interface {
 	// group names or numbers as written, "" for unset. An unknown name is
 	// EINVAL.
 	AddTap(ctx context.Context, name, owner, group string) (tap string, err error)
+	// AddVDE runs a VDE switch (vde_switch) on switch name, attached to
+	// a new TAP on the bridge, as owner (root when "") and group, its
+	// data socket VDESocket(name) with permissions mode (octal, "" for
+	// the default). A live one already there is EEXIST. RemovePort(name,
+	// "vde") stops it; like Delete, it is EBUSY while clients use it.
+	AddVDE(ctx context.Context, name, owner, group, mode string) (tap string, err error)
 	RemovePort(ctx context.Context, name, port string) error
 	Check(ctx context.Context, name string) error
 	// InfoText, PortsText and AllText render the info, ports and all files.

@@ -98,8 +98,9 @@ var SwitchesCtlTable = cmdtab.Table{File: "vswitch ctl", Cmds: []cmdtab.Cmd{
 // SwitchCtlTable is the command table of vswitch/NAME/ctl.
 var SwitchCtlTable = cmdtab.Table{File: "vswitch ctl", Cmds: []cmdtab.Cmd{
 	{Name: "add tap", Args: "[owner=USER|UID] [group=GROUP|GID]", Opts: []string{"owner", "group"}, Help: "add a persistent TAP port (packet info off)"},
-	{Name: "remove", Args: "PORT", Min: 1, Max: 1, Help: "remove a port"},
-	{Name: "check", Help: "fail with ENOENT, ENETDOWN or EIO and the reason unless the switch is whole and up"},
+	{Name: "add vde", Args: "[owner=USER|UID] [group=GROUP|GID] [mode=OCTAL]", Opts: []string{"owner", "group", "mode"}, Help: "run a VDE switch on a TAP port, as owner, sockets in " + machine.VDEDir},
+	{Name: "remove", Args: "PORT|vde", Min: 1, Max: 1, Help: "remove a port; vde stops the VDE switch (EBUSY while guests use it)"},
+	{Name: "check", Help: "fail with ENOENT, ENETDOWN, EIO or EACCES (a TAP's owner cannot open /dev/net/tun) and the reason unless the switch is whole and up"},
 }}
 
 // SwitchesCtl runs one line written to vswitch/ctl (SwitchesCtlTable).
@@ -130,6 +131,14 @@ func (h *Host) SwitchCtl(ctx context.Context, name, line string, who Caller) err
 		return h.switchOp(ctx, name, "add tap", who, func(ctx context.Context, sw machine.Switches) (string, error) {
 			tap, err := sw.AddTap(ctx, name, owner, group)
 			return "tap " + tap + " added", err
+		})
+	case "add vde":
+		owner, _ := l.Opt("owner")
+		group, _ := l.Opt("group")
+		mode, _ := l.Opt("mode")
+		return h.switchOp(ctx, name, "add vde", who, func(ctx context.Context, sw machine.Switches) (string, error) {
+			tap, err := sw.AddVDE(ctx, name, owner, group, mode)
+			return "vde on " + tap + " added", err
 		})
 	case "remove":
 		port := l.Args[0]

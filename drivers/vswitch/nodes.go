@@ -1,6 +1,7 @@
 package vswitch
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"strings"
@@ -38,6 +39,16 @@ func infoText(in Info) string {
 	line("tx-packets", in.TxPackets)
 	line("rx-errors", in.RxErrors)
 	line("tx-errors", in.TxErrors)
+	line("external", yesNo(in.External))
+	if in.VDE == "" {
+		line("vde", "none")
+	} else {
+		line("vde", in.VDE)
+		line("vde-pid", in.VDEPid)
+		line("vde-sock", in.VDESock)
+		line("vde-mgmt", in.VDEMgmt)
+	}
+	line("tun", cmp.Or(in.Tun, "ok"))
 	return b.String()
 }
 
@@ -65,6 +76,9 @@ func (m *Manager) PortsText(ctx context.Context, name string) (string, error) {
 			fmt.Fprintf(&b, " group=%d", p.Group)
 		}
 		b.WriteString("\n")
+	}
+	for _, l := range m.vdeLines(ctx, name) {
+		b.WriteString(l + "\n")
 	}
 	return b.String(), nil
 }

@@ -17,6 +17,11 @@ type record struct {
 	Name   string `json:"name"`
 	Group  uint32 `json:"group"`
 	Uplink string `json:"uplink,omitempty"`
+	// External: the bridge is someone else's (ctys -b); machinefs only
+	// added ports to it, and never deletes it.
+	External bool `json:"external,omitempty"`
+	// VDE is the VDE switch machinefs runs on the switch, if any.
+	VDE *vdeRecord `json:"vde,omitempty"`
 }
 
 func (m *Manager) statePath(name string) string {

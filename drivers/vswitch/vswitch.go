@@ -1,6 +1,7 @@
 package vswitch
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -51,6 +52,11 @@ type Options struct {
 	// StateDir keeps one NAME.json per switch machinefs created. Empty:
 	// records live in memory and the bridge alias alone survives restarts.
 	StateDir string
+	// VDEDir holds the VDE switches' sockets (machine.VDEDir when empty;
+	// tests use their own), VDESwitch is the vde_switch program
+	// (DefaultVDESwitch) and TunPath the TUN clone device whose mode says
+	// whether a TAP's owner can use it (DefaultTunPath).
+	VDEDir, VDESwitch, TunPath string
 }
 
 // Manager creates and manages switches in one network namespace. Its
@@ -59,6 +65,8 @@ type Manager struct {
 	ns       netns.NsHandle
 	base     uint32
 	stateDir string
+
+	vdeDir, vdeBin, tunPath string
 
 	h     *netlink.Handle // queries and simple changes
 	raw   *nl.NetlinkSocket
@@ -95,7 +103,8 @@ func New(ctx context.Context, opts Options) (*Manager, error) {
 	if err != nil {
 		return nil, machine.Errorf(errnoOf(err, syscall.ENOENT), "vswitch: open network namespace: %v", err)
 	}
-	m := &Manager{ns: ns, base: opts.Group, stateDir: opts.StateDir, recs: map[string]*record{}}
+	m := &Manager{ns: ns, base: opts.Group, stateDir: opts.StateDir, recs: map[string]*record{},
+		vdeDir: cmp.Or(opts.VDEDir, machine.VDEDir), vdeBin: cmp.Or(opts.VDESwitch, DefaultVDESwitch), tunPath: cmp.Or(opts.TunPath, DefaultTunPath)}
 	if m.base == 0 {
 		m.base = DefaultGroup
 	}
@@ -156,6 +165,14 @@ type Info struct {
 	Group   uint32 // interface group
 	Ports   int
 	Counters
+	// External: someone else's bridge that machinefs added ports to.
+	External bool
+	// VDE describes the VDE switch on it: "" none, "running", or why it
+	// is broken (check's reason); VDESock and VDEMgmt are its sockets.
+	VDE, VDESock, VDEMgmt string
+	VDEPid                int
+	// Tun is "" or why a TAP's owner cannot use it (/dev/net/tun's mode).
+	Tun string
 }
 
 // Counters are a device's traffic counters.
@@ -322,10 +339,11 @@ func (m *Manager) AddTap(ctx context.Context, name, owner, group string) (tapNam
 func (m *Manager) addTap(name string, owner, group uint32) (tapName string, err error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	br, rec, err := m.managedBridge(name)
+	br, rec, err := m.portBridge(name, true)
 	if err != nil {
 		return "", err
 	}
+	defer func() { m.dropEmpty(rec, err) }()
 	for i := 0; i < 1000; i++ {
 		tap := fmt.Sprintf("%st%d", name, i)
 		if len(tap) > unix.IFNAMSIZ-1 {
@@ -357,9 +375,15 @@ func (m *Manager) RemovePort(ctx context.Context, name, port string) error {
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	br, rec, err := m.managedBridge(name)
+	br, rec, err := m.portBridge(name, false)
 	if err != nil {
 		return err
+	}
+	if port == "vde" || rec.VDE != nil && port == rec.VDE.Tap {
+		if rec.VDE == nil {
+			return machine.Errorf(syscall.ENOENT, "vswitch: %s has no VDE switch", name)
+		}
+		return m.removeVDE(ctx, rec)
 	}
 	p, err := m.link(port)
 	if err != nil {
@@ -424,21 +448,25 @@ func (m *Manager) Check(ctx context.Context, name string) error {
 			return machine.Errorf(syscall.ENETDOWN, "vswitch: uplink %s of %s is down", rec.Uplink, name)
 		}
 	}
-	if rec != nil {
-		for _, l := range links {
-			if !ownTap(l, rec) {
-				continue
-			}
-			a := l.Attrs()
-			switch {
-			case a.MasterIndex != idx:
-				return machine.Errorf(syscall.EIO, "vswitch: TAP %s is detached from %s", a.Name, name)
-			case a.Flags&net.FlagUp == 0:
-				return machine.Errorf(syscall.ENETDOWN, "vswitch: TAP %s of %s is down", a.Name, name)
-			}
+	if rec == nil {
+		return nil
+	}
+	if err := m.vdeCheck(ctx, links, br, rec); err != nil {
+		return err
+	}
+	for _, l := range links {
+		if !ownTap(l, rec) {
+			continue
+		}
+		a := l.Attrs()
+		switch {
+		case a.MasterIndex != idx:
+			return machine.Errorf(syscall.EIO, "vswitch: TAP %s is detached from %s", a.Name, name)
+		case a.Flags&net.FlagUp == 0:
+			return machine.Errorf(syscall.ENETDOWN, "vswitch: TAP %s of %s is down", a.Name, name)
 		}
 	}
-	return nil
+	return m.tunProblem(links, rec)
 }
 
 // Info describes switch name (any bridge, managed or not).
@@ -456,7 +484,20 @@ func (m *Manager) Info(ctx context.Context, name string) (Info, error) {
 	if br == nil || !isBridge(br) {
 		return Info{}, machine.Errorf(syscall.ENOENT, "vswitch: no bridge %s", name)
 	}
-	return m.info(links, br), nil
+	in := m.info(links, br)
+	if rec := m.recs[name]; rec != nil && (in.Managed || rec.External) {
+		in.External = rec.External
+		if rec.VDE != nil {
+			in.VDE, in.VDESock, in.VDEMgmt, in.VDEPid = "running", m.vdeSock(name), m.vdeMgmt(name), rec.VDE.Pid
+			if err := m.vdeCheck(ctx, links, br, rec); err != nil {
+				in.VDE = err.Error()
+			}
+		}
+		if err := m.tunProblem(links, rec); err != nil {
+			in.Tun = err.Error()
+		}
+	}
+	return in, nil
 }
 
 func (m *Manager) info(links []netlink.Link, br netlink.Link) Info {
@@ -497,7 +538,7 @@ func (m *Manager) Ports(ctx context.Context, name string) ([]Port, error) {
 		return nil, machine.Errorf(syscall.ENOENT, "vswitch: no bridge %s", name)
 	}
 	rec := m.recs[name]
-	if !m.managed(br) {
+	if !m.managed(br) && (rec == nil || !rec.External) {
 		rec = nil
 	}
 	var ports []Port
@@ -522,6 +563,9 @@ func (m *Manager) Ports(ctx context.Context, name string) ([]Port, error) {
 		}
 		if rec != nil && rec.Uplink == a.Name {
 			p.Kind = "uplink"
+		}
+		if own && rec.VDE != nil && rec.VDE.Tap == a.Name {
+			p.Kind = "vde-tap"
 		}
 		ports = append(ports, p)
 	}
@@ -576,11 +620,13 @@ func (m *Manager) Delete(ctx context.Context, names ...string) error {
 		return err
 	}
 	var victims []netlink.Link
+	var vdes []*record
 	groups := map[uint32]bool{}
 	for _, name := range names {
 		rec := m.recs[name]
 		br := byName(links, name)
-		if br != nil && !m.managed(br) {
+		external := rec != nil && rec.External
+		if br != nil && !m.managed(br) && !external {
 			return machine.Errorf(syscall.EPERM, "vswitch: %s was not created by machinefs (managed: no); not deleting it", name)
 		}
 		if rec == nil && br == nil {
@@ -590,7 +636,7 @@ func (m *Manager) Delete(ctx context.Context, names ...string) error {
 			rec = &record{Name: name, Group: br.Attrs().Group}
 			m.recs[name] = rec
 		}
-		if br != nil {
+		if br != nil && !external { // someone else's bridge stays (ctys -b)
 			victims = append(victims, br)
 		}
 		for _, l := range links {
@@ -599,6 +645,18 @@ func (m *Manager) Delete(ctx context.Context, names ...string) error {
 			}
 		}
 		groups[rec.Group] = true
+		if rec.VDE != nil {
+			// Guests plugged into the VDE switch: EBUSY, nothing deleted.
+			if err := m.vdeBusy(ctx, rec); err != nil {
+				return err
+			}
+			vdes = append(vdes, rec)
+		}
+	}
+	for _, rec := range vdes {
+		if err := m.stopVDE(ctx, rec); err != nil {
+			return err
+		}
 	}
 	if len(victims) > 0 {
 		if err := m.deleteLinks(links, victims, groups); err != nil {
@@ -651,7 +709,9 @@ func (m *Manager) deleteLinks(links, victims []netlink.Link, groups map[uint32]b
 	}
 	if group != 0 {
 		m.dels.Add(1)
-		if err := m.delGroup(group); err != nil {
+		// ENODEV: the group is already empty (stopping a VDE switch
+		// deleted its TAP, the only port machinefs had on a bridge).
+		if err := m.delGroup(group); err != nil && !errors.Is(err, syscall.ENODEV) {
 			return machine.Errorf(errnoOf(err, syscall.EIO), "vswitch: delete interface group %d: %v", group, err)
 		}
 		return nil
@@ -732,6 +792,59 @@ func (m *Manager) tunOwner(index int, owner, group uint32) (uint32, uint32) {
 		}
 	}
 	return o, g
+}
+
+// portBridge returns switch name's bridge and record for adding or
+// removing machinefs's ports. A bridge machinefs did not create is
+// external (ctys -b): with create, the first port gives it a record of its
+// own (a fresh interface group for machinefs's ports, the bridge left as
+// it is); without, one that has no record is EPERM.
+func (m *Manager) portBridge(name string, create bool) (netlink.Link, *record, error) {
+	br, err := m.link(name)
+	if err != nil {
+		return nil, nil, err
+	}
+	if br == nil || !isBridge(br) {
+		return nil, nil, machine.Errorf(syscall.ENOENT, "vswitch: no bridge %s", name)
+	}
+	if m.managed(br) {
+		return m.managedBridge(name)
+	}
+	if rec := m.recs[name]; rec != nil && rec.External {
+		return br, rec, nil
+	}
+	if !create {
+		return nil, nil, machine.Errorf(syscall.EPERM, "vswitch: %s was not created by machinefs (managed: no) and has no ports of machinefs", name)
+	}
+	group, err := m.allocGroup()
+	if err != nil {
+		return nil, nil, err
+	}
+	rec := &record{Name: name, Group: group, External: true}
+	if err := m.save(rec); err != nil {
+		return nil, nil, err
+	}
+	m.recs[name] = rec
+	return br, rec, nil
+}
+
+// dropEmpty forgets an external switch's record when adding its first
+// port failed (err), so a failed `add` leaves no trace.
+func (m *Manager) dropEmpty(rec *record, err error) {
+	if err == nil || !rec.External || rec.VDE != nil {
+		return
+	}
+	links, lerr := m.links()
+	if lerr != nil {
+		return
+	}
+	for _, l := range links {
+		if ownTap(l, rec) {
+			return
+		}
+	}
+	delete(m.recs, rec.Name)
+	m.unsave(rec.Name)
 }
 
 // managedBridge returns switch name's bridge and record, or ENOENT/EPERM.

@@ -407,13 +407,20 @@ func TestUnmanagedNeverDeleted(t *testing.T) {
 	if created || in.Managed {
 		t.Fatalf("created %v, info %+v", created, in)
 	}
-	_, err = e.m.AddTap(ctx, "mfvx0", "", "")
-	wantErrno(t, err, syscall.EPERM)
 	wantErrno(t, e.m.SetUplink(ctx, "mfvx0", "lo"), syscall.EPERM)
-	wantErrno(t, e.m.Delete(ctx, "mfvx0"), syscall.EPERM)
-	if !e.exists(t, "mfvx0") {
-		t.Fatal("unmanaged bridge deleted")
+	wantErrno(t, e.m.RemovePort(ctx, "mfvx0", "lo"), syscall.EPERM)
+	// A TAP on it (ctys -b) makes it an external switch: deleting that
+	// removes the TAP and leaves the bridge.
+	tap, err := e.m.AddTap(ctx, "mfvx0", "", "")
+	must(t, err)
+	if in, err := e.m.Info(ctx, "mfvx0"); err != nil || in.Managed || !in.External {
+		t.Fatalf("info %+v %v", in, err)
 	}
+	must(t, e.m.Delete(ctx, "mfvx0"))
+	if !e.exists(t, "mfvx0") || e.exists(t, tap) {
+		t.Fatal("unmanaged bridge deleted, or machinefs's TAP left on it")
+	}
+	wantErrno(t, e.m.Delete(ctx, "mfvx0"), syscall.EPERM)
 	// Even with a same-named record (stale state) the bridge that is not
 	// in its group is not machinefs's.
 	e.ip(t, "link", "del", "mfvb0")
