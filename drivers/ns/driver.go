@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"github.com/machinefs/machinefs/drivers/internal/notifyline"
+	"github.com/machinefs/machinefs/drivers/internal/ptyhold"
+	"github.com/machinefs/machinefs/drivers/internal/serialline"
 	"github.com/machinefs/machinefs/machine"
 	"golang.org/x/sys/unix"
 )
@@ -54,6 +56,7 @@ type Subhost struct {
 	closed  bool
 	lastRun string
 	notify  *os.File
+	line    *serialline.Line // the init's console, across its lives
 }
 
 // New builds the driver of one subhost and adopts it if a recorded run is
@@ -70,13 +73,14 @@ func New(_ context.Context, env machine.DriverEnv) (machine.Driver, error) {
 	}
 	names.m[s.name] = s.path
 	names.Unlock()
-	d := &Subhost{s: s, report: env.Report, log: env.Log}
+	d := &Subhost{s: s, report: env.Report, log: env.Log, line: serialline.New()}
 	if d.log == nil {
 		d.log = slog.New(slog.DiscardHandler)
 	}
 	d.ctx, d.cancel = context.WithCancel(context.Background())
 	fail := func(err error) (machine.Driver, error) {
 		d.cancel()
+		d.line.Close()
 		names.Lock()
 		delete(names.m, s.name)
 		names.Unlock()
@@ -103,6 +107,7 @@ func New(_ context.Context, env machine.DriverEnv) (machine.Driver, error) {
 			d.p = p
 			d.since, _ = time.Parse(time.RFC3339Nano, rec.Started)
 			d.watch(p)
+			d.attachConsoleLocked()
 			power := machine.PowerOn
 			if d.frozenLocked() {
 				power = machine.PowerPaused
@@ -246,12 +251,24 @@ func (d *Subhost) startLocked() error {
 		}
 		d.openNotifyLocked()
 	}
-	p, err := startInit(d.s, d.rec)
-	if err != nil {
+	fail := func(err error) error {
 		if fresh {
 			d.releaseLocked()
 		}
 		return errnoErr(err)
+	}
+	console, err := d.startConsoleLocked()
+	if err != nil {
+		return fail(fmt.Errorf("console: %w", err))
+	}
+	p, err := startInit(d.s, d.rec, console)
+	console.Close() // the init has it: the holder ends when the subhost has closed it
+	if err != nil {
+		if kerr := ptyhold.Kill(d.rec.Holder, d.rec.HolderStart); kerr != nil {
+			d.log.Warn("console holder of an init that did not start", "err", kerr)
+		}
+		d.forgetConsoleLocked()
+		return fail(err)
 	}
 	d.p, d.intent, d.killed, d.since = p, "", "", time.Now()
 	d.rec.Pid, d.rec.Start, d.rec.Started = p.pid, p.start, d.since.UTC().Format(time.RFC3339Nano)
@@ -259,6 +276,7 @@ func (d *Subhost) startLocked() error {
 		d.log.Warn("saving the subhost record", "err", err)
 	}
 	d.watch(p)
+	d.attachConsoleLocked()
 	d.report.Report(machine.Status{Power: machine.PowerOn, Reachable: true, Reason: fmt.Sprintf("init %s runs as pid %d", d.rec.Init, p.pid)})
 	return nil
 }
@@ -383,6 +401,7 @@ func (d *Subhost) exited(p *proc) {
 	}
 	d.rec.Ended = fmt.Sprintf("%s at %s", why, time.Now().UTC().Format(time.RFC3339))
 	d.rec.Pid, d.rec.Start = 0, 0
+	d.forgetConsoleLocked()
 	d.lastRun = d.rec.Ended
 	if d.closed && intent == "restart" {
 		intent = "hibernate" // no new watchers once closed; the next driver starts it
@@ -451,6 +470,10 @@ func (d *Subhost) Remove(ctx context.Context) error {
 		return machine.Errorf(syscall.ESHUTDOWN, "driver closed")
 	}
 	p := d.p
+	var holder ptyhold.Holder
+	if d.rec != nil {
+		holder = ptyhold.Holder{Pid: d.rec.Holder, Start: d.rec.HolderStart}
+	}
 	if p != nil {
 		d.intent = "release"
 		d.killed = "killed by machinefs (host removed)"
@@ -478,6 +501,11 @@ func (d *Subhost) Remove(ctx context.Context) error {
 		d.p = nil
 	}
 	held := d.rec != nil
+	// The console's holder would end by itself now that the init has;
+	// the host leaves the tree, so nothing waits for its last output.
+	if err := ptyhold.Kill(holder.Pid, holder.Start); err != nil {
+		d.log.Warn("removing subhost", "err", err)
+	}
 	if err := d.releaseLocked(); err != nil {
 		return machine.Errorf(syscall.EIO, "releasing subhost %s: %v", d.s.name, err)
 	}
@@ -576,6 +604,7 @@ func (d *Subhost) Close() error {
 		p.stopWatching()
 	}
 	d.wg.Wait()
+	d.line.Close() // the holder keeps the console for the next driver
 	if p != nil {
 		d.mu.Lock()
 		if d.p == p {

@@ -3,7 +3,6 @@ package ns
 import (
 	"fmt"
 	"os"
-	"path/filepath"
 	"runtime"
 	"syscall"
 
@@ -25,18 +24,11 @@ type proc struct {
 // startInit runs the subhost's init as PID 1 of new mount, pid and ipc
 // namespaces, in the subhost's network namespace and a new uts namespace
 // carrying its host name, inside its cgroup. The child is this binary,
-// which pivots into the live root and execs the init (stage.go).
-func startInit(s settings, rec *record) (*proc, error) {
-	logf, err := os.OpenFile(filepath.Join(filepath.Dir(rec.Live), "console.log"), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
-	if err != nil {
-		return nil, err
-	}
-	defer logf.Close()
-	null, err := os.Open(os.DevNull)
-	if err != nil {
-		return nil, err
-	}
-	defer null.Close()
+// which pivots into the live root and execs the init (stage.go). console
+// (a pty's slave) is the init's stdin, stdout, stderr and controlling
+// terminal, as a console is.
+func startInit(s settings, rec *record, console *os.File) (*proc, error) {
+	var err error
 	cgfd := -1
 	if rec.Cgroup != "" {
 		if cgfd, err = unix.Open(rec.Cgroup, unix.O_DIRECTORY|unix.O_RDONLY|unix.O_CLOEXEC, 0); err != nil {
@@ -77,10 +69,12 @@ func startInit(s settings, rec *record) (*proc, error) {
 			Dir: "/",
 			Env: []string{"PATH=/sbin:/bin:/usr/sbin:/usr/bin", "HOME=/", "TERM=linux", "container=machinefs",
 				stageEnv + "=1", rootEnv + "=" + rec.Live, initEnv + "=" + rec.Init},
-			Files: []uintptr{null.Fd(), logf.Fd(), logf.Fd()},
+			Files: []uintptr{console.Fd(), console.Fd(), console.Fd()},
 			Sys: &syscall.SysProcAttr{
 				Cloneflags: syscall.CLONE_NEWNS | syscall.CLONE_NEWPID | syscall.CLONE_NEWIPC,
 				Setsid:     true,
+				Setctty:    true,
+				Ctty:       0,
 				PidFD:      &pidfd,
 			},
 		}

@@ -18,6 +18,7 @@ import (
 	vnetns "github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
+	"github.com/machinefs/machinefs/drivers/internal/ptyhold"
 	"github.com/machinefs/machinefs/internal/atomicfile"
 	"github.com/machinefs/machinefs/internal/procfs"
 	"github.com/machinefs/machinefs/machine"
@@ -40,6 +41,12 @@ type record struct {
 	Start   uint64   `json:"start,omitempty"`   // start time in clock ticks (/proc/PID/stat field 22)
 	Started string   `json:"started,omitempty"` // RFC 3339
 	Ended   string   `json:"ended,omitempty"`   // how the last run ended
+
+	// The running init's console holder (ptyhold): its socket, pid and
+	// start time.
+	Console     string `json:"console,omitempty"`
+	Holder      int    `json:"holder,omitempty"`
+	HolderStart uint64 `json:"holder_start,omitempty"`
 }
 
 func recordPath(stateDir, name string) string { return filepath.Join(stateDir, name+".json") }
@@ -395,7 +402,8 @@ func release(rec *record) error {
 		dir := filepath.Dir(rec.Live)
 		_ = os.Remove(rec.Live)
 		_ = os.Remove(filepath.Join(dir, "disk"))
-		_ = os.Remove(filepath.Join(dir, "console.log"))
+		_ = os.Remove(filepath.Join(dir, "console.log")) // written by earlier versions
+		_ = os.Remove(filepath.Join(dir, "console.sock"))
 		_ = os.Remove(dir)
 	}
 	return errors.Join(errs...)
@@ -511,6 +519,9 @@ func ReleaseAll(stateDir string) error {
 				_, _ = unix.Poll(fds, 5000)
 				unix.Close(fd)
 			}
+		}
+		if err := ptyhold.Kill(rec.Holder, rec.HolderStart); err != nil {
+			errs = append(errs, err)
 		}
 		if err := release(rec); err != nil {
 			errs = append(errs, err)
