@@ -45,8 +45,10 @@ func (m *Manager) vdePid(name string) string  { return filepath.Join(m.vdeDir, n
 // vdeSpec is a resolved `add vde` request.
 type vdeSpec struct {
 	uid, gid uint32
-	tapOwner uint32 // NoID when no owner was given (root runs the switch)
-	mode     uint32
+	// The TAP's owner and group: NoID where neither was given (root runs
+	// the switch).
+	tapOwner, tapGroup uint32
+	mode               uint32
 }
 
 // resolveVDE turns owner, group and mode as written into ids and a mode.
@@ -57,7 +59,7 @@ func resolveVDE(owner, group, mode string) (vdeSpec, error) {
 	if err != nil {
 		return vdeSpec{}, err
 	}
-	s := vdeSpec{uid: uid, tapOwner: uid, mode: 0o600}
+	s := vdeSpec{uid: uid, tapOwner: uid, tapGroup: NoID, mode: 0o600}
 	if uid == NoID {
 		s.uid = 0
 	}
@@ -71,7 +73,10 @@ func resolveVDE(owner, group, mode string) (vdeSpec, error) {
 		}
 		s.gid = u
 	} else {
-		s.mode = 0o660
+		s.mode, s.tapGroup = 0o660, s.gid
+	}
+	if s.tapOwner != NoID {
+		s.tapGroup = s.gid
 	}
 	if mode != "" {
 		n, err := strconv.ParseUint(mode, 8, 32)
@@ -145,7 +150,7 @@ func (m *Manager) AddVDE(ctx context.Context, name, owner, group, mode string) (
 		}
 		_ = m.h.LinkDel(l) // a TAP a dead VDE switch left
 	}
-	if err := m.makeTap(tap, spec.tapOwner, spec.gid, br.Attrs().Index, rec.Group, aliasPrefix+name); err != nil {
+	if err := m.makeTap(tap, spec.tapOwner, spec.tapGroup, br.Attrs().Index, rec.Group, aliasPrefix+name); err != nil {
 		return "", machine.Errorf(errnoOf(err, syscall.EIO), "vswitch: add TAP %s to %s: %v", tap, name, err)
 	}
 	v, err := m.startVDE(ctx, name, tap, spec, groups)
