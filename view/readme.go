@@ -37,11 +37,14 @@ hosts/NAME/   one directory per machine; mkdir adds a host, rmdir removes it
   config      "key = value" lines; writing "key = value" sets, "key =" removes;
               secrets read back as <set>
   events, events.log   this host's (and its subhosts') events only
-  serial      serial console stream (IPMI Serial-over-LAN): read output, write
-              input (not listed: open it by name)
+  serial      serial console (IPMI SOL, a guest's console): read output, write
+              input; many readers, one writer (EBUSY), the last 64 KiB for a new
+              reader; only on hosts with one (not listed: open it by name)
+  serial.log  with serial-log = yes: the console's lines, each with its time
   vswitch/    virtual switches of the host machinefs runs on (local = yes): mkdir
               NAME makes a bridge; ctl ("cancel NAME ..."), all; in each switch
-              ctl ("add tap", "remove PORT", "check"), config (uplink), info, ports
+              ctl ("add tap", "add vde", "remove PORT|vde", "check"), config
+              (uplink), info, ports
   subhosts/   machines running on this host, same shape as a host
 
 `)
