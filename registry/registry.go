@@ -7,6 +7,7 @@ package registry
 import (
 	"github.com/machinefs/machinefs/drivers/ipmi"
 	"github.com/machinefs/machinefs/drivers/ns"
+	"github.com/machinefs/machinefs/drivers/qemu"
 	"github.com/machinefs/machinefs/drivers/sim"
 	"github.com/machinefs/machinefs/drivers/uml"
 	"github.com/machinefs/machinefs/drivers/wol"
@@ -22,5 +23,6 @@ func Drivers() []machine.DriverSpec {
 		wol.Spec,
 		ns.Spec,
 		uml.Spec,
+		qemu.Spec,
 	}
 }
