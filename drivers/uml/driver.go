@@ -18,6 +18,8 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/machinefs/machinefs/drivers/internal/notifyline"
+	"github.com/machinefs/machinefs/drivers/internal/ptyhold"
+	"github.com/machinefs/machinefs/drivers/internal/serialline"
 	"github.com/machinefs/machinefs/internal/atomicfile"
 	"github.com/machinefs/machinefs/internal/procfs"
 	"github.com/machinefs/machinefs/machine"
@@ -40,6 +42,8 @@ type Machine struct {
 	poweroffTimeout time.Duration
 	reqTimeout      time.Duration
 
+	line *serialline.Line // the guest's console, across its lives
+
 	mu     sync.Mutex
 	g      *guest
 	closed bool
@@ -60,6 +64,7 @@ type guest struct {
 	adopted bool
 	since   time.Time
 	tap     string
+	holder  ptyhold.Holder // of its console
 
 	// guarded by Machine.mu
 	booted   bool
@@ -82,8 +87,10 @@ func New(ctx context.Context, env machine.DriverEnv) (machine.Driver, error) {
 		log:    env.Log,
 		path:   env.Path,
 		umid:   path.Base(env.Path),
+		line:   serialline.New(),
 	}
 	if err := m.settings(env); err != nil {
+		m.line.Close()
 		return nil, err
 	}
 	if m.log == nil {
@@ -91,9 +98,11 @@ func New(ctx context.Context, env machine.DriverEnv) (machine.Driver, error) {
 	}
 	m.side = filepath.Join(m.dir, m.umid+".machinefs")
 	if p := m.mconsolePath(); len(p) > maxSocketPath {
+		m.line.Close()
 		return nil, machine.Errorf(syscall.ENAMETOOLONG, "mconsole socket %s is longer than %d bytes: shorten uml.dir", p, maxSocketPath)
 	}
 	if p := m.notifyPath(); len(p) > maxSocketPath {
+		m.line.Close()
 		return nil, machine.Errorf(syscall.ENAMETOOLONG, "notify socket %s is longer than %d bytes: shorten uml.dir", p, maxSocketPath)
 	}
 	m.adopt(ctx)
@@ -157,6 +166,7 @@ func (m *Machine) adopt(ctx context.Context) {
 	}
 	g.adopted = true
 	g.tap = r.Tap
+	g.holder = ptyhold.Holder{Pid: r.Holder, Start: r.HolderStart}
 	if r.Path == "" {
 		// Recorded by a version that did not mark its TAPs: the TAP
 		// in the record is this host's.
@@ -168,6 +178,7 @@ func (m *Machine) adopt(ctx context.Context) {
 	m.g = g
 	m.mu.Unlock()
 	m.watch(g)
+	m.attachConsole()
 	if st.State == 'Z' {
 		// It ended while nobody watched: the watcher reaps it and
 		// reports how.
@@ -435,7 +446,7 @@ func (m *Machine) setPaused(g *guest, paused bool, why string) {
 
 func (m *Machine) writeRecord(g *guest) {
 	m.mu.Lock()
-	r := record{Path: m.path, Pid: g.pid, Start: g.start, Umid: m.umid, Notify: m.notifyPath(), Tap: g.tap, Paused: g.paused}
+	r := record{Path: m.path, Pid: g.pid, Start: g.start, Umid: m.umid, Notify: m.notifyPath(), Tap: g.tap, Paused: g.paused, Holder: g.holder.Pid, HolderStart: g.holder.Start}
 	m.mu.Unlock()
 	// No fsync: the record names a running process, which a reboot ends
 	// anyway.
@@ -614,11 +625,6 @@ func (m *Machine) powerOn(ctx context.Context) error {
 	}
 	// A umid dir of a dead guest is removed by UML itself; one of a live
 	// guest that is not ours makes UML refuse, and the exit says so.
-	logf, err := os.OpenFile(m.ConsoleLog(), os.O_WRONLY|os.O_CREATE|os.O_TRUNC|os.O_APPEND, 0o600)
-	if err != nil {
-		return err
-	}
-	defer logf.Close()
 	tap := ""
 	if m.net != nil {
 		if tap, err = m.createTap(); err != nil {
@@ -638,7 +644,7 @@ func (m *Machine) powerOn(ctx context.Context) error {
 	if m.net != nil {
 		args = append(args, fmt.Sprintf("eth0=tuntap,%s,%s", tap, m.net.mac))
 	}
-	args = append(args, "con=null", "con0=null,fd:1", "mconsole=notify:"+m.notifyPath())
+	args = append(args, "con=null", "con0=fd:0,fd:1", "mconsole=notify:"+m.notifyPath())
 
 	pidfd := -1
 	// The notify socket must exist before linux starts: bind it with a
@@ -649,22 +655,35 @@ func (m *Machine) powerOn(ctx context.Context) error {
 		return err
 	}
 	g.tap = tap
-	// linux gets stdin (/dev/null), stdout and stderr (its console log)
+	abort := func(err error) error {
+		unix.Close(g.notify)
+		unix.Close(g.wake)
+		os.Remove(m.notifyPath())
+		m.deleteTap(tap)
+		if kerr := ptyhold.Kill(g.holder.Pid, g.holder.Start); kerr != nil {
+			m.log.Warn("uml: console holder of a guest that did not start", "err", kerr)
+		}
+		return err
+	}
+	console, holder, err := m.startConsole()
+	if err != nil {
+		return abort(machine.Errorf(syscall.EIO, "guest console: %v", err))
+	}
+	g.holder = holder
+	// linux gets its console (a pty's slave) as stdin, stdout and stderr
 	// and no other descriptor: keep ExtraFiles empty. Every descriptor of
 	// the daemon is close-on-exec (its FUSE channel too, see
 	// fs.mountChannel), so a guest can neither answer the tree's requests
 	// nor keep a dead daemon's mount alive.
 	c := exec.Command(kernel, args...)
 	c.Dir = m.side
-	c.Stdout, c.Stderr = logf, logf
+	c.Stdin, c.Stdout, c.Stderr = console, console, console
 	c.Env = []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin", "TMPDIR=/tmp"}
 	c.SysProcAttr = &syscall.SysProcAttr{Setsid: true, PidFD: &pidfd}
-	if err := c.Start(); err != nil {
-		unix.Close(g.notify)
-		unix.Close(g.wake)
-		os.Remove(m.notifyPath())
-		m.deleteTap(tap)
-		return machine.Errorf(syscall.EIO, "starting %s: %v", kernel, err)
+	err = c.Start()
+	console.Close() // linux has it: the holder ends when the guest is gone
+	if err != nil {
+		return abort(machine.Errorf(syscall.EIO, "starting %s: %v", kernel, err))
 	}
 	g.pid, g.pidfd = c.Process.Pid, pidfd
 	// The driver reaps the process itself (through its pidfd watcher).
@@ -691,6 +710,7 @@ func (m *Machine) powerOn(ctx context.Context) error {
 	}
 	m.log.Info("uml: guest started", "pid", g.pid, "args", strings.Join(args, " "))
 	m.watch(g)
+	m.attachConsole()
 	m.report.Report(machine.Status{Power: machine.PowerStarting, Reachable: true, Reason: fmt.Sprintf("linux started (pid %d), waiting for its mconsole", g.pid)})
 	return nil
 }
@@ -728,6 +748,8 @@ func (m *Machine) Close() error {
 		}
 	}
 	m.mu.Unlock()
+	// The holder keeps the console for the next driver.
+	defer m.line.Close()
 	if g == nil {
 		return nil
 	}

@@ -26,6 +26,10 @@ type record struct {
 	Notify string
 	Tap    string
 	Paused bool
+	// The console's holder (ptyhold): its pid and start time. Its
+	// socket is consolePath.
+	Holder      int
+	HolderStart uint64
 }
 
 func (r record) marshal() []byte {
@@ -33,7 +37,7 @@ func (r record) marshal() []byte {
 	if r.Paused {
 		paused = 1
 	}
-	return fmt.Appendf(nil, "path=%s\npid=%d\nstart=%d\numid=%s\nnotify=%s\ntap=%s\npaused=%d\n", r.Path, r.Pid, r.Start, r.Umid, r.Notify, r.Tap, paused)
+	return fmt.Appendf(nil, "path=%s\npid=%d\nstart=%d\numid=%s\nnotify=%s\ntap=%s\npaused=%d\nholder=%d\nholderstart=%d\n", r.Path, r.Pid, r.Start, r.Umid, r.Notify, r.Tap, paused, r.Holder, r.HolderStart)
 }
 
 func readRecord(path string) (record, error) {
@@ -62,6 +66,10 @@ func readRecord(path string) (record, error) {
 			r.Tap = v
 		case "paused":
 			r.Paused = v == "1"
+		case "holder":
+			r.Holder, err = strconv.Atoi(v)
+		case "holderstart":
+			r.HolderStart, err = strconv.ParseUint(v, 10, 64)
 		}
 		if err != nil {
 			return record{}, fmt.Errorf("%s: %s: %v", path, k, err)

@@ -11,6 +11,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/machinefs/machinefs/drivers/internal/ptyhold"
 	"github.com/machinefs/machinefs/internal/procfs"
 	"github.com/machinefs/machinefs/machine"
 	"golang.org/x/sys/unix"
@@ -20,7 +21,8 @@ import (
 // goes and so does everything the driver made for it. A running guest is
 // halted (mconsole halt, bounded by a short wait), then its process group
 // is killed whatever the halt did; the umid directory, the TAP, the record,
-// the notify socket and the console log are removed. A guest the driver
+// the notify and console sockets and the console log are removed, and the
+// console's holder is killed. A guest the driver
 // does not watch (its record names a live process it could not take over)
 // is killed too. Close alone never does this: it leaves the guest for
 // adoption.
@@ -46,7 +48,9 @@ func (m *Machine) Remove(ctx context.Context) error {
 	}
 	var errs []error
 	var groups []int // process groups killed: their helpers must be gone too
+	var holders []ptyhold.Holder
 	if g != nil {
+		holders = append(holders, g.holder)
 		m.log.Info("uml: host removed, stopping its guest", "pid", g.pid)
 		if err := m.stopGuest(ctx, g); err != nil {
 			errs = append(errs, err)
@@ -63,6 +67,14 @@ func (m *Machine) Remove(ctx context.Context) error {
 			m.deleteTap(r.Tap)
 		}
 		groups = append(groups, r.Pid)
+		holders = append(holders, ptyhold.Holder{Pid: r.Holder, Start: r.HolderStart})
+	}
+	// The console holders would end by themselves with their guest; the
+	// host leaves the tree, so nothing waits for their last output.
+	for _, h := range holders {
+		if err := ptyhold.Kill(h.Pid, h.Start); err != nil {
+			errs = append(errs, err)
+		}
 	}
 	for _, pgid := range groups {
 		if err := waitGroupGone(ctx, pgid); err != nil {

@@ -21,7 +21,7 @@ import (
 // stopped guest runs nothing but mconsole, so a sync sent after "stop"
 // ran only after "go", after the copy). The sync's one report of its end
 // is the kernel message "Emergency Sync complete", printed to the
-// guest's console, which UML writes to the console log. So:
+// guest's console, which its holder writes to the console log. So:
 //
 //  1. The console log level is raised (sysrq 0-9) if the guest's
 //     /proc/sys/kernel/printk would hide that message (a Debian guest sets
@@ -112,7 +112,8 @@ func (m *Machine) syncOnce(ctx context.Context, g *guest) error {
 		return fmt.Errorf("console log: %w", err)
 	}
 	defer f.Close()
-	if _, err := f.Seek(0, io.SeekEnd); err != nil {
+	pos, err := f.Seek(0, io.SeekEnd)
+	if err != nil {
 		return fmt.Errorf("console log: %w", err)
 	}
 	if _, err := m.request(ctx, g, "sysrq s"); err != nil {
@@ -129,6 +130,7 @@ func (m *Machine) syncOnce(ctx context.Context, g *guest) error {
 	var carry []byte
 	for {
 		n, err := f.Read(buf[len(carry):])
+		pos += int64(n)
 		if n > 0 {
 			chunk := buf[:len(carry)+n]
 			if bytes.Contains(chunk, []byte(syncDone)) {
@@ -140,6 +142,15 @@ func (m *Machine) syncOnce(ctx context.Context, g *guest) error {
 		}
 		if err != nil && err != io.EOF {
 			return fmt.Errorf("console log: %w", err)
+		}
+		// The console's holder starts the log again from empty when it
+		// reaches its limit: read on from the start.
+		if fi, err := f.Stat(); err == nil && fi.Size() < pos {
+			if pos, err = f.Seek(0, io.SeekStart); err != nil {
+				return fmt.Errorf("console log: %w", err)
+			}
+			carry = carry[:0]
+			continue
 		}
 		if time.Now().After(deadline) {
 			return machine.Errorf(syscall.ETIMEDOUT, "the guest did not report its sync done (no %q in %s within %s)", syncDone, m.ConsoleLog(), syncTimeout)
