@@ -679,7 +679,14 @@ func (m *Machine) powerOn(ctx context.Context) error {
 	c.Dir = m.side
 	c.Stdin, c.Stdout, c.Stderr = console, console, console
 	c.Env = []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin", "TMPDIR=/tmp"}
-	c.SysProcAttr = &syscall.SysProcAttr{Setsid: true, PidFD: &pidfd}
+	// The console is linux's controlling terminal. Otherwise UML's
+	// SIGWINCH helper makes it its own (setsid, TIOCSCTTY): a process
+	// outside the guest's process group, which killing the group after a
+	// panic misses, and which keeps the console's holder waiting for a
+	// guest that is gone. With the terminal taken, the helper gives up at
+	// once (one line on the console); the guest just never learns a
+	// window size, which the holder fixes at 80x24.
+	c.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Setctty: true, Ctty: 0, PidFD: &pidfd}
 	err = c.Start()
 	console.Close() // linux has it: the holder ends when the guest is gone
 	if err != nil {
