@@ -88,15 +88,17 @@ func (m *Machine) argv(accel, tap string) []string {
 }
 
 // spawn starts QEMU in a session of its own, with /dev/null as stdin, its
-// log as stdout and stderr and no other descriptor (every descriptor of
-// the daemon is close-on-exec), so it neither holds the daemon's FUSE
-// channel nor dies with the daemon's session.
+// log as stdout and stderr and no other descriptor, so it neither holds
+// the daemon's FUSE channel nor dies with the daemon's session.
 func (m *Machine) spawn(args []string) (pid, pidfd int, err error) {
 	logf, err := os.OpenFile(m.file(logFile), os.O_WRONLY|os.O_CREATE|os.O_TRUNC|os.O_APPEND, 0o600)
 	if err != nil {
 		return 0, -1, err
 	}
 	defer logf.Close()
+	if err := closeOnExec(); err != nil {
+		return 0, -1, machine.Errorf(syscall.EIO, "starting %s: %v", m.s.binary, err)
+	}
 	pidfd = -1
 	c := exec.Command(m.s.binary, args...)
 	c.Dir = m.guestDir()
@@ -110,6 +112,36 @@ func (m *Machine) spawn(args []string) (pid, pidfd int, err error) {
 	// The driver reaps it itself, through its pidfd watcher.
 	c.Process.Release()
 	return pid, pidfd, nil
+}
+
+// closeOnExec marks every descriptor above stderr close-on-exec before
+// QEMU is forked. Go opens its own so, but not what the daemon inherited
+// (a caller's stray descriptors) or what a library opened without the
+// flag (go-fuse's direct mount opens /dev/fuse so): a guest holding the
+// FUSE channel could answer the tree's requests and would keep a dead
+// daemon's mount hanging. Descriptors given to a child on purpose are
+// dup'ed into it (exec.Cmd's ExtraFiles, ForkExec's Files), which the
+// flag does not affect. Under ForkLock's write side, as a fork takes it:
+// no opener following syscall's convention is between its open and its
+// close-on-exec meanwhile.
+func closeOnExec() error {
+	syscall.ForkLock.Lock()
+	defer syscall.ForkLock.Unlock()
+	err := unix.CloseRange(3, ^uint(0), unix.CLOSE_RANGE_CLOEXEC)
+	if err == nil {
+		return nil
+	}
+	// Before Linux 5.11: each open descriptor.
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		return fmt.Errorf("close-on-exec: %w", err)
+	}
+	for _, e := range ents {
+		if fd, err := strconv.Atoi(e.Name()); err == nil && fd > 2 {
+			syscall.CloseOnExec(fd)
+		}
+	}
+	return nil
 }
 
 // logTail is the end of QEMU's log, for the reason of a failed start.

@@ -3,9 +3,11 @@ package qemu_test
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -17,6 +19,7 @@ import (
 
 	"github.com/machinefs/machinefs/drivers/qemu"
 	"github.com/machinefs/machinefs/machine"
+	"github.com/machinefs/machinefs/tests/harness/guestimage"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -201,7 +204,7 @@ func (g *guest) boot() {
 	from, m := g.con.len(), g.r.mark()
 	g.power("on")
 	g.r.waitPower(g.t, m, machine.PowerOn, "guest started")
-	g.con.wait(g.t, from, readyLine)
+	g.con.wait(g.t, from, guestimage.ReadyLine)
 }
 
 func qemuPids(dir string) []int {
@@ -222,19 +225,27 @@ func qemuPids(dir string) []int {
 
 // TestQEMUGuest boots one guest (TCG here: seconds per boot) and takes it
 // through what a host shows: power through QMP and through the guest's own
-// doing, the console, a backup, adoption by a new driver and removal.
+// doing, the console, a backup, adoption by a new driver and removal. The
+// guest is the shared test guest (tests/harness/guestimage). Each boot to
+// the ready line costs seconds under TCG, so the subtests are ordered to
+// need as few as the guest's lives take: one per end of a life the guest
+// must see coming (its own reboot, a panic, its own poweroff, the ACPI
+// power button); a reset and a removal need no guest at its prompt.
 func TestQEMUGuest(t *testing.T) {
+	img := guestimage.Skip(t)
 	tmp := t.TempDir()
-	kernel, initrd := buildImage(t, tmp)
 	data := filepath.Join(tmp, "data.raw")
 	if err := os.WriteFile(data, make([]byte, 1<<20), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	// What the daemon holds that no guest may get, inheritable, as a
+	// direct FUSE mount leaves it: opened before QEMU starts.
+	held := holdInheritable(t, tmp)
 	g := &guest{t: t, r: &recorder{}, dir: filepath.Join(tmp, "run"), backups: filepath.Join(tmp, "backup")}
 	os.Mkdir(g.backups, 0o700)
 	g.cfg = config{
-		"qemu.kernel": kernel, "qemu.initrd": initrd, "qemu.append": "console=ttyS0 quiet panic=0",
-		"qemu.disk": data, "qemu.mem": "192M", "qemu.dir": g.dir, "qemu.backup-dir": g.backups,
+		"qemu.kernel": img.Kernel, "qemu.initrd": img.Initrd, "qemu.append": img.Append,
+		"qemu.disk": data, "qemu.mem": "128M", "qemu.dir": g.dir, "qemu.backup-dir": g.backups,
 		"qemu.poweroff-timeout": "20s",
 	}
 	g.d = newDriver(t, g.cfg, g.r)
@@ -245,6 +256,11 @@ func TestQEMUGuest(t *testing.T) {
 		g.d.Remove(ctx)
 		g.d.Close()
 		<-g.con.done
+		if t.Failed() {
+			g.con.mu.Lock()
+			t.Logf("reports:\n%s\nconsole:\n%s", g.r.dump(), g.con.out.String())
+			g.con.mu.Unlock()
+		}
 	}()
 	if st := g.r.last(); st.Power != machine.PowerOff {
 		t.Fatalf("new driver, nothing running: %+v", st)
@@ -256,6 +272,16 @@ func TestQEMUGuest(t *testing.T) {
 	if desc := describe(g.d); !strings.Contains(desc["qemu-accel"], "tcg (no /dev/kvm)") && !strings.HasPrefix(desc["qemu-accel"], "kvm") {
 		t.Errorf("describe: %v", desc)
 	}
+
+	t.Run("Descriptors", func(t *testing.T) {
+		pid, err := strconv.Atoi(describe(g.d)["qemu-pid"])
+		if err != nil {
+			t.Fatal(err)
+		}
+		// QEMU keeps its pid file open (locked) and may open /dev/kvm.
+		pidFile := filepath.Join(g.dir, "q1", "qemu.pid")
+		checkDescriptors(t, pid, held, map[string]bool{data: true, pidFile: true, "/dev/kvm": true})
+	})
 
 	t.Run("InfoStatus", func(t *testing.T) {
 		out, err := g.console("info", "status")
@@ -335,15 +361,18 @@ func TestQEMUGuest(t *testing.T) {
 		}
 	})
 
+	// The guest reboots itself, then the driver resets it while it boots
+	// again: QEMU reports each reset at once (RESET, guest true or false),
+	// and one boot to the prompt shows the guest runs on after both.
 	t.Run("Reboot", func(t *testing.T) {
-		from, m := g.con.len(), g.r.mark()
-		g.power("reboot")
-		g.r.waitPower(t, m, machine.PowerOn, "guest reset (reboot")
-		g.con.wait(t, from, readyLine)
-		from, m = g.con.len(), g.r.mark()
+		m := g.r.mark()
 		g.con.rw.Write([]byte("reboot -f\n"))
 		g.r.waitPower(t, m, machine.PowerOn, "guest rebooted itself")
-		g.con.wait(t, from, readyLine)
+		from, m := g.con.len(), g.r.mark()
+		g.power("reboot")
+		g.r.waitPower(t, m, machine.PowerOn, "guest reset (reboot: system_reset)")
+		g.con.wait(t, from, guestimage.ReadyLine)
+		g.con.run(t, "echo rebooted-$((3+4))", "rebooted-7")
 	})
 
 	t.Run("Panic", func(t *testing.T) {
@@ -359,20 +388,11 @@ func TestQEMUGuest(t *testing.T) {
 		from, m := g.con.len(), g.r.mark()
 		g.power("on")
 		g.r.waitPower(t, m, machine.PowerOn, "guest reset (on after a panic) and running")
-		g.con.wait(t, from, readyLine)
+		g.con.wait(t, from, guestimage.ReadyLine)
 	})
 
-	t.Run("PowerOffACPI", func(t *testing.T) {
-		m := g.r.mark()
-		g.power("poweroff")
-		st := g.r.waitPower(t, m, machine.PowerOff, "guest stopped (poweroff): QEMU exited with status 0")
-		if st.Err != nil {
-			t.Errorf("poweroff: %+v", st)
-		}
-	})
-
+	// The guest the panic's "on" brought back powers itself off.
 	t.Run("GuestPowersOff", func(t *testing.T) {
-		g.boot()
 		m := g.r.mark()
 		g.con.rw.Write([]byte("poweroff -f\n"))
 		st := g.r.waitPower(t, m, machine.PowerOff, "guest powered off")
@@ -381,8 +401,26 @@ func TestQEMUGuest(t *testing.T) {
 		}
 	})
 
-	t.Run("Remove", func(t *testing.T) {
+	// The guest's init powers off on the ACPI power button: QEMU exits
+	// (status 0) long before qemu.poweroff-timeout would quit it.
+	t.Run("PowerOffACPI", func(t *testing.T) {
 		g.boot()
+		m := g.r.mark()
+		from := g.con.len()
+		g.power("poweroff")
+		st := g.r.waitPower(t, m, machine.PowerOff, "guest stopped (poweroff): QEMU exited with status 0")
+		if st.Err != nil {
+			t.Errorf("poweroff: %+v", st)
+		}
+		g.con.wait(t, from, "machinefs-guest: power button")
+	})
+
+	// Removal kills QEMU and leaves nothing: it needs a QEMU process, not
+	// a guest at its prompt.
+	t.Run("Remove", func(t *testing.T) {
+		m := g.r.mark()
+		g.power("on")
+		g.r.waitPower(t, m, machine.PowerOn, "guest started")
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
 		if err := g.d.Remove(ctx); err != nil {
@@ -403,4 +441,130 @@ func describe(d *qemu.Machine) map[string]string {
 		out[kv[0]] = kv[1]
 	}
 	return out
+}
+
+// fileID names an open file: its device and inode.
+type fileID struct{ dev, ino uint64 }
+
+// fdID is the open file behind path, a /proc/PID/fd entry, when sharing
+// it means inheritance: not for devices (every open of /dev/null is one
+// inode; they are checked by name) nor anonymous inodes (one inode for
+// every eventfd, epoll and pidfd).
+func fdID(path string) (fileID, bool) {
+	var st syscall.Stat_t
+	if err := syscall.Stat(path, &st); err != nil {
+		return fileID{}, false
+	}
+	target, _ := os.Readlink(path)
+	if st.Mode&syscall.S_IFMT == syscall.S_IFCHR || st.Mode&syscall.S_IFMT == syscall.S_IFBLK || strings.HasPrefix(target, "anon_inode:") {
+		return fileID{}, false
+	}
+	return fileID{st.Dev, st.Ino}, true
+}
+
+// holdInheritable opens what the daemon holds and no guest may get, the
+// way a careless opener would, without close-on-exec: the FUSE channel
+// (go-fuse's direct mount opens /dev/fuse so) and a listening unix socket
+// standing for the daemon's own sockets. It returns their descriptors.
+func holdInheritable(t *testing.T, dir string) []int {
+	t.Helper()
+	var fds []int
+	if fd, err := syscall.Open("/dev/fuse", syscall.O_RDWR, 0); err == nil {
+		fds = append(fds, fd)
+	} else {
+		t.Logf("no /dev/fuse (%v): checking the socket only", err)
+	}
+	s, err := syscall.Socket(syscall.AF_UNIX, syscall.SOCK_STREAM, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fds = append(fds, s)
+	if err := syscall.Bind(s, &syscall.SockaddrUnix{Name: filepath.Join(dir, "daemon.sock")}); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Listen(s, 1); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		for _, fd := range fds {
+			syscall.Close(fd)
+		}
+	})
+	return fds
+}
+
+// checkDescriptors asserts that QEMU process pid holds /dev/null as stdin,
+// its log as stdout and stderr, and beyond those only what QEMU opened
+// itself: its sockets, pipes, eventfds and the like, and the files and
+// devices in files (its disks, /dev/kvm). No socket, pipe or file may be
+// one this process (the daemon) has open, above all none of held; a
+// device not in files (/dev/fuse, a second /dev/null) is refused by name.
+func checkDescriptors(t *testing.T, pid int, held []int, files map[string]bool) {
+	t.Helper()
+	ours := map[fileID]string{}
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range ents {
+		p := "/proc/self/fd/" + e.Name()
+		if id, ok := fdID(p); ok {
+			ours[id], _ = os.Readlink(p)
+		}
+	}
+	for _, fd := range held {
+		if _, err := os.Readlink("/proc/self/fd/" + strconv.Itoa(fd)); err != nil {
+			t.Fatalf("held descriptor %d: %v", fd, err)
+		}
+	}
+	dir := fmt.Sprintf("/proc/%d/fd", pid)
+	ents, err = os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var logPath string
+	if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid)); err == nil {
+		args := strings.Split(string(b), "\x00")
+		if i := slices.Index(args, "-pidfile"); i >= 0 && i+1 < len(args) {
+			logPath = filepath.Join(filepath.Dir(args[i+1]), "qemu.log")
+		}
+	}
+	var all []string
+	for _, e := range ents {
+		fd, _ := strconv.Atoi(e.Name())
+		p := filepath.Join(dir, e.Name())
+		target, err := os.Readlink(p)
+		if err != nil {
+			continue // closed meanwhile
+		}
+		all = append(all, e.Name()+" -> "+target)
+		switch {
+		case fd == 0:
+			if target != "/dev/null" {
+				t.Errorf("QEMU's stdin is %s, want /dev/null", target)
+			}
+			continue
+		case fd <= 2:
+			if target != logPath {
+				t.Errorf("QEMU's fd %d is %s, want its log %s", fd, target, logPath)
+			}
+			continue
+		}
+		if id, ok := fdID(p); ok {
+			if what, ok := ours[id]; ok {
+				t.Errorf("QEMU holds fd %d -> %s: an open file of the daemon's (%s)", fd, target, what)
+				continue
+			}
+		}
+		switch {
+		case target == "/dev/fuse":
+			t.Errorf("QEMU holds fd %d -> /dev/fuse", fd)
+		case strings.HasPrefix(target, "socket:["), strings.HasPrefix(target, "pipe:["), strings.HasPrefix(target, "anon_inode:"):
+			// QEMU's own: not one of this process's (checked above).
+		case files[target]:
+		default:
+			t.Errorf("QEMU holds fd %d -> %s: not a file it was given", fd, target)
+		}
+	}
+	t.Logf("QEMU pid %d descriptors: %s", pid, strings.Join(all, ", "))
 }

@@ -144,14 +144,33 @@ func (n netSpec) String() string {
 	return n.bridge + ":" + n.mac.String()
 }
 
-var netKind = machine.CustomKind("SWITCH:MAC or vde:SWITCH:MAC", func(v string) (netSpec, error) {
-	rest, vde := strings.CutPrefix(strings.TrimSpace(v), "vde:")
-	c, err := machine.ParseBridgeMAC(rest)
-	if err != nil {
-		return netSpec{}, err
+var netKind = machine.CustomKind("SWITCH:MAC or vde:SWITCH:MAC", parseNet)
+
+func parseNet(v string) (netSpec, error) {
+	v = strings.TrimSpace(v)
+	rest, vde := strings.CutPrefix(v, "vde:")
+	if !vde {
+		c, err := machine.ParseBridgeMAC(v)
+		if err != nil {
+			return netSpec{}, err
+		}
+		return netSpec{bridge: c.Bridge, mac: c.MAC}, nil
 	}
-	return netSpec{vde: vde, bridge: c.Bridge, mac: c.MAC}, nil
-})
+	c, err := machine.ParseBridgeMAC(rest)
+	if err == nil {
+		return netSpec{vde: true, bridge: c.Bridge, mac: c.MAC}, nil
+	}
+	// A Linux bridge may be called vde: "vde:MAC" is not vde:SWITCH:MAC
+	// (the MAC would lose its first byte to the switch's name), and no
+	// value reads both ways.
+	if b, berr := machine.ParseBridgeMAC(v); berr == nil {
+		return netSpec{bridge: b.Bridge, mac: b.MAC}, nil
+	}
+	if !strings.Contains(rest, ":") {
+		return netSpec{}, fmt.Errorf("%q: want vde:SWITCH:MAC (e.g. vde:lab:06:a7:dd:b4:02:f2)", v)
+	}
+	return netSpec{}, fmt.Errorf("VDE switch %w", err)
+}
 
 // settings is one guest's configuration, read through the key specs.
 type settings struct {
