@@ -40,7 +40,7 @@ func qemuBench(b *testing.B) (d *benchDaemon, dir string) {
 	etc := b.TempDir()
 	os.MkdirAll(filepath.Join(etc, "hosts/lab01/subhosts"), 0o755)
 	os.WriteFile(filepath.Join(etc, "hosts/lab01.conf"), []byte("drivers = sim\nsim.initial = on\n"), 0o644)
-	os.WriteFile(filepath.Join(etc, qemuBenchVM[len("hosts/"):]+".conf"), []byte(qemuConfig(img, dir, "", "")+"\n"), 0o644)
+	os.WriteFile(filepath.Join(etc, qemuBenchVM+".conf"), []byte(qemuConfig(img, dir, "", "")+"\n"), 0o644)
 	d, _ = startBench(b, qemuBenchVM+"/power", "-c", etc)
 	return d, dir
 }
@@ -186,16 +186,21 @@ func treeArgv(b *testing.B, d *benchDaemon) []string {
 	return strings.Split(strings.TrimSuffix(string(cl), "\x00"), "\x00")
 }
 
-// openSerial opens the tree guest's serial file for the whole benchmark.
+// openSerial reads the tree guest's serial file for the whole benchmark
+// with cat, killed at the end: closing a FUSE file waits for a read in
+// progress on it, and a stream's read waits for the next output.
 func openSerial(b *testing.B, d *benchDaemon) *serialWatch {
 	b.Helper()
-	f, err := os.Open(filepath.Join(d.mnt, qemuBenchVM, "serial"))
+	c := exec.Command("cat", filepath.Join(d.mnt, qemuBenchVM, "serial"))
+	out, err := c.StdoutPipe()
 	if err != nil {
-		b.Fatalf("serial: %v", err)
+		b.Fatal(err)
 	}
-	w := watchSerial(f)
-	// Closing ends the reader; the daemon's stop waits for no reader.
-	b.Cleanup(func() { f.Close(); <-w.done })
+	if err := c.Start(); err != nil {
+		b.Fatalf("cat serial: %v", err)
+	}
+	w := watchSerial(out)
+	b.Cleanup(func() { c.Process.Kill(); <-w.done; c.Wait() })
 	return w
 }
 
