@@ -303,9 +303,11 @@ func TestQEMUGuest(t *testing.T) {
 	}
 	d.fails("rmdir hosts/lab01/vswitch/mfqv0", "Device or resource busy")
 
-	// Removal leaves nothing behind: no QEMU, no guest directory.
+	// Removal (of a guest that is off: a running one is EBUSY) leaves
+	// nothing behind: no QEMU, no guest directory.
+	d.fails("rmdir "+vde[0].path, "Device or resource busy")
 	for _, v := range vde {
-		d.ok("rmdir " + v.path)
+		d.ok("echo 'off wait timeout=20s' > " + v.path + "/power && rmdir " + v.path)
 	}
 	d.ok("rmdir " + vm)
 	if pids := qemuPids(dir); len(pids) != 0 {
