@@ -26,8 +26,9 @@ import (
 
 const umlWeb1 = "hosts/lab01/subhosts/web1"
 
-// umlDaemon mounts machinefs with a sim host lab01 and a UML subhost web1.
-func umlDaemon(t *testing.T) (d *daemon, dir string) {
+// umlDaemon mounts machinefs with a sim host lab01 and a UML subhost web1;
+// extra lines go into web1's config.
+func umlDaemon(t *testing.T, extra ...string) (d *daemon, dir string) {
 	t.Helper()
 	umlh.Skip(t)
 	root, dir := umlh.Root(t), umlh.Dir(t)
@@ -41,7 +42,7 @@ func umlDaemon(t *testing.T) (d *daemon, dir string) {
 	// Guests must not outlive the test: stop the daemon first (LIFO),
 	// then umlh.Dir's cleanup kills what is left.
 	d.addHost("lab01", "drivers = sim\nsim.initial = on")
-	d.addHost("lab01/subhosts/web1", umlh.Config(root, dir, "uml.poweroff-timeout = 5s"))
+	d.addHost("lab01/subhosts/web1", umlh.Config(root, dir, append([]string{"uml.poweroff-timeout = 5s"}, extra...)...))
 	return d, dir
 }
 
@@ -131,7 +132,8 @@ func umlRemoved(t *testing.T, dir, umid string) {
 }
 
 func TestUMLGuest(t *testing.T) {
-	d, dir := umlDaemon(t)
+	backups := t.TempDir()
+	d, dir := umlDaemon(t, "uml.backup-dir = "+backups)
 	if p := d.umlPower(umlWeb1); p != "off" {
 		t.Fatalf("new UML subhost: power %q, want off", p)
 	}
@@ -224,11 +226,12 @@ func TestUMLGuest(t *testing.T) {
 		t.Fatalf("after resume: %s", p)
 	}
 
-	// Online backup of the running guest.
-	bk := filepath.Join(t.TempDir(), "web1-backup")
-	if got := d.umlConsole(umlWeb1, "backup "+bk); !strings.HasPrefix(got, "OK backup of") {
+	// Online backup of the running guest, into uml.backup-dir: a
+	// relative DEST is taken there.
+	if got := d.umlConsole(umlWeb1, "backup web1-backup"); !strings.HasPrefix(got, "OK backup of") {
 		t.Fatalf("backup: %q", got)
 	}
+	bk := filepath.Join(backups, "web1-backup")
 	if b, err := os.ReadFile(filepath.Join(bk, "init")); err != nil || string(b) != umlh.Init {
 		t.Fatalf("backup has no /init: %v", err)
 	}
@@ -237,6 +240,21 @@ func TestUMLGuest(t *testing.T) {
 	}
 	if got := d.umlConsole(umlWeb1, "backup "+bk); !strings.HasPrefix(got, "ERR") || !strings.Contains(got, "exists") {
 		t.Fatalf("backup over an existing path: %q", got)
+	}
+	// The daemon writes a backup as root and an operator names DEST:
+	// outside uml.backup-dir, or through a link in it that leads
+	// outside, is refused, and nothing is written there.
+	outside := t.TempDir()
+	if err := os.Symlink(outside, filepath.Join(backups, "escape")); err != nil {
+		t.Fatal(err)
+	}
+	for _, dest := range []string{filepath.Join(outside, "x"), "escape/x", filepath.Join(backups, "escape", "x"), "../x"} {
+		if got := d.umlConsole(umlWeb1, "backup "+dest); !strings.HasPrefix(got, "ERR") || !strings.Contains(got, "outside uml.backup-dir "+backups) {
+			t.Fatalf("backup %s: %q, want ERR: outside uml.backup-dir", dest, got)
+		}
+	}
+	if ents, err := os.ReadDir(outside); err != nil || len(ents) != 0 {
+		t.Fatalf("after refused backups, %s holds %d entries (%v), want none", outside, len(ents), err)
 	}
 	if p := d.umlPower(umlWeb1); p != "on" {
 		t.Fatalf("after a refused backup: power %s, want on", p)

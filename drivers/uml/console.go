@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/machinefs/machinefs/cmdtab"
+	"github.com/machinefs/machinefs/drivers/internal/backupdest"
 	"github.com/machinefs/machinefs/machine"
 )
 
@@ -33,7 +34,7 @@ var consoleCommands = []machine.ConsoleCommand{
 	{Cmd: mconsole("log", "TEXT", "printk TEXT in the guest's kernel log"), Bounded: true},
 	{Cmd: mconsole("proc", "FILE", "the guest's /proc/FILE"), Query: machine.AlwaysQuery, Bounded: true},
 	{Cmd: mconsole("stack", "PID", "stack of the guest process PID (to the guest's kernel log)"), Bounded: true},
-	{Cmd: cmdtab.Cmd{Name: "backup", Args: "DEST", Min: 1, Max: 1, Raw: true, Help: "online backup: sync (sysrq s) until done, stop, copy the root tree or image to DEST (new path), go"}},
+	{Cmd: cmdtab.Cmd{Name: "backup", Args: "DEST", Min: 1, Max: 1, Raw: true, Help: "online backup: sync (sysrq s) until done, stop, copy the root tree or image to DEST (a new path in uml.backup-dir; relative: in it), go"}},
 }
 
 // mconsole is the table entry of an mconsole command: UML checks its own
@@ -114,23 +115,28 @@ func (m *Machine) StartQuery(ctx context.Context, name string, args []string) (f
 // write that completed before the command. The guest is resumed whatever
 // fails; a guest that was paused before runs for the sync and is paused
 // again.
+//
+// DEST is a new path in uml.backup-dir (a relative one is taken in it):
+// the daemon writes the guest's files as root, and an operator names
+// DEST. The daemon makes DEST itself, never through a symbolic link: a
+// file of mode 0600 for an image root, a directory of mode 0700 for a
+// hostfs root (inside, the guest's owners and modes). On failure DEST is
+// removed.
 func (m *Machine) backup(ctx context.Context, args []string) (string, error) {
-	dest := filepath.Clean(args[0])
-	if !filepath.IsAbs(dest) {
-		return "", machine.Errorf(syscall.EINVAL, "backup: %q is not an absolute path", args[0])
+	d, err := backupdest.Resolve("uml.backup-dir", m.backupDir, args[0])
+	if err != nil {
+		return "", err
 	}
-	if _, err := os.Lstat(dest); err == nil {
-		return "", machine.Errorf(syscall.EEXIST, "backup: %s exists; give a new path", dest)
-	}
-	if fi, err := os.Stat(filepath.Dir(dest)); err != nil || !fi.IsDir() {
-		return "", machine.Errorf(syscall.ENOENT, "backup: directory %s does not exist", filepath.Dir(dest))
-	}
-	src := m.root.hostfs
-	if src == "" {
-		src = m.root.image
-	}
-	if rel, err := filepath.Rel(src, dest); err == nil && !strings.HasPrefix(rel, "..") {
-		return "", machine.Errorf(syscall.EINVAL, "backup: %s is inside the guest's root %s", dest, src)
+	dest := d.Path()
+	src := m.root.image
+	if m.root.hostfs != "" {
+		// The walk starts at the directory a link names.
+		if src, err = filepath.EvalSymlinks(m.root.hostfs); err != nil {
+			return "", machine.Errorf(syscall.ENOENT, "backup: uml.root: %v", err)
+		}
+		if rel, err := filepath.Rel(src, dest); err == nil && rel != ".." && !strings.HasPrefix(rel, "../") {
+			return "", machine.Errorf(syscall.EINVAL, "backup: %s is inside the guest's root %s", dest, src)
+		}
 	}
 	g, err := m.running()
 	if err != nil {
@@ -142,17 +148,44 @@ func (m *Machine) backup(ctx context.Context, args []string) (string, error) {
 	if !booted {
 		return "", machine.Errorf(syscall.EAGAIN, "backup: the guest is still booting")
 	}
+	// DEST is made before the guest is disturbed: a name taken meanwhile
+	// fails here.
+	var (
+		image *os.File
+		tree  *os.Root
+	)
+	if m.root.hostfs != "" {
+		tree, err = d.Mkdir()
+	} else {
+		image, err = d.CreateFile()
+	}
+	if err != nil {
+		return "", err
+	}
+	discard := func() {
+		if tree != nil {
+			tree.Close()
+		}
+		if image != nil {
+			image.Close()
+		}
+		if err := d.Remove(); err != nil {
+			m.log.Warn("uml: removing a failed backup", "dest", dest, "err", err)
+		}
+	}
 	started := time.Now()
 	// A paused guest runs for the sync (a stopped kernel runs nothing
 	// but mconsole) and is paused again for the copy.
 	if wasPaused {
 		if _, err := m.request(ctx, g, "go"); err != nil {
+			discard()
 			return "", fmt.Errorf("backup: go (to sync the paused guest): %w", err)
 		}
 		m.setPaused(g, false, "guest resumed to sync for a backup to "+dest)
 	}
 	syncs, err := m.syncAndStop(ctx, g)
 	if err != nil {
+		discard()
 		err = fmt.Errorf("backup to %s failed at sync: %w", dest, err)
 		if wasPaused {
 			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), m.reqTimeout)
@@ -188,9 +221,23 @@ func (m *Machine) backup(ctx context.Context, args []string) (string, error) {
 		m.report.Event(machine.EventBackup, err.Error())
 		return "", err
 	}
-	files, size, err := copyTree(ctx, src, dest)
+	var (
+		files int
+		size  int64
+	)
+	if tree != nil {
+		files, size, err = copyTree(ctx, src, tree)
+		if cerr := tree.Close(); err == nil {
+			err = cerr
+		}
+		tree = nil
+	} else {
+		files = 1
+		size, err = copyImage(src, image)
+		image = nil
+	}
 	if err != nil {
-		os.RemoveAll(dest)
+		discard()
 		return fail("copy", err)
 	}
 	if err := resume(); err != nil {
@@ -201,10 +248,31 @@ func (m *Machine) backup(ctx context.Context, args []string) (string, error) {
 	return msg, nil
 }
 
-// copyTree copies a file or a directory tree (regular files, directories,
-// symlinks; modes and owners kept; device nodes, fifos and sockets
-// skipped).
-func copyTree(ctx context.Context, src, dest string) (files int, size int64, err error) {
+// copyImage copies the image src into out, which it closes, and makes the
+// copy durable before the backup is reported done.
+func copyImage(src string, out *os.File) (int64, error) {
+	defer out.Close()
+	in, err := os.Open(src)
+	if err != nil {
+		return 0, err
+	}
+	defer in.Close()
+	n, err := io.Copy(out, in)
+	if err != nil {
+		return n, err
+	}
+	if err := out.Sync(); err != nil {
+		return n, err
+	}
+	return n, out.Close()
+}
+
+// copyTree copies the directory tree src into dest (regular files,
+// directories, symlinks; modes and owners kept, dest's own excepted;
+// device nodes, fifos and sockets skipped). It writes through dest, an
+// os.Root: nothing it makes, the guest's symlinks included, leads a later
+// write out of the backup.
+func copyTree(ctx context.Context, src string, dest *os.Root) (files int, size int64, err error) {
 	err = filepath.WalkDir(src, func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
 			return err
@@ -213,7 +281,11 @@ func copyTree(ctx context.Context, src, dest string) (files int, size int64, err
 			return err
 		}
 		rel, _ := filepath.Rel(src, p)
-		target := filepath.Join(dest, rel)
+		if rel == "." {
+			// dest, made by backupdest, stays root's and 0700.
+			files++
+			return nil
+		}
 		fi, err := d.Info()
 		if err != nil {
 			return err
@@ -221,7 +293,7 @@ func copyTree(ctx context.Context, src, dest string) (files int, size int64, err
 		st, _ := fi.Sys().(*syscall.Stat_t)
 		switch {
 		case d.IsDir():
-			if err := os.Mkdir(target, fi.Mode().Perm()|0o700); err != nil {
+			if err := dest.Mkdir(rel, fi.Mode().Perm()|0o700); err != nil {
 				return err
 			}
 		case d.Type()&fs.ModeSymlink != 0:
@@ -229,11 +301,11 @@ func copyTree(ctx context.Context, src, dest string) (files int, size int64, err
 			if err != nil {
 				return err
 			}
-			if err := os.Symlink(l, target); err != nil {
+			if err := dest.Symlink(l, rel); err != nil {
 				return err
 			}
 		case d.Type().IsRegular():
-			n, err := copyFile(p, target, fi.Mode().Perm())
+			n, err := copyFile(p, dest, rel, fi.Mode().Perm())
 			if err != nil {
 				return err
 			}
@@ -243,10 +315,10 @@ func copyTree(ctx context.Context, src, dest string) (files int, size int64, err
 		}
 		files++
 		if st != nil {
-			os.Lchown(target, int(st.Uid), int(st.Gid))
+			dest.Lchown(rel, int(st.Uid), int(st.Gid))
 		}
 		if d.IsDir() {
-			os.Chmod(target, fi.Mode().Perm())
+			dest.Chmod(rel, fi.Mode().Perm())
 		}
 		return nil
 	})
@@ -256,13 +328,13 @@ func copyTree(ctx context.Context, src, dest string) (files int, size int64, err
 	return files, size, err
 }
 
-func copyFile(src, dest string, perm fs.FileMode) (int64, error) {
+func copyFile(src string, dest *os.Root, name string, perm fs.FileMode) (int64, error) {
 	in, err := os.Open(src)
 	if err != nil {
 		return 0, err
 	}
 	defer in.Close()
-	out, err := os.OpenFile(dest, os.O_WRONLY|os.O_CREATE|os.O_EXCL, perm)
+	out, err := dest.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_EXCL|syscall.O_NOFOLLOW, perm)
 	if err != nil {
 		return 0, err
 	}

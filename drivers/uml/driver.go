@@ -39,6 +39,7 @@ type Machine struct {
 	root            rootSpec
 	init            string
 	net             *netSpec
+	backupDir       string // uml.backup-dir: backups go only there
 	poweroffTimeout time.Duration
 	reqTimeout      time.Duration
 

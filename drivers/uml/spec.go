@@ -29,6 +29,7 @@ var keys = []machine.KeySpec{
 	{Name: "uml.init", Doc: "init program in the guest (absolute path in the guest; default: the kernel's choice, /sbin/init first)", Kind: cmdlinePathKind},
 	{Name: "uml.net", Doc: "network: SWITCH:MAC, a TAP named after the host attached to the Linux bridge SWITCH (a virtual switch, which must exist), guest MAC MAC on eth0", Kind: machine.BridgeMACKind, Privileged: true},
 	{Name: "uml.dir", Default: "/run/machinefs/uml", Doc: "uml_dir: where the guest's umid directory, mconsole and notify sockets, console log and pid record live (absolute path, at most 64 bytes: the sockets inside must fit a socket address)", Kind: machine.CheckedKind("absolute path, at most 64 bytes", checkDir), Privileged: true},
+	{Name: "uml.backup-dir", Default: "/var/lib/machinefs/backup", Doc: "the console's backup DEST must be a new file or directory in this directory or below it (a relative DEST is taken in it; the daemon writes it as root)", Kind: machine.PathKind, Privileged: true},
 	{Name: "uml.poweroff-timeout", Default: "30s", Doc: "poweroff sends ctrl-alt-del, then halts the guest if it is still up after this", Kind: machine.DurationKind(100*time.Millisecond, time.Hour)},
 	{Name: "uml.mconsole-timeout", Default: "5s", Doc: "bound on one mconsole request; a guest that does not answer within it is killed by off", Kind: machine.DurationKind(10*time.Millisecond, 10*time.Minute)},
 }
@@ -149,6 +150,7 @@ type netSpec struct {
 func (m *Machine) settings(env machine.DriverEnv) error {
 	v := machine.ReadConfig(env.Config, keys)
 	m.dir = filepath.Clean(v.String("uml.dir"))
+	m.backupDir = filepath.Clean(v.String("uml.backup-dir"))
 	m.kernel = v.String("uml.kernel")
 	m.mem = v.String("uml.mem")
 	m.init = v.String("uml.init")

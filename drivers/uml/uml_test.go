@@ -141,6 +141,7 @@ func TestUMLKeyChecks(t *testing.T) {
 		"uml.init":             "/sbin/init with spaces",
 		"uml.net":              "sw0:zz:a7:dd:b4:02:10",
 		"uml.dir":              "relative/dir",
+		"uml.backup-dir":       "backups",
 		"uml.poweroff-timeout": "forever",
 		"uml.mconsole-timeout": "0s",
 	}
@@ -151,6 +152,7 @@ func TestUMLKeyChecks(t *testing.T) {
 		"uml.init":             "/sbin/init",
 		"uml.net":              "sw0:06:a7:dd:b4:02:10",
 		"uml.dir":              "/run/machinefs/uml",
+		"uml.backup-dir":       "/var/lib/machinefs/backup",
 		"uml.poweroff-timeout": "30s",
 		"uml.mconsole-timeout": "2s",
 	}
