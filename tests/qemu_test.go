@@ -291,8 +291,12 @@ func TestQEMUGuest(t *testing.T) {
 		d.addHost("lab01/subhosts/"+name, qemuConfig(img, dir, fmt.Sprintf("mfs.ip=10.78.1.%d/24", i), fmt.Sprintf("qemu.net = vde:mfqv0:02:6d:66:71:01:%02x", i)))
 		vde = append(vde, d.qemuGuest("hosts/lab01/subhosts/"+name))
 	}
-	// Both boot at once: one wait for two boots.
-	d.ok("echo on > " + vde[0].path + "/power && echo on > " + vde[1].path + "/power")
+	// Both boot at once, as a group: one write starts both.
+	d.ok("mkdir groups/mfqg && echo 'lab01/subhosts/mfqd[1-2]' > groups/mfqg/members")
+	d.ok("echo 'on wait timeout=60s' > groups/mfqg/power")
+	if p := d.read("groups/mfqg/power"); p != "on\n" {
+		t.Fatalf("group of two QEMU guests after on wait: %q", p)
+	}
 	for _, v := range vde {
 		v.waitSerial(guestimage.ReadyLine, 1)
 	}
@@ -303,9 +307,22 @@ func TestQEMUGuest(t *testing.T) {
 	}
 	d.fails("rmdir hosts/lab01/vswitch/mfqv0", "Device or resource busy")
 
+	d.fails("rmdir "+vde[0].path, "Device or resource busy")
+
+	// A stack poweroff of lab01 stops its QEMU guests (through the ACPI
+	// button, each a step of the stack) and leaves lab01 on.
+	d.ok("echo 'poweroff wait label=mfqstack' > hosts/lab01/power")
+	for _, v := range vde {
+		if p := v.power(); p != "off" {
+			t.Fatalf("%s after the stack poweroff of lab01: %s", v.path, p)
+		}
+	}
+	if ev := d.read("hosts/lab01/events.log"); !strings.Contains(ev, "mfqstack") || d.read("hosts/lab01/power") != "on\n" {
+		t.Fatalf("stack poweroff: lab01 power %q, events:\n%s", d.read("hosts/lab01/power"), ev)
+	}
+
 	// Removal (of a guest that is off: a running one is EBUSY) leaves
 	// nothing behind: no QEMU, no guest directory.
-	d.fails("rmdir "+vde[0].path, "Device or resource busy")
 	for _, v := range vde {
 		d.ok("echo 'off wait timeout=20s' > " + v.path + "/power && rmdir " + v.path)
 	}

@@ -42,17 +42,6 @@ type vdeEndpoint struct {
 	Descr  string // the client's own description: untrusted text
 }
 
-// inUse reports whether a client other than the switch's TAP is plugged
-// into the port.
-func (p vdePort) inUse() bool {
-	for _, e := range p.Endpoints {
-		if e.Module != "tuntap" {
-			return true
-		}
-	}
-	return false
-}
-
 // mgmtQuery sends one command to the management socket at path and returns
 // its data lines. The socket must be a socket owned by uid: it sits in a
 // directory its owner can write, so the path is opened without following
