@@ -75,10 +75,11 @@ func TestTreeREADMEMatchesTree(t *testing.T) {
 	rootReal["events"] = true
 	compare("/", top, rootReal)
 	// lab01 is a local-less demo host: every file a host can have, but
-	// vswitch/ (local hosts only) and serial (drivers with a serial
-	// console), which README marks as such.
+	// vswitch/ (local hosts only), serial (drivers with a serial
+	// console) and serial.log (serial-log = yes), which README marks as
+	// such.
 	real := ls("hosts/lab01")
-	for _, n := range []string{"vswitch", "serial", "events", "subhosts"} {
+	for _, n := range []string{"vswitch", "serial", "serial.log", "events", "subhosts"} {
 		if !host[n] {
 			t.Errorf("README does not document %s", n)
 		}

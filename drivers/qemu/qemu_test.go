@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -238,6 +239,8 @@ func TestQEMUGuest(t *testing.T) {
 	if err := os.WriteFile(data, make([]byte, 1<<20), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	// A second disk: a qcow2 overlay whose backing file holds a marker.
+	overlay, base := qcow2Overlay(t, tmp)
 	// What the daemon holds that no guest may get, inheritable, as a
 	// direct FUSE mount leaves it: opened before QEMU starts.
 	held := holdInheritable(t, tmp)
@@ -245,7 +248,7 @@ func TestQEMUGuest(t *testing.T) {
 	os.Mkdir(g.backups, 0o700)
 	g.cfg = config{
 		"qemu.kernel": img.Kernel, "qemu.initrd": img.Initrd, "qemu.append": img.Append,
-		"qemu.disk": data, "qemu.mem": "128M", "qemu.dir": g.dir, "qemu.backup-dir": g.backups,
+		"qemu.disk": data + " " + overlay, "qemu.mem": "128M", "qemu.dir": g.dir, "qemu.backup-dir": g.backups,
 		"qemu.poweroff-timeout": "20s",
 	}
 	g.d = newDriver(t, g.cfg, g.r)
@@ -278,9 +281,10 @@ func TestQEMUGuest(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		// QEMU keeps its pid file open (locked) and may open /dev/kvm.
+		// QEMU keeps its pid file open (locked) and may open /dev/kvm;
+		// an overlay's backing file is opened as its header says.
 		pidFile := filepath.Join(g.dir, "q1", "qemu.pid")
-		checkDescriptors(t, pid, held, map[string]bool{data: true, pidFile: true, "/dev/kvm": true})
+		checkDescriptors(t, pid, held, map[string]bool{data: true, overlay: true, base: true, pidFile: true, "/dev/kvm": true})
 	})
 
 	t.Run("InfoStatus", func(t *testing.T) {
@@ -323,6 +327,19 @@ func TestQEMUGuest(t *testing.T) {
 		}
 		if _, err := g.console("backup", filepath.Join(tmp, "elsewhere")); machine.ErrnoOf(err) != syscall.EACCES {
 			t.Errorf("backup outside qemu.backup-dir: %v, want EACCES", err)
+		}
+	})
+
+	// The guest reads its backing file through the overlay, and its
+	// writes go to the overlay, never to the backing file.
+	t.Run("QCOW2Backing", func(t *testing.T) {
+		g.con.run(t, "echo base-$(dd if=/dev/vdb bs=512 skip=7 count=1 2>/dev/null | grep -c machinefs-base-marker)", "base-1")
+		g.con.run(t, "echo machinefs-overlay-write | dd of=/dev/vdb bs=512 seek=7 conv=fsync 2>/dev/null; echo done-$((2+1))", "done-3")
+		g.con.run(t, "echo overlay-$(dd if=/dev/vdb bs=512 skip=7 count=1 2>/dev/null | grep -c machinefs-overlay-write)", "overlay-1")
+		b, err := os.ReadFile(base)
+		if err != nil || !bytes.Contains(b, []byte("machinefs-base-marker")) || bytes.Contains(b, []byte("machinefs-overlay-write")) {
+			t.Fatalf("backing file after a guest write through the overlay: marker kept %v, write leaked %v, err %v",
+				bytes.Contains(b, []byte("machinefs-base-marker")), bytes.Contains(b, []byte("machinefs-overlay-write")), err)
 		}
 	})
 
@@ -567,4 +584,21 @@ func checkDescriptors(t *testing.T, pid int, held []int, files map[string]bool) 
 		}
 	}
 	t.Logf("QEMU pid %d descriptors: %s", pid, strings.Join(all, ", "))
+}
+
+// qcow2Overlay makes base.raw (1 MiB, a marker at sector 7) and a qcow2
+// overlay backed by it, with qemu-img as an operator would.
+func qcow2Overlay(t *testing.T, dir string) (overlay, base string) {
+	t.Helper()
+	base = filepath.Join(dir, "base.raw")
+	b := make([]byte, 1<<20)
+	copy(b[7*512:], "machinefs-base-marker\n")
+	if err := os.WriteFile(base, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	overlay = filepath.Join(dir, "overlay.qcow2")
+	if out, err := exec.Command("qemu-img", "create", "-q", "-f", "qcow2", "-b", base, "-F", "raw", overlay).CombinedOutput(); err != nil {
+		t.Fatalf("qemu-img create: %v\n%s", err, out)
+	}
+	return overlay, base
 }
