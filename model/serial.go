@@ -175,8 +175,8 @@ func (s *serialHub) close() {
 	}
 }
 
-// release drops a stream that was opened for sessions, once the last
-// session closed and nothing else needs it.
+// releaseLocked drops a stream that was opened for sessions, once the
+// last session closed and nothing else needs it; the caller closes it.
 func (s *serialHub) releaseLocked() io.Closer {
 	if s.users > 0 || s.held || s.logging || s.src == nil {
 		return nil
@@ -185,9 +185,6 @@ func (s *serialHub) releaseLocked() io.Closer {
 	s.src = nil
 	return src
 }
-
-// ErrSerialWriter is the EBUSY a second writer gets.
-var errSerialWriter = syscall.EBUSY
 
 // SerialSession is one open serial file: it reads the console's output
 // from where it joined (the backlog first), and writes if it was opened
@@ -282,7 +279,7 @@ func (ss *SerialSession) Close() {
 
 // writerBusy says who holds the writer's place.
 func writerBusy(w *SerialSession) error {
-	return machine.Errorf(errSerialWriter, "serial: one writer at a time, and %s has it open for writing (open it read-only to watch)", w.who)
+	return machine.Errorf(syscall.EBUSY, "serial: one writer at a time, and %s has it open for writing (open it read-only to watch)", w.who)
 }
 
 // settle waits while another session is opening the stream.
