@@ -123,21 +123,17 @@ func (m *Machine) syncOnce(ctx context.Context, g *guest) error {
 	if dl, ok := ctx.Deadline(); ok && dl.Before(deadline) {
 		deadline = dl
 	}
-	// The log is read from its length at the send, a chunk at a time,
-	// keeping only enough of the last chunk to find the message across
-	// two reads: whatever the guest prints, memory stays bounded.
+	// The log is read from its length at the send, a chunk at a time;
+	// whatever the guest prints, memory stays bounded (syncScan).
 	buf := make([]byte, 64<<10)
-	var carry []byte
+	var scan syncScan
 	for {
-		n, err := f.Read(buf[len(carry):])
+		n, err := f.Read(buf)
 		pos += int64(n)
 		if n > 0 {
-			chunk := buf[:len(carry)+n]
-			if bytes.Contains(chunk, []byte(syncDone)) {
+			if scan.feed(buf[:n]) {
 				return nil
 			}
-			keep := min(len(chunk), len(syncDone)-1)
-			carry = append(buf[:0], chunk[len(chunk)-keep:]...)
 			continue
 		}
 		if err != nil && err != io.EOF {
@@ -149,7 +145,7 @@ func (m *Machine) syncOnce(ctx context.Context, g *guest) error {
 			if pos, err = f.Seek(0, io.SeekStart); err != nil {
 				return fmt.Errorf("console log: %w", err)
 			}
-			carry = carry[:0]
+			scan.tail = scan.tail[:0]
 			continue
 		}
 		if time.Now().After(deadline) {
@@ -163,6 +159,45 @@ func (m *Machine) syncOnce(ctx context.Context, g *guest) error {
 		case <-time.After(5 * time.Millisecond):
 		}
 	}
+}
+
+// syncEchoes are the kernel's echo of "sysrq s" on the console, printed
+// when the request is handled (at the default console level, whatever
+// the guest's): "sysrq: Emergency Sync" since Linux 5.x, "SysRq :
+// Emergency Sync" before. The line's end is left out: the console is a
+// pty, which ends lines with CR LF.
+var syncEchoes = [][]byte{[]byte("sysrq: Emergency Sync"), []byte("SysRq : Emergency Sync")}
+
+// syncScan finds, in console output, the end of the sync one request
+// started: the kernel's echo of that sysrq, then syncDone after it. The
+// console log is written by the guest's console holder, a little behind
+// the guest, so a report of an earlier sync can land in the log after
+// the length read at the send; it comes before this sync's echo, and is
+// not taken for this sync's end (a backup then copied a disk its last
+// write had not reached). It keeps only enough of the last chunk to find
+// a line across two reads.
+type syncScan struct {
+	echoed bool
+	tail   []byte
+}
+
+func (s *syncScan) feed(p []byte) bool {
+	data := append(s.tail, p...)
+	if !s.echoed {
+		for _, echo := range syncEchoes {
+			if i := bytes.Index(data, echo); i >= 0 {
+				s.echoed = true
+				data = data[i+len(echo):]
+				break
+			}
+		}
+	}
+	if s.echoed && bytes.Contains(data, []byte(syncDone)) {
+		return true
+	}
+	keep := min(len(data), len(syncEchoes[1])-1)
+	s.tail = append(s.tail[:0], data[len(data)-keep:]...)
+	return false
 }
 
 // showSyncReport makes the console show the sync's report: the kernel
