@@ -14,11 +14,30 @@ import (
 // state is reached. Errors carry the errno (see ErrnoOf) and are recorded in
 // state and events. inStack is set for the host's own step of its stack
 // command, which must not be refused as busy by that very command.
+func (h *Host) runOwn(ctx context.Context, cmd machine.Command, who Caller, inStack bool) error {
+	op, err := h.startOwn(ctx, cmd, who, inStack)
+	return awaitIf(ctx, cmd, op, err)
+}
+
+// awaitIf ends a command that start, startOwn or startStack began: at
+// once without cmd.Wait, after an error, or with nothing to wait for
+// (already at the target); else when op has its verdict.
+func awaitIf(ctx context.Context, cmd machine.Command, op *operation, err error) error {
+	if err != nil || op == nil || !cmd.Wait {
+		return err
+	}
+	return awaitOp(ctx, op)
+}
+
+// startOwn is runOwn up to the driver's acceptance: it returns the
+// operation to wait for (the one a retried waiting write joins, too), or
+// nil when there is none (already at the target). A group member holds
+// its fan-out slot for this part only.
 //
 // The steps: choose the driver, admit the command (operation.go), answer
 // "already" when the machine itself confirms it is at the target, start
 // the operation, have the driver accept it, and arm the deadline.
-func (h *Host) runOwn(ctx context.Context, cmd machine.Command, who Caller, inStack bool) error {
+func (h *Host) startOwn(ctx context.Context, cmd machine.Command, who Caller, inStack bool) (*operation, error) {
 	quoted := fmt.Sprintf("%q %s", cmd.String(), who)
 	// asked names the driver asked for the machine's state (at most
 	// once); unsure says it could not tell, so the command goes on.
@@ -30,13 +49,13 @@ func (h *Host) runOwn(ctx context.Context, cmd machine.Command, who Caller, inSt
 			var join *operation
 			if join, err = h.admitLocked(cmd, who, inStack, h.op); join != nil {
 				h.mu.Unlock()
-				return h.rejoin(ctx, join, quoted)
+				return h.rejoin(join, quoted), nil
 			}
 		}
 		if err != nil {
 			h.mu.Unlock()
 			h.emit(machine.EventCommand, quoted+" refused: "+err.Error())
-			return err
+			return nil, err
 		}
 		if !h.shownAtTargetLocked(cmd) || unsure {
 			op := h.startLocked(cmd, who, pc.Kind(), quoted) // unlocks
@@ -48,7 +67,7 @@ func (h *Host) runOwn(ctx context.Context, cmd machine.Command, who Caller, inSt
 		sr := h.drivers.statusReader(pc)
 		if sr == nil || asked != "" {
 			h.alreadyLocked(quoted, asked) // unlocks
-			return nil
+			return nil, nil
 		}
 		gen, timeout := h.drivers.gen, h.cfg.Duration("timeout")
 		h.mu.Unlock()
@@ -122,16 +141,16 @@ func (h *Host) startLocked(cmd machine.Command, who Caller, driver, quoted strin
 	return op
 }
 
-// accept hands op to its driver, bounded by the host's timeout. A plain
-// write returns once the driver accepted; a waiting one then waits for
-// the verdict.
-func (h *Host) accept(ctx context.Context, pc machine.PowerController, op *operation, quoted string) error {
+// accept hands op to its driver, bounded by the host's timeout, and
+// returns op once the driver accepted it: a waiting writer then waits for
+// its verdict (awaitIf).
+func (h *Host) accept(ctx context.Context, pc machine.PowerController, op *operation, quoted string) (*operation, error) {
 	h.mu.Lock()
 	timeout := h.cfg.Duration("timeout")
 	h.mu.Unlock()
 	err := callDriver(ctx, timeout, func(ctx context.Context) error { return pc.Power(ctx, op.cmd) })
 	if err != nil {
-		return h.refused(pc, op, quoted, err)
+		return nil, h.refused(pc, op, quoted, err)
 	}
 	h.mu.Lock()
 	if op.target == "" {
@@ -141,10 +160,7 @@ func (h *Host) accept(ctx context.Context, pc machine.PowerController, op *opera
 	}
 	h.mu.Unlock()
 	h.emit(machine.EventCommand, quoted+" ok")
-	if !op.cmd.Wait {
-		return nil
-	}
-	return awaitOp(ctx, op)
+	return op, nil
 }
 
 // refused ends op, which its driver refused or did not answer. A refused

@@ -150,10 +150,11 @@ func (g *Group) Hosts() []string {
 	return g.hosts
 }
 
-// Exec runs a power command on every member in parallel, at most the
-// tree's fan-out at a time. It returns once every member accepted it, or
-// with wait once every member reached its state; the result is the worst
-// member's, and state lists every member's outcome.
+// Exec runs a power command on every member in parallel, sending it to at
+// most the tree's fan-out at a time (see run). It returns once every
+// member accepted it, or with wait once every member reached its state;
+// the result is the worst member's, and state lists every member's
+// outcome.
 func (g *Group) Exec(ctx context.Context, line string, who Caller) error {
 	cmd, err := machine.ParseCommand(line)
 	if err != nil {
@@ -191,7 +192,13 @@ func (g *Group) Exec(ctx context.Context, line string, who Caller) error {
 	return awaitOp(ctx, op)
 }
 
-// run runs cmd on every member, at most the tree's fan-out at a time.
+// run runs cmd on every member. The fan-out bounds the members whose
+// commands are on their way to their machines (a driver call, a BMC
+// request) at a time; a member's slot is free once its driver accepted,
+// so with wait every member's command is sent before the group waits on
+// any (as a plain write, which never held a slot while the machines
+// moved). Waiting costs a driver nothing it does not do after a plain
+// write too: it follows its command to the target either way.
 func (g *Group) run(ctx context.Context, cmd machine.Command, who Caller) error {
 	paths := g.Hosts()
 	results := make(map[string]string, len(paths))
@@ -205,13 +212,7 @@ func (g *Group) run(ctx context.Context, cmd machine.Command, who Caller) error 
 		sem <- struct{}{}
 		go func() {
 			defer wg.Done()
-			defer func() { <-sem }()
-			var err error
-			if h := g.tree.Host(p); h == nil {
-				err = machine.Errorf(syscall.ENOENT, "no such host")
-			} else {
-				err = h.Run(ctx, cmd, who)
-			}
+			err := g.member(ctx, p, cmd, who, func() { <-sem })
 			outcome := "ok"
 			if err != nil {
 				outcome = "failed: " + err.Error()
@@ -242,6 +243,20 @@ func (g *Group) run(ctx context.Context, cmd machine.Command, who Caller) error 
 		return machine.Errorf(machine.ErrnoOf(worst), "%d of %d members failed; first: %v", failed, len(paths), worst)
 	}
 	return nil
+}
+
+// member runs cmd on the member at p: it frees the member's fan-out slot
+// (release) once the command was accepted or refused, then waits for the
+// member's verdict when cmd waits.
+func (g *Group) member(ctx context.Context, p string, cmd machine.Command, who Caller, release func()) error {
+	h := g.tree.Host(p)
+	if h == nil {
+		release()
+		return machine.Errorf(syscall.ENOENT, "no such host")
+	}
+	op, err := h.start(ctx, cmd, who)
+	release()
+	return awaitIf(ctx, cmd, op, err)
 }
 
 // Groups lists the groups, sorted by name.

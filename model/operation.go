@@ -10,7 +10,7 @@ import (
 )
 
 // operation is one command on a host, from admission to verdict: a power
-// command on the machine alone (runOwn) or a stack command (runStack). It
+// command on the machine alone (runOwn) or a stack command (startStack). It
 // owns the three decisions a command needs: whether it may start now
 // (admitLocked: busy, the same command retried, force), when the model
 // stops waiting for it (arm: its deadline), and how it ended (finishLocked:
@@ -35,10 +35,11 @@ func isRetry(op *operation, cmd machine.Command, who Caller) bool {
 	return cmd.Wait && op.cmd.String() == cmd.String() && sameProcess(op.who, who)
 }
 
-// rejoin waits on for op, in flight, instead of refusing its retry as busy.
-func (h *Host) rejoin(ctx context.Context, op *operation, quoted string) error {
+// rejoin records a retry that waits on for op, in flight, instead of
+// being refused as busy, and returns op to wait for.
+func (h *Host) rejoin(op *operation, quoted string) *operation {
 	h.emit(machine.EventCommand, quoted+" waits again for the one in flight since "+stamp(op.started))
-	return awaitOp(ctx, op)
+	return op
 }
 
 // newOperation starts an operation for cmd from who.
@@ -113,7 +114,7 @@ func (h *Host) finishLocked(op *operation, err error) {
 
 // admitLocked decides whether cmd from who may start on h now; see admit.
 // own is the operation of the same sort already in flight (the host's
-// command for runOwn, its stack command for runStack). inStack is set for
+// command for runOwn, its stack command for startStack). inStack is set for
 // the host's own step of its stack command, which that command must not
 // refuse. Called with h.mu held.
 func (h *Host) admitLocked(cmd machine.Command, who Caller, inStack bool, own *operation) (join *operation, err error) {

@@ -181,8 +181,9 @@ func TestStackAdmission(t *testing.T) {
 	}
 }
 
-// A group command reaches at most fan-out members at a time, every member
-// gets it, and the result is the worst member's.
+// A group command is on its way to at most fan-out members at a time
+// (from a member's "starting" until its driver accepted or refused),
+// every member gets it, and the result is the worst member's.
 func TestGroupFanOutAndWorst(t *testing.T) {
 	const fanout, members = 2, 6
 	tree := model.NewTree(model.Options{Store: store.NewDir(t.TempDir()), Drivers: []machine.DriverSpec{sim.Spec}, FanOut: fanout})
@@ -203,7 +204,8 @@ func TestGroupFanOutAndWorst(t *testing.T) {
 	if err := g.SetMembers(context.Background(), "n[0-5]\n", true, model.Caller{}); err != nil {
 		t.Fatal(err)
 	}
-	// Count machines between their "starting" and their member event.
+	// Count machines between their "starting" and their own command
+	// event (accepted or refused), which comes before the slot is free.
 	var mu sync.Mutex
 	inFlight, most := 0, 0
 	stop := tree.Watch(func(e model.Event) {
@@ -213,9 +215,7 @@ func TestGroupFanOutAndWorst(t *testing.T) {
 		case e.Kind == machine.EventPower && e.Detail == string(machine.PowerStarting):
 			inFlight++
 			most = max(most, inFlight)
-		case e.Kind == machine.EventMember:
-			// The group's member event comes before the member's slot
-			// is free; a power event may come after the next starts.
+		case e.Kind == machine.EventCommand && strings.HasPrefix(e.Path, "hosts/"):
 			inFlight--
 		}
 	})

@@ -34,24 +34,33 @@ func isStackVerb(verb string) bool { return verb == "poweroff" || verb == "reboo
 // Run runs a parsed command on this machine, with stack semantics for
 // poweroff and reboot. See runOwn for the rules of a single machine.
 func (h *Host) Run(ctx context.Context, cmd machine.Command, who Caller) error {
+	op, err := h.start(ctx, cmd, who)
+	return awaitIf(ctx, cmd, op, err)
+}
+
+// start is Run up to the command's acceptance (by the machine's driver,
+// or as a stack command): it returns the operation a waiting writer waits
+// for, or nil when there is none. A group sends every member's command
+// this far before it waits on any.
+func (h *Host) start(ctx context.Context, cmd machine.Command, who Caller) (*operation, error) {
 	if h.tree.readOnly {
-		return machine.Errorf(syscall.EROFS, "read-only mount")
+		return nil, machine.Errorf(syscall.EROFS, "read-only mount")
 	}
 	if !isStackVerb(cmd.Verb) {
-		return h.runOwn(ctx, cmd, who, false)
+		return h.startOwn(ctx, cmd, who, false)
 	}
 	top := h.parent == nil
 	if err := h.checkSelf(cmd, top); err != nil {
 		h.refuse(cmd, who, err)
-		return err
+		return nil, err
 	}
 	if cmd.Force {
 		if n := len(h.runningSubhosts()); n > 0 {
 			h.emit(machine.EventWarning, fmt.Sprintf("%q: %d machines on top may be left inconsistent (force: no stack)", cmd.String(), n))
 		}
-		return h.runOwn(ctx, cmd, who, false)
+		return h.startOwn(ctx, cmd, who, false)
 	}
-	return h.runStack(ctx, cmd, who, cmd.Self || !top)
+	return h.startStack(ctx, cmd, who, cmd.Self || !top)
 }
 
 // checkSelf refuses what a host must not do to itself: force without self
@@ -132,18 +141,19 @@ func (h *Host) runningSubhosts() []*Host {
 	return out
 }
 
-// runStack runs a stack command: the machines on top first, then (with
-// self) the machine itself.
-func (h *Host) runStack(ctx context.Context, cmd machine.Command, who Caller, self bool) error {
+// startStack starts a stack command: the machines on top first, then
+// (with self) the machine itself. It returns the stack's operation once
+// the stack runs.
+func (h *Host) startStack(ctx context.Context, cmd machine.Command, who Caller, self bool) (*operation, error) {
 	quoted := fmt.Sprintf("%q %s", cmd.String(), who)
 	h.mu.Lock()
 	if join, err := h.admitLocked(cmd, who, false, h.stack); join != nil {
 		h.mu.Unlock()
-		return h.rejoin(ctx, join, quoted)
+		return h.rejoin(join, quoted), nil
 	} else if err != nil {
 		h.mu.Unlock()
 		h.emit(machine.EventCommand, quoted+" refused: "+err.Error())
-		return err
+		return nil, err
 	}
 	op := newOperation(cmd, who)
 	h.stack = op
@@ -156,10 +166,7 @@ func (h *Host) runStack(ctx context.Context, cmd machine.Command, who Caller, se
 	// and the machine below powered off under machines still stopping.
 	// Its outcome is in state and events.
 	go h.runStackSteps(context.WithoutCancel(ctx), op, self, quoted)
-	if !cmd.Wait {
-		return nil
-	}
-	return awaitOp(ctx, op)
+	return op, nil
 }
 
 // runStackSteps runs the stack command op: the machines on top go down

@@ -1,0 +1,118 @@
+package model_test
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+
+	"github.com/machinefs/machinefs/drivers/sim"
+	"github.com/machinefs/machinefs/machine"
+	"github.com/machinefs/machinefs/model"
+	"github.com/machinefs/machinefs/store"
+	"github.com/machinefs/machinefs/view"
+)
+
+// groupOf makes a tree with fan-out fanout and a group "rack" of n hosts
+// n0... made with the key-value pairs kv (addSub's).
+func groupOf(t *testing.T, fanout, n int, kv ...string) (*model.Tree, *model.Group) {
+	t.Helper()
+	tree := model.NewTree(model.Options{Store: store.NewDir(t.TempDir()), Drivers: []machine.DriverSpec{sim.Spec}, FanOut: fanout})
+	t.Cleanup(tree.Close)
+	for i := range n {
+		addSub(t, tree, nil, fmt.Sprintf("n%d", i), kv...)
+	}
+	g, err := tree.AddGroup("rack", model.Caller{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := g.SetMembers(context.Background(), fmt.Sprintf("n[0-%d]\n", n-1), true, model.Caller{}); err != nil {
+		t.Fatal(err)
+	}
+	return tree, g
+}
+
+// watchHosts calls fn with mu held for every event of a host, until the
+// test ends.
+func watchHosts(t *testing.T, tree *model.Tree, mu *sync.Mutex, fn func(model.Event)) {
+	stop := tree.Watch(func(e model.Event) {
+		if !strings.HasPrefix(e.Path, "hosts/") {
+			return
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		fn(e)
+	})
+	t.Cleanup(stop)
+}
+
+// With wait, a group sends every member's command before it waits on
+// any (issue 19): the fan-out bounds the commands on their way, not the
+// machines on their way to the state. Six members, fan-out 2: every
+// member's driver has accepted before the first machine is on (each takes
+// 500 ms to come on). Before, the third member started only when one of
+// the first two was on.
+func TestGroupWaitSendsEveryMemberFirst(t *testing.T) {
+	const members = 6
+	tree, g := groupOf(t, 2, members, "sim.initial", "off", "sim.on-delay", "500ms")
+	var mu sync.Mutex
+	accepted, acceptedAtFirstOn, ons := 0, -1, 0
+	watchHosts(t, tree, &mu, func(e model.Event) {
+		switch {
+		case e.Kind == machine.EventCommand && strings.HasSuffix(e.Detail, " ok"):
+			accepted++
+		case e.Kind == machine.EventPower && e.Detail == string(machine.PowerOn):
+			if ons++; ons == 1 {
+				acceptedAtFirstOn = accepted
+			}
+		}
+	})
+	if err := g.Exec(context.Background(), "on wait", model.Caller{}); err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if acceptedAtFirstOn != members || ons != members {
+		t.Fatalf("%d of %d members had accepted when the first came on (%d on in all): the group waited before sending", acceptedAtFirstOn, members, ons)
+	}
+	if st := view.GroupState(g); !strings.Contains(st, "6 members: 6 ok, 0 failed") {
+		t.Fatalf("state:\n%s", st)
+	}
+}
+
+// The fan-out still bounds the driver calls: members whose drivers never
+// answer hold their slots until the host's timeout, so at most fan-out
+// are in flight, and the others wait their turn. The result is the worst
+// member's (ETIMEDOUT), and every member is in state.
+func TestGroupFanOutBoundsDriverCalls(t *testing.T) {
+	const fanout, members = 2, 5
+	tree, g := groupOf(t, fanout, members, "sim.initial", "off", "sim.hang", "on", "timeout", "100ms")
+	var mu sync.Mutex
+	inFlight, most := 0, 0
+	watchHosts(t, tree, &mu, func(e model.Event) {
+		switch {
+		case e.Kind == machine.EventPower && e.Detail == string(machine.PowerStarting):
+			inFlight++
+			most = max(most, inFlight)
+		case e.Kind == machine.EventCommand:
+			inFlight--
+		}
+	})
+	err := g.Exec(context.Background(), "on wait", model.Caller{})
+	if machine.ErrnoOf(err) != syscall.ETIMEDOUT || !strings.Contains(err.Error(), "5 of 5 members failed") {
+		t.Fatalf("err %v, want ETIMEDOUT, 5 of 5 failed", err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if most > fanout || most == 0 {
+		t.Fatalf("%d driver calls in flight at most, fan-out %d", most, fanout)
+	}
+	st := view.GroupState(g)
+	for i := range members {
+		if want := fmt.Sprintf("hosts/n%d: unknown (last: failed:", i); !strings.Contains(st, want) {
+			t.Errorf("state lacks %q:\n%s", want, st)
+		}
+	}
+}
