@@ -525,10 +525,18 @@ func (d *Driver) send(ctx context.Context, act action) error {
 // reported once ctx is cancelled (superseded or closing).
 func (d *Driver) verify(ctx context.Context, id int, act action, from machine.Power) {
 	defer d.wg.Done()
+	var f followed
 	defer func() {
 		d.mu.Lock()
 		d.following.Done(id)
 		d.mu.Unlock()
+		if f.reached {
+			// Its last read is as fresh as a poll: the poller goes on
+			// at its interval. Polling now costs the BMC a read for
+			// nothing (a group command: one per member, while the
+			// other members' commands still run).
+			return
+		}
 		select {
 		case d.kick <- struct{}{}: // resume normal polling now
 		default:
@@ -540,7 +548,7 @@ func (d *Driver) verify(ctx context.Context, id int, act action, from machine.Po
 	if act.verb == "poweroff" {
 		soft := min(d.cfg.verifyTimeout, window/2)
 		sctx, scancel := context.WithTimeout(ctx, soft)
-		f := d.follow(sctx, act, window)
+		f = d.follow(sctx, act, window)
 		scancel()
 		if f.reached || ctx.Err() != nil {
 			d.verdict(ctx, act, from, window, f)
@@ -572,7 +580,8 @@ func (d *Driver) verify(ctx context.Context, id int, act action, from machine.Po
 		}
 		from = f.last
 	}
-	d.verdict(ctx, follow, from, window, d.follow(ctx, follow, window))
+	f = d.follow(ctx, follow, window)
+	d.verdict(ctx, follow, from, window, f)
 }
 
 // followed is what a verification saw.
