@@ -33,8 +33,8 @@ type Options struct {
 	HostLogLimit, TreeLogLimit int
 	// Switches manages the local host's virtual switches; nil: none.
 	Switches machine.Switches
-	// FanOut bounds how many members of a group a command reaches at
-	// once (default 32).
+	// FanOut bounds how many members' commands of a group are on their
+	// way to their drivers at once (default 32).
 	FanOut int
 	// AdminGid is the admin group (-o admingroup=), whose members may set
 	// privileged keys as root may; it counts only with HasAdminGroup.

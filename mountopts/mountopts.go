@@ -44,8 +44,8 @@ type Options struct {
 	// StateDir keeps runtime state that must survive a daemon restart
 	// but not a reboot (statedir=DIR; default /run/machinefs).
 	StateDir string
-	// FanOut bounds how many group members a command reaches at once
-	// (fanout=N; 0 means the default, 32).
+	// FanOut bounds how many group members' commands are on their way
+	// to their drivers at once (fanout=N; 0 means the default, 32).
 	FanOut int
 	// MaxReaders caps the events streams open at once on the mount, all
 	// events files together (max-readers=N; 0 means the default, 64);
