@@ -32,11 +32,12 @@ import (
 //  3. The emergency sync writes every dirty page and waits for the data,
 //     but it only starts a journalling file system's commit (ext4's
 //     sync_fs runs with wait=0) and the writeback of metadata. For an
-//     image root the sync is therefore repeated until one whole sync
-//     wrote nothing: the root disk's completed writes and flushes
+//     image root the sync is therefore repeated until two whole syncs in
+//     a row wrote nothing: the root disk's completed writes and flushes
 //     (/proc/diskstats, ubda) are the same as after the sync before and
 //     none is in flight. A commit still running would have completed a
-//     write in between.
+//     write in between; one quiet sync was not enough on a loaded host,
+//     where the commit's thread may run late.
 //  4. The guest is stopped, and the check is made once more while it is
 //     stopped (nothing in flight, nothing written since): UML's I/O
 //     thread finishes requests on its own, so a request in flight at the
@@ -63,8 +64,13 @@ func (m *Machine) syncAndStop(ctx context.Context, g *guest) (syncs int, err err
 	defer restore()
 	image := m.root.hostfs == ""
 	// The first sync is checked by a second one at least: a commit it
-	// started may not have begun writing when it reports its end.
+	// started may not have begun writing when it reports its end. And a
+	// quiet round must follow another quiet round: ext4's commit runs in
+	// its own kernel thread, which on a loaded host (CI runs QEMU guests
+	// beside this) may not have written a block by the end of the next
+	// sync; the backup then lacked the last write.
 	var prev diskStats
+	quiet := 0
 	for round := 1; ; round++ {
 		if round > maxSyncRounds {
 			return round - 1, machine.Errorf(syscall.EBUSY, "the guest kept writing to its root through %d syncs; no consistent copy can be made while it does", maxSyncRounds)
@@ -82,7 +88,12 @@ func (m *Machine) syncAndStop(ctx context.Context, g *guest) (syncs int, err err
 		if err != nil {
 			return round, err
 		}
-		if !cur.quiet(prev) {
+		if !cur.quiet(prev) || round == 1 {
+			quiet = 0
+			prev = cur
+			continue
+		}
+		if quiet++; quiet < 2 {
 			prev = cur
 			continue
 		}
@@ -94,6 +105,7 @@ func (m *Machine) syncAndStop(ctx context.Context, g *guest) (syncs int, err err
 			return round, nil
 		}
 		// Written between the check and the stop: run again.
+		quiet = 0
 		if _, gerr := m.request(ctx, g, "go"); gerr != nil {
 			return round, fmt.Errorf("resuming after a stop with writes in flight: %w", gerr)
 		}
