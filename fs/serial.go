@@ -59,8 +59,14 @@ func (s *serialStream) Read(ctx context.Context, dest []byte, off int64) (fuse.R
 	return fuse.ReadResultData(dest[:n]), 0
 }
 
+// Write returns when the machine took the input; Ctrl-C ends a wait for a
+// machine that does not read its console (EINTR), as unmounting does.
 func (s *serialStream) Write(ctx context.Context, data []byte, off int64) (uint32, syscall.Errno) {
-	n, err := s.ss.Write(data)
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	stop := context.AfterFunc(s.fsys.stopping, cancel)
+	defer stop()
+	n, err := s.ss.Write(ctx, data)
 	if err != nil {
 		return uint32(n), errno(err)
 	}

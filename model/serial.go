@@ -46,10 +46,12 @@ type serialHub struct {
 	line    []byte // the console line serial.log has not got yet
 	// logPending: a change of serial.log is about to be told.
 	logPending bool
+	// writeSlot holds the one write to the driver's stream in flight.
+	writeSlot chan struct{}
 }
 
 func newSerialHub(h *Host) *serialHub {
-	return &serialHub{h: h, more: make(chan struct{})}
+	return &serialHub{h: h, more: make(chan struct{}), writeSlot: make(chan struct{}, 1)}
 }
 
 // wakeLocked tells blocked readers something changed.
@@ -236,23 +238,49 @@ func (ss *SerialSession) Read(ctx context.Context, p []byte) (int, error) {
 	return n, nil
 }
 
-// Write sends input to the machine's console.
-func (ss *SerialSession) Write(p []byte) (int, error) {
+// Write sends input to the machine's console. A guest that stops reading
+// its console makes the driver's write block: the caller's wait then ends
+// with EINTR when ctx does (Ctrl-C), while that write goes on in the
+// background, and the next write waits for it. One write per console is
+// in flight at a time, so a guest that never reads holds one buffer of
+// the daemon's, not one per attempt.
+func (ss *SerialSession) Write(ctx context.Context, p []byte) (int, error) {
 	if !ss.writes {
 		return 0, machine.Errorf(syscall.EBADF, "serial: not open for writing")
 	}
 	s := ss.hub
+	select {
+	case s.writeSlot <- struct{}{}:
+	case <-ctx.Done():
+		return 0, machine.Errorf(syscall.EINTR, "serial: write interrupted: an earlier write still waits for the machine to read its console")
+	}
 	s.mu.Lock()
 	src := s.src
 	s.mu.Unlock()
 	if src == nil {
+		<-s.writeSlot
 		return 0, machine.Errorf(syscall.EIO, "serial: no console stream (the machine is not running)")
 	}
-	n, err := src.Write(p)
-	if err != nil {
-		return n, fmt.Errorf("serial: %w", err)
+	type result struct {
+		n   int
+		err error
 	}
-	return n, nil
+	done := make(chan result, 1)
+	buf := append([]byte(nil), p...) // the caller's buffer is reused once Write returns
+	go func() {
+		n, err := src.Write(buf)
+		<-s.writeSlot
+		done <- result{n, err}
+	}()
+	select {
+	case r := <-done:
+		if r.err != nil {
+			return r.n, fmt.Errorf("serial: %w", r.err)
+		}
+		return r.n, nil
+	case <-ctx.Done():
+		return 0, machine.Errorf(syscall.EINTR, "serial: write interrupted: the machine is not reading its console (the input is still sent when it does)")
+	}
 }
 
 // Close leaves the console: the writer's place is free for the next one.

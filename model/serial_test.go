@@ -8,6 +8,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/machinefs/machinefs/machine"
 	"github.com/machinefs/machinefs/model"
@@ -20,6 +21,7 @@ import (
 type pipeGuest struct {
 	console pipeEnds
 	guest   *os.File // the guest's end: what it writes is console output
+	input   *os.File // the guest's end: what it reads is console input
 }
 
 func (g *pipeGuest) Kind() string                                       { return "pipeguest" }
@@ -45,7 +47,7 @@ func pipeGuestSpec(t *testing.T, guests chan<- *pipeGuest) machine.DriverSpec {
 			return nil, err
 		}
 		t.Cleanup(func() { outW.Close(); inR.Close() })
-		g := &pipeGuest{console: pipeEnds{r: outR, w: inW}, guest: outW}
+		g := &pipeGuest{console: pipeEnds{r: outR, w: inW}, guest: outW, input: inR}
 		guests <- g
 		return g, nil
 	}}
@@ -99,6 +101,40 @@ func TestSerialSlowReaderSkips(t *testing.T) {
 	}
 	if got := readUntil(t, fresh, "last line\n"); len(got) > 2*model.SerialBacklog {
 		t.Fatalf("new reader got %d bytes: %.200q", len(got), got)
+	}
+}
+
+// A guest that never reads its console blocks the write of its input:
+// Ctrl-C (the write's context) ends the writer's wait with EINTR, the
+// next write too while the first is still pending, and once the guest
+// reads, writes go through again.
+func TestSerialWriteToDeafGuestIsInterruptible(t *testing.T) {
+	guests := make(chan *pipeGuest, 1)
+	tree := model.NewTree(model.Options{Store: store.NewDir(t.TempDir()), Drivers: []machine.DriverSpec{pipeGuestSpec(t, guests)}})
+	t.Cleanup(tree.Close)
+	cf := &model.ConfigFile{}
+	cf.Set("drivers", "pipeguest")
+	h, err := tree.Add(context.Background(), nil, "g", cf, model.Caller{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := <-guests
+	w, err := h.OpenSerial(context.Background(), true, model.Caller{Pid: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	big := bytes.Repeat([]byte("y"), 1<<20) // more than a pipe holds
+	for i, what := range []string{"the blocked write", "a write behind it"} {
+		ctx, cancel := context.WithCancel(context.Background())
+		go func() { time.Sleep(100 * time.Millisecond); cancel() }() // Ctrl-C
+		if _, err := w.Write(ctx, big); machine.ErrnoOf(err) != syscall.EINTR {
+			t.Fatalf("%d: %s: %v, want EINTR", i, what, err)
+		}
+	}
+	go io.Copy(io.Discard, g.input) // the guest starts reading
+	if n, err := w.Write(context.Background(), []byte("ls\n")); err != nil || n != 3 {
+		t.Fatalf("write once the guest reads: %d, %v", n, err)
 	}
 }
 
