@@ -203,30 +203,3 @@ func (m *Machine) readPid() (int, error) {
 	}
 	return pid, nil
 }
-
-// howEnded says in words how a process ended.
-func howEnded(ws syscall.WaitStatus) string {
-	switch {
-	case ws.Exited():
-		return fmt.Sprintf("exited with status %d", ws.ExitStatus())
-	case ws.Signaled():
-		return fmt.Sprintf("killed by signal %d (%s)", ws.Signal(), unix.SignalName(ws.Signal()))
-	}
-	return fmt.Sprintf("ended (wait status %#x)", uint32(ws))
-}
-
-// reap collects the exit status of pid if it is a child of this process.
-// An adopted guest is not: its status went to whoever inherited it.
-func reap(pid int) (syscall.WaitStatus, bool) {
-	var ws syscall.WaitStatus
-	for {
-		got, err := syscall.Wait4(pid, &ws, syscall.WNOHANG|syscall.WALL, nil)
-		if errors.Is(err, syscall.EINTR) {
-			continue
-		}
-		if err != nil || got != pid {
-			return 0, false
-		}
-		return ws, true
-	}
-}

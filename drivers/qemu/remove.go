@@ -10,6 +10,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/machinefs/machinefs/drivers/internal/childproc"
 	"github.com/machinefs/machinefs/drivers/internal/tap"
 	"github.com/machinefs/machinefs/machine"
 )
@@ -105,7 +106,7 @@ func (m *Machine) killRecorded(ctx context.Context, pid int) error {
 	for {
 		n, err := unix.Poll(fds, 50)
 		if err == nil && n > 0 {
-			reap(pid)
+			childproc.Reap(pid)
 			return nil
 		}
 		if err != nil && !errors.Is(err, unix.EINTR) {

@@ -10,6 +10,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/machinefs/machinefs/drivers/internal/childproc"
 	"github.com/machinefs/machinefs/machine"
 )
 
@@ -74,6 +75,6 @@ func reapWait(pidfd, pid int) {
 			break
 		}
 	}
-	reap(pid)
+	childproc.Reap(pid)
 	unix.Close(pidfd)
 }

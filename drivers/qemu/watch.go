@@ -8,6 +8,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/machinefs/machinefs/drivers/internal/childproc"
 	"github.com/machinefs/machinefs/drivers/internal/tap"
 	"github.com/machinefs/machinefs/machine"
 )
@@ -81,8 +82,8 @@ func (m *Machine) kill(g *guest) {
 // what it leaves behind (sockets, pid file, TAP), and the report.
 func (m *Machine) exited(g *guest) {
 	how := "ended (it was adopted, so its exit status went elsewhere)"
-	if ws, ok := reap(g.pid); ok {
-		how = howEnded(ws)
+	if ws, ok := childproc.Reap(g.pid); ok {
+		how = childproc.HowEnded(ws)
 	}
 	m.mu.Lock()
 	q := g.qmp

@@ -17,6 +17,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/machinefs/machinefs/drivers/internal/childproc"
 	"github.com/machinefs/machinefs/drivers/internal/notifyline"
 	"github.com/machinefs/machinefs/drivers/internal/ptyhold"
 	"github.com/machinefs/machinefs/drivers/internal/serialline"
@@ -340,8 +341,8 @@ func (m *Machine) exited(g *guest) {
 	// Helpers may linger after SIGKILL or a panic.
 	unix.Kill(-g.pid, unix.SIGKILL)
 	how := "ended (it was adopted from an earlier machinefs, so its exit status went elsewhere)"
-	if ws, ok := reap(g.pid); ok {
-		how = howEnded(ws)
+	if ws, ok := childproc.Reap(g.pid); ok {
+		how = childproc.HowEnded(ws)
 	}
 	g.cancel(machine.Errorf(syscall.EHOSTDOWN, "guest process %s", how))
 	g.mc.close()

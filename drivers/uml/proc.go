@@ -7,9 +7,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
-
-	"golang.org/x/sys/unix"
 )
 
 // record is what the driver writes next to the guest so that a later
@@ -79,38 +76,6 @@ func readRecord(path string) (record, error) {
 		return record{}, fmt.Errorf("%s: no pid", path)
 	}
 	return r, nil
-}
-
-// howEnded says in words how a process ended.
-func howEnded(ws syscall.WaitStatus) string {
-	switch {
-	case ws.Exited():
-		return fmt.Sprintf("exited with status %d", ws.ExitStatus())
-	case ws.Signaled():
-		s := fmt.Sprintf("killed by signal %d (%s)", ws.Signal(), unix.SignalName(ws.Signal()))
-		if ws.CoreDump() {
-			s += ", core dumped"
-		}
-		return s
-	}
-	return fmt.Sprintf("ended (wait status %#x)", uint32(ws))
-}
-
-// reap collects the exit status of pid if it is a child of this process.
-// A guest adopted from an earlier machinefs is not: its status went to
-// whoever inherited it.
-func reap(pid int) (syscall.WaitStatus, bool) {
-	var ws syscall.WaitStatus
-	for {
-		got, err := syscall.Wait4(pid, &ws, syscall.WNOHANG|syscall.WALL, nil)
-		if errors.Is(err, syscall.EINTR) {
-			continue
-		}
-		if err != nil || got != pid {
-			return 0, false
-		}
-		return ws, true
-	}
 }
 
 // removeUmidDir removes the umid directory UML leaves behind after a crash

@@ -11,6 +11,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/machinefs/machinefs/drivers/internal/childproc"
 	"github.com/machinefs/machinefs/drivers/internal/ptyhold"
 	"github.com/machinefs/machinefs/internal/procfs"
 	"github.com/machinefs/machinefs/machine"
@@ -179,7 +180,7 @@ func killRecorded(ctx context.Context, r record) error {
 		fds := []unix.PollFd{{Fd: int32(pidfd), Events: unix.POLLIN}}
 		n, err := unix.Poll(fds, 50)
 		if err == nil && n > 0 {
-			reap(r.Pid)
+			childproc.Reap(r.Pid)
 			return nil
 		}
 		if err != nil && !errors.Is(err, unix.EINTR) {
