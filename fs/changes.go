@@ -40,6 +40,10 @@ type effect struct {
 	// refused are bits that do not apply when the model marks the event
 	// as a refused change (Event.Refused).
 	refused change
+	// unlogged: the model writes the event to no event log (it only
+	// tells that a file of the directory changed), so no log grows,
+	// here or above.
+	unlogged bool
 }
 
 // groupStatus is what any event of a group changes: state shows its last
@@ -84,8 +88,8 @@ var eventChanges = map[machine.EventKind]effect{
 	machine.EventMember:  {group: groupStatus},
 	machine.EventConsole: {},
 	machine.EventSerial:  {},
-	// Never in an event log: serial.log grew (notifier.onEvent).
-	machine.EventSerialLog: {},
+	// Never in an event log: serial.log grew.
+	machine.EventSerialLog: {host: chSerialLog, unlogged: true},
 	machine.EventVSwitch:   {host: chSwitch},
 	// The tree's own (no directory): only the logs.
 	machine.EventCtl:    {},
@@ -103,6 +107,9 @@ func changesOf(e model.Event) change {
 	}
 	if e.Refused {
 		ch &^= eff.refused
+	}
+	if eff.unlogged {
+		return ch
 	}
 	return ch | chLog
 }

@@ -9,7 +9,6 @@ import (
 
 	gofs "github.com/hanwen/go-fuse/v2/fs"
 
-	"github.com/machinefs/machinefs/machine"
 	"github.com/machinefs/machinefs/model"
 )
 
@@ -112,16 +111,13 @@ func (n *notifier) stop() {
 func (n *notifier) onEvent(e model.Event) {
 	ch := changesOf(e)
 	n.mu.Lock()
-	if e.Kind == machine.EventSerialLog {
-		// The console's log, not an event: no event log grows.
-		n.dirty[e.Path] |= chSerialLog
-		n.mu.Unlock()
-		n.kick()
-		return
-	}
-	n.dirty[""] |= chLog
-	if e.Path != "" {
-		n.markLocked(e, ch)
+	if eventChanges[e.Kind].unlogged {
+		n.dirty[e.Path] |= ch // its own files only: no event log grew
+	} else {
+		n.dirty[""] |= chLog
+		if e.Path != "" {
+			n.markLocked(e, ch)
+		}
 	}
 	n.mu.Unlock()
 	n.kick()
