@@ -31,7 +31,7 @@ type serialHub struct {
 	h *Host
 
 	mu      sync.Mutex
-	ring    [SerialBacklog]byte
+	ring    []byte        // SerialBacklog bytes, made at the first output: most hosts have none
 	end     int64         // bytes received since the hub was made
 	more    chan struct{} // closed at new output or an end, then replaced
 	src     io.ReadWriteCloser
@@ -84,6 +84,9 @@ func (s *serialHub) pump(src io.ReadWriteCloser) {
 func (s *serialHub) appendLocked(p []byte) {
 	for len(p) > 0 {
 		at := int(s.end % SerialBacklog)
+		if s.ring == nil {
+			s.ring = make([]byte, SerialBacklog)
+		}
 		n := copy(s.ring[at:], p)
 		s.end += int64(n)
 		p = p[n:]
