@@ -85,9 +85,16 @@ var safeDevices = map[string]bool{
 	"virtio-balloon-pci": true, "virtio-serial-pci": true, "virtio-scsi-pci": true, "scsi-hd": true,
 }
 
+// hostFileKeys are device properties that name the device or a host file.
+var hostFileKeys = map[string]bool{"driver": true, "file": true, "romfile": true}
+
 // checkDevice lets device_add through for a safe device whose properties
 // name no host path (romfile=/etc/shadow would load a host file into the
-// guest), or for any device with qemu.monitor = yes.
+// guest), or for any device with qemu.monitor = yes. QEMU takes the last
+// of a repeated key, so a driver= after the safe name would replace it
+// (virtio-rng-pci,driver=loader,file=vmlinuz): driver, file and romfile
+// are refused as keys, and a file QEMU would find relative to its working
+// directory as well as one with a slash.
 func (m *Machine) checkDevice(line string) error {
 	if m.s.monitor {
 		return nil
@@ -98,7 +105,7 @@ func (m *Machine) checkDevice(line string) error {
 	}
 	for _, p := range props[1:] {
 		k, v, _ := strings.Cut(p, "=")
-		if strings.Contains(v, "/") || k == "romfile" {
+		if k = strings.TrimSpace(k); strings.Contains(v, "/") || hostFileKeys[k] {
 			return machine.Errorf(syscall.EACCES, "device_add: %s: host paths need qemu.monitor = yes", p)
 		}
 	}

@@ -356,6 +356,13 @@ func TestQEMUGuest(t *testing.T) {
 		if _, err := g.console("device_add", "loader,file=/etc/shadow"); machine.ErrnoOf(err) != syscall.EACCES {
 			t.Fatalf("device_add loader: %v, want EACCES", err)
 		}
+		// QEMU takes the last of a repeated key: a safe name first does
+		// not make the loader safe, nor does a path without a slash.
+		for _, line := range []string{"virtio-rng-pci,id=r1,driver=loader,file=vmlinuz", "virtio-net-pci,id=n1,romfile=efi-virtio.rom"} {
+			if _, err := g.console("device_add", line); machine.ErrnoOf(err) != syscall.EACCES {
+				t.Fatalf("device_add %s: %v, want EACCES", line, err)
+			}
+		}
 	})
 
 	t.Run("Adoption", func(t *testing.T) {
