@@ -231,6 +231,22 @@ func TestQEMUGuest(t *testing.T) {
 	// Serial both ways: a command typed into serial, its output read back.
 	g.run("echo typed-through-serial")
 
+	// A paused guest does not read its console: a writer into serial
+	// blocks once QEMU's buffers are full, and Ctrl-C (SIGINT) ends its
+	// write with EINTR while the tree goes on.
+	d.ok("echo 'pause wait' > " + vm + "/power")
+	// dd ends on SIGINT once its write returns (it prints what it
+	// copied); a write that cannot be interrupted leaves it to -k's KILL.
+	r := d.sh("timeout -k 10 -s INT 3 dd if=/dev/zero of=" + vm + "/serial bs=64k count=256 2>&1")
+	if r.code != 124 || !strings.Contains(r.out, "records out") || strings.Contains(r.out, "256+0 records out") {
+		t.Fatalf("dd into a paused guest's serial: exit %d, output %q; want it stopped by SIGINT mid-copy", r.code, r.out)
+	}
+	if p := g.power(); p != "paused" {
+		t.Fatalf("power while a serial write waits: %s", p)
+	}
+	d.ok("echo 'resume wait' > " + vm + "/power")
+	g.run("echo after-the-flood")
+
 	// The guest and an ns subhost on the bridge mfqb0 ping each other.
 	n := addSub(d, "mfqn1", e.config(fmt.Sprintf("ns.root = %s\nns.bridges = mfqb0:02:6d:66:71:00:02", e.root("10.78.0.2/24"))))
 	d.ok("echo 'on wait timeout=20s' > " + n + "/power")
