@@ -36,6 +36,7 @@ import (
 	gofs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
 
+	"github.com/machinefs/machinefs/internal/cloexec"
 	"github.com/machinefs/machinefs/machine"
 	"github.com/machinefs/machinefs/model"
 )
@@ -175,7 +176,7 @@ func (f *FS) mountChannel(opts *gofs.Options) (*fuse.Server, error) {
 		f.root = &rootDir{fsys: f}
 		syscall.ForkLock.RLock()
 		server, err := gofs.Mount(f.mountpoint, f.root, &direct)
-		closeOnExecAll()
+		cloexec.AllLocked()
 		syscall.ForkLock.RUnlock()
 		if err == nil {
 			return server, nil
@@ -186,7 +187,7 @@ func (f *FS) mountChannel(opts *gofs.Options) (*fuse.Server, error) {
 	// A fresh root: the failed try may have initialised the first one.
 	f.root = &rootDir{fsys: f}
 	server, err := gofs.Mount(f.mountpoint, f.root, opts)
-	closeOnExecAll()
+	cloexec.All()
 	return server, err
 }
 

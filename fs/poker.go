@@ -8,10 +8,11 @@ import (
 	"os/exec"
 	"os/signal"
 	"runtime"
-	"strconv"
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/machinefs/machinefs/internal/cloexec"
 )
 
 // The notifier wakes inotify watchers by writing one byte to a changed file
@@ -86,7 +87,7 @@ func startPoker() (*poker, error) {
 	// what the daemon itself inherited (the mount helper's pipe, a
 	// caller's stray descriptors): those are marked close-on-exec here,
 	// once for every child to come.
-	closeOnExecAll()
+	cloexec.All()
 	cmd := exec.Command(self)
 	cmd.Env = append(os.Environ(), pokerEnv+"=1")
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
@@ -147,22 +148,5 @@ func (p *poker) stop() {
 	case <-time.After(5 * time.Second):
 		p.cmd.Process.Kill()
 		<-p.exits
-	}
-}
-
-// closeOnExecAll marks every descriptor above stderr close-on-exec: no
-// child of the daemon needs one it has not been given explicitly
-// (exec.Cmd's ExtraFiles and ForkExec's Files are dup'ed into the child
-// without the flag), and the Go runtime and standard library open all of
-// theirs close-on-exec already.
-func closeOnExecAll() {
-	ents, err := os.ReadDir("/proc/self/fd")
-	if err != nil {
-		return
-	}
-	for _, e := range ents {
-		if fd, err := strconv.Atoi(e.Name()); err == nil && fd > 2 {
-			syscall.CloseOnExec(fd)
-		}
 	}
 }

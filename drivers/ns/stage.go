@@ -6,6 +6,7 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/machinefs/machinefs/internal/cloexec"
 	"golang.org/x/sys/unix"
 )
 
@@ -59,15 +60,8 @@ func stage(root, init string) error {
 	// host tree's requests and keep a dead daemon's mount hanging. The
 	// runtime's own descriptors must stay open until the exec, so they
 	// are marked close-on-exec rather than closed.
-	if err := unix.CloseRange(3, ^uint(0), unix.CLOSE_RANGE_CLOEXEC); err != nil {
-		// Before Linux 5.11: one descriptor at a time.
-		var lim unix.Rlimit
-		if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &lim); err != nil {
-			return fmt.Errorf("close-on-exec: %w", err)
-		}
-		for fd := 3; uint64(fd) < lim.Cur; fd++ {
-			_, _ = unix.FcntlInt(uintptr(fd), unix.F_SETFD, unix.FD_CLOEXEC)
-		}
+	if err := cloexec.All(); err != nil {
+		return err
 	}
 	return syscall.Exec(init, []string{init}, env)
 }

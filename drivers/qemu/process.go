@@ -12,8 +12,7 @@ import (
 	"strings"
 	"syscall"
 
-	"golang.org/x/sys/unix"
-
+	"github.com/machinefs/machinefs/internal/cloexec"
 	"github.com/machinefs/machinefs/internal/procfs"
 	"github.com/machinefs/machinefs/machine"
 )
@@ -96,7 +95,7 @@ func (m *Machine) spawn(args []string) (pid, pidfd int, err error) {
 		return 0, -1, err
 	}
 	defer logf.Close()
-	if err := closeOnExec(); err != nil {
+	if err := cloexec.All(); err != nil {
 		return 0, -1, machine.Errorf(syscall.EIO, "starting %s: %v", m.s.binary, err)
 	}
 	pidfd = -1
@@ -112,36 +111,6 @@ func (m *Machine) spawn(args []string) (pid, pidfd int, err error) {
 	// The driver reaps it itself, through its pidfd watcher.
 	c.Process.Release()
 	return pid, pidfd, nil
-}
-
-// closeOnExec marks every descriptor above stderr close-on-exec before
-// QEMU is forked. Go opens its own so, but not what the daemon inherited
-// (a caller's stray descriptors) or what a library opened without the
-// flag (go-fuse's direct mount opens /dev/fuse so): a guest holding the
-// FUSE channel could answer the tree's requests and would keep a dead
-// daemon's mount hanging. Descriptors given to a child on purpose are
-// dup'ed into it (exec.Cmd's ExtraFiles, ForkExec's Files), which the
-// flag does not affect. Under ForkLock's write side, as a fork takes it:
-// no opener following syscall's convention is between its open and its
-// close-on-exec meanwhile.
-func closeOnExec() error {
-	syscall.ForkLock.Lock()
-	defer syscall.ForkLock.Unlock()
-	err := unix.CloseRange(3, ^uint(0), unix.CLOSE_RANGE_CLOEXEC)
-	if err == nil {
-		return nil
-	}
-	// Before Linux 5.11: each open descriptor.
-	ents, err := os.ReadDir("/proc/self/fd")
-	if err != nil {
-		return fmt.Errorf("close-on-exec: %w", err)
-	}
-	for _, e := range ents {
-		if fd, err := strconv.Atoi(e.Name()); err == nil && fd > 2 {
-			syscall.CloseOnExec(fd)
-		}
-	}
-	return nil
 }
 
 // logTail is the end of QEMU's log, for the reason of a failed start.

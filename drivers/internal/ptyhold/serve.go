@@ -7,6 +7,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/machinefs/machinefs/internal/cloexec"
 	"golang.org/x/sys/unix"
 )
 
@@ -26,14 +27,8 @@ func init() {
 // in a holder), starts the holder in a session of its own, writes its pid
 // to stdout and exits: the holder's parent is then init, not the daemon.
 func middle() int {
-	if err := unix.CloseRange(3, ^uint(0), unix.CLOSE_RANGE_CLOEXEC); err != nil {
-		var lim unix.Rlimit
-		if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &lim); err != nil {
-			return 1
-		}
-		for fd := 3; uint64(fd) < lim.Cur; fd++ {
-			_, _ = unix.FcntlInt(uintptr(fd), unix.F_SETFD, unix.FD_CLOEXEC)
-		}
+	if err := cloexec.All(); err != nil {
+		return 1
 	}
 	files := []uintptr{0, 0, 0, masterFd, listenFd}
 	if os.Getenv(logEnv) == "1" {
