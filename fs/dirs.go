@@ -218,7 +218,8 @@ func (hd *hostDir) OnAdd(ctx context.Context) {
 	add("serial", idxSerial, &serialFile{sessionFile{fsys: f, host: h, idx: idxSerial}}, syscall.S_IFREG)
 	add("events", idxEvents, &eventsFile{fsys: f, prefix: h.Path()}, syscall.S_IFREG)
 	hd.log = f.addLogs(ctx, &hd.Inode, h.Log(), h.Path())
-	hd.serialLog = f.addLogNamed(ctx, &hd.Inode, h.SerialLog(), h.Path(), "serial.log")
+	// serial.log shows what serial shows: for the owner and group only.
+	hd.serialLog = f.addLogNamed(ctx, &hd.Inode, h.SerialLog(), h.Path(), "serial.log", 0o440)
 	add("vswitch", idxVswitch, &vswitchDir{fsys: f, host: h}, syscall.S_IFDIR)
 	add("subhosts", idxSubhosts, &listDir{fsys: f, parent: h}, syscall.S_IFDIR)
 }

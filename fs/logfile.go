@@ -22,6 +22,7 @@ type logFile struct {
 	gofs.Inode
 	fsys *FS
 	gen  *model.LogGen
+	perm uint32
 }
 
 var (
@@ -33,7 +34,7 @@ var (
 
 func (l *logFile) fill(a *fuse.Attr) {
 	size, mtime := l.gen.Stat()
-	a.Mode = syscall.S_IFREG | 0o444
+	a.Mode = syscall.S_IFREG | l.perm
 	a.Size = uint64(size)
 	a.Ino = l.StableAttr().Ino
 	l.fsys.setTimes(a)
@@ -75,6 +76,7 @@ type logFiles struct {
 	dir  *gofs.Inode
 	log  *model.EventLog
 	name string // events.log, serial.log
+	perm uint32 // 0444; serial.log 0440, as serial (a console shows what users type)
 
 	mu        sync.Mutex
 	cur, prev *logFile
@@ -84,13 +86,14 @@ type logFiles struct {
 
 // addLogs puts the log's files into dir (in its OnAdd).
 func (f *FS) addLogs(ctx context.Context, dir *gofs.Inode, log *model.EventLog, owner string) *logFiles {
-	return f.addLogNamed(ctx, dir, log, owner, "events.log")
+	return f.addLogNamed(ctx, dir, log, owner, "events.log", 0o444)
 }
 
-// addLogNamed shows log as name (events.log, serial.log) and name.1.
-func (f *FS) addLogNamed(ctx context.Context, dir *gofs.Inode, log *model.EventLog, owner, name string) *logFiles {
+// addLogNamed shows log as name (events.log, serial.log) and name.1, with
+// permissions perm.
+func (f *FS) addLogNamed(ctx context.Context, dir *gofs.Inode, log *model.EventLog, owner, name string, perm uint32) *logFiles {
 	log.SetOwner(owner)
-	lf := &logFiles{fsys: f, dir: dir, log: log, ctx: context.Background(), name: name}
+	lf := &logFiles{fsys: f, dir: dir, log: log, ctx: context.Background(), name: name, perm: perm}
 	lf.cur = lf.newFile(log.Current())
 	dir.AddChild(name, &lf.cur.Inode, false)
 	if p := log.Previous(); p != nil {
@@ -104,7 +107,7 @@ func (f *FS) addLogNamed(ctx context.Context, dir *gofs.Inode, log *model.EventL
 // name (the kernel may forget it and look it up again); once it has none,
 // it lives as long as the kernel holds it (an open file).
 func (lf *logFiles) newFile(g *model.LogGen) *logFile {
-	l := &logFile{fsys: lf.fsys, gen: g}
+	l := &logFile{fsys: lf.fsys, gen: g, perm: lf.perm}
 	lf.dir.NewPersistentInode(lf.ctx, l, gofs.StableAttr{Mode: syscall.S_IFREG})
 	return l
 }

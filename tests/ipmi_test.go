@@ -777,6 +777,11 @@ func TestIPMISerialLog(t *testing.T) {
 	if ls := d.ok("ls hosts/node07"); !strings.Contains(ls, "serial.log\n") {
 		t.Errorf("ls does not list serial.log:\n%s", ls)
 	}
+	// It shows what serial shows, so only those who may open serial read
+	// it (serial is 0660; the rest of the tree's logs are 0444).
+	if mode := strings.TrimSpace(d.ok("stat -c %a hosts/node07/serial.log")); mode != "440" {
+		t.Errorf("serial.log mode %s, want 440", mode)
+	}
 	d.ok(`printf 'bell\a esc\033[31m\n' > hosts/node07/serial`)
 	eventually(t, "the echoed line, escaped", func() bool {
 		return strings.Contains(d.read("hosts/node07/serial.log"), `echo: bell\x07 esc\x1b[31m`)
