@@ -17,7 +17,11 @@ import (
 
 // pipeGuest is a test driver whose machine is only a console: a kernel
 // pipe pair the test writes as the guest would, held as a guest driver
-// holds its pty (machine.SerialHolder).
+// holds its pty (machine.SerialHolder). It is a stand-in, said so: it lets
+// a model test flood a console past the backlog, or stop reading it, at
+// an exact moment. The same through real guests and the mount is in
+// tests/ (TestIPMISerial's readers and writer, TestQEMUGuest's paused
+// guest that does not read its serial).
 type pipeGuest struct {
 	console pipeEnds
 	guest   *os.File // the guest's end: what it writes is console output
@@ -58,16 +62,7 @@ func pipeGuestSpec(t *testing.T, guests chan<- *pipeGuest) machine.DriverSpec {
 // guest never waits for it; a new reader starts with the backlog; one
 // writer at a time.
 func TestSerialSlowReaderSkips(t *testing.T) {
-	guests := make(chan *pipeGuest, 1)
-	tree := model.NewTree(model.Options{Store: store.NewDir(t.TempDir()), Drivers: []machine.DriverSpec{pipeGuestSpec(t, guests)}})
-	t.Cleanup(tree.Close)
-	cf := &model.ConfigFile{}
-	cf.Set("drivers", "pipeguest")
-	h, err := tree.Add(context.Background(), nil, "g", cf, model.Caller{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	g := <-guests
+	h, g := addPipeGuest(t)
 	ctx := context.Background()
 	slow, err := h.OpenSerial(ctx, true, model.Caller{Pid: 1})
 	if err != nil {
@@ -109,16 +104,7 @@ func TestSerialSlowReaderSkips(t *testing.T) {
 // next write too while the first is still pending, and once the guest
 // reads, writes go through again.
 func TestSerialWriteToDeafGuestIsInterruptible(t *testing.T) {
-	guests := make(chan *pipeGuest, 1)
-	tree := model.NewTree(model.Options{Store: store.NewDir(t.TempDir()), Drivers: []machine.DriverSpec{pipeGuestSpec(t, guests)}})
-	t.Cleanup(tree.Close)
-	cf := &model.ConfigFile{}
-	cf.Set("drivers", "pipeguest")
-	h, err := tree.Add(context.Background(), nil, "g", cf, model.Caller{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	g := <-guests
+	h, g := addPipeGuest(t)
 	w, err := h.OpenSerial(context.Background(), true, model.Caller{Pid: 1})
 	if err != nil {
 		t.Fatal(err)
@@ -136,6 +122,21 @@ func TestSerialWriteToDeafGuestIsInterruptible(t *testing.T) {
 	if n, err := w.Write(context.Background(), []byte("ls\n")); err != nil || n != 3 {
 		t.Fatalf("write once the guest reads: %d, %v", n, err)
 	}
+}
+
+// addPipeGuest adds a host whose driver is a pipeGuest to a new tree.
+func addPipeGuest(t *testing.T) (*model.Host, *pipeGuest) {
+	t.Helper()
+	guests := make(chan *pipeGuest, 1)
+	tree := model.NewTree(model.Options{Store: store.NewDir(t.TempDir()), Drivers: []machine.DriverSpec{pipeGuestSpec(t, guests)}})
+	t.Cleanup(tree.Close)
+	cf := &model.ConfigFile{}
+	cf.Set("drivers", "pipeguest")
+	h, err := tree.Add(context.Background(), nil, "g", cf, model.Caller{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return h, <-guests
 }
 
 // readUntil reads s until its output ends with want.
