@@ -23,6 +23,7 @@ var rooms = map[string][]string{
 	"machine":  {"cmdtab"},
 	"cmdtab":   {},
 	"store":    {"internal/"},
+	"cluster":  {"machine", "internal/"},
 	"model":    {"machine", "store", "internal/", "cmdtab"},
 	"drivers/": {"machine", "drivers/", "internal/", "cmdtab"},
 	"fs":       {"model", "machine", "view", "internal/", "cmdtab"},

@@ -10,6 +10,7 @@
 package store
 
 import (
+	"context"
 	"log/slog"
 	"regexp"
 	"strings"
@@ -46,6 +47,29 @@ type Store interface {
 	// RemoveGroup removes a group; one that is not stored is not an
 	// error.
 	RemoveGroup(name string) error
+}
+
+// Watcher is a store that other processes change too (etcd, shared by
+// every agent of a cluster). Watch calls fn for every change to hosts or
+// groups made by anyone (this process included) after the last Hosts or
+// Groups read, in the order the store applied them, until ctx ends; fn runs
+// on one goroutine and must not block long. Watch returns ctx's error, or
+// the error that ended the watch (the caller then reloads and watches
+// again). The directory store is changed by this process only and is not a
+// Watcher.
+type Watcher interface {
+	Watch(ctx context.Context, fn func(Change)) error
+}
+
+// Change is one change to a Watcher store: a host's config or a group's
+// members saved, or removed.
+type Change struct {
+	Host    string   // tree path of the host, "" for a group change
+	Group   string   // name of the group, "" for a host change
+	Text    []byte   // the host's new config (not Removed)
+	Members []string // the group's new member lines (not Removed)
+	Removed bool     // removed: a host's removal also removes its subhosts
+	Err     error    // the saved config could not be read (sealed with another key)
 }
 
 // Host is one stored host.
