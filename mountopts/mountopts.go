@@ -9,8 +9,12 @@
 package mountopts
 
 import (
+	"errors"
 	"fmt"
+	"net"
+	"net/url"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 )
@@ -59,6 +63,92 @@ type Options struct {
 	// stderr, except for a daemon the mount helper detached, whose stderr
 	// goes nowhere: syslog if there is one, else STATEDIR/machinefs.log.
 	Log string
+
+	// Node is this agent's name in a cluster (node=NAME), also the name
+	// of its embedded etcd member and of its etcd user (the CN of its
+	// client certificate).
+	Node string
+	// Cluster are the etcd client endpoints (cluster=URL, repeatable, or
+	// several joined with '+'), each http://HOST:PORT or https://HOST:PORT.
+	// With member= and no cluster=, Validate sets it to the member's own
+	// client URL.
+	Cluster []string
+	// EtcdCA, EtcdCert and EtcdKey are PEM files for TLS to etcd
+	// (etcd-ca=FILE, etcd-cert=FILE, etcd-key=FILE): the CA that signed
+	// the servers' certificates (and, for an embedded member, the clients'
+	// and peers'), and this node's certificate and key, which come
+	// together. An embedded member serves with the same certificate.
+	EtcdCA, EtcdCert, EtcdKey string
+	// SecretKey is the file holding the site key that seals secret config
+	// values in etcd (secret-key=FILE), so that no secret sits there in
+	// clear.
+	SecretKey string
+	// Member runs an embedded etcd member named Node with its data in
+	// this directory (member=DIR).
+	Member string
+	// PeerURL is where the embedded member talks to its peers
+	// (peer-url=URL); ClientURL is where it serves clients
+	// (client-url=URL).
+	PeerURL, ClientURL string
+	// InitialCluster lists the members of a new cluster as
+	// NAME=PEERURL joined with '+' (initial-cluster=...; ',' already
+	// separates options). Validate defaults it to Node=PeerURL, a
+	// cluster of one.
+	InitialCluster string
+	// InitialState is "new" to found a cluster, "existing" to join one
+	// that runs (initial-state=new|existing); Validate defaults it to new
+	// for a member.
+	InitialState string
+}
+
+// nodeRE is the rule for node names: store.ValidName's, so that a node can
+// name a host too (mountopts stays free of the model's packages).
+var nodeRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$`)
+
+// etcdURL checks an etcd client or peer URL and returns it as
+// scheme://host:port, the one form etcd and String use.
+func etcdURL(s string) (string, error) {
+	u, err := url.Parse(s)
+	if err != nil {
+		return "", fmt.Errorf("%q is not a URL", s)
+	}
+	if u.Scheme != "http" && u.Scheme != "https" {
+		return "", fmt.Errorf("%q: want http://HOST:PORT or https://HOST:PORT", s)
+	}
+	if u.User != nil || u.RawQuery != "" || u.Fragment != "" || (u.Path != "" && u.Path != "/") {
+		return "", fmt.Errorf("%q: want only scheme, host and port", s)
+	}
+	host, port, err := net.SplitHostPort(u.Host)
+	if err != nil || host == "" {
+		return "", fmt.Errorf("%q: want HOST:PORT after the scheme", s)
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
+		return "", fmt.Errorf("%q: port %q is not a number from 1 to 65535", s, port)
+	}
+	return u.Scheme + "://" + u.Host, nil
+}
+
+// parseInitialCluster checks NAME=URL+NAME=URL... and returns the members'
+// peer URLs by name, in the canonical form etcdURL returns.
+func parseInitialCluster(s string) (map[string]string, []string, error) {
+	peers := map[string]string{}
+	var names []string
+	for _, m := range strings.Split(s, "+") {
+		name, u, ok := strings.Cut(m, "=")
+		if !ok || !nodeRE.MatchString(name) {
+			return nil, nil, fmt.Errorf("%q: want NAME=URL", m)
+		}
+		cu, err := etcdURL(u)
+		if err != nil {
+			return nil, nil, err
+		}
+		if _, dup := peers[name]; dup {
+			return nil, nil, fmt.Errorf("member %s is named twice", name)
+		}
+		peers[name] = cu
+		names = append(names, name+"="+cu)
+	}
+	return peers, names, nil
 }
 
 // ignored are options mount(8), fstab and systemd pass that mean nothing to
@@ -131,6 +221,50 @@ func (o *Options) Set(s string) error {
 				return fmt.Errorf("mount option %q: max-readers wants a number from 1 to 65536", word)
 			}
 			o.MaxReaders = n
+		case key == "node" && hasVal:
+			if !nodeRE.MatchString(val) {
+				return fmt.Errorf("mount option %q: node wants a host name: letters, digits, '.', '_' and '-', at most 63, starting with a letter or digit", word)
+			}
+			o.Node = val
+		case key == "cluster" && hasVal:
+			for _, u := range strings.Split(val, "+") {
+				cu, err := etcdURL(u)
+				if err != nil {
+					return fmt.Errorf("mount option %q: cluster: %w", word, err)
+				}
+				o.Cluster = append(o.Cluster, cu)
+			}
+		case key == "etcd-ca" && hasVal && val != "":
+			o.EtcdCA = val
+		case key == "etcd-cert" && hasVal && val != "":
+			o.EtcdCert = val
+		case key == "etcd-key" && hasVal && val != "":
+			o.EtcdKey = val
+		case key == "secret-key" && hasVal && val != "":
+			o.SecretKey = val
+		case key == "member" && hasVal && val != "":
+			o.Member = val
+		case (key == "peer-url" || key == "client-url") && hasVal:
+			cu, err := etcdURL(val)
+			if err != nil {
+				return fmt.Errorf("mount option %q: %w", word, err)
+			}
+			if key == "peer-url" {
+				o.PeerURL = cu
+			} else {
+				o.ClientURL = cu
+			}
+		case key == "initial-cluster" && hasVal:
+			_, names, err := parseInitialCluster(val)
+			if err != nil {
+				return fmt.Errorf("mount option %q: %w", word, err)
+			}
+			o.InitialCluster = strings.Join(names, "+")
+		case key == "initial-state" && hasVal:
+			if val != "new" && val != "existing" {
+				return fmt.Errorf("mount option %q: initial-state wants new or existing", word)
+			}
+			o.InitialState = val
 		default:
 			return fmt.Errorf("mount option %q: unknown or malformed (see machinefs(8))", word)
 		}
@@ -163,5 +297,79 @@ func (o *Options) String() string {
 	add(o.FanOut != 0, "fanout="+strconv.Itoa(o.FanOut))
 	add(o.MaxReaders != 0, "max-readers="+strconv.Itoa(o.MaxReaders))
 	add(o.Log != "", "log="+o.Log)
+	add(o.Node != "", "node="+o.Node)
+	for _, c := range o.Cluster {
+		w = append(w, "cluster="+c)
+	}
+	add(o.EtcdCA != "", "etcd-ca="+o.EtcdCA)
+	add(o.EtcdCert != "", "etcd-cert="+o.EtcdCert)
+	add(o.EtcdKey != "", "etcd-key="+o.EtcdKey)
+	add(o.SecretKey != "", "secret-key="+o.SecretKey)
+	add(o.Member != "", "member="+o.Member)
+	add(o.PeerURL != "", "peer-url="+o.PeerURL)
+	add(o.ClientURL != "", "client-url="+o.ClientURL)
+	add(o.InitialCluster != "", "initial-cluster="+o.InitialCluster)
+	add(o.InitialState != "", "initial-state="+o.InitialState)
 	return strings.Join(w, ",")
+}
+
+// Validate checks the options that depend on each other, which Set cannot
+// (-o may come in several pieces), and fills the defaults that depend on
+// others: for a member, Cluster (its own client URL), InitialCluster (a
+// cluster of one) and InitialState (new). Call it once all -o options are
+// in.
+func (o *Options) Validate() error {
+	clustered := len(o.Cluster) > 0 || o.Member != ""
+	switch {
+	case clustered && o.Node == "":
+		return errors.New("cluster= and member= need node=NAME, this machine's name in the cluster")
+	case o.Node != "" && !clustered:
+		return errors.New("node= needs cluster=URL (an etcd cluster) or member=DIR (an embedded etcd member)")
+	case !clustered && (o.EtcdCA != "" || o.EtcdCert != "" || o.EtcdKey != "" || o.SecretKey != ""):
+		return errors.New("etcd-ca=, etcd-cert=, etcd-key= and secret-key= need cluster= or member=")
+	case (o.EtcdCert == "") != (o.EtcdKey == ""):
+		return errors.New("etcd-cert= and etcd-key= come together: a client certificate and its key")
+	case o.Member == "" && (o.PeerURL != "" || o.ClientURL != "" || o.InitialCluster != "" || o.InitialState != ""):
+		return errors.New("peer-url=, client-url=, initial-cluster= and initial-state= need member=DIR")
+	}
+	tls := o.EtcdCert != ""
+	for _, c := range o.Cluster {
+		if tls && strings.HasPrefix(c, "http://") {
+			return fmt.Errorf("cluster=%s is plain http, but etcd-cert= asks for TLS: use https://", c)
+		}
+	}
+	if o.Member == "" {
+		return nil
+	}
+	if o.PeerURL == "" || o.ClientURL == "" {
+		return errors.New("member= needs peer-url=URL (for the other members) and client-url=URL (for agents)")
+	}
+	for _, u := range []string{o.PeerURL, o.ClientURL} {
+		if https := strings.HasPrefix(u, "https://"); https != tls {
+			if https {
+				return fmt.Errorf("%s is https, which needs etcd-cert= and etcd-key= for the member to serve with", u)
+			}
+			return fmt.Errorf("%s is plain http, but etcd-cert= asks for TLS: use https://", u)
+		}
+	}
+	if o.InitialCluster == "" {
+		o.InitialCluster = o.Node + "=" + o.PeerURL
+	}
+	peers, _, err := parseInitialCluster(o.InitialCluster)
+	if err != nil {
+		return fmt.Errorf("initial-cluster: %w", err)
+	}
+	switch own, ok := peers[o.Node]; {
+	case !ok:
+		return fmt.Errorf("initial-cluster does not name this member (node=%s)", o.Node)
+	case own != o.PeerURL:
+		return fmt.Errorf("initial-cluster gives %s the peer URL %s, but peer-url= is %s", o.Node, own, o.PeerURL)
+	}
+	if o.InitialState == "" {
+		o.InitialState = "new"
+	}
+	if len(o.Cluster) == 0 {
+		o.Cluster = []string{o.ClientURL}
+	}
+	return nil
 }
