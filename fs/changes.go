@@ -75,6 +75,9 @@ var eventChanges = map[machine.EventKind]effect{
 	// Kinds the model writes.
 	machine.EventPower:     {host: chState | chPower | chGroups},
 	machine.EventReachable: {host: chState},
+	// Another agent's snapshot, power included, is what reads show now.
+	machine.EventOwner: {host: chState | chPower | chGroups},
+	machine.EventStale: {},
 	// A writer's direct write may have grown the kernel's idea of
 	// power's size: it is refreshed without waking watchers.
 	machine.EventCommand: {host: chState | chPowerSize, group: groupStatus},

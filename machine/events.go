@@ -24,6 +24,8 @@ const (
 const (
 	EventPower     EventKind = "power"     // the power state changed
 	EventReachable EventKind = "reachable" // the machine or its controller answers, or stops answering
+	EventOwner     EventKind = "owner"     // another agent runs the host now, or its agent went away
+	EventStale     EventKind = "stale"     // the cluster's store went out of reach, or came back
 	EventCommand   EventKind = "command"   // a command was accepted, refused, or ended
 	EventStack     EventKind = "stack"     // a step or the end of a stack command
 	EventConfig    EventKind = "config"    // the config changed, or a change was refused

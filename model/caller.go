@@ -10,10 +10,17 @@ import (
 // thread as FUSE reports it (a thread id, not the process's pid).
 type Caller struct {
 	Uid, Gid, Pid uint32
+	// Node is the agent whose mount the request was made on, when it
+	// came from another agent of a cluster ("" on a single machine).
+	Node string
 }
 
 func (c Caller) String() string {
-	return fmt.Sprintf("uid=%d gid=%d pid=%d", c.Uid, c.Gid, c.Pid)
+	s := fmt.Sprintf("uid=%d gid=%d pid=%d", c.Uid, c.Gid, c.Pid)
+	if c.Node != "" {
+		s += " node=" + c.Node
+	}
+	return s
 }
 
 // sameProcess reports whether two callers are threads of one process.
@@ -23,7 +30,11 @@ func sameProcess(a, b Caller) bool {
 	if a == b {
 		return true
 	}
-	if a.Uid != b.Uid || a.Gid != b.Gid {
+	if a.Uid != b.Uid || a.Gid != b.Gid || a.Node != b.Node {
+		return false
+	}
+	if a.Node != "" {
+		// Another machine's thread: /proc here knows nothing of it.
 		return false
 	}
 	ta, tb := tgid(a.Pid), tgid(b.Pid)

@@ -38,6 +38,9 @@ func awaitIf(ctx context.Context, cmd machine.Command, op *operation, err error)
 // "already" when the machine itself confirms it is at the target, start
 // the operation, have the driver accept it, and arm the deadline.
 func (h *Host) startOwn(ctx context.Context, cmd machine.Command, who Caller, inStack bool) (*operation, error) {
+	if !h.runsHere() {
+		return h.forward(ctx, cmd, who, true, inStack)
+	}
 	quoted := fmt.Sprintf("%q %s", cmd.String(), who)
 	// asked names the driver asked for the machine's state (at most
 	// once); unsure says it could not tell, so the command goes on.

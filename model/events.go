@@ -24,6 +24,11 @@ type Event struct {
 	// Refused says the event records a change that was refused: nothing
 	// but the event logs changed. It is not part of the line.
 	Refused bool
+	// Node is the agent the event happened on, in a cluster ("" on a
+	// single machine); Remote says it came from another agent, so it is
+	// not sent on again.
+	Node   string
+	Remote bool
 }
 
 // Line renders the event as one line with its newline.
@@ -33,7 +38,13 @@ func (e Event) Line() string {
 		path = "/"
 	}
 	detail := Escape(e.Detail)
-	return e.Time.UTC().Format("2006-01-02T15:04:05.000000Z") + " " + path + " " + string(e.Kind) + " " + detail + "\n"
+	at := e.Time.UTC().Format("2006-01-02T15:04:05.000000Z") + " "
+	if e.Node != "" {
+		// A cluster's logs merge every agent's events: each names its
+		// agent after the time.
+		at += e.Node + " "
+	}
+	return at + path + " " + string(e.Kind) + " " + detail + "\n"
 }
 
 // Under reports whether the event concerns path or something below it.

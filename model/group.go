@@ -3,6 +3,7 @@ package model
 import (
 	"context"
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -55,8 +56,8 @@ func (g *Group) refuseMembers(who Caller, err error) {
 // MaxGroupHosts hosts, is EINVAL and nothing changes. An empty write with
 // replace (`: > members`) empties the group.
 func (g *Group) SetMembers(ctx context.Context, text string, replace bool, who Caller) error {
-	if g.tree.readOnly {
-		return machine.Errorf(syscall.EROFS, "read-only mount")
+	if err := g.tree.writable(); err != nil {
+		return err
 	}
 	var lines []string
 	for l := range cmdtab.Lines(text) {
@@ -161,8 +162,8 @@ func (g *Group) Exec(ctx context.Context, line string, who Caller) error {
 		g.emit(machine.EventCommand, fmt.Sprintf("%q %s refused: %v", strings.TrimSpace(line), who, err))
 		return err
 	}
-	if g.tree.readOnly {
-		return machine.Errorf(syscall.EROFS, "read-only mount")
+	if err := g.tree.writable(); err != nil {
+		return err
 	}
 	g.mu.Lock()
 	join, err := admit(g.op, g.op, cmd, who)
@@ -280,8 +281,8 @@ func (t *Tree) Group(name string) *Group {
 
 // AddGroup creates an empty group.
 func (t *Tree) AddGroup(name string, who Caller) (*Group, error) {
-	if t.readOnly {
-		return nil, machine.Errorf(syscall.EROFS, "read-only mount")
+	if err := t.writable(); err != nil {
+		return nil, err
 	}
 	if !ValidName(name) {
 		return nil, machine.Errorf(syscall.EINVAL, "%q is not a valid name", name)
@@ -314,8 +315,8 @@ func (t *Tree) insertGroup(name string, members, hosts []string) (*Group, error)
 // RemoveGroup removes a group (its members stay); EBUSY while a command
 // runs on it.
 func (t *Tree) RemoveGroup(g *Group, who Caller) error {
-	if t.readOnly {
-		return machine.Errorf(syscall.EROFS, "read-only mount")
+	if err := t.writable(); err != nil {
+		return err
 	}
 	g.mu.Lock()
 	busy := g.op != nil
@@ -340,6 +341,19 @@ func (t *Tree) saveGroup(name string, members []string) error {
 		return nil
 	}
 	return t.store.SaveGroup(name, members)
+}
+
+// setStoredMembers takes members another agent saved; it says whether
+// they differ from what the group had.
+func (g *Group) setStoredMembers(members []string) bool {
+	hosts, _, _ := groupHosts(members)
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if slices.Equal(g.members, members) {
+		return false
+	}
+	g.members, g.hosts = members, hosts
+	return true
 }
 
 // loadGroups makes the stored groups.

@@ -40,6 +40,8 @@ type Host struct {
 	console   string // last console exchange, for readers that did not write
 
 	subhosts map[string]*Host // guarded by tree.mu
+
+	owner ownership // guarded by mu; see peers.go
 }
 
 // shownState is what the state file shows of a host, besides its drivers'
@@ -72,6 +74,12 @@ func (h *Host) Parent() *Host { return h.parent }
 func (h *Host) Power() machine.Power {
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	if h.tree.peers != nil && !h.owner.here {
+		if h.owner.remote == nil {
+			return machine.PowerUnknown
+		}
+		return h.owner.remote.Power
+	}
 	return h.state.power
 }
 

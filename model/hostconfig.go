@@ -50,8 +50,8 @@ func (h *Host) SetConfig(ctx context.Context, text string, who Caller) error {
 }
 
 func (h *Host) setConfig(ctx context.Context, text string, who Caller) error {
-	if h.tree.readOnly {
-		return machine.Errorf(syscall.EROFS, "read-only mount")
+	if err := h.tree.writable(); err != nil {
+		return err
 	}
 	if err := checkPrintable("config", text); err != nil {
 		return err
@@ -206,6 +206,10 @@ func (t *Tree) driverKeysChanged(old, next *ConfigFile) bool {
 // config (when a key they read changed, see driverKeysChanged). A driver that cannot be built leaves the host "not ready" with the
 // reason in state; the config stays as written.
 func (h *Host) rebuildDrivers(ctx context.Context) {
+	if !h.runsHere() {
+		// Another agent runs the machine; its drivers are there.
+		return
+	}
 	h.mu.Lock()
 	old := h.drivers.list
 	h.drivers.list = nil
@@ -301,13 +305,19 @@ func (h *Host) removeDrivers(ctx context.Context) {
 }
 
 // closeDrivers closes the host's drivers for good.
-func (h *Host) closeDrivers() {
+func (h *Host) closeDrivers() { h.dropDrivers("host removed") }
+
+// closeDriversKeepMachine closes the drivers of a host another agent now
+// runs: the machine goes on as it is, that agent's drivers adopt it.
+func (h *Host) closeDriversKeepMachine() { h.dropDrivers("another agent owns the host now") }
+
+func (h *Host) dropDrivers(why string) {
 	h.mu.Lock()
 	old := h.drivers.list
 	h.drivers.list = nil
 	h.drivers.gen++
 	if h.op != nil {
-		h.finishLocked(h.op, machine.Errorf(syscall.ECANCELED, "host removed"))
+		h.finishLocked(h.op, machine.Errorf(syscall.ECANCELED, "%s", why))
 	}
 	h.mu.Unlock()
 	h.serial.close()

@@ -32,8 +32,8 @@ func (h *Host) ReplaceConfig(ctx context.Context, text string, who Caller) error
 }
 
 func (h *Host) replaceWhole(ctx context.Context, text string, who Caller) error {
-	if h.tree.readOnly {
-		return machine.Errorf(syscall.EROFS, "read-only mount")
+	if err := h.tree.writable(); err != nil {
+		return err
 	}
 	if err := checkPrintable("config", text); err != nil {
 		return err

@@ -17,12 +17,24 @@ type HostState struct {
 	Label       string
 	Subhosts    []string
 	Details     [][2]string // Describer lines, driver by driver
+	// Owner is the agent that runs the host ("" on a single machine);
+	// OwnerGone says since when it is gone ("" while it is alive).
+	Owner, OwnerGone string
+	// Stale says why the state shown may be old (the cluster's store
+	// cannot be reached), "" when it is current.
+	Stale string
 }
 
 // State takes a snapshot of the host.
 func (h *Host) State() HostState {
 	subs := h.tree.subhostNames(h)
 	h.mu.Lock()
+	if h.tree.peers != nil && !h.owner.here {
+		st := h.remoteStateLocked(subs)
+		h.mu.Unlock()
+		st.Stale = h.tree.staleReason()
+		return st
+	}
 	st := HostState{
 		Power:       h.state.power,
 		Reason:      h.state.reason,
@@ -37,7 +49,11 @@ func (h *Host) State() HostState {
 	}
 	st.Label, _ = h.cfg.Get("label")
 	drivers := append([]machine.Driver(nil), h.drivers.list...)
+	if h.tree.peers != nil {
+		st.Owner = h.owner.node
+	}
 	h.mu.Unlock()
+	st.Stale = h.tree.staleReason()
 	for _, d := range drivers {
 		if ds, ok := d.(machine.Describer); ok {
 			st.Details = append(st.Details, ds.Describe()...)

@@ -43,8 +43,11 @@ func (h *Host) Run(ctx context.Context, cmd machine.Command, who Caller) error {
 // for, or nil when there is none. A group sends every member's command
 // this far before it waits on any.
 func (h *Host) start(ctx context.Context, cmd machine.Command, who Caller) (*operation, error) {
-	if h.tree.readOnly {
-		return nil, machine.Errorf(syscall.EROFS, "read-only mount")
+	if err := h.tree.writable(); err != nil {
+		return nil, err
+	}
+	if !h.runsHere() {
+		return h.forward(ctx, cmd, who, false, false)
 	}
 	if !isStackVerb(cmd.Verb) {
 		return h.startOwn(ctx, cmd, who, false)

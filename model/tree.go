@@ -40,6 +40,9 @@ type Options struct {
 	// privileged keys as root may; it counts only with HasAdminGroup.
 	AdminGid      uint32
 	HasAdminGroup bool
+	// Peers is the rest of the cluster (package cluster); nil on a single
+	// machine. It may be set after NewTree with SetPeers, before Load.
+	Peers Peers
 }
 
 // Tree is the machine model: every host and subhost, the drivers they may
@@ -56,6 +59,8 @@ type Tree struct {
 	switches machine.Switches
 	adminGid uint32 // adminGroupUnset without -o admingroup=
 	nextID   atomic.Uint64
+	peers    Peers
+	stale    atomic.Pointer[string] // why the cluster's state may be old
 
 	mu     sync.RWMutex
 	hosts  map[string]*Host // top-level hosts by name
@@ -90,6 +95,7 @@ func NewTree(o Options) *Tree {
 		fanout:   o.FanOut,
 		switches: o.Switches,
 		adminGid: adminGroupUnset,
+		peers:    o.Peers,
 	}
 	if o.HasAdminGroup {
 		t.adminGid = o.AdminGid
@@ -99,6 +105,9 @@ func NewTree(o Options) *Tree {
 	}
 	return t
 }
+
+// SetPeers makes the tree one agent of a cluster; call it before Load.
+func (t *Tree) SetPeers(p Peers) { t.peers = p }
 
 // SetReadOnly makes the tree refuse changes from now on (after the
 // daemon loaded its config and demo hosts).
@@ -119,6 +128,9 @@ func (t *Tree) Subscribe(prefix string) *Subscription { return t.bus.subscribe(p
 func (t *Tree) Watch(fn func(Event)) func() { return t.bus.watch(fn) }
 
 func (t *Tree) publish(e Event) {
+	if t.peers != nil && e.Node == "" {
+		e.Node = t.peers.Node()
+	}
 	line := e.Line()
 	t.mu.RLock()
 	for h := t.nearestLocked(e.Path); h != nil; h = h.parent {
@@ -209,8 +221,8 @@ func (t *Tree) subhostNames(h *Host) []string {
 // given config, saves it and starts its drivers. Keys are checked first:
 // a bad key or value is EINVAL and nothing is created.
 func (t *Tree) Add(ctx context.Context, parent *Host, name string, cf *ConfigFile, who Caller) (*Host, error) {
-	if t.readOnly {
-		return nil, machine.Errorf(syscall.EROFS, "read-only mount")
+	if err := t.writable(); err != nil {
+		return nil, err
 	}
 	if !ValidName(name) {
 		return nil, machine.Errorf(syscall.EINVAL, "%q is not a valid name (letters, digits, '.', '_', '-'; at most 63)", name)
@@ -290,8 +302,8 @@ func (t *Tree) detach(h *Host) {
 // Remove removes a host and its subhosts: EBUSY while any of them is on or
 // has a command in flight.
 func (t *Tree) Remove(ctx context.Context, h *Host, who Caller) error {
-	if t.readOnly {
-		return machine.Errorf(syscall.EROFS, "read-only mount")
+	if err := t.writable(); err != nil {
+		return err
 	}
 	if why := t.busyTree(h); why != "" {
 		return machine.Errorf(syscall.EBUSY, "%s", why)
@@ -405,8 +417,8 @@ func (t *Tree) parseCtl(line string, who Caller) (*ctlOp, error) {
 	path := "hosts/" + strings.TrimPrefix(strings.Trim(arg, "/"), "hosts/")
 	switch l.Cmd.Name {
 	case "add":
-		if t.readOnly {
-			return nil, machine.Errorf(syscall.EROFS, "read-only mount")
+		if err := t.writable(); err != nil {
+			return nil, err
 		}
 		parentPath, name := splitHostPath(path)
 		var parent *Host
@@ -435,8 +447,8 @@ func (t *Tree) parseCtl(line string, who Caller) (*ctlOp, error) {
 		}
 		return &ctlOp{add: true, parent: parent, name: name, path: path, cf: cf}, nil
 	case "remove":
-		if t.readOnly {
-			return nil, machine.Errorf(syscall.EROFS, "read-only mount")
+		if err := t.writable(); err != nil {
+			return nil, err
 		}
 		h := t.Host(path)
 		if h == nil {

@@ -42,8 +42,8 @@ func (h *Host) SwitchNames() []string {
 // outcome as a vswitch event about switch (what fn returns on success,
 // "ACTION failed: reason" otherwise).
 func (h *Host) switchOp(ctx context.Context, switchName, action string, who Caller, fn func(ctx context.Context, sw machine.Switches) (string, error)) error {
-	if h.tree.readOnly {
-		return machine.Errorf(syscall.EROFS, "read-only mount")
+	if err := h.tree.writable(); err != nil {
+		return err
 	}
 	sw, err := h.switches()
 	if err != nil {

@@ -20,11 +20,22 @@ func State(h *model.Host) string {
 		drivers = "none"
 	}
 	line("drivers", drivers)
-	line("reachable", yesNo(st.Reachable))
+	reachable := yesNo(st.Reachable)
+	if st.OwnerGone != "" {
+		reachable += " (" + st.OwnerGone + ")"
+	}
+	line("reachable", reachable)
 	line("last-command", st.LastCommand)
 	line("last-error", st.LastError)
 	line("label", st.Label)
 	line("subhosts", strings.Join(st.Subhosts, " "))
+	if st.Owner != "" {
+		// In a cluster only: the agent that runs the machine.
+		line("owner", st.Owner)
+	}
+	if st.Stale != "" {
+		line("stale", "yes ("+st.Stale+": the last known state)")
+	}
 	for _, kv := range st.Details {
 		line(kv[0], kv[1])
 	}

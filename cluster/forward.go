@@ -1,0 +1,158 @@
+package cluster
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"syscall"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/machinefs/machinefs/machine"
+	"github.com/machinefs/machinefs/model"
+)
+
+// request is a command sent to the agent that owns its host, at
+// requests/OWNER/ID on the writer's lease: if the writer's agent goes,
+// the request goes, and the owner stops waiting for it.
+type request struct {
+	model.Forwarded
+	Wait bool `json:"wait"`
+}
+
+// result is the owner's answer at nodes/OWNER/results/ID: first
+// "accepted" (a waiting command then gets "done"), or "done" at once.
+type result struct {
+	Phase  string `json:"phase"`
+	Errno  int    `json:"errno,omitempty"`
+	Reason string `json:"reason,omitempty"`
+}
+
+const (
+	phaseAccepted = "accepted"
+	phaseDone     = "done"
+)
+
+func (r result) err() error {
+	if r.Errno == 0 {
+		return nil
+	}
+	return machine.Errorf(syscall.Errno(r.Errno), "%s", r.Reason)
+}
+
+// Forward runs req on the agent that owns req.Path (model.Peers).
+func (a *Agent) Forward(ctx context.Context, req model.Forwarded) (<-chan error, error) {
+	h := a.tree.Host(req.Path)
+	if h == nil {
+		return nil, machine.Errorf(syscall.ENOENT, "no host %s", req.Path)
+	}
+	owner, _ := h.Owner()
+	if alive, since := a.isAlive(owner); !alive {
+		return nil, machine.Errorf(syscall.EHOSTUNREACH, "%s: agent %s gone since %s", req.Path, owner, since.UTC().Format(time.RFC3339))
+	}
+	cmd, err := machine.ParseCommand(req.Line)
+	if err != nil {
+		return nil, err
+	}
+	s := a.session()
+	if s == nil {
+		return nil, machine.Errorf(syscall.EROFS, "cluster: no session with etcd")
+	}
+	id := newID(a.node)
+	body, _ := json.Marshal(request{Forwarded: req, Wait: cmd.Wait})
+	key := a.k.request(owner, id)
+	cctx, cancel := a.call(ctx)
+	put, err := a.cli.Put(cctx, key, string(body), clientv3.WithLease(s.Lease()))
+	cancel()
+	if err != nil {
+		return nil, machine.Errorf(syscall.EROFS, "cluster: sending the command to %s: %v", owner, err)
+	}
+	f := &forwarding{a: a, owner: owner, key: key, path: req.Path}
+	wctx, stop := context.WithCancel(clientv3.WithRequireLeader(context.WithoutCancel(ctx)))
+	f.stop = stop
+	f.results = a.cli.Watch(wctx, a.k.result(owner, id), clientv3.WithRev(put.Header.Revision))
+	bound := h.Config().Duration("timeout") + a.tmo
+	res, err := f.next(ctx, time.After(bound))
+	if err != nil || res.Phase == phaseDone || !cmd.Wait {
+		f.end()
+		if err == nil {
+			err = res.err()
+		}
+		return nil, err
+	}
+	done := make(chan error, 1)
+	go func() {
+		defer f.end()
+		res, err := f.next(ctx, nil)
+		if err == nil {
+			err = res.err()
+		}
+		done <- err
+	}()
+	return done, nil
+}
+
+// forwarding is one command on its way to its owner and back.
+type forwarding struct {
+	a       *Agent
+	owner   string
+	key     string
+	path    string
+	results clientv3.WatchChan
+	stop    context.CancelFunc
+	pending []result // answers that came in one watch response, not yet taken
+}
+
+// next waits for the owner's next answer, the owner going, ctx ending,
+// or timeout (nil: none).
+func (f *forwarding) next(ctx context.Context, timeout <-chan time.Time) (result, error) {
+	for {
+		if len(f.pending) > 0 {
+			r := f.pending[0]
+			f.pending = f.pending[1:]
+			return r, nil
+		}
+		gone := f.a.changes(f.owner)
+		if alive, since := f.a.isAlive(f.owner); !alive {
+			return result{}, machine.Errorf(syscall.EHOSTUNREACH, "%s: agent %s gone since %s", f.path, f.owner, since.UTC().Format(time.RFC3339))
+		}
+		select {
+		case wr, ok := <-f.results:
+			if !ok || wr.Err() != nil {
+				return result{}, machine.Errorf(syscall.EIO, "cluster: lost the answer of %s (etcd: %v)", f.owner, wr.Err())
+			}
+			for _, ev := range wr.Events {
+				var r result
+				if ev.Type == clientv3.EventTypePut && json.Unmarshal(ev.Kv.Value, &r) == nil {
+					f.pending = append(f.pending, r)
+				}
+			}
+		case <-gone:
+		case <-ctx.Done():
+			return result{}, machine.Errorf(syscall.EINTR, "interrupted while waiting for agent %s (the command goes on)", f.owner)
+		case <-timeout:
+			return result{}, machine.Errorf(syscall.ETIMEDOUT, "agent %s did not answer", f.owner)
+		}
+	}
+}
+
+// end withdraws the request: the owner stops waiting for the command (it
+// goes on, as a local one does) and removes its answer.
+func (f *forwarding) end() {
+	f.stop()
+	ctx, cancel := f.a.call(context.Background())
+	defer cancel()
+	if _, err := f.a.cli.Delete(ctx, f.key); err != nil {
+		f.a.log.Debug("withdrawing a request", "key", f.key, "err", err)
+	}
+}
+
+// newID names one request, unique in the cluster.
+func newID(node string) string {
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	return fmt.Sprintf("%s-%s", node, hex.EncodeToString(b[:]))
+}

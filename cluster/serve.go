@@ -1,0 +1,167 @@
+package cluster
+
+import (
+	"context"
+	"encoding/json"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/machinefs/machinefs/machine"
+	"github.com/machinefs/machinefs/model"
+)
+
+// server runs the commands other agents send for the hosts this agent
+// owns. A command runs once: the request's creation is seen once, and a
+// retried write is a new request. It never runs after this agent lost
+// the host: it starts only after a transaction confirmed, at one
+// revision, that the request is still there and that this agent's lease
+// still holds the host (its owners/ key, or for a host bound to this
+// node, its agents/ key).
+type server struct {
+	a *Agent
+
+	mu      sync.Mutex
+	running map[string]context.CancelFunc // request key -> its cancel
+}
+
+func newServer(a *Agent) *server {
+	return &server{a: a, running: map[string]context.CancelFunc{}}
+}
+
+func (s *server) run(ctx context.Context) {
+	prefix := s.a.k.requests(s.a.node)
+	for ctx.Err() == nil {
+		ch := s.a.cli.Watch(clientv3.WithRequireLeader(ctx), prefix, clientv3.WithPrefix())
+		for wr := range ch {
+			if wr.Err() != nil {
+				break
+			}
+			for _, ev := range wr.Events {
+				s.apply(ctx, ev)
+			}
+		}
+		if ctx.Err() == nil {
+			time.Sleep(200 * time.Millisecond)
+		}
+	}
+	s.mu.Lock()
+	for _, cancel := range s.running {
+		cancel()
+	}
+	s.mu.Unlock()
+}
+
+func (s *server) apply(ctx context.Context, ev *clientv3.Event) {
+	key := string(ev.Kv.Key)
+	if ev.Type == clientv3.EventTypeDelete {
+		s.mu.Lock()
+		cancel, ok := s.running[key]
+		delete(s.running, key)
+		s.mu.Unlock()
+		if ok {
+			cancel()
+		}
+		s.dropResult(ctx, key)
+		return
+	}
+	if !ev.IsCreate() {
+		return
+	}
+	var req request
+	if err := json.Unmarshal(ev.Kv.Value, &req); err != nil {
+		s.a.log.Warn("a request that does not parse", "key", key, "err", err)
+		return
+	}
+	rctx, cancel := context.WithCancel(ctx)
+	s.mu.Lock()
+	s.running[key] = cancel
+	s.mu.Unlock()
+	go s.handle(rctx, key, req)
+}
+
+// handle runs one request and answers it.
+func (s *server) handle(ctx context.Context, key string, req request) {
+	id := key[strings.LastIndex(key, "/")+1:]
+	if err := s.fence(ctx, key, req.Path); err != nil {
+		s.answer(ctx, id, result{Phase: phaseDone, Errno: int(machine.ErrnoOf(err)), Reason: err.Error()})
+		return
+	}
+	done, err := s.a.tree.RunForwarded(ctx, req.Forwarded)
+	if err != nil || done == nil {
+		s.answer(ctx, id, resultOf(phaseDone, err))
+		return
+	}
+	s.answer(ctx, id, result{Phase: phaseAccepted})
+	select {
+	case err := <-done:
+		s.answer(ctx, id, resultOf(phaseDone, err))
+	case <-ctx.Done():
+	}
+}
+
+func resultOf(phase string, err error) result {
+	if err == nil {
+		return result{Phase: phase}
+	}
+	return result{Phase: phase, Errno: int(machine.ErrnoOf(err)), Reason: err.Error()}
+}
+
+// fence confirms, in one transaction, that the request is still there
+// and that this agent's lease holds path.
+func (s *server) fence(ctx context.Context, key, path string) error {
+	sess := s.a.session()
+	if sess == nil {
+		return machine.Errorf(syscall.EHOSTUNREACH, "agent %s has no etcd session", s.a.node)
+	}
+	h := s.a.tree.Host(path)
+	if h == nil {
+		return machine.Errorf(syscall.ENOENT, "no host %s on agent %s", path, s.a.node)
+	}
+	holder := s.a.k.agent(s.a.node)
+	if ruleOf(h).elected {
+		holder = s.a.k.owner(path)
+	}
+	cctx, cancel := s.a.call(ctx)
+	defer cancel()
+	resp, err := s.a.cli.Txn(cctx).If(
+		clientv3.Compare(clientv3.CreateRevision(key), ">", 0),
+		clientv3.Compare(clientv3.LeaseValue(holder), "=", sess.Lease()),
+	).Commit()
+	switch {
+	case err != nil:
+		return machine.Errorf(syscall.EHOSTUNREACH, "agent %s cannot confirm it owns %s: %v", s.a.node, path, err)
+	case !resp.Succeeded:
+		return machine.Errorf(syscall.EHOSTUNREACH, "agent %s does not own %s any more", s.a.node, path)
+	}
+	return nil
+}
+
+// answer puts a result for request id, on this agent's lease.
+func (s *server) answer(ctx context.Context, id string, r result) {
+	sess := s.a.session()
+	if sess == nil {
+		return
+	}
+	b, _ := json.Marshal(r)
+	cctx, cancel := s.a.call(context.WithoutCancel(ctx))
+	defer cancel()
+	if _, err := s.a.cli.Put(cctx, s.a.k.result(s.a.node, id), string(b), clientv3.WithLease(sess.Lease())); err != nil {
+		s.a.log.Warn("answering a request", "id", id, "err", err)
+	}
+}
+
+// dropResult removes the answer to a request its writer withdrew.
+func (s *server) dropResult(ctx context.Context, key string) {
+	id := key[strings.LastIndex(key, "/")+1:]
+	cctx, cancel := s.a.call(ctx)
+	defer cancel()
+	if _, err := s.a.cli.Delete(cctx, s.a.k.result(s.a.node, id)); err != nil {
+		s.a.log.Debug("removing an answer", "id", id, "err", err)
+	}
+}
+
+var _ model.Peers = (*Agent)(nil)

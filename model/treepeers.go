@@ -1,0 +1,134 @@
+package model
+
+import (
+	"context"
+	"syscall"
+	"time"
+
+	"github.com/machinefs/machinefs/machine"
+	"github.com/machinefs/machinefs/store"
+)
+
+// Peers is the tree's cluster, nil on a single machine.
+func (t *Tree) Peers() Peers { return t.peers }
+
+// writable says why the tree refuses changes now: a read-only mount, or a
+// cluster whose store is out of reach (EROFS with the reason; the change
+// could not be shared, so none is made).
+func (t *Tree) writable() error {
+	if t.readOnly {
+		return machine.Errorf(syscall.EROFS, "read-only mount")
+	}
+	if why := t.staleReason(); why != "" {
+		return machine.Errorf(syscall.EROFS, "%s: changes are refused until it is back", why)
+	}
+	return nil
+}
+
+// staleReason says why what the tree shows may be old, "" when current.
+func (t *Tree) staleReason() string {
+	if p := t.stale.Load(); p != nil {
+		return *p
+	}
+	return ""
+}
+
+// SetStale marks the tree stale for reason (the cluster lost its store's
+// quorum): reads show the last known state marked stale, writes fail with
+// EROFS. An empty reason clears it.
+func (t *Tree) SetStale(reason string) {
+	var old string
+	if reason == "" {
+		if p := t.stale.Swap(nil); p != nil {
+			old = *p
+		}
+	} else if p := t.stale.Swap(&reason); p != nil {
+		old = *p
+	}
+	if old == reason {
+		return
+	}
+	detail := reason
+	if reason == "" {
+		detail = "store reachable again (was: " + old + ")"
+	}
+	t.publish(Event{Time: time.Now(), Kind: machine.EventStale, Detail: detail})
+	for _, h := range t.allHosts() {
+		// Every state file changes (its stale line).
+		t.bus.publish(Event{Time: time.Now(), Path: h.path, Kind: machine.EventOwner, Detail: "stale", Remote: true})
+	}
+}
+
+// allHosts lists every host and subhost, parents first.
+func (t *Tree) allHosts() []*Host {
+	var out []*Host
+	var walk func(parent *Host)
+	walk = func(parent *Host) {
+		for _, h := range t.Hosts(parent) {
+			out = append(out, h)
+			walk(h)
+		}
+	}
+	walk(nil)
+	return out
+}
+
+// AllHosts lists every host and subhost, parents first.
+func (t *Tree) AllHosts() []*Host { return t.allHosts() }
+
+// PublishRemote publishes an event another agent sent: it goes to the
+// event logs and streams and wakes readers as a local one would, but is
+// not sent on again.
+func (t *Tree) PublishRemote(e Event) {
+	e.Remote = true
+	t.publish(e)
+}
+
+// ApplyChange applies a change another agent (or this one) made to the
+// cluster's store: a host added, reconfigured or removed, a group's
+// members.
+func (t *Tree) ApplyChange(ctx context.Context, c store.Change) {
+	switch {
+	case c.Group != "":
+		t.applyGroupChange(c)
+	case c.Removed:
+		t.applyRemoval(ctx, c.Host)
+	default:
+		sh := StoredHost{Path: c.Host, Err: c.Err}
+		if c.Err == nil {
+			sh.Config, sh.Err = ParseConfig(string(c.Text))
+		}
+		t.loadOne(ctx, sh)
+	}
+}
+
+func (t *Tree) applyRemoval(ctx context.Context, path string) {
+	h := t.Host(path)
+	if h == nil {
+		return
+	}
+	t.detach(h)
+	t.removeTree(ctx, h)
+	h.emit(machine.EventRemoved, "removed from the cluster's config")
+}
+
+func (t *Tree) applyGroupChange(c store.Change) {
+	g := t.Group(c.Group)
+	switch {
+	case c.Removed && g != nil:
+		t.mu.Lock()
+		delete(t.groups, c.Group)
+		t.mu.Unlock()
+		g.emit(machine.EventRemoved, "removed from the cluster's config")
+	case c.Removed:
+	case g == nil:
+		hosts, _, _ := groupHosts(c.Members)
+		if g, err := t.insertGroup(c.Group, c.Members, hosts); err == nil {
+			g.emit(machine.EventAdded, "from the cluster's config")
+		}
+	default:
+		if g.setStoredMembers(c.Members) {
+			g.emit(machine.EventMembers, "changed on another agent")
+		}
+	}
+}
