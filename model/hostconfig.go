@@ -79,6 +79,9 @@ func (h *Host) setConfig(ctx context.Context, text string, who Caller) error {
 	if len(set)+len(removed) == 0 {
 		return nil
 	}
+	if err := h.tree.checkPlacement(h, h.parent, edits); err != nil {
+		return err
+	}
 	for _, k := range removed {
 		if _, ok := h.tree.keySpec(k); !ok {
 			return machine.Errorf(syscall.EINVAL, "unknown key %q", k)

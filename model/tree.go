@@ -242,6 +242,9 @@ func (t *Tree) Add(ctx context.Context, parent *Host, name string, cf *ConfigFil
 	if err := t.checkPrivileged(who, nil, cf); err != nil {
 		return nil, err
 	}
+	if err := t.checkPlacement(nil, parent, cf); err != nil {
+		return nil, err
+	}
 	h, err := t.insert(parent, name, cf)
 	if err != nil {
 		return nil, err
@@ -443,6 +446,9 @@ func (t *Tree) parseCtl(line string, who Caller) (*ctlOp, error) {
 			cf.Set(o.Key, o.Value)
 		}
 		if err := t.checkPrivileged(who, nil, cf); err != nil {
+			return nil, err
+		}
+		if err := t.checkPlacement(nil, parent, cf); err != nil {
 			return nil, err
 		}
 		return &ctlOp{add: true, parent: parent, name: name, path: path, cf: cf}, nil

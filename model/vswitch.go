@@ -14,7 +14,15 @@ import (
 // IsLocal reports whether this host is the machine machinefs runs on
 // (config local = yes): only it has live virtual switches.
 func (h *Host) IsLocal() bool {
-	return h.parent == nil && h.Config().Bool("local")
+	if h.parent != nil {
+		return false
+	}
+	if h.tree.peers != nil {
+		// In a cluster: the host whose node is this agent.
+		node, _ := h.Config().Get("node")
+		return node == h.tree.peers.Node()
+	}
+	return h.Config().Bool("local")
 }
 
 // switches returns the switch manager if this host may use it.

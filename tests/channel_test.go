@@ -131,7 +131,7 @@ func TestChannelStaysWithDaemon(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	d.addHost("lab01", "drivers = sim\nsim.initial = on")
+	d.addHost("lab01", "drivers = sim\nsim.initial = on\nlocal = yes")
 	d.addHost("lab01/subhosts/web1", umlh.Config(uroot, udir, "uml.poweroff-timeout = 5s"))
 	// The channel is checked as soon as linux runs: a guest that holds
 	// /dev/fuse may not even boot (on this host linux stalls early on).

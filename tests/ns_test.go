@@ -59,7 +59,7 @@ func (e *nsEnv) config(extra string) string {
 // addSub adds hosts/nsh/subhosts/NAME (and the parent nsh, without drivers).
 func addSub(d *daemon, name, config string) string {
 	d.t.Helper()
-	d.ok("mkdir -p hosts/nsh")
+	d.ok("mkdir -p hosts/nsh && echo 'local = yes' > hosts/nsh/config")
 	p := "hosts/nsh/subhosts/" + name
 	d.ok(fmt.Sprintf("mkdir %s && cat > %s/config <<'EOF'\n%s\nEOF", p, p, config))
 	return p
@@ -363,7 +363,7 @@ func BenchmarkNSStartStop(b *testing.B) {
 		}
 	}
 	var add strings.Builder
-	add.WriteString("mkdir -p hosts/nsb\n")
+	add.WriteString("mkdir -p hosts/nsb && echo 'local = yes' > hosts/nsb/config\n")
 	for i := 0; i < n; i++ {
 		name := fmt.Sprintf("mfnb%d", i)
 		fmt.Fprintf(&add, "mkdir hosts/nsb/subhosts/%s && printf 'drivers = ns\\nns.root = %s\\nns.state-dir = %s\\nns.cgroup = %s\\nns.bridges = %s:06:00:00:00:%02x:%02x\\n' > hosts/nsb/subhosts/%s/config\n",

@@ -174,7 +174,7 @@ func TestStackRealSubhosts(t *testing.T) {
 	e := newNSEnv(t)
 	umlRoot, umlDir := umlh.Root(t), umlh.Dir(t)
 	d := start(t)
-	d.addHost("lab", "drivers = sim\nsim.initial = on")
+	d.addHost("lab", "drivers = sim\nsim.initial = on\nlocal = yes")
 	d.addHost("lab/subhosts/box", e.config("ns.root = "+e.root("")))
 	d.addHost("lab/subhosts/web", umlh.Config(umlRoot, umlDir, "uml.poweroff-timeout = 5s"))
 	d.addHost("lab/subhosts/web/subhosts/inner", "drivers = sim\nsim.initial = on\nsim.off-delay = 300ms")

@@ -19,7 +19,7 @@ func TestSerialUMLTree(t *testing.T) {
 		t.Fatal(err)
 	}
 	d := start(t)
-	d.addHost("lab01", "drivers = sim\nsim.initial = on")
+	d.addHost("lab01", "drivers = sim\nsim.initial = on\nlocal = yes")
 	d.addHost("lab01/subhosts/web1", umlh.Config(root, dir, "uml.poweroff-timeout = 5s"))
 	pid := d.umlBoot()
 	if got := d.ok("timeout 20 grep -a -m1 -o 'Run /init as init process' " + umlWeb1 + "/serial"); got != "Run /init as init process\n" {

@@ -41,7 +41,7 @@ func umlDaemon(t *testing.T, extra ...string) (d *daemon, dir string) {
 	d = start(t)
 	// Guests must not outlive the test: stop the daemon first (LIFO),
 	// then umlh.Dir's cleanup kills what is left.
-	d.addHost("lab01", "drivers = sim\nsim.initial = on")
+	d.addHost("lab01", "drivers = sim\nsim.initial = on\nlocal = yes")
 	d.addHost("lab01/subhosts/web1", umlh.Config(root, dir, append([]string{"uml.poweroff-timeout = 5s"}, extra...)...))
 	return d, dir
 }
@@ -472,7 +472,7 @@ func TestUMLImage(t *testing.T) {
 	root, dir := umlh.Root(t), umlh.Dir(t)
 	img := disk.Ext4(t, root, "24M")
 	d := start(t)
-	d.addHost("lab01", "drivers = sim\nsim.initial = on")
+	d.addHost("lab01", "drivers = sim\nsim.initial = on\nlocal = yes")
 	d.addHost("lab01/subhosts/web1", umlh.ConfigRoot("ubd0="+img, dir))
 	d.umlBoot()
 	if got := d.umlConsole(umlWeb1, "config ubd0"); !strings.Contains(got, img) {
@@ -524,7 +524,7 @@ func BenchmarkUMLVersion(b *testing.B) {
 	root, dir := umlh.Root(b), umlh.Dir(b)
 	etc := b.TempDir()
 	os.MkdirAll(filepath.Join(etc, "hosts/lab01/subhosts"), 0o755)
-	os.WriteFile(filepath.Join(etc, "hosts/lab01.conf"), []byte("drivers = sim\nsim.initial = on\n"), 0o644)
+	os.WriteFile(filepath.Join(etc, "hosts/lab01.conf"), []byte("drivers = sim\nsim.initial = on\nlocal = yes\n"), 0o644)
 	os.WriteFile(filepath.Join(etc, "hosts/lab01/subhosts/web1.conf"), []byte(umlh.Config(root, dir)+"\n"), 0o644)
 	d, _ := startBench(b, umlWeb1+"/power", "-c", etc)
 	powerPath := filepath.Join(d.mnt, umlWeb1, "power")
