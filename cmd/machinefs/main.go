@@ -48,6 +48,7 @@ type config struct {
 
 func main() {
 	mfs.RunPokerIfChild()
+	runMemberIfAsked()
 	cfg, err := parseArgs(filepath.Base(os.Args[0]), os.Args[1:])
 	if errors.Is(err, flag.ErrHelp) {
 		os.Exit(0)
