@@ -288,7 +288,10 @@ func (l *Lab) StartMember(i int) {
 // MemberLog returns what machine i's running (or last) member logged.
 func (l *Lab) MemberLog(i int) string {
 	m := l.machines[i]
-	data, _ := os.ReadFile(filepath.Join(m.Dir, fmt.Sprintf("member.%d.log", m.starts)))
+	m.mu.Lock()
+	n := m.starts
+	m.mu.Unlock()
+	data, _ := os.ReadFile(filepath.Join(m.Dir, fmt.Sprintf("member.%d.log", n)))
 	return string(data)
 }
 
