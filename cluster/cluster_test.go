@@ -162,3 +162,53 @@ func TestAgentGone(t *testing.T) {
 		t.Fatalf("on wait on the taken-over host: %v", err)
 	}
 }
+
+// A command for a host won by election, written on another agent, runs
+// on the winner.
+func TestElectedHostForwarded(t *testing.T) {
+	ep := etcdtest.StartMember(t)
+	a, b := startAgent(t, ep, "a"), startAgent(t, ep, "b")
+	if _, err := a.tree.Add(context.Background(), nil, "bmc", cfg(t, "drivers = sim\nagents = b\nsim.on-delay = 50ms\n"), root); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "b to win bmc", func() bool {
+		n, _ := a.tree.Host("hosts/bmc").Owner()
+		h := b.tree.Host("hosts/bmc")
+		return n == "b" && h != nil && h.State().Owner == "b"
+	})
+	if err := a.tree.Host("hosts/bmc").Exec(context.Background(), "on wait", root); err != nil {
+		t.Fatalf("on wait from a: %v", err)
+	}
+}
+
+// A host bound to a node whose power moves to an agent that reaches its
+// BMC (agents set later): a stack poweroff written on a third agent stops
+// the subhosts on the node, then the host through the other agent.
+func TestStackAcrossAgents(t *testing.T) {
+	ep := etcdtest.StartMember(t)
+	a, b, c := startAgent(t, ep, "a"), startAgent(t, ep, "b"), startAgent(t, ep, "c")
+	ctx := context.Background()
+	if _, err := a.tree.Add(ctx, nil, "m", cfg(t, "node = b\n"), root); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "m on a", func() bool { return a.tree.Host("hosts/m") != nil && b.tree.Host("hosts/m") != nil })
+	if _, err := a.tree.Add(ctx, a.tree.Host("hosts/m"), "vm", cfg(t, "drivers = sim\nsim.initial = on\nsim.off-delay = 50ms\n"), root); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.tree.Host("hosts/m").SetConfig(ctx, "drivers = sim\nsim.initial = on\nsim.off-delay = 50ms\nagents = a\n", root); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "a to own m, c to see it on", func() bool {
+		_, here := a.tree.Host("hosts/m").Owner()
+		hc := c.tree.Host("hosts/m")
+		n, _ := hc.Owner()
+		vm := c.tree.Host("hosts/m/subhosts/vm")
+		return here && n == "a" && hc.Power() == machine.PowerOn && vm != nil && vm.Power() == machine.PowerOn
+	})
+	if err := c.tree.Host("hosts/m").Exec(ctx, "poweroff self wait", root); err != nil {
+		t.Fatalf("poweroff self wait from c: %v", err)
+	}
+	if p := b.tree.Host("hosts/m/subhosts/vm").Power(); p != machine.PowerOff {
+		t.Fatalf("vm on b: %s", p)
+	}
+}

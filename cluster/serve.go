@@ -130,11 +130,15 @@ func (s *server) fence(ctx context.Context, key, path string) error {
 	resp, err := s.a.cli.Txn(cctx).If(
 		clientv3.Compare(clientv3.CreateRevision(key), ">", 0),
 		clientv3.Compare(clientv3.LeaseValue(holder), "=", sess.Lease()),
-	).Commit()
+	).Else(clientv3.OpGet(key, clientv3.WithCountOnly()), clientv3.OpGet(holder)).Commit()
 	switch {
 	case err != nil:
 		return machine.Errorf(syscall.EHOSTUNREACH, "agent %s cannot confirm it owns %s: %v", s.a.node, path, err)
 	case !resp.Succeeded:
+		s.a.log.Info("fence refused a request", "host", path, "request-present", resp.Responses[0].GetResponseRange().Count, "holder", holder, "holder-kvs", resp.Responses[1].GetResponseRange().Kvs, "lease", sess.Lease())
+		if resp.Responses[0].GetResponseRange().Count == 0 {
+			return machine.Errorf(syscall.EINTR, "the request for %s was withdrawn", path)
+		}
 		return machine.Errorf(syscall.EHOSTUNREACH, "agent %s does not own %s any more", s.a.node, path)
 	}
 	return nil

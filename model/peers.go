@@ -86,7 +86,7 @@ func (h *Host) SetOwner(ctx context.Context, node string, here bool, gone time.T
 	case !gone.IsZero():
 		h.emit(machine.EventOwner, node+" gone since "+stamp(gone))
 	default:
-		h.emit(machine.EventOwner, node+ownerWord(here))
+		h.emit(machine.EventOwner, node)
 	}
 	switch {
 	case here && !was.here:
@@ -94,13 +94,6 @@ func (h *Host) SetOwner(ctx context.Context, node string, here bool, gone time.T
 	case !here && was.here:
 		h.closeDriversKeepMachine()
 	}
-}
-
-func ownerWord(here bool) string {
-	if here {
-		return " (this agent)"
-	}
-	return ""
 }
 
 // SetRemoteState records the owner's snapshot of the host, which every

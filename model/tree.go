@@ -61,6 +61,8 @@ type Tree struct {
 	nextID   atomic.Uint64
 	peers    Peers
 	stale    atomic.Pointer[string] // why the cluster's state may be old
+	echoMu   sync.Mutex
+	echoes   map[string][]string // see expectEcho
 
 	mu     sync.RWMutex
 	hosts  map[string]*Host // top-level hosts by name
@@ -609,7 +611,9 @@ func (t *Tree) saveConfig(path string, cf *ConfigFile) error {
 	for _, k := range cf.Keys() {
 		secret = secret || t.IsSecret(k)
 	}
-	return t.store.SaveHost(path, []byte(cf.Render(nil)), secret)
+	text := cf.Render(nil)
+	t.expectEcho(path, text)
+	return t.store.SaveHost(path, []byte(text), secret)
 }
 
 // keySpec finds a key among the core keys and every driver's keys.

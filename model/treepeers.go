@@ -93,6 +93,7 @@ func (t *Tree) ApplyChange(ctx context.Context, c store.Change) {
 		t.applyGroupChange(c)
 	case c.Removed:
 		t.applyRemoval(ctx, c.Host)
+	case t.ownEcho(c.Host, string(c.Text)):
 	default:
 		sh := StoredHost{Path: c.Host, Err: c.Err}
 		if c.Err == nil {
@@ -100,6 +101,42 @@ func (t *Tree) ApplyChange(ctx context.Context, c store.Change) {
 		}
 		t.loadOne(ctx, sh)
 	}
+}
+
+// expectEcho notes a config this agent is saving: the cluster's store
+// sends it back. An agent that saves a config line by line (a shell's
+// append, one write per line) must not take its own older lines back in
+// between, or the host would flap between configs (and owners).
+func (t *Tree) expectEcho(path, text string) {
+	if t.peers == nil {
+		return
+	}
+	t.echoMu.Lock()
+	defer t.echoMu.Unlock()
+	if t.echoes == nil {
+		t.echoes = map[string][]string{}
+	}
+	t.echoes[path] = append(t.echoes[path], text)
+}
+
+// ownEcho says whether a change is this agent's own save coming back
+// while a later save of the same host is still on its way: it is then
+// skipped. The last echo is applied (it changes nothing, unless another
+// agent's change came in between, which it then rightly overrides, as it
+// does in the store).
+func (t *Tree) ownEcho(path, text string) bool {
+	t.echoMu.Lock()
+	defer t.echoMu.Unlock()
+	q := t.echoes[path]
+	if len(q) == 0 || q[0] != text {
+		return false
+	}
+	if len(q) == 1 {
+		delete(t.echoes, path)
+		return false
+	}
+	t.echoes[path] = q[1:]
+	return true
 }
 
 func (t *Tree) applyRemoval(ctx context.Context, path string) {

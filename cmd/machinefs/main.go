@@ -136,6 +136,9 @@ func parseArgs(prog string, args []string) (config, error) {
 	if cfg.opts.ConfigDir == "" && !cfg.opts.Demo {
 		cfg.opts.ConfigDir = "/etc/machinefs"
 	}
+	if err := cfg.opts.Validate(); err != nil {
+		return cfg, err
+	}
 	return cfg, nil
 }
 
@@ -188,7 +191,14 @@ func run(cfg config) error {
 	// A nil interface, not a nil *store.Dir: the tree then keeps
 	// everything in memory.
 	var st store.Store
-	if cfg.opts.ConfigDir != "" {
+	var join *clusterJoin
+	if cfg.opts.Node != "" {
+		if join, err = connectCluster(context.Background(), cfg.opts, log); err != nil {
+			return err
+		}
+		defer join.close()
+		st = join.store
+	} else if cfg.opts.ConfigDir != "" {
 		if err := os.MkdirAll(filepath.Join(cfg.opts.ConfigDir, "hosts"), 0o755); err != nil {
 			return fmt.Errorf("config directory: %w", err)
 		}
@@ -207,8 +217,18 @@ func run(cfg config) error {
 	}
 	tree := model.NewTree(topts)
 	ctx := context.Background()
+	if join != nil {
+		if err := join.newAgent(tree, cfg.opts.Node, log); err != nil {
+			return err
+		}
+	}
 	if err := tree.Load(ctx); err != nil {
 		return err
+	}
+	if join != nil {
+		if err := join.startAgent(ctx, tree, cfg.opts.Node, log); err != nil {
+			return err
+		}
 	}
 	if cfg.opts.Demo {
 		if err := loadDemo(ctx, tree, cfg.demoHosts); err != nil {

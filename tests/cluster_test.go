@@ -1,0 +1,198 @@
+package tests
+
+import (
+	"fmt"
+	"os/exec"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/machinefs/machinefs/tests/harness/etcdlab"
+	"github.com/machinefs/machinefs/tests/harness/netns"
+)
+
+// One tree over three machines (issue 16). Each machine is a network
+// namespace with an etcd member (the three form one cluster) and a
+// machinefs agent mounted in the test's mount namespace, so the test
+// drives three mounts of one tree, as operators on lab1, lab2 and lab3
+// would. Machines are simulated (sim driver) so the test is about the
+// cluster: where commands run, what every mount shows, and what happens
+// when an agent or etcd members go.
+type site struct {
+	lab    *etcdlab.Lab
+	agents []*daemon
+}
+
+func newSite(t *testing.T) *site {
+	netns.NeedRoot(t)
+	s := &site{lab: etcdlab.New(t, etcdlab.Options{Binary: binary, Machines: 3, Prefix: "mfc"})}
+	for i := range 3 {
+		s.agents = append(s.agents, s.startAgent(t, i))
+	}
+	return s
+}
+
+func (s *site) startAgent(t *testing.T, i int) *daemon {
+	m := s.lab.Machine(i)
+	opts := "node=" + m.Name
+	for _, ep := range s.lab.Endpoints() {
+		opts += ",cluster=" + ep
+	}
+	return startNS(t, m.NS, "-o", opts)
+}
+
+func TestCluster(t *testing.T) {
+	s := newSite(t)
+	a1, a3 := s.agents[0], s.agents[2]
+	// Every mount lists every machine; each agent made its own host.
+	for _, d := range s.agents {
+		eventually(t, "every machine on every mount", func() bool {
+			return strings.Fields(d.ok("ls hosts | tr '\\n' ' '"))[0] == "lab1" && len(strings.Fields(d.ok("ls hosts"))) == 3
+		})
+	}
+	if st := a1.read("hosts/lab2/state"); stateField(st, "owner") != "lab2" {
+		t.Fatalf("hosts/lab2 seen from lab1:\n%s", st)
+	}
+
+	// A subhost made on lab1's mount under lab2 runs on lab2, and a
+	// command written on lab3's mount reaches it there.
+	a1.ok("mkdir hosts/lab2/subhosts/vm3 && printf 'drivers = sim\\nsim.on-delay = 200ms\\nsim.off-delay = 200ms\\n' > hosts/lab2/subhosts/vm3/config")
+	eventually(t, "vm3 on lab3's mount, owned by lab2", func() bool {
+		r := a3.sh("cat hosts/lab2/subhosts/vm3/state")
+		return r.code == 0 && stateField(r.out, "owner") == "lab2" && stateField(r.out, "drivers") == "sim (simulation)"
+	})
+	watch := exec.Command("inotifywait", "-q", "-e", "modify", a1.mnt+"/hosts/lab2/subhosts/vm3/power")
+	var wout strings.Builder
+	watch.Stdout = &wout
+	if err := watch.Start(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(300 * time.Millisecond) // inotifywait sets its watch
+	a3.ok("echo 'on wait label=from-lab3' > hosts/lab2/subhosts/vm3/power")
+	for i, d := range s.agents {
+		if p := d.read("hosts/lab2/subhosts/vm3/power"); p != "on\n" {
+			t.Fatalf("agent %d shows power %q right after the waiting write returned", i+1, p)
+		}
+	}
+	if err := waitCmd(watch, 10*time.Second); err != nil || !strings.Contains(wout.String(), "MODIFY") {
+		t.Fatalf("inotifywait on lab1's mount did not wake for a change on lab2: %v %q", err, wout.String())
+	}
+	if ev := a1.read("hosts/lab2/subhosts/vm3/events.log"); !strings.Contains(ev, " lab2 hosts/lab2/subhosts/vm3 command \"on wait label=from-lab3\"") || !strings.Contains(ev, "node=lab3 ok") {
+		t.Fatalf("lab1's events.log does not name the node and the writer's node:\n%s", ev)
+	}
+	// The owner's refusal comes back with its errno.
+	a3.ok("echo off > hosts/lab2/subhosts/vm3/power")
+	a1.fails("echo on > hosts/lab2/subhosts/vm3/power", "Device or resource busy")
+
+	s.stackAcrossAgents(t)
+	s.groupAcrossAgents(t)
+	s.agentKilled(t)
+	s.quorumLost(t)
+}
+
+// waitCmd waits for cmd, killing it after d.
+func waitCmd(cmd *exec.Cmd, d time.Duration) error {
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err := <-done:
+		return err
+	case <-time.After(d):
+		cmd.Process.Kill()
+		<-done
+		return fmt.Errorf("%s did not end within %s", cmd.Path, d)
+	}
+}
+
+// A stack poweroff of lab2, written on lab3, whose power lab1 runs (as an
+// agent that reaches lab2's BMC would): lab2's agent stops its subhosts
+// first, then lab1 powers lab2 off.
+func (s *site) stackAcrossAgents(t *testing.T) {
+	a1, a2, a3 := s.agents[0], s.agents[1], s.agents[2]
+	a1.ok("printf 'drivers = sim\\nsim.initial = on\\nsim.off-delay = 200ms\\nagents = lab1\\n' >> hosts/lab2/config")
+	eventually(t, "lab1 to run lab2's power", func() bool {
+		return stateField(a3.read("hosts/lab2/state"), "owner") == "lab1" && a3.read("hosts/lab2/power") == "on\n"
+	})
+	a2.ok("echo 'on wait' > hosts/lab2/subhosts/vm3/power")
+	a3.ok("echo 'poweroff self wait label=stackx' > hosts/lab2/power")
+	if p := a2.read("hosts/lab2/subhosts/vm3/power"); p != "off\n" {
+		t.Fatalf("vm3 after the stack poweroff: %q", p)
+	}
+	if p := a2.read("hosts/lab2/power"); p != "off\n" {
+		t.Fatalf("lab2 after the stack poweroff: %q", p)
+	}
+	ev := a3.read("events.log")
+	vmOff := strings.Index(ev, "lab2 hosts/lab2/subhosts/vm3 power off")
+	hostOff := strings.Index(ev, "lab1 hosts/lab2 power off")
+	if vmOff < 0 || hostOff < 0 || vmOff > hostOff {
+		t.Fatalf("want vm3 off on lab2 before lab2 off by lab1 in lab3's events.log:\n%s", ev)
+	}
+}
+
+// A group over subhosts of all three agents fans out to all three.
+func (s *site) groupAcrossAgents(t *testing.T) {
+	a1 := s.agents[0]
+	for _, n := range []string{"lab1", "lab3"} {
+		a1.ok(fmt.Sprintf("mkdir hosts/%s/subhosts/g && echo 'drivers = sim' > hosts/%s/subhosts/g/config", n, n))
+	}
+	eventually(t, "the group's members on every agent", func() bool {
+		return s.agents[2].sh("cat hosts/lab1/subhosts/g/power").code == 0 && s.agents[1].sh("cat hosts/lab3/subhosts/g/power").code == 0
+	})
+	s.agents[1].ok("mkdir groups/all && printf 'lab1/subhosts/g\\nlab2/subhosts/vm3\\nlab3/subhosts/g\\n' > groups/all/members")
+	eventually(t, "the group on lab1's mount", func() bool { return a1.sh("cat groups/all/members").code == 0 })
+	a1.ok("echo 'on wait' > groups/all/power")
+	for _, p := range []string{"hosts/lab1/subhosts/g", "hosts/lab2/subhosts/vm3", "hosts/lab3/subhosts/g"} {
+		if got := s.agents[1].read(p + "/power"); got != "on\n" {
+			t.Fatalf("%s after the group's on wait: %q", p, got)
+		}
+	}
+}
+
+// kill -9 of lab3's agent: its host and subhosts show it gone and
+// commands fail at once; an elected host it held is taken over within the
+// TTL; when it comes back it runs its subhosts again.
+func (s *site) agentKilled(t *testing.T) {
+	a1 := s.agents[0]
+	a1.ok("echo 'add bmc1 drivers=sim agents=lab3' > ctl")
+	eventually(t, "lab3 to own bmc1", func() bool { return stateField(a1.read("hosts/bmc1/state"), "owner") == "lab3" })
+	a1.ok("echo 'agents = lab3,lab1' >> hosts/bmc1/config")
+	d3 := s.agents[2]
+	d3.cmd.Process.Signal(syscall.SIGKILL)
+	<-d3.exited
+	syscall.Unmount(d3.mnt, syscall.MNT_DETACH)
+	d3.cmd = nil
+	eventually(t, "lab3 shown gone", func() bool {
+		return strings.Contains(stateField(a1.read("hosts/lab3/subhosts/g/state"), "reachable"), "agent lab3 gone since")
+	})
+	start := time.Now()
+	a1.fails("echo off > hosts/lab3/subhosts/g/power", "No route to host")
+	if d := time.Since(start); d > 3*time.Second {
+		t.Fatalf("a command to a gone agent's host took %s", d)
+	}
+	eventually(t, "lab1 to take bmc1 over", func() bool { return stateField(a1.read("hosts/bmc1/state"), "owner") == "lab1" })
+	a1.ok("echo 'on wait' > hosts/bmc1/power")
+	s.agents[2] = s.startAgent(t, 2)
+	eventually(t, "lab3 back", func() bool {
+		return !strings.Contains(stateField(a1.read("hosts/lab3/subhosts/g/state"), "reachable"), "gone")
+	})
+	a1.ok("echo 'off wait' > hosts/lab3/subhosts/g/power")
+}
+
+// One member down changes nothing; two down make every mount read-only
+// with the reason, showing the last known state; back, writes work again.
+func (s *site) quorumLost(t *testing.T) {
+	a1 := s.agents[0]
+	s.lab.StopMember(2)
+	a1.ok("echo 'on wait' > hosts/lab2/subhosts/vm3/power")
+	s.lab.StopMember(1)
+	eventually(t, "lab1's mount stale", func() bool { return strings.Contains(a1.read("hosts/lab2/state"), "stale: yes (etcd quorum lost since") })
+	a1.fails("echo off > hosts/lab2/subhosts/vm3/power", "Read-only file system")
+	if p := a1.read("hosts/lab2/subhosts/vm3/power"); p != "on\n" {
+		t.Fatalf("last known power while stale: %q", p)
+	}
+	s.lab.StartMember(1)
+	s.lab.StartMember(2)
+	eventually(t, "lab1's mount current again", func() bool { return !strings.Contains(a1.read("hosts/lab2/state"), "stale:") })
+	a1.ok("echo 'off wait' > hosts/lab2/subhosts/vm3/power")
+}
