@@ -186,7 +186,9 @@ func (s *site) quorumLost(t *testing.T) {
 	s.lab.StopMember(2)
 	a1.ok("echo 'on wait' > hosts/lab2/subhosts/vm3/power")
 	s.lab.StopMember(1)
-	eventually(t, "lab1's mount stale", func() bool { return strings.Contains(a1.read("hosts/lab2/state"), "stale: yes (etcd quorum lost since") })
+	eventually(t, "lab1's mount stale", func() bool {
+		return strings.Contains(a1.read("hosts/lab2/state"), "stale: yes (etcd quorum lost since")
+	})
 	a1.fails("echo off > hosts/lab2/subhosts/vm3/power", "Read-only file system")
 	if p := a1.read("hosts/lab2/subhosts/vm3/power"); p != "on\n" {
 		t.Fatalf("last known power while stale: %q", p)
