@@ -246,6 +246,17 @@ var mountOptions = []struct{ name, sample string }{
 	{"fsname", "fsname=machinefs"},
 	{"statedir", "statedir=/run/machinefs"},
 	{"log", "log=/var/log/machinefs.log"},
+	{"node", "node=lab07"},
+	{"cluster", "cluster=https://etcd1:2379"},
+	{"etcd-ca", "etcd-ca=/etc/machinefs/ca.pem"},
+	{"etcd-cert", "etcd-cert=/etc/machinefs/lab07.pem"},
+	{"etcd-key", "etcd-key=/etc/machinefs/lab07-key.pem"},
+	{"secret-key", "secret-key=/etc/machinefs/site.key"},
+	{"member", "member=/var/lib/machinefs/etcd"},
+	{"peer-url", "peer-url=https://10.0.0.7:2380"},
+	{"client-url", "client-url=https://10.0.0.7:2379"},
+	{"initial-cluster", "initial-cluster=lab01=https://10.0.0.1:2380+lab02=https://10.0.0.2:2380"},
+	{"initial-state", "initial-state=existing"},
 	{"fanout", "fanout=32"},
 }
 
