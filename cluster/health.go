@@ -15,6 +15,10 @@ import (
 // linearizable read, which needs a quorum). A check writes nothing.
 const healthEvery = time.Second
 
+// staleAfter is how long etcd may fail to answer before the tree is
+// marked stale and refuses changes.
+const staleAfter = 3 * time.Second
+
 // health watches etcd's quorum and this agent's session. While etcd does
 // not answer, the tree shows its last known state marked stale and
 // refuses changes with EROFS (as Proxmox's pmxcfs does); when it answers
@@ -25,7 +29,7 @@ const healthEvery = time.Second
 func (a *Agent) health(ctx context.Context) {
 	t := time.NewTicker(healthEvery)
 	defer t.Stop()
-	var lostSince time.Time
+	var lostSince, failingSince time.Time
 	for {
 		select {
 		case <-ctx.Done():
@@ -35,9 +39,16 @@ func (a *Agent) health(ctx context.Context) {
 			a.dropElected()
 		}
 		err := a.check(ctx)
+		if err == nil {
+			failingSince = time.Time{}
+		} else if failingSince.IsZero() {
+			failingSince = time.Now()
+		}
 		switch {
-		case err != nil && lostSince.IsZero():
-			lostSince = time.Now()
+		case err != nil && lostSince.IsZero() && time.Since(failingSince) >= staleAfter:
+			// One member going makes the client move to another: only
+			// a quorum that stays away makes the tree stale.
+			lostSince = failingSince
 			a.log.Warn("etcd does not answer", "err", err)
 			a.tree.SetStale(fmt.Sprintf("etcd quorum lost since %s", lostSince.UTC().Format(time.RFC3339)))
 		case err == nil && !lostSince.IsZero():

@@ -340,6 +340,7 @@ func (t *Tree) saveGroup(name string, members []string) error {
 	if t.store == nil {
 		return nil
 	}
+	t.expectEcho("groups/"+name, strings.Join(members, "\n")) // g.path
 	return t.store.SaveGroup(name, members)
 }
 
@@ -349,7 +350,9 @@ func (g *Group) setStoredMembers(members []string) bool {
 	hosts, _, _ := groupHosts(members)
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	if slices.Equal(g.members, members) {
+	// Under g.mu, which a save holds while it notes its echo (see
+	// Host.replaceStored).
+	if g.tree.ownEcho(g.path, strings.Join(members, "\n")) || slices.Equal(g.members, members) {
 		return false
 	}
 	g.members, g.hosts = members, hosts

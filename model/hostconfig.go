@@ -162,7 +162,20 @@ func (h *Host) commitConfig(ctx context.Context, who Caller, written map[string]
 
 // replaceConfig swaps in a config read from disk (SIGHUP reload).
 func (h *Host) replaceConfig(ctx context.Context, cf *ConfigFile) {
+	h.replaceStored(ctx, cf, "")
+}
+
+// replaceStored swaps in a config from the store. echo, when not "",
+// is the store's text: an echo of this agent's own save, with a later
+// one on its way, changes nothing. It is checked under h.mu, which a save
+// holds while it notes its echo, so no older echo slips in after a newer
+// save.
+func (h *Host) replaceStored(ctx context.Context, cf *ConfigFile, echo string) {
 	h.mu.Lock()
+	if echo != "" && h.tree.ownEcho(h.path, echo) {
+		h.mu.Unlock()
+		return
+	}
 	same := h.cfg.Render(nil) == cf.Render(nil)
 	rebuild := h.tree.driverKeysChanged(h.cfg, cf)
 	if !same {

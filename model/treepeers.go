@@ -93,11 +93,14 @@ func (t *Tree) ApplyChange(ctx context.Context, c store.Change) {
 		t.applyGroupChange(c)
 	case c.Removed:
 		t.applyRemoval(ctx, c.Host)
-	case t.ownEcho(c.Host, string(c.Text)):
 	default:
 		sh := StoredHost{Path: c.Host, Err: c.Err}
 		if c.Err == nil {
 			sh.Config, sh.Err = ParseConfig(string(c.Text))
+		}
+		if h := t.Host(c.Host); h != nil && sh.Err == nil {
+			h.replaceStored(ctx, sh.Config, string(c.Text))
+			return
 		}
 		t.loadOne(ctx, sh)
 	}
