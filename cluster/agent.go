@@ -43,6 +43,7 @@ type Agent struct {
 	alive   map[string]time.Time // live agents, since
 	goneAt  map[string]time.Time // agents seen going, when
 	owners  map[string]string    // elected hosts: path -> node
+	known   map[string]bool      // every agent that ever joined
 	waiters map[string]chan struct{}
 	changed chan struct{} // reconcile needed
 
@@ -75,7 +76,7 @@ func New(cli *clientv3.Client, tree *model.Tree, st store.Store, o Options) (*Ag
 		cli: cli, node: o.Node, k: keys{o.Prefix}, ttl: o.TTL, tmo: o.Timeout,
 		log: o.Log.With("node", o.Node), tree: tree, st: st,
 		alive: map[string]time.Time{}, goneAt: map[string]time.Time{},
-		owners: map[string]string{}, waiters: map[string]chan struct{}{},
+		owners: map[string]string{}, known: map[string]bool{o.Node: true}, waiters: map[string]chan struct{}{},
 		changed: make(chan struct{}, 1), started: time.Now(),
 	}
 	a.pub = newPublisher(a)
@@ -155,7 +156,13 @@ func (a *Agent) newSession(ctx context.Context) error {
 		return fmt.Errorf("cluster: etcd session: %w", err)
 	}
 	rec, _ := json.Marshal(agentRecord{Since: time.Now().UTC(), Pid: pid()})
-	if _, err := a.cli.Put(cctx, a.k.agent(a.node), string(rec), clientv3.WithLease(s.Lease())); err != nil {
+	// joined stays when the agent goes: the node and agents keys may name
+	// an agent that joined once (EINVAL otherwise), and one that is away
+	// shows as gone, not unknown.
+	if _, err := a.cli.Txn(cctx).Then(
+		clientv3.OpPut(a.k.agent(a.node), string(rec), clientv3.WithLease(s.Lease())),
+		clientv3.OpPut(a.k.joined(a.node), string(rec)),
+	).Commit(); err != nil {
 		_ = s.Close()
 		return fmt.Errorf("cluster: register agent %s: %w", a.node, err)
 	}
@@ -169,6 +176,20 @@ func (a *Agent) session() *concurrency.Session {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	return a.sess
+}
+
+// KnownNode says whether name joined the cluster once (model.Peers).
+func (a *Agent) KnownNode(name string) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.known[name]
+}
+
+// learn records that node joined the cluster once.
+func (a *Agent) learn(node string) {
+	a.mu.Lock()
+	a.known[node] = true
+	a.mu.Unlock()
 }
 
 // startedAt is when this agent started: the "gone since" of an agent it

@@ -212,3 +212,37 @@ func TestStackAcrossAgents(t *testing.T) {
 		t.Fatalf("vm on b: %s", p)
 	}
 }
+
+// A node or agents key naming an agent that never joined is EINVAL; the
+// console of a host another agent runs answers from that agent.
+func TestKnownNodesAndConsole(t *testing.T) {
+	ep := etcdtest.StartMember(t)
+	a, b := startAgent(t, ep, "a"), startAgent(t, ep, "b")
+	ctx := context.Background()
+	eventually(t, "a to know b", func() bool { return a.ag.KnownNode("b") })
+	if _, err := a.tree.Add(ctx, nil, "x", cfg(t, "drivers = sim\nnode = nosuch\n"), root); !errors.Is(err, syscall.EINVAL) {
+		t.Fatalf("node = nosuch: %v, want EINVAL", err)
+	}
+	if _, err := a.tree.Add(ctx, nil, "x", cfg(t, "drivers = sim\nagents = a, nosuch\n"), root); !errors.Is(err, syscall.EINVAL) {
+		t.Fatalf("agents = a, nosuch: %v, want EINVAL", err)
+	}
+	if _, err := a.tree.Add(ctx, nil, "x", cfg(t, "drivers = sim\nnode = b\n"), root); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "b to run x", func() bool {
+		h := b.tree.Host("hosts/x")
+		if h == nil {
+			return false
+		}
+		_, here := h.Owner()
+		return here
+	})
+	eventually(t, "a to see b as x's owner", func() bool { n, _ := a.tree.Host("hosts/x").Owner(); return n == "b" })
+	reply := a.tree.Host("hosts/x").Console(ctx, "version", root)
+	if !strings.HasPrefix(reply, "OK ") {
+		t.Fatalf("console version on a for b's host: %q", reply)
+	}
+	if got := b.tree.Host("hosts/x").LastConsoleReply(); got != reply {
+		t.Fatalf("the owner's last reply %q, a's %q", got, reply)
+	}
+}

@@ -15,12 +15,13 @@ import (
 	"github.com/machinefs/machinefs/model"
 )
 
-// request is a command sent to the agent that owns its host, at
-// requests/OWNER/ID on the writer's lease: if the writer's agent goes,
-// the request goes, and the owner stops waiting for it.
+// request is a command (or a console line) sent to the agent that owns
+// its host, at requests/OWNER/ID on the writer's lease: if the writer's
+// agent goes, the request goes, and the owner stops waiting for it.
 type request struct {
 	model.Forwarded
-	Wait bool `json:"wait"`
+	Wait    bool   `json:"wait,omitempty"`
+	Console string `json:"console,omitempty"` // a console line, not a command
 }
 
 // result is the owner's answer at nodes/OWNER/results/ID: first
@@ -29,6 +30,7 @@ type result struct {
 	Phase  string `json:"phase"`
 	Errno  int    `json:"errno,omitempty"`
 	Reason string `json:"reason,omitempty"`
+	Reply  string `json:"reply,omitempty"` // a console line's reply
 }
 
 const (
@@ -45,37 +47,11 @@ func (r result) err() error {
 
 // Forward runs req on the agent that owns req.Path (model.Peers).
 func (a *Agent) Forward(ctx context.Context, req model.Forwarded) (<-chan error, error) {
-	h := a.tree.Host(req.Path)
-	if h == nil {
-		return nil, machine.Errorf(syscall.ENOENT, "no host %s", req.Path)
-	}
-	owner, _ := h.Owner()
-	if alive, since := a.isAlive(owner); !alive {
-		return nil, machine.Errorf(syscall.EHOSTUNREACH, "%s: agent %s gone since %s", req.Path, owner, since.UTC().Format(time.RFC3339))
-	}
 	cmd, err := machine.ParseCommand(req.Line)
 	if err != nil {
 		return nil, err
 	}
-	s := a.session()
-	if s == nil {
-		return nil, machine.Errorf(syscall.EROFS, "cluster: no session with etcd")
-	}
-	id := newID(a.node)
-	body, _ := json.Marshal(request{Forwarded: req, Wait: cmd.Wait})
-	key := a.k.request(owner, id)
-	cctx, cancel := a.call(ctx)
-	put, err := a.cli.Put(cctx, key, string(body), clientv3.WithLease(s.Lease()))
-	cancel()
-	if err != nil {
-		return nil, machine.Errorf(syscall.EROFS, "cluster: sending the command to %s: %v", owner, err)
-	}
-	f := &forwarding{a: a, owner: owner, key: key, path: req.Path}
-	wctx, stop := context.WithCancel(clientv3.WithRequireLeader(context.WithoutCancel(ctx)))
-	f.stop = stop
-	f.results = a.cli.Watch(wctx, a.k.result(owner, id), clientv3.WithRev(put.Header.Revision))
-	bound := h.Config().Duration("timeout") + a.tmo
-	res, err := f.next(ctx, time.After(bound))
+	f, res, err := a.send(ctx, req.Path, request{Forwarded: req, Wait: cmd.Wait})
 	if err != nil || res.Phase == phaseDone || !cmd.Wait {
 		f.end()
 		if err == nil {
@@ -93,6 +69,51 @@ func (a *Agent) Forward(ctx context.Context, req model.Forwarded) (<-chan error,
 		done <- err
 	}()
 	return done, nil
+}
+
+// ForwardConsole runs a console line on the agent that owns path
+// (model.Peers).
+func (a *Agent) ForwardConsole(ctx context.Context, path, line string, who model.Caller) (string, error) {
+	f, res, err := a.send(ctx, path, request{Forwarded: model.Forwarded{Path: path, Who: who}, Console: line})
+	f.end()
+	if err == nil {
+		err = res.err()
+	}
+	return res.Reply, err
+}
+
+// send puts req for the owner of path and waits for its first answer,
+// bounded by the host's timeout and the etcd timeout. The forwarding it
+// returns (never nil) must be ended.
+func (a *Agent) send(ctx context.Context, path string, req request) (*forwarding, result, error) {
+	f := &forwarding{a: a, path: path, stop: func() {}}
+	h := a.tree.Host(path)
+	if h == nil {
+		return f, result{}, machine.Errorf(syscall.ENOENT, "no host %s", path)
+	}
+	f.owner, _ = h.Owner()
+	if alive, since := a.isAlive(f.owner); !alive {
+		return f, result{}, machine.Errorf(syscall.EHOSTUNREACH, "%s: agent %s gone since %s", path, f.owner, since.UTC().Format(time.RFC3339))
+	}
+	s := a.session()
+	if s == nil {
+		return f, result{}, machine.Errorf(syscall.EROFS, "cluster: no session with etcd")
+	}
+	id := newID(a.node)
+	body, _ := json.Marshal(req)
+	key := a.k.request(f.owner, id)
+	cctx, cancel := a.call(ctx)
+	put, err := a.cli.Put(cctx, key, string(body), clientv3.WithLease(s.Lease()))
+	cancel()
+	if err != nil {
+		return f, result{}, machine.Errorf(syscall.EROFS, "cluster: sending to agent %s: %v", f.owner, err)
+	}
+	f.key = key
+	wctx, stop := context.WithCancel(clientv3.WithRequireLeader(context.WithoutCancel(ctx)))
+	f.stop = stop
+	f.results = a.cli.Watch(wctx, a.k.result(f.owner, id), clientv3.WithRev(put.Header.Revision))
+	res, err := f.next(ctx, time.After(h.Config().Duration("timeout")+a.tmo))
+	return f, res, err
 }
 
 // forwarding is one command on its way to its owner and back.
@@ -143,6 +164,9 @@ func (f *forwarding) next(ctx context.Context, timeout <-chan time.Time) (result
 // goes on, as a local one does) and removes its answer.
 func (f *forwarding) end() {
 	f.stop()
+	if f.key == "" {
+		return
+	}
 	ctx, cancel := f.a.call(context.Background())
 	defer cancel()
 	if _, err := f.a.cli.Delete(ctx, f.key); err != nil {

@@ -33,6 +33,7 @@ func (k keys) request(node, id string) string {
 }
 func (k keys) nodes() string                   { return k.prefix + "nodes/" }
 func (k keys) status(node, path string) string { return k.prefix + "nodes/" + node + "/status/" + path }
+func (k keys) joined(node string) string       { return k.prefix + "nodes/" + node + "/joined" }
 func (k keys) events(node string) string       { return k.prefix + "nodes/" + node + "/events" }
 func (k keys) result(node, id string) string   { return k.prefix + "nodes/" + node + "/results/" + id }
 

@@ -76,7 +76,9 @@ func (a *Agent) loadAgents(ctx context.Context) (int64, error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	for _, kv := range ag.Kvs {
-		a.alive[strings.TrimPrefix(string(kv.Key), a.k.agents())] = time.Now()
+		node := strings.TrimPrefix(string(kv.Key), a.k.agents())
+		a.alive[node] = time.Now()
+		a.known[node] = true
 	}
 	for _, kv := range ow.Kvs {
 		a.owners[strings.TrimPrefix(string(kv.Key), a.k.owners())] = string(kv.Value)
@@ -133,6 +135,7 @@ func (a *Agent) applyAgentEvent(ev *clientv3.Event) {
 	put := ev.Type == clientv3.EventTypePut
 	if node, ok := strings.CutPrefix(key, a.k.agents()); ok {
 		if put {
+			a.known[node] = true
 			a.alive[node] = time.Now()
 			delete(a.goneAt, node)
 			a.wake(node)

@@ -90,6 +90,13 @@ func (s *server) handle(ctx context.Context, key string, req request) {
 		s.answer(ctx, id, result{Phase: phaseDone, Errno: int(machine.ErrnoOf(err)), Reason: err.Error()})
 		return
 	}
+	if req.Console != "" {
+		reply, err := s.a.tree.RunConsole(ctx, req.Path, req.Console, req.Who)
+		r := resultOf(phaseDone, err)
+		r.Reply = reply
+		s.answer(ctx, id, r)
+		return
+	}
 	done, err := s.a.tree.RunForwarded(ctx, req.Forwarded)
 	if err != nil || done == nil {
 		s.answer(ctx, id, resultOf(phaseDone, err))

@@ -218,6 +218,9 @@ func (p *publisher) load(ctx context.Context) error {
 // applyStatus takes another agent's snapshot; it says whether key was one.
 func (p *publisher) applyStatus(key string, value []byte) bool {
 	node, rest, ok := p.a.k.nodeKey(key)
+	if ok {
+		p.a.learn(node)
+	}
 	path, isStatus := strings.CutPrefix(rest, "status/")
 	if !ok || !isStatus || node == p.a.node {
 		return false

@@ -26,6 +26,11 @@ func (h *Host) StartConsole(ctx context.Context, line string, who Caller) func()
 	if line == "" {
 		return func() string { return "" }
 	}
+	if !h.runsHere() {
+		// The drivers run on the owner: so does the console.
+		reply := h.forwardConsole(ctx, line, who)
+		return func() string { return reply }
+	}
 	first, rest := cmdtab.Split(line)
 	name := strings.ToLower(first)
 	if name == "help" {

@@ -2,6 +2,7 @@ package model
 
 import (
 	"context"
+	"strings"
 	"syscall"
 	"time"
 
@@ -23,6 +24,12 @@ type Peers interface {
 	// once; ctx ending drops the request (the command goes on, as a local
 	// one does after EINTR).
 	Forward(ctx context.Context, req Forwarded) (done <-chan error, err error)
+	// ForwardConsole runs a console line on the agent that owns path and
+	// returns its reply ("OK ..." or "ERR ...").
+	ForwardConsole(ctx context.Context, path, line string, who Caller) (string, error)
+	// KnownNode says whether name is an agent of the cluster (one that
+	// joined it once), for the node and agents keys.
+	KnownNode(name string) bool
 }
 
 // Forwarded is a command sent to the agent that owns its host.
@@ -202,6 +209,43 @@ func (t *Tree) RunForwarded(ctx context.Context, req Forwarded) (done <-chan err
 	ch := make(chan error, 1)
 	go func() { ch <- awaitOp(ctx, op) }()
 	return ch, nil
+}
+
+// forwardConsole sends a console line to the host's owner; the reply is
+// the owner's (its console event comes with its events).
+func (h *Host) forwardConsole(ctx context.Context, line string, who Caller) string {
+	h.mu.Lock()
+	err := h.unreachableLocked()
+	h.mu.Unlock()
+	reply := ""
+	if err == nil {
+		if who.Node == "" {
+			who.Node = h.tree.peers.Node()
+		}
+		reply, err = h.tree.peers.ForwardConsole(ctx, h.path, line, who)
+	}
+	if err != nil {
+		reply = "ERR " + err.Error()
+	}
+	if !strings.HasSuffix(reply, "\n") {
+		reply += "\n"
+	}
+	h.consoleMu.Lock()
+	h.console = reply
+	h.consoleMu.Unlock()
+	return reply
+}
+
+// RunConsole runs on the owner a console line another agent forwarded.
+func (t *Tree) RunConsole(ctx context.Context, path, line string, who Caller) (string, error) {
+	h := t.Host(path)
+	if h == nil {
+		return "", machine.Errorf(syscall.ENOENT, "no host %s", path)
+	}
+	if !h.runsHere() {
+		return "", machine.Errorf(syscall.EHOSTUNREACH, "%s: this agent (%s) does not own it", path, t.peers.Node())
+	}
+	return h.Console(ctx, line, who), nil
 }
 
 func quote(cmd machine.Command, who Caller) string {

@@ -47,6 +47,20 @@ func (t *Tree) checkPlacement(self, parent *Host, set *ConfigFile) error {
 	return machine.Errorf(syscall.ENOTSUP, "%s is not the machine machinefs runs on (local = yes): a subhost runs on its host's machine, and machinefs runs nothing on another machine without an agent there", top.path)
 }
 
+// checkAgents refuses, in a cluster, a node or agents key that names an
+// agent that never joined it (a typo would leave the host without owner).
+func (t *Tree) checkAgents(key, value string) error {
+	if t.peers == nil || (key != "node" && key != "agents") {
+		return nil
+	}
+	for _, n := range AgentNames(value) {
+		if !t.peers.KnownNode(n) {
+			return machine.Errorf(syscall.EINVAL, "%s: no agent %q ever joined this cluster (start machinefs -o node=%s on that machine first)", key, n, n)
+		}
+	}
+	return nil
+}
+
 // oneLocal refuses a second local host: machinefs runs on one machine.
 func (t *Tree) oneLocal(self *Host) error {
 	for _, h := range t.Hosts(nil) {

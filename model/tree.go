@@ -659,7 +659,10 @@ func (t *Tree) checkKey(key, value string) error {
 	}
 	// The kind's parser, the one the drivers read the value with: EINVAL
 	// naming the key.
-	return k.Check(value)
+	if err := k.Check(value); err != nil {
+		return err
+	}
+	return t.checkAgents(key, value)
 }
 
 // KeyDocs lists every config key for documentation: core keys, then each
