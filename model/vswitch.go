@@ -28,6 +28,13 @@ func (h *Host) IsLocal() bool {
 // switches returns the switch manager if this host may use it.
 func (h *Host) switches() (machine.Switches, error) {
 	if !h.IsLocal() {
+		if h.tree.peers != nil {
+			node, _ := h.Config().Get("node")
+			if node == "" {
+				return nil, machine.Errorf(syscall.ENOTSUP, "vswitch: %s has no agent (no node key): switches live on a machine an agent runs on", h.path)
+			}
+			return nil, machine.Errorf(syscall.ENOTSUP, "vswitch: %s's switches are run by agent %s: change them on its mount (not forwarded yet)", h.path, node)
+		}
 		return nil, machine.Errorf(syscall.ENOTSUP, "vswitch: only the host machinefs runs on (config local = yes) has virtual switches; %s is not it", h.path)
 	}
 	if h.tree.switches == nil {
