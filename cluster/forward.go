@@ -20,17 +20,19 @@ import (
 // agent goes, the request goes, and the owner stops waiting for it.
 type request struct {
 	model.Forwarded
-	Wait    bool   `json:"wait,omitempty"`
-	Console string `json:"console,omitempty"` // a console line, not a command
+	Wait    bool              `json:"wait,omitempty"`
+	Console string            `json:"console,omitempty"` // a console line, not a command
+	Switch  *model.SwitchCall `json:"switch,omitempty"`  // a switch call for the machine's agent
 }
 
 // result is the owner's answer at nodes/OWNER/results/ID: first
 // "accepted" (a waiting command then gets "done"), or "done" at once.
 type result struct {
-	Phase  string `json:"phase"`
-	Errno  int    `json:"errno,omitempty"`
-	Reason string `json:"reason,omitempty"`
-	Reply  string `json:"reply,omitempty"` // a console line's reply
+	Phase  string             `json:"phase"`
+	Errno  int                `json:"errno,omitempty"`
+	Reason string             `json:"reason,omitempty"`
+	Reply  string             `json:"reply,omitempty"`  // a console line's reply
+	Switch *model.SwitchReply `json:"switch,omitempty"` // a switch call's
 }
 
 const (
@@ -51,7 +53,7 @@ func (a *Agent) Forward(ctx context.Context, req model.Forwarded) (<-chan error,
 	if err != nil {
 		return nil, err
 	}
-	f, res, err := a.send(ctx, req.Path, request{Forwarded: req, Wait: cmd.Wait})
+	f, res, err := a.send(ctx, req.Path, "", request{Forwarded: req, Wait: cmd.Wait})
 	if err != nil || res.Phase == phaseDone || !cmd.Wait {
 		f.end()
 		if err == nil {
@@ -74,7 +76,7 @@ func (a *Agent) Forward(ctx context.Context, req model.Forwarded) (<-chan error,
 // ForwardConsole runs a console line on the agent that owns path
 // (model.Peers).
 func (a *Agent) ForwardConsole(ctx context.Context, path, line string, who model.Caller) (string, error) {
-	f, res, err := a.send(ctx, path, request{Forwarded: model.Forwarded{Path: path, Who: who}, Console: line})
+	f, res, err := a.send(ctx, path, "", request{Forwarded: model.Forwarded{Path: path, Who: who}, Console: line})
 	f.end()
 	if err == nil {
 		err = res.err()
@@ -82,16 +84,34 @@ func (a *Agent) ForwardConsole(ctx context.Context, path, line string, who model
 	return res.Reply, err
 }
 
-// send puts req for the owner of path and waits for its first answer,
-// bounded by the host's timeout and the etcd timeout. The forwarding it
-// returns (never nil) must be ended.
-func (a *Agent) send(ctx context.Context, path string, req request) (*forwarding, result, error) {
-	f := &forwarding{a: a, path: path, stop: func() {}}
-	h := a.tree.Host(path)
-	if h == nil {
+// CallSwitch runs a switch call on node's agent (model.Peers).
+func (a *Agent) CallSwitch(ctx context.Context, node string, call model.SwitchCall) (model.SwitchReply, error) {
+	path := "hosts/" + node
+	f, res, err := a.send(ctx, path, node, request{Forwarded: model.Forwarded{Path: path}, Switch: &call})
+	f.end()
+	if err == nil {
+		err = res.err()
+	}
+	if res.Switch == nil {
+		return model.SwitchReply{}, err
+	}
+	return *res.Switch, err
+}
+
+// send puts req for agent to (the owner of path if "") and waits for its
+// first answer, bounded by the host's timeout and the etcd timeout. The
+// forwarding it returns (never nil) must be ended.
+func (a *Agent) send(ctx context.Context, path, to string, req request) (*forwarding, result, error) {
+	f := &forwarding{a: a, path: path, owner: to, stop: func() {}}
+	bound := a.tmo
+	if h := a.tree.Host(path); h != nil {
+		bound += h.Config().Duration("timeout")
+		if to == "" {
+			f.owner, _ = h.Owner()
+		}
+	} else if to == "" {
 		return f, result{}, machine.Errorf(syscall.ENOENT, "no host %s", path)
 	}
-	f.owner, _ = h.Owner()
 	if alive, since := a.isAlive(f.owner); !alive {
 		return f, result{}, machine.Errorf(syscall.EHOSTUNREACH, "%s: agent %s gone since %s", path, f.owner, since.UTC().Format(time.RFC3339))
 	}
@@ -112,7 +132,7 @@ func (a *Agent) send(ctx context.Context, path string, req request) (*forwarding
 	wctx, stop := context.WithCancel(clientv3.WithRequireLeader(context.WithoutCancel(ctx)))
 	f.stop = stop
 	f.results = a.cli.Watch(wctx, a.k.result(f.owner, id), clientv3.WithRev(put.Header.Revision))
-	res, err := f.next(ctx, time.After(h.Config().Duration("timeout")+a.tmo))
+	res, err := f.next(ctx, time.After(bound))
 	return f, res, err
 }
 

@@ -86,8 +86,16 @@ func (s *server) apply(ctx context.Context, ev *clientv3.Event) {
 // handle runs one request and answers it.
 func (s *server) handle(ctx context.Context, key string, req request) {
 	id := key[strings.LastIndex(key, "/")+1:]
-	if err := s.fence(ctx, key, req.Path); err != nil {
+	if err := s.fence(ctx, key, req.Path, req.Switch != nil); err != nil {
 		s.answer(ctx, id, result{Phase: phaseDone, Errno: int(machine.ErrnoOf(err)), Reason: err.Error()})
+		return
+	}
+	if req.Switch != nil {
+		// Bounded as the writer's side bounds the call.
+		rep, err := s.a.tree.RunSwitchCall(ctx, *req.Switch)
+		r := resultOf(phaseDone, err)
+		r.Switch = &rep
+		s.answer(ctx, id, r)
 		return
 	}
 	if req.Console != "" {
@@ -118,8 +126,9 @@ func resultOf(phase string, err error) result {
 }
 
 // fence confirms, in one transaction, that the request is still there
-// and that this agent's lease holds path.
-func (s *server) fence(ctx context.Context, key, path string) error {
+// and that this agent's lease holds path (machine: this agent's own
+// machine, for a switch call).
+func (s *server) fence(ctx context.Context, key, path string, machineOnly bool) error {
 	sess := s.a.session()
 	if sess == nil {
 		return machine.Errorf(syscall.EHOSTUNREACH, "agent %s has no etcd session", s.a.node)
@@ -129,7 +138,7 @@ func (s *server) fence(ctx context.Context, key, path string) error {
 		return machine.Errorf(syscall.ENOENT, "no host %s on agent %s", path, s.a.node)
 	}
 	holder := s.a.k.agent(s.a.node)
-	if ruleOf(h).elected {
+	if ruleOf(h).elected && !machineOnly {
 		holder = s.a.k.owner(path)
 	}
 	cctx, cancel := s.a.call(ctx)

@@ -249,7 +249,7 @@ func (d *vswitchDir) selfMkdir(ctx context.Context, name string, out *fuse.Entry
 // asks for vswitch/ (a watcher's inotify_add_watch looks it up), so later
 // changes can be told apart.
 func (d *vswitchDir) knowSwitches() {
-	if !d.host.IsLocal() || d.fsys.notify.knowsSwitches(d.host.Path()) {
+	if !d.host.HasSwitches() || d.fsys.notify.knowsSwitches(d.host.Path()) {
 		return
 	}
 	d.fsys.notify.knowSwitches(d.host.Path(), d.host.SwitchNames())

@@ -35,7 +35,7 @@ func (d *vswitchDir) Getattr(ctx context.Context, fh gofs.FileHandle, out *fuse.
 }
 
 func (d *vswitchDir) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
-	if !d.host.IsLocal() {
+	if !d.host.HasSwitches() {
 		return nil, syscall.ENOENT
 	}
 	if name == "ctl" || name == "all" {
@@ -83,7 +83,7 @@ func (d *vswitchDir) switchInode(ctx context.Context, name string) *gofs.Inode {
 
 func (d *vswitchDir) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) {
 	entries := dots(&d.Inode)
-	if d.host.IsLocal() {
+	if d.host.HasSwitches() {
 		entries = append(entries, fuse.DirEntry{Name: "all", Mode: syscall.S_IFREG}, fuse.DirEntry{Name: "ctl", Mode: syscall.S_IFREG})
 		names := d.host.SwitchNames()
 		d.fsys.notify.knowSwitches(d.host.Path(), names)

@@ -61,7 +61,7 @@ func (r *rootDir) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) {
 }
 
 func (hd *hostDir) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) {
-	local := hd.host.IsLocal()
+	local := hd.host.HasSwitches()
 	return listChildren(&hd.Inode, func(name string) bool {
 		switch name {
 		case "vswitch":

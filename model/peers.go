@@ -30,6 +30,9 @@ type Peers interface {
 	// KnownNode says whether name is an agent of the cluster (one that
 	// joined it once), for the node and agents keys.
 	KnownNode(name string) bool
+	// CallSwitch runs a call of machine.Switches on node's agent: the
+	// switches of a machine are its kernel's.
+	CallSwitch(ctx context.Context, node string, call SwitchCall) (SwitchReply, error)
 }
 
 // Forwarded is a command sent to the agent that owns its host.

@@ -25,15 +25,29 @@ func (h *Host) IsLocal() bool {
 	return h.Config().Bool("local")
 }
 
+// HasSwitches reports whether vswitch/ of this host reaches switches: the
+// host machinefs runs on, or in a cluster any host an agent runs on (its
+// node key), whose switches that agent runs.
+func (h *Host) HasSwitches() bool {
+	if h.IsLocal() {
+		return true
+	}
+	if h.tree.peers == nil || h.parent != nil {
+		return false
+	}
+	node, _ := h.Config().Get("node")
+	return node != ""
+}
+
 // switches returns the switch manager if this host may use it.
 func (h *Host) switches() (machine.Switches, error) {
 	if !h.IsLocal() {
 		if h.tree.peers != nil {
 			node, _ := h.Config().Get("node")
-			if node == "" {
+			if node == "" || h.parent != nil {
 				return nil, machine.Errorf(syscall.ENOTSUP, "vswitch: %s has no agent (no node key): switches live on a machine an agent runs on", h.path)
 			}
-			return nil, machine.Errorf(syscall.ENOTSUP, "vswitch: %s's switches are run by agent %s: change them on its mount (not forwarded yet)", h.path, node)
+			return remoteSwitches{peers: h.tree.peers, node: node}, nil
 		}
 		return nil, machine.Errorf(syscall.ENOTSUP, "vswitch: only the host machinefs runs on (config local = yes) has virtual switches; %s is not it", h.path)
 	}

@@ -1,6 +1,7 @@
 package tests
 
 import (
+	"context"
 	"fmt"
 	"os/exec"
 	"strings"
@@ -85,10 +86,12 @@ func TestCluster(t *testing.T) {
 	a3.ok("echo off > hosts/lab2/subhosts/vm3/power")
 	a1.fails("echo on > hosts/lab2/subhosts/vm3/power", "Device or resource busy")
 
+	s.switchesAcrossAgents(t)
 	s.stackAcrossAgents(t)
 	s.groupAcrossAgents(t)
 	s.agentKilled(t)
 	s.quorumLost(t)
+	s.partitioned(t)
 }
 
 // waitCmd waits for cmd, killing it after d.
@@ -201,4 +204,81 @@ func (s *site) quorumLost(t *testing.T) {
 	s.lab.StartMember(2)
 	eventually(t, "lab1's mount current again", func() bool { return !strings.Contains(a1.read("hosts/lab2/state"), "stale:") })
 	a1.ok("echo 'off wait' > hosts/lab2/subhosts/vm3/power")
+}
+
+// An agent cut off from etcd (its machine's link down: its member is in
+// the minority) loses its lease: the others take over the host it won,
+// and when it is back it is refused by the fence - a request written
+// straight into etcd for it, as a writer that still thought it the owner
+// would, is answered "does not own" and runs nothing.
+func (s *site) partitioned(t *testing.T) {
+	a1 := s.agents[0]
+	a1.ok("echo 'add bmc2 drivers=sim agents=lab3,lab1' > ctl")
+	eventually(t, "an owner for bmc2", func() bool { return stateField(a1.read("hosts/bmc2/state"), "owner") != "" })
+	if stateField(a1.read("hosts/bmc2/state"), "owner") != "lab3" {
+		// Make lab3 the owner: lab1 gives it up when not eligible.
+		a1.ok("echo 'agents = lab3' > hosts/bmc2/config")
+		eventually(t, "lab3 to own bmc2", func() bool { return stateField(a1.read("hosts/bmc2/state"), "owner") == "lab3" })
+		a1.ok("echo 'agents = lab3,lab1' > hosts/bmc2/config")
+	}
+	link := func(state string) {
+		if out, err := exec.Command("ip", "-n", s.lab.Machine(2).NS.Name, "link", "set", "eth0", state).CombinedOutput(); err != nil {
+			t.Fatalf("ip link set eth0 %s in lab3: %v %s", state, err, out)
+		}
+	}
+	link("down")
+	eventually(t, "lab1 to take bmc2 over", func() bool { return stateField(a1.read("hosts/bmc2/state"), "owner") == "lab1" })
+	eventually(t, "lab3's mount stale", func() bool {
+		return strings.Contains(s.agents[2].read("hosts/bmc2/state"), "stale: yes")
+	})
+	s.agents[2].fails("echo on > hosts/bmc2/power", "Read-only file system")
+	a1.ok("echo 'on wait' > hosts/bmc2/power")
+	link("up")
+	eventually(t, "lab3 current again", func() bool { return !strings.Contains(s.agents[2].read("hosts/bmc2/state"), "stale:") })
+	eventually(t, "lab3 to see lab1 as bmc2's owner", func() bool { return stateField(s.agents[2].read("hosts/bmc2/state"), "owner") == "lab1" })
+
+	cli := s.lab.Client(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	// The request format is the cluster's (cluster/forward.go): a test
+	// writes one by hand because no agent would send it now.
+	req := `{"Path":"hosts/bmc2","Line":"off","Who":{"Uid":0,"Gid":0,"Pid":1,"Node":"test"},"Own":false,"InStack":false}`
+	w := cli.Watch(ctx, "/machinefs/nodes/lab3/results/stale-1")
+	if _, err := cli.Put(ctx, "/machinefs/requests/lab3/stale-1", req); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case wr := <-w:
+		if len(wr.Events) == 0 || !strings.Contains(string(wr.Events[0].Kv.Value), "does not own hosts/bmc2 any more") {
+			t.Fatalf("lab3's answer to a request for a host it lost: %v", wr.Events)
+		}
+	case <-ctx.Done():
+		t.Fatal("lab3 did not answer the request")
+	}
+	cli.Delete(ctx, "/machinefs/requests/lab3/stale-1")
+	if p := a1.read("hosts/bmc2/power"); p != "on\n" {
+		t.Fatalf("bmc2 after the fenced request: %q", p)
+	}
+}
+
+// A switch of lab2, made on lab1's mount, is a bridge in lab2's kernel;
+// every mount lists it, and it goes when removed from a third.
+func (s *site) switchesAcrossAgents(t *testing.T) {
+	a1, a3 := s.agents[0], s.agents[2]
+	ns2 := s.lab.Machine(1).NS.Name
+	a1.ok("mkdir hosts/lab2/vswitch/mfcs0")
+	if out, err := exec.Command("ip", "-n", ns2, "link", "show", "mfcs0").CombinedOutput(); err != nil {
+		t.Fatalf("no bridge mfcs0 in lab2's namespace after mkdir on lab1: %v %s", err, out)
+	}
+	if ls := a3.ok("ls hosts/lab2/vswitch"); !strings.Contains(ls, "mfcs0") {
+		t.Fatalf("lab3 lists hosts/lab2/vswitch as %q", ls)
+	}
+	a3.ok("echo 'add tap' > hosts/lab2/vswitch/mfcs0/ctl")
+	if ports := a1.read("hosts/lab2/vswitch/mfcs0/ports"); !strings.Contains(ports, "mfcs0") {
+		t.Fatalf("ports of lab2's switch read on lab1: %q", ports)
+	}
+	a3.ok("rmdir hosts/lab2/vswitch/mfcs0")
+	if err := exec.Command("ip", "-n", ns2, "link", "show", "mfcs0").Run(); err == nil {
+		t.Fatal("bridge mfcs0 still in lab2's namespace after rmdir on lab3")
+	}
 }
