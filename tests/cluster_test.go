@@ -2,14 +2,18 @@ package tests
 
 import (
 	"context"
+	"crypto/rand"
 	"fmt"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/machinefs/machinefs/tests/harness/etcdlab"
+	"github.com/machinefs/machinefs/tests/harness/ipmisim"
 	"github.com/machinefs/machinefs/tests/harness/netns"
 )
 
@@ -21,13 +25,20 @@ import (
 // cluster: where commands run, what every mount shows, and what happens
 // when an agent or etcd members go.
 type site struct {
-	lab    *etcdlab.Lab
-	agents []*daemon
+	lab     *etcdlab.Lab
+	agents  []*daemon
+	siteKey string // the site key file every agent seals secrets with
 }
 
 func newSite(t *testing.T) *site {
 	netns.NeedRoot(t)
 	s := &site{lab: etcdlab.New(t, etcdlab.Options{Binary: binary, Machines: 3, Prefix: "mfc"})}
+	s.siteKey = filepath.Join(t.TempDir(), "site.key")
+	key := make([]byte, 32)
+	rand.Read(key)
+	if err := os.WriteFile(s.siteKey, key, 0o600); err != nil {
+		t.Fatal(err)
+	}
 	for i := range 3 {
 		s.agents = append(s.agents, s.startAgent(t, i))
 	}
@@ -36,7 +47,7 @@ func newSite(t *testing.T) *site {
 
 func (s *site) startAgent(t *testing.T, i int) *daemon {
 	m := s.lab.Machine(i)
-	opts := "node=" + m.Name
+	opts := "node=" + m.Name + ",secret-key=" + s.siteKey
 	for _, ep := range s.lab.Endpoints() {
 		opts += ",cluster=" + ep
 	}
@@ -87,6 +98,7 @@ func TestCluster(t *testing.T) {
 	a1.fails("echo on > hosts/lab2/subhosts/vm3/power", "Device or resource busy")
 
 	s.switchesAcrossAgents(t)
+	s.bmcAcrossAgents(t)
 	s.stackAcrossAgents(t)
 	s.groupAcrossAgents(t)
 	s.agentKilled(t)
@@ -280,5 +292,34 @@ func (s *site) switchesAcrossAgents(t *testing.T) {
 	a3.ok("rmdir hosts/lab2/vswitch/mfcs0")
 	if err := exec.Command("ip", "-n", ns2, "link", "show", "mfcs0").Run(); err == nil {
 		t.Fatal("bridge mfcs0 still in lab2's namespace after rmdir on lab3")
+	}
+}
+
+// A real BMC (ipmi_sim) on the site's segment, which lab1 and lab2 reach:
+// one of them wins the host, a command written on lab3 powers the machine
+// through it, and its password is sealed in etcd and "<set>" on every
+// mount.
+func (s *site) bmcAcrossAgents(t *testing.T) {
+	a3 := s.agents[2]
+	b := ipmisim.Start(t, ipmisim.InNetNS(s.lab.Switch.Run), ipmisim.ListenAddr(s.lab.SwitchAddr()))
+	a3.addHost("bmcx", ipmiConfig(b.Port, b.Password, "ipmi.address = "+b.Addr, "agents = lab1,lab2"))
+	eventually(t, "lab1 or lab2 to win bmcx", func() bool {
+		o := stateField(a3.read("hosts/bmcx/state"), "owner")
+		return o == "lab1" || o == "lab2"
+	})
+	a3.ok("echo 'on wait' > hosts/bmcx/power")
+	if p := b.Power(); p != "on" {
+		t.Fatalf("the BMC says %q after on wait from lab3", p)
+	}
+	for i, d := range s.agents {
+		if cfg := d.read("hosts/bmcx/config"); !strings.Contains(cfg, "ipmi.password = <set>") || strings.Contains(cfg, b.Password) {
+			t.Fatalf("agent %d shows the BMC's config as:\n%s", i+1, cfg)
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	resp, err := s.lab.Client(t).Get(ctx, "/machinefs/config/hosts/bmcx/")
+	if err != nil || len(resp.Kvs) != 1 || strings.Contains(string(resp.Kvs[0].Value), b.Password) {
+		t.Fatalf("the BMC's config in etcd: %v %v", err, resp)
 	}
 }

@@ -371,3 +371,8 @@ func (l *Lab) ClientFor(t testing.TB, cn string, endpoints ...string) *clientv3.
 	t.Cleanup(func() { _ = cli.Close() })
 	return cli
 }
+
+// SwitchAddr is the switch namespace's address on the segment (every
+// machine reaches it): where a test puts a peer all machines share, such
+// as a BMC.
+func (l *Lab) SwitchAddr() string { return l.opts.Subnet + ".254" }

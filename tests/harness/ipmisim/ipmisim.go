@@ -38,7 +38,7 @@ const (
 
 // BMC is one running ipmi_sim.
 type BMC struct {
-	Addr     string // always 127.0.0.1
+	Addr     string // 127.0.0.1 unless ListenAddr
 	Port     int    // UDP port
 	User     string
 	Password string
@@ -57,6 +57,7 @@ type options struct {
 	solPort int
 	auths   []string
 	run     func(func() error) error
+	addr    string
 }
 
 // Option configures Start.
@@ -84,6 +85,11 @@ func Auths(types ...string) Option {
 // StartConsole serves in the caller's namespace, so WithSOL does not
 // combine with InNetNS.
 func InNetNS(run func(func() error) error) Option { return func(o *options) { o.run = run } }
+
+// ListenAddr makes the BMC listen on ip (an IPv4 address of the namespace
+// it runs in, see InNetNS) instead of 127.0.0.1: a BMC on a segment that
+// several machines reach.
+func ListenAddr(ip string) Option { return func(o *options) { o.addr = ip } }
 
 var (
 	allowedAuthsRE = regexp.MustCompile(`(?m)^(\s*allowed_auths_\w+)\s.*$`)
@@ -123,14 +129,19 @@ func FreeUDPPort(t testing.TB) int {
 	return port
 }
 
-// udpBound reports whether 127.0.0.1:port is bound in the network
+// udpBound reports whether addr:port (IPv4) is bound in the network
 // namespace of process pid (from /proc/<pid>/net/udp).
-func udpBound(pid, port int) bool {
+func udpBound(pid int, addr string, port int) bool {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/net/udp", pid))
 	if err != nil {
 		return false
 	}
-	want := fmt.Sprintf("0100007F:%04X", port)
+	ip := net.ParseIP(addr).To4()
+	if ip == nil {
+		return false
+	}
+	// /proc shows the address as a little-endian word.
+	want := fmt.Sprintf("%02X%02X%02X%02X:%04X", ip[3], ip[2], ip[1], ip[0], port)
 	for _, line := range strings.Split(string(b), "\n")[1:] {
 		f := strings.Fields(line)
 		if len(f) > 1 && f[1] == want {
@@ -146,7 +157,7 @@ func udpBound(pid, port int) bool {
 // when the test ends.
 func Start(t testing.TB, opts ...Option) *BMC {
 	t.Helper()
-	o := options{run: func(f func() error) error { return f() }}
+	o := options{run: func(f func() error) error { return f() }, addr: "127.0.0.1"}
 	for _, f := range opts {
 		f(&o)
 	}
@@ -168,8 +179,8 @@ func Start(t testing.TB, opts ...Option) *BMC {
 		if err := o.run(func() error { port = FreeUDPPort(t); return nil }); err != nil {
 			t.Fatal(err)
 		}
-		b := &BMC{Addr: "127.0.0.1", Port: port, User: User, Password: Password, Dir: t.TempDir(), t: t, run: o.run}
-		conf := strings.NewReplacer("@NAME@", fmt.Sprintf("bmc%d", b.Port), "@PORT@", strconv.Itoa(b.Port),
+		b := &BMC{Addr: o.addr, Port: port, User: User, Password: Password, Dir: t.TempDir(), t: t, run: o.run}
+		conf := strings.NewReplacer("127.0.0.1 @PORT@", b.Addr+" "+strconv.Itoa(b.Port), "@NAME@", fmt.Sprintf("bmc%d", b.Port), "@PORT@", strconv.Itoa(b.Port),
 			"@STATEDIR@", b.Dir, "@HARNESS@", h, "@USER@", b.User, "@PASS@", b.Password, "@SOL@", solLine).Replace(string(tmpl))
 		if o.auths != nil {
 			conf = setAuths(conf, o.auths)
@@ -194,10 +205,10 @@ func Start(t testing.TB, opts ...Option) *BMC {
 		t.Cleanup(b.Stop)
 		pid := b.cmd.Process.Pid
 		deadline := time.Now().Add(5 * time.Second)
-		for !udpBound(pid, b.Port) && time.Now().Before(deadline) && alive(pid) {
+		for !udpBound(pid, b.Addr, b.Port) && time.Now().Before(deadline) && alive(pid) {
 			time.Sleep(10 * time.Millisecond)
 		}
-		if udpBound(pid, b.Port) && alive(pid) {
+		if udpBound(pid, b.Addr, b.Port) && alive(pid) {
 			return b
 		}
 		b.Stop()
