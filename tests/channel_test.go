@@ -124,6 +124,7 @@ func TestChannelStaysWithDaemon(t *testing.T) {
 		}
 	})
 	d := start(t)
+	d.addHost("lab01", "drivers = sim\nsim.initial = on\nlocal = yes")
 	s := addSub(d, "mfchs", e.config("ns.root = "+e.root("")))
 	d.ok(fmt.Sprintf("echo 'on wait timeout=10s' > %s/power", s))
 	eventually(t, "subhost booted", func() bool { return strings.Contains(d.read(s+"/events.log"), "notify booted") })
@@ -131,7 +132,6 @@ func TestChannelStaysWithDaemon(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	d.addHost("lab01", "drivers = sim\nsim.initial = on\nlocal = yes")
 	d.addHost("lab01/subhosts/web1", umlh.Config(uroot, udir, "uml.poweroff-timeout = 5s"))
 	// The channel is checked as soon as linux runs: a guest that holds
 	// /dev/fuse may not even boot (on this host linux stalls early on).

@@ -56,11 +56,18 @@ func (e *nsEnv) config(extra string) string {
 	return fmt.Sprintf("drivers = ns\nns.state-dir = %s\nns.cgroup = %s\nns.poweroff-timeout = 3s\n%s", e.state, e.cgroup, extra)
 }
 
-// addSub adds hosts/nsh/subhosts/NAME (and the parent nsh, without drivers).
+// addSub adds an ns subhost NAME under the host machinefs runs on (local =
+// yes): the daemon's local host if it has one, else hosts/nsh, made local
+// without drivers. A subhost runs on its host's machine, and one host is
+// the local one.
 func addSub(d *daemon, name, config string) string {
 	d.t.Helper()
-	d.ok("mkdir -p hosts/nsh && echo 'local = yes' > hosts/nsh/config")
-	p := "hosts/nsh/subhosts/" + name
+	parent := strings.TrimSpace(d.ok("grep -lx 'local = yes' hosts/*/config 2>/dev/null | head -1 | cut -d/ -f2 || true"))
+	if parent == "" {
+		parent = "nsh"
+		d.ok("mkdir -p hosts/nsh && echo 'local = yes' > hosts/nsh/config")
+	}
+	p := "hosts/" + parent + "/subhosts/" + name
 	d.ok(fmt.Sprintf("mkdir %s && cat > %s/config <<'EOF'\n%s\nEOF", p, p, config))
 	return p
 }
