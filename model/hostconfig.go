@@ -182,7 +182,12 @@ func (h *Host) replaceStored(ctx context.Context, cf *ConfigFile, echo string) {
 		h.cfg = cf
 	}
 	h.mu.Unlock()
-	if !same {
+	switch {
+	case same:
+	case echo != "":
+		// Another agent's change: its event says so (see ApplyChange).
+		h.tree.quiet(h.path, machine.EventConfig)
+	default:
 		h.emit(machine.EventConfig, "reloaded")
 	}
 	if rebuild {

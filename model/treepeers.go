@@ -102,7 +102,7 @@ func (t *Tree) ApplyChange(ctx context.Context, c store.Change) {
 			h.replaceStored(ctx, sh.Config, string(c.Text))
 			return
 		}
-		t.loadOne(ctx, sh)
+		t.applyAdded(ctx, sh)
 	}
 }
 
@@ -142,6 +142,37 @@ func (t *Tree) ownEcho(path, text string) bool {
 	return true
 }
 
+// A change another agent made comes with that agent's event (the writer's
+// "added", "config", "removed" line, with its uid and node): applying it
+// here only wakes the files it changed (quiet), so every events.log has
+// one line per change, not one per agent.
+
+// quiet tells the filesystem what changed, without an event line.
+func (t *Tree) quiet(path string, kind machine.EventKind) {
+	t.bus.publish(Event{Time: time.Now(), Path: path, Kind: kind, Remote: true})
+}
+
+// applyAdded makes a host another agent added.
+func (t *Tree) applyAdded(ctx context.Context, sh StoredHost) {
+	if sh.Err != nil {
+		t.publish(Event{Time: time.Now(), Path: sh.Path, Kind: machine.EventError, Detail: "config: " + sh.Err.Error()})
+		return
+	}
+	parentPath, name := splitHostPath(sh.Path)
+	var parent *Host
+	if parentPath != "" {
+		if parent = t.Host(parentPath); parent == nil {
+			return
+		}
+	}
+	h, err := t.insert(parent, name, sh.Config)
+	if err != nil {
+		return
+	}
+	t.quiet(h.path, machine.EventAdded)
+	h.rebuildDrivers(ctx)
+}
+
 func (t *Tree) applyRemoval(ctx context.Context, path string) {
 	h := t.Host(path)
 	if h == nil {
@@ -149,7 +180,7 @@ func (t *Tree) applyRemoval(ctx context.Context, path string) {
 	}
 	t.detach(h)
 	t.removeTree(ctx, h)
-	h.emit(machine.EventRemoved, "removed from the cluster's config")
+	t.quiet(path, machine.EventRemoved)
 }
 
 func (t *Tree) applyGroupChange(c store.Change) {
@@ -159,16 +190,16 @@ func (t *Tree) applyGroupChange(c store.Change) {
 		t.mu.Lock()
 		delete(t.groups, c.Group)
 		t.mu.Unlock()
-		g.emit(machine.EventRemoved, "removed from the cluster's config")
+		t.quiet(g.path, machine.EventRemoved)
 	case c.Removed:
 	case g == nil:
 		hosts, _, _ := groupHosts(c.Members)
 		if g, err := t.insertGroup(c.Group, c.Members, hosts); err == nil {
-			g.emit(machine.EventAdded, "from the cluster's config")
+			t.quiet(g.path, machine.EventAdded)
 		}
 	default:
 		if g.setStoredMembers(c.Members) {
-			g.emit(machine.EventMembers, "changed on another agent")
+			t.quiet(g.path, machine.EventMembers)
 		}
 	}
 }
