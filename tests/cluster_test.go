@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -172,6 +173,17 @@ func (s *site) agentKilled(t *testing.T) {
 	a1.ok("echo 'add bmc1 drivers=sim agents=lab3' > ctl")
 	eventually(t, "lab3 to own bmc1", func() bool { return stateField(a1.read("hosts/bmc1/state"), "owner") == "lab3" })
 	a1.ok("echo 'agents = lab3,lab1' >> hosts/bmc1/config")
+	// A real subhost of lab3 (an ns subhost: its own PID 1), made and
+	// started from lab1's mount.
+	e := newNSEnv(t)
+	nsv := "hosts/lab3/subhosts/nsv"
+	a1.ok(fmt.Sprintf("mkdir %s && cat > %s/config <<'EOF'\n%s\nEOF", nsv, nsv, e.config("ns.root = "+e.root(""))))
+	a1.ok("echo 'on wait timeout=20s' > " + nsv + "/power")
+	var pid int
+	eventually(t, "nsv's pid on lab1's mount", func() bool {
+		pid, _ = strconv.Atoi(stateField(a1.read(nsv+"/state"), "pid"))
+		return pid > 0
+	})
 	d3 := s.agents[2]
 	d3.cmd.Process.Signal(syscall.SIGKILL)
 	<-d3.exited
@@ -187,11 +199,19 @@ func (s *site) agentKilled(t *testing.T) {
 	}
 	eventually(t, "lab1 to take bmc1 over", func() bool { return stateField(a1.read("hosts/bmc1/state"), "owner") == "lab1" })
 	a1.ok("echo 'on wait' > hosts/bmc1/power")
+	if err := syscall.Kill(pid, 0); err != nil {
+		t.Fatalf("nsv's init (pid %d) did not outlive its agent: %v", pid, err)
+	}
 	s.agents[2] = s.startAgent(t, 2)
 	eventually(t, "lab3 back", func() bool {
 		return !strings.Contains(stateField(a1.read("hosts/lab3/subhosts/g/state"), "reachable"), "gone")
 	})
+	eventually(t, "nsv adopted by lab3's new agent", func() bool {
+		st := a1.read(nsv + "/state")
+		return stateField(st, "power") == "on" && stateField(st, "pid") == strconv.Itoa(pid) && stateField(st, "reachable") == "yes"
+	})
 	a1.ok("echo 'off wait' > hosts/lab3/subhosts/g/power")
+	a1.ok("echo 'off wait timeout=20s' > " + nsv + "/power")
 }
 
 // One member down changes nothing; two down make every mount read-only
