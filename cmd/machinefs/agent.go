@@ -8,10 +8,14 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"strings"
 	"syscall"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/etcdserverpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/status"
 
 	"github.com/machinefs/machinefs/cluster"
 	"github.com/machinefs/machinefs/cluster/member"
@@ -58,9 +62,21 @@ func connectCluster(ctx context.Context, o mountopts.Options, log *slog.Logger) 
 	j.cli = cli
 	cctx, cancel := context.WithTimeout(ctx, etcdAnswerTimeout)
 	defer cancel()
-	if _, err := cli.Get(cctx, "/machinefs/agents/"+o.Node); err != nil {
+	// The first contact calls etcd's gRPC service directly: the client's
+	// Get turns a deadline into a bare "context deadline exceeded",
+	// hiding why nothing answered (a refused connection, a certificate
+	// that does not match), which gRPC's error names.
+	kv := etcdserverpb.NewKVClient(cli.ActiveConnection())
+	if _, err := kv.Range(cctx, &etcdserverpb.RangeRequest{Key: []byte("/machinefs/agents/" + o.Node)}, grpc.WaitForReady(true)); err != nil {
 		j.close()
-		return nil, fmt.Errorf("etcd cluster %v does not answer: %w", o.Cluster, err)
+		msg := status.Convert(err).Message()
+		// With TLS 1.3 a member that refuses the client certificate
+		// closes the connection after the client's side of the
+		// handshake is done: the client sees only a closed connection.
+		if o.EtcdCert != "" && !strings.Contains(msg, "tls:") && closedByPeer(msg) {
+			msg += fmt.Sprintf(" (the member closed the connection after the TLS handshake: it may refuse the client certificate %s; its log says why)", o.EtcdCert)
+		}
+		return nil, fmt.Errorf("etcd cluster %v does not answer within %s: %s", o.Cluster, etcdAnswerTimeout, msg)
 	}
 	var key []byte
 	if o.SecretKey != "" {
@@ -74,6 +90,17 @@ func connectCluster(ctx context.Context, o mountopts.Options, log *slog.Logger) 
 		return nil, err
 	}
 	return j, nil
+}
+
+// closedByPeer says whether a connection error is the peer closing a
+// connection it had accepted.
+func closedByPeer(msg string) bool {
+	for _, s := range []string{"broken pipe", "connection reset by peer", "EOF", "connection closed"} {
+		if strings.Contains(msg, s) {
+			return true
+		}
+	}
+	return false
 }
 
 // etcdClient makes the client of the cluster's endpoints, over TLS with
