@@ -534,7 +534,7 @@ func (t *Tree) loadOne(ctx context.Context, sh StoredHost) {
 	}
 	for _, k := range sh.Config.Keys() {
 		v, _ := sh.Config.Get(k)
-		if err := t.checkKey(k, v); err != nil {
+		if err := t.checkStoredKey(k, v); err != nil {
 			t.publish(Event{Time: time.Now(), Path: sh.Path, Kind: machine.EventError, Detail: "config: " + err.Error()})
 		}
 	}
@@ -645,6 +645,16 @@ func (t *Tree) IsSecret(key string) bool {
 }
 
 func (t *Tree) checkKey(key, value string) error {
+	if err := t.checkStoredKey(key, value); err != nil {
+		return err
+	}
+	return t.checkAgents(key, value)
+}
+
+// checkStoredKey is checkKey for a config read from the store: the
+// agents it names are not checked, since at load this agent may not have
+// heard of them yet.
+func (t *Tree) checkStoredKey(key, value string) error {
 	k, ok := t.keySpec(key)
 	if !ok {
 		return machine.Errorf(syscall.EINVAL, "unknown key %q (see README: config keys)", key)
@@ -659,10 +669,7 @@ func (t *Tree) checkKey(key, value string) error {
 	}
 	// The kind's parser, the one the drivers read the value with: EINVAL
 	// naming the key.
-	if err := k.Check(value); err != nil {
-		return err
-	}
-	return t.checkAgents(key, value)
+	return k.Check(value)
 }
 
 // KeyDocs lists every config key for documentation: core keys, then each

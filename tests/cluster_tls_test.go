@@ -208,6 +208,11 @@ func agentWithoutKey(t *testing.T, lab *etcdlab.Lab, agents []*daemon) {
 	if r := a4.sh("cat hosts/bmc1/config"); r.code == 0 {
 		t.Fatalf("lab4, without the site key, shows bmc1's config:\n%s", r.out)
 	}
+	// Stored configs that name other agents load without complaint: at
+	// load an agent has not heard of the others yet.
+	if strings.Contains(ev, "ever joined") {
+		t.Fatalf("lab4's events.log complains about agents named in stored configs:\n%s", ev)
+	}
 }
 
 // failedMount is how a machinefs that was to fail at mount ended.

@@ -42,6 +42,15 @@ const etcdAnswerTimeout = 10 * time.Second
 // once the tree exists (startAgent).
 func connectCluster(ctx context.Context, o mountopts.Options, log *slog.Logger) (*clusterJoin, error) {
 	j := &clusterJoin{}
+	// The key file first: a bad one is refused at once, not after the
+	// wait for etcd.
+	var key []byte
+	if o.SecretKey != "" {
+		var err error
+		if key, err = etcdstore.LoadSecretKey(o.SecretKey); err != nil {
+			return nil, err
+		}
+	}
 	if o.Member != "" {
 		m, err := member.Start(ctx, member.Config{
 			Name: o.Node, Dir: o.Member, PeerURL: o.PeerURL, ClientURL: o.ClientURL,
@@ -77,13 +86,6 @@ func connectCluster(ctx context.Context, o mountopts.Options, log *slog.Logger) 
 			msg += fmt.Sprintf(" (the member closed the connection after the TLS handshake: it may refuse the client certificate %s; its log says why)", o.EtcdCert)
 		}
 		return nil, fmt.Errorf("etcd cluster %v does not answer within %s: %s", o.Cluster, etcdAnswerTimeout, msg)
-	}
-	var key []byte
-	if o.SecretKey != "" {
-		if key, err = etcdstore.LoadSecretKey(o.SecretKey); err != nil {
-			j.close()
-			return nil, err
-		}
 	}
 	if j.store, err = etcdstore.New(cli, etcdstore.Options{SecretKey: key, Log: log}); err != nil {
 		j.close()
