@@ -12,7 +12,7 @@ STATICCHECK   := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 DEB_PACKAGES  := inotify-tools fuse3 openipmi ipmitool socat iproute2 util-linux procps \
                  user-mode-linux uml-utilities busybox-static e2fsprogs file fdisk rsync \
                  vim perl ansible-core qemu-system-x86 qemu-utils linux-image-amd64 vde2 \
-                 freeipmi-tools
+                 freeipmi-tools openssh-server openssh-client
 VERSION       ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS       := -X main.version=$(VERSION)
 

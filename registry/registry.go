@@ -9,6 +9,7 @@ import (
 	"github.com/machinefs/machinefs/drivers/ns"
 	"github.com/machinefs/machinefs/drivers/qemu"
 	"github.com/machinefs/machinefs/drivers/sim"
+	"github.com/machinefs/machinefs/drivers/ssh"
 	"github.com/machinefs/machinefs/drivers/uml"
 	"github.com/machinefs/machinefs/drivers/wol"
 	"github.com/machinefs/machinefs/machine"
@@ -21,6 +22,7 @@ func Drivers() []machine.DriverSpec {
 		sim.Spec,
 		ipmi.Spec,
 		wol.Spec,
+		ssh.Spec,
 		ns.Spec,
 		uml.Spec,
 		qemu.Spec,
