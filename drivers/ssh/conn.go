@@ -144,20 +144,24 @@ func dialError(cfg settings, ctx context.Context, err error) error {
 	case errors.As(err, &me):
 		return err // entering the namespace failed
 	case errors.Is(err, syscall.ECONNREFUSED):
-		return &downError{machine.Errorf(syscall.EHOSTUNREACH, "ssh %s: connection refused (the address answers, sshd does not: stopped, or the machine is going down)", hp)}
+		return &downError{"connection refused", machine.Errorf(syscall.EHOSTUNREACH, "ssh %s: connection refused (the address answers, sshd does not: stopped, or the machine is going down)", hp)}
 	case errors.Is(err, syscall.EHOSTUNREACH):
-		return &downError{machine.Errorf(syscall.EHOSTUNREACH, "ssh %s: no route to host (nothing answers at that address: off or disconnected)", hp)}
+		return &downError{"no route to host", machine.Errorf(syscall.EHOSTUNREACH, "ssh %s: no route to host (nothing answers at that address: off or disconnected)", hp)}
 	case errors.Is(err, syscall.ENETUNREACH):
-		return &downError{machine.Errorf(syscall.EHOSTUNREACH, "ssh %s: network unreachable from machinefs", hp)}
+		return &downError{"network unreachable", machine.Errorf(syscall.EHOSTUNREACH, "ssh %s: network unreachable from machinefs", hp)}
 	case ctx.Err() != nil || errors.Is(err, os.ErrDeadlineExceeded):
-		return &downError{machine.Errorf(syscall.ETIMEDOUT, "ssh %s: no answer to the TCP connect within %s (off, filtered or unreachable)", hp, cfg.connectTimeout)}
+		return &downError{"no answer", machine.Errorf(syscall.ETIMEDOUT, "ssh %s: no answer to the TCP connect within %s (off, filtered or unreachable)", hp, cfg.connectTimeout)}
 	}
-	return &downError{machine.Errorf(syscall.EHOSTUNREACH, "ssh %s: connect: %v", hp, err)}
+	return &downError{"connect failed", machine.Errorf(syscall.EHOSTUNREACH, "ssh %s: connect: %v", hp, err)}
 }
 
 // downError marks a connection that failed before anything answered at
-// the SSH level: the evidence a poweroff is waited for.
-type downError struct{ err error }
+// the SSH level: the evidence a poweroff is waited for. short names the
+// cause in a reason.
+type downError struct {
+	short string
+	err   error
+}
 
 func (e *downError) Error() string { return e.err.Error() }
 func (e *downError) Unwrap() error { return e.err }
@@ -251,7 +255,7 @@ func (d dialer) dial(ctx context.Context) (*conn, error) {
 // fails (a restricted shell) is not fatal: the commands then take their
 // plain forms. A connection that stops answering is.
 func (d dialer) detectInit(ctx context.Context, c *conn) (string, string, error) {
-	out, err := run(ctx, c, detectScript, d.cfg.commandTimeout)
+	out, err := run(ctx, c, "init detection", detectScript, d.cfg.commandTimeout)
 	switch {
 	case errors.Is(err, errGone), machine.ErrnoOf(err) == syscall.ETIMEDOUT, errors.Is(err, context.Canceled):
 		return "", "", fmt.Errorf("ssh %s: %w", d.cfg.hostPort(), err)
@@ -306,10 +310,10 @@ var errGone = errors.New("connection closed before the command's exit status")
 
 // run runs one fixed command line and returns its output (stdout and
 // stderr, at most maxOutput bytes kept). A non-zero exit is EIO with the
-// output, escaped.
-func run(ctx context.Context, c *conn, line string, timeout time.Duration) (string, error) {
+// output, escaped. label names the command in errors.
+func run(ctx context.Context, c *conn, label, line string, timeout time.Duration) (string, error) {
 	var out limited
-	err := bounded(ctx, c, timeout, fmt.Sprintf("command %q", line), func() error {
+	err := bounded(ctx, c, timeout, label, func() error {
 		s, err := c.client.NewSession()
 		if err != nil {
 			return fmt.Errorf("%w: %v", errGone, err)
@@ -324,9 +328,9 @@ func run(ctx context.Context, c *conn, line string, timeout time.Duration) (stri
 	case err == nil:
 		return out.String(), nil
 	case errors.As(err, &exit):
-		return out.String(), machine.Errorf(syscall.EIO, "command %q exited with status %d: %s", line, exit.ExitStatus(), quote(out.String()))
+		return out.String(), machine.Errorf(syscall.EIO, "%s exited with status %d: %s", label, exit.ExitStatus(), quote(out.String()))
 	case errors.As(err, &missing), errors.Is(err, io.EOF), errors.Is(err, errGone):
-		return out.String(), fmt.Errorf("command %q: %w", line, errGone)
+		return out.String(), fmt.Errorf("%s: %w", label, errGone)
 	}
 	return out.String(), err
 }

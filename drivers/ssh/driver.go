@@ -192,7 +192,7 @@ func (d *driver) Power(ctx context.Context, cmd machine.Command) error {
 	d.following.Stop() // superseded
 	d.mu.Unlock()
 
-	out, err := run(ctx, c, line, d.cfg.commandTimeout)
+	out, err := run(ctx, c, fmt.Sprintf("command %q", line), line, d.cfg.commandTimeout)
 	gone := errors.Is(err, errGone)
 	if err != nil && !gone {
 		d.log.Warn("command failed", "command", line, "err", err)
@@ -330,7 +330,9 @@ func (d *driver) observe(c *conn, err error) machine.Status {
 		st = machine.Status{Power: machine.PowerOn, Reachable: true, Reason: "ssh answers, host key ok"}
 	case refusedOrUnreachable(err):
 		line = "down: " + err.Error()
-		st = machine.Status{Power: machine.PowerOff, Reason: "ssh does not answer (" + errnoWord(err) + "): off", Err: err}
+		// Off is a state, not a failure: the reason says why, the
+		// ssh line of state the details.
+		st = machine.Status{Power: machine.PowerOff, Reason: "ssh does not answer (" + errnoWord(err) + "): off"}
 	default:
 		// A timeout cannot tell off from a network that drops packets;
 		// a wrong host key or refused login is a machine that answers
@@ -345,13 +347,14 @@ func (d *driver) observe(c *conn, err error) machine.Status {
 	return st
 }
 
-// errnoWord names an error's errno for a reason.
+// errnoWord names the cause of a failed probe in a few words.
 func errnoWord(err error) string {
+	var de *downError
+	if errors.As(err, &de) {
+		return de.short
+	}
 	switch machine.ErrnoOf(err) {
 	case syscall.EHOSTUNREACH:
-		if isDown(err) {
-			return "port closed or host unreachable"
-		}
 		return "handshake failed"
 	case syscall.ETIMEDOUT:
 		return "no answer in time"

@@ -79,6 +79,7 @@ func TestPoweroffReachesInit(t *testing.T) {
 			if !strings.HasPrefix(st.Reason, "verified: ssh down") || st.Err != nil {
 				t.Errorf("verdict %+v, want verified off", st)
 			}
+			t.Logf("verdict: %+v; ssh-verify: %q", st, describe(d, "ssh-verify"))
 			if answeredAtOff.Load() {
 				t.Fatal("off was reported while the SSH port still answered")
 			}
@@ -185,6 +186,7 @@ func TestHostKeyChecked(t *testing.T) {
 		}
 		m.mustBeContained()
 		err := d.Power(t.Context(), machine.Command{Verb: "poweroff", Deadline: time.Now().Add(5 * time.Second)})
+		t.Logf("poweroff: %v", err)
 		if machine.ErrnoOf(err) != syscall.EACCES || !strings.Contains(err.Error(), c.want) || !strings.Contains(err.Error(), "SHA256:") {
 			t.Errorf("poweroff with %s: %v, want EACCES %q with the fingerprint", filepath.Base(c.file), err, c.want)
 		}
@@ -232,6 +234,7 @@ func TestNoSSHTimesOut(t *testing.T) {
 	start := time.Now()
 	err := d.Power(t.Context(), machine.Command{Verb: "poweroff", Deadline: time.Now().Add(time.Minute)})
 	took := time.Since(start)
+	t.Logf("poweroff: %v", err)
 	if machine.ErrnoOf(err) != syscall.ETIMEDOUT || !strings.Contains(err.Error(), "no SSH handshake within 500ms") {
 		t.Fatalf("poweroff: %v, want ETIMEDOUT: no SSH handshake within 500ms", err)
 	}
@@ -257,10 +260,11 @@ func TestSwitchedOffShowsOff(t *testing.T) {
 	m.kill()
 	j := rec.waitFor(t, i+1, 500*time.Millisecond+time.Second+500*time.Millisecond, "off within one interval", isPower(machine.PowerOff))
 	st := rec.statuses()[j]
-	if !strings.Contains(st.Err.Error(), "connection refused") || st.Reachable {
+	t.Logf("off: %+v; state: %q", st, describe(d, "ssh"))
+	if !strings.Contains(st.Reason, "connection refused") || st.Err != nil || st.Reachable {
 		t.Errorf("off report %+v, want the refused connection as its reason", st)
 	}
-	if s := describe(d, "ssh"); !strings.HasPrefix(s, "down: ") {
+	if s := describe(d, "ssh"); !strings.HasPrefix(s, "down: ssh "+targetAddr+":22: connection refused") {
 		t.Errorf("state line ssh: %q", s)
 	}
 	for _, s := range rec.statuses()[i+1 : j] {
@@ -358,5 +362,49 @@ func TestConfig(t *testing.T) {
 	}
 	if q := quote("a\x1b[2Jb\n" + strings.Repeat("x", 300)); strings.ContainsAny(q, "\x1b\n") || len(q) > 220 {
 		t.Errorf("quote: %q", q)
+	}
+}
+
+// TestCommandHangs: a command that never returns is cut at
+// ssh.command-timeout with ETIMEDOUT, and the machine is left alone. The
+// client's key gets a forced command that sleeps (busybox's sh runs its
+// own poweroff applet whatever PATH holds, so the command itself cannot
+// be swapped): every command the driver sends hangs.
+func TestCommandHangs(t *testing.T) {
+	l := newLab(t)
+	m := bootMachine(t, l, false)
+	ak := filepath.Join(m.root.dir, "etc/ssh/authorized_keys")
+	orig, err := os.ReadFile(ak)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := os.WriteFile(ak, orig, 0o644); err != nil {
+			t.Error(err)
+		}
+	})
+	if err := os.WriteFile(ak, append([]byte(`command="sleep 600" `), orig...), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	rec := &recorder{}
+	d := newDriver(t, l.client, m.root.config(KeyCommandTimeout, "1s"), rec)
+	k := rec.waitFor(t, 0, 10*time.Second, "first probe", func(s machine.Status) bool { return s.Power != "" })
+	if st := rec.statuses()[k]; st.Power != machine.PowerUnknown || machine.ErrnoOf(st.Err) != syscall.ETIMEDOUT {
+		t.Errorf("probe: %+v, want unknown with ETIMEDOUT", st)
+	}
+
+	m.mustBeContained()
+	start := time.Now()
+	err = d.Power(t.Context(), machine.Command{Verb: "poweroff", Deadline: time.Now().Add(time.Minute)})
+	took := time.Since(start)
+	t.Logf("poweroff: %v", err)
+	if machine.ErrnoOf(err) != syscall.ETIMEDOUT || !strings.Contains(err.Error(), "no answer within 1s") {
+		t.Fatalf("poweroff on a machine whose commands hang: %v, want ETIMEDOUT after 1s", err)
+	}
+	if took > 10*time.Second {
+		t.Fatalf("took %s with a 1s command timeout", took)
+	}
+	if len(m.exitList()) != 0 {
+		t.Fatal("the machine went down")
 	}
 }
