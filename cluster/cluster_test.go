@@ -55,6 +55,27 @@ func startAgent(t *testing.T, endpoint, name string) *agent {
 	return a
 }
 
+// startAgents starts agents named names and waits until each knows the
+// others (a node key may name only an agent that joined).
+func startAgents(t *testing.T, endpoint string, names ...string) []*agent {
+	t.Helper()
+	var out []*agent
+	for _, n := range names {
+		out = append(out, startAgent(t, endpoint, n))
+	}
+	eventually(t, "the agents to know each other", func() bool {
+		for _, a := range out {
+			for _, n := range names {
+				if !a.ag.KnownNode(n) {
+					return false
+				}
+			}
+		}
+		return true
+	})
+	return out
+}
+
 func (a *agent) stop() {
 	if a.ag == nil {
 		return
@@ -91,7 +112,8 @@ func cfg(t *testing.T, text string) *model.ConfigFile {
 // written on a runs there, and a shows b's state.
 func TestCommandRunsOnOwner(t *testing.T) {
 	ep := etcdtest.StartMember(t)
-	a, b := startAgent(t, ep, "a"), startAgent(t, ep, "b")
+	ab := startAgents(t, ep, "a", "b")
+	a, b := ab[0], ab[1]
 	if _, err := a.tree.Add(context.Background(), nil, "m1", cfg(t, "drivers = sim\nnode = b\nsim.on-delay = 50ms\n"), root); err != nil {
 		t.Fatal(err)
 	}
@@ -130,7 +152,8 @@ func TestCommandRunsOnOwner(t *testing.T) {
 // with EHOSTUNREACH; an elected host is taken over by another agent.
 func TestAgentGone(t *testing.T) {
 	ep := etcdtest.StartMember(t)
-	agents := map[string]*agent{"a": startAgent(t, ep, "a"), "b": startAgent(t, ep, "b")}
+	ab := startAgents(t, ep, "a", "b")
+	agents := map[string]*agent{"a": ab[0], "b": ab[1]}
 	a := agents["a"]
 	if _, err := a.tree.Add(context.Background(), nil, "bmc", cfg(t, "drivers = sim\nagents = a b\n"), root); err != nil {
 		t.Fatal(err)
@@ -167,7 +190,8 @@ func TestAgentGone(t *testing.T) {
 // on the winner.
 func TestElectedHostForwarded(t *testing.T) {
 	ep := etcdtest.StartMember(t)
-	a, b := startAgent(t, ep, "a"), startAgent(t, ep, "b")
+	ab := startAgents(t, ep, "a", "b")
+	a, b := ab[0], ab[1]
 	if _, err := a.tree.Add(context.Background(), nil, "bmc", cfg(t, "drivers = sim\nagents = b\nsim.on-delay = 50ms\n"), root); err != nil {
 		t.Fatal(err)
 	}
@@ -186,7 +210,8 @@ func TestElectedHostForwarded(t *testing.T) {
 // the subhosts on the node, then the host through the other agent.
 func TestStackAcrossAgents(t *testing.T) {
 	ep := etcdtest.StartMember(t)
-	a, b, c := startAgent(t, ep, "a"), startAgent(t, ep, "b"), startAgent(t, ep, "c")
+	abc := startAgents(t, ep, "a", "b", "c")
+	a, b, c := abc[0], abc[1], abc[2]
 	ctx := context.Background()
 	if _, err := a.tree.Add(ctx, nil, "m", cfg(t, "node = b\n"), root); err != nil {
 		t.Fatal(err)
@@ -200,10 +225,12 @@ func TestStackAcrossAgents(t *testing.T) {
 	}
 	eventually(t, "a to own m, c to see it on", func() bool {
 		_, here := a.tree.Host("hosts/m").Owner()
-		hc := c.tree.Host("hosts/m")
+		hc, vm := c.tree.Host("hosts/m"), c.tree.Host("hosts/m/subhosts/vm")
+		if hc == nil || vm == nil {
+			return false
+		}
 		n, _ := hc.Owner()
-		vm := c.tree.Host("hosts/m/subhosts/vm")
-		return here && n == "a" && hc.Power() == machine.PowerOn && vm != nil && vm.Power() == machine.PowerOn
+		return here && n == "a" && hc.Power() == machine.PowerOn && vm.Power() == machine.PowerOn
 	})
 	if err := c.tree.Host("hosts/m").Exec(ctx, "poweroff self wait", root); err != nil {
 		t.Fatalf("poweroff self wait from c: %v", err)
@@ -217,7 +244,8 @@ func TestStackAcrossAgents(t *testing.T) {
 // console of a host another agent runs answers from that agent.
 func TestKnownNodesAndConsole(t *testing.T) {
 	ep := etcdtest.StartMember(t)
-	a, b := startAgent(t, ep, "a"), startAgent(t, ep, "b")
+	ab := startAgents(t, ep, "a", "b")
+	a, b := ab[0], ab[1]
 	ctx := context.Background()
 	eventually(t, "a to know b", func() bool { return a.ag.KnownNode("b") })
 	if _, err := a.tree.Add(ctx, nil, "x", cfg(t, "drivers = sim\nnode = nosuch\n"), root); !errors.Is(err, syscall.EINVAL) {

@@ -33,6 +33,7 @@ type result struct {
 	Reason string             `json:"reason,omitempty"`
 	Reply  string             `json:"reply,omitempty"`  // a console line's reply
 	Switch *model.SwitchReply `json:"switch,omitempty"` // a switch call's
+	rev    int64              // the answer's revision (not sent)
 }
 
 const (
@@ -145,6 +146,7 @@ type forwarding struct {
 	results clientv3.WatchChan
 	stop    context.CancelFunc
 	pending []result // answers that came in one watch response, not yet taken
+	rev     int64    // revision of the last answer taken
 }
 
 // next waits for the owner's next answer, the owner going, ctx ending,
@@ -154,6 +156,11 @@ func (f *forwarding) next(ctx context.Context, timeout <-chan time.Time) (result
 		if len(f.pending) > 0 {
 			r := f.pending[0]
 			f.pending = f.pending[1:]
+			// Read your writes: the owner put the snapshots before the
+			// answer; this agent shows them before the writer returns.
+			cctx, cancel := f.a.call(ctx)
+			f.a.pub.caughtUp(cctx, r.rev)
+			cancel()
 			return r, nil
 		}
 		gone := f.a.changes(f.owner)
@@ -168,6 +175,7 @@ func (f *forwarding) next(ctx context.Context, timeout <-chan time.Time) (result
 			for _, ev := range wr.Events {
 				var r result
 				if ev.Type == clientv3.EventTypePut && json.Unmarshal(ev.Kv.Value, &r) == nil {
+					r.rev = ev.Kv.ModRevision
 					f.pending = append(f.pending, r)
 				}
 			}

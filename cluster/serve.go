@@ -160,8 +160,12 @@ func (s *server) fence(ctx context.Context, key, path string, machineOnly bool) 
 	return nil
 }
 
-// answer puts a result for request id, on this agent's lease.
+// answer puts a result for request id, on this agent's lease, after the
+// snapshots and events the command made so far.
 func (s *server) answer(ctx context.Context, id string, r result) {
+	sctx, cancel := s.a.call(context.WithoutCancel(ctx))
+	s.a.pub.sync(sctx)
+	cancel()
 	sess := s.a.session()
 	if sess == nil {
 		return

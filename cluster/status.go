@@ -10,6 +10,7 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/machinefs/machinefs/machine"
 	"github.com/machinefs/machinefs/model"
 )
 
@@ -39,6 +40,15 @@ type publisher struct {
 	rmu    sync.Mutex
 	remote map[string]remoteStatus // path -> another agent's snapshot
 	rev    int64                   // revision the load read
+
+	// Barriers (see sync and caughtUp): queued counts events enqueued,
+	// sent those committed to etcd; applied is the revision of nodes/ this
+	// agent has applied. changed is closed and replaced when any moves.
+	bmu     sync.Mutex
+	queued  uint64
+	sent    uint64
+	applied int64
+	changed chan struct{}
 }
 
 type remoteStatus struct {
@@ -47,7 +57,7 @@ type remoteStatus struct {
 }
 
 func newPublisher(a *Agent) *publisher {
-	p := &publisher{a: a, signal: make(chan struct{}, 1), last: map[string][]byte{}, remote: map[string]remoteStatus{}}
+	p := &publisher{a: a, signal: make(chan struct{}, 1), last: map[string][]byte{}, remote: map[string]remoteStatus{}, changed: make(chan struct{})}
 	p.unwatch = a.tree.Watch(p.enqueue)
 	return p
 }
@@ -59,6 +69,11 @@ func (p *publisher) enqueue(e model.Event) {
 	if e.Remote || (e.Node != "" && e.Node != p.a.node) {
 		return
 	}
+	if e.Kind == machine.EventOwner || e.Kind == machine.EventStale {
+		// Each agent's own view of owners and of etcd: every agent
+		// logs its own, none sends it (they would repeat once per agent).
+		return
+	}
 	p.mu.Lock()
 	if len(p.queue) >= maxQueued {
 		p.dropped = true
@@ -66,6 +81,9 @@ func (p *publisher) enqueue(e model.Event) {
 		p.queue = append(p.queue, e)
 	}
 	p.mu.Unlock()
+	p.bmu.Lock()
+	p.queued++
+	p.bmu.Unlock()
 	select {
 	case p.signal <- struct{}{}:
 	default:
@@ -86,6 +104,9 @@ func (p *publisher) run(ctx context.Context) {
 
 // flush sends what is queued, one batch; it says whether more is queued.
 func (p *publisher) flush(ctx context.Context) bool {
+	p.bmu.Lock()
+	upTo := p.queued
+	p.bmu.Unlock()
 	p.mu.Lock()
 	n := min(len(p.queue), maxBatch)
 	batch := p.queue[:n:n]
@@ -114,7 +135,57 @@ func (p *publisher) flush(ctx context.Context) bool {
 		p.a.log.Warn("sending events", "events", len(batch), "err", err)
 		p.forget()
 	}
+	if !more {
+		p.advance(func() { p.sent = max(p.sent, upTo) })
+	}
 	return more
+}
+
+// advance moves a barrier and wakes those waiting on it.
+func (p *publisher) advance(move func()) {
+	p.bmu.Lock()
+	move()
+	close(p.changed)
+	p.changed = make(chan struct{})
+	p.bmu.Unlock()
+}
+
+// waitFor waits until ok (checked under bmu) or ctx ends.
+func (p *publisher) waitFor(ctx context.Context, ok func() bool) {
+	for {
+		p.bmu.Lock()
+		done, ch := ok(), p.changed
+		p.bmu.Unlock()
+		if done {
+			return
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return
+		}
+	}
+}
+
+// sync waits until the events this agent published so far are in etcd:
+// an owner answers a command after the snapshot that shows its effect, so
+// the writer's agent has that snapshot before the answer (same stream of
+// revisions).
+func (p *publisher) sync(ctx context.Context) {
+	p.bmu.Lock()
+	want := p.queued
+	p.bmu.Unlock()
+	select {
+	case p.signal <- struct{}{}:
+	default:
+	}
+	p.waitFor(ctx, func() bool { return p.sent >= want })
+}
+
+// caughtUp waits until this agent applied the other agents' snapshots up
+// to revision rev: a writer reads its own command's effect on its mount.
+func (p *publisher) caughtUp(ctx context.Context, rev int64) {
+	p.waitFor(ctx, func() bool { return p.applied >= rev })
 }
 
 // statusOps are the puts of the snapshots batch changed, of hosts this
@@ -266,6 +337,7 @@ func (p *publisher) watchOthers(ctx context.Context) {
 			}
 			p.applyWatch(wr)
 			rev = wr.Header.Revision + 1
+			p.advance(func() { p.applied = max(p.applied, wr.Header.Revision) })
 		}
 		if ctx.Err() == nil {
 			time.Sleep(200 * time.Millisecond)

@@ -56,6 +56,9 @@ func (s *site) startAgent(t *testing.T, i int) *daemon {
 }
 
 func TestCluster(t *testing.T) {
+	// In parallel with the other cluster tests, after the rest of the
+	// package: each has its own namespaces, prefixes and subnet.
+	t.Parallel()
 	s := newSite(t)
 	a1, a3 := s.agents[0], s.agents[2]
 	// Every mount lists every machine; each agent made its own host.
@@ -83,10 +86,14 @@ func TestCluster(t *testing.T) {
 	}
 	time.Sleep(300 * time.Millisecond) // inotifywait sets its watch
 	a3.ok("echo 'on wait label=from-lab3' > hosts/lab2/subhosts/vm3/power")
+	// The writer's mount reads its own write at once (the owner answers
+	// after its snapshot, and the writer's agent applies it first); the
+	// others within one etcd watch delivery.
+	if p := a3.read("hosts/lab2/subhosts/vm3/power"); p != "on\n" {
+		t.Fatalf("lab3 shows power %q right after its waiting write returned", p)
+	}
 	for i, d := range s.agents {
-		if p := d.read("hosts/lab2/subhosts/vm3/power"); p != "on\n" {
-			t.Fatalf("agent %d shows power %q right after the waiting write returned", i+1, p)
-		}
+		eventually(t, fmt.Sprintf("agent %d to show on", i+1), func() bool { return d.read("hosts/lab2/subhosts/vm3/power") == "on\n" })
 	}
 	if err := waitCmd(watch, 10*time.Second); err != nil || !strings.Contains(wout.String(), "MODIFY") {
 		t.Fatalf("inotifywait on lab1's mount did not wake for a change on lab2: %v %q", err, wout.String())
@@ -94,9 +101,14 @@ func TestCluster(t *testing.T) {
 	if ev := a1.read("hosts/lab2/subhosts/vm3/events.log"); !strings.Contains(ev, " lab2 hosts/lab2/subhosts/vm3 command \"on wait label=from-lab3\"") || !strings.Contains(ev, "node=lab3 ok") {
 		t.Fatalf("lab1's events.log does not name the node and the writer's node:\n%s", ev)
 	}
-	// The owner's refusal comes back with its errno.
+	// The owner's refusal comes back with its errno: EBUSY while a slow
+	// off is in flight there; force overrides it from another mount.
+	a1.ok("echo 'sim.off-delay = 30s' >> hosts/lab2/subhosts/vm3/config")
 	a3.ok("echo off > hosts/lab2/subhosts/vm3/power")
 	a1.fails("echo on > hosts/lab2/subhosts/vm3/power", "Device or resource busy")
+	a1.ok("echo 'on force wait' > hosts/lab2/subhosts/vm3/power")
+	a1.ok("echo 'sim.off-delay = 200ms' >> hosts/lab2/subhosts/vm3/config")
+	a1.ok("echo 'off wait' > hosts/lab2/subhosts/vm3/power")
 
 	s.switchesAcrossAgents(t)
 	s.bmcAcrossAgents(t)
