@@ -147,6 +147,30 @@ func benchUntil(b *testing.B, what string, limit time.Duration, cond func() bool
 	}
 }
 
+// agentsCPU is the CPU time (user and system) the agents used so far.
+func (c *clusterBench) agentsCPU() time.Duration {
+	c.b.Helper()
+	var sum time.Duration
+	for _, d := range c.agents {
+		data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", d.cmd.Process.Pid))
+		if err != nil {
+			c.b.Fatal(err)
+		}
+		// Fields 14 and 15 (utime, stime, in clock ticks of 1/100 s on
+		// Linux) counted after the command name's closing parenthesis,
+		// which is field 2.
+		f := strings.Fields(string(data[strings.LastIndexByte(string(data), ')')+1:]))
+		for _, v := range f[11:13] {
+			n, err := strconv.ParseInt(v, 10, 64)
+			if err != nil {
+				c.b.Fatalf("/proc/%d/stat: %q", d.cmd.Process.Pid, data)
+			}
+			sum += time.Duration(n) * 10 * time.Millisecond
+		}
+	}
+	return sum
+}
+
 // readRel reads a file under d's mount ("" if it cannot).
 func (d *benchDaemon) readRel(rel string) string {
 	data, err := os.ReadFile(filepath.Join(d.mnt, rel))
@@ -420,11 +444,15 @@ func siteSizes(b *testing.B) (agents, perAgent int, rest time.Duration) {
 //	ns/op, group-on-ms     `on wait` of a group over all hosts, written on
 //	                       lab1's mount (9 of 10 members forwarded), until
 //	                       the write returns; group-off-ms its `off wait`
+//	                       (between two ons: with -benchtime 2x or more)
+//	agent-cpu-s-per-cmd    CPU time (user and system) an agent spent, on
+//	                       average, per group command (on or off)
 //	stale-members          members lab1's mount did not show in the target
 //	                       state yet when a waiting group write returned
 //	                       (should be 0), stale-max-ms until it did
 //
-// One op is one `on wait` (then an untimed `off wait`).
+// One op is one `on wait` (each after the first follows an untimed `off
+// wait`).
 func BenchmarkSite(b *testing.B) {
 	nAgents, perAgent, rest := siteSizes(b)
 	total := nAgents * perAgent
@@ -530,12 +558,18 @@ func BenchmarkSite(b *testing.B) {
 		return took
 	}
 	var ons, offs timings
-	for b.Loop() {
+	cpu0 := c.agentsCPU()
+	for i := 0; b.Loop(); i++ {
+		if i > 0 {
+			// Every member off again, untimed (not after the last on:
+			// the group takes minutes on a small machine).
+			b.StopTimer()
+			offs = append(offs, group("off wait", "off"))
+			b.StartTimer()
+		}
 		ons = append(ons, group("on wait", "on"))
-		b.StopTimer()
-		offs = append(offs, group("off wait", "off"))
-		b.StartTimer()
 	}
+	groupCPU := c.agentsCPU() - cpu0
 	b.StopTimer()
 	c.quiet(2*time.Second, 5*time.Minute)
 	afterRest := restWrites()
@@ -561,7 +595,10 @@ func BenchmarkSite(b *testing.B) {
 	b.ReportMetric(hwmMax, "hwm-max-MB")
 	b.ReportMetric(float64(ons.mean().Nanoseconds()), "ns/op")
 	b.ReportMetric(ms(ons.mean()), "group-on-ms")
-	b.ReportMetric(ms(offs.mean()), "group-off-ms")
+	if len(offs) > 0 {
+		b.ReportMetric(ms(offs.mean()), "group-off-ms")
+	}
+	b.ReportMetric(groupCPU.Seconds()/float64(nAgents)/float64(len(ons)+len(offs)), "agent-cpu-s-per-cmd")
 	b.ReportMetric(float64(staleMembers), "stale-members")
 	b.ReportMetric(ms(slices.Max(append(staleFor, 0))), "stale-max-ms")
 }
