@@ -118,6 +118,15 @@ func expectOf(cmd machine.Command) (expect, bool) {
 	return 0, false
 }
 
+// verbOf names cmd without its modifiers, for reasons: "poweroff",
+// "init 6".
+func verbOf(cmd machine.Command) string {
+	if cmd.Verb == "init" {
+		return fmt.Sprintf("init %d", cmd.InitLevel)
+	}
+	return cmd.Verb
+}
+
 // commandLine is the fixed command a verb runs on a machine with init
 // system init. Nothing from the tree reaches it but init's level, a
 // digit the grammar checked (0-6) and that is checked again here.
@@ -183,18 +192,37 @@ func (d *driver) Power(ctx context.Context, cmd machine.Command) error {
 	if err != nil {
 		return err
 	}
+	exp, verify := expectOf(cmd)
 	d.mu.Lock()
 	if d.closed {
 		d.mu.Unlock()
 		return machine.Errorf(syscall.ESHUTDOWN, "ssh: driver closed")
 	}
+	// From here on the command owns the machine's state: probes that
+	// started before are stale (gen), and the watch stands aside while
+	// the command runs and is followed (Active), so that a machine
+	// already going down under the command is not reported by the
+	// watch before the verdict.
 	d.gen++
 	d.following.Stop() // superseded
+	var vctx context.Context
+	var id int
+	if verify {
+		vctx, id = d.following.Start(d.ctx, cmd)
+	}
 	d.mu.Unlock()
+	abandon := func() {
+		if verify {
+			d.mu.Lock()
+			d.following.Done(id)
+			d.mu.Unlock()
+		}
+	}
 
 	out, err := run(ctx, c, fmt.Sprintf("command %q", line), line, d.cfg.commandTimeout)
 	gone := errors.Is(err, errGone)
 	if err != nil && !gone {
+		abandon()
 		d.log.Warn("command failed", "command", line, "err", err)
 		return fmt.Errorf("ssh %s: %w", d.cfg.hostPort(), err)
 	}
@@ -209,23 +237,21 @@ func (d *driver) Power(ctx context.Context, cmd machine.Command) error {
 	}
 	d.log.Info("power command accepted", "verb", cmd.String(), "command", line, "connection-closed", gone)
 	d.rep.Event(machine.EventNotify, "ssh: "+what)
-
-	exp, verify := expectOf(cmd)
 	if !verify {
 		return nil // init 1-5: relayed, no power change to follow
 	}
+
 	d.mu.Lock()
-	if d.closed {
+	if d.closed || !d.following.Current(id) {
 		d.mu.Unlock()
-		return nil
+		return nil // closed, or superseded by a newer command
 	}
 	// The machine is going away: the kept connection (sshd's sessions
 	// may outlive its listener) must not stand in for it.
 	kept := d.c
 	d.c = nil
-	vctx, id := d.following.Start(d.ctx, cmd)
 	deadline, _ := vctx.Deadline()
-	d.verify = fmt.Sprintf("%s: %s at %s, following until %s", cmd.String(), what, time.Now().Format("15:04:05"), deadline.Format("15:04:05"))
+	d.verify = fmt.Sprintf("%s: %s at %s, following until %s", verbOf(cmd), what, time.Now().Format("15:04:05"), deadline.Format("15:04:05"))
 	transit := machine.PowerStopping
 	if exp == expectReboot {
 		transit = machine.PowerRebooting
@@ -269,7 +295,7 @@ func (d *driver) connection(ctx context.Context) (*conn, error) {
 	}
 	defer func() { <-d.sem }()
 	d.mu.Lock()
-	c, closed := d.c, d.closed
+	c, closed, gen := d.c, d.closed, d.gen
 	d.mu.Unlock()
 	if closed {
 		return nil, machine.Errorf(syscall.ESHUTDOWN, "ssh: driver closed")
@@ -282,15 +308,38 @@ func (d *driver) connection(ctx context.Context) (*conn, error) {
 		return nil, err
 	}
 	d.mu.Lock()
-	if d.closed {
+	switch {
+	case d.closed:
 		d.mu.Unlock()
 		c.close()
 		return nil, machine.Errorf(syscall.ESHUTDOWN, "ssh: driver closed")
+	case d.gen != gen:
+		// A power command started while this dialled: the machine
+		// may be going down, and a session of its dying sshd must
+		// not be kept as proof that it is up.
+		d.mu.Unlock()
+		c.close()
+		return nil, machine.Errorf(syscall.EAGAIN, "ssh %s: a command started while connecting", d.cfg.hostPort())
 	}
 	d.c = c
 	d.mu.Unlock()
 	d.log.Debug("connected", "host-key", c.hostKey, "init", c.init, "how", c.initWhy)
 	return c, nil
+}
+
+// keep makes c the kept connection, closing the one before it.
+func (d *driver) keep(c *conn) {
+	d.mu.Lock()
+	old := d.c
+	if d.closed {
+		old = c // closing: nothing is kept
+	} else {
+		d.c = c
+	}
+	d.mu.Unlock()
+	if old != nil {
+		old.close()
+	}
 }
 
 // drop closes c and forgets it if it is the kept connection.
@@ -438,6 +487,9 @@ func (d *driver) follow(ctx context.Context, id int, cmd machine.Command, exp ex
 	err := machine.Poll(ctx, every, func(ctx context.Context) (bool, error) {
 		if downErr == nil {
 			err := d.dl.tcp(ctx)
+			if ctx.Err() != nil {
+				return false, nil // cut short by the deadline: no evidence
+			}
 			if err == nil || !isDown(err) {
 				last = err
 				return false, err // still answers
@@ -446,14 +498,19 @@ func (d *driver) follow(ctx context.Context, id int, cmd machine.Command, exp ex
 			if exp == expectOff {
 				return true, nil
 			}
-			d.rep.Event(machine.EventNotify, fmt.Sprintf("ssh: %s: down after %s (%s)", cmd.String(), downAt.Round(time.Millisecond), errnoWord(err)))
+			d.rep.Event(machine.EventNotify, fmt.Sprintf("ssh: %s: down after %s (%s)", verbOf(cmd), downAt.Round(time.Millisecond), errnoWord(err)))
 			return false, nil
 		}
-		c, err := d.probe(ctx)
+		// A new connection: one the watch kept from before the
+		// command may still be served by a dying sshd.
+		c, err := d.dl.dial(ctx)
 		if err != nil {
-			last = err
+			if ctx.Err() == nil {
+				last = err
+			}
 			return false, err
 		}
+		d.keep(c)
 		d.observe(c, nil)
 		return true, nil
 	})
@@ -464,17 +521,18 @@ func (d *driver) follow(ctx context.Context, id int, cmd machine.Command, exp ex
 	var st machine.Status
 	switch {
 	case err == nil && exp == expectOff:
-		st = machine.Status{Power: machine.PowerOff, Reason: fmt.Sprintf("verified: ssh down %s after %s (%s)", downAt.Round(time.Millisecond), cmd.String(), errnoWord(downErr))}
+		st = machine.Status{Power: machine.PowerOff, Reason: fmt.Sprintf("verified: ssh down %s after %s (%s)", downAt.Round(time.Millisecond), verbOf(cmd), errnoWord(downErr))}
 		d.observe(nil, downErr)
 	case err == nil:
-		st = machine.Status{Power: machine.PowerOn, Reachable: true, Reason: fmt.Sprintf("verified: ssh down %s after %s, back with the known host key after %s", downAt.Round(time.Millisecond), cmd.String(), elapsed)}
+		st = machine.Status{Power: machine.PowerOn, Reachable: true, Reason: fmt.Sprintf("verified: ssh down %s after %s, back with the known host key after %s", downAt.Round(time.Millisecond), verbOf(cmd), elapsed)}
 	case downErr == nil:
-		why := "it still answers"
+		// It never went down: still on, as far as the probe can tell.
+		why := ""
 		if last != nil {
-			why = "last probe: " + last.Error()
+			why = "; last probe: " + last.Error()
 		}
-		st = machine.Status{Power: machine.PowerUnknown, Reason: cmd.Verb + ": the machine did not go down",
-			Err: machine.Errorf(syscall.ETIMEDOUT, "ssh %s: %s: ssh still answers %s after %s (%s)", d.cfg.hostPort(), cmd.String(), elapsed, what, why)}
+		st = machine.Status{Power: machine.PowerOn, Reachable: last == nil, Reason: verbOf(cmd) + ": the machine did not go down",
+			Err: machine.Errorf(syscall.ETIMEDOUT, "ssh %s: %s: the machine still answers %s after the command was accepted (%s)%s", d.cfg.hostPort(), verbOf(cmd), elapsed, what, why)}
 	default:
 		why := ""
 		if last != nil {
@@ -485,13 +543,13 @@ func (d *driver) follow(ctx context.Context, id int, cmd machine.Command, exp ex
 			code = syscall.EACCES // back, but not with the known key
 		}
 		st = machine.Status{Power: machine.PowerUnknown, Reason: cmd.Verb + ": down, not back",
-			Err: machine.Errorf(code, "ssh %s: %s: down %s after the command, not back with the known host key within %s%s", d.cfg.hostPort(), cmd.String(), downAt.Round(time.Millisecond), elapsed, why)}
+			Err: machine.Errorf(code, "ssh %s: %s: down %s after the command, not back with the known host key within %s%s", d.cfg.hostPort(), verbOf(cmd), downAt.Round(time.Millisecond), elapsed, why)}
 	}
 	d.mu.Lock()
 	current := d.following.Current(id) && !d.closed
 	if current {
 		d.shown, d.shownErr = st.Power, machine.ErrnoOf(st.Err)
-		d.verify = fmt.Sprintf("%s: %s", cmd.String(), st.Reason)
+		d.verify = fmt.Sprintf("%s: %s", verbOf(cmd), st.Reason)
 		if st.Err != nil {
 			d.verify += ": " + st.Err.Error()
 		}

@@ -408,3 +408,70 @@ func TestCommandHangs(t *testing.T) {
 		t.Fatal("the machine went down")
 	}
 }
+
+// TestVerdictsAtDeadline: a poweroff the machine accepts but does not
+// carry out (the key's forced command is "true") ends at the command's
+// deadline with ETIMEDOUT, the machine still on; a reboot after which
+// the machine does not come back ends with EHOSTDOWN.
+func TestVerdictsAtDeadline(t *testing.T) {
+	l := newLab(t)
+	m := bootMachine(t, l, false) // no firmware: a reboot stays down
+	ak := filepath.Join(m.root.dir, "etc/ssh/authorized_keys")
+	orig, err := os.ReadFile(ak)
+	if err != nil {
+		t.Fatal(err)
+	}
+	restore := func() {
+		if err := os.WriteFile(ak, orig, 0o644); err != nil {
+			t.Error(err)
+		}
+	}
+	t.Cleanup(restore)
+	if err := os.WriteFile(ak, append([]byte(`command="true" `), orig...), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	rec := &recorder{}
+	d := newDriver(t, l.client, m.root.config(), rec)
+	rec.waitFor(t, 0, 10*time.Second, "on", isPower(machine.PowerOn))
+
+	m.mustBeContained()
+	i := len(rec.statuses())
+	deadline := time.Now().Add(2 * time.Second)
+	if err := d.Power(t.Context(), machine.Command{Verb: "poweroff", Deadline: deadline}); err != nil {
+		t.Fatal(err)
+	}
+	j := rec.waitFor(t, i, 10*time.Second, "verdict", func(s machine.Status) bool { return s.Err != nil })
+	st := rec.statuses()[j]
+	t.Logf("poweroff not carried out: %+v", st)
+	if st.Power != machine.PowerOn || machine.ErrnoOf(st.Err) != syscall.ETIMEDOUT || !strings.Contains(st.Err.Error(), "the machine still answers") {
+		t.Errorf("verdict %+v, want on, ETIMEDOUT: the machine still answers", st)
+	}
+	if time.Now().Before(deadline) {
+		t.Errorf("verdict before the deadline")
+	}
+	if len(m.exitList()) != 0 {
+		t.Fatal("the machine went down")
+	}
+
+	restore()
+	m.mustBeContained()
+	_, exited := m.current()
+	i = len(rec.statuses())
+	if err := d.Power(t.Context(), machine.Command{Verb: "reboot", Deadline: time.Now().Add(3 * time.Second)}); err != nil {
+		t.Fatal(err)
+	}
+	j = rec.waitFor(t, i, 15*time.Second, "verdict", func(s machine.Status) bool { return s.Err != nil })
+	st = rec.statuses()[j]
+	t.Logf("reboot, not back: %+v", st)
+	if st.Power != machine.PowerUnknown || machine.ErrnoOf(st.Err) != syscall.EHOSTDOWN || !strings.Contains(st.Err.Error(), "not back") {
+		t.Errorf("verdict %+v, want unknown, EHOSTDOWN: not back", st)
+	}
+	select {
+	case <-exited:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the machine's init did not end after reboot")
+	}
+	if ex := m.exitList(); len(ex) != 1 || ex[0].Signal() != syscall.SIGHUP {
+		t.Errorf("exits %v, want one reboot", ex)
+	}
+}
