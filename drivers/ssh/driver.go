@@ -387,6 +387,12 @@ func (d *driver) observe(c *conn, err error) machine.Status {
 		// a wrong host key or refused login is a machine that answers
 		// but is not the one configured, or not ours to command.
 		line = "unreachable: " + err.Error()
+		switch machine.ErrnoOf(err) {
+		case syscall.EACCES:
+			line = "rejected: " + err.Error()
+		case syscall.ETIMEDOUT:
+			line = "no answer: " + err.Error()
+		}
 		st = machine.Status{Power: machine.PowerUnknown, Reason: "ssh: " + errnoWord(err), Err: err}
 	}
 	d.mu.Lock()
@@ -451,6 +457,12 @@ func (d *driver) watch() {
 		c, err := d.probe(ctx)
 		if ctx.Err() != nil {
 			return false, nil // closed: not a result
+		}
+		d.mu.Lock()
+		stale := d.gen != gen || d.following.Active()
+		d.mu.Unlock()
+		if stale {
+			return false, nil // a command owns the state now
 		}
 		st := d.observe(c, err)
 		d.mu.Lock()
