@@ -50,7 +50,7 @@ check:
 
 # Benchmarks with ratios against tmpfs measured in the same run.
 bench: build
-	$(GO) test -run '^$$' -bench . -benchtime 2s ./tests/
+	$(GO) test -run '^$$' -bench . -benchtime 2s -timeout 60m ./tests/
 
 install: build
 	install -D -m 0755 bin/machinefs $(DESTDIR)/usr/local/bin/machinefs
