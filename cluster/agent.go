@@ -45,7 +45,8 @@ type Agent struct {
 	owners  map[string]string    // elected hosts: path -> node
 	known   map[string]bool      // every agent that ever joined
 	waiters map[string]chan struct{}
-	changed chan struct{} // reconcile needed
+	answers map[string]chan result // forwarded requests waiting, by id
+	changed chan struct{}          // reconcile needed
 
 	started time.Time
 
@@ -76,7 +77,7 @@ func New(cli *clientv3.Client, tree *model.Tree, st store.Store, o Options) (*Ag
 		cli: cli, node: o.Node, k: keys{o.Prefix}, ttl: o.TTL, tmo: o.Timeout,
 		log: o.Log.With("node", o.Node), tree: tree, st: st,
 		alive: map[string]time.Time{}, goneAt: map[string]time.Time{},
-		owners: map[string]string{}, known: map[string]bool{o.Node: true}, waiters: map[string]chan struct{}{},
+		owners: map[string]string{}, known: map[string]bool{o.Node: true}, waiters: map[string]chan struct{}{}, answers: map[string]chan result{},
 		changed: make(chan struct{}, 1), started: time.Now(),
 	}
 	a.pub = newPublisher(a)

@@ -33,7 +33,6 @@ type result struct {
 	Reason string             `json:"reason,omitempty"`
 	Reply  string             `json:"reply,omitempty"`  // a console line's reply
 	Switch *model.SwitchReply `json:"switch,omitempty"` // a switch call's
-	rev    int64              // the answer's revision (not sent)
 }
 
 const (
@@ -103,7 +102,7 @@ func (a *Agent) CallSwitch(ctx context.Context, node string, call model.SwitchCa
 // first answer, bounded by the host's timeout and the etcd timeout. The
 // forwarding it returns (never nil) must be ended.
 func (a *Agent) send(ctx context.Context, path, to string, req request) (*forwarding, result, error) {
-	f := &forwarding{a: a, path: path, owner: to, stop: func() {}}
+	f := &forwarding{a: a, path: path, owner: to}
 	bound := a.tmo
 	if h := a.tree.Host(path); h != nil {
 		bound += h.Config().Duration("timeout")
@@ -123,18 +122,44 @@ func (a *Agent) send(ctx context.Context, path, to string, req request) (*forwar
 	id := newID(a.node)
 	body, _ := json.Marshal(req)
 	key := a.k.request(f.owner, id)
+	f.id, f.results = id, a.await(id)
 	cctx, cancel := a.call(ctx)
-	put, err := a.cli.Put(cctx, key, string(body), clientv3.WithLease(s.Lease()))
+	_, err := a.cli.Put(cctx, key, string(body), clientv3.WithLease(s.Lease()))
 	cancel()
 	if err != nil {
 		return f, result{}, machine.Errorf(syscall.EROFS, "cluster: sending to agent %s: %v", f.owner, err)
 	}
 	f.key = key
-	wctx, stop := context.WithCancel(clientv3.WithRequireLeader(context.WithoutCancel(ctx)))
-	f.stop = stop
-	f.results = a.cli.Watch(wctx, a.k.result(f.owner, id), clientv3.WithRev(put.Header.Revision))
 	res, err := f.next(ctx, time.After(bound))
 	return f, res, err
+}
+
+// await registers a request waiting for its answers, which come with
+// the other agents' snapshots (publisher.applyWatch): after the snapshots
+// the owner put before them, on the one watch this agent has on nodes/.
+func (a *Agent) await(id string) chan result {
+	ch := make(chan result, 4)
+	a.mu.Lock()
+	a.answers[id] = ch
+	a.mu.Unlock()
+	return ch
+}
+
+// deliver hands an answer to the request waiting for it, if any.
+func (a *Agent) deliver(id string, value []byte) {
+	var r result
+	if json.Unmarshal(value, &r) != nil {
+		return
+	}
+	a.mu.Lock()
+	ch := a.answers[id]
+	a.mu.Unlock()
+	if ch != nil {
+		select {
+		case ch <- r:
+		default:
+		}
+	}
 }
 
 // forwarding is one command on its way to its owner and back.
@@ -143,42 +168,23 @@ type forwarding struct {
 	owner   string
 	key     string
 	path    string
-	results clientv3.WatchChan
-	stop    context.CancelFunc
-	pending []result // answers that came in one watch response, not yet taken
-	rev     int64    // revision of the last answer taken
+	id      string
+	results chan result
 }
 
 // next waits for the owner's next answer, the owner going, ctx ending,
 // or timeout (nil: none).
 func (f *forwarding) next(ctx context.Context, timeout <-chan time.Time) (result, error) {
 	for {
-		if len(f.pending) > 0 {
-			r := f.pending[0]
-			f.pending = f.pending[1:]
-			// Read your writes: the owner put the snapshots before the
-			// answer; this agent shows them before the writer returns.
-			cctx, cancel := f.a.call(ctx)
-			f.a.pub.caughtUp(cctx, r.rev)
-			cancel()
-			return r, nil
-		}
 		gone := f.a.changes(f.owner)
 		if alive, since := f.a.isAlive(f.owner); !alive {
 			return result{}, machine.Errorf(syscall.EHOSTUNREACH, "%s: agent %s gone since %s", f.path, f.owner, since.UTC().Format(time.RFC3339))
 		}
 		select {
-		case wr, ok := <-f.results:
-			if !ok || wr.Err() != nil {
-				return result{}, machine.Errorf(syscall.EIO, "cluster: lost the answer of %s (etcd: %v)", f.owner, wr.Err())
-			}
-			for _, ev := range wr.Events {
-				var r result
-				if ev.Type == clientv3.EventTypePut && json.Unmarshal(ev.Kv.Value, &r) == nil {
-					r.rev = ev.Kv.ModRevision
-					f.pending = append(f.pending, r)
-				}
-			}
+		case r := <-f.results:
+			// Read your writes: the owner put its snapshots with the
+			// answer, and this agent applied them before handing it on.
+			return r, nil
 		case <-gone:
 		case <-ctx.Done():
 			return result{}, machine.Errorf(syscall.EINTR, "interrupted while waiting for agent %s (the command goes on)", f.owner)
@@ -191,15 +197,23 @@ func (f *forwarding) next(ctx context.Context, timeout <-chan time.Time) (result
 // end withdraws the request: the owner stops waiting for the command (it
 // goes on, as a local one does) and removes its answer.
 func (f *forwarding) end() {
-	f.stop()
+	if f.id != "" {
+		f.a.mu.Lock()
+		delete(f.a.answers, f.id)
+		f.a.mu.Unlock()
+	}
 	if f.key == "" {
 		return
 	}
-	ctx, cancel := f.a.call(context.Background())
-	defer cancel()
-	if _, err := f.a.cli.Delete(ctx, f.key); err != nil {
-		f.a.log.Debug("withdrawing a request", "key", f.key, "err", err)
-	}
+	// In the background: the writer has its answer, and the request
+	// goes with the writer's lease if this fails.
+	go func() {
+		ctx, cancel := f.a.call(context.Background())
+		defer cancel()
+		if _, err := f.a.cli.Delete(ctx, f.key); err != nil {
+			f.a.log.Debug("withdrawing a request", "key", f.key, "err", err)
+		}
+	}()
 }
 
 // newID names one request, unique in the cluster.

@@ -163,9 +163,6 @@ func (s *server) fence(ctx context.Context, key, path string, machineOnly bool) 
 // answer puts a result for request id, on this agent's lease, after the
 // snapshots and events the command made so far.
 func (s *server) answer(ctx context.Context, id string, r result) {
-	sctx, cancel := s.a.call(context.WithoutCancel(ctx))
-	s.a.pub.sync(sctx)
-	cancel()
 	sess := s.a.session()
 	if sess == nil {
 		return
@@ -173,7 +170,8 @@ func (s *server) answer(ctx context.Context, id string, r result) {
 	b, _ := json.Marshal(r)
 	cctx, cancel := s.a.call(context.WithoutCancel(ctx))
 	defer cancel()
-	if _, err := s.a.cli.Put(cctx, s.a.k.result(s.a.node, id), string(b), clientv3.WithLease(sess.Lease())); err != nil {
+	op := clientv3.OpPut(s.a.k.result(s.a.node, id), string(b), clientv3.WithLease(sess.Lease()))
+	if err := s.a.pub.sendWith(cctx, op); err != nil {
 		s.a.log.Warn("answering a request", "id", id, "err", err)
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"strings"
 	"sync"
 	"time"
@@ -20,8 +21,12 @@ import (
 // again once the store answers.
 const maxQueued = 4096
 
-// maxBatch bounds the events of one put (etcd limits a request's size).
-const maxBatch = 256
+// maxBatch bounds the events of one transaction: each may add a snapshot
+// put, and etcd takes at most 128 operations in one (--max-txn-ops).
+const maxBatch = 100
+
+// maxExtra bounds the answers that ride in one transaction.
+const maxExtra = 20
 
 // publisher sends this agent's events and the snapshots of the hosts it
 // runs, and applies the other agents'. A snapshot is put only when it
@@ -33,6 +38,7 @@ type publisher struct {
 	mu      sync.Mutex
 	queue   []model.Event
 	dropped bool
+	extra   []extraOp // answers to send with the next snapshots
 	signal  chan struct{}
 
 	last map[string][]byte // path -> snapshot last put (this agent's hosts)
@@ -41,14 +47,33 @@ type publisher struct {
 	remote map[string]remoteStatus // path -> another agent's snapshot
 	rev    int64                   // revision the load read
 
-	// Barriers (see sync and caughtUp): queued counts events enqueued,
-	// sent those committed to etcd; applied is the revision of nodes/ this
-	// agent has applied. changed is closed and replaced when any moves.
-	bmu     sync.Mutex
-	queued  uint64
-	sent    uint64
-	applied int64
-	changed chan struct{}
+}
+
+// extraOp is a put that rides with the next batch of snapshots (an
+// owner's answer to a command: one write instead of two, and the answer
+// never before the snapshot that shows its effect).
+type extraOp struct {
+	op   clientv3.Op
+	done chan error
+}
+
+// sendWith puts op in the same transaction as the snapshots and events
+// queued so far, and waits until it is committed.
+func (p *publisher) sendWith(ctx context.Context, op clientv3.Op) error {
+	done := make(chan error, 1)
+	p.mu.Lock()
+	p.extra = append(p.extra, extraOp{op: op, done: done})
+	p.mu.Unlock()
+	select {
+	case p.signal <- struct{}{}:
+	default:
+	}
+	select {
+	case err := <-done:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }
 
 type remoteStatus struct {
@@ -57,7 +82,7 @@ type remoteStatus struct {
 }
 
 func newPublisher(a *Agent) *publisher {
-	p := &publisher{a: a, signal: make(chan struct{}, 1), last: map[string][]byte{}, remote: map[string]remoteStatus{}, changed: make(chan struct{})}
+	p := &publisher{a: a, signal: make(chan struct{}, 1), last: map[string][]byte{}, remote: map[string]remoteStatus{}}
 	p.unwatch = a.tree.Watch(p.enqueue)
 	return p
 }
@@ -81,9 +106,6 @@ func (p *publisher) enqueue(e model.Event) {
 		p.queue = append(p.queue, e)
 	}
 	p.mu.Unlock()
-	p.bmu.Lock()
-	p.queued++
-	p.bmu.Unlock()
 	select {
 	case p.signal <- struct{}{}:
 	default:
@@ -104,88 +126,54 @@ func (p *publisher) run(ctx context.Context) {
 
 // flush sends what is queued, one batch; it says whether more is queued.
 func (p *publisher) flush(ctx context.Context) bool {
-	p.bmu.Lock()
-	upTo := p.queued
-	p.bmu.Unlock()
 	p.mu.Lock()
 	n := min(len(p.queue), maxBatch)
 	batch := p.queue[:n:n]
 	p.queue = p.queue[n:]
+	k := min(len(p.extra), maxExtra)
+	extra := p.extra[:k:k]
+	p.extra = p.extra[k:]
 	dropped := p.dropped
 	p.dropped = false
-	more := len(p.queue) > 0
+	more := len(p.queue) > 0 || len(p.extra) > 0
 	p.mu.Unlock()
 	if dropped {
 		p.a.log.Warn("events not sent to the other agents: too many queued", "max", maxQueued)
 		p.publishAll(ctx)
 	}
-	if len(batch) == 0 {
+	if len(batch)+len(extra) == 0 {
 		return more
 	}
-	ops := p.statusOps(batch)
-	evs, _ := json.Marshal(batch)
+	err := p.commit(ctx, batch, extra)
+	for _, x := range extra {
+		x.done <- err
+	}
+	return more
+}
+
+// commit sends one batch: the snapshots it changed, its events, and the
+// answers riding with it, in one transaction.
+func (p *publisher) commit(ctx context.Context, batch []model.Event, extra []extraOp) error {
 	s := p.a.session()
 	if s == nil {
-		return more
+		return errors.New("cluster: no etcd session")
 	}
-	ops = append(ops, clientv3.OpPut(p.a.k.events(p.a.node), string(evs), clientv3.WithLease(s.Lease())))
+	ops := p.statusOps(batch)
+	if len(batch) > 0 {
+		evs, _ := json.Marshal(batch)
+		ops = append(ops, clientv3.OpPut(p.a.k.events(p.a.node), string(evs), clientv3.WithLease(s.Lease())))
+	}
+	for _, x := range extra {
+		ops = append(ops, x.op)
+	}
 	cctx, cancel := p.a.call(ctx)
 	defer cancel()
 	if _, err := p.a.cli.Txn(cctx).Then(ops...).Commit(); err != nil {
 		p.a.log.Warn("sending events", "events", len(batch), "err", err)
 		p.forget()
+		return err
 	}
-	if !more {
-		p.advance(func() { p.sent = max(p.sent, upTo) })
-	}
-	return more
-}
-
-// advance moves a barrier and wakes those waiting on it.
-func (p *publisher) advance(move func()) {
-	p.bmu.Lock()
-	move()
-	close(p.changed)
-	p.changed = make(chan struct{})
-	p.bmu.Unlock()
-}
-
-// waitFor waits until ok (checked under bmu) or ctx ends.
-func (p *publisher) waitFor(ctx context.Context, ok func() bool) {
-	for {
-		p.bmu.Lock()
-		done, ch := ok(), p.changed
-		p.bmu.Unlock()
-		if done {
-			return
-		}
-		select {
-		case <-ch:
-		case <-ctx.Done():
-			return
-		}
-	}
-}
-
-// sync waits until the events this agent published so far are in etcd:
-// an owner answers a command after the snapshot that shows its effect, so
-// the writer's agent has that snapshot before the answer (same stream of
-// revisions).
-func (p *publisher) sync(ctx context.Context) {
-	p.bmu.Lock()
-	want := p.queued
-	p.bmu.Unlock()
-	select {
-	case p.signal <- struct{}{}:
-	default:
-	}
-	p.waitFor(ctx, func() bool { return p.sent >= want })
-}
-
-// caughtUp waits until this agent applied the other agents' snapshots up
-// to revision rev: a writer reads its own command's effect on its mount.
-func (p *publisher) caughtUp(ctx context.Context, rev int64) {
-	p.waitFor(ctx, func() bool { return p.applied >= rev })
+	return nil
 }
 
 // statusOps are the puts of the snapshots batch changed, of hosts this
@@ -337,7 +325,6 @@ func (p *publisher) watchOthers(ctx context.Context) {
 			}
 			p.applyWatch(wr)
 			rev = wr.Header.Revision + 1
-			p.advance(func() { p.applied = max(p.applied, wr.Header.Revision) })
 		}
 		if ctx.Err() == nil {
 			time.Sleep(200 * time.Millisecond)
@@ -360,7 +347,14 @@ func (p *publisher) applyWatch(wr clientv3.WatchResponse) {
 	}
 	for _, ev := range events {
 		node, rest, ok := p.a.k.nodeKey(string(ev.Kv.Key))
-		if !ok || rest != "events" || node == p.a.node || ev.Type != clientv3.EventTypePut {
+		if !ok || node == p.a.node || ev.Type != clientv3.EventTypePut {
+			continue
+		}
+		if id, isResult := strings.CutPrefix(rest, "results/"); isResult {
+			p.a.deliver(id, ev.Kv.Value)
+			continue
+		}
+		if rest != "events" {
 			continue
 		}
 		var batch []model.Event
