@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -112,6 +113,7 @@ func TestCluster(t *testing.T) {
 
 	s.switchesAcrossAgents(t)
 	s.bmcAcrossAgents(t)
+	s.wolOnOneSegment(t)
 	s.stackAcrossAgents(t)
 	s.groupAcrossAgents(t)
 	s.agentKilled(t)
@@ -353,5 +355,26 @@ func (s *site) bmcAcrossAgents(t *testing.T) {
 	resp, err := s.lab.Client(t).Get(ctx, "/machinefs/config/hosts/bmcx/")
 	if err != nil || len(resp.Kvs) != 1 || strings.Contains(string(resp.Kvs[0].Value), b.Password) {
 		t.Fatalf("the BMC's config in etcd: %v %v", err, resp)
+	}
+}
+
+// A Wake-on-LAN segment only lab2 is on: the host's agents key says so,
+// lab2 wins it, and a wake written on lab1's mount goes out on lab2's NIC.
+// (The host's config is written on lab2's mount: wol.interface is checked
+// where it is written, and only lab2 has the interface.)
+func (s *site) wolOnOneSegment(t *testing.T) {
+	a1, a2 := s.agents[0], s.agents[1]
+	tg := netns.New(t, "mfcw")
+	netns.Veth(t, netns.End{NS: s.lab.Machine(1).NS, Name: "mfcw0", Addr: "10.74.2.1/24"}, netns.End{NS: tg, Name: "mfcwt0", Addr: "10.74.2.2/24"})
+	mac := net.HardwareAddr{0x02, 0x6d, 0x66, 0x63, 0x00, 0x01}
+	pc := tg.StartResponder(t, netns.Sleeper{MAC: mac, Interface: "mfcwt0", Service: "10.74.2.2:2250", Boot: 200 * time.Millisecond})
+	a2.addHost("pc", wolConfig(mac, "wol.interface = mfcw0", "tcp:10.74.2.2:2250", "agents = lab2"))
+	eventually(t, "lab2 to win pc", func() bool { return stateField(a1.read("hosts/pc/state"), "owner") == "lab2" })
+	a1.ok("echo 'wol wait timeout=20s' > hosts/pc/power")
+	if !pc.Woke() {
+		t.Fatal("the machine on lab2's segment did not get the magic packet")
+	}
+	if p := a1.read("hosts/pc/power"); p != "on\n" {
+		t.Fatalf("pc on lab1's mount after wol wait: %q", p)
 	}
 }

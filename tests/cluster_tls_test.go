@@ -23,7 +23,6 @@ import (
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
 
-	"github.com/machinefs/machinefs/cluster/member"
 	"github.com/machinefs/machinefs/tests/harness/etcdlab"
 	"github.com/machinefs/machinefs/tests/harness/netns"
 )
@@ -83,11 +82,13 @@ func TestClusterTLSAuth(t *testing.T) {
 	netns.NeedRoot(t)
 	lab := etcdlab.New(t, etcdlab.Options{Binary: binary, Machines: 3, Prefix: "mft", Subnet: "10.75.0", TLS: true})
 	root := lab.Client(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	// lab4 is an agent without the site key, started later.
-	if err := member.EnableAuth(ctx, root, "", []string{"lab1", "lab2", "lab3", "lab4"}); err != nil {
-		t.Fatal(err)
+	// Auth on as an operator turns it on: machinefs auth with a root
+	// certificate, from a machine of the site. lab4 is an agent without
+	// the site key, started later.
+	rootCert := lab.CA.Issue(t, "root")
+	auth := lab.Exec(0, binary, "auth", "-o", "cluster="+lab.Machine(0).ClientURL+",etcd-ca="+lab.CA.File+",etcd-cert="+rootCert.File+",etcd-key="+rootCert.Key, "lab1", "lab2", "lab3", "lab4")
+	if out, err := auth.CombinedOutput(); err != nil || !strings.Contains(string(out), "etcd auth on") {
+		t.Fatalf("machinefs auth: %v\n%s", err, out)
 	}
 	key := siteKey(t, 0o600)
 	var agents []*daemon

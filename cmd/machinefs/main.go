@@ -49,6 +49,7 @@ type config struct {
 func main() {
 	mfs.RunPokerIfChild()
 	runMemberIfAsked()
+	runAuthIfAsked()
 	cfg, err := parseArgs(filepath.Base(os.Args[0]), os.Args[1:])
 	if errors.Is(err, flag.ErrHelp) {
 		os.Exit(0)
