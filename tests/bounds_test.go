@@ -241,6 +241,9 @@ func TestEventsMaxReaders(t *testing.T) {
 // A reader that does not read holds a bounded queue: the daemon drops what
 // does not fit and tells the reader how many events it lost.
 func TestEventsReaderBounded(t *testing.T) {
+	// CPU-bound: it runs with the cluster tests, which mostly wait. Its
+	// RSS check is of its own daemon.
+	t.Parallel()
 	d := start(t, "--demo")
 	var idle []*os.File
 	for range 16 {

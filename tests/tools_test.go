@@ -44,6 +44,8 @@ func checkExact(t *testing.T, what string, got []byte) {
 // cached, give the file's content; while a loop changes it, no read gets
 // NUL bytes, EIO or a reply of the wrong size.
 func TestToolsReadsExact(t *testing.T) {
+	// CPU-bound: it runs with the cluster tests, which mostly wait.
+	t.Parallel()
 	d := start(t)
 	d.addHost("r1", "drivers = sim\nlabel = 0")
 	// A config over 1 MiB (its comments are kept) and a group whose state
@@ -61,16 +63,16 @@ func TestToolsReadsExact(t *testing.T) {
 	}
 	must(os.MkdirAll(filepath.Join(d.config, "hosts"), 0o755))
 	must(os.WriteFile(filepath.Join(d.config, "hosts", "big.conf"), []byte(big.String()), 0o644))
-	for i := 1; i <= 1500; i++ {
+	for i := 1; i <= 700; i++ {
 		must(os.WriteFile(filepath.Join(d.config, "hosts", fmt.Sprintf("m%04d.conf", i)), []byte("label = member\n"), 0o644))
 	}
 	d.cmd.Process.Signal(syscall.SIGHUP)
-	eventually(t, "the reload of 1501 hosts", func() bool {
+	eventually(t, "the reload of 701 hosts", func() bool {
 		_, e1 := os.Stat(filepath.Join(d.mnt, "hosts/big"))
-		_, e2 := os.Stat(filepath.Join(d.mnt, "hosts/m1500"))
+		_, e2 := os.Stat(filepath.Join(d.mnt, "hosts/m0700"))
 		return e1 == nil && e2 == nil
 	})
-	d.ok("mkdir groups/many && echo 'm[0001-1500]' > groups/many/members")
+	d.ok("mkdir groups/many && echo 'm[0001-0700]' > groups/many/members")
 
 	files := []string{"version", "hosts/r1/power", "hosts/r1/state", "hosts/r1/config", "groups/many/state", "hosts/big/config"}
 	for _, f := range files {
@@ -157,7 +159,7 @@ func TestToolsReadsExact(t *testing.T) {
 	}()
 	out := t.TempDir()
 	script := fmt.Sprintf(`set -e
-for i in $(seq 150); do
+for i in $(seq 80); do
   dd if=hosts/r1/config bs=1 status=none > %[1]s/a.$i
   dd if=hosts/r1/config bs=16 status=none > %[1]s/b.$i
   dd if=hosts/r1/state bs=16 status=none > %[1]s/c.$i
@@ -166,9 +168,9 @@ for i in $(seq 150); do
 done`, out)
 	r := d.sh(script)
 	// read(2) in Go: many more opens, sizes 1 byte up. (Each open races
-	// the writer's changes and the notifier's pokes: 2000 take about
-	// 20 s here under -race.)
-	for i := 0; i < 2000; i++ {
+	// the writer's changes and the notifier's pokes: 1000 take about
+	// 10 s here under -race.)
+	for i := 0; i < 1000; i++ {
 		f := []string{"hosts/r1/config", "hosts/r1/state", "hosts/r1/power"}[i%3]
 		fh, err := os.Open(filepath.Join(d.mnt, f))
 		if err != nil {
@@ -453,6 +455,8 @@ func TestToolsOperatorEdits(t *testing.T) {
 // ansible-core with its defaults (no unsafe_writes): lineinfile, copy,
 // template and slurp against a real mount.
 func TestToolsAnsible(t *testing.T) {
+	// Python is CPU-bound: it runs with the cluster tests, which mostly wait.
+	t.Parallel()
 	needTools(t, "ansible")
 	d := start(t)
 	d.addHost("a1", "drivers = sim\nlabel = one\nsim.on-delay = 100ms")
