@@ -143,10 +143,19 @@ func (s *server) fence(ctx context.Context, key, path string, machineOnly bool) 
 	}
 	cctx, cancel := s.a.call(ctx)
 	defer cancel()
-	resp, err := s.a.cli.Txn(cctx).If(
-		clientv3.Compare(clientv3.CreateRevision(key), ">", 0),
-		clientv3.Compare(clientv3.LeaseValue(holder), "=", sess.Lease()),
-	).Else(clientv3.OpGet(key, clientv3.WithCountOnly()), clientv3.OpGet(holder)).Commit()
+	txn := func() (*clientv3.TxnResponse, error) {
+		return s.a.cli.Txn(cctx).If(
+			clientv3.Compare(clientv3.CreateRevision(key), ">", 0),
+			clientv3.Compare(clientv3.LeaseValue(holder), "=", sess.Lease()),
+		).Else(clientv3.OpGet(key, clientv3.WithCountOnly()), clientv3.OpGet(holder)).Commit()
+	}
+	resp, err := txn()
+	// A leader election (a member just came back) fails a read once or
+	// twice: asked again within the bound, the answer is a real one.
+	for i := 0; err != nil && i < 3 && cctx.Err() == nil; i++ {
+		time.Sleep(100 * time.Millisecond)
+		resp, err = txn()
+	}
 	switch {
 	case err != nil:
 		return machine.Errorf(syscall.EHOSTUNREACH, "agent %s cannot confirm it owns %s: %v", s.a.node, path, err)

@@ -520,17 +520,27 @@ func (t *Tree) storedHosts() ([]StoredHost, error) {
 	return out, nil
 }
 
-func (t *Tree) loadOne(ctx context.Context, sh StoredHost) {
+// storedPlace is where a stored host goes: its parent (nil under
+// hosts/) and name. ok is false when its config could not be read
+// (reported) or its parent is not in the tree.
+func (t *Tree) storedPlace(sh StoredHost) (parent *Host, name string, ok bool) {
 	if sh.Err != nil {
 		t.publish(Event{Time: time.Now(), Path: sh.Path, Kind: machine.EventError, Detail: "config: " + sh.Err.Error()})
-		return
+		return nil, "", false
 	}
 	parentPath, name := splitHostPath(sh.Path)
-	var parent *Host
 	if parentPath != "" {
 		if parent = t.Host(parentPath); parent == nil {
-			return
+			return nil, "", false
 		}
+	}
+	return parent, name, true
+}
+
+func (t *Tree) loadOne(ctx context.Context, sh StoredHost) {
+	parent, name, ok := t.storedPlace(sh)
+	if !ok {
+		return
 	}
 	for _, k := range sh.Config.Keys() {
 		v, _ := sh.Config.Get(k)

@@ -154,16 +154,9 @@ func (t *Tree) quiet(path string, kind machine.EventKind) {
 
 // applyAdded makes a host another agent added.
 func (t *Tree) applyAdded(ctx context.Context, sh StoredHost) {
-	if sh.Err != nil {
-		t.publish(Event{Time: time.Now(), Path: sh.Path, Kind: machine.EventError, Detail: "config: " + sh.Err.Error()})
+	parent, name, ok := t.storedPlace(sh)
+	if !ok {
 		return
-	}
-	parentPath, name := splitHostPath(sh.Path)
-	var parent *Host
-	if parentPath != "" {
-		if parent = t.Host(parentPath); parent == nil {
-			return
-		}
 	}
 	h, err := t.insert(parent, name, sh.Config)
 	if err != nil {
