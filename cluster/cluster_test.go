@@ -274,3 +274,28 @@ func TestKnownNodesAndConsole(t *testing.T) {
 		t.Fatalf("the owner's last reply %q, a's %q", got, reply)
 	}
 }
+
+// A forwarded wait ends by the command's window: a machine that never
+// gets there is ETIMEDOUT on the writer's agent, as it is locally.
+func TestForwardedWaitTimesOut(t *testing.T) {
+	ep := etcdtest.StartMember(t)
+	ab := startAgents(t, ep, "a", "b")
+	a, b := ab[0], ab[1]
+	if _, err := a.tree.Add(context.Background(), nil, "s", cfg(t, "drivers = sim\nnode = b\nsim.stuck = on\n"), root); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "b to run s", func() bool {
+		h := b.tree.Host("hosts/s")
+		if h == nil {
+			return false
+		}
+		_, here := h.Owner()
+		n, _ := a.tree.Host("hosts/s").Owner()
+		return here && n == "b"
+	})
+	start := time.Now()
+	err := a.tree.Host("hosts/s").Exec(context.Background(), "on wait timeout=300ms", root)
+	if !errors.Is(err, syscall.ETIMEDOUT) {
+		t.Fatalf("on wait timeout=300ms for a machine that never gets there: %v after %s, want ETIMEDOUT", err, time.Since(start))
+	}
+}

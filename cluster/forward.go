@@ -61,10 +61,21 @@ func (a *Agent) Forward(ctx context.Context, req model.Forwarded) (<-chan error,
 		}
 		return nil, err
 	}
+	// The verdict is bounded as a local wait is: by the command's window
+	// and the model's grace, plus etcd's bound. A stack (its steps have
+	// windows of their own) ends when its owner answers or goes.
+	var bound <-chan time.Time
+	if spec, _ := machine.LookupVerb(cmd.Verb); spec.Target != "" && (req.Own || !model.IsStackVerb(cmd.Verb) || cmd.Force) {
+		window := cmd.Timeout
+		if h := a.tree.Host(req.Path); window <= 0 && h != nil {
+			window = h.Config().Duration("wait-timeout")
+		}
+		bound = time.After(window + machine.VerdictGrace + a.tmo)
+	}
 	done := make(chan error, 1)
 	go func() {
 		defer f.end()
-		res, err := f.next(ctx, nil)
+		res, err := f.next(ctx, bound)
 		if err == nil {
 			err = res.err()
 		}

@@ -40,6 +40,7 @@ type publisher struct {
 	dropped bool
 	extra   []extraOp // answers to send with the next snapshots
 	signal  chan struct{}
+	stopped chan struct{} // closed when run ends: nothing more is sent
 
 	last map[string][]byte // path -> snapshot last put (this agent's hosts)
 
@@ -73,6 +74,8 @@ func (p *publisher) sendWith(ctx context.Context, op clientv3.Op) error {
 		return err
 	case <-ctx.Done():
 		return ctx.Err()
+	case <-p.stopped:
+		return errors.New("cluster: the agent is closing")
 	}
 }
 
@@ -82,7 +85,7 @@ type remoteStatus struct {
 }
 
 func newPublisher(a *Agent) *publisher {
-	p := &publisher{a: a, signal: make(chan struct{}, 1), last: map[string][]byte{}, remote: map[string]remoteStatus{}}
+	p := &publisher{a: a, signal: make(chan struct{}, 1), last: map[string][]byte{}, remote: map[string]remoteStatus{}, stopped: make(chan struct{})}
 	p.unwatch = a.tree.Watch(p.enqueue)
 	return p
 }
@@ -113,6 +116,7 @@ func (p *publisher) enqueue(e model.Event) {
 }
 
 func (p *publisher) run(ctx context.Context) {
+	defer close(p.stopped)
 	for {
 		select {
 		case <-ctx.Done():

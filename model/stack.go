@@ -28,8 +28,9 @@ import (
 // that does not stop in time is forced, and the events say so. The
 // command's result is the worst result of its steps.
 
-// isStackVerb reports whether verb acts on a machine's stack.
-func isStackVerb(verb string) bool { return verb == "poweroff" || verb == "reboot" }
+// IsStackVerb reports whether verb acts on a machine's stack (the cluster
+// bounds a forwarded wait by its window unless it does).
+func IsStackVerb(verb string) bool { return verb == "poweroff" || verb == "reboot" }
 
 // Run runs a parsed command on this machine, with stack semantics for
 // poweroff and reboot. See runOwn for the rules of a single machine.
@@ -49,7 +50,7 @@ func (h *Host) start(ctx context.Context, cmd machine.Command, who Caller) (*ope
 	if !h.runsHere() {
 		return h.forward(ctx, cmd, who, false, false)
 	}
-	if !isStackVerb(cmd.Verb) {
+	if !IsStackVerb(cmd.Verb) {
 		return h.startOwn(ctx, cmd, who, false)
 	}
 	top := h.parent == nil
