@@ -7,6 +7,7 @@ import (
 	"sync"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/machinefs/machinefs/drivers/sim"
 	"github.com/machinefs/machinefs/machine"
@@ -71,6 +72,16 @@ func TestGroupWaitSendsEveryMemberFirst(t *testing.T) {
 	})
 	if err := g.Exec(context.Background(), "on wait", model.Caller{}); err != nil {
 		t.Fatal(err)
+	}
+	// The last member's power event is published just after its verdict
+	// let the group's wait return: count it before judging.
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		mu.Lock()
+		n := ons
+		mu.Unlock()
+		if n == members {
+			break
+		}
 	}
 	mu.Lock()
 	defer mu.Unlock()
