@@ -91,9 +91,18 @@ var Grammar = []VerbSpec{
 	{Name: "reset", Transit: PowerRebooting, Target: PowerOn, Help: "hard reset"},
 	{Name: "pause", Target: PowerPaused, Help: "pause the machine (stop its CPUs)"},
 	{Name: "suspend", Target: PowerPaused, Help: "suspend the machine"},
-	{Name: "init", Arg: "N", Help: "relay init level N (0-6) to the target"},
+	{Name: "init", Arg: "N", Help: "relay init level N (0-6) to the target (wait: 0 until off, 6 until back on, 1-5 until accepted)"},
 	{Name: "hibernate", Transit: PowerStopping, Target: PowerOff, Help: "stop the machine's processes, keep its resources"},
 	{Name: "stop", Transit: PowerStopping, Target: PowerOff, Always: true, Help: "stop and release everything the machine holds"},
+}
+
+// initLevels are the run levels whose power the model can predict: init 0
+// halts the machine (as poweroff) and init 6 reboots it (as reboot: down,
+// then on). Levels 1-5 change what runs, not power: such a command, even
+// with wait, ends when the driver accepts it.
+var initLevels = map[int]VerbSpec{
+	0: {Transit: PowerStopping, Target: PowerOff},
+	6: {Transit: PowerRebooting, Target: PowerOn},
 }
 
 // Modifiers is the list of modifiers with their help, for README and help.
@@ -113,6 +122,17 @@ func LookupVerb(name string) (VerbSpec, bool) {
 		}
 	}
 	return VerbSpec{}, false
+}
+
+// SpecOf returns the grammar row that governs cmd: its verb's row, with
+// the transit and target of its level for init 0 and init 6. The model
+// reads a command's in-flight state and target here, not by verb alone.
+func SpecOf(cmd Command) VerbSpec {
+	spec, _ := LookupVerb(cmd.Verb)
+	if lvl, ok := initLevels[cmd.InitLevel]; ok && spec.Name == "init" {
+		spec.Transit, spec.Target = lvl.Transit, lvl.Target
+	}
+	return spec
 }
 
 var labelRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)

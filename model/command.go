@@ -75,8 +75,7 @@ func (h *Host) startOwn(ctx context.Context, cmd machine.Command, who Caller, in
 		gen, timeout := h.drivers.gen, h.cfg.Duration("timeout")
 		h.mu.Unlock()
 		asked = sr.Kind()
-		spec, _ := machine.LookupVerb(cmd.Verb)
-		unsure = !h.refresh(ctx, sr, gen, timeout, spec.Target)
+		unsure = !h.refresh(ctx, sr, gen, timeout, machine.SpecOf(cmd).Target)
 	}
 }
 
@@ -98,7 +97,7 @@ func (h *Host) commandDriverLocked(cmd machine.Command, quoted string) (machine.
 // A reboot, a verb that always acts (wol), and force always go to the
 // driver.
 func (h *Host) shownAtTargetLocked(cmd machine.Command) bool {
-	spec, _ := machine.LookupVerb(cmd.Verb)
+	spec := machine.SpecOf(cmd)
 	return spec.Target != "" && h.state.power == spec.Target && spec.Transit != machine.PowerRebooting && !spec.Always && !cmd.Force
 }
 
@@ -118,7 +117,7 @@ func (h *Host) alreadyLocked(quoted, asked string) {
 // overrides the one before it), shows the verb's transitional state, and
 // sets the command's deadline. It unlocks h.mu.
 func (h *Host) startLocked(cmd machine.Command, who Caller, driver, quoted string) *operation {
-	spec, _ := machine.LookupVerb(cmd.Verb)
+	spec := machine.SpecOf(cmd)
 	now := time.Now()
 	if spec.Target != "" {
 		window := h.cfg.Duration("wait-timeout")

@@ -169,9 +169,8 @@ func (h *Host) forward(ctx context.Context, cmd machine.Command, who Caller, own
 	if done == nil || !cmd.Wait {
 		return nil, nil
 	}
-	spec, _ := machine.LookupVerb(cmd.Verb)
 	op := newOperation(cmd, who)
-	op.target = spec.Target
+	op.target = machine.SpecOf(cmd).Target
 	go func() {
 		select {
 		case err := <-done:
