@@ -65,7 +65,7 @@ func (a *Agent) Forward(ctx context.Context, req model.Forwarded) (<-chan error,
 	// and the model's grace, plus etcd's bound. A stack (its steps have
 	// windows of their own) ends when its owner answers or goes.
 	var bound <-chan time.Time
-	if spec, _ := machine.LookupVerb(cmd.Verb); spec.Target != "" && (req.Own || !model.IsStackVerb(cmd.Verb) || cmd.Force) {
+	if spec := machine.SpecOf(cmd); spec.Target != "" && (req.Own || !model.IsStackVerb(cmd.Verb) || cmd.Force) {
 		window := cmd.Timeout
 		if h := a.tree.Host(req.Path); window <= 0 && h != nil {
 			window = h.Config().Duration("wait-timeout")

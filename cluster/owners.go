@@ -21,6 +21,10 @@ import (
 //   - a top host with agents = A B ... is won by one of those agents
 //     (they reach its BMC or its segment); without agents but with node,
 //     it is that node's; with neither, any agent may win it.
+//   - a top host whose node is one of its agents prefers it: the machine's
+//     own agent runs it while it is alive (its power through its own
+//     init, drivers/local), another of the agents while it is gone (to
+//     wake it, to probe it), and gives it back when it returns.
 //
 // Winning is an etcd key owners/PATH created on the winner's session
 // lease: when the winner goes, the key goes with its lease, and the next
@@ -38,6 +42,7 @@ type rule struct {
 	node     string   // the owner, for a host bound to a node
 	elected  bool     // won among eligible
 	eligible []string // nil: any agent
+	prefer   string   // the eligible agent that wins whenever it is alive
 }
 
 func ruleOf(h *model.Host) rule {
@@ -51,7 +56,11 @@ func ruleOf(h *model.Host) rule {
 		return rule{node: node}
 	}
 	if v, ok := cf.Get("agents"); ok && v != "" {
-		return rule{elected: true, eligible: model.AgentNames(v)}
+		r := rule{elected: true, eligible: model.AgentNames(v)}
+		if slices.Contains(r.eligible, node) {
+			r.prefer = node
+		}
+		return r
 	}
 	if node != "" {
 		return rule{node: node}
@@ -220,10 +229,15 @@ func (a *Agent) reconcileHost(ctx context.Context, h *model.Host) {
 		a.mu.Lock()
 		owner = a.owners[path]
 		a.mu.Unlock()
-		if owner == "" {
-			a.scheduleClaim(ctx, path, r.eligible)
-		} else if owner == a.node && r.eligible != nil && !slices.Contains(r.eligible, a.node) {
+		switch {
+		case owner == "":
+			a.scheduleClaim(ctx, path, r)
+		case owner == a.node && r.eligible != nil && !slices.Contains(r.eligible, a.node):
 			a.release(ctx, path)
+		case owner == a.node && r.prefer != "" && r.prefer != a.node:
+			if alive, _ := a.isAlive(r.prefer); alive {
+				a.release(ctx, path) // the machine's own agent is back
+			}
 		}
 	}
 	if owner == "" {
@@ -249,11 +263,11 @@ func (a *Agent) reconcileHost(ctx context.Context, h *model.Host) {
 
 // scheduleClaim tries to win path if this agent is eligible, after the
 // delay its place in the path's order gives.
-func (a *Agent) scheduleClaim(ctx context.Context, path string, eligible []string) {
+func (a *Agent) scheduleClaim(ctx context.Context, path string, r rule) {
 	a.mu.Lock()
 	var live []string
 	for n := range a.alive {
-		if eligible == nil || slices.Contains(eligible, n) {
+		if r.eligible == nil || slices.Contains(r.eligible, n) {
 			live = append(live, n)
 		}
 	}
@@ -261,7 +275,15 @@ func (a *Agent) scheduleClaim(ctx context.Context, path string, eligible []strin
 	if !slices.Contains(live, a.node) {
 		return
 	}
-	slices.SortFunc(live, func(x, y string) int { return cmp.Compare(rank(path, y), rank(path, x)) })
+	slices.SortFunc(live, func(x, y string) int {
+		switch r.prefer {
+		case x:
+			return -1
+		case y:
+			return 1
+		}
+		return cmp.Compare(rank(path, y), rank(path, x))
+	})
 	delay := time.Duration(slices.Index(live, a.node)) * claimStep
 	time.AfterFunc(delay, func() {
 		if ctx.Err() == nil {

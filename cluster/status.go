@@ -372,3 +372,9 @@ func (p *publisher) applyWatch(wr clientv3.WatchResponse) {
 		}
 	}
 }
+
+// Sync returns once what this agent has queued (snapshots, events) is
+// committed (model.Peers): the read rides in the next transaction.
+func (a *Agent) Sync(ctx context.Context) error {
+	return a.pub.sendWith(ctx, clientv3.OpGet(a.k.joined(a.node)))
+}

@@ -150,7 +150,10 @@ func (h *Host) accept(ctx context.Context, pc machine.PowerController, op *opera
 	h.mu.Lock()
 	timeout := h.cfg.Duration("timeout")
 	h.mu.Unlock()
-	err := callDriver(ctx, timeout, func(ctx context.Context) error { return pc.Power(ctx, op.cmd) })
+	err := h.markLeaving(ctx, pc, op, timeout)
+	if err == nil {
+		err = callDriver(ctx, timeout, func(ctx context.Context) error { return pc.Power(ctx, op.cmd) })
+	}
 	if err != nil {
 		return nil, h.refused(pc, op, quoted, err)
 	}

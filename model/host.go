@@ -53,6 +53,9 @@ type shownState struct {
 	reachable bool
 	lastCmd   string
 	lastErr   string
+	// leaving is the command taking down the machine this agent runs
+	// on (see leaving.go), "" otherwise.
+	leaving string
 }
 
 // Name is the host's own name, Path its place in the tree.

@@ -102,6 +102,9 @@ func (h *Host) finishLocked(op *operation, err error) {
 	if h.op == op {
 		h.op = nil
 	}
+	if err != nil {
+		h.state.leaving = "" // the machine did not go down as asked
+	}
 	if !op.end(err) {
 		return
 	}

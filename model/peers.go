@@ -33,6 +33,10 @@ type Peers interface {
 	// CallSwitch runs a call of machine.Switches on node's agent: the
 	// switches of a machine are its kernel's.
 	CallSwitch(ctx context.Context, node string, call SwitchCall) (SwitchReply, error)
+	// Sync returns once every snapshot and event this agent has so far
+	// is committed: an agent about to take its own machine down tells
+	// the site first (leaving.go).
+	Sync(ctx context.Context) error
 }
 
 // Forwarded is a command sent to the agent that owns its host.
@@ -132,6 +136,7 @@ func (h *Host) remoteStateLocked(subs []string) HostState {
 	case !h.owner.gone.IsZero():
 		st.Reachable = false
 		st.OwnerGone = "agent " + h.owner.node + " gone since " + stamp(h.owner.gone)
+		h.leftStateLocked(&st)
 	}
 	return st
 }
@@ -248,6 +253,13 @@ func (t *Tree) RunConsole(ctx context.Context, path, line string, who Caller) (s
 		return "", machine.Errorf(syscall.EHOSTUNREACH, "%s: this agent (%s) does not own it", path, t.peers.Node())
 	}
 	return h.Console(ctx, line, who), nil
+}
+
+// closedWith is a verdict channel that already holds err.
+func closedWith(err error) <-chan error {
+	ch := make(chan error, 1)
+	ch <- err
+	return ch
 }
 
 func quote(cmd machine.Command, who Caller) string {

@@ -23,6 +23,11 @@ type HostState struct {
 	// Stale says why the state shown may be old (the cluster's store
 	// cannot be reached), "" when it is current.
 	Stale string
+	// Leaving is the command that is taking down the machine the owner
+	// agent runs on ("poweroff self"), "" otherwise: the owner cannot
+	// report the end of it, so the other agents read its departure as
+	// the verdict (leaving.go).
+	Leaving string
 }
 
 // State takes a snapshot of the host.
@@ -43,6 +48,7 @@ func (h *Host) State() HostState {
 		LastCommand: h.state.lastCmd,
 		LastError:   h.state.lastErr,
 		Subhosts:    subs,
+		Leaving:     h.state.leaving,
 	}
 	if !h.state.since.IsZero() {
 		st.Since = stamp(h.state.since)
