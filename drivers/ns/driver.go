@@ -2,6 +2,7 @@ package ns
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -164,11 +165,6 @@ func (d *Subhost) Verbs() []string { return verbs }
 
 // Power implements machine.PowerController.
 func (d *Subhost) Power(ctx context.Context, cmd machine.Command) error {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if d.closed {
-		return machine.Errorf(syscall.ESHUTDOWN, "driver closed")
-	}
 	verb := cmd.Verb
 	if verb == "init" {
 		switch cmd.InitLevel {
@@ -177,8 +173,13 @@ func (d *Subhost) Power(ctx context.Context, cmd machine.Command) error {
 		case 6:
 			verb = "reboot"
 		default:
-			return machine.Errorf(syscall.ENOTSUP, "init %d: not supported by ns subhosts (0 and 6 are)", cmd.InitLevel)
+			return d.relayLevel(ctx, cmd.InitLevel)
 		}
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		return machine.Errorf(syscall.ESHUTDOWN, "driver closed")
 	}
 	running := d.p != nil
 	switch verb {
@@ -326,7 +327,8 @@ func (d *Subhost) endLocked(intent string, force bool) error {
 		return nil
 	}
 	initctl := filepath.Join(d.rec.Live, initctlPath)
-	sent := tellInit(initctl)
+	msg := d.initMessage(intent)
+	sent := tellInit(initctl, msg)
 	timeout := d.s.poweroffAfter
 	d.wg.Add(1)
 	go func() {
@@ -343,12 +345,12 @@ func (d *Subhost) endLocked(intent string, force bool) error {
 				return
 			case <-tick.C:
 				if !sent {
-					sent = tellInit(initctl)
+					sent = tellInit(initctl, msg)
 				}
 			case <-deadline.C:
 				d.mu.Lock()
 				if d.p == p {
-					d.killed = fmt.Sprintf("did not end within %s of the poweroff line: killed", timeout)
+					d.killed = fmt.Sprintf("did not end within %s of the %s request on /run/initctl: killed", timeout, intentWord(intent))
 					p.kill()
 				}
 				d.mu.Unlock()
@@ -359,16 +361,90 @@ func (d *Subhost) endLocked(intent string, force bool) error {
 	return nil
 }
 
-// tellInit writes a poweroff line to the init's FIFO; false if no one
-// reads it yet.
-func tellInit(fifo string) bool {
+func intentWord(intent string) string {
+	if intent == "restart" {
+		return "reboot"
+	}
+	return "poweroff"
+}
+
+// initMessage is what /run/initctl gets to end the init for intent: in
+// line mode a line, which ends the subhost scripts' init (a restart is
+// machinefs's, after the end); for sysvinit, run level 6 for a restart
+// and 0 otherwise, whose end (reboot(2): SIGHUP or SIGINT) is the same.
+func (d *Subhost) initMessage(intent string) []byte {
+	if d.s.initctl != initctlSysV {
+		return []byte("poweroff\n")
+	}
+	if intent == "restart" {
+		return sysvRequest(6)
+	}
+	return sysvRequest(0)
+}
+
+// sysvRequest is sysvinit's struct init_request (initreq.h) asking for run
+// level n, as telinit and systemctl's SysV compatibility write it: magic,
+// cmd INIT_CMD_RUNLVL, the level as its character, sleeptime 0, and 368
+// bytes of zeros; 384 bytes, in the machine's byte order (little endian
+// on every architecture machinefs builds for).
+func sysvRequest(n int) []byte {
+	const (
+		initMagic  = 0x03091969
+		cmdRunLvl  = 1
+		requestLen = 384
+	)
+	b := make([]byte, requestLen)
+	binary.LittleEndian.PutUint32(b[0:], initMagic)
+	binary.LittleEndian.PutUint32(b[4:], cmdRunLvl)
+	binary.LittleEndian.PutUint32(b[8:], uint32('0'+n))
+	return b
+}
+
+// relayLevel relays init N (1-5), which changes what runs and not power,
+// to a sysvinit subhost: it returns once the request is written (the init
+// may not have opened /run/initctl yet: it is tried until ctx ends, at
+// most ns.poweroff-timeout). In line mode there is no way to say a level:
+// ENOTSUP, naming the key.
+func (d *Subhost) relayLevel(ctx context.Context, n int) error {
+	d.mu.Lock()
+	closed, running := d.closed, d.p != nil
+	var fifo string
+	if d.rec != nil {
+		fifo = filepath.Join(d.rec.Live, initctlPath)
+	}
+	d.mu.Unlock()
+	switch {
+	case closed:
+		return machine.Errorf(syscall.ESHUTDOWN, "driver closed")
+	case d.s.initctl != initctlSysV:
+		return machine.Errorf(syscall.ENOTSUP, "init %d: ns.initctl is line (the subhost's init takes any line on /run/initctl as power off): only init 0 and init 6 are relayed; set ns.initctl = sysvinit for an init that reads sysvinit's run level requests", n)
+	case !running:
+		return machine.Errorf(syscall.EINVAL, "init %d: the subhost is not running", n)
+	}
+	ctx, cancel := context.WithTimeout(ctx, d.s.poweroffAfter)
+	defer cancel()
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	for !tellInit(fifo, sysvRequest(n)) {
+		select {
+		case <-ctx.Done():
+			return machine.Errorf(syscall.ETIMEDOUT, "init %d: no process of the subhost read /run/initctl (%v): is its init sysvinit (ns.initctl)?", n, ctx.Err())
+		case <-tick.C:
+		}
+	}
+	return nil
+}
+
+// tellInit writes msg to the init's FIFO; false if no one reads it yet.
+// msg is at most PIPE_BUF bytes, so the write is whole or nothing.
+func tellInit(fifo string, msg []byte) bool {
 	fd, err := unix.Open(fifo, unix.O_WRONLY|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return false
 	}
 	defer unix.Close(fd)
-	_, err = unix.Write(fd, []byte("poweroff\n"))
-	return err == nil
+	n, err := unix.Write(fd, msg)
+	return err == nil && n == len(msg)
 }
 
 // watch waits for p's end in the background.
@@ -384,12 +460,14 @@ func (d *Subhost) watch(p *proc) {
 }
 
 // exited handles the end of an init: what the ending command wanted, or
-// for an init that ended by itself, a full release with how it ended.
+// for an init that ended by itself, what its end says (insideIntent): a
+// reboot from inside restarts it, a power off from inside releases it,
+// anything else is a full release with how it ended.
 func (d *Subhost) exited(p *proc) {
-	why := p.status()
+	why, ws := p.status()
 	d.mu.Lock()
+	defer d.mu.Unlock()
 	if d.p != p {
-		d.mu.Unlock()
 		return
 	}
 	d.p = nil
@@ -403,6 +481,10 @@ func (d *Subhost) exited(p *proc) {
 	d.rec.Pid, d.rec.Start = 0, 0
 	d.forgetConsoleLocked()
 	d.lastRun = d.rec.Ended
+	inside := ""
+	if intent == "" {
+		intent, inside = insideIntent(ws)
+	}
 	if d.closed && intent == "restart" {
 		intent = "hibernate" // no new watchers once closed; the next driver starts it
 	}
@@ -411,6 +493,10 @@ func (d *Subhost) exited(p *proc) {
 		_ = d.rec.save(d.s.stateDir)
 		d.report.Report(machine.Status{Power: machine.PowerOff, Reachable: true, Reason: "hibernated"})
 	case "restart":
+		if inside != "" {
+			d.report.Event(machine.EventWarning, inside+" ("+d.rec.Ended+"): starting it again")
+			d.report.Report(machine.Status{Power: machine.PowerRebooting, Reachable: true, Reason: inside})
+		}
 		if err := d.startLocked(); err != nil {
 			d.releaseLocked()
 			d.report.Report(machine.Status{Power: machine.PowerOff, Reachable: true, Reason: "restart failed: " + err.Error(), Err: err})
@@ -418,7 +504,12 @@ func (d *Subhost) exited(p *proc) {
 	case "release":
 		ended := d.rec.Ended
 		d.releaseLocked()
-		d.report.Report(machine.Status{Power: machine.PowerOff, Reachable: true, Reason: "powered off: " + ended})
+		what := "powered off: "
+		if inside != "" {
+			d.report.Event(machine.EventWarning, inside+" ("+ended+")")
+			what = inside + ": "
+		}
+		d.report.Report(machine.Status{Power: machine.PowerOff, Reachable: true, Reason: what + ended})
 	default:
 		ended := d.rec.Ended
 		d.releaseLocked()
@@ -428,7 +519,24 @@ func (d *Subhost) exited(p *proc) {
 		}
 		d.report.Report(machine.Status{Power: machine.PowerOff, Reachable: true, Reason: ended, Err: err})
 	}
-	d.mu.Unlock()
+}
+
+// insideIntent reads an init's end that no command of machinefs's asked
+// for. reboot(2) in a PID namespace ends the namespace's init, which its
+// parent sees killed by SIGHUP (restart) or SIGINT (power off, halt); from
+// outside, no other signal than SIGKILL can kill it, so these are the
+// guest's own reboot and power off.
+func insideIntent(ws *unix.WaitStatus) (intent, why string) {
+	if ws == nil || !ws.Signaled() {
+		return "", ""
+	}
+	switch ws.Signal() {
+	case unix.SIGHUP:
+		return "restart", "rebooted from inside"
+	case unix.SIGINT:
+		return "release", "powered off from inside"
+	}
+	return "", ""
 }
 
 // releaseLocked removes everything the subhost holds and its record. What

@@ -160,24 +160,19 @@ func (p *proc) wait() bool {
 	}
 }
 
-// status reaps the ended process and says how it ended.
-func (p *proc) status() string {
+// status reaps the ended process and says how it ended; ws is its wait
+// status when known (our child).
+func (p *proc) status() (why string, ws *unix.WaitStatus) {
 	if !p.child {
-		return "ended (status unknown: started by an earlier machinefs)"
+		return "ended (status unknown: started by an earlier machinefs)", nil
 	}
-	var ws unix.WaitStatus
+	var st unix.WaitStatus
 	if p.reaped != nil {
-		ws = *p.reaped
-	} else if _, err := unix.Wait4(p.pid, &ws, 0, nil); err != nil {
-		return "ended (status unknown: " + err.Error() + ")"
+		st = *p.reaped
+	} else if _, err := unix.Wait4(p.pid, &st, 0, nil); err != nil {
+		return "ended (status unknown: " + err.Error() + ")", nil
 	}
-	switch {
-	case ws.Exited():
-		return fmt.Sprintf("exited with status %d", ws.ExitStatus())
-	case ws.Signaled():
-		return fmt.Sprintf("killed by signal %s", unix.SignalName(ws.Signal()))
-	}
-	return fmt.Sprintf("ended (wait status %#x)", uint32(ws))
+	return statusText(st), &st
 }
 
 func (p *proc) stopWatching() { _, _ = unix.Write(p.cancel[1], []byte{1}) }

@@ -4,9 +4,21 @@
 // `ip netns`) cabled to Linux bridges with veth pairs, in a cgroup v2 group
 // of its own for accounting and freezing.
 //
-// Power off goes through the init: machinefs writes a line to /run/initctl
-// (a FIFO inside the subhost) and kills the subhost if it has not ended
-// within ns.poweroff-timeout. A line written to /run/machinefs/notify by any
+// Power off goes through the init: machinefs writes to /run/initctl (a FIFO
+// inside the subhost) and kills the subhost if it has not ended within
+// ns.poweroff-timeout. What it writes is ns.initctl's: "line" (a line, which
+// the subhost scripts' init takes as power off; init 1-5 are ENOTSUP) or
+// "sysvinit" (sysvinit's binary run level request, as telinit sends it:
+// poweroff is level 0, reboot level 6, init N level N).
+//
+// An init may end the subhost itself: reboot(2) inside a PID namespace ends
+// the namespace's init, which its parent sees killed by SIGHUP (restart) or
+// SIGINT (power off, halt); no other signal can kill it that way but
+// SIGKILL. An init that ends by SIGHUP without a command of machinefs's is
+// the guest rebooting itself: the subhost is started again (rebooting,
+// then on). SIGINT is the guest powering itself off: off, not an error.
+//
+// A line written to /run/machinefs/notify by any
 // process inside becomes a "notify" event. Exits are seen through a pidfd at
 // once.
 //
@@ -44,6 +56,7 @@ var keys = []machine.KeySpec{
 	{Name: "ns.hostname", Doc: "the subhost's host name (default: its name)", Kind: machine.CheckedKind("host name", checkHostname)},
 	{Name: "ns.state-dir", Default: "/run/machinefs/ns", Doc: "where running subhosts are recorded and mounted (NAME.json, NAME/live), for adoption after a restart", Kind: machine.PathKind, Privileged: true},
 	{Name: "ns.cgroup", Default: "machinefs", Doc: "cgroup v2 group (under the cgroup2 mount) that holds one group per subhost", Kind: machine.CheckedKind("cgroup path", checkCgroup), Privileged: true},
+	{Name: "ns.initctl", Default: initctlLine, Doc: "what the subhost's init reads on /run/initctl: line (any line powers it off, as the subhost scripts' init does; init 1-5 are ENOTSUP) or sysvinit (sysvinit's init_request, as telinit writes it: poweroff is run level 0, reboot 6, init N level N)", Kind: machine.EnumKind(initctlLine, initctlSysV)},
 	{Name: "ns.poweroff-timeout", Default: "10s", Doc: "how long poweroff, reboot and stop wait for the init to end after /run/initctl before SIGKILL", Kind: machine.DurationKind(time.Millisecond, time.Hour)},
 }
 
@@ -111,7 +124,14 @@ type settings struct {
 	stateDir      string
 	cgroup        string
 	poweroffAfter time.Duration
+	initctl       string // initctlLine or initctlSysV
 }
+
+// The ns.initctl protocols.
+const (
+	initctlLine = "line"
+	initctlSysV = "sysvinit"
+)
 
 func parseSettings(env machine.DriverEnv) (settings, error) {
 	v := machine.ReadConfig(env.Config, keys)
@@ -127,6 +147,7 @@ func parseSettings(env machine.DriverEnv) (settings, error) {
 		stateDir:      v.String("ns.state-dir"),
 		cgroup:        v.String("ns.cgroup"),
 		poweroffAfter: v.Duration("ns.poweroff-timeout"),
+		initctl:       v.String("ns.initctl"),
 	}
 	if err := v.Err(); err != nil {
 		return s, err
