@@ -299,3 +299,24 @@ func TestForwardedWaitTimesOut(t *testing.T) {
 		t.Fatalf("on wait timeout=300ms for a machine that never gets there: %v after %s, want ETIMEDOUT", err, time.Since(start))
 	}
 }
+
+// A host whose node is one of its agents is run by that node's agent
+// while it is alive, by another of its agents while it is gone, and given
+// back when it returns.
+func TestPreferredOwner(t *testing.T) {
+	ep := etcdtest.StartMember(t)
+	ab := startAgents(t, ep, "a", "b")
+	a := ab[0]
+	if _, err := a.tree.Add(context.Background(), nil, "m", cfg(t, "drivers = sim\nnode = b\nagents = a b\n"), root); err != nil {
+		t.Fatal(err)
+	}
+	owner := func() string { n, _ := a.tree.Host("hosts/m").Owner(); return n }
+	eventually(t, "b, the machine's own agent, to own m", func() bool { return owner() == "b" })
+	ab[1].stop()
+	eventually(t, "a to take m over while b is gone", func() bool { return owner() == "a" })
+	b := startAgent(t, ep, "b")
+	eventually(t, "b to get m back", func() bool {
+		_, here := b.tree.Host("hosts/m").Owner()
+		return owner() == "b" && here
+	})
+}
