@@ -78,7 +78,7 @@ type guest struct {
 	fdsShut  bool // the watcher closed notify and pidfd
 }
 
-var verbs = []string{"on", "off", "poweroff", "reboot", "pause", "resume"}
+var verbs = []string{"on", "off", "poweroff", "reboot", "pause", "resume", "init"}
 
 // New builds the driver of one host. If an earlier machinefs left a guest
 // running for this host (its record in the uml dir names a live process
@@ -459,6 +459,20 @@ func (m *Machine) writeRecord(g *guest) {
 
 // Power implements machine.PowerController.
 func (m *Machine) Power(ctx context.Context, cmd machine.Command) error {
+	if cmd.Verb == "init" {
+		// The host has no way to the guest's init but mconsole, which
+		// has no run level command (cad is one ctrl-alt-del, whatever
+		// the guest's inittab makes of it); a login on the guest's
+		// console is not a way. init 0 and 6 are the power verbs.
+		switch cmd.InitLevel {
+		case 0:
+			cmd.Verb = "poweroff"
+		case 6:
+			cmd.Verb = "reboot"
+		default:
+			return machine.Errorf(syscall.ENOTSUP, "init %d: a UML guest takes no run level from the host (mconsole has none): init 0 (poweroff: ctrl-alt-del, then mconsole halt) and init 6 (mconsole reboot) are supported", cmd.InitLevel)
+		}
+	}
 	switch cmd.Verb {
 	case "on":
 		return m.powerOn(ctx)
