@@ -6,6 +6,7 @@ package registry
 
 import (
 	"github.com/machinefs/machinefs/drivers/ipmi"
+	"github.com/machinefs/machinefs/drivers/local"
 	"github.com/machinefs/machinefs/drivers/ns"
 	"github.com/machinefs/machinefs/drivers/qemu"
 	"github.com/machinefs/machinefs/drivers/sim"
@@ -23,6 +24,7 @@ func Drivers() []machine.DriverSpec {
 		ipmi.Spec,
 		wol.Spec,
 		ssh.Spec,
+		local.Spec,
 		ns.Spec,
 		uml.Spec,
 		qemu.Spec,
