@@ -25,6 +25,7 @@ const (
 	idxVswitch
 	idxSubhosts
 	idxSerial
+	idxCheck
 )
 
 func hostIno(h *model.Host, idx uint64) uint64 { return (h.ID()+1)<<4 | idx }
@@ -50,6 +51,7 @@ func (r *rootDir) OnAdd(ctx context.Context) {
 		return f.tree.Ctl(ctx, text, caller(ctx))
 	})), syscall.S_IFREG)
 	add("events", &eventsFile{fsys: f, prefix: ""}, syscall.S_IFREG)
+	add("check", f.treeCheckFile(), syscall.S_IFREG)
 	r.log = f.addLogs(ctx, &r.Inode, f.tree.Log(), "")
 	add("hosts", &listDir{fsys: f}, syscall.S_IFDIR)
 	add("groups", &groupsDir{fsys: f}, syscall.S_IFDIR)
@@ -217,6 +219,7 @@ func (hd *hostDir) OnAdd(ctx context.Context) {
 	), syscall.S_IFREG)
 	add("serial", idxSerial, &serialFile{sessionFile{fsys: f, host: h, idx: idxSerial}}, syscall.S_IFREG)
 	add("events", idxEvents, &eventsFile{fsys: f, prefix: h.Path()}, syscall.S_IFREG)
+	add("check", idxCheck, f.hostCheckFile(h), syscall.S_IFREG)
 	hd.log = f.addLogs(ctx, &hd.Inode, h.Log(), h.Path())
 	// serial.log shows what serial shows: for the owner and group only.
 	hd.serialLog = f.addLogNamed(ctx, &hd.Inode, h.SerialLog(), h.Path(), "serial.log", 0o440)

@@ -94,7 +94,7 @@ const rootIno = 1
 func (f *FS) statfs(out *fuse.StatfsOut) syscall.Errno {
 	const bsize = 4096
 	used := int64(0)
-	files := uint64(5 + 2) // README, version, ctl, events, events.log(.1); hosts/, groups/
+	files := uint64(6 + 2) // README, version, ctl, check, events, events.log(.1); hosts/, groups/
 	var walk func(parent *model.Host)
 	walk = func(parent *model.Host) {
 		for _, h := range f.tree.Hosts(parent) {
@@ -102,7 +102,7 @@ func (f *FS) statfs(out *fuse.StatfsOut) syscall.Errno {
 			if p := h.Log().Previous(); p != nil {
 				used += int64(p.Size())
 			}
-			files += 12
+			files += 13
 			walk(h)
 		}
 	}

@@ -219,6 +219,9 @@ type DriverSpec struct {
 	// for longer than the host's timeout; a driver that needs to connect
 	// should do so lazily or in the background and report what it finds.
 	New func(ctx context.Context, env DriverEnv) (Driver, error)
+	// Check, if set, reports what the driver needs and whether the host
+	// has it (check.go). It is called also when New failed.
+	Check Checker
 }
 
 // Serialer is a driver with a serial console stream (IPMI Serial-over-LAN,

@@ -298,6 +298,7 @@ func (h *Host) rebuildDrivers(ctx context.Context) {
 	h.emit(machine.EventDrivers, strings.Join(names, " "))
 	h.serial.driversChanged(ctx, built, gen)
 	h.serial.configChanged(ctx)
+	h.checkSoon() // the tool report, in the background (check.go)
 }
 
 func valueOr(cf *ConfigFile, key, def string) string {

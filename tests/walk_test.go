@@ -74,7 +74,7 @@ func TestWalkFinishes(t *testing.T) {
 	}
 	// A host lists what it has: no serial (the sim driver has no serial
 	// console), no vswitch/ (not the local host), no streams.
-	if got := d.ok("ls hosts/w1"); got != "config\nconsole\nevents.log\npower\nstate\n" {
+	if got := d.ok("ls hosts/w1"); got != "check\nconfig\nconsole\nevents.log\npower\nstate\n" {
 		t.Errorf("ls hosts/w1:\n%s", got)
 	}
 	// The streams are there by name: ls, stat and cat find them, and cat

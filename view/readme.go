@@ -21,6 +21,8 @@ func README(t *model.Tree) string {
 README        this text
 version       machinefs version
 ctl           write "add NAME key=value ...", "remove NAME"; read: this usage
+check         every host's tool and permission report in one line: NAME ok, or
+              NAME missing: DRIVER WHAT, ... (the last reports; runs no check)
 events        stream of every event: TIME PATH EVENT DETAIL (blocks; Ctrl-C ends
               it; not listed: open it by name)
 events.log    the same events as a regular file (tail -F works; rotated to
@@ -37,6 +39,8 @@ hosts/NAME/   one directory per machine; mkdir adds a host, rmdir removes it
   config      "key = value" lines; writing "key = value" sets, "key =" removes;
               secrets read back as <set>
   events, events.log   this host's (and its subhosts') events only
+  check       what the drivers need (programs, devices, capabilities, BMC
+              login, ssh host key): present, missing or optional, and why
   serial      serial console (IPMI SOL, a guest's console): read output, write
               input; many readers, one writer (EBUSY), the last 64 KiB for a new
               reader; only on hosts with one (not listed: open it by name)

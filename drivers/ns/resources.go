@@ -1,7 +1,6 @@
 package ns
 
 import (
-	"bufio"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -18,6 +17,7 @@ import (
 	vnetns "github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
+	"github.com/machinefs/machinefs/drivers/internal/hostcheck"
 	"github.com/machinefs/machinefs/drivers/internal/ptyhold"
 	"github.com/machinefs/machinefs/internal/atomicfile"
 	"github.com/machinefs/machinefs/internal/procfs"
@@ -88,26 +88,7 @@ func procStart(pid int) uint64 {
 }
 
 // cgroup2Root is where the cgroup v2 hierarchy is mounted ("" if nowhere).
-func cgroup2Root() string {
-	f, err := os.Open("/proc/self/mountinfo")
-	if err != nil {
-		return ""
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		l := sc.Text()
-		_, after, ok := strings.Cut(l, " - ")
-		if !ok {
-			continue
-		}
-		if strings.HasPrefix(after, "cgroup2 ") {
-			fields := strings.Fields(l)
-			return fields[4]
-		}
-	}
-	return ""
-}
+func cgroup2Root() string { return hostcheck.Cgroup2Root() }
 
 // prepare sets up everything the subhost needs before its init runs: the
 // root, the disks, the FIFOs, the network namespace with its cables and
