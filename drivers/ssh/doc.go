@@ -1,7 +1,8 @@
 // Package ssh is the driver for machines without a BMC and without a
-// machinefs agent: it powers them off, reboots them and relays init N by
-// running their own shutdown tools over SSH, as ctys-PM does, and probes
-// them so the tree shows when they go away.
+// machinefs agent: it powers them off, reboots and suspends them and
+// relays init N by running their own shutdown tools over SSH, as ctys-PM
+// does, arms Wake-on-LAN first, and probes them so the tree shows when
+// they go away.
 //
 // Trust. The driver authenticates with a private key (ssh.key) and checks
 // the machine's host key against a known_hosts file (ssh.known-hosts),
@@ -25,11 +26,30 @@
 //	init N    telinit N (systemd, sysvinit); on busybox init, which has
 //	          no run levels, init 0 is poweroff, init 6 is reboot and
 //	          1-5 are ENOTSUP with that reason
+//	suspend   systemctl suspend (systemd only: sleeping is logind's);
+//	          elsewhere ENOTSUP with the reason
+//
+// Wake-on-LAN. With ssh.wol-interface set, poweroff, off, init 0 and
+// suspend first run "ethtool -s IFACE wol g" on the machine and read it
+// back with "ethtool IFACE" (its Wake-on: line must show g); when it does
+// not, "ethtool -i IFACE" names the NIC's driver for the reason. SSH runs
+// every command through the remote user's shell, so the interface name,
+// the only word from the config in these lines, is checked when written:
+// letters, digits, '.', '_' and '-', not starting with '-'. Failing to arm
+// (a veth: "the driver (veth) supports no Wake-on-LAN modes"; no ethtool
+// on the machine) does not stop the command: it is a warning event and
+// state's ssh-wol line ("not armed: REASON", or "armed (magic, modes g)
+// on eth0 at T").
+//
+// A suspend is not followed: to a probe, a sleeping machine looks like a
+// switched-off one. Until the machine answers again, probes that find it
+// down show paused ("suspended: ssh does not answer"); resume is wol's.
 //
 // A command is accepted when it exits 0 or when the connection closes
 // under it (the machine going down); a non-zero exit is EIO with its
 // output, escaped and cut to 200 bytes (at most 4 KiB is read). on, wol
-// and resume are not the driver's: a switched-off machine runs no sshd.
+// and resume are not the driver's: a switched-off or sleeping machine
+// runs no sshd.
 // Combine drivers ("drivers = ssh wol") to wake it.
 //
 // Verify after act. The driver is a machine.Verifier: after poweroff, off

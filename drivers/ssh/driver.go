@@ -44,6 +44,10 @@ type driver struct {
 	state     string           // the "ssh" line of state
 	lastProbe string
 	verify    string // what the last command's verification saw
+	wol       string // the "ssh-wol" line of state
+	// suspended is set when the machine accepted a suspend: a probe
+	// that finds it down shows paused, not off, until it answers again.
+	suspended bool
 }
 
 var (
@@ -72,7 +76,11 @@ func New(_ context.Context, env machine.DriverEnv) (machine.Driver, error) {
 		h = netns.None() // the process's namespace
 	}
 	d := &driver{cfg: cfg, dl: dialer{cfg: cfg, ns: h}, rep: env.Report, log: env.Log,
-		sem: make(chan struct{}, 1), state: "not probed yet", lastProbe: "never"}
+		sem: make(chan struct{}, 1), state: "not probed yet", lastProbe: "never",
+		wol: "not configured (" + KeyWoLInterface + " is empty)"}
+	if cfg.wolIface != "" {
+		d.wol = "not armed yet: armed on " + cfg.wolIface + " before poweroff, off, init 0 and suspend"
+	}
 	if d.rep == nil {
 		d.rep = nopReporter{}
 	}
@@ -87,10 +95,10 @@ func New(_ context.Context, env machine.DriverEnv) (machine.Driver, error) {
 
 func (d *driver) Kind() string { return "ssh" }
 
-// Verbs: the orderly verbs a machine's own tools carry out. on and wol
-// are not ssh's (a switched-off machine runs no sshd): combine drivers,
-// "ssh wol".
-func (d *driver) Verbs() []string { return []string{"poweroff", "off", "reboot", "init"} }
+// Verbs: the orderly verbs a machine's own tools carry out. on, wol and
+// resume are not ssh's (a switched-off or sleeping machine runs no sshd):
+// combine drivers, "ssh wol".
+func (d *driver) Verbs() []string { return []string{"poweroff", "off", "reboot", "init", "suspend"} }
 
 // Verifies implements machine.Verifier: poweroff, off and init 0 are
 // followed until the SSH port stops answering, reboot and init 6 until it
@@ -144,6 +152,11 @@ func commandLine(cmd machine.Command, init string) (string, error) {
 			return "systemctl reboot", nil
 		}
 		return "reboot", nil
+	case "suspend":
+		if init == initSystemd {
+			return "systemctl suspend", nil
+		}
+		return "", machine.Errorf(syscall.ENOTSUP, "ssh: suspend needs systemd on the machine (systemctl suspend, through logind); its init is %s", init)
 	case "init":
 		n := cmd.InitLevel
 		if n < 0 || n > 6 {
@@ -166,7 +179,7 @@ func commandLine(cmd machine.Command, init string) (string, error) {
 		}
 		return "", machine.Errorf(syscall.ENOTSUP, "ssh: init %d: cannot tell the machine's init system, so no run level is relayed (init 0 and init 6 still work)", n)
 	}
-	return "", machine.Errorf(syscall.ENOTSUP, "ssh: %s: not supported over ssh (poweroff, off, reboot, init N; on and wol need another driver, e.g. drivers = ssh wol)", cmd.Verb)
+	return "", machine.Errorf(syscall.ENOTSUP, "ssh: %s: not supported over ssh (poweroff, off, reboot, init N, suspend; on, wol and resume need another driver, e.g. drivers = ssh wol)", cmd.Verb)
 }
 
 // Power runs the verb's fixed command on the machine and returns once the
@@ -192,6 +205,9 @@ func (d *driver) Power(ctx context.Context, cmd machine.Command) error {
 	if err != nil {
 		return err
 	}
+	if armsWoL(cmd) && d.cfg.wolIface != "" {
+		d.armWoL(ctx, c, cmd)
+	}
 	exp, verify := expectOf(cmd)
 	d.mu.Lock()
 	if d.closed {
@@ -204,6 +220,7 @@ func (d *driver) Power(ctx context.Context, cmd machine.Command) error {
 	// already going down under the command is not reported by the
 	// watch before the verdict.
 	d.gen++
+	d.suspended = false
 	d.following.Stop() // superseded
 	var vctx context.Context
 	var id int
@@ -237,6 +254,21 @@ func (d *driver) Power(ctx context.Context, cmd machine.Command) error {
 	}
 	d.log.Info("power command accepted", "verb", cmd.String(), "command", line, "connection-closed", gone)
 	d.rep.Event(machine.EventNotify, "ssh: "+what)
+	if cmd.Verb == "suspend" {
+		// Not followed: a sleeping machine and a switched-off one look
+		// alike to a probe. The probes show paused while it is down.
+		d.mu.Lock()
+		d.suspended = true
+		d.shown, d.shownErr = machine.PowerPaused, 0
+		kept := d.c
+		d.c = nil
+		d.mu.Unlock()
+		if kept != nil {
+			kept.close()
+		}
+		d.rep.Report(machine.Status{Power: machine.PowerPaused, Reason: what})
+		return nil
+	}
 	if !verify {
 		return nil // init 1-5: relayed, no power change to follow
 	}
@@ -398,6 +430,11 @@ func (d *driver) observe(c *conn, err error) machine.Status {
 	d.mu.Lock()
 	d.state = line
 	d.lastProbe = time.Now().Format(time.RFC3339) + " " + line
+	if err == nil {
+		d.suspended = false // it woke
+	} else if d.suspended && isDown(err) {
+		st = machine.Status{Power: machine.PowerPaused, Reason: "suspended: ssh does not answer (" + errnoWord(err) + ")"}
+	}
 	d.mu.Unlock()
 	return st
 }
@@ -581,6 +618,7 @@ func (d *driver) Describe() [][2]string {
 		{"ssh-target", fmt.Sprintf("%s@%s (known hosts %s, probe every %s)", d.cfg.user, d.cfg.hostPort(), d.cfg.knownHosts, d.cfg.interval)},
 		{"ssh", d.state},
 		{"ssh-last-probe", d.lastProbe},
+		{"ssh-wol", d.wol},
 	}
 	if d.verify != "" {
 		lines = append(lines, [2]string{"ssh-verify", d.verify})

@@ -8,6 +8,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/machinefs/machinefs/drivers/internal/wolarm"
 	"github.com/machinefs/machinefs/machine"
 )
 
@@ -21,12 +22,13 @@ const (
 	KeyConnectTimeout = "ssh.connect-timeout"
 	KeyCommandTimeout = "ssh.command-timeout"
 	KeyProbeInterval  = "ssh.probe-interval"
+	KeyWoLInterface   = "ssh.wol-interface"
 )
 
 // Spec registers the ssh driver with the model.
 var Spec = machine.DriverSpec{
 	Name: "ssh",
-	Doc:  "power off, reboot and relay init N to a machine without a BMC by running its own shutdown tools over SSH (key authentication, host key checked against known_hosts), and probe it",
+	Doc:  "power off, reboot, suspend and relay init N to a machine without a BMC by running its own shutdown tools over SSH (key authentication, host key checked against known_hosts), and probe it",
 	Keys: keys,
 	New:  New,
 }
@@ -36,7 +38,9 @@ var Spec = machine.DriverSpec{
 // the target, the second which machines the daemon's key may be used on
 // at all. Because known_hosts is the allow-list, ssh.address need not be:
 // an operator who points it elsewhere reaches only machines the admin
-// listed.
+// listed. Nor need ssh.wol-interface: it only names the NIC on such a
+// machine that a fixed ethtool command arms, and names that could mean
+// anything to the remote shell are refused when written.
 var keys = []machine.KeySpec{
 	{Name: KeyAddress, Doc: "the machine's host name or IP address; required. It must be listed in ssh.known-hosts (as ADDRESS, or [ADDRESS]:PORT for a port other than 22)", Kind: addressKind},
 	{Name: KeyPort, Doc: "the machine's SSH port", Default: "22", Kind: machine.IntKind(1, 65535)},
@@ -45,6 +49,7 @@ var keys = []machine.KeySpec{
 	{Name: KeyKnownHosts, Doc: "known_hosts file that must list the machine's host key; required: an unknown or changed key is EACCES with the reason, never trusted on first use", Kind: machine.PathKind, Privileged: true},
 	{Name: KeyConnectTimeout, Doc: "bound on one connection: TCP connect, SSH handshake and authentication (a port that accepts but never speaks SSH is ETIMEDOUT after it)", Default: "5s", Kind: machine.DurationKind(100*time.Millisecond, time.Minute)},
 	{Name: KeyCommandTimeout, Doc: "bound on one command on the machine (init detection, poweroff, reboot, telinit): ETIMEDOUT after it", Default: "30s", Kind: machine.DurationKind(100*time.Millisecond, 10*time.Minute)},
+	{Name: KeyWoLInterface, Doc: "the machine's network interface on which Wake-on-LAN (magic packet) is armed with the machine's ethtool (ethtool -s IFACE wol g, read back with ethtool IFACE) before poweroff, off, init 0 and suspend, so that wol can wake it; empty: not armed. A NIC without WoL, or no ethtool, is a warning with the reason, not a refusal", Kind: ifaceKind},
 	{Name: KeyProbeInterval, Doc: "time between probes of the machine (an SSH keepalive on the kept connection, or a new connection), so a machine switched off or on elsewhere shows within one interval", Default: "10s", Kind: machine.DurationKind(100*time.Millisecond, time.Hour)},
 }
 
@@ -66,6 +71,15 @@ var addressKind = machine.CustomKind("host name or IP address", func(v string) (
 	return s, nil
 })
 
+// ifaceKind is a network interface name, or empty. It reaches a command
+// line, so only names that mean nothing to a shell pass (wolarm.CheckName).
+var ifaceKind = machine.CheckedKind("interface name", func(v string) error {
+	if v == "" {
+		return nil
+	}
+	return wolarm.CheckName(v)
+})
+
 // userKind is a POSIX-style login name.
 var userKind = machine.CheckedKind("user name", func(v string) error {
 	if !userRE.MatchString(v) {
@@ -84,6 +98,7 @@ type settings struct {
 	connectTimeout time.Duration
 	commandTimeout time.Duration
 	interval       time.Duration
+	wolIface       string
 }
 
 // hostPort is the address as dialled and as looked up in known_hosts.
@@ -102,6 +117,7 @@ func parseConfig(c machine.Config) (settings, error) {
 		connectTimeout: v.Duration(KeyConnectTimeout),
 		commandTimeout: v.Duration(KeyCommandTimeout),
 		interval:       v.Duration(KeyProbeInterval),
+		wolIface:       v.String(KeyWoLInterface),
 	}
 	if err := v.Err(); err != nil {
 		return s, machine.Errorf(syscall.EINVAL, "ssh: %v", err)
