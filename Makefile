@@ -8,11 +8,12 @@ STATICCHECK   := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 # sfdisk (partitioned disk images); vim, perl and ansible-core (tools_test.go);
 # qemu-system-x86, qemu-utils and linux-image-amd64 (QEMU guests: the
 # emulator, qemu-img, a kernel to boot), vde2 (VDE switches),
-# freeipmi-tools (ipmipower, the group benchmark's baseline).
+# freeipmi-tools (ipmipower, the group benchmark's baseline); openssh-server,
+# openssh-client and ethtool (the ssh driver's test machines).
 DEB_PACKAGES  := inotify-tools fuse3 openipmi ipmitool socat iproute2 util-linux procps \
                  user-mode-linux uml-utilities busybox-static e2fsprogs file fdisk rsync \
                  vim perl ansible-core qemu-system-x86 qemu-utils linux-image-amd64 vde2 \
-                 freeipmi-tools openssh-server openssh-client
+                 freeipmi-tools openssh-server openssh-client ethtool
 VERSION       ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS       := -X main.version=$(VERSION)
 

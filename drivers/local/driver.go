@@ -40,7 +40,7 @@ type driver struct {
 var (
 	_ machine.PowerController = (*driver)(nil)
 	_ machine.Describer       = (*driver)(nil)
-	// and machine.ThisMachine (RunsThisProcess)
+	_ machine.ThisMachine     = (*driver)(nil)
 )
 
 type nopReporter struct{}
