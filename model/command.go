@@ -186,6 +186,7 @@ func (h *Host) refused(pc machine.PowerController, op *operation, quoted string,
 	}
 	h.finishLocked(op, err)
 	h.state.lastErr = err.Error()
+	h.state.leaving = "" // the driver did not take the machine down
 	h.mu.Unlock()
 	h.emit(machine.EventCommand, quoted+" failed: "+err.Error())
 	h.emit(machine.EventError, err.Error())

@@ -89,10 +89,18 @@ func (h *Host) leftStateLocked(st *HostState) {
 }
 
 // leftOnPurpose says whether err, a forwarded command's failure, only
-// means that the owner went down with its machine as the command asked.
-// It waits up to leaveGrace for the owner's last snapshot.
-func (h *Host) leftOnPurpose(ctx context.Context, err error) bool {
-	if machine.ErrnoOf(err) != syscall.EHOSTUNREACH {
+// means that the owner went down with its machine as cmd asked: the
+// owner gone (EHOSTUNREACH), or failing its commands as it shuts down,
+// after it published cmd as the host's leaving command. It waits up to
+// leaveGrace for the owner's last snapshot and for its going.
+func (h *Host) leftOnPurpose(ctx context.Context, cmd machine.Command, err error) bool {
+	if leavingTarget(cmd) == "" {
+		return false
+	}
+	h.mu.Lock()
+	leaving := h.owner.remote != nil && h.owner.remote.Leaving != ""
+	h.mu.Unlock()
+	if !leaving && machine.ErrnoOf(err) != syscall.EHOSTUNREACH {
 		return false
 	}
 	t := time.NewTimer(leaveGrace)
@@ -147,7 +155,7 @@ func (h *Host) awaitBack(ctx context.Context, cmd machine.Command) error {
 // answered err: the owner going down as the command asked is success
 // (after a reboot, once the machine is back).
 func (h *Host) forwardedVerdict(ctx context.Context, cmd machine.Command, err error) error {
-	if err == nil || !h.leftOnPurpose(ctx, err) {
+	if err == nil || !h.leftOnPurpose(ctx, cmd, err) {
 		return err
 	}
 	if leavingTarget(cmd) == machine.PowerOn {

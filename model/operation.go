@@ -86,6 +86,7 @@ func (h *Host) opTimedOut(op *operation, after time.Duration) {
 		h.setPowerLocked(machine.PowerUnknown, err.Error())
 	}
 	h.state.lastErr = err.Error()
+	h.state.leaving = "" // the machine did not go down as asked
 	h.finishLocked(op, err)
 	h.mu.Unlock()
 	if changed {
@@ -101,9 +102,6 @@ func (h *Host) finishLocked(op *operation, err error) {
 	}
 	if h.op == op {
 		h.op = nil
-	}
-	if err != nil {
-		h.state.leaving = "" // the machine did not go down as asked
 	}
 	if !op.end(err) {
 		return

@@ -167,6 +167,10 @@ func (h *Host) forward(ctx context.Context, cmd machine.Command, who Caller, own
 		who.Node = h.tree.peers.Node()
 	}
 	done, err := h.tree.peers.Forward(ctx, Forwarded{Path: h.path, Line: cmd.String(), Who: who, Own: own, InStack: inStack})
+	if err != nil && h.leftOnPurpose(ctx, cmd, err) {
+		// The owner went down with its machine before it could answer.
+		done, err = closedWith(err), nil
+	}
 	if err != nil {
 		h.tree.log.Info("forwarded command refused", "host", h.path, "cmd", quoted, "err", err)
 		return nil, err
@@ -179,7 +183,7 @@ func (h *Host) forward(ctx context.Context, cmd machine.Command, who Caller, own
 	go func() {
 		select {
 		case err := <-done:
-			op.end(err)
+			op.end(h.forwardedVerdict(ctx, cmd, err))
 		case <-ctx.Done():
 			// The waiter is gone (awaitOp answers EINTR); nobody reads
 			// op any more.

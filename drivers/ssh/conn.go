@@ -36,7 +36,9 @@ const (
 	initSysV     = "sysvinit"
 	initBusybox  = "busybox"
 	initUnknown  = "unknown"
-	detectScript = `if [ -d /run/systemd/system ]; then echo systemd; elif [ -p /run/initctl ] || [ -p /dev/initctl ]; then echo sysvinit; else readlink /proc/1/exe || echo unknown; fi`
+	// PID 1 before the FIFO: a busybox machine may have a /run/initctl
+	// FIFO that is not sysvinit's (an ns subhost's, read by its own init).
+	detectScript = `if [ -d /run/systemd/system ]; then echo systemd; else e=$(readlink /proc/1/exe 2>/dev/null); case "$e" in */busybox) echo "$e" ;; *) if [ -p /run/initctl ] || [ -p /dev/initctl ]; then echo sysvinit; else echo "${e:-unknown}"; fi ;; esac; fi`
 )
 
 // conn is one authenticated SSH connection to the machine, kept between
@@ -250,8 +252,8 @@ func (d dialer) dial(ctx context.Context) (*conn, error) {
 }
 
 // detectInit runs the fixed detection script: systemd when
-// /run/systemd/system exists (as systemd's own sd_booted), sysvinit when
-// its control FIFO exists, busybox when PID 1 is busybox. A command that
+// /run/systemd/system exists (as systemd's own sd_booted), busybox when
+// PID 1 is busybox, else sysvinit when its control FIFO exists. A command that
 // fails (a restricted shell) is not fatal: the commands then take their
 // plain forms. A connection that stops answering is.
 func (d dialer) detectInit(ctx context.Context, c *conn) (string, string, error) {
