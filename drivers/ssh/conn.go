@@ -32,10 +32,10 @@ const maxOutput = 4096
 
 // Init systems the driver tells apart on the target.
 const (
-	initSystemd  = "systemd"
-	initSysV     = "sysvinit"
-	initBusybox  = "busybox"
-	initUnknown  = "unknown"
+	initSystemd = "systemd"
+	initSysV    = "sysvinit"
+	initBusybox = "busybox"
+	initUnknown = "unknown"
 	// PID 1 before the FIFO: a busybox machine may have a /run/initctl
 	// FIFO that is not sysvinit's (an ns subhost's, read by its own init).
 	detectScript = `if [ -d /run/systemd/system ]; then echo systemd; else e=$(readlink /proc/1/exe 2>/dev/null); case "$e" in */busybox) echo "$e" ;; *) if [ -p /run/initctl ] || [ -p /dev/initctl ]; then echo sysvinit; else echo "${e:-unknown}"; fi ;; esac; fi`
