@@ -17,8 +17,8 @@
 // Commands. Nothing from the tree is passed to the remote shell: the
 // command lines are fixed here, and init N adds only a digit the grammar
 // and the driver checked. On each connection the driver asks which init
-// the machine runs (systemd when /run/systemd/system exists, sysvinit when
-// /run/initctl is a FIFO, busybox when PID 1 is busybox):
+// the machine runs (systemd when /run/systemd/system exists, busybox when
+// PID 1 is busybox, else sysvinit when /run/initctl is a FIFO):
 //
 //	poweroff  systemctl poweroff (systemd), else poweroff
 //	off       poweroff -f (no orderly stop of services)
