@@ -43,7 +43,9 @@ func (c *sessionFile) Getattr(ctx context.Context, fh gofs.FileHandle, out *fuse
 
 // Setattr accepts the truncation of `echo x > console`.
 func (c *sessionFile) Setattr(ctx context.Context, fh gofs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
-	return c.Getattr(ctx, fh, out)
+	c.Getattr(ctx, fh, out)
+	c.fsys.setattrTimeout(out) // size 0 for ever: nothing to go stale
+	return 0
 }
 
 func (c *consoleFile) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32, syscall.Errno) {

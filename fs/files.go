@@ -116,6 +116,17 @@ func (a *fileAttrs) openRefused(ctx context.Context) (gofs.FileHandle, uint32, s
 	return nil, 0, syscall.EACCES
 }
 
+// setattrTimeout gives a SETATTR reply the attribute timeout GETATTR and
+// LOOKUP replies get. go-fuse sends it with none, so the kernel asked
+// again (GETATTR) before the write that follows the truncation of `>`.
+// The reply carries what a GETATTR would (a status file's: the size of the
+// snapshot it renews), so the kernel may keep it as long. The kernel takes
+// a SETATTR reply without checking it against invalidations that came
+// while it was on its way, which a GETATTR reply is checked against: the
+// notifier invalidates a file again once its SETATTRs are settled
+// (notify.go, setattrUnsettled).
+func (f *FS) setattrTimeout(out *fuse.AttrOut) { out.SetTimeout(f.attrTimeout) }
+
 // static renders a text that never changes.
 func static(text string) func() []byte {
 	b := []byte(text)
@@ -131,6 +142,7 @@ type statusFile struct {
 	fileAttrs
 	render func() []byte
 	rc     readCache // the one snapshot the kernel may hold (snapshot.go)
+	seen   kernelSeen
 }
 
 var (
@@ -143,6 +155,7 @@ var (
 )
 
 func (s *statusFile) Getattr(ctx context.Context, fh gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	s.seen.note() // before the rendering (notify.go)
 	s.fill(&out.Attr, s.cachedSize())
 	return 0
 }
@@ -153,6 +166,7 @@ func (s *statusFile) Setattr(ctx context.Context, fh gofs.FileHandle, in *fuse.S
 		return e
 	}
 	s.fill(&out.Attr, s.cachedSize())
+	s.fsys.setattrTimeout(out)
 	return 0
 }
 
@@ -190,6 +204,7 @@ func (c *commandFile) Setattr(ctx context.Context, fh gofs.FileHandle, in *fuse.
 	defer c.rc.setattrBegin()() // its reply sets the kernel's size unconditionally (snapshot.go)
 	c.truncation(ctx, fh, in)
 	c.fill(&out.Attr, c.cachedSize())
+	c.fsys.setattrTimeout(out)
 	return 0
 }
 
@@ -232,6 +247,7 @@ func (l *liveFile) Setattr(ctx context.Context, fh gofs.FileHandle, in *fuse.Set
 		return e
 	}
 	l.fill(&out.Attr, 0)
+	l.fsys.setattrTimeout(out)
 	return 0
 }
 
@@ -267,6 +283,7 @@ func (f *FS) newLiveCommandFile(a fileAttrs, ask func(context.Context) ([]byte, 
 func (c *liveCommandFile) Setattr(ctx context.Context, fh gofs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
 	c.truncation(ctx, fh, in)
 	c.fill(&out.Attr, 0)
+	c.fsys.setattrTimeout(out)
 	return 0
 }
 

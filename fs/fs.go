@@ -83,6 +83,10 @@ type FS struct {
 	// directories the kernel looked up in it (nodeAt), by their path.
 	root *rootDir
 
+	// attrTimeout is how long the kernel may keep attributes it got
+	// (GETATTR, LOOKUP and SETATTR replies alike).
+	attrTimeout time.Duration
+
 	notify  *notifier
 	poker   *poker
 	readers readerSlots // open events streams (files.go)
@@ -109,6 +113,7 @@ func Mount(tree *model.Tree, mountpoint string, o Options) (*FS, error) {
 	// Negative entries are not cached, so a host added by ctl or SIGHUP
 	// appears at once.
 	entry, attr, negative := time.Minute, time.Minute, time.Duration(0)
+	f.attrTimeout = attr
 	mo := fuse.MountOptions{
 		AllowOther:    o.AllowOther,
 		DirectMount:   os.Geteuid() == 0,
@@ -117,6 +122,14 @@ func Mount(tree *model.Tree, mountpoint string, o Options) (*FS, error) {
 		Debug:         o.Debug,
 		MaxReadAhead:  128 << 10,
 		DisableSplice: true,
+		// No file of the tree has extended attributes (a temporary
+		// file's setxattr was EOPNOTSUPP already). ENOSYS to the first
+		// GETXATTR, SETXATTR or REMOVEXATTR makes the kernel stop asking
+		// for the whole connection and answer EOPNOTSUPP itself: every
+		// write had cost a GETXATTR of security.capability (the kernel
+		// checks it before it truncates or writes), and `ls -l` one or
+		// two per file listed.
+		DisableXAttrs: true,
 		Options:       []string{"default_permissions"},
 	}
 	if o.FsName == "" {

@@ -23,6 +23,7 @@ type logFile struct {
 	fsys *FS
 	gen  *model.LogGen
 	perm uint32
+	seen kernelSeen
 }
 
 var (
@@ -42,6 +43,7 @@ func (l *logFile) fill(a *fuse.Attr) {
 }
 
 func (l *logFile) Getattr(ctx context.Context, fh gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	l.seen.note() // before the size is read (notify.go)
 	l.fill(&out.Attr)
 	return 0
 }

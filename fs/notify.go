@@ -4,6 +4,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -32,8 +33,9 @@ type notifier struct {
 	unwatch     func()
 	once        sync.Once
 	poker       *poker
-	// retries are invalidations the kernel refused with ENOENT, to send
-	// again (see inval); retryTimer wakes the worker for them.
+	// retries are invalidations to send again: ones the kernel refused
+	// with ENOENT, and ones a SETATTR reply may undo (see inval);
+	// retryTimer wakes the worker for them.
 	retries    []retry
 	retryTimer *time.Timer
 	// times are the change times of live files by directory path
@@ -67,7 +69,7 @@ type retry struct {
 }
 
 // retryDelays are the waits before the invalidations an ENOENT refused
-// are sent again.
+// are sent again (for an inode looked up within lookupRace).
 var retryDelays = []time.Duration{20 * time.Millisecond, 500 * time.Millisecond}
 
 func newNotifier(f *FS) *notifier {
@@ -221,23 +223,98 @@ func (n *notifier) run() {
 	}
 }
 
-// inval drops the kernel's cached content and attributes of ino. The
-// kernel answers ENOENT for an inode it does not know, and that includes
-// one whose first LOOKUP reply is still on its way, computed before the
-// change: that reply would then keep the old size for the attribute
-// timeout, and reads stop there. So an ENOENT is tried again a little
-// later (retryDelays); for an inode the kernel really does not know, that
-// costs two more writes to /dev/fuse.
+// inval drops the kernel's cached content and attributes of ino.
+//
+// Only an inode the kernel may know is invalidated (kernelSeen): most
+// files the notifier marks were never looked up (events.log of every host
+// an event passes through), and the kernel refuses their invalidation
+// with ENOENT, a write to /dev/fuse for nothing.
+//
+// The kernel also answers ENOENT for an inode whose first LOOKUP reply is
+// still on its way, computed before the change: that reply would then keep
+// the old size for the attribute timeout, and reads stop there. So an
+// ENOENT for an inode looked up within lookupRace is tried again a little
+// later (retryDelays); one looked up before that was forgotten by the
+// kernel (FORGET), and is not invalidated again until its next lookup.
 func (n *notifier) inval(ino *gofs.Inode) { n.invalAttempt(ino, 0) }
 
 func (n *notifier) invalAttempt(ino *gofs.Inode, attempt int) {
-	if ino.NotifyContent(0, 0) != syscall.ENOENT || attempt >= len(retryDelays) {
-		return
+	var seen *kernelSeen
+	var stamp int64
+	if s, ok := ino.Operations().(seenByKernel); ok {
+		seen = s.kernelSeen()
+		if stamp = seen.at.Load(); stamp == 0 {
+			return // never looked up, or forgotten: the kernel has nothing of it
+		}
 	}
+	switch ino.NotifyContent(0, 0) {
+	case 0:
+		// A SETATTR reply on its way would put back what this dropped
+		// (files.go, setattrTimeout): invalidate again once it landed.
+		if u, ok := ino.Operations().(setattrRacer); ok {
+			if due, racing := u.setattrUnsettled(); racing {
+				n.later(retry{ino: ino, attempt: attempt, due: due})
+			}
+		}
+	case syscall.ENOENT:
+		if seen != nil && time.Since(time.Unix(0, stamp)) > lookupRace {
+			seen.at.CompareAndSwap(stamp, 0) // not if a lookup came since
+			return
+		}
+		if attempt < len(retryDelays) {
+			n.later(retry{ino: ino, attempt: attempt + 1, due: time.Now().Add(retryDelays[attempt])})
+		}
+	}
+}
+
+// later queues an invalidation to send again at r.due.
+func (n *notifier) later(r retry) {
 	n.mu.Lock()
-	n.retries = append(n.retries, retry{ino: ino, attempt: attempt + 1, due: time.Now().Add(retryDelays[attempt])})
+	n.retries = append(n.retries, r)
 	n.armLocked()
 	n.mu.Unlock()
+}
+
+// lookupRace bounds how long after its lookup an inode the kernel does not
+// know may still have its LOOKUP reply on the way (retryDelays' sum, and
+// some).
+const lookupRace = time.Second
+
+// kernelSeen records whether the kernel may know an inode: the time of its
+// last LOOKUP or GETATTR (both reach the node's Getattr, READDIRPLUS too),
+// 0 for never or forgotten. go-fuse keeps the kernel's lookup count but
+// does not show it, and tells nodes that stay in the tree (persistent
+// ones) nothing of a FORGET.
+type kernelSeen struct{ at atomic.Int64 }
+
+// note records a lookup. It comes before the node renders its reply: a
+// change the notifier did not see the note of is one the reply shows.
+func (k *kernelSeen) note() { k.at.Store(time.Now().UnixNano()) }
+
+// seenByKernel is a file the notifier invalidates (statusFile, logFile).
+type seenByKernel interface{ kernelSeen() *kernelSeen }
+
+func (s *statusFile) kernelSeen() *kernelSeen { return &s.seen }
+func (l *logFile) kernelSeen() *kernelSeen    { return &l.seen }
+
+// setattrRacer is a file whose SETATTR replies carry an attribute timeout
+// (statusFile): setattrUnsettled says whether one may still be on its way,
+// and when it will have landed.
+type setattrRacer interface {
+	setattrUnsettled() (due time.Time, racing bool)
+}
+
+func (s *statusFile) setattrUnsettled() (time.Time, bool) {
+	s.rc.mu.Lock()
+	defer s.rc.mu.Unlock()
+	now := time.Now()
+	if s.rc.setattrs > 0 {
+		return now.Add(settle), true
+	}
+	if due := s.rc.setattrEnd.Add(settle); now.Before(due) {
+		return due, true
+	}
+	return time.Time{}, false
 }
 
 // armLocked sets the retry timer to the earliest retry due.
