@@ -152,7 +152,7 @@ func (g *Group) Hosts() []string {
 }
 
 // Exec runs a power command on every member in parallel, sending it to at
-// most the tree's fan-out at a time (see run). It returns once every
+// most the fan-out at a time (see run, fanOut). It returns once every
 // member accepted it, or with wait once every member reached its state;
 // the result is the worst member's, and state lists every member's
 // outcome.
@@ -205,7 +205,7 @@ func (g *Group) run(ctx context.Context, cmd machine.Command, who Caller) error 
 	results := make(map[string]string, len(paths))
 	var mu sync.Mutex
 	var worst error
-	sem := make(chan struct{}, g.tree.fanout)
+	sem := make(chan struct{}, g.tree.fanOut(len(paths)))
 	var wg sync.WaitGroup
 	started := time.Now()
 	for _, p := range paths {
@@ -244,6 +244,24 @@ func (g *Group) run(ctx context.Context, cmd machine.Command, who Caller) error 
 		return machine.Errorf(machine.ErrnoOf(worst), "%d of %d members failed; first: %v", failed, len(paths), worst)
 	}
 	return nil
+}
+
+// MaxAutoFanOut bounds the default fan-out: without -o fanout=N, every
+// member's command of a group of up to this many is handed to its driver
+// at once, as ipmipower sends every request before it waits. The fixed
+// default of 32 held members 33-50 of a group of 50 until one of the first
+// 32 BMCs had answered. Past it, the goroutines and sockets of a large
+// group's commands in flight stay bounded.
+const MaxAutoFanOut = 64
+
+// fanOut is how many members' commands of a group of n may be on their way
+// to their drivers at once: -o fanout=N when it was given, else the whole
+// group up to MaxAutoFanOut.
+func (t *Tree) fanOut(n int) int {
+	if t.fanout > 0 {
+		return t.fanout
+	}
+	return max(1, min(n, MaxAutoFanOut))
 }
 
 // member runs cmd on the member at p: it frees the member's fan-out slot

@@ -100,6 +100,46 @@ func TestGroupWaitSendsEveryMemberFirst(t *testing.T) {
 func TestGroupFanOutBoundsDriverCalls(t *testing.T) {
 	const fanout, members = 2, 5
 	tree, g := groupOf(t, fanout, members, "sim.initial", "off", "sim.hang", "on", "timeout", "100ms")
+	most := mostInFlight(t, tree)
+	err := g.Exec(context.Background(), "on wait", model.Caller{})
+	if machine.ErrnoOf(err) != syscall.ETIMEDOUT || !strings.Contains(err.Error(), "5 of 5 members failed") {
+		t.Fatalf("err %v, want ETIMEDOUT, 5 of 5 failed", err)
+	}
+	if most := most(); most > fanout || most == 0 {
+		t.Fatalf("%d driver calls in flight at most, fan-out %d", most, fanout)
+	}
+	st := view.GroupState(g)
+	for i := range members {
+		if want := fmt.Sprintf("hosts/n%d: unknown (last: failed:", i); !strings.Contains(st, want) {
+			t.Errorf("state lacks %q:\n%s", want, st)
+		}
+	}
+}
+
+// Without -o fanout=N, a group's every member is handed its command at
+// once, up to MaxAutoFanOut: with 40 members whose drivers never answer,
+// all 40 are in flight together (the old default of 32 held 8 back), and
+// state shows the fan-out used.
+func TestGroupDefaultFanOutIsTheGroup(t *testing.T) {
+	const members = 40
+	tree, g := groupOf(t, 0, members, "sim.initial", "off", "sim.hang", "on", "timeout", "300ms")
+	most := mostInFlight(t, tree)
+	err := g.Exec(context.Background(), "on", model.Caller{})
+	if machine.ErrnoOf(err) != syscall.ETIMEDOUT {
+		t.Fatalf("err %v, want ETIMEDOUT", err)
+	}
+	if most := most(); most != members {
+		t.Fatalf("%d driver calls in flight at most, want all %d", most, members)
+	}
+	if st := view.GroupState(g); !strings.Contains(st, fmt.Sprintf("fan-out: %d\n", members)) {
+		t.Errorf("state lacks the fan-out %d:\n%s", members, st)
+	}
+}
+
+// mostInFlight counts the tree's hosts whose driver calls are in flight (a
+// host shows starting until its command is answered); the func it returns
+// gives the most there were at once.
+func mostInFlight(t *testing.T, tree *model.Tree) func() int {
 	var mu sync.Mutex
 	inFlight, most := 0, 0
 	watchHosts(t, tree, &mu, func(e model.Event) {
@@ -111,19 +151,9 @@ func TestGroupFanOutBoundsDriverCalls(t *testing.T) {
 			inFlight--
 		}
 	})
-	err := g.Exec(context.Background(), "on wait", model.Caller{})
-	if machine.ErrnoOf(err) != syscall.ETIMEDOUT || !strings.Contains(err.Error(), "5 of 5 members failed") {
-		t.Fatalf("err %v, want ETIMEDOUT, 5 of 5 failed", err)
-	}
-	mu.Lock()
-	defer mu.Unlock()
-	if most > fanout || most == 0 {
-		t.Fatalf("%d driver calls in flight at most, fan-out %d", most, fanout)
-	}
-	st := view.GroupState(g)
-	for i := range members {
-		if want := fmt.Sprintf("hosts/n%d: unknown (last: failed:", i); !strings.Contains(st, want) {
-			t.Errorf("state lacks %q:\n%s", want, st)
-		}
+	return func() int {
+		mu.Lock()
+		defer mu.Unlock()
+		return most
 	}
 }

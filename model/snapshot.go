@@ -102,7 +102,7 @@ func (g *Group) State() GroupState {
 		Hosts:       g.hosts, // replaced, never changed in place
 		Results:     g.results,
 		LastCommand: g.lastCmd,
-		FanOut:      g.tree.fanout,
+		FanOut:      g.tree.fanOut(len(g.hosts)),
 	}
 	g.mu.Unlock()
 	st.Power = make([]machine.Power, len(st.Hosts))

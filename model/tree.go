@@ -34,7 +34,8 @@ type Options struct {
 	// Switches manages the local host's virtual switches; nil: none.
 	Switches machine.Switches
 	// FanOut bounds how many members' commands of a group are on their
-	// way to their drivers at once (default 32).
+	// way to their drivers at once; 0: the whole group, up to
+	// MaxAutoFanOut (Group.FanOut).
 	FanOut int
 	// AdminGid is the admin group (-o admingroup=), whose members may set
 	// privileged keys as root may; it counts only with HasAdminGroup.
@@ -81,8 +82,8 @@ func NewTree(o Options) *Tree {
 	if o.TreeLogLimit == 0 {
 		o.TreeLogLimit = 4 << 20
 	}
-	if o.FanOut <= 0 {
-		o.FanOut = 32
+	if o.FanOut < 0 {
+		o.FanOut = 0
 	}
 	t := &Tree{
 		specs:    map[string]machine.DriverSpec{},
