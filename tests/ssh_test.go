@@ -313,6 +313,40 @@ func TestSSHPhysicalMachine(t *testing.T) {
 		eventually(t, "phys on with the right key again", func() bool { return power(phys) == "on" })
 	})
 
+	step("target-hangs", func(t *testing.T) {
+		// A port that accepts and never speaks SSH (the kernel completes
+		// the TCP handshake; nobody answers): a command is bounded by the
+		// host's timeout and fails with ETIMEDOUT and the reason, and
+		// the rest of the tree answers meanwhile.
+		// The listener is in the machine's network namespace: an address
+		// of the daemon's own would be refused (EPERM) as this machine.
+		l := exec.Command("ip", "netns", "exec", sshmSub, "socat", "TCP-LISTEN:2222,bind="+sshmAddr+",reuseaddr,fork", "SYSTEM:exec sleep 30")
+		l.SysProcAttr = &syscall.SysProcAttr{Setpgid: true} // socat and its children, ended together
+		if err := l.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = syscall.Kill(-l.Process.Pid, syscall.SIGKILL); _ = l.Wait() })
+		eventually(t, "the silent port to listen", func() bool {
+			return exec.Command("ip", "netns", "exec", sshmSub, "bash", "-c", ": </dev/tcp/"+sshmAddr+"/2222").Run() == nil
+		})
+		hosts := filepath.Join(t.TempDir(), "known_hosts")
+		sshmWrite(t, hosts, knownhosts.Line([]string{knownhosts.Normalize(sshmAddr + ":2222")}, keys.hostPub)+"\n", 0o644)
+		d.addHost("hang", fmt.Sprintf("drivers = ssh\nssh.address = %s\nssh.port = 2222\nssh.key = %s\nssh.known-hosts = %s\nssh.connect-timeout = 2s\nssh.command-timeout = 2s\ntimeout = 3s\nssh.probe-interval = 1s",
+			sshmAddr, keys.clientKey, hosts))
+		done := make(chan result, 1)
+		go func() { done <- runIn(t, d.mnt, "bash", "-c", "echo 'poweroff self force' > hosts/hang/power") }()
+		if p := power(phys); p != "on" {
+			t.Fatalf("phys read %q while hang's command was in flight", p)
+		}
+		r := <-done
+		if r.code == 0 || !strings.Contains(r.err, "timed out") {
+			t.Fatalf("poweroff of a target that never speaks SSH: exit %d, %q", r.code, r.err)
+		}
+		if le := stateField(d.read("hosts/hang/state"), "last-error"); le == "" {
+			t.Fatal("hosts/hang/state gives no reason for the timeout")
+		}
+	})
+
 	step("killed-behind-the-back", func(t *testing.T) {
 		// SIGKILL to the machine's init, by the pid the tree shows: the
 		// subhost's PID 1, which this test booted.
