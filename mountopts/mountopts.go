@@ -49,7 +49,8 @@ type Options struct {
 	// but not a reboot (statedir=DIR; default /run/machinefs).
 	StateDir string
 	// FanOut bounds how many group members' commands are on their way
-	// to their drivers at once (fanout=N; 0 means the default, 32).
+	// to their drivers at once (fanout=N; 0 means the default: the whole
+	// group, up to model.MaxAutoFanOut, 64).
 	FanOut int
 	// MaxReaders caps the events streams open at once on the mount, all
 	// events files together (max-readers=N; 0 means the default, 64);
