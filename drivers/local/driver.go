@@ -49,8 +49,9 @@ func (nopReporter) Report(machine.Status)           {}
 func (nopReporter) Event(machine.EventKind, string) {}
 
 // New builds the driver: it detects the init system and reports the
-// machine on (it runs this process), or unknown with the reason when the
-// machine is not the one local.hostname names.
+// machine on (it runs this process); on a machine that is not the one
+// local.hostname names it reports nothing (state's local-machine line and
+// the check report say why).
 func New(_ context.Context, env machine.DriverEnv) (machine.Driver, error) {
 	cfg, err := parseConfig(env.Config)
 	if err != nil {
@@ -74,7 +75,10 @@ func New(_ context.Context, env machine.DriverEnv) (machine.Driver, error) {
 		d.wol = "not armed yet: armed on " + cfg.wolIface + " before poweroff, off, init 0 and suspend"
 	}
 	if err := checkMachine(cfg.hostname); err != nil {
-		d.rep.Report(machine.Status{Power: machine.PowerUnknown, Reason: err.Error()})
+		// Another machine: in a cluster, the agent that runs the host
+		// while its own agent is gone (to wake and probe it). What power
+		// the machine has is the other drivers' to say, not this one's.
+		d.log.Info("local driver on another machine: it reports nothing and refuses every verb", "reason", err)
 	} else {
 		d.rep.Report(machine.Status{Power: machine.PowerOn, Reachable: true, Reason: "this machine (" + cfg.hostname + ") runs machinefs; init " + d.init.kind})
 	}

@@ -217,8 +217,13 @@ func TestLocalBusyboxRefusals(t *testing.T) {
 		"state local-init: busybox (PID 1 is /",
 		"state local-machine: "+m.hostname+" (this machine)",
 		"report on reachable: this machine ("+m.hostname+") runs machinefs; init busybox",
-		"report unknown unreachable: local: this machine is "+m.hostname+", not not-this-machine",
 	)
+	// On another machine the driver reports nothing: in a cluster that
+	// is the agent that runs the host while its own is gone, and power
+	// is its other drivers' to tell.
+	if strings.Contains(out, "report unknown") {
+		t.Errorf("the driver on another machine reported a power:\n%s", out)
+	}
 	if strings.Contains(out, "event wol") || strings.Contains(out, "Wake-on-LAN") || strings.Contains(out, "event notify") {
 		t.Errorf("a refused command armed or sent something:\n%s", out)
 	}
