@@ -245,6 +245,7 @@ var mountOptions = []struct{ name, sample string }{
 	{"max-readers", "max-readers=64"},
 	{"fsname", "fsname=machinefs"},
 	{"statedir", "statedir=/run/machinefs"},
+	{"status-dir", "status-dir=/run/machinefs-status"},
 	{"log", "log=/var/log/machinefs.log"},
 	{"node", "node=lab07"},
 	{"cluster", "cluster=https://etcd1:2379"},

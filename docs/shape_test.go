@@ -28,13 +28,15 @@ var rooms = map[string][]string{
 	"model":    {"machine", "store", "internal/", "cmdtab"},
 	"drivers/": {"machine", "drivers/", "internal/", "cmdtab"},
 	"fs":       {"model", "machine", "view", "internal/", "cmdtab"},
-	"view":     {"model", "machine", "cmdtab"},
-	"registry": {"machine", "drivers/"},
+	// The status directory is a second view of the tree, as fs is.
+	"statusdir": {"model", "machine", "view", "internal/"},
+	"view":      {"model", "machine", "cmdtab"},
+	"registry":  {"machine", "drivers/"},
 }
 
 // maxLines bounds a function of these packages: a longer one does more
 // than one thing (issue 15).
-var maxLines = map[string]int{"model": 80, "fs": 80, "machine": 80, "store": 80, "view": 80}
+var maxLines = map[string]int{"model": 80, "fs": 80, "machine": 80, "store": 80, "view": 80, "statusdir": 80}
 
 func TestPackagesImportOnlyTheirRooms(t *testing.T) {
 	for _, f := range goFiles(t) {

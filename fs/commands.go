@@ -105,6 +105,14 @@ func (s *commandSink) run(ctx context.Context, text string, replace bool) error 
 	return s.cmds.run(ctx, text, replace)
 }
 
+// ran tells Options.AfterWrite that a run of the file ended, before its
+// writer is answered.
+func (s *commandSink) ran() {
+	if f := s.fsys.opts.AfterWrite; f != nil {
+		f(s.node.Path(nil))
+	}
+}
+
 // openWrite opens the file for writing: a lineWriter, or the poker's
 // one-byte write.
 func (s *commandSink) openWrite(ctx context.Context, flags uint32) (gofs.FileHandle, uint32, syscall.Errno) {
@@ -311,6 +319,7 @@ func (w *lineWriter) Write(ctx context.Context, data []byte, off int64) (uint32,
 // command goes on) and ESHUTDOWN when the daemon stops.
 func (w *lineWriter) await(ctx context.Context, p *pendingRun, n int) (uint32, syscall.Errno) {
 	answer := func(err error) (uint32, syscall.Errno) {
+		w.file.ran()
 		if err != nil {
 			return 0, errno(err)
 		}
@@ -416,10 +425,13 @@ func (w *lineWriter) Flush(ctx context.Context) syscall.Errno {
 	p := w.file.fsys.startRun(ctx, text, func(ctx context.Context) error { return w.file.run(ctx, text, replace) })
 	select {
 	case err := <-p.res:
+		w.file.ran()
 		return errno(err)
 	case <-ctx.Done():
 		p.cancel()
-		return errno(<-p.res)
+		err := <-p.res
+		w.file.ran()
+		return errno(err)
 	case <-w.file.fsys.stopping.Done():
 		w.file.fsys.opts.Log.Info("machinefs stops: a wait in flight ends with ESHUTDOWN (the command goes on)",
 			"file", w.file.node.Path(nil), "command", strings.TrimSpace(text), "pid", w.writer)

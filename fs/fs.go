@@ -64,6 +64,12 @@ type Options struct {
 	// MaxReaders caps the events streams open at once, all events files
 	// together; more opens fail with EBUSY. 0: DefaultMaxReaders.
 	MaxReaders int
+	// AfterWrite, when set, is called once a command written to a file
+	// ran (or failed), before the WRITE (or the FLUSH of a last line) is
+	// answered, with the file's path in the tree ("hosts/lab01/power"):
+	// a view of the tree kept elsewhere (the status directory) brings
+	// itself up to date there, so the writer reads its outcome in it.
+	AfterWrite func(path string)
 }
 
 // FS is a mounted machine tree.

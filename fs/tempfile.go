@@ -319,7 +319,9 @@ func asWrite(child *gofs.Inode, name string) func(ctx context.Context, text stri
 		return nil
 	}
 	return func(ctx context.Context, text string) error {
-		return c.sink().run(ctx, text, true)
+		err := c.sink().run(ctx, text, true)
+		c.sink().ran()
+		return err
 	}
 }
 

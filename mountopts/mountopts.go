@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"net"
 	"net/url"
+	"os"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -59,6 +60,12 @@ type Options struct {
 	// Foreground keeps the daemon attached even when it runs as a mount
 	// helper (foreground); it wins over Background.
 	Foreground bool
+	// StatusDir is a directory where the daemon keeps a tmpfs copy of
+	// every host's power and state and every group's power
+	// (status-dir=DIR, an absolute path to an existing directory): a
+	// tmpfs of its own is mounted there while the daemon runs, so status
+	// reads cost what tmpfs costs and watchers get native inotify.
+	StatusDir string
 	// Log says where the daemon logs (log=WHERE): "stderr", "syslog", or
 	// an absolute file path, reopened on SIGHUP for logrotate. Empty:
 	// stderr, except for a daemon the mount helper detached, whose stderr
@@ -205,6 +212,11 @@ func (o *Options) Set(s string) error {
 			o.FsName = val
 		case key == "statedir" && hasVal && val != "":
 			o.StateDir = val
+		case key == "status-dir" && hasVal:
+			if !filepath.IsAbs(val) {
+				return fmt.Errorf("mount option %q: status-dir wants an absolute directory path", word)
+			}
+			o.StatusDir = filepath.Clean(val)
 		case key == "log" && hasVal:
 			if val != "syslog" && val != "stderr" && !filepath.IsAbs(val) {
 				return fmt.Errorf("mount option %q: log wants syslog, stderr or an absolute file path", word)
@@ -297,6 +309,7 @@ func (o *Options) String() string {
 	add(o.StateDir != "", "statedir="+o.StateDir)
 	add(o.FanOut != 0, "fanout="+strconv.Itoa(o.FanOut))
 	add(o.MaxReaders != 0, "max-readers="+strconv.Itoa(o.MaxReaders))
+	add(o.StatusDir != "", "status-dir="+o.StatusDir)
 	add(o.Log != "", "log="+o.Log)
 	add(o.Node != "", "node="+o.Node)
 	for _, c := range o.Cluster {
@@ -320,6 +333,9 @@ func (o *Options) String() string {
 // cluster of one) and InitialState (new). Call it once all -o options are
 // in.
 func (o *Options) Validate() error {
+	if err := o.checkStatusDir(); err != nil {
+		return err
+	}
 	clustered := len(o.Cluster) > 0 || o.Member != ""
 	switch {
 	case clustered && o.Node == "":
@@ -371,6 +387,23 @@ func (o *Options) Validate() error {
 	}
 	if len(o.Cluster) == 0 {
 		o.Cluster = []string{o.ClientURL}
+	}
+	return nil
+}
+
+// checkStatusDir checks that status-dir names an existing directory: the
+// daemon mounts its tmpfs there and does not create the mount point, so a
+// typo fails at once instead of leaving a stray directory.
+func (o *Options) checkStatusDir() error {
+	if o.StatusDir == "" {
+		return nil
+	}
+	fi, err := os.Stat(o.StatusDir)
+	switch {
+	case err != nil:
+		return fmt.Errorf("status-dir=%s: %w", o.StatusDir, err)
+	case !fi.IsDir():
+		return fmt.Errorf("status-dir=%s: not a directory", o.StatusDir)
 	}
 	return nil
 }

@@ -1,6 +1,7 @@
 package mountopts
 
 import (
+	"os"
 	"reflect"
 	"strings"
 	"testing"
@@ -175,4 +176,33 @@ func FuzzParse(f *testing.F) {
 			t.Fatalf("round trip %q -> %q: %+v != %+v (%v)", s, o.String(), o2, o, err)
 		}
 	})
+}
+
+func TestStatusDir(t *testing.T) {
+	dir := t.TempDir()
+	o, err := Parse("status-dir=" + dir + "/")
+	if err != nil || o.StatusDir != dir {
+		t.Fatalf("Parse status-dir=%s/: %+v, %v", dir, o, err)
+	}
+	if err := o.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	if got := o.String(); got != "status-dir="+dir {
+		t.Fatalf("String() = %q", got)
+	}
+	for _, s := range []string{"status-dir", "status-dir=", "status-dir=relative/dir"} {
+		if _, err := Parse(s); err == nil || !strings.Contains(err.Error(), "mount option") {
+			t.Errorf("Parse(%q) err = %v, want a mount option error", s, err)
+		}
+	}
+	file := dir + "/file"
+	if err := os.WriteFile(file, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for path, want := range map[string]string{file: "not a directory", dir + "/missing": "no such file or directory"} {
+		o := Options{StatusDir: path}
+		if err := o.Validate(); err == nil || !strings.Contains(err.Error(), want) || !strings.Contains(err.Error(), "status-dir="+path) {
+			t.Errorf("Validate status-dir=%s: %v, want %q", path, err, want)
+		}
+	}
 }

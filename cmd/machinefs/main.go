@@ -140,6 +140,9 @@ func parseArgs(prog string, args []string) (config, error) {
 	if err := cfg.opts.Validate(); err != nil {
 		return cfg, err
 	}
+	if err := checkStatusDir(cfg); err != nil {
+		return cfg, err
+	}
 	return cfg, nil
 }
 
@@ -238,6 +241,16 @@ func run(cfg config) error {
 	}
 
 	tree.SetReadOnly(cfg.opts.ReadOnly)
+	var status *statusCopy
+	if cfg.opts.StatusDir != "" {
+		if status, err = startStatusDir(tree, cfg.opts.StatusDir, log); err != nil {
+			tree.Close()
+			return err
+		}
+		// Runs after the returns below closed the tree: its last events
+		// are in the copy until the tmpfs goes.
+		defer status.stop()
+	}
 	fsys, err := mfs.Mount(tree, mountpoint, mfs.Options{
 		Owner:      owner,
 		Group:      group,
@@ -249,6 +262,7 @@ func run(cfg config) error {
 		README:     view.README(tree),
 		Log:        log,
 		MaxReaders: cfg.opts.MaxReaders,
+		AfterWrite: status.sync(),
 	})
 	if err != nil {
 		tree.Close()
