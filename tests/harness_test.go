@@ -6,10 +6,12 @@ package tests
 import (
 	"bufio"
 	"bytes"
+	"flag"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -36,9 +38,30 @@ func TestMain(m *testing.M) {
 		fmt.Printf("building machinefs: %v\n%s", err, out)
 		os.Exit(1)
 	}
+	defaultParallel()
 	code := m.Run()
 	os.RemoveAll(dir)
 	os.Exit(code)
+}
+
+// testParallel is how many tests of this package run at once when go test
+// is not given -parallel. Most tests here wait (for a daemon, a guest, a
+// timeout, a probe) rather than compute, so more of them than the
+// GOMAXPROCS default (2 on CI) overlap well. Tests whose assertions hinge
+// on a short window (a command still in flight after 1-3 s, inotify or
+// tail within half a second, a BMC answering within its 300 ms timeout)
+// do not call t.Parallel: they run first, alone.
+const testParallel = 4
+
+// defaultParallel sets -test.parallel to testParallel unless the command
+// line set it.
+func defaultParallel() {
+	flag.Parse()
+	set := false
+	flag.Visit(func(f *flag.Flag) { set = set || f.Name == "test.parallel" })
+	if !set {
+		flag.Set("test.parallel", strconv.Itoa(testParallel))
+	}
 }
 
 // daemon is one running machinefs.
@@ -254,10 +277,13 @@ func stateField(state, key string) string {
 }
 
 // eventually polls cond until it holds or the deadline passes. It waits
-// for a state to be reached; it does not assert how fast.
+// for a state to be reached; it does not assert how fast: the deadline
+// only ends a wait that would never end. It is long because tests run in
+// parallel on a small machine: a UML guest that boots in 3 s alone took
+// 16 s to reach its init with the machine loaded.
 func eventually(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(15 * time.Second)
+	deadline := time.Now().Add(60 * time.Second)
 	for !cond() {
 		if time.Now().After(deadline) {
 			t.Fatalf("timed out waiting for %s", what)
