@@ -6,6 +6,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -26,9 +27,14 @@ type nsEnv struct {
 	cgroup string
 }
 
+// nsEnvSeq numbers the environments of one test process: tests that run
+// in parallel each get a cgroup of their own, so one's cleanup never
+// removes the group another's subhosts are about to join.
+var nsEnvSeq atomic.Int32
+
 func newNSEnv(t *testing.T) *nsEnv {
 	netns.NeedRoot(t)
-	e := &nsEnv{t: t, state: t.TempDir(), cgroup: fmt.Sprintf("mfne%d", os.Getpid())}
+	e := &nsEnv{t: t, state: t.TempDir(), cgroup: fmt.Sprintf("mfne%d-%d", os.Getpid(), nsEnvSeq.Add(1))}
 	t.Cleanup(func() {
 		if err := ns.ReleaseAll(e.state); err != nil {
 			t.Errorf("releasing subhosts: %v", err)
@@ -88,6 +94,7 @@ func netnsListed(t *testing.T, name string) bool {
 // Two subhosts boot, say so through their notify FIFO, ping each other
 // across a bridge and power off cleanly through /run/initctl.
 func TestNSBootPingPoweroff(t *testing.T) {
+	t.Parallel()
 	e := newNSEnv(t)
 	br := fmt.Sprintf("mfnbr%x", os.Getpid()&0xffff)
 	netns.Bridge(t, br)
@@ -131,6 +138,7 @@ func TestNSBootPingPoweroff(t *testing.T) {
 // A crash, force off, hibernation and restart, stop, and adoption after a
 // daemon restart, all through the tree.
 func TestNSLifecycle(t *testing.T) {
+	t.Parallel()
 	e := newNSEnv(t)
 	root := e.root("")
 	d := start(t)
@@ -232,6 +240,7 @@ func (e *nsEnv) hibernate(d *daemon, s string) {
 // stop on a hibernated subhost (power off) reaches the driver and releases
 // it; it used to answer "already off" and keep the netns.
 func TestNSStopHibernated(t *testing.T) {
+	t.Parallel()
 	e := newNSEnv(t)
 	d := start(t)
 	s := addSub(d, "mfnef", e.config("ns.root = "+e.root("")))
@@ -261,6 +270,7 @@ func TestNSStopHibernated(t *testing.T) {
 // rmdir, ctl remove and a reload whose file is gone. A running subhost is
 // refused with EBUSY.
 func TestNSRemoveReleases(t *testing.T) {
+	t.Parallel()
 	e := newNSEnv(t)
 	root := e.root("")
 	d := start(t)
@@ -301,6 +311,7 @@ func TestNSRemoveReleases(t *testing.T) {
 
 // The root file system is a disk image made by the test.
 func TestNSDiskImage(t *testing.T) {
+	t.Parallel()
 	e := newNSEnv(t)
 	img := disk.Ext4(t, e.root(""), "32M")
 	d := start(t)
@@ -320,6 +331,7 @@ func TestNSDiskImage(t *testing.T) {
 // The root is partition 2 of a partitioned disk image (GPT), as the
 // pretend-boot scripts' DISKS=( vda:2:/disks/disk.raw ) would have it.
 func TestNSPartitionedDisk(t *testing.T) {
+	t.Parallel()
 	e := newNSEnv(t)
 	// Partition 1: 8 MiB at 1 MiB (empty); partition 2: 24 MiB at 10 MiB.
 	img := disk.Partitioned(t, "gpt", 40<<20, "start=2048, size=16384", "start=20480, size=49152")

@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"strings"
+	"sync"
 	"testing"
 )
 
@@ -19,6 +20,11 @@ type roles struct {
 	operators, admins string // group names
 	operator, admin   string // user names: operator is in operators; admin in both
 }
+
+// rolesMu serializes useradd, groupadd, userdel and groupdel between the
+// tests of this process that run in parallel: each locks /etc/passwd and
+// /etc/group, and one that finds them locked fails ("cannot lock").
+var rolesMu sync.Mutex
 
 func makeRoles(t *testing.T) roles {
 	t.Helper()
@@ -33,18 +39,26 @@ func makeRoles(t *testing.T) roles {
 	r := roles{operators: "mfo" + id, admins: "mfa" + id, operator: "mfuo" + id, admin: "mfua" + id}
 	must := func(name string, args ...string) {
 		t.Helper()
-		if out, err := exec.Command(name, args...).CombinedOutput(); err != nil {
+		rolesMu.Lock()
+		out, err := exec.Command(name, args...).CombinedOutput()
+		rolesMu.Unlock()
+		if err != nil {
 			t.Fatalf("%s %v: %v: %s", name, args, err, out)
 		}
 	}
+	del := func(name, arg string) {
+		rolesMu.Lock()
+		defer rolesMu.Unlock()
+		exec.Command(name, arg).Run()
+	}
 	must("groupadd", r.operators)
-	t.Cleanup(func() { exec.Command("groupdel", r.operators).Run() })
+	t.Cleanup(func() { del("groupdel", r.operators) })
 	must("groupadd", r.admins)
-	t.Cleanup(func() { exec.Command("groupdel", r.admins).Run() })
+	t.Cleanup(func() { del("groupdel", r.admins) })
 	must("useradd", "-M", "-N", "-d", "/nonexistent", "-s", "/bin/sh", "-g", r.operators, r.operator)
-	t.Cleanup(func() { exec.Command("userdel", r.operator).Run() })
+	t.Cleanup(func() { del("userdel", r.operator) })
 	must("useradd", "-M", "-N", "-d", "/nonexistent", "-s", "/bin/sh", "-g", r.operators, "-G", r.admins, r.admin)
-	t.Cleanup(func() { exec.Command("userdel", r.admin).Run() })
+	t.Cleanup(func() { del("userdel", r.admin) })
 	return r
 }
 
@@ -73,6 +87,7 @@ func startRoles(t *testing.T, opts ...string) (*daemon, roles) {
 // as root: keys that choose a program, a root file system, a host path, a
 // device or a directory the daemon writes in.
 func TestSecurityPrivilegedKeys(t *testing.T) {
+	t.Parallel()
 	d, r := startRoles(t)
 	// Operators keep power, labels, timeouts and their own hosts.
 	if res := d.asUser(r.operator, "echo 'label = rack 7' >> hosts/lab02/config && echo 'timeout = 5s' >> hosts/lab02/config && mkdir hosts/opbox && echo 'drivers = sim' > hosts/opbox/config"); res.code != 0 {
@@ -129,6 +144,7 @@ func TestSecurityPrivilegedKeys(t *testing.T) {
 
 // A stored secret never follows an operator's edit to where it is sent.
 func TestSecuritySecretDestination(t *testing.T) {
+	t.Parallel()
 	d, r := startRoles(t)
 	d.ok("printf 'ipmi.address = 127.0.0.1\\nipmi.password = Pw-n0t-for-you\\n' >> hosts/lab02/config")
 	if c := d.read("hosts/lab02/config"); !strings.Contains(c, "ipmi.password = <set>") {
@@ -156,6 +172,7 @@ func TestSecuritySecretDestination(t *testing.T) {
 
 // Input that would forge lines or take memory is refused or bounded.
 func TestSecurityHostileInput(t *testing.T) {
+	t.Parallel()
 	d, r := startRoles(t)
 	op := func(script, want string) {
 		t.Helper()
@@ -211,6 +228,7 @@ func TestSecurityHostileInput(t *testing.T) {
 // endless lines and idle event readers stay bounded (the limits are in
 // README, Security model).
 func TestSecurityOperatorFloods(t *testing.T) {
+	t.Parallel()
 	d, r := startRoles(t, "max-readers=3")
 	// 64 MiB of console commands from a write-only session: every line
 	// runs, nothing is kept. Lines are long so that 64 MiB is a thousand
