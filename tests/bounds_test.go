@@ -51,6 +51,7 @@ func (d *daemon) checkRSS(after string, limit int64) {
 // every line, a read-write session gets ENOBUFS once 1 MiB of transcript
 // waits for its reader, and works on once it has read.
 func TestConsoleWriterBounded(t *testing.T) {
+	t.Parallel()
 	d := start(t, "--demo")
 	// Long lines make 64 MiB cheap in commands: each is `version` (a
 	// query) behind 60000 spaces.
@@ -86,6 +87,7 @@ echo version >&3; read -r v <&3; echo "$v"`)
 // one, write-only sessions (which keep nothing) still work, and closing
 // sessions gives the room back.
 func TestConsoleSessionsBounded(t *testing.T) {
+	t.Parallel()
 	d := start(t, "--demo")
 	console := filepath.Join(d.mnt, "hosts/lab01/console")
 	line := []byte(strings.Repeat(" ", 60000) + "version\n")
@@ -137,6 +139,7 @@ func TestConsoleSessionsBounded(t *testing.T) {
 // file that takes lines; the tail of such a line never runs as a command of
 // its own, and the next line does.
 func TestLongLineRefused(t *testing.T) {
+	t.Parallel()
 	d := start(t, "--demo")
 	for _, f := range []string{"hosts/lab01/power", "hosts/lab01/config", "ctl", "hosts/lab01/console", "groups/g/members"} {
 		if f == "groups/g/members" {
@@ -174,6 +177,7 @@ echo version >&3; cat <&3 | grep '^OK machinefs sim'`)
 // A file that takes a whole text takes at most 1 MiB per open file: past
 // it writes fail with EFBIG, so `yes > config` ends.
 func TestConfigTextBounded(t *testing.T) {
+	t.Parallel()
 	d := start(t, "--demo")
 	d.fails(`yes 'timeout = 7s' | head -c 2M > hosts/lab01/config`, "File too large")
 	if cfg := d.read("hosts/lab01/config"); !strings.Contains(cfg, "timeout = 7s") {
@@ -200,6 +204,7 @@ func openEvents(t *testing.T, path string) (*os.File, error) {
 // of the mount together; one more gets EBUSY, and closing one frees its
 // slot. The default is 64.
 func TestEventsMaxReaders(t *testing.T) {
+	t.Parallel()
 	d := start(t, "--demo", "-o", "max-readers=3")
 	var open []*os.File
 	for _, p := range []string{"events", "hosts/lab01/events", "events"} {

@@ -112,6 +112,7 @@ func failsNotConnected(t *testing.T, args ...string) {
 // once, and a new daemon on the same mountpoint, config and state comes up
 // with no manual step and adopts both.
 func TestChannelStaysWithDaemon(t *testing.T) {
+	t.Parallel()
 	umlh.Skip(t)
 	// Cleanups run last in, first out: the daemon stops first, then the
 	// guest and the subhost are killed, whatever state the test left.
@@ -207,6 +208,7 @@ func TestChannelStaysWithDaemon(t *testing.T) {
 // hang the next daemon: its stale-mount check gives up waiting, aborts the
 // connection through fusectl and mounts.
 func TestChannelStaleMountAborted(t *testing.T) {
+	t.Parallel()
 	d := start(t)
 	old := d.cmd
 	if err := old.Process.Signal(syscall.SIGSTOP); err != nil {

@@ -63,6 +63,7 @@ func TestCommandAsksTheBMC(t *testing.T) {
 // run (a BMC that answers late), so power is unknown, not the state before;
 // and "off force" then reaches the driver instead of "already off".
 func TestTimedOutCommandLeavesUnknown(t *testing.T) {
+	t.Parallel()
 	d := start(t)
 	d.addHost("late", "drivers = sim\nsim.hang = on\nsim.off-delay = 0s\ntimeout = 1s")
 	d.waitPower("late", "off")
@@ -85,6 +86,7 @@ func TestTimedOutCommandLeavesUnknown(t *testing.T) {
 // timeout edit leave a running machine on and its driver in place; an
 // edit of a key the simulator reads rebuilds it, and the machine stays on.
 func TestConfigWriteLeavesMachineAlone(t *testing.T) {
+	t.Parallel()
 	d := start(t, "--demo")
 	d.ok("echo 'on wait' > hosts/lab01/power")
 	mark := len(d.read("hosts/lab01/events.log"))
@@ -114,6 +116,7 @@ func TestConfigWriteLeavesMachineAlone(t *testing.T) {
 // subhosts keep their ctys meaning (the stack only) and say in state and
 // events that they left the host on.
 func TestEmptyStackSaysSo(t *testing.T) {
+	t.Parallel()
 	d := start(t, "--demo")
 	d.waitPower("lab02", "on")
 	for verb, want := range map[string]string{
@@ -137,6 +140,7 @@ func TestEmptyStackSaysSo(t *testing.T) {
 // TestGroupMembersMustNameHosts: a member that names no host fails the
 // write with EINVAL and the name; `: > members` empties the group.
 func TestGroupMembersMustNameHosts(t *testing.T) {
+	t.Parallel()
 	d := start(t, "--demo")
 	d.ok("mkdir groups/g")
 	d.fails("echo nosuchhost > groups/g/members", "Invalid argument")

@@ -90,6 +90,7 @@ func TestDeadlineIPMIPoweroffHardOff(t *testing.T) {
 // (its service closes) leaves on without any command, and comes back on
 // when the service does: the background probe, as IPMI's poll.
 func TestDeadlineWoLReprobe(t *testing.T) {
+	t.Parallel()
 	s, tg := segmentWoL(t)
 	ln := tg.ListenTCP(t, "10.78.1.2:2251")
 	d := startIn(t, s)
@@ -114,6 +115,7 @@ func TestDeadlineWoLReprobe(t *testing.T) {
 // magic packet all the same (a machine's state may be stale, and sending
 // is what the user asked for); the machine answers and the command ends on.
 func TestDeadlineWoLSendsWhenOn(t *testing.T) {
+	t.Parallel()
 	s, tg := segmentWoL(t)
 	pc := tg.StartResponder(t, netns.Sleeper{MAC: pcMAC, Interface: "mfet0", Service: "10.78.1.2:2252"})
 	d := startIn(t, s)

@@ -15,6 +15,7 @@ import (
 )
 
 func TestGroups(t *testing.T) {
+	t.Parallel()
 	d := start(t)
 	for i := 1; i <= 6; i++ {
 		d.ok(fmt.Sprintf("echo 'add node%02d drivers=sim sim.on-delay=100ms sim.off-delay=100ms' > ctl", i))
@@ -174,6 +175,7 @@ func TestGroupWaitInterrupted(t *testing.T) {
 // 100,000 members answers (it took 37 s: a quadratic dedup; the speed is
 // measured by BenchmarkGroupHosts100k, not asserted here).
 func TestGroupHostrangeBounds(t *testing.T) {
+	t.Parallel()
 	d := start(t)
 	d.ok("mkdir groups/G")
 	// A member must name a host when written; one removed later shows

@@ -13,6 +13,7 @@ import (
 // and read as seconds by the model, and the other way round elsewhere.
 // Durations are Go durations or a bare number of seconds, everywhere.
 func TestKeysWrittenAsRead(t *testing.T) {
+	t.Parallel()
 	d := start(t)
 
 	// Accepted when written, and effective as seconds when read: the

@@ -22,6 +22,7 @@ func (d *daemon) serialLine(host, line, want string) {
 // subhost scripts' "control start" gives a shell as the console; after a
 // daemon restart the adopted subhost's serial reaches the same shell.
 func TestSerialNSShellTree(t *testing.T) {
+	t.Parallel()
 	e := newNSEnv(t)
 	root := e.root("")
 	if err := os.WriteFile(filepath.Join(root, "init"), []byte("#!/bin/sh\nexec /bin/sh\n"), 0o755); err != nil {

@@ -11,6 +11,7 @@ import (
 // refused with ENOTSUP and the reason, and a simulation may go anywhere.
 // And only one host can be the machine machinefs runs on.
 func TestPlacement(t *testing.T) {
+	t.Parallel()
 	d := start(t)
 	d.addHost("far", "drivers = sim")
 	d.addHost("me", "drivers = sim\nlocal = yes")

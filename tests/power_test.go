@@ -15,6 +15,7 @@ import (
 // The walk-through of the README on the demo: read power, switch on, watch
 // state pass through starting to on, bad input refused.
 func TestDemoPowerOn(t *testing.T) {
+	t.Parallel()
 	d := start(t, "--demo")
 	if got := d.read("hosts/lab01/power"); got != "off\n" {
 		t.Fatalf("power = %q, want off", got)
@@ -47,6 +48,7 @@ func TestDemoPowerOn(t *testing.T) {
 }
 
 func TestWaitReturnsAtTarget(t *testing.T) {
+	t.Parallel()
 	d := start(t)
 	d.addHost("w1", "drivers = sim\nsim.on-delay = 300ms\nsim.off-delay = 300ms")
 	d.ok("echo 'on wait' > hosts/w1/power")
@@ -69,6 +71,7 @@ func TestWaitReturnsAtTarget(t *testing.T) {
 }
 
 func TestWaitTimesOut(t *testing.T) {
+	t.Parallel()
 	d := start(t)
 	d.addHost("stuck", "drivers = sim\nsim.stuck = on")
 	d.fails("echo 'on wait timeout=500ms' > hosts/stuck/power", "Connection timed out")
@@ -196,6 +199,7 @@ func TestWaitRetriedAfterSignal(t *testing.T) {
 }
 
 func TestUnsupportedVerb(t *testing.T) {
+	t.Parallel()
 	d := start(t)
 	d.ok("mkdir hosts/bare")
 	d.fails("echo on > hosts/bare/power", "Operation not supported")
@@ -214,6 +218,7 @@ func TestUnsupportedVerb(t *testing.T) {
 }
 
 func TestDriverFailureIsEIO(t *testing.T) {
+	t.Parallel()
 	d := start(t, "--demo")
 	d.fails("echo on > hosts/lab03/power", "Input/output error")
 	st := d.read("hosts/lab03/state")
@@ -228,6 +233,7 @@ func TestDriverFailureIsEIO(t *testing.T) {
 // Commands split over several writes, appended with >>, several per write,
 // and without a final newline.
 func TestWriteShapes(t *testing.T) {
+	t.Parallel()
 	d := start(t)
 	d.addHost("h", "drivers = sim\nsim.on-delay = 0s\nsim.off-delay = 0s")
 	d.ok("{ printf 'o'; sleep 0.1; printf 'n wait\\n'; } > hosts/h/power")
@@ -256,6 +262,7 @@ func TestWriteShapes(t *testing.T) {
 
 // Status files are fresh at once and carry their real size.
 func TestReadsAreFresh(t *testing.T) {
+	t.Parallel()
 	d := start(t)
 	d.addHost("f", "drivers = sim\nsim.on-delay = 0s\nsim.off-delay = 0s")
 	// Hold the file open and pread it, as watch(1) and monitoring agents do.
@@ -404,6 +411,7 @@ func TestEventsLogTail(t *testing.T) {
 // write-only open (before close returns) and from a read-write session
 // (which has no FLUSH, so it runs at release).
 func TestConsoleUnterminatedLine(t *testing.T) {
+	t.Parallel()
 	d := start(t, "--demo")
 	d.ok("printf 'log from-wronly' > hosts/lab01/console")
 	if log := d.ok("cat hosts/lab01/events.log"); !strings.Contains(log, "hosts/lab01 log from-wronly") {
@@ -419,6 +427,7 @@ func TestConsoleUnterminatedLine(t *testing.T) {
 // expects after the daemon has dropped the transcript's old part (it keeps
 // 64 KiB behind the reader).
 func TestConsoleLongSession(t *testing.T) {
+	t.Parallel()
 	d := start(t, "--demo")
 	r := runIn(t, d.mnt, "bash", "-c", `exec 3<>hosts/lab01/console
 pad=$(printf 'x%.0s' $(seq 1000))
@@ -434,6 +443,7 @@ echo version >&3; read -r v <&3; echo "$v"`)
 
 // `log TEXT` gets the text as typed: runs of spaces stay.
 func TestConsoleKeepsSpaces(t *testing.T) {
+	t.Parallel()
 	d := start(t, "--demo")
 	d.ok("echo '  log  two  spaces  and a	tab' > hosts/lab01/console")
 	if log := d.ok("cat hosts/lab01/events.log"); !strings.Contains(log, "hosts/lab01 log two  spaces  and a\ttab\n") {
@@ -442,6 +452,7 @@ func TestConsoleKeepsSpaces(t *testing.T) {
 }
 
 func TestConsoleSession(t *testing.T) {
+	t.Parallel()
 	d := start(t, "--demo")
 	r := runIn(t, d.mnt, "bash", "-c", `exec 3<>hosts/lab01/console
 echo version >&3; read -r a <&3

@@ -173,6 +173,7 @@ func (g *qemuGuest) console(line string) string {
 }
 
 func TestQEMUGuest(t *testing.T) {
+	t.Parallel()
 	img := guestimage.Skip(t)
 	e := newNSEnv(t)
 	dir := qemuDir(t)

@@ -11,6 +11,7 @@ import (
 // The README at the root of the mount names every file and directory of
 // the tree, and names nothing the tree does not have.
 func TestTreeREADMEMatchesTree(t *testing.T) {
+	t.Parallel()
 	d := start(t, "--demo")
 	readme := d.read("README")
 	// The tree part of README: lines "NAME  text" at the margin or, for a
@@ -93,6 +94,7 @@ func TestTreeREADMEMatchesTree(t *testing.T) {
 
 // --help is asked-for output: stdout, exit 0.
 func TestHelpOnStdout(t *testing.T) {
+	t.Parallel()
 	cmd := exec.Command(binary, "--help")
 	var out, errb strings.Builder
 	cmd.Stdout, cmd.Stderr = &out, &errb
@@ -106,6 +108,7 @@ func TestHelpOnStdout(t *testing.T) {
 
 // make install works into an empty DESTDIR (packagers' staging root).
 func TestMakeInstallDestdir(t *testing.T) {
+	t.Parallel()
 	dest := t.TempDir()
 	out, err := exec.Command("make", "-C", "..", "install", "DESTDIR="+dest).CombinedOutput()
 	if err != nil {

@@ -77,6 +77,7 @@ func TestStackPoweroffLeavesHostOn(t *testing.T) {
 }
 
 func TestStackPoweroffSelf(t *testing.T) {
+	t.Parallel()
 	d := start(t)
 	stackHost(t, d, "")
 	d.ok("echo 'poweroff self wait' > hosts/lab/power")
@@ -90,6 +91,7 @@ func TestStackPoweroffSelf(t *testing.T) {
 }
 
 func TestStackForcesStuckSubhost(t *testing.T) {
+	t.Parallel()
 	d := start(t)
 	stackHost(t, d, "sim.stuck = poweroff\nstack-timeout = 300ms")
 	d.ok("echo 'poweroff wait' > hosts/lab/power")
@@ -103,6 +105,7 @@ func TestStackForcesStuckSubhost(t *testing.T) {
 }
 
 func TestStackFailureIsTheWorstStep(t *testing.T) {
+	t.Parallel()
 	d := start(t)
 	// b refuses poweroff, off and off force alike: the step fails.
 	d.addHost("lab", "drivers = sim\nsim.initial = on")
@@ -115,6 +118,7 @@ func TestStackFailureIsTheWorstStep(t *testing.T) {
 }
 
 func TestStackReboot(t *testing.T) {
+	t.Parallel()
 	d := start(t)
 	stackHost(t, d, "")
 	d.ok("echo 'reboot wait' > hosts/lab/power")
@@ -141,6 +145,7 @@ func TestStackReboot(t *testing.T) {
 }
 
 func TestStackForceAndLocal(t *testing.T) {
+	t.Parallel()
 	d := start(t)
 	stackHost(t, d, "")
 	d.fails("echo 'poweroff force' > hosts/lab/power", "Invalid argument")

@@ -221,6 +221,7 @@ done`, out)
 // at that step; rm -rf of a host removes it as rmdir would, and nothing
 // while it is busy.
 func TestToolsCannotDeleteTree(t *testing.T) {
+	t.Parallel()
 	d := start(t, "--demo")
 	config := d.read("hosts/lab03/config")
 	for _, cmd := range []string{"rm hosts/lab03/power", "rm -f hosts/lab03/config", "rm hosts/lab03/state", "rm README", "rm -f events.log", "rmdir hosts/lab01/subhosts"} {
@@ -283,6 +284,7 @@ func TestToolsCannotDeleteTree(t *testing.T) {
 // Editing the way tools edit: a temporary file beside the target, fsync,
 // rename over the target.
 func TestToolsEditInPlace(t *testing.T) {
+	t.Parallel()
 	needTools(t, "sed", "perl", "vim", "python3")
 	d := start(t)
 	d.addHost("e1", "drivers = sim\nlabel = one\nsim.on-delay = 100ms")
@@ -411,6 +413,7 @@ EOF`)
 // A secret reads back as <set>; a tool that writes the file back with it
 // keeps the stored value.
 func TestToolsSecretKept(t *testing.T) {
+	t.Parallel()
 	d := start(t)
 	d.addHost("s1", "drivers = sim\nlabel = one\nipmi.password = hunter2")
 	if c := d.read("hosts/s1/config"); !strings.Contains(c, "ipmi.password = <set>\n") {
@@ -433,6 +436,7 @@ func TestToolsSecretKept(t *testing.T) {
 // writable by the operators group), and a rename gets the checks a write
 // gets: a privileged key is EACCES and nothing changes.
 func TestToolsOperatorEdits(t *testing.T) {
+	t.Parallel()
 	needTools(t, "python3")
 	d, r := startRoles(t)
 	if res := d.asUser(r.operator, `sed -i 's/^label = .*/label = by operator/' hosts/lab03/config`); res.code != 0 {

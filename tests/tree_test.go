@@ -15,6 +15,7 @@ import (
 )
 
 func TestRootFiles(t *testing.T) {
+	t.Parallel()
 	d := start(t, "--demo")
 	readme := d.read("README")
 	for _, w := range []string{"hosts/NAME/", "power", "wait", "label=NAME", "EBUSY", "ETIMEDOUT", "sim.on-delay", "ipmi.address", "wol.broadcast"} {
@@ -48,6 +49,7 @@ func TestRootFiles(t *testing.T) {
 }
 
 func TestConfigThroughTree(t *testing.T) {
+	t.Parallel()
 	d := start(t)
 	d.ok("mkdir hosts/c1")
 	d.ok(`cat > hosts/c1/config <<'EOF'
@@ -108,6 +110,7 @@ func (d *daemon) stopStart() {
 }
 
 func TestConfigSurvivesRestart(t *testing.T) {
+	t.Parallel()
 	d := start(t)
 	d.addHost("keep", "drivers = sim\nlabel = survivor\nsim.initial = on")
 	d.ok("mkdir hosts/keep/subhosts/inner && echo 'drivers = sim' > hosts/keep/subhosts/inner/config")
@@ -124,6 +127,7 @@ func TestConfigSurvivesRestart(t *testing.T) {
 }
 
 func TestMkdirRmdir(t *testing.T) {
+	t.Parallel()
 	d := start(t)
 	d.ok("mkdir hosts/m1")
 	d.fails("mkdir hosts/m1", "File exists")
@@ -148,6 +152,7 @@ func TestMkdirRmdir(t *testing.T) {
 }
 
 func TestCtl(t *testing.T) {
+	t.Parallel()
 	d := start(t)
 	d.ok("echo 'add web1 drivers=sim label=frontend' > ctl")
 	if ls := d.ok("ls hosts"); ls != "web1\n" {
@@ -177,6 +182,7 @@ func TestCtl(t *testing.T) {
 }
 
 func TestReloadOnSIGHUP(t *testing.T) {
+	t.Parallel()
 	d := start(t)
 	d.addHost("old", "drivers = sim")
 	os.WriteFile(filepath.Join(d.config, "hosts/new.conf"), []byte("# added by config management\ndrivers = sim\nlabel = from-puppet\n"), 0o644)
@@ -191,6 +197,7 @@ func TestReloadOnSIGHUP(t *testing.T) {
 // A daemon killed with SIGKILL leaves a dead mount ("Transport endpoint is
 // not connected"); the next start clears it and mounts.
 func TestRestartAfterKill(t *testing.T) {
+	t.Parallel()
 	d := start(t)
 	d.addHost("k", "drivers = sim")
 	d.cmd.Process.Kill()
@@ -210,6 +217,7 @@ func TestRestartAfterKill(t *testing.T) {
 }
 
 func TestReadOnlyMount(t *testing.T) {
+	t.Parallel()
 	d := start(t, "--demo", "-o", "ro")
 	if p := d.read("hosts/lab01/power"); p != "off\n" {
 		t.Fatalf("power = %q", p)
@@ -222,6 +230,7 @@ func TestReadOnlyMount(t *testing.T) {
 // kernel checks the modes (default_permissions) and a denied write is
 // EACCES, never a silent success.
 func TestAccess(t *testing.T) {
+	t.Parallel()
 	if _, err := exec.LookPath("setpriv"); err != nil {
 		t.Fatal("setpriv missing: install util-linux (make test does)")
 	}
@@ -261,6 +270,7 @@ func TestAccess(t *testing.T) {
 // -o OPTS, which must return once mounted and leave a daemon behind that
 // umount stops.
 func TestMountHelper(t *testing.T) {
+	t.Parallel()
 	base := openDir(t)
 	helper := filepath.Join(base, "mount.fuse.machinefs")
 	if err := os.Symlink(binary, helper); err != nil {
@@ -308,6 +318,7 @@ func TestMountHelper(t *testing.T) {
 // -o log=FILE: a daemon the mount helper detached logs to the file, and
 // SIGHUP reopens it, so logrotate can move it away.
 func TestMountHelperLogFile(t *testing.T) {
+	t.Parallel()
 	base := openDir(t)
 	helper := filepath.Join(base, "mount.fuse.machinefs")
 	if err := os.Symlink(binary, helper); err != nil {
@@ -354,6 +365,7 @@ func TestMountHelperLogFile(t *testing.T) {
 // Under systemd (Type=notify) the daemon says READY=1 once mounted,
 // RELOADING=1/READY=1 around SIGHUP and STOPPING=1 on SIGTERM.
 func TestSdNotify(t *testing.T) {
+	t.Parallel()
 	sock := filepath.Join(openDir(t), "notify.sock")
 	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: sock, Net: "unixgram"})
 	if err != nil {

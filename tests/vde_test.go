@@ -18,6 +18,7 @@ import (
 // (as nobody), real vde_plug clients, traffic between two network
 // namespaces through the VDE switch and from one of them to the bridge.
 func TestVDESwitchThroughTree(t *testing.T) {
+	t.Parallel()
 	netns.NeedRoot(t)
 	if _, err := exec.LookPath("vde_switch"); err != nil {
 		t.Skip("vde_switch (Debian vde2) is not installed")

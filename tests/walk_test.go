@@ -42,6 +42,7 @@ func runTool(t *testing.T, dir, script string) result {
 // Recursive walks over the mount finish with exit status 0, and the
 // streams they must not open still work by name.
 func TestWalkFinishes(t *testing.T) {
+	t.Parallel()
 	d := start(t)
 	d.addHost("w1", "drivers = sim\nsim.initial = on")
 	d.addHost("w2", "drivers = sim")
@@ -104,6 +105,7 @@ func TestWalkFinishes(t *testing.T) {
 // once the burst is over it follows each rotation without missing a line.
 // tail -f, following the open file, never sees a line twice or a cut line.
 func TestEventsLogRotationFollowedByTailF(t *testing.T) {
+	t.Parallel()
 	d := start(t)
 	d.addHost("r1", "drivers = sim")
 	follow := func(mode string) (*syncBuf, *syncBuf) {
@@ -205,6 +207,7 @@ func TestEventsLogRotationFollowedByTailF(t *testing.T) {
 // mtime and ctime follow changes; statfs, the root inode and the dot
 // entries are what tools expect of a filesystem.
 func TestTimesAndStatfs(t *testing.T) {
+	t.Parallel()
 	d := start(t)
 	d.addHost("t1", "drivers = sim\nsim.on-delay = 0s")
 	d.ok("mkdir groups/tg && echo t1 > groups/tg/members")
@@ -273,6 +276,7 @@ func (s *syncBuf) String() string {
 // IN_DELETE on its parent directory, once: mkdir and rmdir, ctl add and
 // remove, and a SIGHUP reload.
 func TestEntriesRaiseInotify(t *testing.T) {
+	t.Parallel()
 	d := start(t)
 	d.addHost("e1", "drivers = sim")
 	w := exec.Command("inotifywait", "-m", "-e", "create,delete", "--format", "%w%f %e", "hosts", "groups", "hosts/e1/subhosts")
@@ -314,6 +318,7 @@ func TestEntriesRaiseInotify(t *testing.T) {
 // A switch cancelled through vswitch/ctl raises IN_DELETE on vswitch/, as
 // rmdir does; mkdir raises one IN_CREATE, not two.
 func TestSwitchEntriesRaiseInotify(t *testing.T) {
+	t.Parallel()
 	netns.NeedRoot(t)
 	ns := netns.New(t, "mfi")
 	d := startNS(t, ns)

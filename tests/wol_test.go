@@ -88,6 +88,7 @@ func eventsInOrder(t *testing.T, log string, want ...string) {
 }
 
 func TestWoLWakeThroughTree(t *testing.T) {
+	t.Parallel()
 	s, tg := segmentWoL(t)
 	pc12 := tg.StartResponder(t, netns.Sleeper{MAC: pcMAC, Interface: "mfet0", Service: "10.78.1.2:2212", Boot: 300 * time.Millisecond})
 	pc13 := tg.StartResponder(t, netns.Sleeper{MAC: pcMAC2, Interface: "mfet0", Service: "10.78.1.2:2213", Boot: 300 * time.Millisecond})
@@ -197,6 +198,7 @@ func TestWoLWakeThroughTree(t *testing.T) {
 // A wake that does not reach the machine (wrong MAC, wrong SecureOn
 // password) ends as unknown with "no answer after wake", never on.
 func TestWoLNoAnswerAfterWake(t *testing.T) {
+	t.Parallel()
 	s, tg := segmentWoL(t)
 	pw := []byte{1, 2, 3, 4, 5, 6}
 	pc := tg.StartResponder(t, netns.Sleeper{MAC: pcMAC, Password: pw, Interface: "mfet0", Service: "10.78.1.2:2220"})
@@ -270,6 +272,7 @@ func TestWoLNoAnswerAfterWake(t *testing.T) {
 // Without a probe WoL cannot tell whether the machine woke: power stays
 // unknown and state says why, even when the machine did wake.
 func TestWoLNoProbe(t *testing.T) {
+	t.Parallel()
 	s, tg := segmentWoL(t)
 	pc := tg.StartResponder(t, netns.Sleeper{MAC: pcMAC, Interface: "mfet0", Service: "10.78.1.2:2230"})
 	d := startIn(t, s)
@@ -327,6 +330,7 @@ func TestWoLNoProbe(t *testing.T) {
 //
 //	sender mfes0 10.78.1.2 -- mfer1 router mfer2 -- mfet0 10.78.2.2 target
 func TestWoLDirectedBroadcast(t *testing.T) {
+	t.Parallel()
 	netns.NeedRoot(t)
 	rt := netns.NewRouted(t, netns.RoutedSpec{Prefix: "mfe", Net1: "10.78.1", Net2: "10.78.2"})
 	pc := rt.Target.StartResponder(t, netns.Sleeper{MAC: pcMAC, Interface: rt.TargetDev, Service: "10.78.2.2:2240"})
@@ -362,6 +366,7 @@ func TestWoLDirectedBroadcast(t *testing.T) {
 // Config errors through the tree: a bad value fails the write with EINVAL
 // and leaves the config as it was.
 func TestWoLConfigErrors(t *testing.T) {
+	t.Parallel()
 	netns.NeedRoot(t)
 	// A namespace of its own, although nothing here sends: only lo.
 	d := startIn(t, netns.New(t, "mfes"))

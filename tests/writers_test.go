@@ -73,6 +73,7 @@ func within(t *testing.T, what string, bound time.Duration, r <-chan result) res
 // ECANCELED. Before, they all slept uninterruptibly until the wait ended,
 // and so did `off force`.
 func TestWritersDuringWait(t *testing.T) {
+	t.Parallel()
 	d := start(t)
 	waiter := slowHost(t, d)
 
@@ -110,6 +111,7 @@ func TestWritersDuringWait(t *testing.T) {
 // can the waiter; the command goes on. Before, the writer slept in the
 // kernel (D state) until the wait ended and SIGINT did nothing.
 func TestWritersDuringWaitInterruptible(t *testing.T) {
+	t.Parallel()
 	d := start(t)
 	waiter := slowHost(t, d)
 
@@ -140,6 +142,7 @@ func TestWritersDuringWaitInterruptible(t *testing.T) {
 // SIGTERM unmounts at once, and the waits in flight fail with ESHUTDOWN.
 // Before, the daemon exited only when the wait ended.
 func TestStopEndsWaits(t *testing.T) {
+	t.Parallel()
 	d := start(t)
 	waiter := slowHost(t, d)
 	d.cmd.Process.Signal(syscall.SIGTERM)
