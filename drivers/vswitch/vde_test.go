@@ -200,3 +200,50 @@ func TestExternalBridge(t *testing.T) {
 	}
 	wantErrno(t, e.m.Delete(ctx, "mfvx1"), syscall.EPERM)
 }
+
+// A client's endpoint counts only while the switch holds its control
+// connection: a descriptor the switch closed, or one that is no client's
+// connection (here the TAP's), is a client gone. vde_switch 2.3.2 keeps the
+// endpoint of a client that closed, now and then under load, with the
+// descriptor closed; TestVDESwitchLifecycle then waited in vain for the
+// plug to go.
+func TestVDEClientGone(t *testing.T) {
+	e := vdeEnv(t, "")
+	ctx := context.Background()
+	_, err := e.m.Create(ctx, "mfvd3")
+	must(t, err)
+	_, err = e.m.AddVDE(ctx, "mfvd3", "65534", "65534", "")
+	must(t, err)
+	v, ctl := e.m.recs["mfvd3"].VDE, filepath.Join(e.m.vdeSock("mfvd3"), "ctl")
+	plug := exec.Command("vde_plug", "-D", "mftest-gone", e.m.vdeSock("mfvd3"))
+	plug.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+	stdin, _ := plug.StdinPipe()
+	must(t, plug.Start())
+	t.Cleanup(func() { stdin.Close(); plug.Process.Kill(); plug.Wait() })
+	// The endpoints as the switch lists them, none left out.
+	endpoints := func() map[string]int {
+		lines, err := mgmtQuery(ctx, e.m.vdeMgmt("mfvd3"), v.Uid, "port/allprint")
+		must(t, err)
+		ids := map[string]int{}
+		for _, p := range parsePorts(lines) {
+			for _, ep := range p.Endpoints {
+				ids[ep.Module] = ep.ID
+			}
+		}
+		return ids
+	}
+	netns.WaitFor(t, 10*time.Second, "the plug's endpoint", func() bool { _, ok := endpoints()["unix prog"]; return ok })
+	ids := endpoints()
+	if vdeClientGone(v.Pid, ids["unix prog"], ctl) {
+		t.Fatalf("the plug (endpoint %d) counts as gone while it runs", ids["unix prog"])
+	}
+	if !vdeClientGone(v.Pid, ids["tuntap"], ctl) {
+		t.Fatalf("descriptor %d (the TAP) counts as a client's connection", ids["tuntap"])
+	}
+	if !vdeClientGone(v.Pid, 1000, ctl) {
+		t.Fatal("a descriptor the switch does not hold counts as a client's connection")
+	}
+	if p, err := e.m.PortsText(ctx, "mfvd3"); err != nil || !strings.Contains(p, `client="mftest-gone`) {
+		t.Fatalf("ports with the plug running: %v\n%s", err, p)
+	}
+}
