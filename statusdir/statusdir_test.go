@@ -5,10 +5,12 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"go.uber.org/goleak"
+	"golang.org/x/sys/unix"
 
 	"github.com/machinefs/machinefs/drivers/sim"
 	"github.com/machinefs/machinefs/machine"
@@ -54,7 +56,7 @@ func start(t *testing.T, tree *model.Tree) (*Dir, string) {
 	return d, root
 }
 
-func read(t *testing.T, root, rel string) string {
+func read(t testing.TB, root, rel string) string {
 	t.Helper()
 	b, err := os.ReadFile(filepath.Join(root, rel))
 	if err != nil {
@@ -198,4 +200,71 @@ func TestUnescape(t *testing.T) {
 	if got := unescape(`/tmp/a\040b\134c`); got != `/tmp/a b\c` {
 		t.Errorf("unescape: %q", got)
 	}
+}
+
+// BenchmarkEventToFile is the copy's own share of a daemon-side change,
+// without FUSE or the mount's notifier: a simulated host's power event
+// until its power file in the copy (on /dev/shm) is renamed into place and
+// an inotify watcher of its directory wakes.
+func BenchmarkEventToFile(b *testing.B) {
+	tree := model.NewTree(model.Options{Store: store.NewDir(b.TempDir()), Drivers: []machine.DriverSpec{sim.Spec}})
+	defer tree.Close()
+	cf := &model.ConfigFile{}
+	cf.Set("drivers", "sim")
+	cf.Set("sim.on-delay", "0s")
+	cf.Set("sim.off-delay", "0s")
+	h, err := tree.Add(context.Background(), nil, "a", cf, who)
+	if err != nil {
+		b.Fatal(err)
+	}
+	root, err := os.MkdirTemp("/dev/shm", "statusdir-bench")
+	if err != nil {
+		b.Skip("no /dev/shm:", err)
+	}
+	defer os.RemoveAll(root)
+	d, err := Start(tree, root, nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer d.Close()
+	fd, err := unix.InotifyInit1(unix.IN_CLOEXEC)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer unix.Close(fd)
+	if _, err := unix.InotifyAddWatch(fd, filepath.Join(root, "hosts/a"), unix.IN_MOVED_TO); err != nil {
+		b.Fatal(err)
+	}
+	// Events come from the simulator's own goroutine once the command is
+	// accepted; the time of the power event is taken from a watch of the
+	// tree registered after the copy's.
+	var at sync.Map
+	stop := tree.Watch(func(e model.Event) {
+		if e.Kind == machine.EventPower && e.Path == "hosts/a" {
+			at.Store(e.Detail, e.Time)
+		}
+	})
+	defer stop()
+	buf := make([]byte, 4096)
+	target := "on"
+	var total time.Duration
+	b.ResetTimer()
+	for range b.N {
+		if err := h.Exec(context.Background(), target, who); err != nil {
+			b.Fatal(err)
+		}
+		for {
+			if _, err := unix.Read(fd, buf); err != nil {
+				b.Fatal(err)
+			}
+			woke := time.Now()
+			if read(b, root, "hosts/a/power") == target+"\n" {
+				t, _ := at.Load(target)
+				total += woke.Sub(t.(time.Time))
+				break
+			}
+		}
+		target = map[string]string{"on": "off", "off": "on"}[target]
+	}
+	b.ReportMetric(float64(total.Nanoseconds())/float64(b.N), "event-to-wake-ns")
 }
