@@ -112,7 +112,6 @@ func failsNotConnected(t *testing.T, args ...string) {
 // once, and a new daemon on the same mountpoint, config and state comes up
 // with no manual step and adopts both.
 func TestChannelStaysWithDaemon(t *testing.T) {
-	t.Parallel()
 	umlh.Skip(t)
 	// Cleanups run last in, first out: the daemon stops first, then the
 	// guest and the subhost are killed, whatever state the test left.

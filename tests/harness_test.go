@@ -50,7 +50,10 @@ func TestMain(m *testing.M) {
 // GOMAXPROCS default (2 on CI) overlap well. Tests whose assertions hinge
 // on a short window (a command still in flight after 1-3 s, inotify or
 // tail within half a second, a BMC answering within its 300 ms timeout)
-// do not call t.Parallel: they run first, alone.
+// do not call t.Parallel: they run first, alone. So do the UML guests:
+// with other guests and QEMU running beside them, Debian's UML kernel
+// panicked now and then as it halted ("Segfault with no mm", "Kernel mode
+// fault at addr 0x14").
 const testParallel = 4
 
 // defaultParallel sets -test.parallel to testParallel unless the command

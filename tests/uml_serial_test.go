@@ -12,7 +12,6 @@ import (
 // the console answering a typed command, and the same after a daemon
 // restart (the console's holder kept it meanwhile). One boot.
 func TestSerialUMLTree(t *testing.T) {
-	t.Parallel()
 	umlh.Skip(t)
 	root, dir := umlh.Root(t), umlh.Dir(t)
 	rc := "#!/bin/sh\nmount -t devtmpfs dev /dev 2>/dev/null\nsh -i </dev/console >/dev/console 2>&1 &\n"

@@ -132,7 +132,6 @@ func umlRemoved(t *testing.T, dir, umid string) {
 }
 
 func TestUMLGuest(t *testing.T) {
-	t.Parallel()
 	backups := t.TempDir()
 	d, dir := umlDaemon(t, "uml.backup-dir = "+backups)
 	if p := d.umlPower(umlWeb1); p != "off" {
@@ -313,7 +312,6 @@ func TestUMLGuest(t *testing.T) {
 // A daemon stopped with SIGTERM leaves its guests running; the next one
 // adopts them.
 func TestUMLAdoption(t *testing.T) {
-	t.Parallel()
 	d, dir := umlDaemon(t)
 	pid := d.umlBoot()
 	d.stop()
@@ -345,7 +343,6 @@ func TestUMLAdoption(t *testing.T) {
 // does not answer) or crashed: the guest, its umid dir and its record go.
 // SIGTERM of the daemon (Close) keeps guests: TestUMLAdoption.
 func TestUMLRemove(t *testing.T) {
-	t.Parallel()
 	d, dir := umlDaemon(t)
 	// A guest stopped (SIGSTOP) behind machinefs's back while no daemon
 	// ran: the next daemon adopts it, but its mconsole does not answer.
@@ -380,7 +377,6 @@ func TestUMLRemove(t *testing.T) {
 // local host, eth0 in the guest with that MAC, and traffic both ways. The
 // daemon runs in a network namespace of the test's.
 func TestUMLNet(t *testing.T) {
-	t.Parallel()
 	umlh.Skip(t)
 	netns.NeedRoot(t)
 	ns := netns.New(t, "mfu")
@@ -472,7 +468,6 @@ func TestUMLNet(t *testing.T) {
 // uml.root = ubd0=/IMAGE: a guest boots from an ext4 image made by the
 // test; ubd0=/COW,/BACKING writes to the COW file only.
 func TestUMLImage(t *testing.T) {
-	t.Parallel()
 	umlh.Skip(t)
 	root, dir := umlh.Root(t), umlh.Dir(t)
 	img := disk.Ext4(t, root, "24M")
