@@ -40,6 +40,7 @@ type Agent struct {
 
 	mu      sync.Mutex
 	sess    *concurrency.Session
+	joinRev int64                // the revision of this agent's first join: requests are served from it
 	alive   map[string]time.Time // live agents, since
 	goneAt  map[string]time.Time // agents seen going, when
 	owners  map[string]string    // elected hosts: path -> node
@@ -116,7 +117,7 @@ func (a *Agent) Start(ctx context.Context) error {
 	a.goLoop(func() { a.reconcileLoop(runCtx) })
 	a.goLoop(func() { a.pub.run(runCtx) })
 	a.goLoop(func() { a.pub.watchOthers(runCtx) })
-	a.goLoop(func() { a.serve.run(runCtx) })
+	a.goLoop(func() { a.serve.run(runCtx, a.joinRev) })
 	a.goLoop(func() { a.health(runCtx) })
 	if w, ok := a.st.(store.Watcher); ok {
 		a.goLoop(func() { a.watchStore(runCtx, w) })
@@ -160,15 +161,19 @@ func (a *Agent) newSession(ctx context.Context) error {
 	// joined stays when the agent goes: the node and agents keys may name
 	// an agent that joined once (EINVAL otherwise), and one that is away
 	// shows as gone, not unknown.
-	if _, err := a.cli.Txn(cctx).Then(
+	resp, err := a.cli.Txn(cctx).Then(
 		clientv3.OpPut(a.k.agent(a.node), string(rec), clientv3.WithLease(s.Lease())),
 		clientv3.OpPut(a.k.joined(a.node), string(rec)),
-	).Commit(); err != nil {
+	).Commit()
+	if err != nil {
 		_ = s.Close()
 		return fmt.Errorf("cluster: register agent %s: %w", a.node, err)
 	}
 	a.mu.Lock()
 	a.sess = s
+	if a.joinRev == 0 {
+		a.joinRev = resp.Header.Revision
+	}
 	a.mu.Unlock()
 	return nil
 }

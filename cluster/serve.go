@@ -32,17 +32,24 @@ func newServer(a *Agent) *server {
 	return &server{a: a, running: map[string]context.CancelFunc{}}
 }
 
-func (s *server) run(ctx context.Context) {
+// run serves requests created from rev on: the revision at which this
+// agent joined, since other agents send to it as soon as they see it
+// alive, which can be before this watch starts.
+func (s *server) run(ctx context.Context, rev int64) {
 	prefix := s.a.k.requests(s.a.node)
 	for ctx.Err() == nil {
-		ch := s.a.cli.Watch(clientv3.WithRequireLeader(ctx), prefix, clientv3.WithPrefix())
+		ch := s.a.cli.Watch(clientv3.WithRequireLeader(ctx), prefix, clientv3.WithPrefix(), clientv3.WithRev(rev))
 		for wr := range ch {
+			if wr.CompactRevision != 0 {
+				rev = wr.CompactRevision // what was before is gone from etcd
+			}
 			if wr.Err() != nil {
 				break
 			}
 			for _, ev := range wr.Events {
 				s.apply(ctx, ev)
 			}
+			rev = wr.Header.Revision + 1
 		}
 		if ctx.Err() == nil {
 			time.Sleep(200 * time.Millisecond)

@@ -22,7 +22,10 @@ import (
 // leaveGrace is how long a writer whose forwarded command lost its owner
 // waits for the owner's last snapshot to arrive: the snapshot was
 // committed before the owner acted, but it comes on another watch than
-// the news of the owner going.
+// the news of the owner going. Once that snapshot says the owner is
+// leaving, the writer waits for it to go for the command's whole window:
+// an agent killed before it could revoke its lease is seen gone only
+// when the lease expires.
 const leaveGrace = 2 * time.Second
 
 // leavingTarget is the power a command leaves the machine it takes down
@@ -103,7 +106,11 @@ func (h *Host) leftOnPurpose(ctx context.Context, cmd machine.Command, err error
 	if !leaving && machine.ErrnoOf(err) != syscall.EHOSTUNREACH {
 		return false
 	}
-	t := time.NewTimer(leaveGrace)
+	grace := leaveGrace
+	if leaving {
+		grace = h.window(cmd)
+	}
+	t := time.NewTimer(grace)
 	defer t.Stop()
 	tick := time.NewTicker(50 * time.Millisecond)
 	defer tick.Stop()
@@ -128,10 +135,7 @@ func (h *Host) leftOnPurpose(ctx context.Context, cmd machine.Command, err error
 // down with it, until its agent is back and shows it on, or until the
 // command's window ends.
 func (h *Host) awaitBack(ctx context.Context, cmd machine.Command) error {
-	window := cmd.Timeout
-	if window <= 0 {
-		window = h.Config().Duration("wait-timeout")
-	}
+	window := h.window(cmd)
 	t := time.NewTimer(window)
 	defer t.Stop()
 	tick := time.NewTicker(100 * time.Millisecond)
@@ -149,6 +153,15 @@ func (h *Host) awaitBack(ctx context.Context, cmd machine.Command) error {
 		case <-tick.C:
 		}
 	}
+}
+
+// window is how long cmd may take to reach its target: timeout=, else
+// the host's wait-timeout.
+func (h *Host) window(cmd machine.Command) time.Duration {
+	if cmd.Timeout > 0 {
+		return cmd.Timeout
+	}
+	return h.Config().Duration("wait-timeout")
 }
 
 // forwardedVerdict is the verdict of a forwarded command whose owner

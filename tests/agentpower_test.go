@@ -38,12 +38,13 @@ func TestAgentPowersItsOwnMachine(t *testing.T) {
 	sub := "hosts/lab1/subhosts/phys"
 	lab1.ok(fmt.Sprintf("mkdir %s && cat > %s/config <<'EOF'\n%s\nEOF", sub, sub,
 		e.config("ns.root = "+root+"\nns.bridges = mfapbr:06:a7:dd:b4:11:01\nns.hostname = phys")))
-	bootPhys := func() int {
+	bootPhys := func(on bool) int {
 		t.Helper()
 		lab1.ok("echo 'on wait timeout=30s' > " + sub + "/power")
 		eventually(t, "phys's agent to join and run its own host", func() bool {
 			st := lab1.sh("cat hosts/phys/state")
-			return st.code == 0 && stateField(st.out, "owner") == "phys" && !strings.Contains(stateField(st.out, "reachable"), "gone")
+			return st.code == 0 && stateField(st.out, "owner") == "phys" && !strings.Contains(stateField(st.out, "reachable"), "gone") &&
+				(!on || stateField(st.out, "power") == "on")
 		})
 		pid, _ := strconv.Atoi(stateField(lab1.read(sub+"/state"), "pid"))
 		return pid
@@ -54,7 +55,7 @@ func TestAgentPowersItsOwnMachine(t *testing.T) {
 			t.Logf("phys's agent log:\n%s", log)
 		}
 	})
-	pid := bootPhys()
+	bootPhys(false)
 	lab1.ok("printf 'drivers = local\\nlocal.hostname = phys\\n' >> hosts/phys/config")
 	eventually(t, "phys's local driver", func() bool {
 		st := lab1.read("hosts/phys/state")
@@ -77,7 +78,7 @@ func TestAgentPowersItsOwnMachine(t *testing.T) {
 
 	// reboot self wait returns once phys is back: the same subhost init
 	// was restarted (the kernel ended it as a reboot), a new agent ran.
-	pid = bootPhys()
+	pid := bootPhys(true)
 	lab1.ok("echo 'reboot self wait timeout=60s' > hosts/phys/power")
 	if p := lab1.read("hosts/phys/power"); p != "on\n" {
 		t.Fatalf("after reboot self wait, hosts/phys power is %q", p)
