@@ -42,6 +42,7 @@ type Agent struct {
 	sess    *concurrency.Session
 	joinRev int64                // the revision of this agent's first join: requests are served from it
 	alive   map[string]time.Time // live agents, since
+	leases  map[string]int64     // live agents' session leases: a new one is a new incarnation
 	goneAt  map[string]time.Time // agents seen going, when
 	owners  map[string]string    // elected hosts: path -> node
 	known   map[string]bool      // every agent that ever joined
@@ -77,7 +78,7 @@ func New(cli *clientv3.Client, tree *model.Tree, st store.Store, o Options) (*Ag
 	a := &Agent{
 		cli: cli, node: o.Node, k: keys{o.Prefix}, ttl: o.TTL, tmo: o.Timeout,
 		log: o.Log.With("node", o.Node), tree: tree, st: st,
-		alive: map[string]time.Time{}, goneAt: map[string]time.Time{},
+		alive: map[string]time.Time{}, goneAt: map[string]time.Time{}, leases: map[string]int64{},
 		owners: map[string]string{}, known: map[string]bool{o.Node: true}, waiters: map[string]chan struct{}{}, answers: map[string]chan result{},
 		changed: make(chan struct{}, 1), started: time.Now(),
 	}

@@ -133,7 +133,7 @@ func (a *Agent) send(ctx context.Context, path, to string, req request) (*forwar
 	id := newID(a.node)
 	body, _ := json.Marshal(req)
 	key := a.k.request(f.owner, id)
-	f.id, f.results = id, a.await(id)
+	f.id, f.results, f.lease = id, a.await(id), a.leaseOf(f.owner)
 	cctx, cancel := a.call(ctx)
 	_, err := a.cli.Put(cctx, key, string(body), clientv3.WithLease(s.Lease()))
 	cancel()
@@ -177,6 +177,7 @@ func (a *Agent) deliver(id string, value []byte) {
 type forwarding struct {
 	a       *Agent
 	owner   string
+	lease   int64 // the owner's session when the request was sent
 	key     string
 	path    string
 	id      string
@@ -190,6 +191,9 @@ func (f *forwarding) next(ctx context.Context, timeout <-chan time.Time) (result
 		gone := f.a.changes(f.owner)
 		if alive, since := f.a.isAlive(f.owner); !alive {
 			return result{}, machine.Errorf(syscall.EHOSTUNREACH, "%s: agent %s gone since %s", f.path, f.owner, since.UTC().Format(time.RFC3339))
+		}
+		if l := f.a.leaseOf(f.owner); f.lease != 0 && l != 0 && l != f.lease {
+			return result{}, fmt.Errorf("%w (%w)", machine.Errorf(syscall.EHOSTUNREACH, "%s: agent %s restarted before it answered", f.path, f.owner), model.ErrOwnerRestarted)
 		}
 		select {
 		case r := <-f.results:

@@ -87,6 +87,7 @@ func (a *Agent) loadAgents(ctx context.Context) (int64, error) {
 	for _, kv := range ag.Kvs {
 		node := strings.TrimPrefix(string(kv.Key), a.k.agents())
 		a.alive[node] = time.Now()
+		a.leases[node] = kv.Lease
 		a.known[node] = true
 	}
 	for _, kv := range ow.Kvs {
@@ -144,12 +145,17 @@ func (a *Agent) applyAgentEvent(ev *clientv3.Event) {
 	put := ev.Type == clientv3.EventTypePut
 	if node, ok := strings.CutPrefix(key, a.k.agents()); ok {
 		if put {
+			// A put on another lease is a new incarnation: the agent went
+			// and came back (its machine rebooted) before its old lease
+			// expired, so no delete was seen.
 			a.known[node] = true
 			a.alive[node] = time.Now()
+			a.leases[node] = ev.Kv.Lease
 			delete(a.goneAt, node)
 			a.wake(node)
 		} else {
 			delete(a.alive, node)
+			delete(a.leases, node)
 			a.goneAt[node] = time.Now()
 			a.wake(node)
 		}
@@ -183,6 +189,13 @@ func (a *Agent) changes(node string) <-chan struct{} {
 		a.waiters[node] = ch
 	}
 	return ch
+}
+
+// leaseOf is the session lease of node's live agent (0: none known).
+func (a *Agent) leaseOf(node string) int64 {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.leases[node]
 }
 
 // isAlive says whether node's agent is in the cluster now, and if not,

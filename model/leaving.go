@@ -2,6 +2,7 @@ package model
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"syscall"
 	"time"
@@ -97,8 +98,13 @@ func (h *Host) leftStateLocked(st *HostState) {
 // after it published cmd as the host's leaving command. It waits up to
 // leaveGrace for the owner's last snapshot and for its going.
 func (h *Host) leftOnPurpose(ctx context.Context, cmd machine.Command, err error) bool {
-	if leavingTarget(cmd) == "" {
+	switch leavingTarget(cmd) {
+	case "":
 		return false
+	case machine.PowerOn:
+		if errors.Is(err, ErrOwnerRestarted) {
+			return true // it went and is back already: awaitBack sees it on
+		}
 	}
 	h.mu.Lock()
 	leaving := h.owner.remote != nil && h.owner.remote.Leaving != ""

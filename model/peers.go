@@ -2,6 +2,7 @@ package model
 
 import (
 	"context"
+	"errors"
 	"strings"
 	"syscall"
 	"time"
@@ -38,6 +39,11 @@ type Peers interface {
 	// the site first (leaving.go).
 	Sync(ctx context.Context) error
 }
+
+// ErrOwnerRestarted marks a forwarded command whose owner agent went and
+// came back (a new session) before it answered: its machine rebooted, or
+// the agent was restarted. The command's fate is unknown.
+var ErrOwnerRestarted = errors.New("the owner agent restarted")
 
 // Forwarded is a command sent to the agent that owns its host.
 type Forwarded struct {
