@@ -1,44 +1,19 @@
 package ns
 
 import (
-	"context"
 	"strings"
 	"testing"
-	"time"
 
-	"github.com/machinefs/machinefs/machine"
+	"github.com/machinefs/machinefs/drivers/internal/hostcheck/checktest"
 )
-
-type checkConfig map[string]string
-
-func (c checkConfig) Get(k string) (string, bool) { v, ok := c[k]; return v, ok }
-
-// requirement finds the requirement whose What starts with what.
-func requirement(t *testing.T, reqs []machine.Requirement, what string) machine.Requirement {
-	t.Helper()
-	for _, r := range reqs {
-		if strings.HasPrefix(r.What, what) {
-			return r
-		}
-	}
-	t.Fatalf("no requirement %q in %+v", what, reqs)
-	return machine.Requirement{}
-}
-
-func runCheck(t *testing.T, cfg checkConfig) []machine.Requirement {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	return Spec.Check(ctx, machine.CheckEnv{Path: "hosts/chk", Config: cfg})
-}
 
 func TestCheckRootWithoutInit(t *testing.T) {
 	dir := t.TempDir()
-	reqs := runCheck(t, checkConfig{"ns.root": dir})
-	if r := requirement(t, reqs, "init"); r.Present || !strings.Contains(r.Reason, "neither /init nor /sbin/init") {
+	reqs := checktest.Run(t, Spec, checktest.Config{"ns.root": dir})
+	if r := checktest.Find(t, reqs, "init"); r.Present || !strings.Contains(r.Reason, "neither /init nor /sbin/init") {
 		t.Errorf("init: %+v", r)
 	}
-	if r := requirement(t, reqs, "capability CAP_SYS_ADMIN"); !r.Present {
+	if r := checktest.Find(t, reqs, "capability CAP_SYS_ADMIN"); !r.Present {
 		t.Errorf("the test runs as root: %+v", r)
 	}
 }

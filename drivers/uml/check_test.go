@@ -1,44 +1,18 @@
 package uml
 
 import (
-	"context"
-	"strings"
 	"testing"
-	"time"
 
-	"github.com/machinefs/machinefs/machine"
+	"github.com/machinefs/machinefs/drivers/internal/hostcheck/checktest"
 )
-
-type checkConfig map[string]string
-
-func (c checkConfig) Get(k string) (string, bool) { v, ok := c[k]; return v, ok }
-
-// requirement finds the requirement whose What starts with what.
-func requirement(t *testing.T, reqs []machine.Requirement, what string) machine.Requirement {
-	t.Helper()
-	for _, r := range reqs {
-		if strings.HasPrefix(r.What, what) {
-			return r
-		}
-	}
-	t.Fatalf("no requirement %q in %+v", what, reqs)
-	return machine.Requirement{}
-}
-
-func runCheck(t *testing.T, cfg checkConfig) []machine.Requirement {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	return Spec.Check(ctx, machine.CheckEnv{Path: "hosts/chk", Config: cfg})
-}
 
 func TestCheckMissingKernel(t *testing.T) {
 	dir := t.TempDir()
-	reqs := runCheck(t, checkConfig{"uml.kernel": "/nonexistent/linux", "uml.root": "hostfs:" + dir})
-	if r := requirement(t, reqs, "binary /nonexistent/linux"); r.Present {
+	reqs := checktest.Run(t, Spec, checktest.Config{"uml.kernel": "/nonexistent/linux", "uml.root": "hostfs:" + dir})
+	if r := checktest.Find(t, reqs, "binary /nonexistent/linux"); r.Present {
 		t.Errorf("kernel: %+v", r)
 	}
-	if r := requirement(t, reqs, "root hostfs "+dir); !r.Present {
+	if r := checktest.Find(t, reqs, "root hostfs "+dir); !r.Present {
 		t.Errorf("root: %+v", r)
 	}
 }

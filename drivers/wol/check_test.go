@@ -1,43 +1,18 @@
 package wol
 
 import (
-	"context"
 	"strings"
 	"testing"
-	"time"
 
-	"github.com/machinefs/machinefs/machine"
+	"github.com/machinefs/machinefs/drivers/internal/hostcheck/checktest"
 )
 
-type checkConfig map[string]string
-
-func (c checkConfig) Get(k string) (string, bool) { v, ok := c[k]; return v, ok }
-
-// requirement finds the requirement whose What starts with what.
-func requirement(t *testing.T, reqs []machine.Requirement, what string) machine.Requirement {
-	t.Helper()
-	for _, r := range reqs {
-		if strings.HasPrefix(r.What, what) {
-			return r
-		}
-	}
-	t.Fatalf("no requirement %q in %+v", what, reqs)
-	return machine.Requirement{}
-}
-
-func runCheck(t *testing.T, cfg checkConfig) []machine.Requirement {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	return Spec.Check(ctx, machine.CheckEnv{Path: "hosts/chk", Config: cfg})
-}
-
 func TestCheckRawFrame(t *testing.T) {
-	reqs := runCheck(t, checkConfig{KeyMAC: "02:00:5e:10:20:30", KeyProbe: "tcp:127.0.0.1:1"})
-	if r := requirement(t, reqs, "capability CAP_NET_RAW"); !r.Present {
+	reqs := checktest.Run(t, Spec, checktest.Config{KeyMAC: "02:00:5e:10:20:30", KeyProbe: "tcp:127.0.0.1:1"})
+	if r := checktest.Find(t, reqs, "capability CAP_NET_RAW"); !r.Present {
 		t.Errorf("the test runs as root: %+v", r)
 	}
-	if r := requirement(t, reqs, "probe tcp:127.0.0.1:1"); !r.Present || !strings.Contains(r.Reason, "127.0.0.1") {
+	if r := checktest.Find(t, reqs, "probe tcp:127.0.0.1:1"); !r.Present || !strings.Contains(r.Reason, "127.0.0.1") {
 		t.Errorf("probe: %+v", r)
 	}
 }
