@@ -60,6 +60,16 @@ type Reporter interface {
 	Event(kind EventKind, detail string)
 }
 
+// NopReporter discards what it is told: a driver built without a
+// Reporter (in a test, or by a tool) uses it.
+type NopReporter struct{}
+
+// Report implements Reporter.
+func (NopReporter) Report(Status) {}
+
+// Event implements Reporter.
+func (NopReporter) Event(EventKind, string) {}
+
 // Driver is one way of reaching a machine: a simulator, a BMC, a Wake-on-LAN
 // sender, a namespace sandbox. A driver implements Driver and any of the
 // capability interfaces (PowerController, Consoler, ...). Drivers know nothing

@@ -43,11 +43,6 @@ var (
 	_ machine.ThisMachine     = (*driver)(nil)
 )
 
-type nopReporter struct{}
-
-func (nopReporter) Report(machine.Status)           {}
-func (nopReporter) Event(machine.EventKind, string) {}
-
 // New builds the driver: it detects the init system and reports the
 // machine on (it runs this process); on a machine that is not the one
 // local.hostname names it reports nothing (state's local-machine line and
@@ -63,7 +58,7 @@ func New(_ context.Context, env machine.DriverEnv) (machine.Driver, error) {
 	}
 	d := &driver{cfg: cfg, rep: env.Report, log: env.Log, ns: h, init: detectInit()}
 	if d.rep == nil {
-		d.rep = nopReporter{}
+		d.rep = machine.NopReporter{}
 	}
 	if d.log == nil {
 		d.log = slog.New(slog.DiscardHandler)

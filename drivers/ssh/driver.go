@@ -57,11 +57,6 @@ var (
 	_ machine.Describer       = (*driver)(nil)
 )
 
-type nopReporter struct{}
-
-func (nopReporter) Report(machine.Status)           {}
-func (nopReporter) Event(machine.EventKind, string) {}
-
 // New builds an ssh driver. It connects and sends from the network
 // namespace of the thread that calls it. It does not touch the network:
 // the first probe runs in the background at once, then every
@@ -82,7 +77,7 @@ func New(_ context.Context, env machine.DriverEnv) (machine.Driver, error) {
 		d.wol = "not armed yet: armed on " + cfg.wolIface + " before poweroff, off, init 0 and suspend"
 	}
 	if d.rep == nil {
-		d.rep = nopReporter{}
+		d.rep = machine.NopReporter{}
 	}
 	if d.log == nil {
 		d.log = slog.New(slog.DiscardHandler)

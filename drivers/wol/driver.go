@@ -65,7 +65,7 @@ func New(_ context.Context, env machine.DriverEnv) (machine.Driver, error) {
 	}
 	d := &driver{cfg: cfg, ns: ns, rep: env.Report, log: env.Log, lastProbe: "never"}
 	if d.rep == nil {
-		d.rep = nopReporter{}
+		d.rep = machine.NopReporter{}
 	}
 	if d.log == nil {
 		d.log = slog.New(slog.DiscardHandler)
@@ -79,11 +79,6 @@ func New(_ context.Context, env machine.DriverEnv) (machine.Driver, error) {
 	}
 	return d, nil
 }
-
-type nopReporter struct{}
-
-func (nopReporter) Report(machine.Status)           {}
-func (nopReporter) Event(machine.EventKind, string) {}
 
 func (d *driver) Kind() string { return "wol" }
 
