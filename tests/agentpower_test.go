@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -144,16 +143,7 @@ func agentRoot(t *testing.T, endpoint string) string {
 			t.Fatal(err)
 		}
 	}
-	copyInto(t, binary, filepath.Join(root, "bin/machinefs"))
-	out, err := exec.Command("ldd", binary).Output()
-	if err != nil {
-		t.Fatalf("ldd %s: %v", binary, err)
-	}
-	for _, f := range strings.Fields(string(out)) {
-		if strings.HasPrefix(f, "/") {
-			copyInto(t, f, filepath.Join(root, f))
-		}
-	}
+	netns.CopyProgram(t, root, binary, "/bin/machinefs")
 	for name, dev := range map[string][2]uint32{"fuse": {10, 229}, "null": {1, 3}, "zero": {1, 5}, "urandom": {1, 9}} {
 		if err := unix.Mknod(filepath.Join(root, "dev", name), unix.S_IFCHR|0o666, int(unix.Mkdev(dev[0], dev[1]))); err != nil {
 			t.Fatal(err)
@@ -167,19 +157,4 @@ func agentRoot(t *testing.T, endpoint string) string {
 		}
 	}
 	return root
-}
-
-// copyInto copies the file src to dst, executable.
-func copyInto(t *testing.T, src, dst string) {
-	t.Helper()
-	data, err := os.ReadFile(src)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(dst, data, 0o755); err != nil {
-		t.Fatal(err)
-	}
 }

@@ -97,15 +97,6 @@ func sshmWrite(t *testing.T, path, data string, mode os.FileMode) {
 	}
 }
 
-func sshmCopy(t *testing.T, src, dst string) {
-	t.Helper()
-	data, err := os.ReadFile(src)
-	if err != nil {
-		t.Fatal(err)
-	}
-	sshmWrite(t, dst, string(data), 0o755)
-}
-
 // sshmRoot makes the machine's root: busybox, sshd and the libraries it
 // links, an inittab that runs sshd, keys, and /dev/null (sshd needs it).
 func sshmRoot(t *testing.T) (string, sshmKeys) {
@@ -125,16 +116,7 @@ func sshmRoot(t *testing.T) (string, sshmKeys) {
 		bins = append(bins, "/usr/lib/openssh/sshd-session") // OpenSSH 9.8 and later
 	}
 	for _, b := range bins {
-		sshmCopy(t, b, filepath.Join(root, b))
-		out, err := exec.Command("ldd", b).Output()
-		if err != nil {
-			t.Fatalf("ldd %s: %v", b, err)
-		}
-		for _, f := range strings.Fields(string(out)) {
-			if strings.HasPrefix(f, "/") {
-				sshmCopy(t, f, filepath.Join(root, f))
-			}
-		}
+		netns.CopyProgram(t, root, b, "")
 	}
 	if err := unix.Mknod(filepath.Join(root, "dev/null"), unix.S_IFCHR|0o666, int(unix.Mkdev(1, 3))); err != nil {
 		t.Fatalf("mknod dev/null: %v", err)

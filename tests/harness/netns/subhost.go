@@ -97,3 +97,39 @@ func WaitFor(t testing.TB, timeout time.Duration, what string, cond func() bool)
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// CopyProgram copies the program bin into the root tree root, at dst
+// inside it (bin's own path when dst is ""), with the shared libraries
+// ldd says it links, at their own paths: enough for a dynamically linked
+// program to run in a subhost whose root is a busybox tree.
+func CopyProgram(t testing.TB, root, bin, dst string) {
+	t.Helper()
+	if dst == "" {
+		dst = bin
+	}
+	copyExec(t, bin, filepath.Join(root, dst))
+	out, err := exec.Command("ldd", bin).Output()
+	if err != nil {
+		t.Fatalf("ldd %s: %v", bin, err)
+	}
+	for _, f := range strings.Fields(string(out)) {
+		if strings.HasPrefix(f, "/") {
+			copyExec(t, f, filepath.Join(root, f))
+		}
+	}
+}
+
+// copyExec copies the file src to dst, mode 0755, making dst's directory.
+func copyExec(t testing.TB, src, dst string) {
+	t.Helper()
+	data, err := os.ReadFile(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(dst, data, 0o755); err != nil {
+		t.Fatal(err)
+	}
+}
