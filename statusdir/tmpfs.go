@@ -29,11 +29,13 @@ const TmpfsSize = "256m"
 // daemon tells a live daemon's copy from one a killed daemon left.
 const sourcePrefix = "machinefs-status:"
 
-// Mount mounts a tmpfs of its own at dir (mode 0755, nodev, nosuid,
-// noexec, TmpfsSize). A tmpfs a killed daemon left there is detached
-// first, as the FUSE mount's stale mount is; one of a running daemon is
-// an error.
-func Mount(dir string, log *slog.Logger) error {
+// Mount mounts a tmpfs of its own at dir (nodev, nosuid, noexec,
+// TmpfsSize). shared says whether other users may read it (mode 0755):
+// only when they may read the mount too (allow_other); otherwise it is
+// 0700, its owner's alone, as a mount without allow_other is. A tmpfs a
+// killed daemon left there is detached first, as the FUSE mount's stale
+// mount is; one of a running daemon is an error.
+func Mount(dir string, shared bool, log *slog.Logger) error {
 	if err := clearStale(dir, log); err != nil {
 		return err
 	}
@@ -42,8 +44,12 @@ func Mount(dir string, log *slog.Logger) error {
 		return fmt.Errorf("status-dir=%s: %w", dir, err)
 	}
 	source := fmt.Sprintf("%s%d:%d", sourcePrefix, os.Getpid(), self.Start)
+	mode := "0700"
+	if shared {
+		mode = "0755"
+	}
 	if err := unix.Mount(source, dir, "tmpfs", unix.MS_NODEV|unix.MS_NOSUID|unix.MS_NOEXEC,
-		"mode=0755,size="+TmpfsSize); err != nil {
+		"mode="+mode+",size="+TmpfsSize); err != nil {
 		return fmt.Errorf("status-dir=%s: mount tmpfs: %w", dir, err)
 	}
 	return nil

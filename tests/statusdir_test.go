@@ -53,7 +53,8 @@ func statusDir(t *testing.T) string {
 func TestStatusDir(t *testing.T) {
 	t.Parallel()
 	dir := statusDir(t)
-	d := start(t, "--demo", "-o", "status-dir="+dir)
+	// allow_other: others may read the mount, so they may read the copy.
+	d := start(t, "--demo", "-o", "allow_other,status-dir="+dir)
 
 	fstype, opts, super := statusMount(t, dir)
 	if fstype != "tmpfs" {
@@ -179,6 +180,11 @@ func TestStatusDirAfterKill(t *testing.T) {
 	t.Parallel()
 	dir := statusDir(t)
 	d := start(t, "-o", "status-dir="+dir)
+	// Without allow_other only the mounter reaches the mount: the copy is
+	// its owner's alone too.
+	if _, _, super := statusMount(t, dir); !strings.Contains(super, "mode=700") {
+		t.Errorf("tmpfs superblock options %q without allow_other, want mode=700", super)
+	}
 	d.addHost("k", "drivers = sim")
 	d.ok("test -f " + dir + "/hosts/k/power")
 	d.cmd.Process.Kill()

@@ -243,7 +243,7 @@ func run(cfg config) error {
 	tree.SetReadOnly(cfg.opts.ReadOnly)
 	var status *statusCopy
 	if cfg.opts.StatusDir != "" {
-		if status, err = startStatusDir(tree, cfg.opts.StatusDir, log); err != nil {
+		if status, err = startStatusDir(tree, cfg.opts.StatusDir, cfg.opts.AllowOther, log); err != nil {
 			tree.Close()
 			return err
 		}

@@ -38,9 +38,10 @@ type statusCopy struct {
 }
 
 // startStatusDir mounts the tmpfs at dir and writes the whole copy into
-// it, before the FUSE mount appears.
-func startStatusDir(tree *model.Tree, dir string, log *slog.Logger) (*statusCopy, error) {
-	if err := statusdir.Mount(dir, log); err != nil {
+// it, before the FUSE mount appears. Other users may read it only if they
+// may read the mount (shared: allow_other).
+func startStatusDir(tree *model.Tree, dir string, shared bool, log *slog.Logger) (*statusCopy, error) {
+	if err := statusdir.Mount(dir, shared, log); err != nil {
 		return nil, err
 	}
 	c, err := statusdir.Start(tree, dir, log)
