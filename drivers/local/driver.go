@@ -9,8 +9,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/vishvananda/netns"
-
 	"github.com/machinefs/machinefs/drivers/internal/nsthread"
 	"github.com/machinefs/machinefs/drivers/internal/wolarm"
 	"github.com/machinefs/machinefs/machine"
@@ -23,7 +21,7 @@ type driver struct {
 	log *slog.Logger
 	// ns is the network namespace of the thread that called New, where
 	// local.wol-interface is looked up.
-	ns netns.NsHandle
+	ns nsthread.Home
 
 	ctx    context.Context // cancelled by Close
 	cancel context.CancelFunc
@@ -52,11 +50,7 @@ func New(_ context.Context, env machine.DriverEnv) (machine.Driver, error) {
 	if err != nil {
 		return nil, err
 	}
-	h, err := netns.Get()
-	if err != nil {
-		h = netns.None() // the process's namespace
-	}
-	d := &driver{cfg: cfg, rep: env.Report, log: env.Log, ns: h, init: detectInit()}
+	d := &driver{cfg: cfg, rep: env.Report, log: env.Log, ns: nsthread.CallerHome(), init: detectInit()}
 	if d.rep == nil {
 		d.rep = machine.NopReporter{}
 	}
@@ -259,12 +253,7 @@ func (d *driver) armWoL(ctx context.Context, cmd machine.Command) {
 	d.mu.Unlock()
 }
 
-func (d *driver) inNS(fn func() error) error {
-	if !d.ns.IsOpen() {
-		return fn()
-	}
-	return nsthread.Run(d.ns, fn)
-}
+func (d *driver) inNS(fn func() error) error { return d.ns.Run(fn) }
 
 // suspend asks logind to suspend the machine, and waits in the background
 // for its PrepareForSleep(false) signal to report the machine on again.
@@ -357,8 +346,6 @@ func (d *driver) Close() error {
 	d.mu.Unlock()
 	d.cancel()
 	d.wg.Wait()
-	if d.ns.IsOpen() {
-		_ = d.ns.Close()
-	}
+	d.ns.Close()
 	return nil
 }

@@ -6,7 +6,6 @@ import (
 	"strings"
 	"syscall"
 
-	"github.com/vishvananda/netns"
 	"golang.org/x/crypto/ssh"
 
 	"github.com/machinefs/machinefs/machine"
@@ -38,7 +37,7 @@ func check(ctx context.Context, env machine.CheckEnv) []machine.Requirement {
 	}
 	// From the daemon's network namespace (a driver made in another
 	// dials from there; the model checks from its own).
-	c, err := dialer{cfg: cfg, ns: netns.None()}.dial(ctx)
+	c, err := dialer{cfg: cfg}.dial(ctx)
 	if err == nil {
 		defer c.close()
 		return append(out,

@@ -15,7 +15,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/vishvananda/netns"
 	"golang.org/x/crypto/ssh"
 	"golang.org/x/crypto/ssh/knownhosts"
 
@@ -57,15 +56,10 @@ func (c *conn) close() { _ = c.client.Close() }
 // them, whichever goroutine uses them later.
 type dialer struct {
 	cfg settings
-	ns  netns.NsHandle // closed: the process's namespace
+	ns  nsthread.Home
 }
 
-func (d dialer) inNS(fn func() error) error {
-	if !d.ns.IsOpen() {
-		return fn()
-	}
-	return nsthread.Run(d.ns, fn)
-}
+func (d dialer) inNS(fn func() error) error { return d.ns.Run(fn) }
 
 // resolve returns the machine's IP address. Names are resolved in the
 // process's own namespace (the resolver runs on goroutines of its own).

@@ -10,8 +10,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/vishvananda/netns"
-
+	"github.com/machinefs/machinefs/drivers/internal/nsthread"
 	"github.com/machinefs/machinefs/machine"
 )
 
@@ -66,11 +65,7 @@ func New(_ context.Context, env machine.DriverEnv) (machine.Driver, error) {
 	if err != nil {
 		return nil, err
 	}
-	h, err := netns.Get()
-	if err != nil {
-		h = netns.None() // the process's namespace
-	}
-	d := &driver{cfg: cfg, dl: dialer{cfg: cfg, ns: h}, rep: env.Report, log: env.Log,
+	d := &driver{cfg: cfg, dl: dialer{cfg: cfg, ns: nsthread.CallerHome()}, rep: env.Report, log: env.Log,
 		sem: make(chan struct{}, 1), state: "not probed yet", lastProbe: "never",
 		wol: "not configured (" + KeyWoLInterface + " is empty)"}
 	if cfg.wolIface != "" {
@@ -638,8 +633,6 @@ func (d *driver) Close() error {
 		c.close()
 	}
 	d.wg.Wait()
-	if d.dl.ns.IsOpen() {
-		_ = d.dl.ns.Close()
-	}
+	d.dl.ns.Close()
 	return nil
 }

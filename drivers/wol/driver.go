@@ -10,13 +10,14 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/machinefs/machinefs/drivers/internal/nsthread"
 	"github.com/machinefs/machinefs/machine"
 )
 
 // driver wakes one machine.
 type driver struct {
 	cfg settings
-	ns  netNS
+	ns  nsthread.Home
 	rep machine.Reporter
 	log *slog.Logger
 
@@ -51,15 +52,15 @@ func New(_ context.Context, env machine.DriverEnv) (machine.Driver, error) {
 	if err != nil {
 		return nil, err
 	}
-	ns := callerNS()
+	ns := nsthread.CallerHome()
 	if cfg.iface != "" {
 		var ierr error
-		if err := ns.run(func() error { _, ierr = net.InterfaceByName(cfg.iface); return nil }); err != nil {
-			ns.close()
+		if err := ns.Run(func() error { _, ierr = net.InterfaceByName(cfg.iface); return nil }); err != nil {
+			ns.Close()
 			return nil, err
 		}
 		if ierr != nil {
-			ns.close()
+			ns.Close()
 			return nil, machine.Errorf(syscall.EINVAL, "wol: wol.interface %q: no such interface (%v)", cfg.iface, ierr)
 		}
 	}
@@ -188,7 +189,7 @@ func (d *driver) observe(probeErr error) machine.Status {
 
 func (d *driver) send(ctx context.Context) (string, error) {
 	var via string
-	err := d.ns.run(func() error {
+	err := d.ns.Run(func() error {
 		if b := d.cfg.broadcast; b != nil {
 			via = "by UDP to " + b.String()
 			if d.cfg.iface != "" {
@@ -220,7 +221,7 @@ func (d *driver) probeOnce(ctx context.Context) error {
 	ip, err := p.resolve(rctx)
 	cancel()
 	if err == nil {
-		err = d.ns.run(func() error { return p.try(ctx, ip, timeout) })
+		err = d.ns.Run(func() error { return p.try(ctx, ip, timeout) })
 	}
 	if ctx.Err() != nil {
 		return ctx.Err() // superseded or closed: not a result
@@ -369,6 +370,6 @@ func (d *driver) Close() error {
 	d.mu.Unlock()
 	d.cancel()
 	d.wg.Wait()
-	d.ns.close()
+	d.ns.Close()
 	return nil
 }

@@ -53,3 +53,40 @@ func Run(ns netns.NsHandle, fn func() error) error {
 	}()
 	return <-errc
 }
+
+// Home is the network namespace a driver was created in. Sockets belong
+// to the namespace of the thread that opens them, so a driver opens every
+// socket from a thread in its home, whichever goroutine asks: a driver
+// made inside a subhost's or a test's namespace keeps working there. A
+// driver created by an ordinary goroutine lives in the process's
+// namespace and never calls setns. The zero Home is the process's
+// namespace: fn runs wherever it is called.
+type Home struct {
+	h    netns.NsHandle
+	open bool
+}
+
+// CallerHome is the namespace of the calling thread; if it cannot be
+// read, the driver works wherever it runs.
+func CallerHome() Home {
+	h, err := netns.Get()
+	if err != nil {
+		return Home{}
+	}
+	return Home{h: h, open: true}
+}
+
+// Run calls fn on a thread in the home namespace and returns its error.
+func (n Home) Run(fn func() error) error {
+	if !n.open {
+		return fn()
+	}
+	return Run(n.h, fn)
+}
+
+// Close lets go of the namespace.
+func (n Home) Close() {
+	if n.open {
+		_ = n.h.Close()
+	}
+}
