@@ -295,18 +295,34 @@ func BenchmarkPowerPread(b *testing.B) {
 	pair(b, pread(fuseFd), pread(tmpfsFd))
 }
 
-// BenchmarkPowerOpenReadClose is `cat hosts/NAME/power` without the fork:
-// open, read, close. Target: within 15x of tmpfs.
-func BenchmarkPowerOpenReadClose(b *testing.B) {
-	fusePath, tmpfsPath := powerPair(b)
+// openReadClose returns, for a path, one open+read+close of it (as cat
+// does, without the fork), failing the benchmark on an error or nothing
+// read.
+func openReadClose(b *testing.B) func(path string) func() {
 	buf := make([]byte, 4096)
-	orc := func(path string) func() {
+	return func(path string) func() {
 		return func() {
 			if n, err := readFile(path, buf); err != nil || n == 0 {
 				b.Fatalf("read %s: %d, %v", path, n, err)
 			}
 		}
 	}
+}
+
+// benchNames are the names of the demo's n hosts: node00001, ...
+func benchNames(n int) []string {
+	names := make([]string, n)
+	for i := range names {
+		names[i] = fmt.Sprintf("node%05d", i+1)
+	}
+	return names
+}
+
+// BenchmarkPowerOpenReadClose is `cat hosts/NAME/power` without the fork:
+// open, read, close. Target: within 15x of tmpfs.
+func BenchmarkPowerOpenReadClose(b *testing.B) {
+	fusePath, tmpfsPath := powerPair(b)
+	orc := openReadClose(b)
 	orc(fusePath)()
 	orc(tmpfsPath)()
 	pair(b, orc(fusePath), orc(tmpfsPath))
@@ -321,10 +337,7 @@ func BenchmarkPowerOpenReadClose(b *testing.B) {
 func Benchmark10kHosts(b *testing.B) {
 	const n = 10000
 	b.StopTimer()
-	names := make([]string, n)
-	for i := range names {
-		names[i] = fmt.Sprintf("node%05d", i+1)
-	}
+	names := benchNames(n)
 	last := "hosts/" + names[n-1] + "/power"
 
 	d, mountTime := startBench(b, last, "--demo", "--demo-hosts", strconv.Itoa(n))

@@ -10,7 +10,6 @@ package tests
 //	BenchmarkStatusDirWriteCost       what Sync adds to a command write
 
 import (
-	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -79,14 +78,7 @@ func BenchmarkStatusDirOpenReadClose(b *testing.B) {
 	if err := os.WriteFile(tmp, content, 0o444); err != nil {
 		b.Fatal(err)
 	}
-	buf := make([]byte, 4096)
-	orc := func(path string) func() {
-		return func() {
-			if n, err := readFile(path, buf); err != nil || n == 0 {
-				b.Fatalf("read %s: %d, %v", path, n, err)
-			}
-		}
-	}
+	orc := openReadClose(b)
 	orc(path)()
 	orc(tmp)()
 	pair(b, orc(path), orc(tmp))
@@ -111,10 +103,7 @@ func BenchmarkStatusDirOpenReadClose(b *testing.B) {
 func Benchmark10kStatusDir(b *testing.B) {
 	const n = 10000
 	b.StopTimer()
-	names := make([]string, n)
-	for i := range names {
-		names[i] = fmt.Sprintf("node%05d", i+1)
-	}
+	names := benchNames(n)
 	d, dir, mountTime := startStatusBench(b, "hosts/"+names[n-1]+"/power", "--demo", "--demo-hosts", strconv.Itoa(n))
 	tmp := benchTmpfs(b)
 	for _, name := range names {
