@@ -56,6 +56,7 @@ type Subhost struct {
 	since   time.Time
 	closed  bool
 	lastRun string
+	reboots []time.Time // the guest's own reboots, the last rebootLoop.n
 	notify  *os.File
 	line    *serialline.Line // the init's console, across its lives
 }
@@ -493,6 +494,14 @@ func (d *Subhost) exited(p *proc) {
 		_ = d.rec.save(d.s.stateDir)
 		d.report.Report(machine.Status{Power: machine.PowerOff, Reachable: true, Reason: "hibernated"})
 	case "restart":
+		if inside != "" && d.rebootLoopLocked() {
+			ended := d.rec.Ended
+			d.releaseLocked()
+			err := machine.Errorf(syscall.EIO, "the subhost rebooted itself %d times within %s: left off (a reboot loop); on starts it again", rebootLoop.n, rebootLoop.within)
+			d.report.Event(machine.EventWarning, err.Error())
+			d.report.Report(machine.Status{Power: machine.PowerOff, Reachable: true, Reason: inside + ": " + ended, Err: err})
+			return
+		}
 		if inside != "" {
 			d.report.Event(machine.EventWarning, inside+" ("+d.rec.Ended+"): starting it again")
 			d.report.Report(machine.Status{Power: machine.PowerRebooting, Reachable: true, Reason: inside})
@@ -519,6 +528,28 @@ func (d *Subhost) exited(p *proc) {
 		}
 		d.report.Report(machine.Status{Power: machine.PowerOff, Reachable: true, Reason: ended, Err: err})
 	}
+}
+
+// rebootLoop bounds the guest's own reboots: a guest whose init reboots
+// at once, again and again, would have the daemon start it for ever.
+var rebootLoop = struct {
+	n      int
+	within time.Duration
+}{5, 30 * time.Second}
+
+// rebootLoopLocked records a reboot from inside and says whether it is the
+// rebootLoop.n-th within rebootLoop.within.
+func (d *Subhost) rebootLoopLocked() bool {
+	now := time.Now()
+	d.reboots = append(d.reboots, now)
+	if len(d.reboots) > rebootLoop.n {
+		d.reboots = d.reboots[len(d.reboots)-rebootLoop.n:]
+	}
+	if len(d.reboots) == rebootLoop.n && now.Sub(d.reboots[0]) < rebootLoop.within {
+		d.reboots = nil
+		return true
+	}
+	return false
 }
 
 // insideIntent reads an init's end that no command of machinefs's asked

@@ -212,3 +212,22 @@ func TestNSInitctlLineRefusesLevels(t *testing.T) {
 		t.Fatalf("init 0 in line mode: %+v", st)
 	}
 }
+
+// A guest whose init reboots at once, every time, is started again only
+// until it rebooted itself rebootLoop.n times within rebootLoop.within:
+// then it is left off, with the reason, instead of restarted for ever.
+func TestNSRebootLoopLeftOff(t *testing.T) {
+	f := setup(t)
+	root := f.rootWithInit("#!/bin/sh\nmount -t proc proc /proc\necho booted > /run/machinefs/notify\nreboot -f\n")
+	d, r := f.open("mfnu23", f.cfg("ns.root", root))
+	f.power(d, "on")
+	st := waitPower(t, r, machine.PowerOff)
+	if st.Err == nil || !strings.Contains(st.Err.Error(), "reboot loop") {
+		t.Fatalf("after a reboot loop: %+v, want off with the reason", st)
+	}
+	// A notify line of a guest that reboots at once may be lost, so at
+	// most n boots were seen (never more: it was not started again).
+	if n := r.countEvent("notify booted"); n == 0 || n > rebootLoop.n {
+		t.Fatalf("the guest booted %d times, want 1-%d (then left off)", n, rebootLoop.n)
+	}
+}
