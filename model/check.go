@@ -78,10 +78,10 @@ type hostChecks struct {
 func (h *Host) checks() *hostChecks {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if h.drivers.checks == nil {
-		h.drivers.checks = &hostChecks{}
+	if h.check == nil {
+		h.check = &hostChecks{}
 	}
-	return h.drivers.checks
+	return h.check
 }
 
 // checkSoon starts a report in the background (the drivers were built);

@@ -17,9 +17,6 @@ type driverSet struct {
 	list []machine.Driver
 	err  error  // why some drivers could not be built: the host is "not ready"
 	gen  uint64 // generation: bumped at every rebuild and at close
-	// checks is the tool and permission report of the drivers
-	// (check.go), kept across rebuilds; made on first use.
-	checks *hostChecks
 }
 
 // power returns the first driver that supports verb, nil if none does.

@@ -42,6 +42,8 @@ type Host struct {
 	subhosts map[string]*Host // guarded by tree.mu
 
 	owner ownership // guarded by mu; see peers.go
+
+	check *hostChecks // the tool and permission report (check.go); made on first use, under mu
 }
 
 // shownState is what the state file shows of a host, besides its drivers'
