@@ -22,8 +22,12 @@ import (
 // report is published once as a warning event: the operator sees it
 // before the first command needs it. Reading the host's check file makes
 // a new report when the last one is older than checkFresh; readers at the
-// same time share one run. The tree's check file shows only the reports
-// already made: one read never runs hundreds of network checks.
+// same time share one run. A reader waits for that run only when the last
+// report is of other drivers than the host has now (its config changed):
+// otherwise it gets the last report at once, and the run's result shows at
+// the next read, so a walk of the tree (grep -r) never waits for BMCs and
+// SSH servers that do not answer. The tree's check file shows only the
+// reports already made: one read never runs hundreds of network checks.
 
 // checkFresh is how long a report is served as it is on a read.
 const checkFresh = 5 * time.Second
@@ -70,6 +74,7 @@ func (r *CheckReport) Missing() []string {
 type hostChecks struct {
 	mu      sync.Mutex
 	last    *CheckReport
+	lastGen uint64        // the drivers' generation last was made for
 	running chan struct{} // closed when the run in flight ends; nil: none
 	again   bool          // the drivers changed during the run: run again after it
 }
@@ -105,7 +110,7 @@ func (h *Host) checkLoop(c *hostChecks, done chan struct{}) {
 		r, gen, warn := h.makeReport()
 		c.mu.Lock()
 		prev := c.last
-		c.last = r
+		c.last, c.lastGen = r, gen
 		again := c.again
 		c.again = false
 		if !again {
@@ -123,14 +128,18 @@ func (h *Host) checkLoop(c *hostChecks, done chan struct{}) {
 }
 
 // Check returns the host's report, made anew when the last is older than
-// checkFresh. A read waits for the run at most the host's timeout (and a
-// second more for a run queued behind others); after that it gets the
-// report it has, with a note that a new one is being made.
+// checkFresh. When the last report is of the drivers the host has, it is
+// returned at once, noted as being checked again. Otherwise (none yet, or
+// the config changed) the read waits for the run at most the host's
+// timeout (and a second more for a run queued behind others); after that
+// it gets the report it has, with a note that a new one is being made.
 func (h *Host) Check(ctx context.Context) *CheckReport {
 	c := h.checks()
+	gen := h.driverGen()
 	c.mu.Lock()
 	last := c.last
-	if last != nil && time.Since(last.At) < checkFresh && c.running == nil {
+	current := last != nil && c.lastGen == gen
+	if current && time.Since(last.At) < checkFresh && c.running == nil {
 		c.mu.Unlock()
 		return last
 	}
@@ -141,6 +150,11 @@ func (h *Host) Check(ctx context.Context) *CheckReport {
 		go h.checkLoop(c, done)
 	}
 	c.mu.Unlock()
+	if current {
+		r := *last
+		r.Note = strings.TrimSpace(r.Note + " (checked again now: read again for the result)")
+		return &r
+	}
 	timer := time.NewTimer(h.Config().Duration("timeout") + time.Second)
 	defer timer.Stop()
 	select {
