@@ -210,9 +210,11 @@ func (h *Host) runStackSteps(ctx context.Context, op *operation, self bool, quot
 		h.state.lastErr = err.Error()
 	}
 	h.state.lastCmd = fmt.Sprintf("%s at %s: %s (%s)", quoted, stamp(op.started), verdict, summary)
-	op.end(err)
 	h.mu.Unlock()
+	// The summary is in events before the waiting writer returns: a
+	// `cat events.log` after `poweroff wait` shows how the stack ended.
 	h.emit(machine.EventStack, fmt.Sprintf("%q done: %s (%s)", cmd.String(), verdict, summary))
+	op.end(err)
 }
 
 // stackRun collects the steps of one stack command.
