@@ -259,11 +259,13 @@ type bus struct {
 	mu       sync.Mutex
 	subs     map[*Subscription]struct{}
 	watchers map[int]func(Event)
+	after    map[int]func(Event)
+	afterN   atomic.Int32 // len(after), read without mu
 	nextW    int
 }
 
 func newBus() *bus {
-	return &bus{subs: map[*Subscription]struct{}{}, watchers: map[int]func(Event){}}
+	return &bus{subs: map[*Subscription]struct{}{}, watchers: map[int]func(Event){}, after: map[int]func(Event){}}
 }
 
 func (b *bus) subscribe(prefix string) *Subscription {
@@ -274,20 +276,48 @@ func (b *bus) subscribe(prefix string) *Subscription {
 	return s
 }
 
-func (b *bus) watch(fn func(Event)) func() {
+func (b *bus) watch(fn func(Event)) func() { return b.add(b.watchers, fn) }
+
+func (b *bus) watchAfter(fn func(Event)) func() {
+	b.afterN.Add(1)
+	stop := b.add(b.after, fn)
+	var once sync.Once
+	return func() { once.Do(func() { stop(); b.afterN.Add(-1) }) }
+}
+
+func (b *bus) add(set map[int]func(Event), fn func(Event)) func() {
 	b.mu.Lock()
 	id := b.nextW
 	b.nextW++
-	b.watchers[id] = fn
+	set[id] = fn
 	b.mu.Unlock()
 	return func() {
 		b.mu.Lock()
-		delete(b.watchers, id)
+		delete(set, id)
 		b.mu.Unlock()
 	}
 }
 
+// publish calls the watchers and queues e for the subscriptions under
+// the bus's lock, so all of them see events in one order; then, outside
+// it, the after-watchers.
 func (b *bus) publish(e Event) {
+	b.deliver(e)
+	if b.afterN.Load() == 0 {
+		return
+	}
+	b.mu.Lock()
+	after := make([]func(Event), 0, len(b.after))
+	for _, fn := range b.after {
+		after = append(after, fn)
+	}
+	b.mu.Unlock()
+	for _, fn := range after {
+		fn(e)
+	}
+}
+
+func (b *bus) deliver(e Event) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	for _, fn := range b.watchers {
