@@ -52,18 +52,17 @@ func (c *consoleFile) Open(ctx context.Context, flags uint32) (gofs.FileHandle, 
 	if flags&syscall.O_ACCMODE != syscall.O_RDONLY && c.fsys.isSelf(ctx) {
 		return selfOpen()
 	}
-	fuseFlags := uint32(fuse.FOPEN_DIRECT_IO)
-	if flags&syscall.O_ACCMODE == syscall.O_RDWR {
-		// A read-write session reads its replies, so it writes whole
-		// lines; a last line without a newline can only run blind.
-		// It runs at release, and close needs no round trip to the
-		// daemon (FLUSH): one less per `exec 3<>console` session.
-		fuseFlags |= fuse.FOPEN_NOFLUSH
-	}
+	// No close sends a FLUSH (a round trip to the daemon, twice for a
+	// shell's `echo CMD > console`: bash closes the descriptor it dup'ed
+	// first). Every line that ends in a newline has run, and a
+	// write-only session's reply is in, when its WRITE is answered; a
+	// last line without one runs at release, just after close returns
+	// (`printf version > console`).
+	//
 	// Only a session that can read has a transcript: what a write-only
 	// session writes and the replies it gets could never be read, so it
 	// keeps nothing (`yes version > console` runs in constant memory).
-	return &consoleSession{file: c, keep: flags&syscall.O_ACCMODE == syscall.O_RDWR}, fuseFlags, 0
+	return &consoleSession{file: c, keep: flags&syscall.O_ACCMODE == syscall.O_RDWR}, fuse.FOPEN_DIRECT_IO | fuse.FOPEN_NOFLUSH, 0
 }
 
 const (
@@ -184,6 +183,11 @@ func (s *consoleSession) Write(ctx context.Context, data []byte, off int64) (uin
 	}
 	s.record(off+int64(done), data[done:])
 	s.pending = append(s.pending, data[done:]...)
+	if !s.keep {
+		// Nobody reads this session's replies, but a reader that
+		// opens console after this write returns must see this one.
+		s.settle()
+	}
 	return uint32(len(data)), 0
 }
 
@@ -214,15 +218,8 @@ func (s *consoleSession) Read(ctx context.Context, dest []byte, off int64) (fuse
 	return fuse.ReadResultData(dest[:n]), 0
 }
 
-// Flush runs a last command written without a newline, before close
-// returns (`printf version > console`).
-func (s *consoleSession) Flush(ctx context.Context) syscall.Errno {
-	s.runPending(ctx)
-	return 0
-}
-
-// Release runs a last line of a read-write session, which gets no Flush,
-// and gives back what the session kept.
+// Release runs a last line written without a newline, and gives back
+// what the session kept.
 func (s *consoleSession) Release(ctx context.Context) syscall.Errno {
 	s.runPending(ctx)
 	s.mu.Lock()
