@@ -48,6 +48,9 @@ type groupBench struct {
 //	*-last-cmd-ms   when the last BMC's hook logged its power command,
 //	                after the process started (the fan-out figure);
 //	                *-first-cmd-ms the first
+//	*-bmc-reads     status reads the BMCs answered during a round, all
+//	                50 together (each forks the hook, as a command does:
+//	                the BMCs' work, which bounds both sides)
 //
 // One op is two rounds, the tree first in one and ipmipower first in the
 // other. Between rounds everything goes off: ipmipower switches off what
@@ -59,13 +62,18 @@ type groupBench struct {
 func BenchmarkGroupOnIPMI(b *testing.B) {
 	g := newGroupBench(b)
 	var trees, tools, treeLast, toolLast, treeFirst, toolFirst []time.Duration
+	var treeReads, toolReads int
 	tree := func() {
+		r := g.reads()
 		took, first, last := g.round(g.treeOn)
+		treeReads += g.reads() - r
 		trees, treeFirst, treeLast = append(trees, took), append(treeFirst, first), append(treeLast, last)
 		g.treeOff()
 	}
 	tool := func() {
+		r := g.reads()
 		took, first, last := g.round(g.toolOn)
+		toolReads += g.reads() - r
 		tools, toolFirst, toolLast = append(tools, took), append(toolFirst, first), append(toolLast, last)
 		g.toolOff()
 		g.treeOff()
@@ -100,6 +108,8 @@ func BenchmarkGroupOnIPMI(b *testing.B) {
 		mean, _ := meanMedian(m.ds)
 		b.ReportMetric(ms(mean), m.name)
 	}
+	b.ReportMetric(float64(treeReads)/float64(len(trees)), "tree-bmc-reads")
+	b.ReportMetric(float64(toolReads)/float64(len(tools)), "ipmipower-bmc-reads")
 	b.ReportMetric(float64(len(trees)), "rounds")
 }
 
@@ -182,6 +192,15 @@ func (g *groupBench) round(on func()) (took, first, last time.Duration) {
 		first, last = min(first, at), max(last, at)
 	}
 	return took, first, last
+}
+
+// reads is how many status reads the BMCs have answered, together.
+func (g *groupBench) reads() int {
+	n := 0
+	for _, bmc := range g.bmcs {
+		n += bmc.Reads()
+	}
+	return n
 }
 
 // lastCommandNs is the time the BMC's hook logged its last command.

@@ -276,6 +276,16 @@ func (b *BMC) WriteFile(name, content string) {
 	}
 }
 
+// Reads is how many status reads (Get Chassis Status) the BMC has
+// answered: each forks the hook, which counts it.
+func (b *BMC) Reads() int {
+	fi, err := os.Stat(filepath.Join(b.Dir, "reads.log"))
+	if err != nil {
+		return 0
+	}
+	return int(fi.Size())
+}
+
 // Commands returns what the power hook received, as "parm value" lines
 // ("power 1", "reset 1", "shutdown 1", "power-soft-off 0").
 func (b *BMC) Commands() []string {
