@@ -174,9 +174,14 @@ func (d *Dir) onEvent(e model.Event) {
 func (d *Dir) settle(model.Event) {
 	if d.wmu.TryLock() {
 		d.mu.Lock()
-		var dirty map[string]bool
+		dirty := map[string]bool{}
 		if !d.full {
-			dirty, d.dirty = d.dirty, map[string]bool{}
+			for p := range d.dirty {
+				if !strings.HasPrefix(p, "groups/") {
+					dirty[p] = true
+					delete(d.dirty, p)
+				}
+			}
 		}
 		d.mu.Unlock()
 		if len(dirty) > 0 {
