@@ -292,8 +292,8 @@ func (b *BMC) Commands() []string {
 	v, _ := os.ReadFile(filepath.Join(b.Dir, "commands.log"))
 	var out []string
 	for _, l := range strings.Split(strings.TrimSpace(string(v)), "\n") {
-		if f := strings.SplitN(l, " ", 2); len(f) == 2 {
-			out = append(out, f[1])
+		if l != "" {
+			out = append(out, l)
 		}
 	}
 	return out
