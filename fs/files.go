@@ -155,8 +155,13 @@ var (
 )
 
 func (s *statusFile) Getattr(ctx context.Context, fh gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
-	s.seen.note() // before the rendering (notify.go)
+	first := s.seen.note() // before the rendering (notify.go)
 	s.fill(&out.Attr, s.cachedSize())
+	if first {
+		// The kernel has no page of the file: hand it the snapshot
+		// this reply gives the size of (storecache.go).
+		s.fsys.notify.wantStore(&s.Inode)
+	}
 	return 0
 }
 

@@ -48,6 +48,10 @@ type notifier struct {
 	// (FS.nodeAt).
 	times   map[string]*stamps
 	powered map[string]time.Time
+	// stores are files just looked up for the first time, whose
+	// snapshot the worker hands the kernel's page cache (storecache.go).
+	stores     map[*gofs.Inode]bool
+	storeTimer *time.Timer
 	// Directory entries that appear or go (entries.go): kernelOps are
 	// paths a mkdir or rmdir through the mount is changing, entryOps
 	// the changes for the poker to raise, creating the names its next
@@ -100,6 +104,9 @@ func (n *notifier) stop() {
 		n.mu.Lock()
 		if n.retryTimer != nil {
 			n.retryTimer.Stop()
+		}
+		if n.storeTimer != nil {
+			n.storeTimer.Stop()
 		}
 		n.mu.Unlock()
 		if n.poker != nil {
@@ -186,6 +193,8 @@ func (n *notifier) run() {
 		n.dirty, n.entries, n.groupsDirty, n.switches = map[string]change{}, map[string]bool{}, false, map[string]bool{}
 		ops, lists := n.entryOps, n.switchLists
 		n.entryOps, n.switchLists = nil, nil
+		stores := n.stores
+		n.stores = nil
 		var due []retry
 		now := time.Now()
 		kept := n.retries[:0]
@@ -219,6 +228,10 @@ func (n *notifier) run() {
 		n.raiseEntries(n.switchOps(lists))
 		for path, bits := range dirty {
 			n.refresh(path, bits)
+		}
+		// After this pass's invalidations: see storecache.go.
+		for ino := range stores {
+			n.store(ino)
 		}
 	}
 }
@@ -287,9 +300,11 @@ const lookupRace = time.Second
 // ones) nothing of a FORGET.
 type kernelSeen struct{ at atomic.Int64 }
 
-// note records a lookup. It comes before the node renders its reply: a
-// change the notifier did not see the note of is one the reply shows.
-func (k *kernelSeen) note() { k.at.Store(time.Now().UnixNano()) }
+// note records a lookup, and says whether the kernel had nothing of the
+// inode before it (never looked up, or forgotten). It comes before the
+// node renders its reply: a change the notifier did not see the note of is
+// one the reply shows.
+func (k *kernelSeen) note() (first bool) { return k.at.Swap(time.Now().UnixNano()) == 0 }
 
 // seenByKernel is a file the notifier invalidates (statusFile, logFile).
 type seenByKernel interface{ kernelSeen() *kernelSeen }
