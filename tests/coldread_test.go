@@ -25,16 +25,29 @@ func TestColdLookupNeverStale(t *testing.T) {
 		a=$(cat $h/power); sleep 0.003; b=$(cat $h/power); sleep 0.15; c=$(cat $h/power)
 		echo "$h $a $b $c"
 	done`)
-	lines := strings.Split(strings.TrimSpace(out), "\n")
-	if len(lines) != 40 {
-		t.Fatalf("%d rounds, want 40:\n%s", len(lines), out)
-	}
-	for _, l := range lines {
-		f := strings.Fields(l)
-		if len(f) != 4 || f[1] == "off" || f[2] == "off" || f[3] != "on" {
-			t.Fatalf("read after `echo on`: %q (want starting or on, then on)\n%s", l, out)
+	for _, f := range rounds(t, out, 40, 4) {
+		if f[1] == "off" || f[2] == "off" || f[3] != "on" {
+			t.Fatalf("read after `echo on`: %q (want starting or on, then on)\n%s", f, out)
 		}
 	}
+}
+
+// rounds splits a loop's output into its n lines of k fields each.
+func rounds(t *testing.T, out string, n, k int) [][]string {
+	t.Helper()
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	if len(lines) != n {
+		t.Fatalf("%d rounds, want %d:\n%s", len(lines), n, out)
+	}
+	var all [][]string
+	for _, l := range lines {
+		f := strings.Fields(l)
+		if len(f) != k {
+			t.Fatalf("round %q: %d fields, want %d\n%s", l, len(f), k, out)
+		}
+		all = append(all, f)
+	}
+	return all
 }
 
 // The same for a change that keeps the size, which only the content
@@ -65,14 +78,9 @@ func TestColdLookupSameSizeChange(t *testing.T) {
 		sleep 0.08
 		echo "$h $s1 $(stat -c %s $h/config) $(grep -h label $h/config)"
 	done`)
-	lines := strings.Split(strings.TrimSpace(out), "\n")
-	if len(lines) != 40 {
-		t.Fatalf("%d rounds, want 40:\n%s", len(lines), out)
-	}
-	for _, l := range lines {
-		f := strings.Fields(l)
-		if len(f) != 6 || f[1] != f[2] || f[5] != "bbb" {
-			t.Fatalf("config after the same-size change: %q (want the sizes equal and label = bbb)\n%s", l, out)
+	for _, f := range rounds(t, out, 40, 6) {
+		if f[1] != f[2] || f[5] != "bbb" {
+			t.Fatalf("config after the same-size change: %q (want the sizes equal and label = bbb)\n%s", f, out)
 		}
 	}
 }
