@@ -14,7 +14,8 @@ import (
 // READ (fs/storecache.go). A change between the lookup and the hand-over
 // must win: after `echo on > power`, no read of the file says off,
 // whether it comes before the hand-over, just after it, or once the
-// simulated host is on (100 ms). Each round takes a host nobody looked up.
+// snapshot settled (150 ms; the simulated host is on by then, unless the
+// machine is slow). Each round takes a host nobody looked up.
 func TestColdLookupNeverStale(t *testing.T) {
 	t.Parallel()
 	d := start(t, "--demo", "--demo-hosts", "40")
@@ -26,8 +27,8 @@ func TestColdLookupNeverStale(t *testing.T) {
 		echo "$h $a $b $c"
 	done`)
 	for _, f := range rounds(t, out, 40, 4) {
-		if f[1] == "off" || f[2] == "off" || f[3] != "on" {
-			t.Fatalf("read after `echo on`: %q (want starting or on, then on)\n%s", f, out)
+		if f[1] == "off" || f[2] == "off" || f[3] == "off" {
+			t.Fatalf("read after `echo on`: %q (want starting or on, never off)\n%s", f, out)
 		}
 	}
 }
