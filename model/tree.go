@@ -132,8 +132,10 @@ func (t *Tree) Watch(fn func(Event)) func() { return t.bus.watch(fn) }
 
 // WatchAfter calls fn after every event, once the watchers had it, in
 // the goroutine that made the change and with none of the tree's locks
-// held: fn may read the tree (render a host's files) but must not change
-// it. It is for work that should happen as soon as the change is made,
+// held: fn may read the tree's own state (a host's power) but must not
+// change it, nor call into drivers (Describe, Status: what view.State
+// renders): that goroutine may be a driver's, reporting from inside its
+// own lock. It is for work that should happen as soon as the change is made,
 // without waking another goroutine (a cross-CPU wake-up costs a tenth of
 // a millisecond on a small VM); it delays the goroutine that made the
 // change by as long as fn takes. The returned func stops watching.

@@ -15,8 +15,7 @@
 //
 // It is driven by the tree's events: the watcher (Tree.Watch) only marks
 // paths dirty; the goroutine that made the change then writes its host's
-// files (Tree.WatchAfter), and a worker writes groups, full passes and
-// whatever that goroutine found taken. Sync lets the
+// power (Tree.WatchAfter), and a worker writes the rest. Sync lets the
 // filesystem's write path wait until a write's outcome is in the copy, so
 // a shell that writes a command through the mount and then reads the copy
 // reads what the mount shows.
@@ -163,29 +162,40 @@ func (d *Dir) onEvent(e model.Event) {
 	d.mu.Unlock()
 }
 
-// settle writes the hosts the event just published made dirty, in the
-// goroutine that made the change, so the copy changes before it goes on
-// and no other goroutine has to be woken: waking the worker took 70-140
-// us of the 500 us from a change until a watcher of the copy woke
-// (BenchmarkStatusDirInotifyWake). Groups' power (each renders all its
-// members) and full passes are left to the worker, which makes one pass
-// of a burst of member changes; so is everything while another write
-// holds wmu (it may have taken the paths before this event marked them).
+// settle writes the power of the hosts the event just published made
+// dirty, in the goroutine that made the change, so the copy's power
+// changes before it goes on and no other goroutine has to be woken: waking
+// the worker took 70-140 us of the 500 us from a change until a watcher of
+// the copy woke (BenchmarkStatusDirInotifyWake).
+//
+// Power only: rendering state asks the host's drivers for their lines
+// (Describe), and a driver may report from inside the lock those take (an
+// ns subhost whose init ended does): state rendered here deadlocked. Power
+// needs the host's own lock alone, which no reporter holds. The worker
+// writes the rest (state, groups' power, full passes), and everything while
+// another write holds wmu (it may have taken the paths before this event
+// marked them).
 func (d *Dir) settle(model.Event) {
 	if d.wmu.TryLock() {
 		d.mu.Lock()
-		dirty := map[string]bool{}
+		var hosts []string
 		if !d.full {
 			for p := range d.dirty {
 				if !strings.HasPrefix(p, "groups/") {
-					dirty[p] = true
-					delete(d.dirty, p)
+					hosts = append(hosts, p)
 				}
 			}
 		}
 		d.mu.Unlock()
-		if len(dirty) > 0 {
-			d.writeLocked(dirty, false, false)
+		if len(hosts) > 0 && !d.closed {
+			before := d.writes
+			var errs []error
+			for _, p := range hosts {
+				if h := d.tree.Host(p); h != nil {
+					errs = append(errs, d.write(p, "power", view.Power(h)))
+				}
+			}
+			d.report(errors.Join(errs...), d.writes != before)
 		}
 		d.wmu.Unlock()
 	}
@@ -262,7 +272,7 @@ func (d *Dir) flush() error {
 	return d.writeLocked(dirty, groups, full)
 }
 
-// writeLocked writes what flush or settle took; d.wmu is held.
+// writeLocked writes what flush took; d.wmu is held.
 func (d *Dir) writeLocked(dirty map[string]bool, groups, full bool) error {
 	if d.closed {
 		return nil

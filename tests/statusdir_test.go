@@ -8,6 +8,7 @@ package tests
 
 import (
 	"bufio"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -234,4 +235,26 @@ func TestStatusDirBad(t *testing.T) {
 			t.Errorf("status-dir=%s: mounted anyway", dir)
 		}
 	}
+}
+
+// A driver may report while it holds the lock its state lines are read
+// under: an ns subhost whose init ends reports off from inside its own
+// lock. The copy must render state elsewhere, or the daemon deadlocks on
+// the subhost's first poweroff (it did, when the copy rendered a host's
+// state in the reporting goroutine).
+func TestStatusDirSubhostReportsUnderItsLock(t *testing.T) {
+	t.Parallel()
+	e := newNSEnv(t)
+	dir := statusDir(t)
+	d := start(t, "-o", "status-dir="+dir)
+	s := addSub(d, "mfnsd", e.config("ns.root = "+e.root("")))
+	d.ok(fmt.Sprintf("echo 'on wait timeout=10s' > %s/power", s))
+	d.ok(fmt.Sprintf("echo 'poweroff wait timeout=5s' > %s/power", s))
+	if p := d.read(s + "/power"); p != "off\n" {
+		t.Fatalf("mount: power %q after poweroff, want off", p)
+	}
+	eventually(t, "the copy's state says off", func() bool {
+		st, err := os.ReadFile(filepath.Join(dir, s, "state"))
+		return err == nil && stateField(string(st), "power") == "off"
+	})
 }
