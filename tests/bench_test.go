@@ -216,34 +216,39 @@ func readFile(path string, buf []byte) (int, error) {
 	return n, err
 }
 
-// pair times b.N runs of op on machinefs and on tmpfs, interleaved in
-// blocks so that both see the same machine load, and reports machinefs's
-// time as ns/op, tmpfs's as tmpfs-ns/op and their ratio as x-tmpfs.
+// pair times b.N runs of op on machinefs and on tmpfs (paired, label
+// tmpfs, blocks of 256).
 func pair(b *testing.B, fuseOp, tmpfsOp func()) {
 	b.Helper()
-	const block = 256
-	var fuseT, tmpfsT time.Duration
+	paired(b, "tmpfs", 256, fuseOp, tmpfsOp)
+}
+
+// paired times b.N runs of op and of base, interleaved in blocks of block
+// runs so that both see the same machine load, and reports op's time as
+// ns/op, base's as LABEL-ns/op and their ratio as x-LABEL.
+func paired(b *testing.B, label string, block int, op, base func()) {
+	b.Helper()
+	var opT, baseT time.Duration
 	b.ResetTimer()
 	for done := 0; done < b.N; {
 		k := min(block, b.N-done)
 		t0 := time.Now()
 		for range k {
-			fuseOp()
+			op()
 		}
 		t1 := time.Now()
 		for range k {
-			tmpfsOp()
+			base()
 		}
-		t2 := time.Now()
-		fuseT += t1.Sub(t0)
-		tmpfsT += t2.Sub(t1)
+		opT += t1.Sub(t0)
+		baseT += time.Since(t1)
 		done += k
 	}
 	b.StopTimer()
 	n := float64(b.N)
-	b.ReportMetric(float64(fuseT.Nanoseconds())/n, "ns/op")
-	b.ReportMetric(float64(tmpfsT.Nanoseconds())/n, "tmpfs-ns/op")
-	b.ReportMetric(float64(fuseT)/float64(tmpfsT), "x-tmpfs")
+	b.ReportMetric(float64(opT.Nanoseconds())/n, "ns/op")
+	b.ReportMetric(float64(baseT.Nanoseconds())/n, label+"-ns/op")
+	b.ReportMetric(float64(opT)/float64(baseT), "x-"+label)
 }
 
 // powerPair mounts the demo and a tmpfs holding a copy of one host's power
@@ -352,76 +357,112 @@ func catPowers(b *testing.B, root string, n int) time.Duration {
 func Benchmark10kHosts(b *testing.B) {
 	const n = 10000
 	b.StopTimer()
-	names := benchNames(n)
-	last := "hosts/" + names[n-1] + "/power"
+	pt := newPowerTree(b, n)
+	last := "hosts/" + pt.names[n-1] + "/power"
 
 	d, mountTime := startBench(b, last, "--demo", "--demo-hosts", strconv.Itoa(n))
 	rssMount, _ := d.rssMB()
-
-	tmp := benchTmpfs(b)
-	for _, name := range names {
-		dir := filepath.Join(tmp, "hosts", name)
-		if err := os.MkdirAll(dir, 0o755); err != nil {
-			b.Fatal(err)
-		}
-		if err := os.WriteFile(filepath.Join(dir, "power"), []byte("off\n"), 0o644); err != nil {
-			b.Fatal(err)
-		}
-	}
-	paths := func(root string) []string {
-		p := make([]string, n)
-		for i, name := range names {
-			p[i] = filepath.Join(root, "hosts", name, "power")
-		}
-		return p
-	}
-	fusePaths, tmpfsPaths := paths(d.mnt), paths(tmp)
-	buf := make([]byte, 4096)
-	readAll := func(paths []string) time.Duration {
-		t0 := time.Now()
-		for _, p := range paths {
-			if k, err := readFile(p, buf); err != nil || k == 0 {
-				b.Fatalf("read %s: %d, %v", p, k, err)
-			}
-		}
-		return time.Since(t0)
-	}
-
 	// Cold: the first read of every host after the mount (the last host
-	// was read while waiting for the mount).
-	cold := readAll(fusePaths)
-	coldTmpfs := readAll(tmpfsPaths)
-	rss, hwm := d.rssMB()
-
-	// Warm: every further read-all, interleaved with tmpfs.
-	var warm, warmTmpfs time.Duration
-	b.StartTimer()
-	for range b.N {
-		warm += readAll(fusePaths)
-		b.StopTimer()
-		warmTmpfs += readAll(tmpfsPaths)
-		b.StartTimer()
-	}
-	b.StopTimer()
+	// was read while waiting for the mount); then the warm rounds.
+	var rss, hwm float64
+	r := pt.readRounds(d.mnt, func() { rss, hwm = d.rssMB() })
 	rssWarm, _ := d.rssMB()
 	rss = max(rss, rssWarm)
 	d.stop()
 
 	// cat on a daemon whose tree nobody looked up yet.
 	d2, _ := startBench(b, last, "--demo", "--demo-hosts", strconv.Itoa(n))
-	cat, catTmpfs := catPowers(b, d2.mnt, n), catPowers(b, tmp, n)
+	cat, catTmpfs := catPowers(b, d2.mnt, n), catPowers(b, pt.tmp, n)
 
-	ms := func(t time.Duration) float64 { return float64(t.Microseconds()) / 1000 }
 	b.ReportMetric(ms(mountTime), "mount-ms")
 	b.ReportMetric(rssMount, "rss-mount-MB")
 	b.ReportMetric(rss, "rss-MB")
 	b.ReportMetric(max(hwm, rss), "hwm-MB")
-	b.ReportMetric(ms(cold), "readall-ms")
-	b.ReportMetric(ms(coldTmpfs), "tmpfs-readall-ms")
-	b.ReportMetric(float64(cold)/float64(coldTmpfs), "x-tmpfs")
-	b.ReportMetric(ms(warm)/float64(b.N), "warm-readall-ms")
-	b.ReportMetric(float64(warm)/float64(warmTmpfs), "warm-x-tmpfs")
+	r.report(b)
+	reportCat(b, cat, catTmpfs)
+}
+
+// powerTree is the shape both 10,000-host benchmarks read: the demo's
+// host names and a tmpfs tree of the same shape, every power "off".
+type powerTree struct {
+	b     *testing.B
+	names []string
+	tmp   string
+	buf   []byte
+}
+
+func newPowerTree(b *testing.B, n int) *powerTree {
+	b.Helper()
+	pt := &powerTree{b: b, names: benchNames(n), tmp: benchTmpfs(b), buf: make([]byte, 4096)}
+	for _, name := range pt.names {
+		dir := filepath.Join(pt.tmp, "hosts", name)
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			b.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, "power"), []byte("off\n"), 0o444); err != nil {
+			b.Fatal(err)
+		}
+	}
+	return pt
+}
+
+// paths are every host's power file under root.
+func (pt *powerTree) paths(root string) []string {
+	p := make([]string, len(pt.names))
+	for i, name := range pt.names {
+		p[i] = filepath.Join(root, "hosts", name, "power")
+	}
+	return p
+}
+
+// readAll opens, reads and closes each of paths once, in a loop.
+func (pt *powerTree) readAll(paths []string) time.Duration {
+	t0 := time.Now()
+	for _, p := range paths {
+		if k, err := readFile(p, pt.buf); err != nil || k == 0 {
+			pt.b.Fatalf("read %s: %d, %v", p, k, err)
+		}
+	}
+	return time.Since(t0)
+}
+
+// readTimes are a cold read-all and b.N warm ones, of a tree and of tmpfs.
+type readTimes struct{ cold, coldTmpfs, warm, warmTmpfs time.Duration }
+
+// readRounds reads every power under root once cold, then the tmpfs copy,
+// calls afterCold (nil: nothing), then times b.N warm read-alls of both,
+// interleaved.
+func (pt *powerTree) readRounds(root string, afterCold func()) readTimes {
+	paths, tmpfsPaths := pt.paths(root), pt.paths(pt.tmp)
+	var r readTimes
+	r.cold, r.coldTmpfs = pt.readAll(paths), pt.readAll(tmpfsPaths)
+	if afterCold != nil {
+		afterCold()
+	}
+	pt.b.StartTimer()
+	for range pt.b.N {
+		r.warm += pt.readAll(paths)
+		pt.b.StopTimer()
+		r.warmTmpfs += pt.readAll(tmpfsPaths)
+		pt.b.StartTimer()
+	}
+	pt.b.StopTimer()
+	return r
+}
+
+func (r readTimes) report(b *testing.B) {
+	b.ReportMetric(ms(r.cold), "readall-ms")
+	b.ReportMetric(ms(r.coldTmpfs), "tmpfs-readall-ms")
+	b.ReportMetric(float64(r.cold)/float64(r.coldTmpfs), "x-tmpfs")
+	b.ReportMetric(ms(r.warm)/float64(b.N), "warm-readall-ms")
+	b.ReportMetric(float64(r.warm)/float64(r.warmTmpfs), "warm-x-tmpfs")
+}
+
+func reportCat(b *testing.B, cat, catTmpfs time.Duration) {
 	b.ReportMetric(ms(cat), "cat-ms")
 	b.ReportMetric(ms(catTmpfs), "tmpfs-cat-ms")
 	b.ReportMetric(float64(cat)/float64(catTmpfs), "cat-x-tmpfs")
 }
+
+// ms is t in milliseconds, for a metric.
+func ms(t time.Duration) float64 { return float64(t.Microseconds()) / 1000 }

@@ -32,14 +32,19 @@ type watcher struct {
 	fd int
 }
 
-func newWatcher(b *testing.B, path string) *watcher {
+// newWatcher watches a file for IN_MODIFY.
+func newWatcher(b *testing.B, path string) *watcher { return watchFor(b, path, unix.IN_MODIFY) }
+
+// watchFor watches path for the events of mask, with its own inotify
+// descriptor.
+func watchFor(b *testing.B, path string, mask uint32) *watcher {
 	b.Helper()
 	fd, err := unix.InotifyInit1(unix.IN_NONBLOCK | unix.IN_CLOEXEC)
 	if err != nil {
 		b.Fatal(err)
 	}
 	b.Cleanup(func() { unix.Close(fd) })
-	if _, err := unix.InotifyAddWatch(fd, path, unix.IN_MODIFY); err != nil {
+	if _, err := unix.InotifyAddWatch(fd, path, mask); err != nil {
 		b.Fatalf("watch %s: %v", path, err)
 	}
 	return &watcher{b: b, fd: fd}

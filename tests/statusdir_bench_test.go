@@ -33,35 +33,6 @@ func startStatusBench(b *testing.B, ready string, args ...string) (*benchDaemon,
 	return d, dir, mountTime
 }
 
-// paired times b.N runs of op and of base, interleaved in blocks as pair
-// does, and reports op's time as ns/op, base's as LABEL-ns/op and their
-// ratio as x-LABEL.
-func paired(b *testing.B, label string, op, base func()) {
-	b.Helper()
-	const block = 64
-	var opT, baseT time.Duration
-	b.ResetTimer()
-	for done := 0; done < b.N; {
-		k := min(block, b.N-done)
-		t0 := time.Now()
-		for range k {
-			op()
-		}
-		t1 := time.Now()
-		for range k {
-			base()
-		}
-		opT += t1.Sub(t0)
-		baseT += time.Since(t1)
-		done += k
-	}
-	b.StopTimer()
-	n := float64(b.N)
-	b.ReportMetric(float64(opT.Nanoseconds())/n, "ns/op")
-	b.ReportMetric(float64(baseT.Nanoseconds())/n, label+"-ns/op")
-	b.ReportMetric(float64(opT)/float64(baseT), "x-"+label)
-}
-
 // BenchmarkStatusDirOpenReadClose is `cat power` of the status-dir copy
 // without the fork: open, read, close, against a tmpfs file of the same
 // size. Target: within 3x of tmpfs.
@@ -102,84 +73,28 @@ func BenchmarkStatusDirOpenReadClose(b *testing.B) {
 func Benchmark10kStatusDir(b *testing.B) {
 	const n = 10000
 	b.StopTimer()
-	names := benchNames(n)
-	d, dir, mountTime := startStatusBench(b, "hosts/"+names[n-1]+"/power", "--demo", "--demo-hosts", strconv.Itoa(n))
-	tmp := benchTmpfs(b)
-	for _, name := range names {
-		p := filepath.Join(tmp, "hosts", name)
-		if err := os.MkdirAll(p, 0o755); err != nil {
-			b.Fatal(err)
-		}
-		if err := os.WriteFile(filepath.Join(p, "power"), []byte("off\n"), 0o444); err != nil {
-			b.Fatal(err)
-		}
-	}
+	pt := newPowerTree(b, n)
+	d, dir, mountTime := startStatusBench(b, "hosts/"+pt.names[n-1]+"/power", "--demo", "--demo-hosts", strconv.Itoa(n))
 	var sfs syscall.Statfs_t
 	if err := syscall.Statfs(dir, &sfs); err != nil {
 		b.Fatal(err)
 	}
 	copyMB := float64((sfs.Blocks-sfs.Bfree)*uint64(sfs.Bsize)) / (1 << 20)
 
-	paths := func(root string) []string {
-		p := make([]string, n)
-		for i, name := range names {
-			p[i] = filepath.Join(root, "hosts", name, "power")
-		}
-		return p
-	}
-	copyPaths, tmpfsPaths := paths(dir), paths(tmp)
-	buf := make([]byte, 4096)
-	readAll := func(paths []string) time.Duration {
-		t0 := time.Now()
-		for _, p := range paths {
-			if k, err := readFile(p, buf); err != nil || k == 0 {
-				b.Fatalf("read %s: %d, %v", p, k, err)
-			}
-		}
-		return time.Since(t0)
-	}
-
-	cat, catTmpfs := catPowers(b, dir, n), catPowers(b, tmp, n)
-	cold, coldTmpfs := readAll(copyPaths), readAll(tmpfsPaths)
-	var warm, warmTmpfs time.Duration
-	b.StartTimer()
-	for range b.N {
-		warm += readAll(copyPaths)
-		b.StopTimer()
-		warmTmpfs += readAll(tmpfsPaths)
-		b.StartTimer()
-	}
-	b.StopTimer()
+	cat, catTmpfs := catPowers(b, dir, n), catPowers(b, pt.tmp, n)
+	r := pt.readRounds(dir, nil)
 	rss, _ := d.rssMB()
 
-	ms := func(t time.Duration) float64 { return float64(t.Microseconds()) / 1000 }
 	b.ReportMetric(ms(mountTime), "mount-ms")
 	b.ReportMetric(copyMB, "copy-MB")
 	b.ReportMetric(rss, "rss-MB")
-	b.ReportMetric(ms(cat), "cat-ms")
-	b.ReportMetric(ms(catTmpfs), "tmpfs-cat-ms")
-	b.ReportMetric(float64(cat)/float64(catTmpfs), "cat-x-tmpfs")
-	b.ReportMetric(ms(cold), "readall-ms")
-	b.ReportMetric(ms(coldTmpfs), "tmpfs-readall-ms")
-	b.ReportMetric(float64(cold)/float64(coldTmpfs), "x-tmpfs")
-	b.ReportMetric(ms(warm)/float64(b.N), "warm-readall-ms")
-	b.ReportMetric(float64(warm)/float64(warmTmpfs), "warm-x-tmpfs")
+	reportCat(b, cat, catTmpfs)
+	r.report(b)
 }
 
 // dirWatcher is an inotify instance watching a directory for IN_MOVED_TO,
 // as `inotifywait -m -e moved_to DIR/hosts/NAME` does.
-func dirWatcher(b *testing.B, dir string) *watcher {
-	b.Helper()
-	fd, err := unix.InotifyInit1(unix.IN_NONBLOCK | unix.IN_CLOEXEC)
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { unix.Close(fd) })
-	if _, err := unix.InotifyAddWatch(fd, dir, unix.IN_MOVED_TO); err != nil {
-		b.Fatalf("watch %s: %v", dir, err)
-	}
-	return &watcher{b: b, fd: fd}
-}
+func dirWatcher(b *testing.B, dir string) *watcher { return watchFor(b, dir, unix.IN_MOVED_TO) }
 
 // BenchmarkStatusDirInotifyWake: how long after a daemon-side change a
 // watcher of the host's status-dir directory wakes (issue 19: within 2x of
@@ -365,5 +280,5 @@ func BenchmarkStatusDirWriteCost(b *testing.B) {
 	write := func(path string) func() { return func() { truncWrite(b, path, "on\n") } }
 	write(withPath)()
 	write(withoutPath)()
-	paired(b, "plain", write(withPath), write(withoutPath))
+	paired(b, "plain", 64, write(withPath), write(withoutPath))
 }
