@@ -110,6 +110,26 @@ func (s *consoleSession) settle() {
 	}
 }
 
+// awaitReply waits for the reply to a write-only session's last line:
+// nobody reads that session, but a reader that opens console after the
+// write returns must see the reply (`echo version > console; cat
+// console`). A signal ends the wait, never the command: the reply is
+// recorded as the console's last when it comes (the query is bounded by
+// the host's timeout). s.mu is held.
+func (s *consoleSession) awaitReply(ctx context.Context) {
+	reply := s.reply
+	s.reply = nil
+	got := make(chan struct{})
+	go func() {
+		defer close(got)
+		reply()
+	}()
+	select {
+	case <-got:
+	case <-ctx.Done():
+	}
+}
+
 // record puts written bytes into the transcript at the writer's position,
 // ahead of replies it has not read yet: a session that writes twice before
 // it reads (dash's printf writes line by line), or reads the first line of
@@ -183,10 +203,8 @@ func (s *consoleSession) Write(ctx context.Context, data []byte, off int64) (uin
 	}
 	s.record(off+int64(done), data[done:])
 	s.pending = append(s.pending, data[done:]...)
-	if !s.keep {
-		// Nobody reads this session's replies, but a reader that
-		// opens console after this write returns must see this one.
-		s.settle()
+	if !s.keep && s.reply != nil {
+		s.awaitReply(ctx)
 	}
 	return uint32(len(data)), 0
 }

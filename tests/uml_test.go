@@ -629,3 +629,31 @@ func meanMedian(ds []time.Duration) (mean, median time.Duration) {
 	}
 	return sum / time.Duration(len(sorted)), sorted[len(sorted)/2]
 }
+
+// A write-only console query waits for the guest's reply, so that `cat
+// console` right after it shows the reply; a signal ends that wait, never
+// the query. The guest is stopped behind machinefs's back (SIGSTOP), so
+// its reply waits until it runs again (the host's bound is a minute).
+func TestUMLConsoleWriterInterruptible(t *testing.T) {
+	d, _ := umlDaemon(t, "timeout = 60s", "uml.mconsole-timeout = 60s")
+	pid := d.umlBoot()
+	if err := syscall.Kill(-pid, syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	// Runs before the daemon stops (cleanups run last in, first out).
+	t.Cleanup(func() { syscall.Kill(-pid, syscall.SIGCONT) })
+	w := startBash(t, d.mnt, "echo version > "+umlWeb1+"/console")
+	select {
+	case r := <-w.done:
+		t.Fatalf("the writer returned while the guest was stopped: %+v", r)
+	case <-time.After(time.Second):
+	}
+	syscall.Kill(w.cmd.Process.Pid, syscall.SIGINT)
+	within(t, "the interrupted console writer", 20*time.Second, w.done)
+	if err := syscall.Kill(-pid, syscall.SIGCONT); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the query's reply in console once the guest runs", func() bool {
+		return strings.HasPrefix(d.read(umlWeb1+"/console"), "OK ")
+	})
+}
